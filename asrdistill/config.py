@@ -1,0 +1,129 @@
+"""Configuration: one dataclass per component, filled from a YAML section.
+
+A recipe config is one YAML file with a section per component, e.g.::
+
+    features:
+      num_mel_bins: 40
+    train:
+      epochs: 8
+
+and each tool loads its own section into its dataclass, with ``key=value``
+overrides from the command line (``train.epochs=3``). Unknown keys are an
+error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+__all__ = ["load_section", "from_dict", "to_dict", "parse_overrides", "read_yaml"]
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read config: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level of a config must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert YAML/CLI values to the annotated field type (nested dataclasses too)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping for {tp.__name__}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple, Sequence):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        seq = [_coerce(v, inner, where) for v in value]
+        return tuple(seq) if origin is tuple else seq
+    if tp is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}: not a boolean: {value!r}")
+    if tp in (int, float, str, Path) and value is not None:
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: cannot convert {value!r} to {tp.__name__}") from e
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ``ValueError``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data view of a config dataclass (Paths as strings), for JSON/YAML and checkpoints."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["train.epochs=3", "features.nj=4"]`` -> ``{"train": {"epochs": "3"}, ...}``.
+
+    Values are parsed as YAML scalars so ``3`` is an int and ``[1, 2]`` a list.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or not section or not field:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        out.setdefault(section, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def load_section(
+    path: str | Path | None,
+    section: str,
+    cls: type[T],
+    overrides: Sequence[str] = (),
+) -> T:
+    """Load ``section`` of the YAML at ``path`` into ``cls``, then apply overrides.
+
+    A missing file section gives the dataclass defaults; ``path=None`` too.
+    """
+    data: dict[str, Any] = {}
+    where = section
+    if path is not None:
+        full = read_yaml(path)
+        data = dict(full.get(section) or {})
+        where = f"{path}:{section}"
+    data.update(parse_overrides(overrides).get(section, {}))
+    return from_dict(cls, data, where)

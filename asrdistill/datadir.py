@@ -1,0 +1,94 @@
+"""Kaldi-style data directories: ``wav.scp``, ``text``, ``utt2spk``, ``spk2utt``, ``utt2dur``.
+
+The same layout Kaldi, ESPnet and icefall users already know, so existing data
+directories can be used as they are. ``wav.scp`` holds plain file paths (no
+command pipes); ``text`` holds upper-case words. Files are sorted by utterance
+id and written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asrdistill.fileio import atomic_open
+
+__all__ = ["DataDir", "read_kv", "write_kv"]
+
+
+def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
+    """Read a Kaldi ``key value...`` file; duplicate keys are an error naming the file."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, _, value = line.partition(" ")
+            if key in out:
+                raise ValueError(f"{path}:{lineno}: duplicate key {key!r}")
+            out[key] = value.strip()
+    return out
+
+
+def write_kv(path: Path, items: dict[str, str]) -> None:
+    with atomic_open(path) as f:
+        for key in sorted(items):
+            f.write(f"{key} {items[key]}\n" if items[key] != "" else f"{key}\n")
+
+
+@dataclass
+class DataDir:
+    """One subset's Kaldi data directory held in memory (small: text and paths only)."""
+
+    wav: dict[str, str] = field(default_factory=dict)        # utt -> audio path
+    text: dict[str, str] = field(default_factory=dict)       # utt -> "WORD WORD ..."
+    utt2spk: dict[str, str] = field(default_factory=dict)    # utt -> speaker
+    utt2dur: dict[str, float] = field(default_factory=dict)  # utt -> seconds
+
+    @property
+    def utt_ids(self) -> list[str]:
+        return sorted(self.wav)
+
+    @property
+    def spk2utt(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for utt in sorted(self.utt2spk):
+            out.setdefault(self.utt2spk[utt], []).append(utt)
+        return out
+
+    def validate(self, where: str = "data dir") -> None:
+        """Check that every file covers the same utterances (as Kaldi's validate_data_dir.sh)."""
+        keys = set(self.wav)
+        for name, table in (("text", self.text), ("utt2spk", self.utt2spk), ("utt2dur", self.utt2dur)):
+            if table and set(table) != keys:
+                missing = sorted(keys - set(table))[:5]
+                extra = sorted(set(table) - keys)[:5]
+                raise ValueError(f"{where}: {name} does not match wav.scp (missing {missing}, extra {extra})")
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.validate(str(directory))
+        directory.mkdir(parents=True, exist_ok=True)
+        write_kv(directory / "wav.scp", self.wav)
+        write_kv(directory / "text", self.text)
+        write_kv(directory / "utt2spk", self.utt2spk)
+        write_kv(directory / "spk2utt", {s: " ".join(u) for s, u in self.spk2utt.items()})
+        if self.utt2dur:
+            write_kv(directory / "utt2dur", {u: f"{d:.3f}" for u, d in self.utt2dur.items()})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DataDir":
+        directory = Path(directory)
+        if not (directory / "wav.scp").is_file():
+            raise FileNotFoundError(f"{directory}: not a data directory (no wav.scp)")
+        dur_file = directory / "utt2dur"
+        d = cls(
+            wav=read_kv(directory / "wav.scp"),
+            text=read_kv(directory / "text") if (directory / "text").is_file() else {},
+            utt2spk=read_kv(directory / "utt2spk"),
+            utt2dur={k: float(v) for k, v in read_kv(dur_file).items()} if dur_file.is_file() else {},
+        )
+        d.validate(str(directory))
+        return d
