@@ -1,0 +1,1 @@
+"""Offline corpus preparation: espeak-ng TTS binding, sentence grammar and the synthetic LibriSpeech-layout corpus."""
