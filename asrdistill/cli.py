@@ -1,0 +1,184 @@
+"""The ``asrdistill`` command: one subcommand per pipeline step, called by the recipes.
+
+Each subcommand is a thin wrapper over a library function (named in its help),
+so every stage is equally callable from Python. Subcommands that take
+``--config`` read their own section of the recipe YAML; ``--set section.key=value``
+overrides a field. Every run logs its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("asrdistill")
+
+
+def _section(args: argparse.Namespace, section: str, cls: type):
+    from asrdistill.config import load_section
+
+    return load_section(args.config, section, cls, args.set)
+
+
+# --------------------------------------------------------------------------- corpus and data
+
+
+def cmd_synth_corpus(args: argparse.Namespace) -> int:
+    from data_prep.synthetic import synthesize_corpus
+
+    synthesize_corpus(args.out, args.hours, seed=args.seed, num_speakers=args.num_speakers, nj=args.nj,
+                      lm_sentences=args.lm_sentences, force=args.force)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from data_prep.librispeech import DEFAULT_BASE_URL, download_librispeech
+
+    download_librispeech(args.target, args.subsets, args.base_url or DEFAULT_BASE_URL, lm=not args.no_lm)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from data_prep.librispeech import prepare_librispeech
+
+    prepare_librispeech(args.corpus, args.subsets, args.out, nj=args.nj, force=args.force)
+    return 0
+
+
+def cmd_lang(args: argparse.Namespace) -> int:
+    from asrdistill.lexicon import LexiconConfig, build_lang, corpus_vocabulary
+
+    cfg = _section(args, "lexicon", LexiconConfig)
+    words = corpus_vocabulary(args.data_dirs, args.extra_text)
+    build_lang(words.elements(), args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from asrdistill.features import FbankConfig, compute_features
+
+    cfg = _section(args, "features", FbankConfig)
+    compute_features(args.data_dir, args.out_dir, cfg, nj=args.nj, force=args.force)
+    return 0
+
+
+def cmd_cmvn(args: argparse.Namespace) -> int:
+    from asrdistill.datadir import DataDir
+    from asrdistill.features import FEATS_PREFIX, compute_cmvn
+    from asrdistill.shards import ShardManifest
+
+    manifest = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
+    utt2spk = DataDir.load(args.data_dir).utt2spk if args.data_dir else None
+    path = compute_cmvn(manifest, utt2spk).save(Path(args.feats_dir) / "cmvn.json")
+    log.info("CMVN stats of %d frames -> %s", manifest.num_frames, path)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from asrdistill.results import collect_results
+
+    out = collect_results(args.exp_dir, args.systems, title=args.title)
+    print((Path(args.exp_dir) / "results.md").read_text(encoding="utf-8"))
+    return 0 if out["systems"] else 1
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    """Print one value of a recipe config (for loops in run.sh)."""
+    from asrdistill.config import parse_overrides, read_yaml
+
+    data = read_yaml(args.config)
+    for section, fields in parse_overrides(args.set).items():
+        data.setdefault(section, {}).update(fields)
+    section, _, key = args.key.partition(".")
+    if section not in data or key not in (data[section] or {}):
+        print(f"{args.config}: no {args.key}", file=sys.stderr)
+        return 1
+    value = data[section][key]
+    print(" ".join(str(v) for v in value) if isinstance(value, list) else value)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asrdistill", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if config:
+            sp.add_argument("--config", type=Path, help="recipe YAML (the section this step reads)")
+            sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                            help="override a config field (repeatable)")
+        return sp
+
+    sp = add("synth-corpus", cmd_synth_corpus, "synthesize the offline espeak-ng corpus in LibriSpeech layout")
+    sp.add_argument("--out", type=Path, required=True, help="folder to hold LibriSpeech/ and lm/")
+    sp.add_argument("--hours", type=float, required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--num-speakers", type=int, default=48)
+    sp.add_argument("--lm-sentences", type=int, default=100_000)
+    sp.add_argument("--nj", type=int, default=2)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("download", cmd_download, "download LibriSpeech subsets, lexicon and official LMs (resumable, md5-checked)")
+    sp.add_argument("--target", type=Path, required=True, help="folder to hold LibriSpeech/ and lm/")
+    sp.add_argument("--subsets", nargs="+", required=True)
+    sp.add_argument("--base-url", action="append", help="resources root or mirror name; repeat for fallbacks")
+    sp.add_argument("--no-lm", action="store_true")
+
+    sp = add("prepare", cmd_prepare, "Kaldi data dirs from a corpus in LibriSpeech layout")
+    sp.add_argument("--corpus", type=Path, required=True, help="folder holding LibriSpeech/")
+    sp.add_argument("--subsets", nargs="+", required=True)
+    sp.add_argument("--out", type=Path, required=True, help="data/ folder; subsets become data/<subset with _>")
+    sp.add_argument("--nj", type=int, default=2)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("lang", cmd_lang, "lexicon and phone/word tables (data/lang) for the corpus vocabulary", config=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("data_dirs", nargs="+", type=Path)
+    sp.add_argument("--extra-text", nargs="*", type=Path, default=[], help="LM text or vocabulary files")
+
+    sp = add("features", cmd_features, "40-dim log-mel fbank into webdataset shards (+ CMVN stats)", config=True)
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("out_dir", type=Path)
+    sp.add_argument("--nj", type=int, default=2)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)")
+    sp.add_argument("feats_dir", type=Path)
+    sp.add_argument("--data-dir", type=Path, help="with utt2spk: per-speaker stats too")
+
+    sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
+    sp.add_argument("exp_dir", type=Path)
+    sp.add_argument("systems", nargs="+")
+    sp.add_argument("--title", default="Baseline vs ensemble vs distilled student")
+
+    sp = add("config-get", cmd_config_get, "print a value of a recipe config (section.key)", config=True)
+    sp.add_argument("key")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command != "config-get":
+        log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+        log.error("%s failed: %s", args.command, e)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,518 @@
+"""Log-mel filterbank features in shards, and the CMVN statistics applied on the fly.
+
+Features are Kaldi-compatible 40-dim log-mel filterbanks (25 ms window, 10 ms
+shift, snip-edges, samples scaled to the int16 range as Kaldi reads them): the
+values of ``torchaudio.compliance.kaldi.fbank``, computed by :func:`fbank` about
+1.6x faster (tested equal). Utterances are featurized by worker processes and
+shards written by the parent. Shards hold the *raw* log-mel energies
+as float16: normalisation is cheap and applied by the readers, so the same
+shards serve global or per-speaker CMVN without recomputing anything.
+
+Extraction is resumable at shard granularity: each shard is written atomically
+together with a small sidecar (``feats-NNNNNN.json``: keys, frame counts,
+skipped utterances, config) written after it; a shard whose sidecar matches the
+current plan and config is not recomputed. The manifest, ``utt2num_frames``,
+``skipped.tsv`` and the done marker are written last.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asrdistill.audio import AudioError, load_audio
+from asrdistill.config import to_dict
+from asrdistill.datadir import DataDir
+from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done, write_json_atomic
+from asrdistill.shards import ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
+
+__all__ = [
+    "FbankConfig",
+    "Cmvn",
+    "compute_cmvn",
+    "fbank",
+    "num_frames",
+    "compute_features",
+    "FEATS_PREFIX",
+]
+
+log = logging.getLogger(__name__)
+
+FEATS_PREFIX = "feats"
+_INT16_SCALE = 32768.0  # Kaldi reads int16 samples; keeps log energies (and the log floor) Kaldi-compatible
+
+
+@dataclass
+class FbankConfig:
+    """Filterbank settings (section ``features`` of a recipe config)."""
+
+    num_mel_bins: int = 40
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0          # 0 keeps features bit-reproducible; Kaldi's default is 1.0
+    sample_rate: int = 16000
+    shard_size_mb: float = 200.0
+    cmvn: str = "global"         # "global" or "speaker" (per-speaker stats; needs utt2spk)
+
+    def __post_init__(self) -> None:
+        if self.cmvn not in ("global", "speaker"):
+            raise ValueError(f"features.cmvn must be 'global' or 'speaker', got {self.cmvn!r}")
+        if self.num_mel_bins <= 0 or self.frame_shift_ms <= 0 or self.frame_length_ms <= 0:
+            raise ValueError("features: num_mel_bins, frame_length_ms and frame_shift_ms must be positive")
+
+    @property
+    def window_samples(self) -> int:
+        return int(self.sample_rate * self.frame_length_ms / 1000)
+
+    @property
+    def shift_samples(self) -> int:
+        return int(self.sample_rate * self.frame_shift_ms / 1000)
+
+    def extraction_dict(self) -> dict:
+        """The settings that change the features' values (not shard size or CMVN mode)."""
+        d = to_dict(self)
+        d.pop("shard_size_mb")
+        d.pop("cmvn")
+        return d
+
+
+# --------------------------------------------------------------------------- CMVN
+
+_VAR_FLOOR = 1e-8
+
+
+@dataclass
+class Cmvn:
+    """Mean/variance normalisation statistics: global, and optionally per speaker.
+
+    ``apply(feats, utt=...)`` uses the utterance's speaker statistics when this
+    object holds them (``cmvn='speaker'``) and the global ones otherwise, so a
+    reader never needs to know which mode was chosen.
+    """
+
+    mean: np.ndarray                      # (D,) float64
+    var: np.ndarray                       # (D,) float64
+    count: int                            # frames the global stats were computed on
+    spk_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    spk_var: dict[str, np.ndarray] = field(default_factory=dict)
+    utt2spk: dict[str, str] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def per_speaker(self) -> bool:
+        return bool(self.spk_mean)
+
+    def _stats(self, utt: str | None) -> tuple[str, np.ndarray, np.ndarray]:
+        spk = self.utt2spk.get(utt) if (utt is not None and self.per_speaker) else None
+        if spk is not None and spk in self.spk_mean:
+            return spk, self.spk_mean[spk], self.spk_var[spk]
+        return "", self.mean, self.var
+
+    def shift_scale(self, utt: str | None = None, device: str | torch.device | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-mean, 1/std)`` as float32 tensors on ``device`` (cached), for ``(x + shift) * scale``."""
+        key, mean, var = self._stats(utt)
+        dev = torch.device(device or "cpu")
+        cache_key = (key, str(dev))
+        if cache_key not in self._cache:
+            shift = torch.as_tensor(-mean, dtype=torch.float32).to(dev)
+            scale = torch.as_tensor(1.0 / np.sqrt(np.maximum(var, _VAR_FLOOR)), dtype=torch.float32).to(dev)
+            self._cache[cache_key] = (shift, scale)
+        return self._cache[cache_key]
+
+    def apply(self, feats: np.ndarray | torch.Tensor, utt: str | None = None) -> np.ndarray | torch.Tensor:
+        """Normalised float32 copy of ``feats`` (T, D), numpy in -> numpy out, torch in -> torch out."""
+        if feats.shape[-1] != self.dim:
+            raise ValueError(f"CMVN is {self.dim}-dim but features are {feats.shape[-1]}-dim")
+        if isinstance(feats, torch.Tensor):
+            shift, scale = self.shift_scale(utt, feats.device)
+            return (feats.float() + shift) * scale
+        _, mean, var = self._stats(utt)
+        return ((feats.astype(np.float64) - mean) / np.sqrt(np.maximum(var, _VAR_FLOOR))).astype(np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        write_json_atomic(
+            path,
+            {
+                "dim": self.dim,
+                "count": self.count,
+                "mean": self.mean.tolist(),
+                "var": self.var.tolist(),
+                "spk_mean": {s: m.tolist() for s, m in self.spk_mean.items()},
+                "spk_var": {s: v.tolist() for s, v in self.spk_var.items()},
+                "utt2spk": self.utt2spk,
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Cmvn":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            cmvn = cls(
+                mean=np.asarray(d["mean"], dtype=np.float64),
+                var=np.asarray(d["var"], dtype=np.float64),
+                count=int(d["count"]),
+                spk_mean={s: np.asarray(m, dtype=np.float64) for s, m in d.get("spk_mean", {}).items()},
+                spk_var={s: np.asarray(v, dtype=np.float64) for s, v in d.get("spk_var", {}).items()},
+                utt2spk=dict(d.get("utt2spk", {})),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: cannot read CMVN statistics: {e}") from e
+        if cmvn.mean.shape != cmvn.var.shape or cmvn.mean.ndim != 1:
+            raise ValueError(f"{path}: mean and var must be vectors of the same length")
+        return cmvn
+
+
+class _Accumulator:
+    """Float64 sums for mean/variance (float16 features summed in float64 do not lose precision)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.s = np.zeros(dim, dtype=np.float64)
+        self.ss = np.zeros(dim, dtype=np.float64)
+
+    def add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float64)
+        self.n += x.shape[0]
+        self.s += x.sum(axis=0)
+        self.ss += np.einsum("td,td->d", x, x)
+
+    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.s / max(self.n, 1)
+        var = np.maximum(self.ss / max(self.n, 1) - mean**2, _VAR_FLOOR)
+        return mean, var
+
+
+def compute_cmvn(manifest: ShardManifest, utt2spk: dict[str, str] | None = None) -> Cmvn:
+    """Global mean/variance over all frames of ``manifest``; per-speaker too when ``utt2spk`` is given.
+
+    Compute it on the training features and apply the same object to every
+    subset (global mode). In speaker mode, compute it on each subset's own
+    features: test speakers are not in the training set.
+    """
+    dim = int(manifest.meta.get("dim", 0)) or None
+    total: _Accumulator | None = None
+    per_spk: dict[str, _Accumulator] = {}
+    missing: list[str] = []
+    for path in tqdm(manifest.shard_paths, desc="cmvn", unit="shard", leave=False):
+        for utt, sample in iter_shard(path):
+            x = sample["feats"]
+            if total is None:
+                dim = dim or x.shape[1]
+                total = _Accumulator(dim)
+            total.add(x)
+            if utt2spk is not None:
+                spk = utt2spk.get(utt)
+                if spk is None:
+                    missing.append(utt)
+                    continue
+                per_spk.setdefault(spk, _Accumulator(dim)).add(x)
+    if total is None or total.n == 0:
+        raise ValueError(f"{manifest.path}: no feature frames to compute CMVN from")
+    if missing:
+        raise ValueError(f"{manifest.path}: {len(missing)} utterance(s) have no speaker in utt2spk, "
+                         f"e.g. {missing[:3]}")
+    mean, var = total.mean_var()
+    cmvn = Cmvn(mean=mean, var=var, count=total.n)
+    if utt2spk is not None:
+        keys = set(manifest.keys)
+        cmvn.utt2spk = {u: s for u, s in utt2spk.items() if u in keys}
+        for spk, acc in per_spk.items():
+            cmvn.spk_mean[spk], cmvn.spk_var[spk] = acc.mean_var()
+    return cmvn
+
+
+# --------------------------------------------------------------------------- fbank
+
+
+def num_frames(num_samples: int, config: FbankConfig) -> int:
+    """Frame count under Kaldi's snip-edges convention (0 if shorter than one window)."""
+    win, shift = config.window_samples, config.shift_samples
+    return 0 if num_samples < win else 1 + (num_samples - win) // shift
+
+
+@functools.lru_cache(maxsize=8)
+def _fbank_constants(window: int, num_mel_bins: int, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Povey window (window,) and mel filterbank (fft_bins, num_mel_bins), as kaldi.fbank builds them."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    nfft = 1 << (window - 1).bit_length()
+    povey = torch.hann_window(window, periodic=False, dtype=torch.float64).pow(0.85).float()
+    mel, _ = kaldi.get_mel_banks(num_mel_bins, nfft, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+    return povey, torch.nn.functional.pad(mel, (0, 1)).T.contiguous().float()
+
+
+def fbank(samples: np.ndarray, config: FbankConfig) -> np.ndarray:
+    """(T, num_mel_bins) float32 log-mel energies of mono float samples in [-1, 1].
+
+    Computes exactly what ``torchaudio.compliance.kaldi.fbank`` computes with
+    Kaldi defaults (DC removal, pre-emphasis 0.97, Povey window, 512-point
+    power spectrum, mel bins from ``kaldi.get_mel_banks``, snip-edges; the
+    tests compare the two) about 1.6x faster: pre-emphasis runs once on the
+    waveform instead of on 2.5x overlapping frames, the per-frame mean is
+    removed via a cumulative sum, and the power spectrum skips the complex
+    ``abs``. Dither noise, if any, is added to the waveform (Kaldi adds it per
+    frame; same distribution). Raises ``ValueError`` for audio shorter than one
+    analysis window.
+    """
+    win, shift, coeff = config.window_samples, config.shift_samples, 0.97
+    t = num_frames(len(samples), config)
+    if t == 0:
+        raise ValueError(f"too short: {len(samples)} samples < one {config.frame_length_ms:g} ms window")
+    povey, mel = _fbank_constants(win, config.num_mel_bins, config.sample_rate)
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)) * _INT16_SCALE
+    if config.dither > 0:
+        x.add_(torch.randn_like(x), alpha=config.dither)
+    pre = torch.empty_like(x)  # pre[n] = x[n] - c x[n-1]; each frame's first sample is fixed below
+    torch.sub(x[1:], x[:-1], alpha=coeff, out=pre[1:])
+    cumsum = torch.zeros(len(x) + 1, dtype=torch.float64)
+    torch.cumsum(x, 0, dtype=torch.float64, out=cumsum[1:])
+    starts = torch.arange(t) * shift
+    mean = ((cumsum[starts + win] - cumsum[starts]) / win).float()
+    padded = torch.zeros(t, mel.shape[0] * 2 - 2)
+    frames = padded[:, :win]
+    frames.copy_(pre.unfold(0, win, shift))
+    frames[:, 0] = x[starts] * (1 - coeff)
+    # pre-emphasis of (frame - mean) == pre-emphasis of frame - (1 - c) * mean
+    frames.sub_(((1 - coeff) * mean)[:, None]).mul_(povey)
+    spec = torch.fft.rfft(padded)
+    power = spec.real.square().add_(spec.imag.square())
+    return torch.mm(power, mel).clamp_min_(torch.finfo(torch.float32).eps).log_().numpy()
+
+
+# --------------------------------------------------------------------------- sharded extraction
+
+
+@dataclass
+class _ShardJob:
+    index: int
+    path: Path
+    utts: list[tuple[str, str]]      # (utt, audio path), in shard order
+    config: FbankConfig
+
+
+@dataclass
+class _ShardResult:
+    index: int
+    info: ShardInfo
+    frames: dict[str, int]
+    skipped: list[tuple[str, str, str]]  # (utt, audio path, reason)
+    seconds: float                        # audio seconds decoded
+
+
+_CHUNK = 8  # utterances per worker task: ~100 s of audio, small enough to keep both workers busy
+
+
+def _sidecar_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def _sidecar_key(job: _ShardJob) -> dict:
+    return {"planned": [list(u) for u in job.utts], "config": job.config.extraction_dict()}
+
+
+def _load_finished(job: _ShardJob) -> _ShardResult | None:
+    """The result of an earlier run of this exact job, if its shard and sidecar are complete."""
+    side = _sidecar_path(job.path)
+    if not (job.path.is_file() and side.is_file()):
+        return None
+    try:
+        d = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if {"planned": d.get("planned"), "config": d.get("config")} != _sidecar_key(job):
+        return None
+    s = d["shard"]
+    return _ShardResult(job.index, ShardInfo(s["name"], s["keys"], s["num_frames"]), d["frames"],
+                        [tuple(x) for x in d["skipped"]], float(d["seconds"]))
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _featurize(task: tuple[list[tuple[str, str]], FbankConfig]) -> list[tuple[str, str, np.ndarray | str, float]]:
+    """(utt, audio path, float16 features or the reason it was skipped, audio seconds) per utterance."""
+    utts, config = task
+    out = []
+    for utt, wav in utts:
+        try:
+            audio = load_audio(wav, config.sample_rate)
+            out.append((utt, wav, fbank(audio, config).astype(np.float16), len(audio) / config.sample_rate))
+        except AudioError as e:
+            out.append((utt, wav, e.reason, 0.0))
+        except ValueError as e:  # too short
+            out.append((utt, wav, str(e), 0.0))
+    return out
+
+
+def _write_shards(jobs: list[_ShardJob], nj: int, progress: Callable[[int, float], None]) -> Iterator[_ShardResult]:
+    """Compute and write ``jobs`` in order; utterances are featurized by ``nj`` processes, shards written here.
+
+    Parallelism is over utterance chunks, not shards, so a corpus smaller than
+    one shard still uses every worker.
+    """
+    tasks = [(job.utts[i : i + _CHUNK], job.config) for job in jobs for i in range(0, len(job.utts), _CHUNK)]
+    if nj > 1 and len(tasks) > 1:
+        # fork starts workers in milliseconds (spawn re-imports torch in each); the parent holds no
+        # running torch threads here, and each worker runs single-threaded.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(min(nj, len(tasks)), initializer=_init_worker)
+        results = pool.imap(_featurize, tasks)
+    else:
+        pool = None
+        results = map(_featurize, tasks)
+    try:
+        for job in jobs:
+            frames: dict[str, int] = {}
+            skipped: list[tuple[str, str, str]] = []
+            seconds = 0.0
+
+            def samples() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+                nonlocal seconds
+                for _ in range(0, len(job.utts), _CHUNK):
+                    chunk = next(results)
+                    for utt, wav, feats, dur in chunk:
+                        if isinstance(feats, str):
+                            log.warning("skipping %s (%s): %s", utt, wav, feats)
+                            skipped.append((utt, wav, feats))
+                            continue
+                        frames[utt] = feats.shape[0]
+                        seconds += dur
+                        yield utt, {"feats": feats}
+                    progress(len(chunk), sum(c[3] for c in chunk))
+
+            info = write_shard(job.path, samples())
+            write_json_atomic(
+                _sidecar_path(job.path),
+                {**_sidecar_key(job), "shard": {"name": info.name, "keys": info.keys, "num_frames": info.num_frames},
+                 "frames": frames, "skipped": [list(x) for x in skipped], "seconds": seconds},
+            )
+            yield _ShardResult(job.index, info, frames, skipped, seconds)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _shard_bytes(seconds: float, config: FbankConfig) -> float:
+    """Estimated shard bytes of one utterance: float16 frames plus tar/npy headers."""
+    return seconds * 1000.0 / config.frame_shift_ms * config.num_mel_bins * 2 + 1024
+
+
+def _durations(data: DataDir, data_dir: Path) -> dict[str, float]:
+    """utt2dur, with missing entries read from the audio headers (0 if unreadable: skipped later)."""
+    import soundfile as sf
+
+    durs = dict(data.utt2dur)
+    missing = [u for u in data.utt_ids if u not in durs]
+    if missing:
+        log.info("%s: %d utterance(s) lack utt2dur, reading durations from audio headers", data_dir, len(missing))
+        for utt in missing:
+            try:
+                durs[utt] = sf.info(data.wav[utt]).duration
+            except Exception:  # noqa: BLE001 - any unreadable header: decode reports the reason later
+                durs[utt] = 0.0
+    return durs
+
+
+def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int = 1, force: bool = False
+                     ) -> ShardManifest:
+    """Compute fbank shards for the Kaldi data dir ``data_dir`` into ``out_dir``.
+
+    Writes ``feats-NNNNNN.tar`` (members ``<utt>.feats.npy``, (T, D) float16
+    raw log-mel), ``feats.manifest.json``, ``utt2num_frames`` and
+    ``skipped.tsv`` (utterances with unusable audio, with the reason).
+    Utterances are featurized by ``nj`` worker processes; finished shards of
+    an interrupted run are reused unless ``force``.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    stage = "features"
+    if not force and is_done(out_dir, stage):
+        done = ShardManifest.load(out_dir, FEATS_PREFIX)
+        if done.meta.get("config") == config.extraction_dict() and done.meta.get("data_dir") == str(data_dir):
+            log.info("%s: features already computed (force to recompute)", out_dir)
+            return done
+        log.info("%s: earlier features were computed with other settings or data; recomputing", out_dir)
+    data = DataDir.load(data_dir)
+    if not data.wav:
+        raise ValueError(f"{data_dir}: wav.scp lists no utterances")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_done(out_dir, stage)
+    durs = _durations(data, data_dir)
+    groups = plan_shards({u: _shard_bytes(d, config) for u, d in durs.items()}, config.shard_size_mb * 1e6)
+    manifest = ShardManifest(out_dir, FEATS_PREFIX)
+    jobs = [_ShardJob(i, out_dir / manifest.shard_name(i), [(u, data.wav[u]) for u in g], config)
+            for i, g in enumerate(groups)]
+
+    results: dict[int, _ShardResult] = {}
+    if not force:
+        for job in jobs:
+            if (r := _load_finished(job)) is not None:
+                results[job.index] = r
+    todo = [j for j in jobs if j.index not in results]
+    if results:
+        log.info("%s: reusing %d finished shard(s), computing %d", out_dir, len(results), len(todo))
+    start = time.monotonic()
+    done_seconds = 0.0
+    with tqdm(total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt",
+              dynamic_ncols=True) as bar:
+
+        def progress(n: int, seconds: float) -> None:
+            nonlocal done_seconds
+            done_seconds += seconds
+            bar.update(n)
+            bar.set_postfix_str(f"{done_seconds / max(time.monotonic() - start, 1e-9):.0f}x real-time", refresh=False)
+
+        for r in _write_shards(todo, nj, progress):
+            results[r.index] = r
+    elapsed = time.monotonic() - start
+
+    ordered = [results[j.index] for j in jobs]
+    manifest.shards = [r.info for r in ordered if r.info.keys]
+    skipped = [s for r in ordered for s in r.skipped]
+    frames = {u: n for r in ordered for u, n in r.frames.items()}
+    with atomic_open(out_dir / "skipped.tsv") as f:
+        f.write("utt_id\tfile\treason\n")
+        for utt, wav, reason in skipped:
+            f.write(f"{utt}\t{wav}\t{reason}\n")
+    if not manifest.shards:
+        raise ValueError(f"{data_dir}: no utterance could be read; reasons in {out_dir / 'skipped.tsv'}")
+    manifest.meta = {
+        "dim": config.num_mel_bins,
+        "dtype": "float16",
+        "frame_shift_ms": config.frame_shift_ms,
+        "config": config.extraction_dict(),
+        "num_utterances": len(frames),
+        "num_skipped": len(skipped),
+        "data_dir": str(data_dir),
+    }
+    with atomic_open(out_dir / "utt2num_frames") as f:
+        for utt in sorted(frames):
+            f.write(f"{utt} {frames[utt]}\n")
+    manifest.save()
+    mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)})
+    if todo:
+        log.info("%s: %.2f h of audio in %.1f s (%.0fx real-time, nj=%d)", out_dir, done_seconds / 3600,
+                 elapsed, done_seconds / max(elapsed, 1e-9), nj)
+    log.info("%s: %d utterance(s) in %d shard(s), %d frames; %d skipped%s", out_dir, len(frames),
+             len(manifest.shards), manifest.num_frames, len(skipped),
+             f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "")
+    return manifest

@@ -1,0 +1,391 @@
+"""Frame-level data for DNN acoustic models: shuffled minibatches of context windows.
+
+The paper's DNN sees 26 frames (20 past, the current one, 5 future) around each
+labelled frame. Storing windows would multiply the data 26-fold, so shards hold
+plain per-utterance features and windows are built on the fly, on the target
+device: each utterance is edge-padded, utterances are concatenated into one
+buffer tensor, and a batch is a single gather ``buf[pos[:, None] + offsets]``.
+
+Shuffling is two-level, as webdataset-style streaming needs: the shard order is
+permuted per epoch (and split across DDP ranks), several shards are read
+interleaved, whole utterances fill a buffer of ``buffer_frames`` frames, and
+every labelled frame in the buffer is drawn in a random order. Everything is
+seeded by ``(seed, epoch)``, so a stream can be regenerated and fast-forwarded
+to a saved batch position; skipped batches are never gathered, and buffers that
+feed only skipped batches never reach the device.
+
+Host-side work (reading, padding, permuting) runs in a background thread one
+buffer ahead, so the device does not wait for shards between buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asrdistill.features import Cmvn
+from asrdistill.shards import ShardManifest, iter_aligned
+
+__all__ = ["FrameConfig", "Batch", "FrameStream", "iter_utterances", "context_windows"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameConfig:
+    """Context window and minibatch settings (section ``frames`` of a recipe config)."""
+
+    left: int = 20                # past context frames (paper: 20)
+    right: int = 5                # future context frames (paper: 5)
+    batch_size: int = 1024        # frames per minibatch
+    buffer_frames: int = 500_000  # shuffle buffer, in frames
+    open_shards: int = 4          # shards read interleaved, so a buffer mixes speakers and chapters
+    dtype: str = "float32"        # device buffer and ``Batch.x`` dtype: "float32" or "bfloat16"
+    prefetch: int = 1             # host buffers prepared ahead in a background thread (0: none)
+
+    def __post_init__(self) -> None:
+        if self.left < 0 or self.right < 0:
+            raise ValueError("frames: left and right context must be >= 0")
+        if self.batch_size <= 0 or self.buffer_frames <= 0 or self.open_shards <= 0:
+            raise ValueError("frames: batch_size, buffer_frames and open_shards must be positive")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"frames.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.prefetch < 0:
+            raise ValueError("frames.prefetch must be >= 0")
+
+    @property
+    def window(self) -> int:
+        return self.left + 1 + self.right
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
+
+@dataclass
+class Batch:
+    x: Tensor                 # (B, (left + 1 + right) * feat_dim) float32 (or bf16), CMVN applied
+    y: Tensor                 # (B,) int64 senone ids
+    soft_idx: Tensor | None   # (B, k) int64  top-k teacher classes
+    soft_prob: Tensor | None  # (B, k) float32 their probabilities
+
+
+def context_windows(feats: Tensor, left: int, right: int) -> Tensor:
+    """(T, (left+1+right)*D) windows of one normalised utterance (T, D), edges replicated."""
+    t = feats.shape[0]
+    rows = torch.arange(-left, t + right, device=feats.device).clamp_(0, t - 1)
+    padded = feats[rows]
+    idx = torch.arange(t, device=feats.device)[:, None] + torch.arange(left + 1 + right, device=feats.device)
+    return padded[idx].reshape(t, -1)
+
+
+def _check_lengths(utt: str, sample: dict[str, np.ndarray], paths: list[Path]) -> bool:
+    """True if the utterance has labels of the right length; False if unaligned (empty ``pdf``)."""
+    t = sample["feats"].shape[0]
+    n = sample["pdf"].shape[0]
+    if n == 0:
+        return False
+    if n != t:
+        raise ValueError(f"{paths[1]}: utterance {utt!r} has {n} labels but {t} feature frames in {paths[0]}")
+    for name in ("topk_idx", "topk_prob"):
+        if len(paths) > 2 and sample[name].shape[0] != t:
+            raise ValueError(f"{paths[2]}: utterance {utt!r} has {sample[name].shape[0]} soft-target "
+                             f"frames but {t} feature frames in {paths[0]}")
+    return True
+
+
+def _check_aligned(feats: ShardManifest, other: ShardManifest) -> None:
+    if len(other.shards) != len(feats.shards):
+        raise ValueError(f"{other.path}: {len(other.shards)} shards but {feats.path} has {len(feats.shards)}")
+    for a, b in zip(feats.shards, other.shards):
+        if a.keys != b.keys:
+            raise ValueError(f"{other.directory / b.name}: keys differ from {feats.directory / a.name} "
+                             "(shards not aligned; stale labels?)")
+
+
+@dataclass
+class _HostBuffer:
+    """One shuffle buffer prepared on the host; ``padded`` is None when all its batches are skipped."""
+
+    n: int                           # labelled frames
+    padded: Tensor | None = None     # (rows, D) float16 edge-padded features of its utterances
+    row_utt: Tensor | None = None    # (rows,) utterance index of each row (speaker CMVN only)
+    shift: Tensor | None = None      # (U, D) per-utterance CMVN shift (speaker CMVN only)
+    scale: Tensor | None = None
+    pos: Tensor | None = None        # (n,) window start row of each frame, in draw order
+    y: Tensor | None = None          # (n,) int64, in draw order
+    soft_idx: Tensor | None = None
+    soft_prob: Tensor | None = None
+
+
+class _Skipper:
+    """Tracks batch numbers across buffers; shared logic of the reader and the consumer."""
+
+    def __init__(self, batch_size: int, skip: int):
+        self.b, self.skip = batch_size, skip
+        self.done = 0    # full batches completed before the current buffer
+        self.carry = 0   # frames carried into the next batch
+
+    def wholly_skipped(self, n: int) -> bool:
+        # the carry out of this buffer lands in batch done + full; everything before it is skipped too
+        return self.done + (self.carry + n) // self.b < self.skip
+
+    def advance(self, n: int) -> None:
+        self.done += (self.carry + n) // self.b
+        self.carry = (self.carry + n) % self.b
+
+
+class FrameStream:
+    """Shuffled frame-level minibatches (features + senone labels [+ top-k soft targets]).
+
+    ``epoch(e)`` covers every labelled frame of this rank's shards exactly once;
+    the last batch may be smaller. ``epoch(e, skip_batches=k)`` yields the same
+    stream from batch ``k`` on (for resuming a checkpoint mid-epoch).
+    """
+
+    def __init__(self, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn, config: FrameConfig,
+                 soft: ShardManifest | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu"):
+        _check_aligned(feats, labels)
+        if soft is not None:
+            _check_aligned(feats, soft)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        if len(feats.shards) < world_size:
+            raise ValueError(f"{feats.path}: {len(feats.shards)} shard(s) cannot be split over {world_size} "
+                             "ranks; use a smaller features.shard_size_mb")
+        dim = feats.meta.get("dim")
+        if dim is not None and int(dim) != cmvn.dim:
+            raise ValueError(f"{feats.path}: features are {dim}-dim but CMVN is {cmvn.dim}-dim")
+        self.feats, self.labels, self.soft, self.cmvn, self.config = feats, labels, soft, cmvn, config
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self._offsets = torch.arange(config.window, device=self.device)
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """Indices of the shards this rank reads in ``epoch``, in reading order (disjoint across ranks)."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.feats.shards))
+        return [int(i) for i in order[self.rank :: self.world_size]]
+
+    def num_frames(self, epoch: int) -> int:
+        """Labelled frames this rank yields in ``epoch`` (from the label manifest: unaligned ones count 0)."""
+        return sum(self.labels.shards[i].num_frames for i in self.shard_order(epoch))
+
+    def num_batches(self, epoch: int) -> int:
+        """Batches ``epoch(epoch)`` yields; ranks can differ, so DDP trainers should agree on the minimum."""
+        return -(-self.num_frames(epoch) // self.config.batch_size)
+
+    # ------------------------------------------------------------------ host side
+
+    def _utterances(self, epoch: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """Labelled utterances of this rank's shards, ``open_shards`` shards interleaved at random."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+        pending = self.shard_order(epoch)
+        pending.reverse()
+        active: list[tuple[list[Path], Iterator]] = []
+        while pending or active:
+            while pending and len(active) < self.config.open_shards:
+                i = pending.pop()
+                paths = [self.feats.shard_paths[i], self.labels.shard_paths[i]]
+                if self.soft is not None:
+                    paths.append(self.soft.shard_paths[i])
+                active.append((paths, iter_aligned(paths)))
+            k = int(rng.integers(len(active)))
+            paths, it = active[k]
+            item = next(it, None)
+            if item is None:
+                active.pop(k)
+                continue
+            utt, sample = item
+            if _check_lengths(utt, sample, paths):
+                yield utt, sample
+
+    def _host_buffers(self, epoch: int, skip_batches: int) -> Iterator[_HostBuffer]:
+        cfg = self.config
+        skipper = _Skipper(cfg.batch_size, skip_batches)
+        pin = self.device.type == "cuda"
+        utts: list[tuple[str, dict[str, np.ndarray]]] = []
+        frames = 0
+        number = 0
+
+        def pack() -> _HostBuffer:
+            n = frames
+            skipped = skipper.wholly_skipped(n)
+            skipper.advance(n)
+            if skipped:
+                return _HostBuffer(n)
+            buf = self._pack(utts, np.random.default_rng([self.seed, epoch, self.rank, 2, number]))
+            if pin:
+                for name in ("padded", "pos", "y", "soft_idx", "soft_prob"):
+                    t = getattr(buf, name)
+                    if t is not None:
+                        setattr(buf, name, t.pin_memory())
+            return buf
+
+        for utt, sample in self._utterances(epoch):
+            utts.append((utt, sample))
+            frames += sample["feats"].shape[0]
+            if frames >= cfg.buffer_frames:
+                yield pack()
+                utts, frames, number = [], 0, number + 1
+        if utts:
+            yield pack()
+
+    def _pack(self, utts: list[tuple[str, dict[str, np.ndarray]]], rng: np.random.Generator) -> _HostBuffer:
+        """Edge-pad and concatenate the utterances; draw the random order of their frames."""
+        left, right = self.config.left, self.config.right
+        lens = np.array([s["feats"].shape[0] for _, s in utts], dtype=np.int64)
+        n, u = int(lens.sum()), len(utts)
+        padded_lens = lens + left + right
+        raw_start = np.cumsum(lens) - lens
+        pad_start = np.cumsum(padded_lens) - padded_lens
+        raw = np.concatenate([s["feats"] for _, s in utts])
+        row_utt = np.repeat(np.arange(u), padded_lens)
+        local = np.arange(row_utt.shape[0]) - pad_start[row_utt] - left
+        np.clip(local, 0, lens[row_utt] - 1, out=local)
+        padded = raw[raw_start[row_utt] + local]
+        frame_utt = np.repeat(np.arange(u), lens)
+        pos = pad_start[frame_utt] + np.arange(n) - raw_start[frame_utt]
+        perm = rng.permutation(n)
+        out = _HostBuffer(
+            n=n,
+            padded=torch.from_numpy(padded),
+            pos=torch.from_numpy(pos[perm]),
+            y=torch.from_numpy(np.concatenate([s["pdf"] for _, s in utts])[perm].astype(np.int64)),
+        )
+        if self.soft is not None:
+            out.soft_idx = torch.from_numpy(np.concatenate([s["topk_idx"] for _, s in utts])[perm].astype(np.int64))
+            out.soft_prob = torch.from_numpy(
+                np.concatenate([s["topk_prob"] for _, s in utts])[perm].astype(np.float32))
+        if self.cmvn.per_speaker:
+            stats = [self.cmvn.shift_scale(utt) for utt, _ in utts]
+            out.row_utt = torch.from_numpy(row_utt)
+            out.shift = torch.stack([s for s, _ in stats])
+            out.scale = torch.stack([s for _, s in stats])
+        return out
+
+    def _prefetched(self, epoch: int, skip_batches: int) -> Iterator[_HostBuffer]:
+        """``_host_buffers`` run ``prefetch`` buffers ahead in a thread (errors re-raised here)."""
+        if self.config.prefetch == 0:
+            yield from self._host_buffers(epoch, skip_batches)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.config.prefetch)
+        stop = threading.Event()
+        end = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for buf in self._host_buffers(epoch, skip_batches):
+                    if not put(buf):
+                        return
+                put(end)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                put(e)
+
+        thread = threading.Thread(target=work, name=f"frames-epoch{epoch}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    # ------------------------------------------------------------------ device side
+
+    def _to_device(self, host: _HostBuffer) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        dev = self.device
+        move = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
+        buf = move(host.padded).float()
+        if host.row_utt is not None:
+            rows = move(host.row_utt)
+            buf.add_(move(host.shift)[rows]).mul_(move(host.scale)[rows])
+        else:
+            shift, scale = self.cmvn.shift_scale(device=dev)
+            buf.add_(shift).mul_(scale)
+        buf = buf.to(self.config.torch_dtype)
+        return buf, move(host.pos), move(host.y), move(host.soft_idx), move(host.soft_prob)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """Minibatches of ``epoch``, deterministic given (seed, epoch, rank, world_size), from ``skip_batches`` on."""
+        b = self.config.batch_size
+        skipper = _Skipper(b, skip_batches)
+        carry: list[Batch] = []  # pieces of the batch that straddles buffers (empty if that batch is skipped)
+        for host in self._prefetched(epoch, skip_batches):
+            if host.padded is None:
+                skipper.advance(host.n)
+                carry = []
+                continue
+            buf, pos, y, soft_idx, soft_prob = self._to_device(host)
+
+            def gather(s: int, e: int) -> Batch:
+                x = buf[pos[s:e, None] + self._offsets].reshape(e - s, -1)
+                return Batch(x, y[s:e], None if soft_idx is None else soft_idx[s:e],
+                             None if soft_prob is None else soft_prob[s:e])
+
+            start = 0
+            number = skipper.done
+            need = b - skipper.carry
+            while host.n - start >= need:
+                if number >= skip_batches:
+                    yield _concat(carry + [gather(start, start + need)])
+                carry = []
+                start += need
+                need = b
+                number += 1
+            if start < host.n and number >= skip_batches:
+                carry.append(gather(start, host.n))
+            skipper.advance(host.n)
+        if carry and skipper.done >= skip_batches:
+            yield _concat(carry)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+    return Batch(cat([p.x for p in parts]), cat([p.y for p in parts]),
+                 cat([p.soft_idx for p in parts]), cat([p.soft_prob for p in parts]))
+
+
+def iter_utterances(feats: ShardManifest, cmvn: Cmvn, config: FrameConfig, labels: ShardManifest | None = None,
+                    device: str | torch.device = "cpu") -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    """(utt_id, windows (T, (left+1+right)*feat_dim) float32, labels (T,) int64 or None), in shard order.
+
+    With ``labels``, unaligned utterances (empty ``pdf``) are skipped and a
+    length mismatch is an error naming the shard; without, every utterance is
+    yielded (decoding).
+    """
+    device = torch.device(device)
+    if labels is not None:
+        _check_aligned(feats, labels)
+    for i, feat_path in enumerate(feats.shard_paths):
+        paths = [feat_path] if labels is None else [feat_path, labels.shard_paths[i]]
+        for utt, sample in iter_aligned(paths):
+            if labels is not None and not _check_lengths(utt, sample, paths):
+                continue
+            x = cmvn.apply(torch.from_numpy(sample["feats"]).to(device), utt=utt)
+            y = None if labels is None else torch.from_numpy(sample["pdf"].astype(np.int64)).to(device)
+            yield utt, context_windows(x, config.left, config.right), y
