@@ -1,0 +1,137 @@
+"""Import pdf-level Kaldi alignments (``ali-to-pdf`` output, ark or scp) as label shards.
+
+Users with a Kaldi system (e.g. ``exp/tri6b_ali_clean_960``) can skip the
+built-in aligner: ``ali-to-pdf final.mdl "ark:gunzip -c ali.*.gz|" ark,scp:pdf.ark,pdf.scp``
+then import ``pdf.scp`` here. Each alignment is checked against the features'
+frame count (Kaldi and our fbank must agree on framing: 25 ms / 10 ms,
+snip-edges); a mismatch or a missing alignment leaves an empty array in the
+shard and a line in ``skipped.tsv`` naming the utterance and both counts.
+
+    res = import_kaldi_alignments("exp/tri6b_ali/pdf.scp", feats_manifest, "exp/kaldi_ali/train")
+    res.pdf  # ShardManifest "pdf", aligned 1:1 with the feature shards
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+from tqdm import tqdm
+
+from asrdistill.fileio import atomic_open, is_done, mark_done
+from asrdistill.shards import ShardManifest, iter_shard, write_shard
+
+__all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
+
+log = logging.getLogger(__name__)
+
+PDF_PREFIX = "pdf"
+
+
+@dataclass
+class ImportResult:
+    pdf: ShardManifest
+    skipped: dict[str, str]   # utt -> reason (features without a usable alignment)
+    unused: list[str]         # alignments for utterances that are not in the features
+    num_pdfs: int
+    num_frames: int
+
+
+def read_kaldi_int_vectors(path: str | Path) -> dict[str, np.ndarray]:
+    """All int vectors of a Kaldi ``.ark`` or ``.scp`` file (chosen by suffix), as int32 arrays.
+
+    A malformed entry raises ``ValueError`` naming the file and utterance.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: Kaldi alignment file not found")
+    out: dict[str, np.ndarray] = {}
+    for utt, arr in _kaldi_items(path):
+        arr = np.asarray(arr)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{path}: {utt}: expected an int vector (ali-to-pdf output), got "
+                             f"{arr.dtype} array of shape {arr.shape}")
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"{path}: {utt}: negative pdf id {int(arr.min())}")
+        if utt in out:
+            raise ValueError(f"{path}: duplicate utterance {utt!r}")
+        out[utt] = arr.astype(np.int32)
+    return out
+
+
+def _kaldi_items(path: Path):
+    """kaldiio's ``(utt, array)`` pairs, its assorted errors on corrupt input turned into one naming the file."""
+    try:
+        items = kaldiio.load_scp(str(path)).items() if path.suffix == ".scp" else kaldiio.load_ark(str(path))
+        for utt, arr in items:
+            yield utt, arr
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read Kaldi alignments: {e}") from e
+
+
+def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str | Path,
+                            num_pdfs: int | None = None, force: bool = False) -> ImportResult:
+    """Write ``pdf-NNNNNN.tar`` shards (``<utt>.pdf.npy``) for ``feats`` from Kaldi pdf alignments.
+
+    ``num_pdfs`` (e.g. from ``tree-info``) bounds the ids; by default it is the
+    largest id seen plus one and is recorded in the manifest's ``meta``.
+    """
+    out_dir = Path(out_dir)
+    if is_done(out_dir, "kaldi_import") and not force:
+        pdf = ShardManifest.load(out_dir, PDF_PREFIX)
+        log.info("%s: already imported, skipping (force to redo)", out_dir)
+        return ImportResult(pdf, _read_tsv(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
+                            pdf.num_frames)
+    t0 = time.time()
+    alis = read_kaldi_int_vectors(ali)
+    top = max((int(a.max()) for a in alis.values() if a.size), default=-1) + 1
+    if num_pdfs is None:
+        num_pdfs = top
+    elif top > num_pdfs:
+        bad = next(u for u, a in alis.items() if a.size and a.max() >= num_pdfs)
+        raise ValueError(f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= num_pdfs {num_pdfs}")
+    skipped: dict[str, str] = {}
+    infos = []
+    frames = 0
+    empty = np.zeros(0, dtype=np.int32)
+    for info, path in tqdm(list(zip(feats.shards, feats.shard_paths)), desc="import alignments", unit="shard"):
+        rows = []
+        for utt, sample in iter_shard(path):
+            t = int(sample["feats"].shape[0])
+            a = alis.get(utt)
+            if a is None:
+                skipped[utt] = "no alignment in the Kaldi file"
+                a = empty
+            elif a.shape[0] != t:
+                skipped[utt] = f"alignment has {a.shape[0]} frames but the features have {t}"
+                a = empty
+            frames += a.shape[0]
+            rows.append((utt, {"pdf": a}))
+        if not info.name.startswith(feats.prefix):
+            raise ValueError(f"{feats.path}: shard {info.name!r} does not start with prefix {feats.prefix!r}")
+        infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix):]), rows, frames_field="pdf"))
+    known = set(feats.keys)
+    unused = sorted(u for u in alis if u not in known)
+    pdf = ShardManifest(out_dir, PDF_PREFIX, infos, {"num_pdfs": num_pdfs, "source": str(ali)})
+    pdf.save()
+    with atomic_open(out_dir / "skipped.tsv") as f:
+        f.writelines(f"{u}\t{r}\n" for u, r in sorted(skipped.items()))
+    mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)})
+    if skipped:
+        log.warning("%s: %d utterance(s) without a usable alignment, e.g. %s (see skipped.tsv)", out_dir,
+                    len(skipped), list(skipped.items())[:3])
+    if unused:
+        log.warning("%s: %d alignment(s) for utterances not in the features, e.g. %s", ali, len(unused), unused[:3])
+    log.info("imported %d frames, %d pdfs in %.1f s", frames, num_pdfs, time.time() - t0)
+    return ImportResult(pdf, skipped, unused, num_pdfs, frames)
+
+
+def _read_tsv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    rows = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {r[0]: (r[1] if len(r) > 1 else "") for r in rows}

@@ -1,0 +1,66 @@
+"""Import of Kaldi pdf alignments (ark and scp written with kaldiio) into label shards."""
+
+import kaldiio
+import numpy as np
+import pytest
+
+from asrdistill.aligner.kaldi_import import import_kaldi_alignments, read_kaldi_int_vectors
+from asrdistill.shards import ShardManifest, iter_aligned, write_shard
+
+
+def _feats(directory):
+    rng = np.random.default_rng(0)
+    lengths = {"u1": 5, "u2": 7, "u3": 4, "u4": 6}
+    man = ShardManifest(directory, "feats")
+    for i, keys in enumerate([["u1", "u2"], ["u3", "u4"]]):
+        man.shards.append(write_shard(directory / man.shard_name(i),
+                                      ((k, {"feats": rng.normal(size=(lengths[k], 40)).astype(np.float16)}) for k in keys)))
+    man.save()
+    return man, lengths
+
+
+@pytest.mark.parametrize("form", ["ark", "scp"])
+def test_import_checks_frames_and_keeps_shards_aligned(tmp_path, form):
+    man, lengths = _feats(tmp_path / "fbank")
+    alis = {
+        "u1": np.array([0, 0, 3, 3, 5], dtype=np.int32),
+        "u2": np.array([1, 2, 2], dtype=np.int32),                 # 3 frames for 7: mismatch
+        "u4": np.arange(6, dtype=np.int32),
+        "zz": np.array([9], dtype=np.int32),                      # not in the features
+    }                                                             # u3: no alignment
+    ark = tmp_path / "pdf.ark"
+    kaldiio.save_ark(str(ark), alis, scp=str(tmp_path / "pdf.scp"))
+    src = tmp_path / f"pdf.{form}"
+    res = import_kaldi_alignments(src, man, tmp_path / "ali")
+    assert res.num_pdfs == 10 and res.unused == ["zz"] and res.num_frames == 11
+    assert set(res.skipped) == {"u2", "u3"}
+    assert "3 frames" in res.skipped["u2"] and "7" in res.skipped["u2"]
+    assert (tmp_path / "ali/skipped.tsv").read_text().count("\n") == 2
+    got = {}
+    for f, p in zip(man.shard_paths, res.pdf.shard_paths):
+        assert p.name == f.name.replace("feats", "pdf")
+        for utt, s in iter_aligned([f, p]):
+            got[utt] = s["pdf"]
+            assert s["pdf"].dtype == np.int32
+            assert s["pdf"].shape[0] in (0, lengths[utt])
+    assert np.array_equal(got["u1"], alis["u1"]) and np.array_equal(got["u4"], alis["u4"])
+    assert got["u2"].size == 0 and got["u3"].size == 0
+    assert ShardManifest.load(tmp_path / "ali", "pdf").meta["num_pdfs"] == 10
+    # a finished import is reused; force redoes it
+    again = import_kaldi_alignments(src, man, tmp_path / "ali")
+    assert again.skipped == res.skipped and again.num_pdfs == 10
+
+
+def test_bad_alignment_files(tmp_path):
+    man, _ = _feats(tmp_path / "fbank")
+    with pytest.raises(FileNotFoundError, match="missing.ark"):
+        read_kaldi_int_vectors(tmp_path / "missing.ark")
+    kaldiio.save_ark(str(tmp_path / "float.ark"), {"u1": np.zeros((5, 2), dtype=np.float32)})
+    with pytest.raises(ValueError, match="float.ark: u1: expected an int vector"):
+        read_kaldi_int_vectors(tmp_path / "float.ark")
+    kaldiio.save_ark(str(tmp_path / "big.ark"), {"u1": np.array([0, 1, 2, 3, 50], dtype=np.int32)})
+    with pytest.raises(ValueError, match="u1: pdf id 50 >= num_pdfs 40"):
+        import_kaldi_alignments(tmp_path / "big.ark", man, tmp_path / "out", num_pdfs=40)
+    (tmp_path / "junk.ark").write_bytes(b"u1 \x00Bgarbage")
+    with pytest.raises(ValueError, match="junk.ark"):
+        read_kaldi_int_vectors(tmp_path / "junk.ark")
