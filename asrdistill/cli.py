@@ -54,7 +54,7 @@ def cmd_lang(args: argparse.Namespace) -> int:
 
     cfg = _section(args, "lexicon", LexiconConfig)
     words = corpus_vocabulary(args.data_dirs, args.extra_text)
-    build_lang(words.elements(), args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress)
+    build_lang(words, args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress)
     return 0
 
 
@@ -75,6 +75,36 @@ def cmd_cmvn(args: argparse.Namespace) -> int:
     utt2spk = DataDir.load(args.data_dir).utt2spk if args.data_dir else None
     path = compute_cmvn(manifest, utt2spk).save(Path(args.feats_dir) / "cmvn.json")
     log.info("CMVN stats of %d frames -> %s", manifest.num_frames, path)
+    return 0
+
+
+# --------------------------------------------------------------------------- GMM-HMM aligner
+
+
+def _runtime(cfg, args: argparse.Namespace):
+    """Apply the command line's --nj/--device to a config that has those fields."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes = {k: v for k, v in (("nj", getattr(args, "nj", None)), ("device", getattr(args, "device", None)))
+               if k in fields and v is not None}
+    return dataclasses.replace(cfg, **changes)
+
+
+def cmd_mono(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.align import AlignConfig, align_subset
+    from asrdistill.aligner.mono import MonoConfig, train_mono
+    from asrdistill.datadir import DataDir
+    from asrdistill.features import FEATS_PREFIX
+    from asrdistill.lang import Lang
+    from asrdistill.shards import ShardManifest
+
+    cfg = _runtime(_section(args, "mono", MonoConfig), args)
+    feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
+    text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
+    model = train_mono(feats, text, lang, args.exp_dir, cfg)
+    align_cfg = _runtime(_section(args, "align", AlignConfig), args)
+    align_subset(feats, text, lang, model, Path(args.exp_dir) / "ali", align_cfg)
     return 0
 
 
@@ -155,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)")
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("--data-dir", type=Path, help="with utt2spk: per-speaker stats too")
+
+    sp = add("mono", cmd_mono, "flat-start monophone GMM-HMM training, then alignment of the training set", config=True)
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("lang_dir", type=Path)
+    sp.add_argument("feats_dir", type=Path)
+    sp.add_argument("exp_dir", type=Path, help="e.g. exp/mono; alignments go to <exp_dir>/ali")
+    sp.add_argument("--nj", type=int)
+    sp.add_argument("--device", help="cpu or cuda")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)
