@@ -1,0 +1,246 @@
+"""Knowledge-distillation loss (Hinton, Vinyals & Dean 2015), usable in any training loop.
+
+``kd_loss`` mixes a *soft* term, the KL divergence from a teacher distribution
+softened at temperature ``T`` to the student's softened distribution (scaled by
+``T**2`` so its gradients keep the same magnitude whatever ``T``, as the paper
+prescribes), with the usual *hard* cross-entropy against labels at ``T = 1``::
+
+    loss = (1 - hard_weight) * T**2 * KL(p_teacher^T || q_student^T) + hard_weight * CE(q_student^1, labels)
+
+The teacher can be given three ways (exactly one):
+
+* ``teacher_logits``: raw teacher logits, same shape as the student's;
+* ``teacher_probs=<tensor>``: a dense distribution already softened at ``T``
+  (e.g. an ensemble average), rows summing to 1;
+* ``teacher_probs=(indices, probs)`` or ``teacher_topk=(indices, probs)``: a
+  sparse top-k teacher, ``(..., k)`` class ids and their probabilities at ``T``.
+  The teacher's remaining mass ``1 - sum(probs)`` is kept as one aggregated
+  "rest" class and compared with the student's own mass outside those k
+  classes, so the soft term is an exact KL between the two distributions
+  coarsened to k + 1 outcomes; no dense (N, C) teacher tensor is built.
+
+Frames whose label equals ``ignore_index`` (padding) are excluded from both
+terms. The loss is computed in float32 even under autocast.
+
+Dropping it into an existing loop::
+
+    from asrdistill.kd import kd_loss
+
+    for x, y in loader:
+        with torch.no_grad():
+            t = teacher(x)
+        loss = kd_loss(student(x), teacher_logits=t, labels=y, temperature=2.0, hard_weight=0.5)
+        opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["kd_loss", "KDLoss"]
+
+_SUM_TOLERANCE = 1e-2  # float16-stored targets sum to 1 within ~1e-3; allow slack
+_TINY = 1e-30          # floor for the student's rest mass (float32 cancellation in 1 - sum)
+
+SparseTeacher = tuple[Tensor, Tensor]
+
+
+def _log1mexp(a: Tensor) -> Tensor:
+    """``log(1 - exp(a))`` for ``a <= 0``, accurate at both ends, floored at log(_TINY)."""
+    a = a.clamp(max=0.0)
+    # both branches are kept finite so torch.where's backward never multiplies 0 by inf
+    near_zero = torch.log((-torch.expm1(a)).clamp(min=_TINY))
+    far = torch.log1p(-torch.exp(a).clamp(max=0.5))
+    return torch.where(a > -math.log(2.0), near_zero, far)
+
+
+def _check_distribution(probs: Tensor, what: str, exact_sum: bool) -> None:
+    """One host sync: negative entries, non-finite values, or bad row sums raise ``ValueError``."""
+    if probs.numel() == 0:
+        return
+    sums = probs.sum(-1)
+    bad_sum = (sums - 1).abs() > _SUM_TOLERANCE if exact_sum else sums > 1 + _SUM_TOLERANCE
+    problems = torch.stack([(probs < 0).any(), (~torch.isfinite(probs)).any(), bad_sum.any()]).tolist()
+    if problems[0]:
+        raise ValueError(f"kd_loss: {what} has negative probabilities")
+    if problems[1]:
+        raise ValueError(f"kd_loss: {what} has non-finite values")
+    if problems[2]:
+        worst = (sums - 1).abs().max().item()
+        rule = "sum to 1" if exact_sum else "sum to at most 1"
+        raise ValueError(f"kd_loss: {what} rows must {rule} (tolerance {_SUM_TOLERANCE}); worst deviation {worst:.4g}")
+
+
+def kd_loss(
+    student_logits: Tensor,
+    *,
+    teacher_logits: Tensor | None = None,
+    teacher_probs: Tensor | SparseTeacher | None = None,
+    teacher_topk: SparseTeacher | None = None,
+    labels: Tensor | None = None,
+    temperature: float = 2.0,
+    hard_weight: float = 0.5,
+    ignore_index: int = -100,
+    check_values: bool = True,
+) -> Tensor:
+    """Distillation loss of ``student_logits`` (``(N, C)`` or ``(B, T, C)``); a scalar tensor.
+
+    See the module docstring for the teacher forms. With ``labels=None`` the
+    result is the soft term alone (``hard_weight`` is ignored) and every frame
+    counts. ``check_values=False`` skips the checks on values (teacher
+    probabilities, sparse class ids: host syncs) in hot GPU loops; shape checks
+    always run.
+    """
+    # ---- validation
+    given = [n for n, v in (("teacher_logits", teacher_logits), ("teacher_probs", teacher_probs),
+                            ("teacher_topk", teacher_topk)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"kd_loss: give exactly one of teacher_logits, teacher_probs, teacher_topk; got {given or 'none'}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature!r}")
+    if not 0.0 <= hard_weight <= 1.0:
+        raise ValueError(f"kd_loss: hard_weight must be in [0, 1], got {hard_weight!r}")
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(f"kd_loss: student_logits must be (N, C) or (B, T, C), got shape {tuple(student_logits.shape)}")
+    num_classes = student_logits.shape[-1]
+    frame_shape = student_logits.shape[:-1]
+    sparse: SparseTeacher | None = teacher_topk
+    if isinstance(teacher_probs, (tuple, list)):
+        if len(teacher_probs) != 2:
+            raise ValueError("kd_loss: a sparse teacher_probs must be a pair (indices, probs)")
+        sparse, teacher_probs = (teacher_probs[0], teacher_probs[1]), None
+    dense = teacher_logits if teacher_logits is not None else teacher_probs
+    if dense is not None and dense.shape != student_logits.shape:
+        name = "teacher_logits" if teacher_logits is not None else "teacher_probs"
+        raise ValueError(f"kd_loss: {name} shape {tuple(dense.shape)} != student_logits shape "
+                         f"{tuple(student_logits.shape)} (class count or frame count mismatch)")
+    if sparse is not None:
+        idx, top_p = sparse
+        if idx.shape != top_p.shape or idx.shape[:-1] != frame_shape:
+            raise ValueError(f"kd_loss: sparse teacher indices {tuple(idx.shape)} and probs {tuple(top_p.shape)} "
+                             f"must both be {tuple(frame_shape)} + (k,)")
+        if idx.dtype.is_floating_point:
+            raise ValueError("kd_loss: sparse teacher indices must be an integer tensor")
+    if labels is not None and labels.shape != frame_shape:
+        raise ValueError(f"kd_loss: labels shape {tuple(labels.shape)} != student frames {tuple(frame_shape)}")
+    if check_values:
+        if teacher_probs is not None:
+            _check_distribution(teacher_probs.float(), "teacher_probs", exact_sum=True)
+        if sparse is not None:
+            idx = sparse[0]
+            if idx.numel() and bool(((idx < 0) | (idx >= num_classes)).any()):
+                raise ValueError(f"kd_loss: sparse teacher class ids outside [0, {num_classes}) (class count mismatch)")
+            _check_distribution(sparse[1].float(), "sparse teacher probs", exact_sum=False)
+
+    # ---- loss, in float32 whatever the autocast context
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        s = student_logits.reshape(-1, num_classes).float()
+        if labels is None:
+            valid = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        else:
+            labels = labels.reshape(-1)
+            valid = labels != ignore_index
+        if sparse is not None:
+            idx = sparse[0].reshape(-1, sparse[0].shape[-1]).long()
+            p = sparse[1].reshape(idx.shape).float().clamp(min=0)
+            return _SparseKD.apply(s, idx, p, labels, valid, float(temperature), float(hard_weight))
+
+        # dense teacher: plain autograd; one log-softmax per temperature, shared when T == 1
+        log_q1 = torch.log_softmax(s, dim=-1) if labels is not None else None
+        log_qt = log_q1 if (temperature == 1 and log_q1 is not None) else torch.log_softmax(s / temperature, dim=-1)
+        if teacher_logits is not None:
+            log_p = torch.log_softmax(teacher_logits.reshape(-1, num_classes).float() / temperature, dim=-1)
+            kl = (log_p.exp() * (log_p - log_qt)).sum(-1)
+        else:
+            p = teacher_probs.reshape(-1, num_classes).float()
+            kl = (torch.xlogy(p, p) - p * log_qt).sum(-1)
+        count = valid.sum().clamp(min=1)
+        soft = torch.where(valid, kl, 0.0).sum() / count * (temperature ** 2)
+        if labels is None:
+            return soft
+        target = torch.where(valid, labels, 0).long()
+        hard = torch.where(valid, -log_q1.gather(1, target[:, None]).squeeze(1), 0.0).sum() / count
+        return (1 - hard_weight) * soft + hard_weight * hard
+
+
+class _SparseKD(torch.autograd.Function):
+    """Top-k (+ rest) soft term and hard term with a hand-written backward.
+
+    One fused log-softmax per temperature serves the forward (only the k
+    teacher classes and the label are gathered from it) and, exponentiated,
+    the backward, where the gradient is built in place: no other (N, C)
+    intermediate. The student's rest mass in the gradient is summed over the
+    classes outside the top k (no ``1 - sum`` cancellation).
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, idx: Tensor, p: Tensor, labels: Tensor | None, valid: Tensor,
+                temperature: float, hard_weight: float) -> Tensor:
+        t = temperature
+        log_q1 = torch.log_softmax(s, dim=-1) if labels is not None else None
+        log_qt = log_q1 if (t == 1 and log_q1 is not None) else torch.log_softmax(s if t == 1 else s * (1 / t), dim=-1)
+        log_q = log_qt.gather(1, idx)                                    # student log-probs of the k classes
+        rest_p = (1 - p.sum(-1)).clamp(min=0)
+        rest_log_q = _log1mexp(torch.logsumexp(log_q, dim=-1))           # student's mass outside the k classes
+        kl = (torch.xlogy(p, p) - p * log_q).sum(-1) + torch.xlogy(rest_p, rest_p) - rest_p * rest_log_q
+        count = valid.sum().clamp(min=1)
+        loss = torch.where(valid, kl, 0.0).sum() / count * (t * t)
+        saved = [idx, p, rest_p, valid, count, log_qt]
+        if labels is not None:
+            target = torch.where(valid, labels, 0).long()
+            ce = -log_q1.gather(1, target[:, None]).squeeze(1)
+            loss = (1 - hard_weight) * loss + hard_weight * torch.where(valid, ce, 0.0).sum() / count
+            saved += [target] if log_q1 is log_qt else [target, log_q1]
+        ctx.save_for_backward(*saved)
+        ctx.temperature, ctx.hard_weight = t, (hard_weight if labels is not None else 0.0)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        idx, p, rest_p, valid, count, log_qt, *hard = ctx.saved_tensors
+        t, hw = ctx.temperature, ctx.hard_weight
+        w = valid.float() * (grad_out / count)
+        # soft: d/dz KL = q - p on the top k, q * (1 - rest_p / q_rest) elsewhere; z = s / T, scaled by T^2
+        q = log_qt.exp()
+        q_top = q.gather(1, idx)
+        q.scatter_(1, idx, 0.0)
+        q_rest = q.sum(-1)
+        rest_ratio = torch.where(q_rest > 0, rest_p / q_rest.clamp(min=_TINY), 0.0)
+        b = w * ((1 - hw) * t)
+        grad = q.mul_((b * (1 - rest_ratio))[:, None])
+        grad.scatter_(1, idx, b[:, None] * (q_top - p))
+        if hard:
+            # hard: softmax(s) - onehot(label); at T = 1 softmax(s) is q again
+            target = hard[0]
+            a = w * hw
+            q1 = log_qt.exp() if len(hard) == 1 else hard[1].exp()
+            grad.addcmul_(q1, a[:, None])
+            grad.scatter_add_(1, target[:, None], -a[:, None])
+        return grad, None, None, None, None, None, None
+
+
+class KDLoss(nn.Module):
+    """``nn.Module`` twin of :func:`kd_loss` holding temperature, hard_weight and ignore_index."""
+
+    def __init__(self, temperature: float = 2.0, hard_weight: float = 0.5, ignore_index: int = -100):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"KDLoss: temperature must be > 0, got {temperature!r}")
+        if not 0.0 <= hard_weight <= 1.0:
+            raise ValueError(f"KDLoss: hard_weight must be in [0, 1], got {hard_weight!r}")
+        self.temperature = temperature
+        self.hard_weight = hard_weight
+        self.ignore_index = ignore_index
+
+    def forward(self, student_logits: Tensor, *, teacher_logits: Tensor | None = None,
+                teacher_probs: Tensor | SparseTeacher | None = None, teacher_topk: SparseTeacher | None = None,
+                labels: Tensor | None = None) -> Tensor:
+        return kd_loss(student_logits, teacher_logits=teacher_logits, teacher_probs=teacher_probs,
+                       teacher_topk=teacher_topk, labels=labels, temperature=self.temperature,
+                       hard_weight=self.hard_weight, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, hard_weight={self.hard_weight}, ignore_index={self.ignore_index}"

@@ -1,0 +1,620 @@
+"""Train a frame-level DNN acoustic model: hard labels (baseline, teachers) or distillation (student).
+
+One entry point for every DNN of the recipe (icefall layout, read top to
+bottom): config -> compute_loss -> evaluate -> train_one_epoch -> train -> main.
+
+* Data: shuffled frame minibatches from :class:`asrdistill.frames.FrameStream`;
+  ``data_fraction < 1`` trains on a fixed, hash-chosen subset of utterances (the
+  paper's section 6 used 3%), the same for every seed and for hard or soft
+  training.
+* Distillation: soft targets come either from cached top-k shards written by
+  :func:`asrdistill.ensemble.cache_soft_targets` (``source='cached'``) or from
+  teacher checkpoints run on each minibatch (``source='online'``); the loss is
+  :func:`asrdistill.kd.kd_loss`.
+* Schedule: optional linear warmup, then newbob (halve the LR when the dev frame
+  accuracy gains less than ``newbob_threshold`` in an epoch), cosine, or
+  constant; early stopping after ``patience`` epochs without a dev gain;
+  ``best.pt`` holds the best dev model.
+* Restartable: ``last.pt`` (model, optimiser, schedule, RNG states, data
+  position, counters, config) is written atomically every ``checkpoint_every``
+  steps and after each epoch; rerunning the same command resumes exactly where
+  the run stopped and reaches the same parameters as an uninterrupted run.
+* Multi-GPU: launch the same command with ``torchrun --nproc-per-node N``; each
+  rank reads its own shards (DDP), rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from asrdistill.config import from_dict, load_section, to_dict
+from asrdistill.ensemble import SOFT_PREFIX, ensemble_logprobs
+from asrdistill.features import Cmvn
+from asrdistill.fileio import atomic_path, is_done, mark_done
+from asrdistill.frames import Batch, FrameConfig, FrameStream, iter_utterances
+from asrdistill.kd import kd_loss
+from asrdistill.model import FrameDNN, ModelConfig, load_model
+from asrdistill.shards import ShardManifest, iter_shard, write_shard
+
+__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "evaluate", "train", "main",
+           "LABELS_PREFIX", "FEATS_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+FEATS_PREFIX = "feats"
+LABELS_PREFIX = "pdf"
+# fields that may change between a run and its resumption without changing the result
+_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device"}
+
+
+# --------------------------------------------------------------------------- config
+
+@dataclass
+class DistillConfig:
+    """Soft-target training (section ``train.distill``)."""
+
+    temperature: float = 2.0
+    hard_weight: float = 0.5           # weight of the hard-label cross-entropy; 0 = soft targets only
+    source: str = "cached"             # "cached": top-k shards; "online": run the teachers on each batch
+    soft_targets: str = ""             # cached: folder with soft.manifest.json written at this temperature
+    teachers: list[str] = field(default_factory=list)  # online: teacher checkpoints (best.pt)
+    method: str = "arithmetic"         # online: "arithmetic" or "geometric" mean of teacher posteriors
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.hard_weight <= 1.0:
+            raise ValueError(f"distill.hard_weight must be in [0, 1], got {self.hard_weight}")
+        if self.source not in ("cached", "online"):
+            raise ValueError(f"distill.source must be 'cached' or 'online', got {self.source!r}")
+        if self.source == "cached" and not self.soft_targets:
+            raise ValueError("distill.source='cached' needs distill.soft_targets (a folder of soft-*.tar shards)")
+        if self.source == "online" and not self.teachers:
+            raise ValueError("distill.source='online' needs distill.teachers (checkpoint paths)")
+        if self.method not in ("arithmetic", "geometric"):
+            raise ValueError(f"distill.method must be 'arithmetic' or 'geometric', got {self.method!r}")
+
+
+@dataclass
+class TrainConfig:
+    """One DNN training run (section ``train`` of a recipe config)."""
+
+    train_feats: str = ""              # folder with feats.manifest.json
+    train_labels: str = ""             # folder with pdf.manifest.json (aligned with the features)
+    dev_feats: str = ""
+    dev_labels: str = ""
+    cmvn: str = ""                     # cmvn.json of the training features
+    num_classes: int = 0               # senones; 0 = "num_pdfs" from the label manifest's meta
+    model: ModelConfig = field(default_factory=ModelConfig)
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    distill: DistillConfig | None = None
+    data_fraction: float = 1.0         # train on this fraction of the utterances (hash-chosen, fixed)
+    seed: int = 0                      # model init and data order
+    epochs: int = 10
+    optimizer: str = "sgd"             # "sgd" (with momentum) or "adam"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "newbob"           # "newbob", "cosine" or "constant"
+    warmup_steps: int = 500
+    newbob_threshold: float = 0.002    # halve the LR when an epoch gains less dev accuracy than this
+    patience: int = 3                  # stop after this many epochs without a dev gain (0: never)
+    checkpoint_every: int = 2000       # steps between last.pt saves (and after every epoch)
+    log_every: int = 100
+    device: str = "auto"               # "auto", "cpu", "cuda"
+    bf16: bool = True                  # bf16 autocast on CUDA
+    compile: bool = False              # torch.compile the model
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"train.data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("newbob", "cosine", "constant"):
+            raise ValueError(f"train.schedule must be 'newbob', 'cosine' or 'constant', got {self.schedule!r}")
+        if self.epochs < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("train: epochs, lr, checkpoint_every and log_every must be positive")
+
+
+@dataclass
+class TrainState:
+    """Counters and schedule state; with the RNG states, all a resumed run needs besides the tensors."""
+
+    epoch: int = 0                     # current epoch
+    batches_done: int = 0              # batches of the current epoch already trained on
+    step: int = 0                      # optimiser steps so far
+    frames: int = 0                    # training frames so far (this rank)
+    epoch_loss_sum: float = 0.0        # sum over the current epoch's batches of loss * batch frames
+    epoch_frames: int = 0
+    lr_scale: float = 1.0              # newbob halvings
+    best_dev_acc: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped: bool = False              # early stopping fired
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics
+
+
+# --------------------------------------------------------------------------- loss
+
+def compute_loss(model: nn.Module, batch: Batch, distill: DistillConfig | None,
+                 teachers: Sequence[nn.Module] = (), check_values: bool = True) -> Tensor:
+    """Mean loss of one minibatch: cross-entropy, or :func:`kd_loss` against the batch's or teachers' targets."""
+    logits = model(batch.x)
+    if distill is None:
+        return F.cross_entropy(logits.float(), batch.y)
+    if distill.source == "cached":
+        if batch.soft_idx is None or batch.soft_prob is None:
+            raise ValueError("distillation from cached targets, but the batch has no soft targets")
+        teacher = {"teacher_topk": (batch.soft_idx, batch.soft_prob)}
+    else:
+        with torch.no_grad():
+            teacher = {"teacher_probs": ensemble_logprobs(teachers, batch.x, distill.temperature, distill.method).exp()}
+    return kd_loss(logits, labels=batch.y, temperature=distill.temperature, hard_weight=distill.hard_weight,
+                   check_values=check_values, **teacher)
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, distill: DistillConfig | None,
+               teachers: Sequence[nn.Module] = (), bf16: bool = False, check_values: bool = True) -> Tensor:
+    """One optimiser step on ``batch``; returns the detached loss (no host sync)."""
+    with _autocast(batch.x.device, bf16):
+        loss = compute_loss(net, batch, distill, teachers, check_values=check_values)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn, frames: FrameConfig,
+             device: torch.device, bf16: bool = False) -> dict[str, float]:
+    """Frame accuracy and cross-entropy of ``model`` on every labelled frame of a (dev) set."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for _, x, y in iter_utterances(feats, cmvn, frames, labels=labels, device=device):
+        with _autocast(device, bf16):
+            logits = model(x).float()
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(-1) == y).sum()
+        count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError(f"{labels.path}: no labelled frames to evaluate on")
+    return {"loss": loss.item() / count, "acc": correct.item() / count, "frames": count}
+
+
+# --------------------------------------------------------------------------- one epoch
+
+@dataclass
+class _Run:
+    """Everything a training epoch needs, built once by :func:`train`."""
+
+    config: TrainConfig
+    out_dir: Path
+    model: FrameDNN                    # plain module: the one saved
+    net: nn.Module                     # what runs: compiled and/or DDP-wrapped ``model``
+    optimizer: torch.optim.Optimizer
+    stream: FrameStream
+    teachers: list[FrameDNN]
+    device: torch.device
+    bf16: bool
+    rank: int
+    world_size: int
+    steps_per_epoch: int
+    writer: object | None              # TensorBoard SummaryWriter or None
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _lr(run: _Run, state: TrainState) -> float:
+    c = run.config
+    lr = c.lr * state.lr_scale
+    if c.warmup_steps > 0:
+        lr *= min(1.0, (state.step + 1) / c.warmup_steps)
+    if c.schedule == "cosine":
+        total = max(1, c.epochs * run.steps_per_epoch - c.warmup_steps)
+        progress = min(1.0, max(0, state.step - c.warmup_steps) / total)
+        lr *= 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
+
+
+def train_one_epoch(run: _Run, state: TrainState) -> None:
+    """Train on the rest of epoch ``state.epoch`` (from ``state.batches_done``), checkpointing on the way."""
+    c = run.config
+    run.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # since the last fold into state
+    pending_frames = 0
+    first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)  # step of the first non-finite loss
+    window_loss, window_frames, window_start = torch.zeros((), device=run.device), 0, time.perf_counter()
+    frames_here = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=run.steps_per_epoch, initial=state.batches_done, unit="batch", dynamic_ncols=True,
+               desc=f"epoch {state.epoch}", disable=not (c.progress and run.rank == 0), leave=False)
+    batches = run.stream.epoch(state.epoch, skip_batches=state.batches_done)
+    for batch in batches:
+        if state.batches_done >= run.steps_per_epoch:  # DDP: every rank stops at the shortest rank's count
+            break
+        lr = _lr(run, state)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        n = int(batch.y.shape[0])
+        check = run.device.type != "cuda" or state.step % c.log_every == 0  # value checks sync the GPU
+        loss = train_step(run.net, run.optimizer, batch, c.distill, run.teachers, run.bf16, check)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), state.step, first_bad)
+        loss_sum += loss.double() * n
+        pending_frames += n
+        window_loss += loss * n
+        window_frames += n
+        frames_here += n
+        state.step += 1
+        state.batches_done += 1
+        state.frames += n
+        bar.update(1)
+
+        if state.step % c.log_every == 0:
+            _check_finite(first_bad, run)
+            now = time.perf_counter()
+            record = {"step": state.step, "epoch": state.epoch, "loss": window_loss.item() / window_frames,
+                      "lr": lr, "frames_per_sec": window_frames * run.world_size / (now - window_start)}
+            bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_sec']:.0f}", lr=f"{lr:.3g}")
+            _log_metrics(run, record)
+            window_loss.zero_()
+            window_frames, window_start = 0, now
+        if state.step % c.checkpoint_every == 0:
+            _check_finite(first_bad, run)
+            state.epoch_loss_sum += loss_sum.item()
+            state.epoch_frames += pending_frames
+            loss_sum.zero_()
+            pending_frames = 0
+            _save_checkpoint(run, state)
+    bar.close()
+    _check_finite(first_bad, run)
+    state.epoch_loss_sum += loss_sum.item()
+    state.epoch_frames += pending_frames
+    elapsed = time.perf_counter() - t0
+    state.history.append({"epoch": state.epoch, "train_frames_per_sec": frames_here * run.world_size / max(elapsed, 1e-9)})
+
+
+def _check_finite(first_bad: Tensor, run: _Run) -> None:
+    step = int(first_bad.item())
+    if step >= 0:
+        raise FloatingPointError(f"non-finite training loss at step {step + 1}; stopping. The last good checkpoint "
+                                 f"is {run.out_dir / 'last.pt'} (lower train.lr?)")
+
+
+def _log_metrics(run: _Run, record: dict) -> None:
+    if run.rank != 0:
+        return
+    path = run.out_dir / "log" / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    if run.writer is not None:
+        prefix = "epoch/" if "dev_acc" in record else "train/"
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                run.writer.add_scalar(prefix + key, value, record["step"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
+    """Atomically write ``name`` (rank 0 only): everything :func:`train` needs to continue bit-exactly."""
+    if run.rank != 0:
+        return
+    ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
+            "world_size": run.world_size, "optimizer": run.optimizer.state_dict(),
+            "state": dataclasses.asdict(state), "rng": _rng_states()}
+    with atomic_path(run.out_dir / name) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
+    if run.rank != 0:
+        return
+    ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
+            "epoch": state.epoch, "step": state.step, "dev": dev}
+    with atomic_path(run.out_dir / "best.pt") as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int) -> None:
+    """A checkpoint from another configuration (or DDP size) is an error naming the file."""
+    old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
+    new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+    diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diffs:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
+        raise ValueError(f"{path}: checkpoint is from a different configuration ({details}); "
+                         "use another output folder or delete it")
+    if ckpt.get("world_size") != world_size:
+        raise ValueError(f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
+                         f"this run has {world_size}; data positions would not match")
+
+
+# --------------------------------------------------------------------------- data
+
+def _utterance_selected(utt: str, fraction: float) -> bool:
+    """Fixed pseudo-random choice of an utterance, independent of seed, rank and shard layout."""
+    h = int.from_bytes(hashlib.sha1(utt.encode("utf-8")).digest()[:8], "big")
+    return h < fraction * 2.0 ** 64
+
+
+def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
+    """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
+    if fraction >= 1.0:
+        return labels
+    info = {"source": str(labels.path), "fraction": fraction}
+    if is_done(out_dir, "subset") and json.loads((out_dir / ".subset.done").read_text()) == info:
+        return ShardManifest.load(out_dir, LABELS_PREFIX)
+    subset = ShardManifest(out_dir, LABELS_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
+                                                         "data_fraction": fraction})
+    empty = np.zeros(0, dtype=np.int32)
+    for path, shard in zip(labels.shard_paths, labels.shards):
+        samples = ((utt, {"pdf": s["pdf"] if _utterance_selected(utt, fraction) else empty})
+                   for utt, s in iter_shard(path))
+        subset.shards.append(write_shard(out_dir / shard.name, samples))
+    if subset.num_frames == 0:
+        raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
+    subset.save()
+    mark_done(out_dir, "subset", info)
+    log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
+    return subset
+
+
+def _num_classes(config: TrainConfig, labels: ShardManifest) -> int:
+    if config.num_classes > 0:
+        return config.num_classes
+    n = labels.meta.get("num_pdfs")
+    if n is None:
+        raise ValueError(f"{labels.path}: meta has no 'num_pdfs'; set train.num_classes")
+    return int(n)
+
+
+def _load_teachers(distill: DistillConfig, input_dim: int, num_classes: int, device: torch.device) -> list[FrameDNN]:
+    teachers = []
+    for path in distill.teachers:
+        teacher = load_model(path, device)
+        if teacher.num_classes != num_classes:
+            raise ValueError(f"{path}: teacher has {teacher.num_classes} senones, the student {num_classes}")
+        if teacher.input_dim != input_dim:
+            raise ValueError(f"{path}: teacher takes {teacher.input_dim} inputs, the student {input_dim} "
+                             "(different context window or feature dim)")
+        teacher.requires_grad_(False)
+        teachers.append(teacher)
+    return teachers
+
+
+def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
+    soft = ShardManifest.load(distill.soft_targets, SOFT_PREFIX)
+    t, c = soft.meta.get("temperature"), soft.meta.get("num_classes")
+    if t is None or not math.isclose(float(t), distill.temperature):
+        raise ValueError(f"{soft.path}: soft targets were computed at temperature {t}, "
+                         f"distill.temperature is {distill.temperature}")
+    if c is not None and int(c) != num_classes:
+        raise ValueError(f"{soft.path}: soft targets have {c} senones, the student {num_classes}")
+    return soft
+
+
+# --------------------------------------------------------------------------- the run
+
+def _setup_device(config: TrainConfig) -> tuple[torch.device, int, int]:
+    """Device, rank and world size; initialises the process group under ``torchrun``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    want = config.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if world_size > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if want == "cuda" else "gloo")
+        if want == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local), rank, world_size
+    return torch.device(want), rank, world_size
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict:
+    """Train (or resume, or return the result of a finished run in ``out_dir``); returns final metrics.
+
+    Writes ``out_dir/{best.pt,last.pt,train.json,log/metrics.jsonl,log/tb}`` and
+    the ``.train.done`` marker. ``force`` starts from scratch.
+    """
+    out_dir = Path(out_dir)
+    if force:
+        for name in ("last.pt", "best.pt", ".train.done"):
+            (out_dir / name).unlink(missing_ok=True)
+    elif is_done(out_dir, "train"):
+        log.info("%s: already trained", out_dir)
+        return json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
+    device, rank, world_size = _setup_device(config)
+    _seed_everything(config.seed)
+
+    # data
+    cmvn = Cmvn.load(config.cmvn)
+    feats = ShardManifest.load(config.train_feats, FEATS_PREFIX)
+    labels = ShardManifest.load(config.train_labels, LABELS_PREFIX)
+    if not config.dev_feats or not config.dev_labels:
+        raise ValueError("train: dev_feats and dev_labels are required (model selection uses dev frame accuracy)")
+    dev_feats = ShardManifest.load(config.dev_feats, FEATS_PREFIX)
+    dev_labels = ShardManifest.load(config.dev_labels, LABELS_PREFIX)
+    num_classes = _num_classes(config, labels)
+    input_dim = config.frames.window * cmvn.dim
+    if rank == 0:
+        labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
+    if world_size > 1:
+        dist.barrier()
+        if rank != 0:
+            labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
+    soft = None
+    teachers: list[FrameDNN] = []
+    if config.distill is not None and config.distill.source == "cached":
+        soft = _soft_manifest(config.distill, num_classes)
+    elif config.distill is not None:
+        teachers = _load_teachers(config.distill, input_dim, num_classes, device)
+    stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
+                         world_size=world_size, device=device)
+
+    # model and optimiser
+    model = FrameDNN(config.model, input_dim, num_classes).to(device)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = TrainState()
+    last = out_dir / "last.pt"
+    if last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        _check_resumable(last, ckpt, config, world_size)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = from_dict(TrainState, ckpt["state"])
+        _set_rng_states(ckpt["rng"])
+        log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
+    net: nn.Module = torch.compile(model) if config.compile else model
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out_dir / "log" / "tb"))
+        except ImportError:
+            log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
+    run = _Run(config, out_dir, model, net, optimizer, stream, teachers, device,
+               config.bf16 and device.type == "cuda", rank, world_size, 0, writer)
+    run.steps_per_epoch = _steps(run, state.epoch)
+    log.info("%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d", out_dir, model.num_params(),
+             input_dim, num_classes, run.steps_per_epoch, device, world_size)
+
+    while state.epoch < config.epochs and not state.stopped:
+        train_one_epoch(run, state)
+        dev = evaluate(model, dev_feats, dev_labels, cmvn, config.frames, device, run.bf16)
+        _end_epoch(run, state, dev)
+        _save_checkpoint(run, state)
+    if writer is not None:
+        writer.close()
+
+    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+    result = {"best_dev_acc": state.best_dev_acc, "best_epoch": state.best_epoch,
+              "best_dev_loss": best.get("dev_loss"), "epochs": len(state.history), "steps": state.step,
+              "train_frames": state.frames * world_size,
+              "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
+              "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params()}
+    if rank == 0:
+        mark_done(out_dir, "train", result)
+    return result
+
+
+def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
+    """Record the epoch, keep the best model, apply newbob halving and early stopping; next epoch."""
+    c = run.config
+    gain = dev["acc"] - state.best_dev_acc
+    record = state.history[-1]
+    record.update({"step": state.step, "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
+                   "dev_loss": dev["loss"], "dev_acc": dev["acc"], "lr_scale": state.lr_scale})
+    if gain > 0:
+        state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
+        _save_best(run, state, dev)
+    else:
+        state.bad_epochs += 1
+    if c.schedule == "newbob" and state.epoch > 0 and gain < c.newbob_threshold:
+        state.lr_scale *= 0.5
+    if c.patience and state.bad_epochs >= c.patience:
+        state.stopped = True
+        log.info("early stop after epoch %d: no dev gain for %d epochs", state.epoch, state.bad_epochs)
+    _log_metrics(run, record)
+    log.info("epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
+             state.epoch, record["train_loss"], dev["loss"], 100 * dev["acc"], 100 * state.best_dev_acc,
+             state.best_epoch, record["train_frames_per_sec"])
+    state.epoch += 1
+    state.batches_done = 0
+    state.epoch_loss_sum = 0.0
+    state.epoch_frames = 0
+    run.steps_per_epoch = _steps(run, state.epoch)
+
+
+def _steps(run: _Run, epoch: int) -> int:
+    """Batches per rank in ``epoch``: ranks hold different shards, so all stop at the shortest rank's count."""
+    steps = run.stream.num_batches(epoch)
+    if run.world_size > 1:
+        t = torch.tensor(steps, device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        steps = int(t.item())
+    return steps
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m asrdistill.train --config conf.yaml --out-dir exp/dnn train.lr=0.01 ...``"""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="recipe YAML; its 'train' section (or --section) is used")
+    parser.add_argument("--section", default="train", help="config section to read (default: train)")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--force", action="store_true", help="start from scratch even if out-dir has a run")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=3")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = [o.replace("train.", f"{args.section}.", 1) if args.section != "train" else o
+                 for o in args.overrides]
+    config = load_section(args.config, args.section, TrainConfig, overrides)
+    try:
+        return train(config, args.out_dir, force=args.force)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

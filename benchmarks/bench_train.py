@@ -1,0 +1,199 @@
+"""Training throughput: bare PyTorch loop vs our trainer step vs our full loop; hard labels vs KD.
+
+Prints frames/s for
+
+  (a) a bare loop (model, cross-entropy, SGD) on synthetic device tensors: the ceiling;
+  (b) ``asrdistill.train.train_step`` on the same synthetic batches (hard; KD with top-k targets);
+  (c) the full ``asrdistill.train.train`` loop reading shards through ``FrameStream``
+      (splicing, CMVN, shuffling) for hard-label and cached top-k KD training;
+  (d) ensemble inference (``ensemble_logprobs``) with 1 and N models,
+
+and the ratios the project targets: full/ceiling >= 0.9 on GPU (CPU preset
+within 1.5x of the bare loop on CPU), KD/hard >= 0.9. CUDA is used when
+available (bf16 autocast, optional ``--compile``), the CPU otherwise.
+
+    python -m benchmarks.bench_train                  # from the repo root; CPU: cpu preset, 2000 senones
+    python -m benchmarks.bench_train --compile        # GPU: paper preset (84M parameters, 14,000 senones)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asrdistill.ensemble import ensemble_logprobs
+from asrdistill.features import Cmvn
+from asrdistill.frames import Batch, FrameConfig
+from asrdistill.model import FrameDNN, ModelConfig
+from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.train import DistillConfig, TrainConfig, train, train_step
+
+FEAT_DIM = 40
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step, n_steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``step()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / n_steps
+
+
+def _model(args, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return FrameDNN(ModelConfig(args.preset), 26 * FEAT_DIM, args.senones).to(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _topk_targets(n: int, k: int, c: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.stack([torch.randperm(c, generator=gen)[:k] for _ in range(min(n, 64))]).repeat(-(-n // 64), 1)[:n]
+    prob = torch.rand(n, k, generator=gen)
+    return idx, prob / prob.sum(-1, keepdim=True) * 0.95
+
+
+def bare_loop(args, device) -> float:
+    model = _model(args, device)
+    net = torch.compile(model) if args.compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(args.batch_size, 26 * FEAT_DIM, device=device)
+    y = torch.randint(0, args.senones, (args.batch_size,), device=device)
+
+    def step():
+        with _autocast(device):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return args.batch_size / _timed(step, args.steps, args.warmup, device)
+
+
+def trainer_step(args, device, kd: bool) -> float:
+    model = _model(args, device)
+    net = torch.compile(model) if args.compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 26 * FEAT_DIM, generator=gen).to(device)
+    y = torch.randint(0, args.senones, (args.batch_size,), generator=gen).to(device)
+    idx, prob = _topk_targets(args.batch_size, args.k, args.senones, gen) if kd else (None, None)
+    batch = Batch(x, y, None if idx is None else idx.to(device), None if prob is None else prob.to(device))
+    distill = DistillConfig(soft_targets="(synthetic)") if kd else None
+    check = device.type != "cuda"
+    return args.batch_size / _timed(lambda: train_step(net, opt, batch, distill, (), device.type == "cuda", check),
+                                    args.steps, args.warmup, device)
+
+
+def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int = 1000, shards: int = 4) -> None:
+    """Random 40-dim features, labels and top-k soft targets in the shard layout of docs/CONTRACTS.md."""
+    rng = np.random.default_rng(0)
+    for subset, n_frames in (("train", frames), ("dev", 4 * utt_frames)):
+        n_utts = max(shards, n_frames // utt_frames)
+        sets = {name: ShardManifest(root / subset / name, name, meta={"dim": FEAT_DIM, "num_pdfs": senones,
+                                                                         "temperature": 2.0, "k": k})
+                for name in ("feats", "pdf", "soft")}
+        utts = [f"s{i:04d}-1-{i:05d}" for i in range(n_utts)]
+        for s in range(shards):
+            samples = {"feats": [], "pdf": [], "soft": []}
+            for u in utts[s::shards]:
+                samples["feats"].append((u, {"feats": rng.standard_normal((utt_frames, FEAT_DIM)).astype(np.float16)}))
+                samples["pdf"].append((u, {"pdf": rng.integers(0, senones, utt_frames).astype(np.int32)}))
+                prob = rng.random((utt_frames, k)).astype(np.float32)
+                samples["soft"].append((u, {"topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
+                                            "topk_prob": (prob / prob.sum(1, keepdims=True) * 0.95).astype(np.float16)}))
+            for name, manifest in sets.items():
+                manifest.shards.append(write_shard(manifest.directory / f"{name}-{s:06d}.tar", samples[name]))
+        for manifest in sets.values():
+            manifest.save()
+    Cmvn(np.zeros(FEAT_DIM), np.ones(FEAT_DIM), 1).save(root / "cmvn.json")
+
+
+def full_loop(args, device, root: Path, kd: bool) -> float:
+    config = TrainConfig(
+        train_feats=str(root / "train/feats"), train_labels=str(root / "train/pdf"),
+        dev_feats=str(root / "dev/feats"), dev_labels=str(root / "dev/pdf"), cmvn=str(root / "cmvn.json"),
+        model=ModelConfig(args.preset), frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
+        distill=DistillConfig(soft_targets=str(root / "train/soft")) if kd else None,
+        epochs=1, lr=1e-3, warmup_steps=0, schedule="constant", device=device.type, compile=args.compile,
+        checkpoint_every=10 ** 9, log_every=50, progress=False)
+    result = train(config, root / ("exp-kd" if kd else "exp-hard"))
+    return result["train_frames_per_sec"]
+
+
+def ensemble_inference(args, device, n_models: int) -> float:
+    models = [_model(args, device).eval() for _ in range(n_models)]
+    x = torch.randn(args.batch_size, 26 * FEAT_DIM, device=device)
+
+    def step():
+        with _autocast(device):
+            ensemble_logprobs(models, x, 2.0)
+
+    return args.batch_size / _timed(step, max(1, args.steps // 2), args.warmup, device)
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="paper" if cuda else "cpu")
+    p.add_argument("--senones", type=int, default=14_000 if cuda else 2000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=200 if cuda else 30)
+    p.add_argument("--warmup", type=int, default=20 if cuda else 3)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--teachers", type=int, default=10 if cuda else 4)
+    p.add_argument("--frames", type=int, default=2_000_000 if cuda else 100_000, help="full-loop training frames")
+    p.add_argument("--buffer-frames", type=int, default=500_000 if cuda else 50_000)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; preset {args.preset}, {args.senones} senones, batch {args.batch_size}, "
+          f"k={args.k}, bf16={cuda}, compile={args.compile}")
+
+    rows = {"(a) bare loop, synthetic": bare_loop(args, device),
+            "(b) trainer step, hard": trainer_step(args, device, kd=False),
+            "(b) trainer step, KD top-k": trainer_step(args, device, kd=True)}
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_corpus(Path(tmp), args.frames, args.senones, args.k)
+        rows["(c) full loop, hard"] = full_loop(args, device, Path(tmp), kd=False)
+        rows["(c) full loop, KD top-k"] = full_loop(args, device, Path(tmp), kd=True)
+    rows["(d) inference, 1 model"] = ensemble_inference(args, device, 1)
+    rows[f"(d) inference, {args.teachers} models"] = ensemble_inference(args, device, args.teachers)
+
+    for label, fps in rows.items():
+        print(f"{label:32s} {fps:12,.0f} frames/s")
+    bare = rows["(a) bare loop, synthetic"]
+    print(f"trainer step / bare       hard {rows['(b) trainer step, hard'] / bare:.3f}")
+    print(f"full loop / bare          hard {rows['(c) full loop, hard'] / bare:.3f}   "
+          f"(goal: >= 0.9 on GPU; CPU preset within 1.5x, i.e. >= 0.667)")
+    print(f"full loop / trainer step  hard {rows['(c) full loop, hard'] / rows['(b) trainer step, hard']:.3f}")
+    print(f"KD / hard   trainer step {rows['(b) trainer step, KD top-k'] / rows['(b) trainer step, hard']:.3f}   "
+          f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   (goal: >= 0.9)")
+    print(f"ensemble of {args.teachers} / 1 model inference "
+          f"{rows[f'(d) inference, {args.teachers} models'] / rows['(d) inference, 1 model']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Trainer: exact resume after a kill, clear errors, data_fraction, NaN stop, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import asrdistill.train as train_mod
+from asrdistill.features import Cmvn
+from asrdistill.frames import FrameConfig
+from asrdistill.model import ModelConfig
+from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.train import DistillConfig, TrainConfig, main, train
+
+torch.set_num_threads(1)
+C, D = 6, 5
+
+
+def _make_set(root: Path, rng: np.random.Generator, means: np.ndarray, n_utts: int, frames: int = 40,
+              shards: int = 2) -> None:
+    """Tiny feature + label shard sets: frame features = class mean + unit noise."""
+    fm = ShardManifest(root / "feats", "feats", meta={"dim": D})
+    lm = ShardManifest(root / "labels", "pdf", meta={"num_pdfs": C})
+    utts = [f"s{i:03d}-1-{i:04d}" for i in range(n_utts)]
+    for s in range(shards):
+        fs, ls = [], []
+        for u in utts[s::shards]:
+            y = rng.integers(0, C, frames)
+            fs.append((u, {"feats": (means[y] + rng.standard_normal((frames, D))).astype(np.float16)}))
+            ls.append((u, {"pdf": y.astype(np.int32)}))
+        fm.shards.append(write_shard(root / "feats" / f"feats-{s:06d}.tar", fs))
+        lm.shards.append(write_shard(root / "labels" / f"pdf-{s:06d}.tar", ls))
+    fm.save()
+    lm.save()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    means = 2 * rng.standard_normal((C, D))
+    _make_set(root / "train", rng, means, 20)
+    _make_set(root / "dev", rng, means, 6)
+    Cmvn(np.zeros(D), np.ones(D), 1).save(root / "cmvn.json")
+    return root
+
+
+def _config(data: Path, **kw) -> TrainConfig:
+    d = dict(train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
+             dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
+             model=ModelConfig("tiny", dropout=0.2),
+             frames=FrameConfig(left=2, right=1, batch_size=16, buffer_frames=200, prefetch=0),
+             epochs=3, optimizer="adam", lr=3e-3, warmup_steps=5, schedule="newbob",
+             checkpoint_every=7, log_every=5, progress=False)
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path, monkeypatch):
+    config = _config(data)
+    ref = train(config, tmp_path / "ref")
+    assert ref["epochs"] == 3 and ref["steps"] == 3 * 50  # 800 frames / 16 per batch
+    assert (tmp_path / "ref" / "best.pt").is_file()
+    records = [json.loads(line) for line in (tmp_path / "ref/log/metrics.jsonl").read_text().splitlines()]
+    assert any("dev_acc" in r for r in records) and any("frames_per_sec" in r for r in records)
+
+    # kill in the middle of epoch 1 (step 80: the last checkpoint is at step 77, mid-epoch)
+    real = train_mod.compute_loss
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 80:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "compute_loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    monkeypatch.setattr(train_mod, "compute_loss", real)
+    ckpt = torch.load(tmp_path / "run/last.pt", map_location="cpu", weights_only=False)
+    assert (ckpt["state"]["step"], ckpt["state"]["epoch"], ckpt["state"]["batches_done"]) == (77, 1, 27)
+
+    resumed = train(config, tmp_path / "run")
+    for name, ref_value in _params(tmp_path / "ref/last.pt").items():
+        assert torch.equal(ref_value, _params(tmp_path / "run/last.pt")[name]), name
+    assert resumed["best_dev_acc"] == ref["best_dev_acc"] and resumed["steps"] == ref["steps"]
+    assert resumed["best_dev_acc"] > 0.6  # it did learn (chance is 1/6)
+    # a finished run is a no-op
+    assert train(config, tmp_path / "run") == resumed
+
+
+def test_resume_with_other_config_names_checkpoint(data, tmp_path):
+    train(_config(data, epochs=1), tmp_path)
+    (tmp_path / ".train.done").unlink()
+    with pytest.raises(ValueError, match=r"last\.pt.*different configuration.*lr"):
+        train(_config(data, epochs=1, lr=0.5), tmp_path)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real = train_mod.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 12 else loss
+
+    monkeypatch.setattr(train_mod, "compute_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="step 12"):
+        train(_config(data), tmp_path)
+    ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["state"]["step"] == 7
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_missing_label_shard_is_named(data, tmp_path):
+    import shutil
+
+    labels = tmp_path / "labels"
+    shutil.copytree(data / "train/labels", labels)
+    (labels / "pdf-000001.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="pdf-000001.tar"):
+        train(_config(data, train_labels=str(labels)), tmp_path / "run")
+
+
+def test_soft_target_mismatches_are_named(data, tmp_path):
+    soft = ShardManifest(tmp_path / "soft", "soft", meta={"temperature": 1.0, "num_classes": C})
+    soft.save()
+    with pytest.raises(ValueError, match=r"soft\.manifest\.json.*temperature 1\.0"):
+        train(_config(data, distill=DistillConfig(soft_targets=str(tmp_path / "soft"))), tmp_path / "a")
+    soft.meta = {"temperature": 2.0, "num_classes": C + 1}
+    soft.save()
+    with pytest.raises(ValueError, match=r"soft\.manifest\.json.*7 senones"):
+        train(_config(data, distill=DistillConfig(soft_targets=str(tmp_path / "soft"))), tmp_path / "b")
+
+
+def test_online_distillation_and_teacher_mismatch(data, tmp_path):
+    teacher = train(_config(data, epochs=1), tmp_path / "teacher")["best_checkpoint"]
+    student = train(_config(data, epochs=2, model=ModelConfig("tiny", hidden_dim=16),
+                            distill=DistillConfig(source="online", teachers=[teacher], hard_weight=0.3)),
+                    tmp_path / "student")
+    assert student["best_dev_acc"] > 0.5
+    with pytest.raises(ValueError, match=r"teacher.*best\.pt.*6 senones, the student 9"):
+        train(_config(data, num_classes=9, distill=DistillConfig(source="online", teachers=[teacher])),
+              tmp_path / "bad")
+
+
+def test_data_fraction_is_a_fixed_subset_of_utterances(data, tmp_path):
+    a = train(_config(data, epochs=1, data_fraction=0.3), tmp_path / "a")
+    train(_config(data, epochs=1, data_fraction=0.3, seed=5), tmp_path / "b")
+    sub_a = ShardManifest.load(tmp_path / "a/subset", "pdf")
+    sub_b = ShardManifest.load(tmp_path / "b/subset", "pdf")
+    assert 0 < sub_a.num_frames < 800 and sub_a.num_frames % 40 == 0
+    assert [s.num_frames for s in sub_a.shards] == [s.num_frames for s in sub_b.shards]
+    assert a["train_frames"] == sub_a.num_frames
+
+
+def test_main_reads_yaml_section_and_overrides(data, tmp_path):
+    config = _config(data)
+    section = {k: v for k, v in train_mod.to_dict(config).items() if k not in ("model", "frames")}
+    section["frames"] = {"left": 2, "right": 1, "batch_size": 64}
+    section["model"] = {"preset": "tiny"}
+    path = tmp_path / "conf.yaml"
+    path.write_text(yaml.safe_dump({"train": section}))
+    result = main(["--config", str(path), "--out-dir", str(tmp_path / "run"), "train.epochs=1"])
+    assert result["epochs"] == 1 and result["steps"] == 13
