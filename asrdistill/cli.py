@@ -108,6 +108,88 @@ def cmd_mono(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.align import AlignConfig, align_subset
+    from asrdistill.aligner.mono import HmmModel
+    from asrdistill.datadir import DataDir
+    from asrdistill.features import FEATS_PREFIX
+    from asrdistill.lang import Lang
+    from asrdistill.shards import ShardManifest
+
+    cfg = _runtime(_section(args, "align", AlignConfig), args)
+    model = HmmModel.load(Path(args.model_dir) / "final.pt")
+    feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
+    result = align_subset(feats, DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), model, args.out_dir, cfg,
+                          force=args.force)
+    return 0 if result.num_frames > 0 else 1
+
+
+# --------------------------------------------------------------------------- DNNs
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Recursive dict update (YAML sections for roles override the shared ``train`` section)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _train_config(args: argparse.Namespace):
+    """``train`` section, then the role's section (``student``, ``fraction``), then --set, then paths."""
+    from asrdistill.config import from_dict, parse_overrides, read_yaml
+    from asrdistill.train import TrainConfig
+
+    data = read_yaml(args.config) if args.config else {}
+    merged = dict(data.get("train") or {})
+    if args.role:
+        merged = _merge(merged, data.get(args.role) or {})
+    merged = _merge(merged, parse_overrides(args.set).get("train", {}))
+    feats, labels = Path(args.feats), Path(args.labels)
+    merged.update(train_feats=str(feats / args.train_set), train_labels=str(labels / args.train_set),
+                  dev_feats=str(feats / args.dev_set), dev_labels=str(labels / args.dev_set),
+                  cmvn=str(feats / args.train_set / "cmvn.json"), seed=args.seed)
+    if args.device:
+        merged["device"] = args.device
+    if args.fraction is not None:
+        merged["data_fraction"] = args.fraction
+    if args.soft:
+        merged["distill"] = _merge(merged.get("distill") or {}, {"source": "cached", "soft_targets": str(args.soft),
+                                                                 "temperature": args.temperature})
+    else:
+        merged.pop("distill", None)
+    return from_dict(TrainConfig, merged, f"{args.config}:train+{args.role or ''}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from asrdistill.fileio import write_json_atomic
+    from asrdistill.train import train
+
+    result = train(_train_config(args), args.out, force=args.force)
+    write_json_atomic(Path(args.out) / "train_result.json", result)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Write the ensemble's member list and cache its top-k soft targets on the training set."""
+    from asrdistill.ensemble import cache_soft_targets, load_teachers
+    from asrdistill.features import FEATS_PREFIX, Cmvn
+    from asrdistill.fileio import write_text_atomic
+    from asrdistill.shards import ShardManifest
+
+    cfg = _train_config(args)
+    out = Path(args.out)
+    members = [Path(m) / "best.pt" for m in args.members]
+    write_text_atomic(out / "members.txt", "".join(f"{m}\n" for m in members))
+    device = args.device or "cpu"
+    teachers = load_teachers(members, device)
+    feats = ShardManifest.load(Path(args.feats) / args.train_set, FEATS_PREFIX)
+    cmvn = Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json")
+    dirs = {t: out / f"soft_T{t:g}" for t in args.temperatures}
+    cache_soft_targets(teachers, feats, cmvn, cfg.frames, dirs, k=args.topk, method=args.method, device=device)
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from asrdistill.results import collect_results
 
@@ -193,6 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("exp_dir", type=Path, help="e.g. exp/mono; alignments go to <exp_dir>/ali")
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device", help="cpu or cuda")
+
+    sp = add("align", cmd_align, "Viterbi-align a data set with a trained GMM-HMM (senone labels with a tree)", config=True)
+    sp.add_argument("model_dir", type=Path, help="holds final.pt (exp/mono or exp/tri)")
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("lang_dir", type=Path)
+    sp.add_argument("feats_dir", type=Path)
+    sp.add_argument("out_dir", type=Path)
+    sp.add_argument("--nj", type=int)
+    sp.add_argument("--device")
+    sp.add_argument("--force", action="store_true")
+
+    def add_train_data(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--feats", type=Path, required=True, help="data/fbank (holds <set>/feats.manifest.json)")
+        sp.add_argument("--labels", type=Path, required=True, help="exp/tri_ali (holds <set>/pdf.manifest.json)")
+        sp.add_argument("--train-set", required=True)
+        sp.add_argument("--dev-set", required=True)
+        sp.add_argument("--device", help="cpu or cuda (default: the config's, 'auto')")
+        sp.add_argument("--seed", type=int, default=1)
+        sp.add_argument("--role", help="config section overriding 'train', e.g. student or fraction")
+        sp.add_argument("--fraction", type=float, help="train on this fraction of the utterances")
+        sp.add_argument("--soft", type=Path, help="cached soft targets (exp/ensemble/soft_T2): distill")
+        sp.add_argument("--temperature", type=float, default=2.0)
+
+    sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True)
+    add_train_data(sp)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's top-k soft targets at each temperature", config=True)
+    add_train_data(sp)
+    sp.add_argument("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/")
+    sp.add_argument("--temperatures", type=float, nargs="+", required=True)
+    sp.add_argument("--topk", type=int, default=20)
+    sp.add_argument("--method", default="arithmetic", choices=["arithmetic", "geometric"])
+    sp.add_argument("members", nargs="+", type=Path, help="teacher experiment dirs (with best.pt)")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)

@@ -93,7 +93,7 @@ end; fi
 if want 4; then begin 4 "decision tree, tied-state triphones, senone labels"
   asrdistill tri $common --nj "$nj" data/$train data/lang data/fbank/$train exp/mono exp/tri
   for s in $subsets; do
-    asrdistill align $common --nj "$nj" exp/tri data/$s data/fbank/$s exp/tri_ali/$s
+    asrdistill align --config "$config" --device $device --nj "$nj" exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
   done
 end; fi
 

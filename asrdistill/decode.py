@@ -1,0 +1,226 @@
+"""Hybrid DNN-HMM decoding of senone posteriors with an HCLG graph.
+
+The network gives posteriors p(s | x); the HMM needs likelihoods p(x | s),
+which up to a per-frame constant are p(s | x) / p(s). So the decoder's scores
+are ``(log p(s|x) - log p(s)) * acoustic_scale`` with priors p(s) from the
+training alignments' senone counts, and the acoustic scale (the inverse LM
+weight) is tuned on dev and applied unchanged to test.
+
+Posteriors arrive as an iterable of ``(utt_id, log_posteriors (T, num_pdfs))``
+from one model or an ensemble, so this module never touches a network.
+Utterances are decoded by ``nj`` worker processes that each load the graph once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import kaldi_decoder
+import kaldifst
+import numpy as np
+from tqdm import tqdm
+
+from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.graph import load_graph_info
+from asrdistill.scoring import WerResult, wer_report
+from asrdistill.shards import ShardManifest, iter_shard
+
+__all__ = ["DecodeConfig", "DecodeResult", "SweepResult", "compute_priors", "decode", "sweep", "FRAME_RATE"]
+
+log = logging.getLogger(__name__)
+
+FRAME_RATE = 100.0  # frames per second of audio (10 ms shift)
+
+
+@dataclass
+class DecodeConfig:
+    beam: float = 13.0
+    max_active: int = 7000
+    min_active: int = 200
+    acoustic_scale: float = 0.1
+    nj: int = 2                                    # decoding processes
+    sweep_scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.1, 0.12, 0.14])
+
+
+@dataclass
+class DecodeResult:
+    """Word hypotheses plus the figures a run report needs."""
+
+    hyps: dict[str, list[str]]
+    partial: list[str]           # utterances that reached no final state (best partial path kept)
+    num_frames: int
+    decode_seconds: float        # decoder CPU time summed over workers (excludes the network)
+    wall_seconds: float
+    acoustic_scale: float
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor of the search on one core: decoder seconds per second of audio."""
+        return self.decode_seconds / max(self.num_frames / FRAME_RATE, 1e-9)
+
+    def save(self, out_dir: str | Path) -> None:
+        """``hyp.txt`` (Kaldi text), ``partial.txt`` and ``decode.json`` in ``out_dir``."""
+        out_dir = Path(out_dir)
+        with atomic_open(out_dir / "hyp.txt") as f:
+            f.writelines(f"{u} {' '.join(w)}".rstrip() + "\n" for u, w in sorted(self.hyps.items()))
+        with atomic_open(out_dir / "partial.txt") as f:
+            f.writelines(f"{u}\n" for u in self.partial)
+        write_json_atomic(out_dir / "decode.json", {
+            "utterances": len(self.hyps), "partial": len(self.partial), "num_frames": self.num_frames,
+            "decode_seconds": round(self.decode_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
+            "rtf_per_core": round(self.rtf, 5), "acoustic_scale": self.acoustic_scale,
+        })
+
+
+@dataclass
+class SweepResult:
+    best_scale: float
+    wer: dict[float, float]         # dev %WER per acoustic scale
+    results: dict[float, WerResult]
+
+
+def compute_priors(pdf_manifests: Sequence[ShardManifest], num_pdfs: int, floor: float = 1e-8) -> np.ndarray:
+    """Log senone priors (num_pdfs,) from the ``<utt>.pdf.npy`` counts of aligned label shards.
+
+    Senones never seen in the alignments get ``floor`` rather than a zero
+    prior, whose log would make their likelihood infinite.
+    """
+    counts = np.zeros(num_pdfs, dtype=np.int64)
+    paths = [p for m in pdf_manifests for p in m.shard_paths]
+    for path in tqdm(paths, desc="priors", unit="shard"):
+        for utt, sample in iter_shard(path):
+            if "pdf" not in sample:
+                raise ValueError(f"{path}: sample {utt!r} has no pdf.npy")
+            pdf = sample["pdf"]
+            if pdf.size and (pdf.min() < 0 or pdf.max() >= num_pdfs):
+                raise ValueError(f"{path}: {utt} has senone ids in [{pdf.min()}, {pdf.max()}], "
+                                 f"outside 0..{num_pdfs - 1}")
+            counts += np.bincount(pdf, minlength=num_pdfs)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError(f"no aligned frames in {[str(m.path) for m in pdf_manifests]}: cannot estimate priors")
+    unseen = int((counts == 0).sum())
+    if unseen:
+        log.warning("%d of %d senones never occur in the alignments; prior floored at %g", unseen, num_pdfs, floor)
+    return np.log(np.maximum(counts / total, floor)).astype(np.float32)
+
+
+# --- worker side: one graph per process --------------------------------------------------------
+
+_worker: dict = {}
+
+
+def _init_worker(graph_dir: str, config: DecodeConfig) -> None:
+    _worker["fst"] = kaldifst.StdConstFst.read(str(Path(graph_dir) / "HCLG.fst"))
+    _worker["opts"] = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active,
+                                                         min_active=config.min_active)
+
+
+def _decode_one(item: tuple[str, np.ndarray]) -> tuple[str, list[int], bool, int, float]:
+    """(utt, word ids, reached a final state, frames, decoder seconds)."""
+    utt, loglik = item
+    t0 = time.process_time()
+    if loglik.shape[0] == 0:
+        return utt, [], False, 0, 0.0
+    decoder = kaldi_decoder.FasterDecoder(_worker["fst"], _worker["opts"])
+    decoder.decode(kaldi_decoder.DecodableCtc(loglik))
+    final = decoder.reached_final()
+    ok, best = decoder.get_best_path(use_final_probs=final)
+    words: list[int] = []
+    if ok:
+        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
+    return utt, list(words) if ok else [], bool(final and ok), loglik.shape[0], time.process_time() - t0
+
+
+def _load_words(graph_dir: Path) -> list[str]:
+    rows = [line.split() for line in (graph_dir / "words.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    words = [""] * len(rows)
+    for w, i in rows:
+        words[int(i)] = w
+    return words
+
+
+def _scaled(posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray, num_pdfs: int,
+            scale: float, graph_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    for utt, logpost in posteriors:
+        logpost = np.asarray(logpost)
+        if logpost.ndim != 2 or logpost.shape[1] != num_pdfs:
+            raise ValueError(f"{utt}: posterior matrix has shape {logpost.shape}, but the graph {graph_dir} "
+                             f"has {num_pdfs} senones (width must be {num_pdfs})")
+        yield utt, np.ascontiguousarray((logpost - log_priors) * scale, dtype=np.float32)
+
+
+def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray,
+           config: DecodeConfig) -> DecodeResult:
+    """Decode every utterance; one whose search reaches no final state keeps its best partial path.
+
+    A posterior matrix whose width is not the graph's senone count raises a
+    ``ValueError`` naming both.
+    """
+    graph_dir = Path(graph_dir)
+    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
+    if log_priors.shape != (num_pdfs,):
+        raise ValueError(f"log priors have shape {log_priors.shape}, but the graph {graph_dir} has {num_pdfs} senones")
+    words = _load_words(graph_dir)
+    items = _scaled(posteriors, log_priors.astype(np.float32), num_pdfs, config.acoustic_scale, graph_dir)
+    hyps: dict[str, list[str]] = {}
+    partial: list[str] = []
+    frames, seconds = 0, 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(desc=f"decode (scale {config.acoustic_scale:g})", unit="utt", mininterval=1.0)
+
+    def collect(results: Iterable[tuple[str, list[int], bool, int, float]]) -> None:
+        nonlocal frames, seconds
+        for utt, ids, final, t, secs in results:
+            if utt in hyps:
+                raise ValueError(f"utterance {utt!r} appears twice in the posteriors")
+            hyps[utt] = [words[i] for i in ids]
+            if not final:
+                partial.append(utt)
+            frames += t
+            seconds += secs
+            bar.update(1)
+            bar.set_postfix(frames=frames, partial=len(partial), refresh=False)
+
+    if config.nj <= 1:
+        _init_worker(str(graph_dir), config)
+        collect(map(_decode_one, items))
+    else:
+        with mp.get_context("spawn").Pool(config.nj, _init_worker, (str(graph_dir), config)) as pool:
+            collect(pool.imap(_decode_one, items, chunksize=1))
+    bar.close()
+    if partial:
+        log.warning("%d of %d utterances reached no final state; their best partial hypotheses are kept "
+                    "(e.g. %s)", len(partial), len(hyps), partial[0])
+    return DecodeResult(hyps, partial, frames, seconds, time.perf_counter() - t0, config.acoustic_scale)
+
+
+def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str, np.ndarray]]],
+          log_priors: np.ndarray, dev_refs: dict[str, str], config: DecodeConfig,
+          out_dir: str | Path) -> SweepResult:
+    """Decode dev at each of ``config.sweep_scales``; the lowest-WER scale wins (ties: the first).
+
+    ``dev_posteriors`` is called once per scale, so dev posteriors stream
+    instead of living in memory. Each scale's decode and WER report go to
+    ``out_dir/scale_<s>/``; the summary to ``out_dir/sweep.json``.
+    """
+    if not config.sweep_scales:
+        raise ValueError("sweep_scales is empty")
+    out_dir = Path(out_dir)
+    results: dict[float, WerResult] = {}
+    for scale in config.sweep_scales:
+        sub = out_dir / f"scale_{scale:g}"
+        res = decode(graph_dir, dev_posteriors(), log_priors, replace(config, acoustic_scale=scale))
+        res.save(sub)
+        results[scale] = wer_report(dev_refs, {u: " ".join(w) for u, w in res.hyps.items()}, sub)
+        log.info("acoustic scale %g: %s (%d partial)", scale, results[scale].summary(), len(res.partial))
+    best = min(config.sweep_scales, key=lambda s: results[s].wer)
+    wer = {s: r.wer for s, r in results.items()}
+    write_json_atomic(out_dir / "sweep.json", {"best_scale": best, "wer": {f"{s:g}": w for s, w in wer.items()},
+                                               "results": {f"{s:g}": asdict(r) for s, r in results.items()}})
+    return SweepResult(best, wer, results)

@@ -1,0 +1,91 @@
+"""Hybrid decoding on the hand-built task of test_graph: crafted posteriors -> known words."""
+
+import json
+
+import numpy as np
+import pytest
+
+from asrdistill.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.graph import pdf_sequence
+from asrdistill.scoring import wer_report
+from asrdistill.shards import ShardManifest, write_shard
+from test_graph import toy_task
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return toy_task(tmp_path_factory.mktemp("decode"))
+
+
+def posteriors(pdfs, num_pdfs, sharp=6.0, seed=0):
+    """Noisy log-softmax posteriors peaked on ``pdfs``."""
+    x = np.random.default_rng(seed).normal(size=(len(pdfs), num_pdfs))
+    x[np.arange(len(pdfs)), pdfs] += sharp
+    return (x - np.log(np.exp(x).sum(1, keepdims=True))).astype(np.float32)
+
+
+def flat_priors(n):
+    return np.full(n, -np.log(n), dtype=np.float32)
+
+
+UTTS = {
+    "u1": ([("SIL",), ("B", "AA"), ("K", "AA"), ("AA", "B"), ("SIL",)], "BA KA AB"),
+    "u2": ([("K", "AA"), ("SIL",), ("B", "AA")], "KA BA"),
+    "u3": ([("AA", "B")], "AB"),
+}
+
+
+def utterances(task):
+    lang, tree, topo, _ = task
+    return [(u, posteriors(pdf_sequence(p, lang, tree, topo, 3), tree.num_pdfs, seed=i))
+            for i, (u, (p, _)) in enumerate(UTTS.items())]
+
+
+@pytest.mark.parametrize("nj", [1, 2])
+def test_decode_crafted_posteriors(task, nj, tmp_path):
+    _, tree, _, graph = task
+    res = decode(graph, utterances(task), flat_priors(tree.num_pdfs), DecodeConfig(nj=nj))
+    assert {u: " ".join(w) for u, w in res.hyps.items()} == {u: t for u, (_, t) in UTTS.items()}
+    assert res.partial == [] and res.num_frames == sum(len(x) for _, x in utterances(task))
+    res.save(tmp_path)
+    assert (tmp_path / "hyp.txt").read_text().splitlines()[0] == "u1 BA KA AB"
+    assert json.loads((tmp_path / "decode.json").read_text())["partial"] == 0
+
+
+def test_no_final_state_keeps_partial_and_counts_it(task, tmp_path):
+    lang, tree, _, graph = task
+    # two frames cannot finish any word or silence (each has 3 HMM states)
+    short = posteriors(pdf_sequence([("K", "AA")], lang, tree, task[2])[:2], tree.num_pdfs)
+    res = decode(graph, utterances(task)[:1] + [("short", short)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1))
+    assert res.partial == ["short"] and "short" in res.hyps
+    refs = {u: t for u, (_, t) in UTTS.items() if u == "u1"} | {"short": "KA"}
+    r = wer_report(refs, {u: " ".join(w) for u, w in res.hyps.items()})
+    assert r.num_utts == 2 and r.num_words == 4 and r.errors >= 1
+
+
+def test_width_mismatch_names_both_numbers(task):
+    _, tree, _, graph = task
+    bad = [("u9", np.zeros((5, tree.num_pdfs + 3), dtype=np.float32))]
+    with pytest.raises(ValueError, match=r"u9: posterior matrix has shape \(5, 19\).*16 senones"):
+        decode(graph, bad, flat_priors(tree.num_pdfs), DecodeConfig(nj=1))
+
+
+def test_compute_priors_floors_unseen(tmp_path):
+    info = write_shard(tmp_path / "pdf-000000.tar", [("a", {"pdf": np.array([0, 0, 1, 3], np.int32)}),
+                                                     ("skipped", {"pdf": np.zeros(0, np.int32)})])
+    m = ShardManifest(tmp_path, "pdf", [info])
+    logp = compute_priors([m], 4, floor=1e-8)
+    assert np.all(np.isfinite(logp))
+    np.testing.assert_allclose(np.exp(logp), [0.5, 0.25, 1e-8, 0.25], rtol=1e-5)
+    with pytest.raises(ValueError, match="pdf-000000.tar: a has senone ids in \\[0, 3\\], outside 0..2"):
+        compute_priors([m], 3)
+
+
+def test_sweep_picks_best_scale(task, tmp_path):
+    _, tree, _, graph = task
+    refs = {u: t for u, (_, t) in UTTS.items()}
+    cfg = DecodeConfig(nj=1, sweep_scales=[0.1, 1.0])
+    res = sweep(graph, lambda: utterances(task), flat_priors(tree.num_pdfs), refs, cfg, tmp_path)
+    assert res.best_scale in (0.1, 1.0) and res.wer[res.best_scale] == min(res.wer.values()) == 0.0
+    assert (tmp_path / "scale_0.1" / "wer").is_file()
+    assert json.loads((tmp_path / "sweep.json").read_text())["best_scale"] == res.best_scale

@@ -1,0 +1,152 @@
+"""HCLG on a hand-built task: it accepts exactly the senone sequences of the words' triphones."""
+
+import json
+import math
+
+import kaldifst
+import numpy as np
+import pytest
+
+from asrdistill.aligner.topology import Topology
+from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
+from asrdistill.graph import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
+from asrdistill.lang import Lang
+
+PHONES = ["<eps>", "SIL", "SPN", "AA", "B", "K"]
+AA, B = 3, 4
+
+
+def toy_tree() -> ContextTree:
+    """One senone per (phone, state), except AA's middle state also splits on left context B."""
+    nodes: list[TreeNode] = []
+    info: list[list[tuple[int, int]]] = []
+
+    def leaf(pairs):
+        nodes.append(TreeNode(pdf=len(info)))
+        info.append(pairs)
+        return len(nodes) - 1
+
+    def node(**kw):
+        nodes.append(TreeNode(**kw))
+        return len(nodes) - 1
+
+    def phone(c):
+        s0, s2 = leaf([(c, 0)]), leaf([(c, 2)])
+        if c == AA:  # AA state 1: left context B gets its own senone
+            s1 = node(pos=LEFT, values=frozenset({B}), yes=leaf([(c, 1)]), no=leaf([(c, 1)]))
+        else:
+            s1 = leaf([(c, 1)])
+        rest = node(pos=STATE, values=frozenset({1}), yes=s1, no=s2)
+        return node(pos=STATE, values=frozenset({0}), yes=s0, no=rest)
+
+    subtrees = {c: phone(c) for c in range(1, len(PHONES))}
+    root = subtrees[1]
+    for c in range(2, len(PHONES)):
+        root = node(pos=CENTER, values=frozenset({c}), yes=subtrees[c], no=root)
+    nodes.insert(0, nodes.pop(root))  # the root must be nodes[0]: renumber children
+    remap = {root: 0, **{i: i + 1 for i in range(root)}}
+    for n in nodes:
+        if not n.is_leaf:
+            n.yes, n.no = remap.get(n.yes, n.yes), remap.get(n.no, n.no)
+    return ContextTree(nodes, len(info), info)
+
+
+def toy_task(d, sil_prob=0.5):
+    """lang/, tree.json, topo.json, lm.arpa (with a word the lexicon lacks) under ``d``."""
+    lang = Lang(PHONES, ["<eps>", "<UNK>", "AB", "BA", "KA", "KAB"],
+                [("<UNK>", ("SPN",)), ("BA", ("B", "AA")), ("KA", ("K", "AA")), ("AB", ("AA", "B")),
+                 ("KAB", ("K", "AA", "B"))])
+    lang.save(d / "lang")
+    tree = toy_tree()
+    tree.save(d / "tree.json")
+    topo = Topology.uniform(len(PHONES) - 1)
+    topo.save(d / "topo.json")
+    lp = math.log10(1 / 4)  # BA KA AB </s> equally likely; KAB and ZZ absent from the LM or lexicon
+    (d / "lm.arpa").write_text(f"\\data\\\nngram 1=6\n\n\\1-grams:\n-99 <s>\n{lp} </s>\n{lp} BA\n{lp} KA\n"
+                               f"{lp} AB\n-2 ZZ\n\n\\end\\\n")
+    out = build_graph(d / "lang", d / "tree.json", d / "topo.json", d / "lm.arpa", d / "graph",
+                      GraphConfig(sil_prob=sil_prob))
+    return lang, tree, topo, out
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return toy_task(tmp_path_factory.mktemp("graph"))
+
+
+def best_words(hclg, pdfs):
+    """Output words of the best HCLG path reading senones ``pdfs`` (None if none)."""
+    acceptor = kaldifst.make_linear_acceptor([int(p) + 1 for p in pdfs])
+    kaldifst.arcsort(acceptor, sort_type="olabel")
+    composed = kaldifst.compose(acceptor, hclg)
+    if composed.num_states == 0:
+        return None
+    ok, _, words, _ = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(composed))
+    assert ok
+    return words
+
+
+def read_graph(out):
+    hclg = kaldifst.StdVectorFst.read(str(out / "HCLG.fst"))
+    words = {int(i): w for w, i in (line.split() for line in (out / "words.txt").read_text().splitlines())}
+    return hclg, words
+
+
+def test_lex_disambig_homophones_and_prefixes():
+    lex = [("A", ("AH",)), ("AB", ("AH", "B")), ("RED", ("R", "EH", "D")), ("READ", ("R", "EH", "D")), ("X", ("K", "S"))]
+    out, max_k = add_lex_disambig(lex)
+    assert [k for _, _, k in out] == [1, 0, 1, 2, 0]
+    assert max_k == 2
+
+
+@pytest.mark.parametrize("prons,expected", [
+    ([("SIL",), ("B", "AA"), ("K", "AA"), ("AA", "B"), ("SIL",)], ["BA", "KA", "AB"]),
+    ([("K", "AA")], ["KA"]),
+    ([("AA", "B"), ("SIL",), ("B", "AA")], ["AB", "BA"]),
+])
+def test_hclg_accepts_word_senones_and_outputs_words(task, prons, expected):
+    lang, tree, topo, out = task
+    hclg, words = read_graph(out)
+    for frames in (1, 3):  # one frame per state, and with self-loops
+        got = best_words(hclg, pdf_sequence(prons, lang, tree, topo, frames))
+        assert [words[w] for w in got] == expected
+
+
+def test_hclg_rejects_wrong_context_skipped_state_and_unlisted_word(task):
+    lang, tree, topo, out = task
+    hclg, _ = read_graph(out)
+    ba = pdf_sequence([("B", "AA")], lang, tree, topo)
+    ka = pdf_sequence([("K", "AA")], lang, tree, topo)
+    assert ba[4] != ka[4]  # AA's middle state depends on the left context
+    assert best_words(hclg, np.r_[ka[:4], ba[4], ka[5]]) is None  # K AA with the after-B senone
+    assert best_words(hclg, np.delete(ka, 1)) is None             # a state skipped
+    # KAB is in the lexicon but not in the LM: the graph cannot output it
+    assert best_words(hclg, pdf_sequence([("K", "AA", "B")], lang, tree, topo)) is None
+
+
+def test_graph_labels_no_epsilon_cycles_and_info(task):
+    lang, tree, _, out = task
+    hclg, words = read_graph(out)
+    info = json.loads((out / "graph.json").read_text())
+    assert info["num_pdfs"] == tree.num_pdfs == 16
+    assert info["lm_words_missing_from_lexicon"] == 1  # ZZ
+    assert info["build_seconds"] > 0 and info["peak_rss_mb"] > 0
+    assert (out / ".graph.done").is_file()
+    ilabels = {a.ilabel for s in range(hclg.num_states) for a in kaldifst.ArcIterator(hclg, s)}
+    assert ilabels <= set(range(tree.num_pdfs + 1))
+    assert max(words) == len(lang.words) + 2 and words[len(lang.words)] == "#0"
+
+
+def test_no_optional_silence(tmp_path):
+    lang, tree, topo, out = toy_task(tmp_path, sil_prob=0.0)
+    hclg, words = read_graph(out)
+    assert [words[w] for w in best_words(hclg, pdf_sequence([("B", "AA"), ("K", "AA")], lang, tree, topo))] == ["BA", "KA"]
+    assert best_words(hclg, pdf_sequence([("SIL",), ("B", "AA")], lang, tree, topo)) is None
+
+
+def test_topology_must_cover_phones(tmp_path):
+    toy_task(tmp_path)
+    Topology.uniform(3).save(tmp_path / "topo.json")
+    with pytest.raises(ValueError, match="topology covers 3 phones"):
+        build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
+                    tmp_path / "g2", GraphConfig())
