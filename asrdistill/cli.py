@@ -124,6 +124,43 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0 if result.num_frames > 0 else 1
 
 
+def cmd_import_ali(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.kaldi_import import import_kaldi_alignments
+    from asrdistill.features import FEATS_PREFIX
+    from asrdistill.shards import ShardManifest
+
+    feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
+    import_kaldi_alignments(args.ali, feats, args.out_dir, num_pdfs=args.num_pdfs, force=args.force)
+    return 0
+
+
+# --------------------------------------------------------------------------- LM, graph
+
+
+def cmd_lm(args: argparse.Namespace) -> int:
+    from asrdistill.datadir import DataDir
+    from asrdistill.lang import Lang
+    from asrdistill.lm import LmConfig, prepare_lm
+
+    cfg = _section(args, "lm", LmConfig)
+    words = Lang.load(args.lang_dir).words
+    evals = {Path(d).name: list(DataDir.load(d).text.values()) for d in args.eval_dirs}
+    prepare_lm(args.corpus_lm_dir, words, args.out_dir, cfg, evals)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    import json
+
+    from asrdistill.graph import GraphConfig, build_graph
+
+    cfg = _section(args, "graph", GraphConfig)
+    arpa = json.loads((Path(args.lm_dir) / "lm.json").read_text(encoding="utf-8"))["arpa"]
+    tri = Path(args.tri_dir)
+    build_graph(args.lang_dir, tri / "tree.json", tri / "topo.json", arpa, args.out_dir, cfg)
+    return 0
+
+
 # --------------------------------------------------------------------------- DNNs
 
 
@@ -162,10 +199,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from asrdistill.config import to_dict
     from asrdistill.fileio import write_json_atomic
     from asrdistill.train import train
 
-    result = train(_train_config(args), args.out, force=args.force)
+    cfg = _train_config(args)
+    write_json_atomic(Path(args.out) / "train_config.json", to_dict(cfg))
+    result = train(cfg, args.out, force=args.force)
     write_json_atomic(Path(args.out) / "train_result.json", result)
     return 0
 
@@ -187,6 +227,34 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     cmvn = Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json")
     dirs = {t: out / f"soft_T{t:g}" for t in args.temperatures}
     cache_soft_targets(teachers, feats, cmvn, cfg.frames, dirs, k=args.topk, method=args.method, device=device)
+    return 0
+
+
+def cmd_best_temperature(args: argparse.Namespace) -> int:
+    """Print the temperature of the student with the best dev frame accuracy (model selection on dev)."""
+    import json
+
+    scores = {}
+    for d in args.student_dirs:
+        result = Path(d) / "train_result.json"
+        if not result.is_file():
+            raise FileNotFoundError(f"{result}: student not trained")
+        cfg = json.loads((Path(d) / "train_config.json").read_text(encoding="utf-8"))
+        scores[cfg["distill"]["temperature"]] = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
+    best = max(scores, key=scores.get)
+    log.info("dev frame accuracy by temperature: %s -> T=%g", {f"{t:g}": round(a, 4) for t, a in scores.items()}, best)
+    print(f"{best:g}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asrdistill.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig, evaluate_system
+
+    frames = _train_config(args).frames
+    decode_cfg = _runtime(_section(args, "decode", DecodeConfig), args)
+    evaluate_system(args.system_dir, args.feats, args.labels, args.data, args.train_set, args.dev_set, args.test_set,
+                    args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu")
     return 0
 
 
@@ -286,6 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.add_argument("--force", action="store_true")
 
+    sp = add("import-ali", cmd_import_ali, "senone labels from Kaldi pdf alignments (ali-to-pdf ark/scp)")
+    sp.add_argument("ali", type=Path, help="ark or scp of int vectors, e.g. ali-to-pdf output")
+    sp.add_argument("feats_dir", type=Path)
+    sp.add_argument("out_dir", type=Path, help="e.g. exp/kaldi_ali/<set> (use it as --labels root)")
+    sp.add_argument("--num-pdfs", type=int, help="senone count (tree-info); default: largest id + 1")
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("lm", cmd_lm, "n-gram LM: the official ARPA if present, else trained on the corpus LM text", config=True)
+    sp.add_argument("corpus_lm_dir", type=Path, help="data/corpus/lm")
+    sp.add_argument("lang_dir", type=Path)
+    sp.add_argument("eval_dirs", nargs="*", type=Path, help="data dirs whose text gets a perplexity")
+    sp.add_argument("out_dir", type=Path)
+
+    sp = add("graph", cmd_graph, "HCLG decoding graph from lang, the senone tree, topology and the LM", config=True)
+    sp.add_argument("lang_dir", type=Path)
+    sp.add_argument("tri_dir", type=Path, help="holds tree.json and topo.json")
+    sp.add_argument("lm_dir", type=Path, help="holds lm.json (from 'asrdistill lm')")
+    sp.add_argument("out_dir", type=Path)
+
     def add_train_data(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--feats", type=Path, required=True, help="data/fbank (holds <set>/feats.manifest.json)")
         sp.add_argument("--labels", type=Path, required=True, help="exp/tri_ali (holds <set>/pdf.manifest.json)")
@@ -310,6 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topk", type=int, default=20)
     sp.add_argument("--method", default="arithmetic", choices=["arithmetic", "geometric"])
     sp.add_argument("members", nargs="+", type=Path, help="teacher experiment dirs (with best.pt)")
+
+    sp = add("best-temperature", cmd_best_temperature, "print the student temperature with the best dev frame accuracy")
+    sp.add_argument("student_dirs", nargs="+", type=Path)
+
+    sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model or ensemble",
+             config=True)
+    add_train_data(sp)
+    sp.add_argument("--test-set", required=True)
+    sp.add_argument("--data", type=Path, required=True, help="data/ (reference transcripts in <set>/text)")
+    sp.add_argument("--graph", type=Path, help="exp/graph; without it, frame accuracy only")
+    sp.add_argument("--nj", type=int, help="decoding processes")
+    sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)
