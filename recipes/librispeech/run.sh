@@ -65,7 +65,8 @@ common="--config $config --device $device"
 
 if want 0; then begin 0 "corpus ($corpus)"
   if [ "$corpus" = synthetic ]; then
-    asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" --nj "$nj"
+    asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
+      --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj"
   elif [ -n "$corpus_dir" ]; then
     mkdir -p data && ln -sfn "$(realpath "$corpus_dir")" data/corpus
   else

@@ -1,0 +1,277 @@
+"""Alignment accuracy and cost of the built-in GMM-HMM aligner on the synthetic corpus.
+
+Prints, for the monophone and the tied-triphone alignment, the share of phone
+boundaries within 20 ms of espeak's true timing and the mean absolute boundary
+error (clean utterances of each subset), the number of senones used, the wall
+time and peak memory of the whole GMM-HMM stage, and alignment frames/s.
+
+Scoring method. The truth (``<SPK>-<CH>.phones.ctm``) uses espeak phoneme
+mnemonics, the aligner ARPAbet, and the two sequences differ in length (``@L``
+is ``AH L``, diphthong-r combinations, elided stops...). Both are mapped to
+coarse classes (silence, vowel, stop, affricate, fricative, nasal, approximant)
+and aligned by edit distance (substitution 0 within a class, 1 across consonant
+classes, 1.5 vowel/consonant, 3 silence/speech; insertion/deletion 1). A
+boundary counts only where two consecutive aligned pairs are both same-class
+matches: its true time is the end of the first espeak phone, the hypothesis the
+end of the first ARPAbet phone, a frame boundary sitting midway between frame
+centres (frame t covers t*10 ms .. t*10+25 ms). The number of matched boundaries
+is printed beside the total, and the figures are also given without boundaries
+touching l/r/w/j, which espeak itself only places to a few tens of ms.
+
+    PYTHONPATH=. python benchmarks/bench_aligner.py --corpus /path/with/LibriSpeech --work /tmp/bench_ali
+    PYTHONPATH=. python benchmarks/bench_aligner.py --hours 1 --work /tmp/bench_ali   # synthesizes first
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------ classes
+
+_ESPEAK_CONS = {
+    **{p: "stop" for p in "p b t d k g t# d# t2 d2 ? k# g#".split()},
+    **{p: "affricate" for p in "tS dZ".split()},
+    **{p: "fricative" for p in "f v T D s z S Z h x C".split()},
+    **{p: "nasal" for p in "m n N n- m- N-".split()},
+    **{p: "approximant" for p in "l r r- w j l/ R".split()},
+}
+_ARPA = {
+    **{p: "stop" for p in "B D G K P T".split()},
+    **{p: "affricate" for p in "CH JH".split()},
+    **{p: "fricative" for p in "DH F HH S SH TH V Z ZH".split()},
+    **{p: "nasal" for p in "M N NG".split()},
+    **{p: "approximant" for p in "L R W Y".split()},
+    **{p: "sil" for p in "SIL SPN".split()},
+}
+
+
+def espeak_class(phone: str) -> str:
+    """Coarse class of an espeak mnemonic; anything not a listed consonant or SIL is a vowel (``@L``, ``aI@``...)."""
+    if phone == "SIL":
+        return "sil"
+    return _ESPEAK_CONS.get(phone, "vowel")
+
+
+def arpabet_class(phone: str) -> str:
+    return _ARPA.get(phone.rstrip("012"), "vowel")
+
+
+def _sub_cost(a: str, b: str) -> float:
+    if a == b:
+        return 0.0
+    if "sil" in (a, b):
+        return 3.0
+    if "vowel" in (a, b):
+        return 1.5
+    return 1.0
+
+
+def match_boundaries(ref: list[tuple[str, float]], hyp: list[tuple[str, float]]) -> list[tuple[float, float, bool]]:
+    """Matched boundaries between class sequences: ``(true_time, hyp_time, touches_approximant)``.
+
+    ``ref``/``hyp`` are ``(class, end_time)`` per phone in order; see the module docstring.
+    """
+    n, m = len(ref), len(hyp)
+    cost = np.zeros((n + 1, m + 1))
+    cost[:, 0] = np.arange(n + 1)
+    cost[0, :] = np.arange(m + 1)
+    back = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 diagonal, 1 deletion (ref only), 2 insertion (hyp only)
+    back[1:, 0], back[0, 1:] = 1, 2
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            options = (cost[i - 1, j - 1] + _sub_cost(ref[i - 1][0], hyp[j - 1][0]), cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+            k = int(np.argmin(options))
+            cost[i, j], back[i, j] = options[k], k
+    path: list[tuple[int, int] | None] = []  # aligned (i, j) for exact-class matches, None for anything else
+    i, j = n, m
+    while i > 0 or j > 0:
+        k = back[i, j]
+        if k == 0:
+            path.append((i - 1, j - 1) if ref[i - 1][0] == hyp[j - 1][0] else None)
+            i, j = i - 1, j - 1
+        elif k == 1:
+            path.append(None)
+            i -= 1
+        else:
+            path.append(None)
+            j -= 1
+    path.reverse()
+    out = []
+    for a, b in zip(path, path[1:]):
+        if a is not None and b is not None and a[0] + 1 < n and a[1] + 1 < m:
+            approx = "approximant" in (ref[a[0]][0], ref[a[0] + 1][0])
+            out.append((ref[a[0]][1], hyp[a[1]][1], approx))
+    return out
+
+
+def read_truth(subset_dir: Path) -> tuple[dict[str, list[tuple[str, float]]], set[str]]:
+    """``(utt -> [(class, end_s)], clean utterance ids)`` from a synthetic subset folder."""
+    truth: dict[str, list[tuple[str, float]]] = {}
+    for ctm in sorted(subset_dir.rglob("*.phones.ctm")):
+        for line in ctm.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if len(parts) == 5:
+                utt, _, start, dur, phone = parts
+                truth.setdefault(utt, []).append((espeak_class(phone), float(start) + float(dur)))
+    clean = set()
+    cond = subset_dir / "conditions.tsv"
+    if cond.is_file():
+        for line in cond.read_text(encoding="utf-8").splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] == "clean":
+                clean.add(parts[0])
+    return truth, clean
+
+
+def frame_phones(phone: np.ndarray, state: np.ndarray, phones: list[str], shift_s: float = 0.01,
+                 length_s: float = 0.025) -> list[tuple[str, float]]:
+    """``[(class, end_s)]`` of the phone instances of a frame alignment (end midway between frame centres)."""
+    from asrdistill.aligner.stats import instance_starts
+
+    first = np.flatnonzero(instance_starts(phone, state))
+    ends = np.r_[first[1:], len(phone)]  # frame index after the last frame of each instance
+    offset = (length_s - shift_s) / 2
+    return [(arpabet_class(phones[phone[f]]), e * shift_s + offset) for f, e in zip(first, ends)]
+
+
+@dataclass
+class BoundaryScore:
+    utterances: int
+    matched: int
+    total_ref: int
+    within_20ms: float
+    mean_abs_ms: float
+    within_20ms_no_approx: float
+    mean_abs_ms_no_approx: float
+
+    def line(self, name: str) -> str:
+        return (f"{name}: {self.within_20ms:6.1%} within 20 ms, mean |err| {self.mean_abs_ms:5.1f} ms "
+                f"({self.matched} matched of {self.total_ref} true boundaries, {self.utterances} utts); "
+                f"without l/r/w/j: {self.within_20ms_no_approx:6.1%}, {self.mean_abs_ms_no_approx:5.1f} ms")
+
+
+def score_alignment(ali_dir: Path, prefix: str, truth: dict[str, list[tuple[str, float]]], keep: set[str],
+                    phones: list[str]) -> BoundaryScore:
+    """Boundary accuracy of the phone-level alignment shards ``ali_dir/<prefix>-*.tar`` on utterances in ``keep``."""
+    from asrdistill.shards import ShardManifest, iter_shard
+
+    errs, approx, utts, total = [], [], 0, 0
+    for path in ShardManifest.load(ali_dir, prefix).shard_paths:
+        for utt, sample in iter_shard(path):
+            if utt not in keep or utt not in truth or len(sample["phone"]) == 0:
+                continue
+            ref = truth[utt]
+            utts += 1
+            total += len(ref) - 1
+            for t_ref, t_hyp, ap in match_boundaries(ref, frame_phones(sample["phone"], sample["state"], phones)):
+                errs.append(abs(t_ref - t_hyp))
+                approx.append(ap)
+    e, a = np.asarray(errs), np.asarray(approx, dtype=bool)
+    ok = e[~a] if len(e) else e
+    return BoundaryScore(utts, len(e), total, float((e <= 0.02).mean()) if len(e) else float("nan"),
+                         float(e.mean() * 1000) if len(e) else float("nan"),
+                         float((ok <= 0.02).mean()) if len(ok) else float("nan"),
+                         float(ok.mean() * 1000) if len(ok) else float("nan"))
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    """Peak resident memory (MB) of this process and of its largest finished child (Linux reports KB)."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def main() -> None:
+    from asrdistill.aligner.align import AlignConfig, align_subset
+    from asrdistill.aligner.mono import HmmModel, MonoConfig, train_mono
+    from asrdistill.aligner.tree import TreeConfig
+    from asrdistill.aligner.triphone import TriConfig, align_triphone, train_triphone
+    from asrdistill.features import FbankConfig, compute_features
+    from asrdistill.fileio import is_done
+    from asrdistill.lang import Lang
+    from asrdistill.lexicon import build_lang
+    from data_prep.librispeech import prepare_librispeech
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, help="folder holding LibriSpeech/ (synthetic, with .phones.ctm)")
+    ap.add_argument("--hours", type=float, default=1.0, help="synthesize this much first when --corpus is not given")
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--nj", type=int, default=2)
+    ap.add_argument("--num-leaves", type=int, default=1000)
+    ap.add_argument("--max-gaussians", type=int, default=8000)
+    ap.add_argument("--mono-gaussians", type=int, default=1000)
+    ap.add_argument("--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    work = args.work
+    corpus = args.corpus
+    if corpus is None:
+        from data_prep.synthetic import synthesize_corpus
+
+        corpus = work / "corpus"
+        synthesize_corpus(corpus, args.hours, nj=args.nj, lm_sentences=1000)
+    subsets = ("train", "dev", "test")
+    data = prepare_librispeech(corpus, subsets, work / "data", nj=args.nj)
+    words = [w for d in data.values() for line in d.text.values() for w in line.split()]
+    build_lang(words, work / "lang")
+    lang = Lang.load(work / "lang")
+    feats = {s: compute_features(work / "data" / s, work / "fbank" / s, FbankConfig(shard_size_mb=args.shard_mb), args.nj)
+             for s in subsets}
+    hours = {s: feats[s].num_frames / 360000 for s in subsets}
+    print(f"corpus: {', '.join(f'{s} {h:.2f} h' for s, h in hours.items())}; {lang.num_phones} phones")
+
+    # ---- the GMM-HMM stage, timed as a whole
+    t0 = time.time()
+    if is_done(work / "mono", "mono"):  # reuse a finished monophone system; count its recorded time
+        mono = HmmModel.load(work / "mono" / "final.pt")
+        t0 -= json.loads((work / "mono" / ".mono.done").read_text())["seconds"]
+        print("monophone system reused from an earlier run (its recorded training time is included)")
+    else:
+        mono = train_mono(feats["train"], data["train"].text, lang, work / "mono",
+                          MonoConfig(nj=args.nj, max_gaussians=args.mono_gaussians))
+    t_mono = time.time() - t0
+    align_cfg = AlignConfig(nj=args.nj)
+    mono_ali, ali_frames, ali_seconds = {}, 0, 0.0
+    for s in subsets:
+        res = align_subset(feats[s], data[s].text, lang, mono, work / "mono_ali" / s, align_cfg)
+        mono_ali[s] = res.ali
+        if s == "train":
+            ali_frames, ali_seconds = res.num_frames, res.seconds
+    t_mono_ali = time.time() - t0 - t_mono
+    tri = train_triphone(mono_ali["train"], feats["train"], data["train"].text, lang, mono, work / "tri",
+                         TreeConfig(num_leaves=args.num_leaves),
+                         TriConfig(nj=args.nj, max_gaussians=args.max_gaussians))
+    t_tri = time.time() - t0 - t_mono - t_mono_ali
+    tri_res = {s: align_triphone(feats[s], data[s].text, lang, tri, work / "tri_ali" / s, align_cfg,
+                                 prior_ali=mono_ali[s]) for s in subsets}
+    total = time.time() - t0
+    rss_self, rss_child = _peak_rss_mb()
+
+    print(f"GMM-HMM stage on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: {total / 60:.1f} min "
+          f"(mono train {t_mono / 60:.1f}, mono align all subsets {t_mono_ali / 60:.1f}, tree + tri train "
+          f"{t_tri / 60:.1f}, tri labels {(total - t_mono - t_mono_ali - t_tri) / 60:.1f}); "
+          f"peak RSS main {rss_self:.0f} MB, largest worker {rss_child:.0f} MB")
+    print(f"monophone alignment of train alone: {ali_frames / max(ali_seconds, 1e-9):.0f} frames/s "
+          f"({ali_frames} frames in {ali_seconds:.1f} s, {mono.gmm.num_gauss} Gaussians)")
+    r = tri_res["train"]
+    used = json.loads((work / "tri_ali" / "train" / "senone_counts.json").read_text())["num_used"]
+    print(f"triphone: {tri.num_pdfs} senones in the tree, {used} used in the training labels, {tri.gmm.num_gauss} "
+          f"Gaussians; label pass (two alignments where no prior) {r.num_frames / max(r.seconds, 1e-9):.0f} frames/s")
+    for s in subsets:
+        truth, clean = read_truth(corpus / "LibriSpeech" / s)
+        for name, ali_dir in (("mono", work / "mono_ali" / s), ("tri ", work / "tri_ali" / s)):
+            print(score_alignment(ali_dir, "ali", truth, clean, lang.phones).line(f"{s:5s} clean {name}"))
+
+
+if __name__ == "__main__":
+    main()
