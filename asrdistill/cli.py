@@ -92,6 +92,8 @@ def _runtime(cfg, args: argparse.Namespace):
 
 
 def cmd_mono(args: argparse.Namespace) -> int:
+    import torch
+
     from asrdistill.aligner.align import AlignConfig, align_subset
     from asrdistill.aligner.mono import MonoConfig, train_mono
     from asrdistill.datadir import DataDir
@@ -102,25 +104,54 @@ def cmd_mono(args: argparse.Namespace) -> int:
     cfg = _runtime(_section(args, "mono", MonoConfig), args)
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
+    torch.set_num_threads(1)
     model = train_mono(feats, text, lang, args.exp_dir, cfg)
     align_cfg = _runtime(_section(args, "align", AlignConfig), args)
     align_subset(feats, text, lang, model, Path(args.exp_dir) / "ali", align_cfg)
     return 0
 
 
-def cmd_align(args: argparse.Namespace) -> int:
-    from asrdistill.aligner.align import AlignConfig, align_subset
+def cmd_tri(args: argparse.Namespace) -> int:
+    import torch
+
+    from asrdistill.aligner.align import ALI_PREFIX
     from asrdistill.aligner.mono import HmmModel
+    from asrdistill.aligner.tree import TreeConfig
+    from asrdistill.aligner.triphone import TriConfig, train_triphone
     from asrdistill.datadir import DataDir
     from asrdistill.features import FEATS_PREFIX
     from asrdistill.lang import Lang
     from asrdistill.shards import ShardManifest
 
+    torch.set_num_threads(1)  # workers do the parallel work; small in-process ops slow down with more threads
+    mono_dir = Path(args.mono_dir)
+    train_triphone(ShardManifest.load(mono_dir / "ali", ALI_PREFIX), ShardManifest.load(args.feats_dir, FEATS_PREFIX),
+                   DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), HmmModel.load(mono_dir / "final.pt"),
+                   args.exp_dir, _section(args, "tree", TreeConfig), _runtime(_section(args, "tri", TriConfig), args))
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    import torch
+
+    from asrdistill.aligner.align import ALI_PREFIX, AlignConfig, align_subset
+    from asrdistill.aligner.mono import HmmModel
+    from asrdistill.aligner.triphone import align_triphone
+    from asrdistill.datadir import DataDir
+    from asrdistill.features import FEATS_PREFIX
+    from asrdistill.lang import Lang
+    from asrdistill.shards import ShardManifest
+
+    torch.set_num_threads(1)
     cfg = _runtime(_section(args, "align", AlignConfig), args)
     model = HmmModel.load(Path(args.model_dir) / "final.pt")
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
-    result = align_subset(feats, DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), model, args.out_dir, cfg,
-                          force=args.force)
+    text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
+    if model.tree is not None:
+        prior = ShardManifest.load(args.prior_ali, ALI_PREFIX) if args.prior_ali else None
+        result = align_triphone(feats, text, lang, model, args.out_dir, cfg, prior_ali=prior, force=args.force)
+    else:
+        result = align_subset(feats, text, lang, model, args.out_dir, cfg, force=args.force)
     return 0 if result.num_frames > 0 else 1
 
 
@@ -344,12 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device", help="cpu or cuda")
 
+    sp = add("tri", cmd_tri, "decision tree (senones) from the monophone alignment, tied-state triphone training",
+             config=True)
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("lang_dir", type=Path)
+    sp.add_argument("feats_dir", type=Path)
+    sp.add_argument("mono_dir", type=Path, help="exp/mono (final.pt and ali/)")
+    sp.add_argument("exp_dir", type=Path)
+    sp.add_argument("--nj", type=int)
+    sp.add_argument("--device")
+
     sp = add("align", cmd_align, "Viterbi-align a data set with a trained GMM-HMM (senone labels with a tree)", config=True)
     sp.add_argument("model_dir", type=Path, help="holds final.pt (exp/mono or exp/tri)")
     sp.add_argument("data_dir", type=Path)
     sp.add_argument("lang_dir", type=Path)
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("out_dir", type=Path)
+    sp.add_argument("--prior-ali", type=Path, help="phone alignment of the same set (exp/mono/ali) for exact contexts")
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device")
     sp.add_argument("--force", action="store_true")
@@ -396,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--temperatures", type=float, nargs="+", required=True)
     sp.add_argument("--topk", type=int, default=20)
     sp.add_argument("--method", default="arithmetic", choices=["arithmetic", "geometric"])
-    sp.add_argument("members", nargs="+", type=Path, help="teacher experiment dirs (with best.pt)")
+    sp.add_argument("--members", nargs="+", type=Path, required=True, help="teacher experiment dirs (with best.pt)")
 
     sp = add("best-temperature", cmd_best_temperature, "print the student temperature with the best dev frame accuracy")
     sp.add_argument("student_dirs", nargs="+", type=Path)

@@ -122,7 +122,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
             for _ in s():
                 pass
     else:
-        priors = compute_priors([ShardManifest.load(labels_root / train_set, "pdf")], num_pdfs)
+        priors = compute_priors([ShardManifest.load(labels_root / train_set, "pdf")], num_pdfs, floor=1e-5)
         refs = {name: DataDir.load(Path(data_root) / name).text for name in (dev_set, test_set)}
         swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
         result.dev_wer = swept.results[swept.best_scale].wer

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from asrdistill.aligner.align import AlignConfig, align_subset
-from asrdistill.aligner.graph import aligned_phones
 from asrdistill.aligner.mono import HmmModel, MonoConfig, estimate_self_loops, prepare_transcripts, \
     train_mono, UttAlignment
 from asrdistill.aligner.topology import Topology
@@ -151,4 +150,3 @@ def test_transcripts_and_self_loops():
     est = estimate_self_loops([ali], topo, floor=0.05)
     assert est.self_loop[3][0] == pytest.approx(2 / 3) and est.self_loop[3][1] == pytest.approx(0.05)
     assert est.self_loop[3][2] == pytest.approx(0.95) and est.self_loop[4] == topo.self_loop[4]
-    assert aligned_phones(np.array([1, 1, 3, 3, 3, 3]), np.array([0, 1, 0, 1, 0, 1])).tolist() == [1, 3, 3]

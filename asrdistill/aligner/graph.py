@@ -14,7 +14,7 @@ and tied triphones (``ContextTree.pdfs`` has exactly that signature).
 Contexts are the neighbouring phones *of the given sequence*, optional ones
 included, and 0 at the edges; for exact triphone contexts across silence, pass
 a sequence without optional phones (e.g. the phones realised by a previous
-alignment, :func:`aligned_phones`).
+alignment, ``asrdistill.aligner.triphone.realised_sequences``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from asrdistill.aligner.topology import Topology
 
-__all__ = ["UttGraph", "MonophonePdfs", "PdfFn", "build_graph", "transcript_phones", "aligned_phones"]
+__all__ = ["UttGraph", "MonophonePdfs", "PdfFn", "build_graph", "transcript_phones"]
 
 PdfFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 _NEG_INF = -math.inf
@@ -106,17 +106,6 @@ def transcript_phones(words: Sequence[str], prons: Mapping[str, Sequence[int]], 
         phones.append(silence)
         optional.append(True)
     return np.asarray(phones, dtype=np.int32), np.asarray(optional, dtype=bool)
-
-
-def aligned_phones(phone: np.ndarray, state: np.ndarray) -> np.ndarray:
-    """Phone sequence realised by a frame alignment (a new instance wherever the state returns to 0 or the phone changes)."""
-    phone = np.asarray(phone)
-    state = np.asarray(state)
-    if phone.size == 0:
-        return phone.astype(np.int32)
-    start = np.ones(phone.shape[0], dtype=bool)
-    start[1:] = (state[1:] <= state[:-1]) | (phone[1:] != phone[:-1])
-    return phone[start].astype(np.int32)
 
 
 def build_graph(phones: np.ndarray, optional: np.ndarray | None, topology: Topology, pdf_of: PdfFn,

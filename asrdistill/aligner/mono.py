@@ -43,10 +43,10 @@ from tqdm import tqdm
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.graph import MonophonePdfs, PdfFn, UttGraph, build_graph, transcript_phones
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.tree import ContextTree, TreeNode
+from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
 from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_path, mark_done, write_text_atomic
+from asrdistill.fileio import atomic_path, is_done, mark_done, write_text_atomic
 from asrdistill.lang import SIL, UNK, Lang
 from asrdistill.lexicon import map_oov
 from asrdistill.shards import ShardManifest, iter_shard
@@ -168,18 +168,6 @@ class FeatureTransform:
 # ---------------------------------------------------------------------------- model
 
 
-def _tree_to_dict(tree: ContextTree) -> dict:
-    nodes = [{"pdf": n.pdf} if n.is_leaf else {"pos": n.pos, "values": sorted(n.values), "yes": n.yes, "no": n.no}
-             for n in tree.nodes]
-    return {"num_pdfs": tree.num_pdfs, "pdf_info": tree.pdf_info, "nodes": nodes}
-
-
-def _tree_from_dict(d: dict) -> ContextTree:
-    nodes = [TreeNode(pdf=n["pdf"]) if "pdf" in n else
-             TreeNode(pos=n["pos"], values=frozenset(n["values"]), yes=n["yes"], no=n["no"]) for n in d["nodes"]]
-    return ContextTree(nodes, int(d["num_pdfs"]), [[(int(p), int(s)) for p, s in x] for x in d["pdf_info"]])
-
-
 @dataclass
 class HmmModel:
     """A GMM-HMM: Gaussians per pdf, topology (with self-loops), feature transform, and the pdf map.
@@ -208,7 +196,7 @@ class HmmModel:
             "gmm": self.gmm.state_dict(),
             "topology": {"num_states": self.topology.num_states, "self_loop": self.topology.self_loop},
             "transform": self.transform.to_dict(),
-            "tree": _tree_to_dict(self.tree) if self.tree is not None else None,
+            "tree": self.tree.to_dict() if self.tree is not None else None,
             "meta": self.meta,
         }
         with atomic_path(path) as tmp:
@@ -222,7 +210,7 @@ class HmmModel:
             return cls(DiagGmmSet.from_state_dict(d["gmm"]),
                        Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
                        FeatureTransform.from_dict(d["transform"]),
-                       _tree_from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
+                       ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
 
@@ -562,7 +550,7 @@ def _utt_frames(feats: ShardManifest) -> dict[str, int]:
 
 
 def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_dir: str | Path,
-               config: MonoConfig = MonoConfig()) -> HmmModel:
+               config: MonoConfig = MonoConfig(), force: bool = False) -> HmmModel:
     """Flat-start monophone training on the shortest ``config.subset_utts`` utterances.
 
     Writes ``<exp_dir>/final.pt`` (:class:`HmmModel`), ``topo.json``,
@@ -570,6 +558,9 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     ``.mono.done`` marker.
     """
     exp_dir = Path(exp_dir)
+    if is_done(exp_dir, "mono") and not force:
+        log.info("%s: monophone model already trained, skipping (force to redo)", exp_dir)
+        return HmmModel.load(exp_dir / "final.pt")
     if config.silence_states < 1 or config.states < 1:
         raise ValueError("mono: states and silence_states must be >= 1")
     t0 = time.time()

@@ -100,22 +100,29 @@ class ContextTree:
             stack.append((node.no, rows[~hit]))
         return out
 
-    def save(self, path: str | Path) -> None:
+    def to_dict(self) -> dict:
+        """Plain-data form (JSON, checkpoints)."""
         nodes = [
             {"pdf": n.pdf} if n.is_leaf else {"pos": n.pos, "values": sorted(n.values), "yes": n.yes, "no": n.no}
             for n in self.nodes
         ]
-        write_json_atomic(path, {"num_pdfs": self.num_pdfs, "pdf_info": self.pdf_info, "nodes": nodes})
+        return {"num_pdfs": self.num_pdfs, "pdf_info": self.pdf_info, "nodes": nodes}
 
     @classmethod
-    def load(cls, path: str | Path) -> "ContextTree":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    def from_dict(cls, data: dict) -> "ContextTree":
         nodes = [
             TreeNode(pdf=n["pdf"]) if "pdf" in n else TreeNode(pos=n["pos"], values=frozenset(n["values"]), yes=n["yes"], no=n["no"])
             for n in data["nodes"]
         ]
         info = [[(int(p), int(s)) for p, s in pairs] for pairs in data["pdf_info"]]
         return cls(nodes, int(data["num_pdfs"]), info)
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ContextTree":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 @dataclass

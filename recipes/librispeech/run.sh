@@ -88,12 +88,13 @@ if want 2; then begin 2 "fbank features and CMVN"
 end; fi
 
 if want 3; then begin 3 "monophone GMM-HMM (flat start) and alignment"
-  asrdistill mono $common --nj "$nj" data/$train data/lang data/fbank/$train exp/mono
+  asrdistill mono --config "$config" --device $device --nj "$nj" data/$train data/lang data/fbank/$train exp/mono
 end; fi
 
 if want 4; then begin 4 "decision tree, tied-state triphones, senone labels"
-  asrdistill tri $common --nj "$nj" data/$train data/lang data/fbank/$train exp/mono exp/tri
-  for s in $subsets; do
+  asrdistill tri --config "$config" --device $device --nj "$nj" data/$train data/lang data/fbank/$train exp/mono exp/tri
+  asrdistill align --config "$config" --device $device --nj "$nj" --prior-ali exp/mono/ali exp/tri data/$train data/lang data/fbank/$train exp/tri_ali/$train
+  for s in $dev $test; do
     asrdistill align --config "$config" --device $device --nj "$nj" exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
   done
 end; fi
@@ -116,29 +117,29 @@ if want 7; then begin 7 "teachers 2..$num_teachers (same recipe, other seeds; th
 end; fi
 
 if want 8; then begin 8 "ensemble: posteriors averaged, top-k soft targets cached"
-  asrdistill ensemble $common --feats data/fbank --sets $train $dev --out exp/ensemble \
-    --temperatures $temperatures $(for t in $teachers; do echo exp/$t; done)
+  asrdistill ensemble $common $data --out exp/ensemble --temperatures $temperatures --members \
+    $(for t in $teachers; do echo exp/$t; done)
 end; fi
 
 if want 9; then begin 9 "students distilled at T in {$temperatures}"
   for t in $temperatures; do
-    asrdistill train $common $data --seed 101 --soft exp/ensemble/soft_T$t --temperature "$t" --out exp/student_T$t
+    asrdistill train $common $data --role student --seed 101 --soft exp/ensemble/soft_T$t --temperature "$t" \
+      --out exp/student_T$t
   done
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
   best_t=$(asrdistill best-temperature exp/student_T*)
-  asrdistill train $common $data --seed 201 --fraction "$fraction" --out exp/fraction_hard
-  asrdistill train $common $data --seed 201 --fraction "$fraction" --soft exp/ensemble/soft_T$best_t \
-    --temperature "$best_t" --out exp/fraction_soft
+  asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
+  asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" \
+    --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --out exp/fraction_soft
 end; fi
 
 systems="$teachers ensemble $(for t in $temperatures; do echo student_T$t; done) fraction_hard fraction_soft"
 
 if want 11; then begin 11 "decode and score every system"
   for sys in $systems; do
-    asrdistill evaluate $common --nj "$nj" --feats data/fbank --labels exp/tri_ali --dev-set $dev --test-set $test \
-      --graph exp/graph --data data exp/$sys
+    asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data exp/$sys
   done
 end; fi
 
