@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,9 @@ from asrdistill.ensemble import (cache_soft_targets, combine_logits, ensemble_lo
 from asrdistill.features import Cmvn
 from asrdistill.frames import FrameConfig
 from asrdistill.model import ModelConfig
-from asrdistill.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.shards import ShardManifest, iter_shard
 from asrdistill.train import DistillConfig, TrainConfig, train
+from conftest import make_frame_set
 
 torch.set_num_threads(1)
 C, D = 8, 8
@@ -46,34 +46,15 @@ def test_topk_kl():
     assert topk_kl(p, 2) == pytest.approx(expected, rel=1e-9)
 
 
-def _make_set(root: Path, rng: np.random.Generator, means: np.ndarray, n_utts: int, noise: float = 0.0,
-              frames: int = 50) -> None:
-    """Frames = class mean + unit noise; a ``noise`` fraction of labels replaced at random."""
-    fm = ShardManifest(root / "feats", "feats", meta={"dim": D})
-    lm = ShardManifest(root / "labels", "pdf", meta={"num_pdfs": C})
-    utts = [f"s{i:03d}-1-{i:04d}" for i in range(n_utts)]
-    for s in range(2):
-        fs, ls = [], []
-        for u in utts[s::2]:
-            y = rng.integers(0, C, frames)
-            fs.append((u, {"feats": (means[y] + rng.standard_normal((frames, D))).astype(np.float16)}))
-            y = np.where(rng.random(frames) < noise, rng.integers(0, C, frames), y)
-            ls.append((u, {"pdf": y.astype(np.int32)}))
-        fm.shards.append(write_shard(root / "feats" / f"feats-{s:06d}.tar", fs))
-        lm.shards.append(write_shard(root / "labels" / f"pdf-{s:06d}.tar", ls))
-    fm.save()
-    lm.save()
-
-
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
     """Overlapping classes: 2000 clean frames for the teachers, 200 frames with 50% wrong labels for students."""
     root = tmp_path_factory.mktemp("kd")
     rng = np.random.default_rng(0)
     means = rng.standard_normal((C, D))
-    _make_set(root / "big", rng, means, 40)
-    _make_set(root / "small", rng, means, 4, noise=0.5)
-    _make_set(root / "dev", rng, means, 20)
+    make_frame_set(root / "big", rng, means, 40, frames=50)
+    make_frame_set(root / "small", rng, means, 4, noise=0.5, frames=50)
+    make_frame_set(root / "dev", rng, means, 20, frames=50)
     Cmvn(np.zeros(D), np.ones(D), 1).save(root / "cmvn.json")
 
     def config(subset: str, **kw) -> TrainConfig:

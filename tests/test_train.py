@@ -14,29 +14,12 @@ import asrdistill.train as train_mod
 from asrdistill.features import Cmvn
 from asrdistill.frames import FrameConfig
 from asrdistill.model import ModelConfig
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.shards import ShardManifest
 from asrdistill.train import DistillConfig, TrainConfig, main, train
+from conftest import make_frame_set
 
 torch.set_num_threads(1)
 C, D = 6, 5
-
-
-def _make_set(root: Path, rng: np.random.Generator, means: np.ndarray, n_utts: int, frames: int = 40,
-              shards: int = 2) -> None:
-    """Tiny feature + label shard sets: frame features = class mean + unit noise."""
-    fm = ShardManifest(root / "feats", "feats", meta={"dim": D})
-    lm = ShardManifest(root / "labels", "pdf", meta={"num_pdfs": C})
-    utts = [f"s{i:03d}-1-{i:04d}" for i in range(n_utts)]
-    for s in range(shards):
-        fs, ls = [], []
-        for u in utts[s::shards]:
-            y = rng.integers(0, C, frames)
-            fs.append((u, {"feats": (means[y] + rng.standard_normal((frames, D))).astype(np.float16)}))
-            ls.append((u, {"pdf": y.astype(np.int32)}))
-        fm.shards.append(write_shard(root / "feats" / f"feats-{s:06d}.tar", fs))
-        lm.shards.append(write_shard(root / "labels" / f"pdf-{s:06d}.tar", ls))
-    fm.save()
-    lm.save()
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +27,8 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     means = 2 * rng.standard_normal((C, D))
-    _make_set(root / "train", rng, means, 20)
-    _make_set(root / "dev", rng, means, 6)
+    make_frame_set(root / "train", rng, means, 20)
+    make_frame_set(root / "dev", rng, means, 6)
     Cmvn(np.zeros(D), np.ones(D), 1).save(root / "cmvn.json")
     return root
 
