@@ -2,8 +2,12 @@
 
 Prints, for the monophone and the tied-triphone alignment, the share of phone
 boundaries within 20 ms of espeak's true timing and the mean absolute boundary
-error (clean utterances of each subset), the number of senones used, the wall
-time and peak memory of the whole GMM-HMM stage, and alignment frames/s.
+error, as two tables (clean utterances of each subset; all conditions, noisy and
+reverberant included), and the number of senones used. The full-pipeline mode
+trains the GMM-HMM stage itself and also prints its wall time, peak memory and
+alignment frames/s. ``--recipe-dir`` trains nothing: it scores the alignments a
+recipe run already wrote (``exp/mono/ali``, the training set, and
+``exp/tri_ali/<subset>``), skipping with a message any not finished yet.
 
 Scoring method. The truth (``<SPK>-<CH>.phones.ctm``) uses espeak phoneme
 mnemonics, the aligner ARPAbet, and the two sequences differ in length (``@L``
@@ -20,6 +24,7 @@ touching l/r/w/j, which espeak itself only places to a few tens of ms.
 
     PYTHONPATH=. python benchmarks/bench_aligner.py --corpus /path/with/LibriSpeech --work /tmp/bench_ali
     PYTHONPATH=. python benchmarks/bench_aligner.py --hours 1 --work /tmp/bench_ali   # synthesizes first
+    PYTHONPATH=. python benchmarks/bench_aligner.py --recipe-dir recipes/librispeech [--subsets train dev test]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -143,7 +149,38 @@ def frame_phones(phone: np.ndarray, state: np.ndarray, phones: list[str], shift_
 
 
 @dataclass
+class UttBoundaries:
+    """Matched boundaries of one utterance: ``|true - hyp|`` in seconds, and whether each touches l/r/w/j."""
+
+    errors: np.ndarray
+    approx: np.ndarray
+    total_ref: int  # true boundaries in the utterance, matched or not
+
+
+def alignment_boundaries(ali_dir: Path, truth: dict[str, list[tuple[str, float]]],
+                         phones: list[str]) -> dict[str, UttBoundaries]:
+    """Boundary errors of the phone-level alignment shards ``ali_dir/ali-*.tar``, per utterance with a truth."""
+    from asrdistill.shards import ShardManifest, iter_shard
+
+    out = {}
+    for path in ShardManifest.load(ali_dir, "ali").shard_paths:
+        for utt, sample in iter_shard(path):
+            if utt not in truth or len(sample["phone"]) == 0:
+                continue
+            ref = truth[utt]
+            matched = match_boundaries(ref, frame_phones(sample["phone"], sample["state"], phones))
+            out[utt] = UttBoundaries(np.array([abs(r - h) for r, h, _ in matched], dtype=float),
+                                     np.array([a for _, _, a in matched], dtype=bool), len(ref) - 1)
+    return out
+
+
+@dataclass
 class BoundaryScore:
+    """Boundary accuracy pooled over utterances (nan where nothing matched)."""
+
+    HEADER: ClassVar[str] = (f"{'subset':<16} {'ali':<5} {'<=20ms':>7} {'|err| ms':>8}   {'matched / true':>15} "
+                             f"{'utts':>5}   {'no l/r/w/j: <=20ms':>18} {'|err| ms':>8}")
+
     utterances: int
     matched: int
     total_ref: int
@@ -152,34 +189,31 @@ class BoundaryScore:
     within_20ms_no_approx: float
     mean_abs_ms_no_approx: float
 
-    def line(self, name: str) -> str:
-        return (f"{name}: {self.within_20ms:6.1%} within 20 ms, mean |err| {self.mean_abs_ms:5.1f} ms "
-                f"({self.matched} matched of {self.total_ref} true boundaries, {self.utterances} utts); "
-                f"without l/r/w/j: {self.within_20ms_no_approx:6.1%}, {self.mean_abs_ms_no_approx:5.1f} ms")
+    @classmethod
+    def of(cls, boundaries: dict[str, UttBoundaries], keep: set[str] | None = None) -> "BoundaryScore":
+        """Pooled score of the utterances in ``keep`` (all when ``None``)."""
+        sel = [b for u, b in boundaries.items() if keep is None or u in keep]
+        e = np.concatenate([b.errors for b in sel]) if sel else np.zeros(0)
+        ok = np.concatenate([b.errors[~b.approx] for b in sel]) if sel else np.zeros(0)
+        nan = float("nan")
+        return cls(len(sel), len(e), sum(b.total_ref for b in sel),
+                   float((e <= 0.02).mean()) if len(e) else nan, float(e.mean() * 1000) if len(e) else nan,
+                   float((ok <= 0.02).mean()) if len(ok) else nan, float(ok.mean() * 1000) if len(ok) else nan)
+
+    def row(self, subset: str, system: str) -> str:
+        return (f"{subset:<16} {system:<5} {self.within_20ms:7.1%} {self.mean_abs_ms:8.1f}   "
+                f"{self.matched:>6} / {self.total_ref:<6} {self.utterances:>5}   "
+                f"{self.within_20ms_no_approx:18.1%} {self.mean_abs_ms_no_approx:8.1f}")
 
 
-def score_alignment(ali_dir: Path, prefix: str, truth: dict[str, list[tuple[str, float]]], keep: set[str],
-                    phones: list[str]) -> BoundaryScore:
-    """Boundary accuracy of the phone-level alignment shards ``ali_dir/<prefix>-*.tar`` on utterances in ``keep``."""
-    from asrdistill.shards import ShardManifest, iter_shard
-
-    errs, approx, utts, total = [], [], 0, 0
-    for path in ShardManifest.load(ali_dir, prefix).shard_paths:
-        for utt, sample in iter_shard(path):
-            if utt not in keep or utt not in truth or len(sample["phone"]) == 0:
-                continue
-            ref = truth[utt]
-            utts += 1
-            total += len(ref) - 1
-            for t_ref, t_hyp, ap in match_boundaries(ref, frame_phones(sample["phone"], sample["state"], phones)):
-                errs.append(abs(t_ref - t_hyp))
-                approx.append(ap)
-    e, a = np.asarray(errs), np.asarray(approx, dtype=bool)
-    ok = e[~a] if len(e) else e
-    return BoundaryScore(utts, len(e), total, float((e <= 0.02).mean()) if len(e) else float("nan"),
-                         float(e.mean() * 1000) if len(e) else float("nan"),
-                         float((ok <= 0.02).mean()) if len(ok) else float("nan"),
-                         float(ok.mean() * 1000) if len(ok) else float("nan"))
+def print_boundary_tables(corpus: Path, phones: list[str], alignments: list[tuple[str, str, Path]]) -> None:
+    """Score ``(subset, system, ali_dir)`` against ``corpus/<subset>``; print clean and all-condition tables."""
+    truths = {s: read_truth(corpus / s) for s in dict.fromkeys(s for s, _, _ in alignments)}
+    scored = [(s, name, alignment_boundaries(d, truths[s][0], phones)) for s, name, d in alignments]
+    for title, clean_only in (("clean utterances", True), ("all conditions (clean, noisy, reverberant)", False)):
+        print(f"\nphone boundaries vs true timing, {title}:\n{BoundaryScore.HEADER}")
+        for s, name, b in scored:
+            print(BoundaryScore.of(b, truths[s][1] if clean_only else None).row(s, name))
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -191,7 +225,8 @@ def _peak_rss_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
-def main() -> None:
+def run_pipeline(args: argparse.Namespace) -> None:
+    """Synthesize (unless ``--corpus``), train and time the whole GMM-HMM stage under ``--work``, then score it."""
     from asrdistill.aligner.align import AlignConfig, align_subset
     from asrdistill.aligner.mono import HmmModel, MonoConfig, train_mono
     from asrdistill.aligner.tree import TreeConfig
@@ -202,16 +237,6 @@ def main() -> None:
     from asrdistill.lexicon import build_lang
     from data_prep.librispeech import prepare_librispeech
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=Path, help="folder holding LibriSpeech/ (synthetic, with .phones.ctm)")
-    ap.add_argument("--hours", type=float, default=1.0, help="synthesize this much first when --corpus is not given")
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--nj", type=int, default=2)
-    ap.add_argument("--num-leaves", type=int, default=1000)
-    ap.add_argument("--max-gaussians", type=int, default=8000)
-    ap.add_argument("--mono-gaussians", type=int, default=1000)
-    ap.add_argument("--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards")
-    args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work = args.work
     corpus = args.corpus
@@ -267,10 +292,56 @@ def main() -> None:
     used = json.loads((work / "tri_ali" / "train" / "senone_counts.json").read_text())["num_used"]
     print(f"triphone: {tri.num_pdfs} senones in the tree, {used} used in the training labels, {tri.gmm.num_gauss} "
           f"Gaussians; label pass (two alignments where no prior) {r.num_frames / max(r.seconds, 1e-9):.0f} frames/s")
-    for s in subsets:
-        truth, clean = read_truth(corpus / "LibriSpeech" / s)
-        for name, ali_dir in (("mono", work / "mono_ali" / s), ("tri ", work / "tri_ali" / s)):
-            print(score_alignment(ali_dir, "ali", truth, clean, lang.phones).line(f"{s:5s} clean {name}"))
+    print_boundary_tables(corpus / "LibriSpeech", lang.phones,
+                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in ("mono", "tri")])
+
+
+def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
+    """Score the alignments a recipe run wrote under ``recipe/exp`` against ``recipe/data/corpus``; trains nothing."""
+    from asrdistill.fileio import is_done
+    from asrdistill.lang import Lang
+
+    lang = Lang.load(recipe / "data" / "lang")
+    candidates = [(train_set, "mono", recipe / "exp" / "mono" / "ali")] if train_set in subsets else []
+    candidates += [(s, "tri", recipe / "exp" / "tri_ali" / s) for s in subsets]
+    alignments = []
+    for s, name, ali_dir in candidates:
+        if is_done(ali_dir, "align"):
+            alignments.append((s, name, ali_dir))
+        else:
+            print(f"{s} {name}: skipped, {ali_dir} holds no finished alignment (no .align.done)")
+    counts = recipe / "exp" / "tri_ali" / train_set / "senone_counts.json"
+    if counts.is_file():
+        c = json.loads(counts.read_text(encoding="utf-8"))
+        print(f"triphone: {c['num_used']} of {c['num_pdfs']} senones used in the {train_set} labels")
+    else:
+        print(f"triphone: senone count skipped, no {counts}")
+    if alignments:
+        print_boundary_tables(recipe / "data" / "corpus" / "LibriSpeech", lang.phones, alignments)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe-dir", type=Path,
+                    help="score the alignments of this recipe run (e.g. recipes/librispeech) instead of training")
+    ap.add_argument("--subsets", nargs="+", default=["train", "dev", "test"],
+                    help="with --recipe-dir: subsets to score")
+    ap.add_argument("--train-set", default="train", help="with --recipe-dir: the subset exp/mono/ali aligns")
+    ap.add_argument("--corpus", type=Path, help="folder holding LibriSpeech/ (synthetic, with .phones.ctm)")
+    ap.add_argument("--hours", type=float, default=1.0, help="synthesize this much first when --corpus is not given")
+    ap.add_argument("--work", type=Path, help="working folder of the full-pipeline mode")
+    ap.add_argument("--nj", type=int, default=2)
+    ap.add_argument("--num-leaves", type=int, default=1000)
+    ap.add_argument("--max-gaussians", type=int, default=8000)
+    ap.add_argument("--mono-gaussians", type=int, default=1000)
+    ap.add_argument("--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards")
+    args = ap.parse_args()
+    if args.recipe_dir is not None:
+        score_recipe(args.recipe_dir, args.subsets, args.train_set)
+    elif args.work is None:
+        ap.error("give --work (full pipeline) or --recipe-dir (score an existing run)")
+    else:
+        run_pipeline(args)
 
 
 if __name__ == "__main__":
