@@ -285,7 +285,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     frames = _train_config(args).frames
     decode_cfg = _runtime(_section(args, "decode", DecodeConfig), args)
     evaluate_system(args.system_dir, args.feats, args.labels, args.data, args.train_set, args.dev_set, args.test_set,
-                    args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu")
+                    args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu",
+                    force=args.force)
     return 0
 
 
@@ -451,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--graph", type=Path, help="exp/graph; without it, frame accuracy only")
     sp.add_argument("--nj", type=int, help="decoding processes")
     sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
+    sp.add_argument("--force", action="store_true", help="evaluate again even if metrics.json is up to date")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)

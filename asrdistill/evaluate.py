@@ -101,9 +101,17 @@ class _Posteriors:
 def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root: str | Path, data_root: str | Path,
                     train_set: str, dev_set: str, test_set: str, graph_dir: str | Path | None,
                     frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig = EvalConfig(),
-                    device: str | torch.device = "cpu") -> SystemResult:
-    """Frame accuracy and WER of the system in ``system_dir`` on dev and test; writes ``metrics.json``."""
+                    device: str | torch.device = "cpu", force: bool = False) -> SystemResult:
+    """Frame accuracy and WER of the system in ``system_dir`` on dev and test; writes ``metrics.json``.
+
+    A system whose ``metrics.json`` is newer than its model is not evaluated again unless ``force``.
+    """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
+    metrics = system_dir / "metrics.json"
+    sources = [p for p in (system_dir / "best.pt", system_dir / "members.txt") if p.is_file()]
+    if not force and metrics.is_file() and sources and all(p.stat().st_mtime < metrics.stat().st_mtime for p in sources):
+        log.info("%s: already evaluated (metrics.json newer than the model), skipping", system_dir)
+        return SystemResult.load(metrics)
     models = load_system(system_dir, device)
     num_pdfs = models[0].num_classes
     cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")

@@ -43,18 +43,9 @@ from torch import Tensor, nn
 __all__ = ["kd_loss", "KDLoss"]
 
 _SUM_TOLERANCE = 1e-2  # float16-stored targets sum to 1 within ~1e-3; allow slack
-_TINY = 1e-30          # floor for the student's rest mass (float32 cancellation in 1 - sum)
+_TINY = 1e-30          # floor for the student's rest mass (keeps its log and 1 / rest finite)
 
 SparseTeacher = tuple[Tensor, Tensor]
-
-
-def _log1mexp(a: Tensor) -> Tensor:
-    """``log(1 - exp(a))`` for ``a <= 0``, accurate at both ends, floored at log(_TINY)."""
-    a = a.clamp(max=0.0)
-    # both branches are kept finite so torch.where's backward never multiplies 0 by inf
-    near_zero = torch.log((-torch.expm1(a)).clamp(min=_TINY))
-    far = torch.log1p(-torch.exp(a).clamp(max=0.5))
-    return torch.where(a > -math.log(2.0), near_zero, far)
 
 
 def _check_distribution(probs: Tensor, what: str, exact_sum: bool) -> None:
@@ -167,58 +158,71 @@ def kd_loss(
 
 
 class _SparseKD(torch.autograd.Function):
-    """Top-k (+ rest) soft term and hard term with a hand-written backward.
+    """Top-k (+ rest) soft term and hard term with a closed-form backward.
 
-    One fused log-softmax per temperature serves the forward (only the k
-    teacher classes and the label are gathered from it) and, exponentiated,
-    the backward, where the gradient is built in place: no other (N, C)
-    intermediate. The student's rest mass in the gradient is summed over the
-    classes outside the top k (no ``1 - sum`` cancellation).
+    One fused log-softmax at T = 1 serves both terms: the student's tempered
+    distribution is ``u / sum(u)`` with ``u = exp(log_softmax(s) / T)``, so no
+    second log-softmax is run. Only the k teacher classes and the label are
+    gathered; the rest mass is the sum of ``u`` outside the top k (exact, no
+    ``1 - sum`` cancellation), done in the forward. Dense (N, C) work: log-softmax,
+    exp and one sum forward, one multiply backward (plus, when T != 1 and the
+    hard term is on, one more exp and an add).
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, idx: Tensor, p: Tensor, labels: Tensor | None, valid: Tensor,
                 temperature: float, hard_weight: float) -> Tensor:
         t = temperature
-        log_q1 = torch.log_softmax(s, dim=-1) if labels is not None else None
-        log_qt = log_q1 if (t == 1 and log_q1 is not None) else torch.log_softmax(s if t == 1 else s * (1 / t), dim=-1)
-        log_q = log_qt.gather(1, idx)                                    # student log-probs of the k classes
+        hw = hard_weight if labels is not None else 0.0
+        log_q1 = torch.log_softmax(s, dim=-1)
+        log_u_top = log_q1.gather(1, idx)                   # log u of the k classes; T = 1: log q1 of them
+        if t != 1:
+            log_u_top = log_u_top * (1 / t)
+        ce = None
+        if labels is not None:
+            target = torch.where(valid, labels, 0).long()[:, None]
+            ce = -log_q1.gather(1, target).squeeze(1)
+        u = log_q1.mul(1 / t).exp_() if t != 1 else log_q1.exp_()
+        q1 = log_q1.exp_() if (t != 1 and hw > 0) else None  # softmax(s) for the hard gradient
+        u.scatter_(1, idx, 0.0)
+        u_rest = u.sum(-1)
+        u_sum = u_rest + log_u_top.exp().sum(-1)
+        log_q = log_u_top - u_sum.log()[:, None]            # student log-probs of the k classes at T
+        q_rest = u_rest / u_sum                             # student's mass outside the k classes at T
         rest_p = (1 - p.sum(-1)).clamp(min=0)
-        rest_log_q = _log1mexp(torch.logsumexp(log_q, dim=-1))           # student's mass outside the k classes
-        kl = (torch.xlogy(p, p) - p * log_q).sum(-1) + torch.xlogy(rest_p, rest_p) - rest_p * rest_log_q
+        kl = ((torch.xlogy(p, p) - p * log_q).sum(-1)
+              + torch.xlogy(rest_p, rest_p) - rest_p * q_rest.clamp(min=_TINY).log())
         count = valid.sum().clamp(min=1)
         loss = torch.where(valid, kl, 0.0).sum() / count * (t * t)
-        saved = [idx, p, rest_p, valid, count, log_qt]
-        if labels is not None:
-            target = torch.where(valid, labels, 0).long()
-            ce = -log_q1.gather(1, target[:, None]).squeeze(1)
-            loss = (1 - hard_weight) * loss + hard_weight * torch.where(valid, ce, 0.0).sum() / count
-            saved += [target] if log_q1 is log_qt else [target, log_q1]
+        if ce is not None:
+            loss = (1 - hw) * loss + hw * torch.where(valid, ce, 0.0).sum() / count
+        saved = [u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count]
+        if hw > 0:
+            saved += [target] if q1 is None else [target, q1]
         ctx.save_for_backward(*saved)
-        ctx.temperature, ctx.hard_weight = t, (hard_weight if labels is not None else 0.0)
+        ctx.temperature, ctx.hard_weight = t, hw
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        idx, p, rest_p, valid, count, log_qt, *hard = ctx.saved_tensors
+        u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count, *hard = ctx.saved_tensors
         t, hw = ctx.temperature, ctx.hard_weight
         w = valid.float() * (grad_out / count)
-        # soft: d/dz KL = q - p on the top k, q * (1 - rest_p / q_rest) elsewhere; z = s / T, scaled by T^2
-        q = log_qt.exp()
-        q_top = q.gather(1, idx)
-        q.scatter_(1, idx, 0.0)
-        q_rest = q.sum(-1)
-        rest_ratio = torch.where(q_rest > 0, rest_p / q_rest.clamp(min=_TINY), 0.0)
-        b = w * ((1 - hw) * t)
-        grad = q.mul_((b * (1 - rest_ratio))[:, None])
-        grad.scatter_(1, idx, b[:, None] * (q_top - p))
+        a = w * hw                                          # hard: a * (softmax(s) - onehot(label))
+        b = w * ((1 - hw) * t)                              # soft, d/dz with z = s / T, times T^2 / T
+        # soft: q - p on the top k; q * (1 - rest_p / q_rest) on the other classes (q = u / u_sum)
+        q_top = log_q.exp()
+        coef = b * (1 - rest_p / q_rest.clamp(min=_TINY)) / u_sum
+        top = b[:, None] * (q_top - p)
+        if hard and len(hard) == 1:                         # T = 1: u is softmax(s) itself (top k zeroed)
+            coef = coef + a
+            top = top + a[:, None] * q_top * u_sum[:, None]
+        grad = u * coef[:, None]
+        grad.scatter_(1, idx, top)
         if hard:
-            # hard: softmax(s) - onehot(label); at T = 1 softmax(s) is q again
-            target = hard[0]
-            a = w * hw
-            q1 = log_qt.exp() if len(hard) == 1 else hard[1].exp()
-            grad.addcmul_(q1, a[:, None])
-            grad.scatter_add_(1, target[:, None], -a[:, None])
+            if len(hard) == 2:
+                grad.addcmul_(hard[1], a[:, None])
+            grad.scatter_add_(1, hard[0], -a[:, None])
         return grad, None, None, None, None, None, None
 
 
