@@ -163,10 +163,10 @@ class _SparseKD(torch.autograd.Function):
     One fused log-softmax at T = 1 serves both terms: the student's tempered
     distribution is ``u / sum(u)`` with ``u = exp(log_softmax(s) / T)``, so no
     second log-softmax is run. Only the k teacher classes and the label are
-    gathered; the rest mass is the sum of ``u`` outside the top k (exact, no
-    ``1 - sum`` cancellation), done in the forward. Dense (N, C) work: log-softmax,
-    exp and one sum forward, one multiply backward (plus, when T != 1 and the
-    hard term is on, one more exp and an add).
+    gathered; the student's rest mass is the sum of ``u`` outside the top k
+    (exact: no ``1 - sum`` cancellation). Dense (N, C) passes: log-softmax, exp
+    and one sum forward, one multiply backward; when T != 1 with a hard term, a
+    scale and an exp more forward (``softmax(s)``) and an add backward.
     """
 
     @staticmethod
@@ -175,15 +175,15 @@ class _SparseKD(torch.autograd.Function):
         t = temperature
         hw = hard_weight if labels is not None else 0.0
         log_q1 = torch.log_softmax(s, dim=-1)
-        log_u_top = log_q1.gather(1, idx)                   # log u of the k classes; T = 1: log q1 of them
+        log_u_top = log_q1.gather(1, idx)                   # T = 1: log softmax(s) of the k classes
         if t != 1:
             log_u_top = log_u_top * (1 / t)
-        ce = None
+        ce = target = None
         if labels is not None:
             target = torch.where(valid, labels, 0).long()[:, None]
             ce = -log_q1.gather(1, target).squeeze(1)
         u = log_q1.mul(1 / t).exp_() if t != 1 else log_q1.exp_()
-        q1 = log_q1.exp_() if (t != 1 and hw > 0) else None  # softmax(s) for the hard gradient
+        q1 = log_q1.exp_() if (t != 1 and hw > 0 and ctx.needs_input_grad[0]) else None  # for the hard gradient
         u.scatter_(1, idx, 0.0)
         u_rest = u.sum(-1)
         u_sum = u_rest + log_u_top.exp().sum(-1)
@@ -196,33 +196,30 @@ class _SparseKD(torch.autograd.Function):
         loss = torch.where(valid, kl, 0.0).sum() / count * (t * t)
         if ce is not None:
             loss = (1 - hw) * loss + hw * torch.where(valid, ce, 0.0).sum() / count
-        saved = [u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count]
-        if hw > 0:
-            saved += [target] if q1 is None else [target, q1]
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count, target, q1)
         ctx.temperature, ctx.hard_weight = t, hw
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count, *hard = ctx.saved_tensors
+        u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count, target, q1 = ctx.saved_tensors
         t, hw = ctx.temperature, ctx.hard_weight
         w = valid.float() * (grad_out / count)
         a = w * hw                                          # hard: a * (softmax(s) - onehot(label))
-        b = w * ((1 - hw) * t)                              # soft, d/dz with z = s / T, times T^2 / T
-        # soft: q - p on the top k; q * (1 - rest_p / q_rest) on the other classes (q = u / u_sum)
+        b = w * ((1 - hw) * t)                              # soft: T^2 / T times d KL / d(s / T), which is
+        # q - p on the top k and q * (1 - rest_p / q_rest) on the other classes, q = u / u_sum
         q_top = log_q.exp()
         coef = b * (1 - rest_p / q_rest.clamp(min=_TINY)) / u_sum
         top = b[:, None] * (q_top - p)
-        if hard and len(hard) == 1:                         # T = 1: u is softmax(s) itself (top k zeroed)
+        if hw > 0 and t == 1:                               # u is softmax(s) with the top k zeroed
             coef = coef + a
-            top = top + a[:, None] * q_top * u_sum[:, None]
+            top = top + a[:, None] * (q_top * u_sum[:, None])
         grad = u * coef[:, None]
         grad.scatter_(1, idx, top)
-        if hard:
-            if len(hard) == 2:
-                grad.addcmul_(hard[1], a[:, None])
-            grad.scatter_add_(1, hard[0], -a[:, None])
+        if hw > 0:
+            if q1 is not None:
+                grad.addcmul_(q1, a[:, None])
+            grad.scatter_add_(1, target, -a[:, None])
         return grad, None, None, None, None, None, None
 
 

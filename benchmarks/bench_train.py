@@ -7,6 +7,7 @@ Prints frames/s for
   (c) the full ``asrdistill.train.train`` loop reading shards through ``FrameStream``
       (splicing, CMVN, shuffling) for hard-label and cached top-k KD training;
   (d) ensemble inference (``ensemble_logprobs``) with 1 and N models,
+  (e) the loss alone, forward + backward on (batch, senones) logits: cross-entropy vs top-k KD,
 
 and the ratios the project targets: full/ceiling >= 0.9 on GPU (CPU preset
 within 1.5x of the bare loop on CPU), KD/hard >= 0.9. CUDA is used when
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from asrdistill.ensemble import ensemble_logprobs
 from asrdistill.features import Cmvn
 from asrdistill.frames import Batch, FrameConfig
+from asrdistill.kd import kd_loss
 from asrdistill.model import FrameDNN, ModelConfig
 from asrdistill.shards import ShardManifest, write_shard
 from asrdistill.train import DistillConfig, TrainConfig, train, train_step
@@ -100,6 +102,23 @@ def trainer_step(args, device, kd: bool) -> float:
     check = device.type != "cuda"
     return args.batch_size / _timed(lambda: train_step(net, opt, batch, distill, (), device.type == "cuda", check),
                                     args.steps, args.warmup, device)
+
+
+def loss_only(args, device, kd: bool) -> float:
+    """Frames/s of the loss's forward + backward alone, as ``train_step`` calls it (top-k targets at T = 2)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(args.batch_size, args.senones, generator=gen).to(device).requires_grad_(True)
+    y = torch.randint(0, args.senones, (args.batch_size,), generator=gen).to(device)
+    idx, prob = (t.to(device) for t in _topk_targets(args.batch_size, args.k, args.senones, gen))
+    check = device.type != "cuda"
+
+    def step():
+        logits.grad = None
+        loss = (kd_loss(logits, teacher_topk=(idx, prob), labels=y, temperature=2.0, check_values=check) if kd
+                else F.cross_entropy(logits, y))
+        loss.backward()
+
+    return args.batch_size / _timed(step, args.steps, args.warmup, device)
 
 
 def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int = 1000, shards: int = 4) -> None:
@@ -181,6 +200,8 @@ def main() -> None:
         rows["(c) full loop, KD top-k"] = full_loop(args, device, Path(tmp), kd=True)
     rows["(d) inference, 1 model"] = ensemble_inference(args, device, 1)
     rows[f"(d) inference, {args.teachers} models"] = ensemble_inference(args, device, args.teachers)
+    rows["(e) loss fwd+bwd, hard"] = loss_only(args, device, kd=False)
+    rows["(e) loss fwd+bwd, KD top-k"] = loss_only(args, device, kd=True)
 
     for label, fps in rows.items():
         print(f"{label:32s} {fps:12,.0f} frames/s")
@@ -190,7 +211,8 @@ def main() -> None:
           f"(goal: >= 0.9 on GPU; CPU preset within 1.5x, i.e. >= 0.667)")
     print(f"full loop / trainer step  hard {rows['(c) full loop, hard'] / rows['(b) trainer step, hard']:.3f}")
     print(f"KD / hard   trainer step {rows['(b) trainer step, KD top-k'] / rows['(b) trainer step, hard']:.3f}   "
-          f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   (goal: >= 0.9)")
+          f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   "
+          f"loss alone {rows['(e) loss fwd+bwd, KD top-k'] / rows['(e) loss fwd+bwd, hard']:.3f}   (goal: >= 0.9)")
     print(f"ensemble of {args.teachers} / 1 model inference "
           f"{rows[f'(d) inference, {args.teachers} models'] / rows['(d) inference, 1 model']:.3f}")
 

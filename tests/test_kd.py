@@ -128,6 +128,42 @@ def test_sparse_topk_teacher(form):
     torch.testing.assert_close(full, dense, rtol=2e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+@pytest.mark.parametrize("hard_weight", [0.0, 0.3, 1.0])
+def test_sparse_teacher_with_labels_value_and_gradient(temperature, hard_weight):
+    s, t, y = _inputs((2, 6, 30), seed=1)
+    y.view(-1)[::4] = -100  # padding frames
+    top_p, idx = torch.softmax(t / temperature, -1).topk(5, -1)
+    x1 = s.float().clone().requires_grad_(True)
+    x2 = s.clone().requires_grad_(True)
+    ours = kd_loss(x1, teacher_topk=(idx, top_p.float()), labels=y, temperature=temperature, hard_weight=hard_weight)
+    keep = (y != -100).reshape(-1)
+    flat = x2.reshape(-1, 30)
+    soft = _coarsened_reference(flat[keep], idx.reshape(-1, 5)[keep], top_p.reshape(-1, 5)[keep], temperature)
+    ref = (1 - hard_weight) * soft + hard_weight * F.cross_entropy(flat[keep], y.reshape(-1)[keep])
+    ours.backward(retain_graph=True), ref.backward()
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x1.grad.double(), x2.grad, rtol=1e-4, atol=1e-6)
+    assert x1.grad.reshape(-1, 30)[~keep].abs().sum() == 0
+    first = x1.grad.clone()
+    ours.backward()  # a retained graph can be differentiated again
+    torch.testing.assert_close(x1.grad, 2 * first)
+
+
+def test_sparse_rest_mass_is_exact_when_tiny():
+    s = torch.full((3, 40), -20.0, dtype=torch.float64)
+    s[:, :2] = 25.0  # at T = 2 the student's rest mass is ~1e-9: far below float32's 1 - sum resolution
+    idx = torch.tensor([[0, 1]] * 3)
+    probs = torch.tensor([[0.6, 0.3]] * 3)
+    x = s.float().requires_grad_(True)
+    ref_x = s.clone().requires_grad_(True)
+    loss = kd_loss(x, teacher_topk=(idx, probs), temperature=2.0)
+    ref = _coarsened_reference(ref_x, idx, probs.double(), 2.0)
+    loss.backward(), ref.backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_sparse_student_concentrated_on_topk_stays_finite():
     s = torch.full((4, 50), -60.0)
     s[:, 0] = 60.0  # student puts all its mass on class 0: its rest mass underflows
