@@ -47,3 +47,39 @@ def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(ValueError, match="section.key=value"):
         parse_overrides(["epochs=3"])
+
+
+def test_shipped_recipe_configs_load_into_their_dataclasses():
+    """Every section of every recipe config is valid for the tool that reads it (typos fail here, not mid-run)."""
+    import argparse
+
+    from asrdistill.aligner.align import AlignConfig
+    from asrdistill.aligner.mono import MonoConfig
+    from asrdistill.aligner.tree import TreeConfig
+    from asrdistill.aligner.triphone import TriConfig
+    from asrdistill.cli import _train_config
+    from asrdistill.config import read_yaml
+    from asrdistill.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig
+    from asrdistill.features import FbankConfig
+    from asrdistill.graph import GraphConfig
+    from asrdistill.lexicon import LexiconConfig
+    from asrdistill.lm import LmConfig
+
+    tools = {"features": FbankConfig, "lexicon": LexiconConfig, "mono": MonoConfig, "align": AlignConfig,
+             "tree": TreeConfig, "tri": TriConfig, "lm": LmConfig, "graph": GraphConfig, "decode": DecodeConfig,
+             "evaluate": EvalConfig}
+    recipe_keys = {"corpus_subsets", "train_set", "dev_set", "test_set", "num_teachers", "temperatures", "fraction",
+                   "hours", "corpus_seed", "num_speakers", "lm_sentences"}
+    confs = sorted((Path(__file__).parents[1] / "recipes").glob("*/conf/*.yaml"))
+    assert len(confs) >= 3
+    for conf in confs:
+        data = read_yaml(conf)
+        assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction"}, conf
+        assert set(data["recipe"]) == recipe_keys, conf
+        for section, cls in tools.items():
+            load_section(conf, section, cls)
+        for role in (None, "student", "fraction"):
+            args = argparse.Namespace(config=conf, role=role, set=[], feats="f", labels="l", train_set="t",
+                                      dev_set="d", seed=1, device=None, fraction=None, soft="s", temperature=2.0)
+            assert _train_config(args).distill.temperature == 2.0
