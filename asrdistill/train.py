@@ -568,7 +568,7 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
         _save_best(run, state, dev)
     else:
         state.bad_epochs += 1
-    if c.schedule == "newbob" and state.epoch > 0 and gain < c.newbob_threshold:
+    if c.schedule == "newbob" and state.epoch > 0 and state.step >= c.warmup_steps and gain < c.newbob_threshold:
         state.lr_scale *= 0.5
     if c.patience and state.bad_epochs >= c.patience:
         state.stopped = True
