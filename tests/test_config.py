@@ -75,11 +75,11 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     assert len(confs) >= 3
     for conf in confs:
         data = read_yaml(conf)
-        assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction"}, conf
+        assert set(data) <= set(tools) | {"recipe", "train", "student", "student_final", "fraction"}, conf
         assert set(data["recipe"]) == recipe_keys, conf
         for section, cls in tools.items():
             load_section(conf, section, cls)
-        for role in (None, "student", "fraction"):
+        for role in (None, "student", "student_final", "fraction"):
             args = argparse.Namespace(config=conf, role=role, set=[], feats="f", labels="l", train_set="t",
                                       dev_set="d", seed=1, device=None, fraction=None, soft="s", temperature=2.0)
             assert _train_config(args).distill.temperature == 2.0

@@ -41,7 +41,7 @@ def test_every_stage_leaves_its_outputs(recipe_run):
         "exp/tri_ali/train/pdf.manifest.json", "exp/tri_ali/dev/pdf.manifest.json", "exp/tri_ali/test/pdf.manifest.json",
         "exp/lm/lm.json", "exp/graph/HCLG.fst", "exp/baseline/best.pt", "exp/teacher_2/best.pt",
         "exp/ensemble/members.txt", "exp/ensemble/soft_T1/soft.manifest.json", "exp/ensemble/soft_T2/soft.manifest.json",
-        "exp/student_T1/best.pt", "exp/student_T2/best.pt", "exp/fraction_hard/best.pt", "exp/fraction_soft/best.pt",
+        "exp/student_T1/best.pt", "exp/student_T2/best.pt", "exp/student/best.pt", "exp/fraction_hard/best.pt", "exp/fraction_soft/best.pt",
         "exp/results.md", "exp/results.json", "exp/results.png",
     ]
     missing = [p for p in expected if not (work / p).exists()]
@@ -52,7 +52,7 @@ def test_results_table_has_every_system_with_finite_numbers(recipe_run):
     work, _ = recipe_run
     data = json.loads((work / "exp/results.json").read_text())
     systems = {s["system"]: s for s in data["systems"]}
-    assert set(systems) == {"baseline", "teacher_2", "ensemble", "student_T1", "student_T2",
+    assert set(systems) == {"baseline", "teacher_2", "ensemble", "student_T1", "student_T2", "student",
                             "fraction_hard", "fraction_soft"}
     for s in systems.values():
         for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer"):

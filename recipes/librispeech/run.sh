@@ -121,11 +121,14 @@ if want 8; then begin 8 "ensemble: posteriors averaged, top-k soft targets cache
     $(for t in $teachers; do echo exp/$t; done)
 end; fi
 
-if want 9; then begin 9 "students distilled at T in {$temperatures}"
+if want 9; then begin 9 "students: T in {$temperatures} compared on dev, then the best T trained longer"
   for t in $temperatures; do
     asrdistill train $common $data --role student --seed 101 --soft exp/ensemble/soft_T$t --temperature "$t" \
       --out exp/student_T$t
   done
+  best_t=$(asrdistill best-temperature exp/student_T*)
+  asrdistill train $common $data --role student_final --seed 101 --soft exp/ensemble/soft_T$best_t \
+    --temperature "$best_t" --out exp/student
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
@@ -135,7 +138,7 @@ if want 10; then begin 10 "section 6: $fraction of the training data, hard label
     --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --out exp/fraction_soft
 end; fi
 
-systems="$teachers ensemble $(for t in $temperatures; do echo student_T$t; done) fraction_hard fraction_soft"
+systems="$teachers ensemble $(for t in $temperatures; do echo student_T$t; done) student fraction_hard fraction_soft"
 
 if want 11; then begin 11 "decode and score every system"
   for sys in $systems; do
