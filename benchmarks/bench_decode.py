@@ -65,7 +65,7 @@ def generated_task(d: Path, num_words: int, num_sentences: int, seed: int = 0) -
 def generated_tree(lang: Lang, states: int = 3) -> ContextTree:
     """Per (phone, state) one question on the left context (vowel or not): ~6 senones per phone."""
     vowels = frozenset(i for i, p in enumerate(lang.phones) if p.rstrip("012") in VOWELS)
-    nodes: list[TreeNode] = [TreeNode()]  # root placeholder
+    nodes: list[TreeNode] = [TreeNode()]  # slot 0 is the root; set to the top of the phone chain below
     info: list[list[tuple[int, int]]] = []
 
     def add(node: TreeNode) -> int:
