@@ -38,7 +38,8 @@ def cmd_synth_corpus(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from data_prep.librispeech import DEFAULT_BASE_URL, download_librispeech
 
-    download_librispeech(args.target, args.subsets, args.base_url or DEFAULT_BASE_URL, lm=not args.no_lm)
+    download_librispeech(args.target, args.subsets, args.base_url or DEFAULT_BASE_URL, lm=not args.no_lm,
+                         remove_archives=args.remove_archives)
     return 0
 
 
@@ -50,7 +51,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_lang(args: argparse.Namespace) -> int:
-    from asrdistill.lexicon import LexiconConfig, build_lang, corpus_vocabulary
+    from asrdistill.data.lexicon import LexiconConfig, build_lang, corpus_vocabulary
 
     cfg = _section(args, "lexicon", LexiconConfig)
     words = corpus_vocabulary(args.data_dirs, args.extra_text)
@@ -59,7 +60,7 @@ def cmd_lang(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from asrdistill.features import FbankConfig, compute_features
+    from asrdistill.data.features import FbankConfig, compute_features
 
     cfg = _section(args, "features", FbankConfig)
     compute_features(args.data_dir, args.out_dir, cfg, nj=args.nj, force=args.force)
@@ -67,9 +68,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_cmvn(args: argparse.Namespace) -> int:
-    from asrdistill.datadir import DataDir
-    from asrdistill.features import FEATS_PREFIX, compute_cmvn
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.features import compute_cmvn
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     manifest = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     utt2spk = DataDir.load(args.data_dir).utt2spk if args.data_dir else None
@@ -96,10 +97,9 @@ def cmd_mono(args: argparse.Namespace) -> int:
 
     from asrdistill.aligner.align import AlignConfig, align_subset
     from asrdistill.aligner.mono import MonoConfig, train_mono
-    from asrdistill.datadir import DataDir
-    from asrdistill.features import FEATS_PREFIX
-    from asrdistill.lang import Lang
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.lang import Lang
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     cfg = _runtime(_section(args, "mono", MonoConfig), args)
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
@@ -114,14 +114,12 @@ def cmd_mono(args: argparse.Namespace) -> int:
 def cmd_tri(args: argparse.Namespace) -> int:
     import torch
 
-    from asrdistill.aligner.align import ALI_PREFIX
-    from asrdistill.aligner.mono import HmmModel
+    from asrdistill.aligner.hmm import HmmModel
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig, train_triphone
-    from asrdistill.datadir import DataDir
-    from asrdistill.features import FEATS_PREFIX
-    from asrdistill.lang import Lang
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.lang import Lang
+    from asrdistill.data.shards import ALI_PREFIX, FEATS_PREFIX, ShardManifest
 
     torch.set_num_threads(1)  # workers do the parallel work; small in-process ops slow down with more threads
     mono_dir = Path(args.mono_dir)
@@ -134,13 +132,12 @@ def cmd_tri(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     import torch
 
-    from asrdistill.aligner.align import ALI_PREFIX, AlignConfig, align_subset
-    from asrdistill.aligner.mono import HmmModel
+    from asrdistill.aligner.align import AlignConfig, align_subset
+    from asrdistill.aligner.hmm import HmmModel
     from asrdistill.aligner.triphone import align_triphone
-    from asrdistill.datadir import DataDir
-    from asrdistill.features import FEATS_PREFIX
-    from asrdistill.lang import Lang
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.lang import Lang
+    from asrdistill.data.shards import ALI_PREFIX, FEATS_PREFIX, ShardManifest
 
     torch.set_num_threads(1)
     cfg = _runtime(_section(args, "align", AlignConfig), args)
@@ -157,8 +154,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 def cmd_import_ali(args: argparse.Namespace) -> int:
     from asrdistill.aligner.kaldi_import import import_kaldi_alignments
-    from asrdistill.features import FEATS_PREFIX
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     import_kaldi_alignments(args.ali, feats, args.out_dir, num_pdfs=args.num_pdfs, force=args.force)
@@ -169,9 +165,9 @@ def cmd_import_ali(args: argparse.Namespace) -> int:
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
-    from asrdistill.datadir import DataDir
-    from asrdistill.lang import Lang
-    from asrdistill.lm import LmConfig, prepare_lm
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.lang import Lang
+    from asrdistill.decoding.lm import LmConfig, prepare_lm
 
     cfg = _section(args, "lm", LmConfig)
     words = Lang.load(args.lang_dir).words
@@ -183,7 +179,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     import json
 
-    from asrdistill.graph import GraphConfig, build_graph
+    from asrdistill.decoding.hclg import GraphConfig, build_graph
 
     cfg = _section(args, "graph", GraphConfig)
     arpa = json.loads((Path(args.lm_dir) / "lm.json").read_text(encoding="utf-8"))["arpa"]
@@ -195,24 +191,12 @@ def cmd_graph(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- DNNs
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """Recursive dict update (YAML sections for roles override the shared ``train`` section)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _train_config(args: argparse.Namespace):
     """``train`` section, then the role's section (``student``, ``fraction``), then --set, then paths."""
-    from asrdistill.config import from_dict, parse_overrides, read_yaml
-    from asrdistill.train import TrainConfig
+    from asrdistill.config import from_dict, merge, role_section
+    from asrdistill.nnet.train import TrainConfig
 
-    data = read_yaml(args.config) if args.config else {}
-    merged = dict(data.get("train") or {})
-    if args.role:
-        merged = _merge(merged, data.get(args.role) or {})
-    merged = _merge(merged, parse_overrides(args.set).get("train", {}))
+    merged = role_section(args.config, "train", args.role, args.set)
     feats, labels = Path(args.feats), Path(args.labels)
     merged.update(train_feats=str(feats / args.train_set), train_labels=str(labels / args.train_set),
                   dev_feats=str(feats / args.dev_set), dev_labels=str(labels / args.dev_set),
@@ -222,7 +206,7 @@ def _train_config(args: argparse.Namespace):
     if args.fraction is not None:
         merged["data_fraction"] = args.fraction
     if args.soft:
-        merged["distill"] = _merge(merged.get("distill") or {}, {"source": "cached", "soft_targets": str(args.soft),
+        merged["distill"] = merge(merged.get("distill") or {}, {"source": "cached", "soft_targets": str(args.soft),
                                                                  "temperature": args.temperature})
     else:
         merged.pop("distill", None)
@@ -232,7 +216,7 @@ def _train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from asrdistill.config import to_dict
     from asrdistill.fileio import write_json_atomic
-    from asrdistill.train import train
+    from asrdistill.nnet.train import train
 
     cfg = _train_config(args)
     write_json_atomic(Path(args.out) / "train_config.json", to_dict(cfg))
@@ -243,10 +227,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Write the ensemble's member list and cache its top-k soft targets on the training set."""
-    from asrdistill.ensemble import cache_soft_targets, load_teachers
-    from asrdistill.features import FEATS_PREFIX, Cmvn
+    from asrdistill.nnet.ensemble import cache_soft_targets, load_teachers
+    from asrdistill.data.features import Cmvn
     from asrdistill.fileio import write_text_atomic
-    from asrdistill.shards import ShardManifest
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     cfg = _train_config(args)
     out = Path(args.out)
@@ -263,23 +247,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_best_temperature(args: argparse.Namespace) -> int:
     """Print the temperature of the student with the best dev frame accuracy (model selection on dev)."""
-    import json
+    from asrdistill.results import best_temperature
 
-    scores = {}
-    for d in args.student_dirs:
-        result = Path(d) / "train_result.json"
-        if not result.is_file():
-            raise FileNotFoundError(f"{result}: student not trained")
-        cfg = json.loads((Path(d) / "train_config.json").read_text(encoding="utf-8"))
-        scores[cfg["distill"]["temperature"]] = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
-    best = max(scores, key=scores.get)
-    log.info("dev frame accuracy by temperature: %s -> T=%g", {f"{t:g}": round(a, 4) for t, a in scores.items()}, best)
-    print(f"{best:g}")
+    print(f"{best_temperature(args.student_dirs):g}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asrdistill.decode import DecodeConfig
+    from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig, evaluate_system
 
     frames = _train_config(args).frames
@@ -344,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--target", type=Path, required=True, help="folder to hold LibriSpeech/ and lm/")
     sp.add_argument("--subsets", nargs="+", required=True)
     sp.add_argument("--base-url", action="append", help="resources root or mirror name; repeat for fallbacks")
-    sp.add_argument("--no-lm", action="store_true")
+    sp.add_argument("--no-lm", action="store_true", help="skip the LMs, vocabulary and LM text")
+    sp.add_argument("--remove-archives", action="store_true", help="delete each archive once unpacked")
 
     sp = add("prepare", cmd_prepare, "Kaldi data dirs from a corpus in LibriSpeech layout")
     sp.add_argument("--corpus", type=Path, required=True, help="folder holding LibriSpeech/")
@@ -473,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+    except (ValueError, OSError) as e:  # bad input, missing or existing files: a clear message, no traceback
         log.error("%s failed: %s", args.command, e)
         return 1
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["load_section", "from_dict", "to_dict", "parse_overrides", "read_yaml"]
+__all__ = ["load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides", "read_yaml"]
 
 T = TypeVar("T")
 
@@ -127,3 +127,24 @@ def load_section(
         where = f"{path}:{section}"
     data.update(parse_overrides(overrides).get(section, {}))
     return from_dict(cls, data, where)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested mappings merged key by key (a role section refines ``train``)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def role_section(path: str | Path | None, base: str, role: str | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Section ``base`` of the YAML, refined by section ``role`` (e.g. ``student`` over ``train``), then overrides.
+
+    Overrides are written against ``base`` (``train.epochs=3``) and apply to the
+    merged result. Returns plain data for :func:`from_dict`.
+    """
+    data = read_yaml(path) if path is not None else {}
+    merged = dict(data.get(base) or {})
+    if role:
+        merged = merge(merged, data.get(role) or {})
+    return merge(merged, parse_overrides(overrides).get(base, {}))

@@ -21,15 +21,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from asrdistill.datadir import DataDir
-from asrdistill.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.ensemble import combine_logits, load_teachers
-from asrdistill.features import FEATS_PREFIX, Cmvn
-from asrdistill.frames import FrameConfig, iter_utterances
-from asrdistill.model import FrameDNN
+from asrdistill.data.datadir import DataDir
+from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.nnet.ensemble import load_teachers, posterior_stream
+from asrdistill.data.features import Cmvn
+from asrdistill.data.frames import FrameConfig
+from asrdistill.nnet.model import FrameDNN
 from asrdistill.results import SystemResult
-from asrdistill.scoring import wer_report
-from asrdistill.shards import ShardManifest
+from asrdistill.decoding.scoring import wer_report
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 
 __all__ = ["EvalConfig", "system_kind", "load_system", "evaluate_system"]
 
@@ -68,24 +68,25 @@ def load_system(system_dir: str | Path, device: str | torch.device = "cpu") -> l
 
 
 class _Posteriors:
-    """Streams ``(utt, log posteriors)`` of a system over a feature set, counting frame accuracy and NN time."""
+    """Re-iterable ``(utt, log posteriors)`` of a system over a set (the decoder's input), counting frame accuracy and NN time."""
 
     def __init__(self, models: list[FrameDNN], feats: ShardManifest, labels: ShardManifest | None, cmvn: Cmvn,
                  frames: FrameConfig, method: str, device: str | torch.device):
-        self.models, self.feats, self.labels, self.cmvn = models, feats, labels, cmvn
-        self.frames, self.method, self.device = frames, method, device
+        self.args = (models, feats, cmvn, frames, labels, method, device)
         self.correct = self.counted = self.num_frames = 0
         self.nn_seconds = 0.0
 
-    @torch.no_grad()
     def __call__(self) -> Iterator[tuple[str, np.ndarray]]:
         self.correct = self.counted = self.num_frames = 0
         self.nn_seconds = 0.0
-        for utt, x, y in iter_utterances(self.feats, self.cmvn, self.frames, labels=self.labels, device=self.device):
+        stream = posterior_stream(*self.args)
+        while True:
             t0 = time.perf_counter()
-            logits = [m(x) for m in self.models]
-            logp = combine_logits(logits, 1.0, self.method) if len(logits) > 1 else torch.log_softmax(logits[0], -1)
-            out = logp.float().cpu().numpy()
+            item = next(stream, None)
+            if item is None:
+                return
+            utt, logp, y = item
+            out = logp.cpu().numpy()
             self.nn_seconds += time.perf_counter() - t0
             self.num_frames += out.shape[0]
             if y is not None:
@@ -120,7 +121,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
 
     def stream(subset: str) -> _Posteriors:
         labels_dir = labels_root / subset
-        labels = ShardManifest.load(labels_dir, "pdf") if (labels_dir / "pdf.manifest.json").is_file() else None
+        labels = ShardManifest.load(labels_dir, PDF_PREFIX) if (labels_dir / f"{PDF_PREFIX}.manifest.json").is_file() else None
         return _Posteriors(models, ShardManifest.load(feats_root / subset, FEATS_PREFIX), labels, cmvn, frames,
                            config.method, device)
 
@@ -130,7 +131,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
             for _ in s():
                 pass
     else:
-        priors = compute_priors([ShardManifest.load(labels_root / train_set, "pdf")], num_pdfs, floor=1e-5)
+        priors = compute_priors([ShardManifest.load(labels_root / train_set, PDF_PREFIX)], num_pdfs, floor=1e-5)
         refs = {name: DataDir.load(Path(data_root) / name).text for name in (dev_set, test_set)}
         swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
         result.dev_wer = swept.results[swept.best_scale].wer

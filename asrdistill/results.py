@@ -10,13 +10,16 @@ baseline that the distilled student keeps (the paper's headline: > 80%).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from asrdistill.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-__all__ = ["SystemResult", "PAPER", "kept_share", "collect_results"]
+__all__ = ["SystemResult", "PAPER", "kept_share", "best_temperature", "collect_results"]
+
+log = logging.getLogger(__name__)
 
 # Hinton, Vinyals & Dean (2015), Table 1 (2,000 h, 14,000 senones, 8 x 2560 DNN).
 PAPER = [
@@ -54,6 +57,22 @@ def kept_share(baseline: float, ensemble: float, student: float) -> float:
     """Share of the ensemble's gain over the baseline that the student keeps (NaN if no gain)."""
     gain = ensemble - baseline
     return (student - baseline) / gain if gain > 0 else math.nan
+
+
+def best_temperature(student_dirs: list[str | Path]) -> float:
+    """The temperature of the student with the best dev frame accuracy (model selection on dev, never test)."""
+    scores = {}
+    for d in student_dirs:
+        result = Path(d) / "train_result.json"
+        if not result.is_file():
+            raise FileNotFoundError(f"{result}: student not trained")
+        cfg = json.loads((Path(d) / "train_config.json").read_text(encoding="utf-8"))
+        scores[float(cfg["distill"]["temperature"])] = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
+    if not scores:
+        raise ValueError("best_temperature: no student folders given")
+    best = max(scores, key=scores.get)
+    log.info("dev frame accuracy by temperature: %s -> T=%g", {f"{t:g}": round(a, 4) for t, a in scores.items()}, best)
+    return best
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -160,7 +160,7 @@ class UttBoundaries:
 def alignment_boundaries(ali_dir: Path, truth: dict[str, list[tuple[str, float]]],
                          phones: list[str]) -> dict[str, UttBoundaries]:
     """Boundary errors of the phone-level alignment shards ``ali_dir/ali-*.tar``, per utterance with a truth."""
-    from asrdistill.shards import ShardManifest, iter_shard
+    from asrdistill.data.shards import ShardManifest, iter_shard
 
     out = {}
     for path in ShardManifest.load(ali_dir, "ali").shard_paths:
@@ -228,13 +228,14 @@ def _peak_rss_mb() -> tuple[float, float]:
 def run_pipeline(args: argparse.Namespace) -> None:
     """Synthesize (unless ``--corpus``), train and time the whole GMM-HMM stage under ``--work``, then score it."""
     from asrdistill.aligner.align import AlignConfig, align_subset
-    from asrdistill.aligner.mono import HmmModel, MonoConfig, train_mono
+    from asrdistill.aligner.hmm import HmmModel
+    from asrdistill.aligner.mono import MonoConfig, train_mono
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig, align_triphone, train_triphone
-    from asrdistill.features import FbankConfig, compute_features
+    from asrdistill.data.features import FbankConfig, compute_features
     from asrdistill.fileio import is_done
-    from asrdistill.lang import Lang
-    from asrdistill.lexicon import build_lang
+    from asrdistill.data.lang import Lang
+    from asrdistill.data.lexicon import build_lang
     from data_prep.librispeech import prepare_librispeech
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -299,7 +300,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
 def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
     """Score the alignments a recipe run wrote under ``recipe/exp`` against ``recipe/data/corpus``; trains nothing."""
     from asrdistill.fileio import is_done
-    from asrdistill.lang import Lang
+    from asrdistill.data.lang import Lang
 
     lang = Lang.load(recipe / "data" / "lang")
     candidates = [(train_set, "mono", recipe / "exp" / "mono" / "ali")] if train_set in subsets else []

@@ -31,11 +31,11 @@ import numpy as np
 
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
-from asrdistill.decode import FRAME_RATE, DecodeConfig, decode
-from asrdistill.graph import GraphConfig, build_graph, pdf_sequence
-from asrdistill.lang import Lang
-from asrdistill.lm import LmConfig, ngram_counts, train_lm
-from asrdistill.scoring import wer_report
+from asrdistill.decoding.decode import FRAME_RATE, DecodeConfig, decode
+from asrdistill.decoding.hclg import GraphConfig, build_graph, pdf_sequence
+from asrdistill.data.lang import Lang
+from asrdistill.decoding.lm import LmConfig, ngram_counts, train_lm
+from asrdistill.decoding.scoring import wer_report
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "data"
 # Header of 3-gram.pruned.1e-7.arpa (LibriSpeech resources, openslr 11) as commonly quoted;

@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asrdistill.datadir import DataDir  # noqa: E402
-from asrdistill.features import FbankConfig, compute_cmvn, compute_features  # noqa: E402
-from asrdistill.frames import FrameConfig, FrameStream  # noqa: E402
-from asrdistill.shards import ShardManifest, iter_shard, write_shard  # noqa: E402
+from asrdistill.data.datadir import DataDir  # noqa: E402
+from asrdistill.data.features import FbankConfig, compute_cmvn, compute_features  # noqa: E402
+from asrdistill.data.frames import FrameConfig, FrameStream  # noqa: E402
+from asrdistill.data.shards import ShardManifest, iter_shard, write_shard  # noqa: E402
 
 SR = 16000
 

@@ -3,8 +3,8 @@
 Prints frames/s for
 
   (a) a bare loop (model, cross-entropy, SGD) on synthetic device tensors: the ceiling;
-  (b) ``asrdistill.train.train_step`` on the same synthetic batches (hard; KD with top-k targets);
-  (c) the full ``asrdistill.train.train`` loop reading shards through ``FrameStream``
+  (b) ``asrdistill.nnet.train.train_step`` on the same synthetic batches (hard; KD with top-k targets);
+  (c) the full ``asrdistill.nnet.train.train`` loop reading shards through ``FrameStream``
       (splicing, CMVN, shuffling) for hard-label and cached top-k KD training;
   (d) ensemble inference (``ensemble_logprobs``) with 1 and N models,
   (e) the loss alone, forward + backward on (batch, senones) logits: cross-entropy vs top-k KD,
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asrdistill.ensemble import ensemble_logprobs
-from asrdistill.features import Cmvn
-from asrdistill.frames import Batch, FrameConfig
+from asrdistill.nnet.ensemble import ensemble_logprobs
+from asrdistill.data.features import Cmvn
+from asrdistill.data.frames import Batch, FrameConfig
 from asrdistill.kd import kd_loss
-from asrdistill.model import FrameDNN, ModelConfig
-from asrdistill.shards import ShardManifest, write_shard
-from asrdistill.train import DistillConfig, TrainConfig, train, train_step
+from asrdistill.nnet.model import FrameDNN, ModelConfig
+from asrdistill.data.shards import ShardManifest, write_shard
+from asrdistill.nnet.train import DistillConfig, TrainConfig, train, train_step
 
 FEAT_DIM = 40
 

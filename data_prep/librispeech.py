@@ -9,13 +9,12 @@ Preparation reads any corpus in LibriSpeech layout (the real one or the syntheti
 and writes one data dir per subset, skipping unusable utterances with a reason in
 ``skipped.tsv`` rather than failing the whole subset.
 
-    python -m data_prep.librispeech download data/corpus --subsets dev-clean test-clean
-    python -m data_prep.librispeech prepare data/corpus data --subsets dev-clean --nj 4
+    asrdistill download --target data/corpus --subsets dev-clean test-clean
+    asrdistill prepare --corpus data/corpus --out data --subsets dev-clean --nj 4
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import logging
@@ -35,7 +34,7 @@ from typing import Sequence
 import soundfile as sf
 from tqdm import tqdm
 
-from asrdistill.datadir import DataDir
+from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done
 
 __all__ = [
@@ -512,36 +511,3 @@ def prepare_librispeech(
             continue
         result[subset] = _prepare_subset(root / subset, out, max(1, nj))
     return result
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.librispeech", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("download", help="download and unpack subsets, lexicon and LMs")
-    d.add_argument("target_dir", type=Path, help="folder to hold LibriSpeech/ and lm/")
-    d.add_argument("--subsets", nargs="+", default=LibriSpeechConfig().subsets, choices=SUBSETS)
-    d.add_argument("--base-url", action="append", default=None,
-                   help=f"resources root URL or mirror name {sorted(MIRRORS)}; repeat for fallbacks")
-    d.add_argument("--no-lm", action="store_true", help="skip the LMs, vocabulary and LM text")
-    d.add_argument("--remove-archives", action="store_true")
-    r = sub.add_parser("prepare", help="write Kaldi data dirs from a corpus in LibriSpeech layout")
-    r.add_argument("corpus_dir", type=Path, help="folder holding LibriSpeech/ (or LibriSpeech/ itself)")
-    r.add_argument("out_dir", type=Path, help="data/ folder to write <subset>/ into")
-    r.add_argument("--subsets", nargs="+", default=LibriSpeechConfig().subsets)
-    r.add_argument("--nj", type=int, default=LibriSpeechConfig().nj)
-    r.add_argument("--force", action="store_true", help="redo subsets that are already prepared")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.cmd == "download":
-        download_librispeech(args.target_dir, args.subsets, args.base_url or DEFAULT_BASE_URL,
-                             lm=not args.no_lm, remove_archives=args.remove_archives)
-    else:
-        prepare_librispeech(args.corpus_dir, args.subsets, args.out_dir, nj=args.nj, force=args.force)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

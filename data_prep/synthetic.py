@@ -22,7 +22,6 @@ with ``<subset>`` in ``train``, ``dev``, ``test`` (speaker-disjoint).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -30,13 +29,14 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from asrdistill.fileio import write_text_atomic
 
 SAMPLE_RATE = 16000
 SUBSETS = ("train", "dev", "test")
@@ -276,12 +276,6 @@ def render_utterance(job: UtteranceJob, corpus_seed: int) -> tuple[np.ndarray, l
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_flac(path: Path, audio: np.ndarray) -> None:
     import soundfile as sf
 
@@ -407,7 +401,7 @@ def synthesize_corpus(
         if stale.exists():
             shutil.rmtree(stale)
     ls_dir.mkdir(parents=True)
-    _atomic_write_text(ls_dir / "SYNTHETIC.TXT", _CTM_DOC)  # first: marks the folder as ours to rebuild
+    write_text_atomic(ls_dir / "SYNTHETIC.TXT", _CTM_DOC)  # first: marks the folder as ours to rebuild
     speakers = make_speakers(seed, num_speakers, dev_fraction, test_fraction)
     jobs, transcripts, where = _plan(ls_dir, speakers, hours, seed, dev_fraction, test_fraction)
     for job in jobs:
@@ -437,8 +431,8 @@ def synthesize_corpus(
     lm_dir = out_dir / "lm"
     lm_dir.mkdir(parents=True, exist_ok=True)
     held_out = {transcripts[u] for u, (subset, _, _) in where.items() if subset != "train"}
-    _atomic_write_text(lm_dir / "lm-text.txt", "".join(s + "\n" for s in _lm_text(seed, lm_sentences, held_out)))
-    _atomic_write_text(marker, json.dumps(params, sort_keys=True) + "\n")
+    write_text_atomic(lm_dir / "lm-text.txt", "".join(s + "\n" for s in _lm_text(seed, lm_sentences, held_out)))
+    write_text_atomic(marker, json.dumps(params, sort_keys=True) + "\n")
     return ls_dir
 
 
@@ -451,9 +445,9 @@ def _write_metadata(ls_dir: Path, speakers: list[Speaker], transcripts: dict[str
     minutes: dict[str, float] = {}
     for (subset, spk, ch), utts in sorted(chapters.items()):
         folder = ls_dir / subset / spk / ch
-        _atomic_write_text(folder / f"{spk}-{ch}.trans.txt", "".join(f"{u} {transcripts[u]}\n" for u in utts))
+        write_text_atomic(folder / f"{spk}-{ch}.trans.txt", "".join(f"{u} {transcripts[u]}\n" for u in utts))
         ctm = [line for u in utts for line in _format_ctm(u, results[u][1])]
-        _atomic_write_text(folder / f"{spk}-{ch}.phones.ctm", "\n".join(ctm) + "\n")
+        write_text_atomic(folder / f"{spk}-{ch}.phones.ctm", "\n".join(ctm) + "\n")
         minutes[spk] = minutes.get(spk, 0.0) + sum(results[u][0] for u in utts) / 60
     for subset in SUBSETS:
         rows = ["utt_id\tcondition\tnoise\tsnr_db\trt60_s\n"]
@@ -461,40 +455,11 @@ def _write_metadata(ls_dir: Path, speakers: list[Speaker], transcripts: dict[str
             c = results[utt_id][2]
             rows.append(f"{utt_id}\t{c['condition']}\t{c['noise']}\t{c['snr_db']}\t{c['rt60_s']}\n")
         (ls_dir / subset).mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(ls_dir / subset / "conditions.tsv", "".join(rows))
+        write_text_atomic(ls_dir / subset / "conditions.tsv", "".join(rows))
     lines = ["; Synthetic speakers (espeak-ng), in the format of LibriSpeech's SPEAKERS.TXT\n",
              ";ID  |SEX| SUBSET           |MINUTES| NAME\n"]
     for spk in sorted(speakers, key=lambda s: s.speaker_id):
         if str(spk.speaker_id) in minutes:
             lines.append(f"{spk.speaker_id:<5}| {spk.sex} | {spk.subset:<16} | {minutes[str(spk.speaker_id)]:5.2f} | "
                          f"{spk.description}\n")
-    _atomic_write_text(ls_dir / "SPEAKERS.TXT", "".join(lines))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m data_prep.synthetic --out DIR --hours H [--seed S] [--nj N] [--force]``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="output folder (gets LibriSpeech/ and lm/)")
-    ap.add_argument("--hours", type=float, required=True, help="target amount of audio")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num-speakers", type=int, default=48)
-    ap.add_argument("--nj", type=int, default=2, help="worker processes")
-    ap.add_argument("--dev-fraction", type=float, default=0.1)
-    ap.add_argument("--test-fraction", type=float, default=0.1)
-    ap.add_argument("--lm-sentences", type=int, default=100_000)
-    ap.add_argument("--force", action="store_true", help="rebuild even if made with other parameters")
-    args = ap.parse_args(argv)
-    t0 = time.monotonic()
-    try:
-        ls_dir = synthesize_corpus(args.out, args.hours, seed=args.seed, num_speakers=args.num_speakers, nj=args.nj,
-                                   dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
-                                   lm_sentences=args.lm_sentences, force=args.force)
-    except (FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{ls_dir} ready ({time.monotonic() - t0:.1f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    write_text_atomic(ls_dir / "SPEAKERS.TXT", "".join(lines))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.data.shards import ShardManifest, write_shard
 
 
 def make_frame_set(root: Path, rng: np.random.Generator, means: np.ndarray, n_utts: int, frames: int = 40,

@@ -1,4 +1,4 @@
-"""``asrdistill.audio.load_audio``: the repairs and refusals a real corpus needs."""
+"""``asrdistill.data.audio.load_audio``: the repairs and refusals a real corpus needs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrdistill.audio import AudioError, load_audio
+from asrdistill.data.audio import AudioError, load_audio
 
 SR = 16000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.data.shards import ShardManifest, write_shard
 
 _spec = importlib.util.spec_from_file_location(
     "bench_aligner", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_aligner.py")

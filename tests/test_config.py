@@ -59,12 +59,12 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.aligner.triphone import TriConfig
     from asrdistill.cli import _train_config
     from asrdistill.config import read_yaml
-    from asrdistill.decode import DecodeConfig
+    from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig
-    from asrdistill.features import FbankConfig
-    from asrdistill.graph import GraphConfig
-    from asrdistill.lexicon import LexiconConfig
-    from asrdistill.lm import LmConfig
+    from asrdistill.data.features import FbankConfig
+    from asrdistill.decoding.hclg import GraphConfig
+    from asrdistill.data.lexicon import LexiconConfig
+    from asrdistill.decoding.lm import LmConfig
 
     tools = {"features": FbankConfig, "lexicon": LexiconConfig, "mono": MonoConfig, "align": AlignConfig,
              "tree": TreeConfig, "tri": TriConfig, "lm": LmConfig, "graph": GraphConfig, "decode": DecodeConfig,

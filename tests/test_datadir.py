@@ -1,7 +1,7 @@
 import pytest
 
-from asrdistill.datadir import DataDir
-from asrdistill.lang import Lang
+from asrdistill.data.datadir import DataDir
+from asrdistill.data.lang import Lang
 
 
 def test_data_dir_round_trip(tmp_path):

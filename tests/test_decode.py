@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from asrdistill.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.graph import pdf_sequence
-from asrdistill.scoring import wer_report
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.decoding.hclg import pdf_sequence
+from asrdistill.decoding.scoring import wer_report
+from asrdistill.data.shards import ShardManifest, write_shard
 from test_graph import toy_task
 
 

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from asrdistill.datadir import DataDir, read_kv
-from asrdistill.features import Cmvn, FbankConfig, compute_cmvn, compute_features, fbank, num_frames
-from asrdistill.shards import ShardManifest, iter_shard
+from asrdistill.data.datadir import DataDir, read_kv
+from asrdistill.data.features import Cmvn, FbankConfig, compute_cmvn, compute_features, fbank, num_frames
+from asrdistill.data.shards import ShardManifest, iter_shard
 
 SR = 16000
 # lengths in samples: exact window, window + one shift - 1, typical, odd

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from asrdistill.features import Cmvn
-from asrdistill.frames import Batch, FrameConfig, FrameStream, context_windows, iter_utterances
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.data.features import Cmvn
+from asrdistill.data.frames import Batch, FrameConfig, FrameStream, context_windows, iter_utterances
+from asrdistill.data.shards import ShardManifest, write_shard
 
 D = 4
 K = 3

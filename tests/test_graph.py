@@ -9,8 +9,8 @@ import pytest
 
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
-from asrdistill.graph import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
-from asrdistill.lang import Lang
+from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
+from asrdistill.data.lang import Lang
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "B", "K"]
 AA, B = 3, 4

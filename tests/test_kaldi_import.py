@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from asrdistill.aligner.kaldi_import import import_kaldi_alignments, read_kaldi_int_vectors
-from asrdistill.shards import ShardManifest, iter_aligned, write_shard
+from asrdistill.data.shards import ShardManifest, iter_aligned, write_shard
 
 
 def _feats(directory):

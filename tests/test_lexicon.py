@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from asrdistill.datadir import DataDir
-from asrdistill.lang import Lang
-from asrdistill.lexicon import LexiconConfig, build_lang, corpus_vocabulary, map_oov
+from asrdistill.data.datadir import DataDir
+from asrdistill.data.lang import Lang
+from asrdistill.data.lexicon import LexiconConfig, build_lang, corpus_vocabulary, map_oov
 
 ARPABET_39 = sorted(
     "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split()

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 import data_prep.librispeech as lsp
+from asrdistill import cli
 from asrdistill.fileio import is_done
 
 
@@ -250,14 +251,14 @@ def test_unknown_subset(tmp_path: Path) -> None:
         lsp.download_librispeech(tmp_path, ["train-clean-1000"], lm=False)
 
 
-def test_main_download(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_download(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _librispeech_tar("test-clean")
     server.files = {"/r/12/test-clean.tar.gz": archive, "/r/11/librispeech-lexicon.txt": b"A\tAH0\n"}
     monkeypatch.setitem(lsp.MD5, "test-clean.tar.gz", _md5(archive))
     monkeypatch.setitem(lsp.MD5, "librispeech-lexicon.txt", _md5(b"A\tAH0\n"))
-    argv = ["download", str(tmp_path), "--subsets", "test-clean", "--no-lm", "--remove-archives",
+    argv = ["download", "--target", str(tmp_path), "--subsets", "test-clean", "--no-lm", "--remove-archives",
             "--base-url", server.url + "/missing", "--base-url", server.url + "/r"]
-    assert lsp.main(argv) == 0
+    assert cli.main(argv) == 0
     assert is_done(tmp_path / "LibriSpeech", "test-clean") and not (tmp_path / "test-clean.tar.gz").exists()
     assert not is_done(tmp_path, "download-test-clean.tar.gz")
     assert (tmp_path / "LibriSpeech" / "test-clean" / "1272" / "128104" / "1272-128104-0001.flac").is_file()

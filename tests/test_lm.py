@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from asrdistill.lm import Arpa, LmConfig, perplexity, prepare_lm, train_lm
+from asrdistill.decoding.lm import Arpa, LmConfig, perplexity, prepare_lm, train_lm
 
 TEXT = """THE CAT SAT ON THE MAT
 THE DOG SAT ON THE LOG

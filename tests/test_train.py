@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-import asrdistill.train as train_mod
-from asrdistill.features import Cmvn
-from asrdistill.frames import FrameConfig
-from asrdistill.model import ModelConfig
-from asrdistill.shards import ShardManifest
-from asrdistill.train import DistillConfig, TrainConfig, main, train
+import asrdistill.nnet.train as train_mod
+from asrdistill.data.features import Cmvn
+from asrdistill.data.frames import FrameConfig
+from asrdistill.nnet.model import ModelConfig
+from asrdistill.data.shards import ShardManifest
+from asrdistill import cli
+from asrdistill.nnet.train import DistillConfig, TrainConfig, train
 from conftest import make_frame_set
 
 torch.set_num_threads(1)
@@ -133,7 +135,7 @@ def test_online_distillation_and_teacher_mismatch(data, tmp_path):
                             distill=DistillConfig(source="online", teachers=[teacher], hard_weight=0.3)),
                     tmp_path / "student")
     assert student["best_dev_acc"] > 0.5
-    with pytest.raises(ValueError, match=r"teacher.*best\.pt.*6 senones, the student 9"):
+    with pytest.raises(ValueError, match=r"teacher.*best\.pt.*6 senones, but the student has 20 / 9"):
         train(_config(data, num_classes=9, distill=DistillConfig(source="online", teachers=[teacher])),
               tmp_path / "bad")
 
@@ -148,12 +150,23 @@ def test_data_fraction_is_a_fixed_subset_of_utterances(data, tmp_path):
     assert a["train_frames"] == sub_a.num_frames
 
 
-def test_main_reads_yaml_section_and_overrides(data, tmp_path):
-    config = _config(data)
-    section = {k: v for k, v in train_mod.to_dict(config).items() if k not in ("model", "frames")}
+def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
+    """``asrdistill train`` is the one front door: ``train`` refined by the role's section, then ``--set``."""
+    for subset in ("train", "dev"):
+        shutil.copytree(data / subset / "feats", tmp_path / "fbank" / subset)
+        shutil.copytree(data / subset / "labels", tmp_path / "ali" / subset)
+    shutil.copy(data / "cmvn.json", tmp_path / "fbank/train/cmvn.json")
+    section = {k: v for k, v in train_mod.to_dict(_config(data)).items()
+               if k not in ("model", "frames", "train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
     section["frames"] = {"left": 2, "right": 1, "batch_size": 64}
     section["model"] = {"preset": "tiny"}
     path = tmp_path / "conf.yaml"
-    path.write_text(yaml.safe_dump({"train": section}))
-    result = main(["--config", str(path), "--out-dir", str(tmp_path / "run"), "train.epochs=1"])
-    assert result["epochs"] == 1 and result["steps"] == 13
+    path.write_text(yaml.safe_dump({"train": section, "student": {"epochs": 5, "frames": {"batch_size": 32}}}))
+    argv = ["train", "--config", str(path), "--feats", str(tmp_path / "fbank"), "--labels", str(tmp_path / "ali"),
+            "--train-set", "train", "--dev-set", "dev", "--role", "student", "--set", "train.epochs=1",
+            "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    result = json.loads((tmp_path / "run/train_result.json").read_text())
+    saved = json.loads((tmp_path / "run/train_config.json").read_text())
+    assert result["epochs"] == 1 and result["steps"] == 25      # 800 frames / 32 per batch (role), 1 epoch (--set)
+    assert saved["frames"]["left"] == 2 and saved["frames"]["batch_size"] == 32

@@ -11,7 +11,7 @@ import pytest
 from asrdistill.aligner.questions import arpabet_questions, cluster_questions, phone_questions
 from asrdistill.aligner.stats import StatsAccumulator, accumulate_triphone_stats, frame_contexts
 from asrdistill.aligner.tree import CENTER, RIGHT, STATE, ContextTree, TreeConfig, grow_tree, pdf_stats
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.data.shards import ShardManifest, write_shard
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "IY", "UW", "T", "K", "S", "N", "L", "B"]
 PID = {p: i for i, p in enumerate(PHONES)}

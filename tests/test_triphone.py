@@ -11,12 +11,12 @@ import torch
 
 from asrdistill.aligner.align import AlignConfig
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.mono import FeatureTransform, HmmModel
+from asrdistill.aligner.hmm import FeatureTransform, HmmModel
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree, TreeConfig
 from asrdistill.aligner.triphone import TriConfig, align_triphone, read_alignment, train_triphone
-from asrdistill.lang import Lang
-from asrdistill.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "IY", "T", "S", "N"]
 LEXICON = [("TA", ("T", "AA")), ("SIT", ("S", "IY", "T")), ("NAN", ("N", "AA", "N")), ("TIN", ("T", "IY", "N")),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrdistill.aligner.graph import MonophonePdfs, build_graph, transcript_phones
+from asrdistill.aligner.utt_graph import MonophonePdfs, build_graph, transcript_phones
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.viterbi import viterbi, viterbi_batch
 

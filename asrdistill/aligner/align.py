@@ -28,19 +28,17 @@ import torch
 from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.mono import _FEATS_CACHE, HmmModel, PhoneSeq, UttAlignment, _shard_feats, prepare_transcripts, \
+from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, PhoneSeq, UttAlignment, shard_feats, prepare_transcripts, \
     process_shard
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, is_done, mark_done
-from asrdistill.lang import Lang
-from asrdistill.shards import ShardInfo, ShardManifest, write_shard
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, write_shard
 
-__all__ = ["AlignConfig", "AlignResult", "align_subset", "ALI_PREFIX", "PDF_PREFIX"]
+__all__ = ["AlignConfig", "AlignResult", "align_subset"]
 
 log = logging.getLogger(__name__)
 
-ALI_PREFIX = "ali"
-PDF_PREFIX = "pdf"
 
 
 @dataclass
@@ -76,7 +74,7 @@ def _align_piece(args: tuple) -> tuple[int, dict[str, UttAlignment], dict[str, s
     index, shard, seqs, state, kwargs = args
     model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
     res = process_shard(shard, seqs, model, realign=True, accumulate_stats=False, **kwargs)
-    feats = _shard_feats(shard, cache=True)
+    feats = shard_feats(shard, cache=True)
     for utt, a in res.alignments.items():   # never write labels whose length differs from the features
         if not (a.pdf.shape[0] == a.phone.shape[0] == a.state.shape[0] == feats[utt].shape[0]):
             raise RuntimeError(f"{shard}: {utt}: alignment has {a.pdf.shape[0]} frames, features {feats[utt].shape[0]}")
@@ -175,7 +173,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         if pool is not None:
             pool.terminate()
             pool.join()
-        _FEATS_CACHE.clear()
+        FEATS_CACHE.clear()
     meta = {"model": model.meta, "num_pdfs": model.num_pdfs, "config": to_dict(config)}
     ali = ShardManifest(out_dir, ALI_PREFIX, [r[0] for r in results], meta)
     ali.save()

@@ -23,13 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from asrdistill.fileio import atomic_open, is_done, mark_done
-from asrdistill.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 
 __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
 
 log = logging.getLogger(__name__)
 
-PDF_PREFIX = "pdf"
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from asrdistill.shards import ShardManifest, iter_aligned
+from asrdistill.data.shards import ShardManifest, iter_aligned
 
 __all__ = [
     "TriphoneStats",

@@ -33,8 +33,8 @@ from asrdistill.aligner.stats import TriphoneStats, accumulate_triphone_stats, g
 from asrdistill.aligner.topology import Topology
 from asrdistill.config import to_dict
 from asrdistill.fileio import write_json_atomic
-from asrdistill.lang import Lang
-from asrdistill.shards import ShardManifest
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import ShardManifest
 
 __all__ = [
     "TreeNode",

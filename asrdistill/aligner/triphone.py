@@ -4,7 +4,7 @@ Steps: triphone statistics from the monophone alignment grow the decision tree
 (:func:`asrdistill.aligner.tree.build_tree`); each senone starts as the single
 Gaussian of its pooled tree statistics; the monophone alignment, mapped
 through the tree, is the first alignment (Kaldi ``convert-ali``); then the
-shared re-estimation loop (:func:`asrdistill.aligner.mono.train_gmm_hmm`) runs
+shared re-estimation loop (:func:`asrdistill.aligner.hmm.train_gmm_hmm`) runs
 with mixture growth and re-alignment on a schedule.
 
 Triphone contexts must be the phones actually spoken, including whether an
@@ -34,13 +34,13 @@ import torch
 
 from asrdistill.aligner.align import AlignConfig, AlignResult, align_subset
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.mono import HmmModel, LoopConfig, PhoneSeq, UttAlignment, plot_convergence, train_gmm_hmm
+from asrdistill.aligner.hmm import HmmModel, LoopConfig, PhoneSeq, UttAlignment, plot_convergence, train_gmm_hmm
 from asrdistill.aligner.stats import frame_contexts, instance_starts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
 from asrdistill.config import to_dict
 from asrdistill.fileio import is_done, mark_done, write_json_atomic
-from asrdistill.lang import Lang
-from asrdistill.shards import ShardManifest, iter_shard
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import ShardManifest, iter_shard
 
 __all__ = ["TriConfig", "read_alignment", "realised_sequences", "train_triphone", "align_triphone", "senone_counts"]
 

@@ -1,4 +1,4 @@
-"""Batched Viterbi over utterance state graphs (:class:`~asrdistill.aligner.graph.UttGraph`).
+"""Batched Viterbi over utterance state graphs (:class:`~asrdistill.aligner.utt_graph.UttGraph`).
 
 Utterances are sorted by length and packed into batches of padded tensors
 (B, T, S); each time step takes, per state, the max over its three possible
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrdistill.aligner.graph import UttGraph
+from asrdistill.aligner.utt_graph import UttGraph
 
 __all__ = ["viterbi_batch", "viterbi"]
 

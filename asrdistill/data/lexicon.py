@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Mapping
 
 from asrdistill.fileio import atomic_open
-from asrdistill.lang import SIL, SPN, UNK, Lang
+from asrdistill.data.lang import SIL, SPN, UNK, Lang
 
 __all__ = [
     "LexiconConfig",

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asrdistill.audio import AudioError, load_audio
+from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.config import to_dict
-from asrdistill.datadir import DataDir
+from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done, write_json_atomic
-from asrdistill.shards import ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
+from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
 
 __all__ = [
     "FbankConfig",
@@ -43,12 +43,10 @@ __all__ = [
     "fbank",
     "num_frames",
     "compute_features",
-    "FEATS_PREFIX",
 ]
 
 log = logging.getLogger(__name__)
 
-FEATS_PREFIX = "feats"
 _INT16_SCALE = 32768.0  # Kaldi reads int16 samples; keeps log energies (and the log floor) Kaldi-compatible
 
 

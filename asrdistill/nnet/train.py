@@ -1,14 +1,15 @@
 """Train a frame-level DNN acoustic model: hard labels (baseline, teachers) or distillation (student).
 
 One entry point for every DNN of the recipe (icefall layout, read top to
-bottom): config -> compute_loss -> evaluate -> train_one_epoch -> train -> main.
+bottom): config -> compute_loss -> train_one_epoch -> train (the CLI is ``asrdistill train``).
+Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
-* Data: shuffled frame minibatches from :class:`asrdistill.frames.FrameStream`;
+* Data: shuffled frame minibatches from :class:`asrdistill.data.frames.FrameStream`;
   ``data_fraction < 1`` trains on a fixed, hash-chosen subset of utterances (the
   paper's section 6 used 3%), the same for every seed and for hard or soft
   training.
 * Distillation: soft targets come either from cached top-k shards written by
-  :func:`asrdistill.ensemble.cache_soft_targets` (``source='cached'``) or from
+  :func:`asrdistill.nnet.ensemble.cache_soft_targets` (``source='cached'``) or from
   teacher checkpoints run on each minibatch (``source='online'``); the loss is
   :func:`asrdistill.kd.kd_loss`.
 * Schedule: optional linear warmup, then newbob (halve the LR when the dev frame
@@ -19,14 +20,12 @@ bottom): config -> compute_loss -> evaluate -> train_one_epoch -> train -> main.
   position, counters, config) is written atomically every ``checkpoint_every``
   steps and after each epoch; rerunning the same command resumes exactly where
   the run stopped and reaches the same parameters as an uninterrupted run.
-* Multi-GPU: launch the same command with ``torchrun --nproc-per-node N``; each
+* Multi-GPU: launch ``asrdistill train`` with ``torchrun --nproc-per-node N``; each
   rank reads its own shards (DDP), rank 0 writes.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,22 +45,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from asrdistill.config import from_dict, load_section, to_dict
-from asrdistill.ensemble import SOFT_PREFIX, ensemble_logprobs
-from asrdistill.features import Cmvn
+from asrdistill.config import from_dict, to_dict
+from asrdistill.nnet.ensemble import ensemble_logprobs, frame_accuracy, load_teachers
+from asrdistill.data.features import Cmvn
 from asrdistill.fileio import atomic_path, is_done, mark_done
-from asrdistill.frames import Batch, FrameConfig, FrameStream, iter_utterances
+from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
-from asrdistill.model import FrameDNN, ModelConfig, load_model
-from asrdistill.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 
-__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "evaluate", "train", "main",
-           "LABELS_PREFIX", "FEATS_PREFIX"]
+__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train"]
 
 log = logging.getLogger(__name__)
 
-FEATS_PREFIX = "feats"
-LABELS_PREFIX = "pdf"
 # fields that may change between a run and its resumption without changing the result
 _OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device"}
 
@@ -177,33 +172,12 @@ def compute_loss(model: nn.Module, batch: Batch, distill: DistillConfig | None,
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, distill: DistillConfig | None,
                teachers: Sequence[nn.Module] = (), bf16: bool = False, check_values: bool = True) -> Tensor:
     """One optimiser step on ``batch``; returns the detached loss (no host sync)."""
-    with _autocast(batch.x.device, bf16):
+    with autocast(batch.x.device, bf16):
         loss = compute_loss(net, batch, distill, teachers, check_values=check_values)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn, frames: FrameConfig,
-             device: torch.device, bf16: bool = False) -> dict[str, float]:
-    """Frame accuracy and cross-entropy of ``model`` on every labelled frame of a (dev) set."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    for _, x, y in iter_utterances(feats, cmvn, frames, labels=labels, device=device):
-        with _autocast(device, bf16):
-            logits = model(x).float()
-        loss += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(-1) == y).sum()
-        count += y.numel()
-    model.train(was_training)
-    if count == 0:
-        raise ValueError(f"{labels.path}: no labelled frames to evaluate on")
-    return {"loss": loss.item() / count, "acc": correct.item() / count, "frames": count}
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -225,12 +199,6 @@ class _Run:
     world_size: int
     steps_per_epoch: int
     writer: object | None              # TensorBoard SummaryWriter or None
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _lr(run: _Run, state: TrainState) -> float:
@@ -386,8 +354,8 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
         return labels
     info = {"source": str(labels.path), "fraction": fraction}
     if is_done(out_dir, "subset") and json.loads((out_dir / ".subset.done").read_text()) == info:
-        return ShardManifest.load(out_dir, LABELS_PREFIX)
-    subset = ShardManifest(out_dir, LABELS_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
+        return ShardManifest.load(out_dir, PDF_PREFIX)
+    subset = ShardManifest(out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
                                                          "data_fraction": fraction})
     empty = np.zeros(0, dtype=np.int32)
     for path, shard in zip(labels.shard_paths, labels.shards):
@@ -409,20 +377,6 @@ def _num_classes(config: TrainConfig, labels: ShardManifest) -> int:
     if n is None:
         raise ValueError(f"{labels.path}: meta has no 'num_pdfs'; set train.num_classes")
     return int(n)
-
-
-def _load_teachers(distill: DistillConfig, input_dim: int, num_classes: int, device: torch.device) -> list[FrameDNN]:
-    teachers = []
-    for path in distill.teachers:
-        teacher = load_model(path, device)
-        if teacher.num_classes != num_classes:
-            raise ValueError(f"{path}: teacher has {teacher.num_classes} senones, the student {num_classes}")
-        if teacher.input_dim != input_dim:
-            raise ValueError(f"{path}: teacher takes {teacher.input_dim} inputs, the student {input_dim} "
-                             "(different context window or feature dim)")
-        teacher.requires_grad_(False)
-        teachers.append(teacher)
-    return teachers
 
 
 def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
@@ -480,11 +434,11 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     # data
     cmvn = Cmvn.load(config.cmvn)
     feats = ShardManifest.load(config.train_feats, FEATS_PREFIX)
-    labels = ShardManifest.load(config.train_labels, LABELS_PREFIX)
+    labels = ShardManifest.load(config.train_labels, PDF_PREFIX)
     if not config.dev_feats or not config.dev_labels:
         raise ValueError("train: dev_feats and dev_labels are required (model selection uses dev frame accuracy)")
     dev_feats = ShardManifest.load(config.dev_feats, FEATS_PREFIX)
-    dev_labels = ShardManifest.load(config.dev_labels, LABELS_PREFIX)
+    dev_labels = ShardManifest.load(config.dev_labels, PDF_PREFIX)
     num_classes = _num_classes(config, labels)
     input_dim = config.frames.window * cmvn.dim
     if rank == 0:
@@ -498,7 +452,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     if config.distill is not None and config.distill.source == "cached":
         soft = _soft_manifest(config.distill, num_classes)
     elif config.distill is not None:
-        teachers = _load_teachers(config.distill, input_dim, num_classes, device)
+        teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
     stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
                          world_size=world_size, device=device)
 
@@ -539,7 +493,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
 
     while state.epoch < config.epochs and not state.stopped:
         train_one_epoch(run, state)
-        dev = evaluate(model, dev_feats, dev_labels, cmvn, config.frames, device, run.bf16)
+        dev = frame_accuracy([model], dev_feats, dev_labels, cmvn, config.frames, device=device, bf16=run.bf16)
         _end_epoch(run, state, dev)
         _save_checkpoint(run, state)
     if writer is not None:
@@ -592,29 +546,3 @@ def _steps(run: _Run, epoch: int) -> int:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         steps = int(t.item())
     return steps
-
-
-# --------------------------------------------------------------------------- CLI
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m asrdistill.train --config conf.yaml --out-dir exp/dnn train.lr=0.01 ...``"""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, help="recipe YAML; its 'train' section (or --section) is used")
-    parser.add_argument("--section", default="train", help="config section to read (default: train)")
-    parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--force", action="store_true", help="start from scratch even if out-dir has a run")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=3")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [o.replace("train.", f"{args.section}.", 1) if args.section != "train" else o
-                 for o in args.overrides]
-    config = load_section(args.config, args.section, TrainConfig, overrides)
-    try:
-        return train(config, args.out_dir, force=args.force)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

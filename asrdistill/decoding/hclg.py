@@ -43,7 +43,7 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, atomic_path, mark_done, write_json_atomic
-from asrdistill.lang import SIL, Lang
+from asrdistill.data.lang import SIL, Lang
 
 __all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info"]
 

@@ -32,9 +32,19 @@ __all__ = [
     "iter_shard",
     "iter_aligned",
     "plan_shards",
+    "FEATS_PREFIX",
+    "ALI_PREFIX",
+    "PDF_PREFIX",
+    "SOFT_PREFIX",
 ]
 
 Sample = dict[str, np.ndarray]
+
+# The shard sets of the pipeline, by file prefix (``<prefix>-NNNNNN.tar``, ``<prefix>.manifest.json``).
+FEATS_PREFIX = "feats"   # fbank features, written by asrdistill.data.features
+ALI_PREFIX = "ali"       # transition-level alignments, written by the aligner
+PDF_PREFIX = "pdf"       # senone (pdf) frame labels: the DNNs' hard targets
+SOFT_PREFIX = "soft"     # the ensemble's soft targets, written by asrdistill.nnet.ensemble
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""Teacher ensembles: training N seeds, combining posteriors, and caching top-k soft targets.
+"""Teacher ensembles: loading members, combining posteriors, and caching soft targets.
 
 As in Hinton et al. (2015) section 4, the teachers are N independent training
-runs that differ only in their seed (initialisation and data order). Their
-posteriors, softened at temperature T, are combined by the arithmetic mean
+runs that differ only in their seed (initialisation and data order; the recipe
+trains them with ``asrdistill train --seed i``). Their posteriors, softened at temperature T, are combined by the arithmetic mean
 (default) or the renormalised geometric mean.
 
 Distilling from a 10-model ensemble online costs 10 forward passes per student
@@ -16,59 +16,45 @@ outside the top k is not stored; :func:`asrdistill.kd.kd_loss` treats it as one
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from asrdistill.features import Cmvn
+from asrdistill.data.features import Cmvn
 from asrdistill.fileio import clear_done, is_done, mark_done
-from asrdistill.frames import FrameConfig, iter_utterances
-from asrdistill.model import FrameDNN, load_model
-from asrdistill.shards import ShardManifest, write_shard
+from asrdistill.data.frames import FrameConfig, iter_utterances
+from asrdistill.nnet.model import FrameDNN, autocast, load_model
+from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
 
-__all__ = ["SOFT_PREFIX", "train_ensemble", "load_teachers", "combine_logits", "ensemble_logprobs",
-           "frame_accuracy", "cache_soft_targets", "topk_kl", "dense_to_topk"]
+__all__ = ["load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream", "frame_accuracy",
+           "cache_soft_targets", "topk_kl", "dense_to_topk"]
 
 log = logging.getLogger(__name__)
 
-SOFT_PREFIX = "soft"
 METHODS = ("arithmetic", "geometric")
 
 
-def train_ensemble(config, out_dir: str | Path, num_teachers: int = 10, force: bool = False) -> list[dict]:
-    """Train ``num_teachers`` copies of ``config`` (a ``TrainConfig``) with seeds ``seed, seed+1, ...``.
+def load_teachers(paths: Sequence[str | Path], device: str | torch.device = "cpu",
+                  expect: tuple[int, int] | None = None) -> list[FrameDNN]:
+    """Load member checkpoints (eval mode, no grad); they must agree on inputs and senones.
 
-    Teacher ``i`` lives in ``out_dir/teacher-NN``; each is resumable on its own.
-    Returns each run's final metrics (``best_checkpoint`` points at its ``best.pt``).
+    ``expect``: the ``(input_dim, num_classes)`` of the model they will teach, checked too.
     """
-    from asrdistill.train import train  # train imports this module for online distillation
-
-    if num_teachers < 1:
-        raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
-    results = []
-    for i in range(num_teachers):
-        log.info("teacher %d/%d (seed %d)", i + 1, num_teachers, config.seed + i)
-        results.append(train(dataclasses.replace(config, seed=config.seed + i), Path(out_dir) / f"teacher-{i:02d}",
-                             force=force))
-    return results
-
-
-def load_teachers(paths: Sequence[str | Path], device: str | torch.device = "cpu") -> list[FrameDNN]:
-    """Load teacher checkpoints (eval mode, no grad); they must agree on inputs and senones."""
     if not paths:
         raise ValueError("no teacher checkpoints given")
     models = [load_model(p, device).requires_grad_(False) for p in paths]
+    want = expect or (models[0].input_dim, models[0].num_classes)
     for path, m in zip(paths, models):
-        if (m.input_dim, m.num_classes) != (models[0].input_dim, models[0].num_classes):
-            raise ValueError(f"{path}: {m.input_dim} inputs / {m.num_classes} senones, but {paths[0]} has "
-                             f"{models[0].input_dim} / {models[0].num_classes}")
+        if (m.input_dim, m.num_classes) != want:
+            raise ValueError(f"{path}: {m.input_dim} inputs / {m.num_classes} senones, but "
+                             f"{'the student' if expect else paths[0]} has {want[0]} / {want[1]} "
+                             "(different context window, feature dim or tree?)")
     return models
 
 
@@ -96,26 +82,39 @@ def ensemble_logprobs(models: Sequence[nn.Module], x: Tensor, temperature: float
 
 
 @torch.no_grad()
-def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
-                   frame_config: FrameConfig, method: str = "arithmetic",
-                   device: str | torch.device = "cpu") -> dict[str, float]:
-    """Frame accuracy of each model (``model-00``...) and of their ensemble, in one pass over a set."""
+def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
+                     labels: ShardManifest | None = None, method: str = "arithmetic",
+                     device: str | torch.device = "cpu", bf16: bool = False
+                     ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    """``(utt, log posteriors (T, C) float32, labels (T,) or None)`` of a system over a feature set.
+
+    A system is one model or an ensemble (its members combined at T = 1). This is
+    the one pass that dev frame accuracy during training, ensemble scoring and
+    decoding all read, so they cannot disagree on what a system's posterior is.
+    """
+    device = torch.device(device)
     for m in models:
         m.eval()
-    correct = torch.zeros(len(models) + 1, dtype=torch.int64, device=device)
+    for utt, x, y in iter_utterances(feats, cmvn, frame_config, labels=labels, device=device):
+        with autocast(device, bf16):
+            logits = [m(x).float() for m in models]
+        yield utt, combine_logits(logits, 1.0, method), y
+
+
+def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
+                   frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
+                   bf16: bool = False) -> dict[str, float]:
+    """Frame accuracy and cross-entropy of a system (one model or an ensemble) on every labelled frame of a set."""
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
-    for _, x, y in iter_utterances(feats, cmvn, frame_config, labels=labels, device=device):
-        logits = [m(x) for m in models]
-        preds = [z.argmax(-1) for z in logits] + [combine_logits(logits, 1.0, method).argmax(-1)]
-        correct += torch.stack([(p == y).sum() for p in preds])
+    for _, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16):
+        loss -= logp.gather(1, y[:, None]).sum().double()
+        correct += (logp.argmax(-1) == y).sum()
         count += y.numel()
     if count == 0:
         raise ValueError(f"{labels.path}: no labelled frames")
-    acc = (correct.double() / count).tolist()
-    out = {f"model-{i:02d}": a for i, a in enumerate(acc[:-1])}
-    out["ensemble"] = acc[-1]
-    out["frames"] = count
-    return out
+    return {"loss": loss.item() / count, "acc": correct.item() / count, "frames": count}
 
 
 def dense_to_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrdistill.features import Cmvn
-from asrdistill.shards import ShardManifest, iter_aligned
+from asrdistill.data.features import Cmvn
+from asrdistill.data.shards import ShardManifest, iter_aligned
 
 __all__ = ["FrameConfig", "Batch", "FrameStream", "iter_utterances", "context_windows"]
 

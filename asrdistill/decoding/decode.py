@@ -26,9 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from asrdistill.fileio import atomic_open, write_json_atomic
-from asrdistill.graph import load_graph_info
-from asrdistill.scoring import WerResult, wer_report
-from asrdistill.shards import ShardManifest, iter_shard
+from asrdistill.decoding.hclg import load_graph_info
+from asrdistill.decoding.scoring import WerResult, wer_report
+from asrdistill.data.shards import ShardManifest, iter_shard
 
 __all__ = ["DecodeConfig", "DecodeResult", "SweepResult", "compute_priors", "decode", "sweep", "FRAME_RATE"]
 

@@ -8,6 +8,7 @@ ReLU hidden layers and a linear layer over the senones. The ``paper`` preset
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ModelConfig", "PRESETS", "FrameDNN", "load_model"]
+__all__ = ["ModelConfig", "PRESETS", "FrameDNN", "autocast", "load_model"]
 
 # preset -> (hidden_layers, hidden_dim)
 PRESETS: dict[str, tuple[int, int]] = {
@@ -77,8 +78,15 @@ class FrameDNN(nn.Module):
                 "num_classes": self.num_classes}
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op elsewhere (CPU bf16 matmuls are slower than fp32)."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> FrameDNN:
-    """Rebuild a :class:`FrameDNN` from a checkpoint written by ``asrdistill.train`` (``best.pt``, ``last.pt``)."""
+    """Rebuild a :class:`FrameDNN` from a checkpoint written by ``asrdistill.nnet.train`` (``best.pt``, ``last.pt``)."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,556 @@
+"""The GMM-HMM re-estimation/alignment loop shared by monophone and triphone training.
+
+Kaldi's ``gmm-acc-stats-ali`` / ``gmm-est`` / ``gmm-align-compiled`` loop in
+torch: features are globally mean/variance normalised (statistics kept in the
+model) plus deltas and delta-deltas; each iteration (optionally) re-aligns with
+Viterbi, accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
+towards ``max_gaussians``. Self-loop probabilities are re-estimated from the
+alignment.
+
+The loop (:func:`train_gmm_hmm`) is generic over the pdf map: a
+:class:`HmmModel` with ``tree=None`` is a monophone system (pdf = (phone,
+state) index), with a ``ContextTree`` it is a tied-triphone system, and
+nothing else changes. Work is split by feature shard: over ``nj`` CPU
+processes (one torch thread each), or in-process on a GPU when ``device`` is
+one. Per-iteration log-likelihood goes to ``<exp>/log/train.jsonl``
+(:func:`plot_convergence` draws it).
+
+Public API::
+
+    seqs, skipped = prepare_transcripts(text, lang)          # utt -> (phones, optional)
+    model, ali = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
+    HmmModel.load(path) / model.save(path)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, UttGraph, build_graph, transcript_phones
+from asrdistill.aligner.topology import Topology
+from asrdistill.aligner.tree import ContextTree
+from asrdistill.aligner.viterbi import viterbi_batch
+from asrdistill.config import to_dict
+from asrdistill.fileio import atomic_path, is_done, mark_done, write_text_atomic
+from asrdistill.data.lang import SIL, UNK, Lang
+from asrdistill.data.lexicon import map_oov
+from asrdistill.data.shards import ShardManifest, iter_shard
+
+__all__ = [
+    "LoopConfig",
+    "FeatureTransform",
+    "HmmModel",
+    "UttAlignment",
+    "PhoneSeq",
+    "add_deltas",
+    "prepare_transcripts",
+    "equal_alignment",
+    "estimate_self_loops",
+    "process_shard",
+    "shard_feats",
+    "FEATS_CACHE",
+    "ShardRunner",
+    "shard_jobs",
+    "train_gmm_hmm",
+    "plot_convergence",
+]
+
+log = logging.getLogger(__name__)
+
+PhoneSeq = tuple[np.ndarray, np.ndarray]  # (phone ids int32, optional flags bool)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _kaldi_realign_iters() -> list[int]:
+    return list(range(1, 11)) + list(range(12, 40, 2))
+
+
+@dataclass
+class LoopConfig:
+    """Re-estimation loop settings shared by monophone and triphone training."""
+
+    num_iters: int = 40
+    max_gaussians: int = 1000
+    max_iter_inc: int = 30          # Gaussians grow linearly until this iteration
+    realign_iters: list[int] = field(default_factory=_kaldi_realign_iters)
+    optional_silence_prob: float = 0.5
+    var_floor: float = 0.01          # fraction of the global variance
+    min_gaussian_occ: float = 10.0   # components with fewer frames are dropped
+    mixup_power: float = 0.2         # Gaussians per pdf ~ occupancy ** power
+    self_loop_floor: float = 0.05    # self-loop probabilities stay in [floor, 1 - floor]
+    nj: int = 2                      # CPU worker processes (ignored on a GPU)
+    device: str = "cpu"
+    max_cells: int = 20_000_000      # Viterbi batch size in (utterances x frames x states)
+    chunk_frames: int = 20_000       # frames scored per GMM evaluation
+
+
+# ------------------------------------------------------------------------- features
+
+
+def add_deltas(x: torch.Tensor, window: int = 2) -> torch.Tensor:
+    """Append deltas and delta-deltas (Kaldi ``add-deltas``: regression over +-``window`` frames, edges repeated)."""
+    def delta(y: torch.Tensor) -> torch.Tensor:
+        t = y.shape[0]
+        idx = torch.arange(t)
+        out = torch.zeros_like(y)
+        for n in range(1, window + 1):
+            out += n * (y[(idx + n).clamp(max=t - 1)] - y[(idx - n).clamp(min=0)])
+        return out / (2 * sum(n * n for n in range(1, window + 1)))
+
+    d1 = delta(x)
+    return torch.cat([x, d1, delta(d1)], 1)
+
+
+@dataclass
+class FeatureTransform:
+    """Raw log-mel -> GMM features: global mean/variance normalisation, then optional deltas."""
+
+    mean: np.ndarray   # (D,) float64
+    var: np.ndarray    # (D,)
+    use_deltas: bool = True
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0]) * (3 if self.use_deltas else 1)
+
+    def apply(self, feats: np.ndarray) -> torch.Tensor:
+        if feats.ndim != 2 or feats.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"features of shape {feats.shape}, expected (T, {self.mean.shape[0]})")
+        x = torch.from_numpy(((feats.astype(np.float64) - self.mean) / np.sqrt(self.var)).astype(np.float32))
+        return add_deltas(x) if self.use_deltas else x
+
+    @classmethod
+    def fit(cls, arrays: Iterable[np.ndarray], use_deltas: bool = True) -> "FeatureTransform":
+        n, s, ss = 0, 0.0, 0.0
+        for a in arrays:
+            a = a.astype(np.float64)
+            n, s, ss = n + a.shape[0], s + a.sum(0), ss + (a * a).sum(0)
+        if n == 0:
+            raise ValueError("no feature frames to compute the normalisation from")
+        mean = s / n
+        return cls(mean, np.maximum(ss / n - mean**2, 1e-8), use_deltas)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "use_deltas": self.use_deltas}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureTransform":
+        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["var"], dtype=np.float64), bool(d["use_deltas"]))
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclass
+class HmmModel:
+    """A GMM-HMM: Gaussians per pdf, topology (with self-loops), feature transform, and the pdf map.
+
+    ``tree=None``: monophone pdfs (:class:`MonophonePdfs`); otherwise the
+    tree's leaves. ``meta`` holds the training config for the record.
+    """
+
+    gmm: DiagGmmSet
+    topology: Topology
+    transform: FeatureTransform
+    tree: ContextTree | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def pdf_of(self) -> PdfFn:
+        return self.tree.pdfs if self.tree is not None else MonophonePdfs.from_topology(self.topology).pdfs
+
+    @property
+    def num_pdfs(self) -> int:
+        return self.gmm.num_pdfs
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        obj = {
+            "gmm": self.gmm.state_dict(),
+            "topology": {"num_states": self.topology.num_states, "self_loop": self.topology.self_loop},
+            "transform": self.transform.to_dict(),
+            "tree": self.tree.to_dict() if self.tree is not None else None,
+            "meta": self.meta,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HmmModel":
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(DiagGmmSet.from_state_dict(d["gmm"]),
+                       Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
+                       FeatureTransform.from_dict(d["transform"]),
+                       ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
+
+    def state(self) -> dict:
+        """Picklable plain-data form for worker processes."""
+        return {"gmm": self.gmm.state_dict(), "topology": self.topology, "transform": self.transform, "tree": self.tree}
+
+
+@dataclass
+class UttAlignment:
+    """Per-frame labels of one utterance: pdf, phone id and HMM state within the phone (all (T,) int32)."""
+
+    pdf: np.ndarray
+    phone: np.ndarray
+    state: np.ndarray
+
+
+# ---------------------------------------------------------------------- transcripts
+
+
+def prepare_transcripts(text: Mapping[str, str], lang: Lang, optional_silence: bool = True,
+                        boundary_silence: bool = True) -> tuple[dict[str, PhoneSeq], dict[str, str]]:
+    """Phone sequences (first pronunciation of each word) for every transcript; OOV words become ``<UNK>``.
+
+    Returns ``(seqs, skipped)``: ``skipped`` maps an utterance to the reason
+    it has no sequence (empty transcript, or an OOV word while ``<UNK>`` has
+    no pronunciation).
+    """
+    pid = lang.phone_id
+    prons = {w: [pid[p] for p in ps[0]] for w, ps in lang.pronunciations().items()}
+    vocab = set(prons)
+    seqs: dict[str, PhoneSeq] = {}
+    skipped: dict[str, str] = {}
+    for utt, line in text.items():
+        words = map_oov(line, vocab).split()
+        if not words:
+            skipped[utt] = "empty transcript"
+            continue
+        try:
+            seqs[utt] = transcript_phones(words, prons, pid[SIL], optional_silence, boundary_silence)
+        except KeyError:
+            bad = sorted({w for w in line.split() if w not in vocab})
+            skipped[utt] = f"words {bad[:5]} not in the lexicon and {UNK} has no pronunciation"
+    return seqs, skipped
+
+
+def equal_alignment(graph: UttGraph, num_frames: int) -> np.ndarray | None:
+    """Graph state per frame spreading frames equally over the states, skipping optional phones between words.
+
+    Leading and trailing optional phones are kept (utterances usually start
+    and end in silence). ``None`` if there are fewer frames than states.
+    """
+    s = graph.num_states
+    inner_opt = (graph.skip_from >= 0)
+    keep = np.ones(s, dtype=bool)
+    # states of an optional phone that sits between two others: from skip target back to its source
+    for tgt in np.flatnonzero(inner_opt):
+        keep[graph.skip_from[tgt] + 1: tgt] = False
+    states = np.flatnonzero(keep)
+    if num_frames < len(states):
+        return None
+    return states[(np.arange(num_frames) * len(states)) // num_frames].astype(np.int32)
+
+
+def estimate_self_loops(alignments: Iterable[UttAlignment], topology: Topology, floor: float = 0.05) -> Topology:
+    """Self-loop probability of each (phone, state) from frame alignments; unseen states keep theirs."""
+    width = topology.max_states
+    stay = np.zeros((len(topology.num_states), width))
+    total = np.zeros_like(stay)
+    for a in alignments:
+        if a.phone.size == 0:
+            continue
+        same = (a.phone[1:] == a.phone[:-1]) & (a.state[1:] == a.state[:-1])
+        np.add.at(total, (a.phone[:-1], a.state[:-1]), 1.0)
+        np.add.at(stay, (a.phone[:-1][same], a.state[:-1][same]), 1.0)
+    loops = [list(x) for x in topology.self_loop]
+    for p in range(1, len(loops)):
+        for s in range(topology.num_states[p]):
+            if total[p, s] > 0:
+                loops[p][s] = float(np.clip(stay[p, s] / total[p, s], floor, 1 - floor))
+    return Topology(list(topology.num_states), loops)
+
+
+# ---------------------------------------------------------------- per-shard worker
+
+FEATS_CACHE: "OrderedDict[str, dict[str, np.ndarray]]" = OrderedDict()
+_CACHE_BYTES = 1 << 30   # per process: re-reading a shard each iteration is the fallback, not an error
+
+
+def shard_feats(path: Path, cache: bool) -> dict[str, np.ndarray]:
+    """Raw features of one shard, kept in a per-process LRU cache (bounded by ``_CACHE_BYTES``)."""
+    key = str(path)
+    if key in FEATS_CACHE:
+        FEATS_CACHE.move_to_end(key)
+        return FEATS_CACHE[key]
+    feats = {utt: s["feats"] for utt, s in iter_shard(path)}
+    if cache:
+        FEATS_CACHE[key] = feats
+        size = lambda d: sum(a.nbytes for a in d.values())  # noqa: E731
+        while len(FEATS_CACHE) > 1 and sum(size(d) for d in FEATS_CACHE.values()) > _CACHE_BYTES:
+            FEATS_CACHE.popitem(last=False)
+    return feats
+
+
+@dataclass
+class ShardResult:
+    """What one shard pass returns: statistics (if accumulated), alignments (if aligned), skips."""
+
+    stats: GmmStats | None
+    alignments: dict[str, UttAlignment]
+    skipped: dict[str, str]
+    viterbi_score: float = 0.0     # summed best-path scores of the aligned utterances
+    frames: int = 0                # frames of the aligned utterances
+
+
+def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *, realign: bool,
+                  accumulate_stats: bool, alignment: Mapping[str, UttAlignment] | None = None,
+                  optional_prob: float = 0.5, device: str = "cpu", max_cells: int = 20_000_000,
+                  chunk_frames: int = 20_000, cache: bool = True, equal: bool = False) -> ShardResult:
+    """Align (Viterbi, or equally with ``equal``) and/or accumulate statistics for one feature shard.
+
+    Only utterances in ``seqs`` are used; without ``realign`` the given
+    ``alignment`` supplies the pdfs. An utterance whose frame count cannot fit
+    its graph, or that has no finite path, is reported in ``skipped``.
+    """
+    feats = shard_feats(Path(shard), cache)
+    gmm = model.gmm.to(device) if model.gmm.device != torch.device(device) else model.gmm
+    utts = [u for u in feats if u in seqs]
+    skipped: dict[str, str] = {}
+    out_ali: dict[str, UttAlignment] = {}
+    score_sum, ali_frames = 0.0, 0
+    xs = {u: model.transform.apply(feats[u]) for u in utts}
+    if realign or equal:
+        graphs: dict[str, UttGraph] = {}
+        for u in utts:
+            phones, optional = seqs[u]
+            g = build_graph(phones, optional, model.topology, model.pdf_of, optional_prob)
+            if xs[u].shape[0] < g.min_frames:
+                skipped[u] = f"{xs[u].shape[0]} frames but the transcript needs at least {g.min_frames}"
+            else:
+                graphs[u] = g
+        todo = list(graphs)
+        if equal:
+            for u in todo:
+                path = equal_alignment(graphs[u], xs[u].shape[0])
+                if path is None:
+                    skipped[u] = f"{xs[u].shape[0]} frames, fewer than the transcript's states for equal alignment"
+                    continue
+                g = graphs[u]
+                out_ali[u] = UttAlignment(g.pdf[path].astype(np.int32), g.phone[path], g.hmm_state[path])
+        else:
+            # score chunks of utterances at once (bigger matmuls), only the pdfs their graphs use
+            start = 0
+            budget = max(1000, min(chunk_frames, 20_000_000 // max(1, gmm.num_gauss)))
+            while start < len(todo):
+                end, n = start, 0
+                while end < len(todo) and (n == 0 or n + xs[todo[end]].shape[0] <= budget):
+                    n += xs[todo[end]].shape[0]
+                    end += 1
+                chunk = todo[start:end]
+                pdfs = np.unique(np.concatenate([graphs[u].pdf for u in chunk]))
+                ll = gmm.loglik(torch.cat([xs[u] for u in chunk]).to(device), torch.from_numpy(pdfs))
+                lls, offs = [], 0
+                for u in chunk:
+                    t = xs[u].shape[0]
+                    idx = torch.from_numpy(np.searchsorted(pdfs, graphs[u].pdf)).to(ll.device)
+                    lls.append(ll[offs:offs + t][:, idx])
+                    offs += t
+                paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, max_cells)
+                for u, path, sc in zip(chunk, paths, scores):
+                    if path is None:
+                        skipped[u] = "no alignment path (all paths have zero probability)"
+                        continue
+                    g = graphs[u]
+                    out_ali[u] = UttAlignment(g.pdf[path].astype(np.int32), g.phone[path], g.hmm_state[path])
+                    score_sum += sc
+                    ali_frames += len(path)
+                start = end
+        alignment = out_ali
+    stats = None
+    if accumulate_stats:
+        stats = GmmStats.zeros(gmm.num_gauss, gmm.dim)
+        if alignment:
+            used = [u for u in utts if u in alignment and alignment[u].pdf.size]
+            for u in used:
+                if alignment[u].pdf.shape[0] != xs[u].shape[0]:
+                    raise ValueError(f"{shard}: {u}: alignment has {alignment[u].pdf.shape[0]} frames, "
+                                     f"features {xs[u].shape[0]}")
+            if used:
+                x = torch.cat([xs[u] for u in used])
+                pdf = torch.from_numpy(np.concatenate([alignment[u].pdf for u in used]).astype(np.int64))
+                accumulate(gmm, x, pdf, stats)
+        stats = GmmStats(stats.occ.cpu(), stats.x.cpu(), stats.xx.cpu(), stats.loglik, stats.frames)
+    return ShardResult(stats, out_ali, skipped, score_sum, ali_frames)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _worker(args: tuple) -> ShardResult:
+    shard, seqs, state, alignment, kwargs = args
+    model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
+    return process_shard(shard, seqs, model, alignment=alignment, **kwargs)
+
+
+class ShardRunner:
+    """Runs :func:`process_shard` over shards: a process pool (CPU, ``nj > 1``) or in-process (GPU or ``nj = 1``)."""
+
+    def __init__(self, nj: int, device: str = "cpu"):
+        self.device = device
+        self.pool = None
+        if nj > 1 and not str(device).startswith("cuda"):
+            self.pool = mp.get_context("spawn").Pool(nj, initializer=_worker_init)
+
+    def map(self, jobs: Sequence[tuple[Path, Mapping[str, PhoneSeq]]], model: HmmModel,
+            alignment: Mapping[str, UttAlignment] | None, desc: str, **kwargs) -> Iterable[ShardResult]:
+        """Yield one :class:`ShardResult` per job, in any order, with a progress bar."""
+        kwargs.setdefault("device", self.device)
+        state = model.state()
+        args = [(p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None,
+                 kwargs) for p, seqs in jobs]
+        it = self.pool.imap_unordered(_worker, args) if self.pool is not None else map(_worker, args)
+        yield from tqdm(it, total=len(args), desc=desc, unit="shard", leave=False)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self) -> "ShardRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+# -------------------------------------------------------------------------- training
+
+
+def shard_jobs(feats: ShardManifest, seqs: Mapping[str, PhoneSeq], pieces: int = 1
+          ) -> list[tuple[Path, dict[str, PhoneSeq]]]:
+    """(shard, utterances) work items; each shard's utterances are dealt into ``pieces`` items.
+
+    Splitting within shards keeps ``nj`` workers busy when the corpus has
+    fewer shards than workers (a 5 h corpus is one 200 MB shard).
+    """
+    jobs = []
+    for info, path in zip(feats.shards, feats.shard_paths):
+        mine = [u for u in info.keys if u in seqs]
+        for k in range(pieces):
+            part = {u: seqs[u] for u in mine[k::pieces]}
+            if part:
+                jobs.append((path, part))
+    return jobs
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, PhoneSeq], config: LoopConfig,
+                  exp_dir: str | Path, alignment: Mapping[str, UttAlignment] | None = None,
+                  log_name: str = "train") -> tuple[HmmModel, dict[str, UttAlignment]]:
+    """Iterate Viterbi re-estimation (Kaldi ``train_mono.sh`` / ``train_deltas.sh`` loop) from ``model``.
+
+    Iteration ``i`` (0-based) re-aligns when ``i in config.realign_iters`` or
+    no ``alignment`` is given yet, accumulates statistics on the alignment,
+    re-estimates the GMMs and self-loops, then splits mixtures towards
+    ``config.max_gaussians`` (linearly until ``max_iter_inc``). Each
+    iteration appends ``{iter, loglik_per_frame, ...}`` to
+    ``<exp_dir>/log/<log_name>.jsonl``. Returns the final model and the last
+    alignment (utterances that could not be aligned are absent).
+    """
+    exp_dir = Path(exp_dir)
+    jobs = shard_jobs(feats, seqs, config.nj)
+    if not jobs:
+        raise ValueError(f"{feats.path}: none of the {len(seqs)} transcribed utterances is in the features")
+    log_path = exp_dir / "log" / f"{log_name}.jsonl"
+    records: list[dict] = []
+    start_gauss = model.gmm.num_gauss
+    inc = max(0, config.max_gaussians - start_gauss) / max(config.max_iter_inc, 1)
+    ali: dict[str, UttAlignment] = dict(alignment) if alignment is not None else {}
+    skipped: dict[str, str] = {}
+    with ShardRunner(config.nj, config.device) as runner:
+        for it in range(config.num_iters):
+            t0 = time.time()
+            realign = alignment is None and it == 0 or it in config.realign_iters
+            stats = GmmStats.zeros(model.gmm.num_gauss, model.gmm.dim)
+            new_ali: dict[str, UttAlignment] = {}
+            skipped = {} if realign else skipped
+            score, frames = 0.0, 0
+            for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", realign=realign,
+                                  accumulate_stats=True, optional_prob=config.optional_silence_prob,
+                                  max_cells=config.max_cells, chunk_frames=config.chunk_frames):
+                stats.add(res.stats)
+                new_ali.update(res.alignments)
+                skipped.update(res.skipped)
+                score, frames = score + res.viterbi_score, frames + res.frames
+            if realign:
+                ali = new_ali
+            if stats.frames == 0:
+                raise ValueError(f"iteration {it}: no utterance could be aligned ({len(skipped)} skipped, e.g. "
+                                 f"{next(iter(skipped.items()), None)})")
+            gmm = DiagGmmSet.from_stats(stats, model.gmm, config.var_floor, config.min_gaussian_occ)
+            target = int(min(config.max_gaussians, start_gauss + inc * (it + 1)))
+            pdf_occ = torch.zeros(gmm.num_pdfs, dtype=torch.float64).index_add_(0, model.gmm.comp2pdf.cpu(), stats.occ)
+            gmm = gmm.split(target, pdf_occ, config.mixup_power)
+            topo = estimate_self_loops(ali.values(), model.topology, config.self_loop_floor)
+            model = HmmModel(gmm, topo, model.transform, model.tree, model.meta)
+            rec = {"iter": it, "loglik_per_frame": stats.loglik_per_frame, "frames": stats.frames,
+                   "num_gauss": gmm.num_gauss, "realigned": realign, "skipped": len(skipped),
+                   "seconds": round(time.time() - t0, 2)}
+            if realign and frames:
+                rec["viterbi_per_frame"] = score / frames
+            records.append(rec)
+            _write_jsonl(log_path, records)
+            log.info("iter %d: loglik/frame %.3f over %d frames, %d Gaussians%s (%.1f s)", it, rec["loglik_per_frame"],
+                     stats.frames, gmm.num_gauss, ", realigned" if realign else "", rec["seconds"])
+    FEATS_CACHE.clear()
+    if skipped:
+        log.warning("%d utterance(s) could not be aligned in the last alignment pass, e.g. %s",
+                    len(skipped), list(skipped.items())[:3])
+    return model, ali
+
+
+def plot_convergence(jsonl: str | Path, png: str | Path) -> Path:
+    """Plot log-likelihood per frame against iteration (re-alignment iterations marked) to ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in Path(jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not recs:
+        raise ValueError(f"{jsonl}: no iterations logged")
+    its = [r["iter"] for r in recs]
+    ll = [r["loglik_per_frame"] for r in recs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(its, ll, marker=".", label="GMM log-likelihood / frame")
+    re = [(r["iter"], r["loglik_per_frame"]) for r in recs if r.get("realigned")]
+    if re:
+        ax.scatter(*zip(*re), color="C3", s=18, zorder=3, label="after re-alignment")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("log-likelihood per frame")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    png = Path(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return png
