@@ -74,8 +74,9 @@ class FrameConfig:
 class Batch:
     x: Tensor                 # (B, (left + 1 + right) * feat_dim) float32 (or bf16), CMVN applied
     y: Tensor                 # (B,) int64 senone ids
-    soft_idx: Tensor | None   # (B, k) int64  top-k teacher classes
+    soft_idx: Tensor | None   # (B, k) int64  top-k teacher classes (sparse cache)
     soft_prob: Tensor | None  # (B, k) float32 their probabilities
+    soft_logp: Tensor | None = None  # (B, C) float32 the teachers' full log-distribution at T (dense cache)
 
 
 def context_windows(feats: Tensor, left: int, right: int) -> Tensor:
@@ -87,6 +88,11 @@ def context_windows(feats: Tensor, left: int, right: int) -> Tensor:
     return padded[idx].reshape(t, -1)
 
 
+# Soft-target fields of a cached soft shard (asrdistill.nnet.ensemble.cache_soft_targets): a sparse
+# cache has topk_idx (T, k) int32 and topk_prob (T, k) float16, a dense one soft_logp (T, C) float16.
+SOFT_FIELDS = ("topk_idx", "topk_prob", "soft_logp")
+
+
 def _check_lengths(utt: str, sample: dict[str, np.ndarray], paths: list[Path]) -> bool:
     """True if the utterance has labels of the right length; False if unaligned (empty ``pdf``)."""
     t = sample["feats"].shape[0]
@@ -95,8 +101,8 @@ def _check_lengths(utt: str, sample: dict[str, np.ndarray], paths: list[Path]) -
         return False
     if n != t:
         raise ValueError(f"{paths[1]}: utterance {utt!r} has {n} labels but {t} feature frames in {paths[0]}")
-    for name in ("topk_idx", "topk_prob"):
-        if len(paths) > 2 and sample[name].shape[0] != t:
+    for name in SOFT_FIELDS:
+        if len(paths) > 2 and name in sample and sample[name].shape[0] != t:
             raise ValueError(f"{paths[2]}: utterance {utt!r} has {sample[name].shape[0]} soft-target "
                              f"frames but {t} feature frames in {paths[0]}")
     return True
@@ -122,8 +128,9 @@ class _HostBuffer:
     scale: Tensor | None = None
     pos: Tensor | None = None        # (n,) window start row of each frame, in draw order
     y: Tensor | None = None          # (n,) int64, in draw order
-    soft_idx: Tensor | None = None
-    soft_prob: Tensor | None = None
+    soft_idx: Tensor | None = None   # (n,) as stored (int32): widened on the device
+    soft_prob: Tensor | None = None  # float16 as stored
+    soft_logp: Tensor | None = None  # float16 as stored
 
 
 class _Skipper:
@@ -224,7 +231,7 @@ class FrameStream:
                 return _HostBuffer(n)
             buf = self._pack(utts, np.random.default_rng([self.seed, epoch, self.rank, 2, number]))
             if pin:
-                for name in ("padded", "pos", "y", "soft_idx", "soft_prob"):
+                for name in ("padded", "pos", "y", "soft_idx", "soft_prob", "soft_logp"):
                     t = getattr(buf, name)
                     if t is not None:
                         setattr(buf, name, t.pin_memory())
@@ -261,10 +268,11 @@ class FrameStream:
             pos=torch.from_numpy(pos[perm]),
             y=torch.from_numpy(np.concatenate([s["pdf"] for _, s in utts])[perm].astype(np.int64)),
         )
-        if self.soft is not None:
-            out.soft_idx = torch.from_numpy(np.concatenate([s["topk_idx"] for _, s in utts])[perm].astype(np.int64))
-            out.soft_prob = torch.from_numpy(
-                np.concatenate([s["topk_prob"] for _, s in utts])[perm].astype(np.float32))
+        if self.soft is not None:  # kept as stored (narrow); widened on the device
+            fields = {"topk_idx": "soft_idx", "topk_prob": "soft_prob", "soft_logp": "soft_logp"}
+            for name, attr in fields.items():
+                if name in utts[0][1]:
+                    setattr(out, attr, torch.from_numpy(np.concatenate([s[name] for _, s in utts])[perm]))
         if self.cmvn.per_speaker:
             stats = [self.cmvn.shift_scale(utt) for utt, _ in utts]
             out.row_utt = torch.from_numpy(row_utt)
@@ -315,7 +323,8 @@ class FrameStream:
 
     # ------------------------------------------------------------------ device side
 
-    def _to_device(self, host: _HostBuffer) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _to_device(self, host: _HostBuffer) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None,
+                                                     Tensor | None]:
         dev = self.device
         move = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
         buf = move(host.padded).float()
@@ -326,7 +335,9 @@ class FrameStream:
             shift, scale = self.cmvn.shift_scale(device=dev)
             buf.add_(shift).mul_(scale)
         buf = buf.to(self.config.torch_dtype)
-        return buf, move(host.pos), move(host.y), move(host.soft_idx), move(host.soft_prob)
+        widen = lambda t, dtype: None if t is None else move(t).to(dtype)  # noqa: E731
+        return (buf, move(host.pos), move(host.y), widen(host.soft_idx, torch.int64),
+                widen(host.soft_prob, torch.float32), widen(host.soft_logp, torch.float32))
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
         """Minibatches of ``epoch``, deterministic given (seed, epoch, rank, world_size), from ``skip_batches`` on."""
@@ -338,12 +349,11 @@ class FrameStream:
                 skipper.advance(host.n)
                 carry = []
                 continue
-            buf, pos, y, soft_idx, soft_prob = self._to_device(host)
+            buf, pos, y, *soft = self._to_device(host)
 
             def gather(s: int, e: int) -> Batch:
                 x = buf[pos[s:e, None] + self._offsets].reshape(e - s, -1)
-                return Batch(x, y[s:e], None if soft_idx is None else soft_idx[s:e],
-                             None if soft_prob is None else soft_prob[s:e])
+                return Batch(x, y[s:e], *(None if t is None else t[s:e] for t in soft))
 
             start = 0
             number = skipper.done
@@ -366,8 +376,8 @@ def _concat(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
     cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-    return Batch(cat([p.x for p in parts]), cat([p.y for p in parts]),
-                 cat([p.soft_idx for p in parts]), cat([p.soft_prob for p in parts]))
+    return Batch(cat([p.x for p in parts]), cat([p.y for p in parts]), cat([p.soft_idx for p in parts]),
+                 cat([p.soft_prob for p in parts]), cat([p.soft_logp for p in parts]))
 
 
 def iter_utterances(feats: ShardManifest, cmvn: Cmvn, config: FrameConfig, labels: ShardManifest | None = None,

@@ -158,7 +158,9 @@ def compute_loss(model: nn.Module, batch: Batch, distill: DistillConfig | None,
     logits = model(batch.x)
     if distill is None:
         return F.cross_entropy(logits.float(), batch.y)
-    if distill.source == "cached":
+    if distill.source == "cached" and batch.soft_logp is not None:  # dense cache: exact up to fp16 storage
+        teacher = {"teacher_probs": torch.softmax(batch.soft_logp, dim=-1)}
+    elif distill.source == "cached":
         if batch.soft_idx is None or batch.soft_prob is None:
             raise ValueError("distillation from cached targets, but the batch has no soft targets")
         teacher = {"teacher_topk": (batch.soft_idx, batch.soft_prob)}
