@@ -31,6 +31,7 @@ def cmd_synth_corpus(args: argparse.Namespace) -> int:
     from data_prep.synthetic import synthesize_corpus
 
     synthesize_corpus(args.out, args.hours, seed=args.seed, num_speakers=args.num_speakers, nj=args.nj,
+                      dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
                       lm_sentences=args.lm_sentences, force=args.force)
     return 0
 
@@ -205,9 +206,16 @@ def _train_config(args: argparse.Namespace):
         merged["device"] = args.device
     if args.fraction is not None:
         merged["data_fraction"] = args.fraction
-    if args.soft:
-        merged["distill"] = merge(merged.get("distill") or {}, {"source": "cached", "soft_targets": str(args.soft),
-                                                                 "temperature": args.temperature})
+    if args.soft and args.online:
+        raise ValueError("give --soft (cached soft targets) or --online (teachers run on each batch), not both")
+    if args.soft or args.online:
+        from asrdistill.nnet.ensemble import read_members
+
+        teacher = ({"source": "cached", "soft_targets": str(args.soft)} if args.soft else
+                   {"source": "online", "teachers": [str(m) for m in read_members(args.online)]})
+        merged["distill"] = merge(merged.get("distill") or {}, {**teacher, "temperature": args.temperature})
+        if args.hard_weight is not None:
+            merged["distill"]["hard_weight"] = args.hard_weight
     else:
         merged.pop("distill", None)
     return from_dict(TrainConfig, merged, f"{args.config}:train+{args.role or ''}")
@@ -226,30 +234,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    """Write the ensemble's member list and cache its top-k soft targets on the training set."""
-    from asrdistill.nnet.ensemble import cache_soft_targets, load_teachers
+    """The ensemble folder, the fidelity of its soft-target cache on dev, and the cache on the training set."""
     from asrdistill.data.features import Cmvn
-    from asrdistill.fileio import write_text_atomic
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
+    from asrdistill.nnet.ensemble import EnsembleConfig, build_ensemble
 
-    cfg = _train_config(args)
-    out = Path(args.out)
-    members = [Path(m) / "best.pt" for m in args.members]
-    write_text_atomic(out / "members.txt", "".join(f"{m}\n" for m in members))
-    device = args.device or "cpu"
-    teachers = load_teachers(members, device)
-    feats = ShardManifest.load(Path(args.feats) / args.train_set, FEATS_PREFIX)
-    cmvn = Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json")
-    dirs = {t: out / f"soft_T{t:g}" for t in args.temperatures}
-    cache_soft_targets(teachers, feats, cmvn, cfg.frames, dirs, k=args.topk, method=args.method, device=device)
+    cfg = _section(args, "ensemble", EnsembleConfig)
+    feats = Path(args.feats)
+    build_ensemble([Path(m) / "best.pt" for m in args.members], ShardManifest.load(feats / args.train_set, FEATS_PREFIX),
+                   ShardManifest.load(feats / args.dev_set, FEATS_PREFIX), Cmvn.load(feats / args.train_set / "cmvn.json"),
+                   _train_config(args).frames, args.temperatures, args.out, cfg, args.device or "cpu", args.force)
     return 0
 
 
-def cmd_best_temperature(args: argparse.Namespace) -> int:
-    """Print the temperature of the student with the best dev frame accuracy (model selection on dev)."""
-    from asrdistill.results import best_temperature
+def cmd_best_student(args: argparse.Namespace) -> int:
+    """Print ``T hard_weight`` of the swept student with the best dev frame accuracy (model selection on dev)."""
+    from asrdistill.results import best_student
 
-    print(f"{best_temperature(args.student_dirs):g}")
+    best = best_student(args.student_dirs)
+    print(f"{best['temperature']:g} {best['hard_weight']:g}")
     return 0
 
 
@@ -312,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--num-speakers", type=int, default=48)
     sp.add_argument("--lm-sentences", type=int, default=100_000)
+    sp.add_argument("--dev-fraction", type=float, default=0.1, help="of the speakers and of the utterances")
+    sp.add_argument("--test-fraction", type=float, default=0.1, help="of the speakers and of the utterances")
     sp.add_argument("--nj", type=int, default=2)
     sp.add_argument("--force", action="store_true")
 
@@ -402,22 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--role", help="config section overriding 'train', e.g. student or fraction")
         sp.add_argument("--fraction", type=float, help="train on this fraction of the utterances")
         sp.add_argument("--soft", type=Path, help="cached soft targets (exp/ensemble/soft_T2): distill")
+        sp.add_argument("--online", type=Path, metavar="ENSEMBLE_DIR",
+                        help="distill from the teachers of ENSEMBLE_DIR/members.txt run on each batch (exact at any T)")
         sp.add_argument("--temperature", type=float, default=2.0)
+        sp.add_argument("--hard-weight", type=float, help="distill.hard_weight (weight of the hard-label term)")
 
     sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's top-k soft targets at each temperature", config=True)
+    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)", config=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/")
     sp.add_argument("--temperatures", type=float, nargs="+", required=True)
-    sp.add_argument("--topk", type=int, default=20)
-    sp.add_argument("--method", default="arithmetic", choices=["arithmetic", "geometric"])
     sp.add_argument("--members", nargs="+", type=Path, required=True, help="teacher experiment dirs (with best.pt)")
+    sp.add_argument("--force", action="store_true", help="rebuild the soft targets even if up to date")
 
-    sp = add("best-temperature", cmd_best_temperature, "print the student temperature with the best dev frame accuracy")
+    sp = add("best-student", cmd_best_student,
+             "print 'T hard_weight' of the swept student with the best dev frame accuracy")
     sp.add_argument("student_dirs", nargs="+", type=Path)
 
     sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model or ensemble",

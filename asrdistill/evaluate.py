@@ -12,7 +12,9 @@ The figures go to ``<system>/metrics.json`` (:class:`asrdistill.results.SystemRe
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ import torch
 
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.nnet.ensemble import load_teachers, posterior_stream
+from asrdistill.fileio import atomic_path
+from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, read_members
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import FrameDNN
@@ -31,7 +34,7 @@ from asrdistill.results import SystemResult
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 
-__all__ = ["EvalConfig", "system_kind", "load_system", "evaluate_system"]
+__all__ = ["EvalConfig", "KINDS", "system_kind", "load_system", "evaluate_system"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,12 @@ class EvalConfig:
     decode: bool = True         # False: frame accuracy only (no WER)
 
 
+KINDS = ("baseline", "ensemble", "student", "sweep", "fraction_hard", "fraction_soft")
+
+
 def system_kind(name: str) -> str:
-    """The results-table kind of a system from its folder name (``student_T2`` -> ``student``)."""
-    for prefix in ("baseline", "teacher", "ensemble", "student", "fraction_hard", "fraction_soft"):
+    """The results-table kind of a system from its folder name (``baseline_seed2`` -> ``baseline``)."""
+    for prefix in KINDS:
         if name.startswith(prefix):
             return prefix
     return "other"
@@ -55,30 +61,33 @@ def system_kind(name: str) -> str:
 def load_system(system_dir: str | Path, device: str | torch.device = "cpu") -> list[FrameDNN]:
     """The member models of a system folder (one model unless it lists ``members.txt``)."""
     system_dir = Path(system_dir)
-    members = system_dir / "members.txt"
-    if members.is_file():
-        paths = [line.strip() for line in members.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not paths:
-            raise ValueError(f"{members}: lists no member checkpoints")
+    if (system_dir / "members.txt").is_file():
+        paths = read_members(system_dir)
     elif (system_dir / "best.pt").is_file():
-        paths = [str(system_dir / "best.pt")]
+        paths = [system_dir / "best.pt"]
     else:
         raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
     return load_teachers(paths, device)
 
 
 class _Posteriors:
-    """Re-iterable ``(utt, log posteriors)`` of a system over a set (the decoder's input), counting frame accuracy and NN time."""
+    """Re-iterable ``(utt, log posteriors)`` of a system over a set (the decoder's input).
+
+    Counts frame accuracy per utterance (for the bootstrap intervals of the
+    results table), keeps each frame's best senone (to compare systems' frame
+    decisions) and the network time.
+    """
 
     def __init__(self, models: list[FrameDNN], feats: ShardManifest, labels: ShardManifest | None, cmvn: Cmvn,
                  frames: FrameConfig, method: str, device: str | torch.device):
         self.args = (models, feats, cmvn, frames, labels, method, device)
-        self.correct = self.counted = self.num_frames = 0
+        self.per_utt: dict[str, list[int]] = {}    # utt -> [correct frames, labelled frames]
+        self.preds: dict[str, np.ndarray] = {}     # utt -> (T,) best senone per frame
+        self.num_frames = 0
         self.nn_seconds = 0.0
 
     def __call__(self) -> Iterator[tuple[str, np.ndarray]]:
-        self.correct = self.counted = self.num_frames = 0
-        self.nn_seconds = 0.0
+        self.per_utt, self.preds, self.num_frames, self.nn_seconds = {}, {}, 0, 0.0
         stream = posterior_stream(*self.args)
         while True:
             t0 = time.perf_counter()
@@ -89,14 +98,38 @@ class _Posteriors:
             out = logp.cpu().numpy()
             self.nn_seconds += time.perf_counter() - t0
             self.num_frames += out.shape[0]
+            pred = logp.argmax(-1)
+            self.preds[utt] = pred.cpu().numpy().astype(np.int32)
             if y is not None:
-                self.correct += int((logp.argmax(-1) == y).sum())
-                self.counted += int(y.numel())
+                self.per_utt[utt] = [int((pred == y).sum()), int(y.numel())]
             yield utt, out
 
     @property
     def frame_acc(self) -> float:
-        return 100.0 * self.correct / self.counted if self.counted else float("nan")
+        counted = sum(n for _, n in self.per_utt.values())
+        return 100.0 * sum(c for c, _ in self.per_utt.values()) / counted if counted else math.nan
+
+    def save(self, path: Path) -> None:
+        """Per-utterance frame counts and frame decisions (``<system>/frames_<set>.npz``), for the results table."""
+        utts = sorted(self.preds)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, utts=np.array(utts), lengths=np.array([len(self.preds[u]) for u in utts]),
+                                    preds=np.concatenate([self.preds[u] for u in utts]) if utts else np.zeros(0),
+                                    correct=np.array([self.per_utt.get(u, [0, 0])[0] for u in utts]),
+                                    labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]))
+
+
+def _inputs(system_dir: Path, sets: tuple[str, str, str], graph_dir: Path | None, frames: FrameConfig,
+            decode_config: DecodeConfig, config: EvalConfig, models: list[FrameDNN]) -> dict:
+    """What a system's metrics were computed from: its weights, the sets, the graph and every setting."""
+    graph = None
+    if config.decode and graph_dir is not None:
+        info = Path(graph_dir) / "HCLG.fst"
+        graph = [info.stat().st_size, info.stat().st_mtime_ns] if info.is_file() else str(graph_dir)
+    return {"weights_sha256": fingerprint(models), "sets": list(sets), "graph": graph,
+            "frames": dataclasses.asdict(frames), "decode": dataclasses.asdict(decode_config),
+            "evaluate": dataclasses.asdict(config)}
 
 
 def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root: str | Path, data_root: str | Path,
@@ -105,19 +138,26 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
                     device: str | torch.device = "cpu", force: bool = False) -> SystemResult:
     """Frame accuracy and WER of the system in ``system_dir`` on dev and test; writes ``metrics.json``.
 
-    A system whose ``metrics.json`` is newer than its model is not evaluated again unless ``force``.
+    Also ``frames_<dev|test>.npz`` (per-utterance frame counts and decisions) and,
+    with a graph, ``decode_<set>/`` (hypotheses, per-utterance errors). A system
+    whose ``metrics.json`` was computed from the same weights, sets, graph and
+    settings is not evaluated again unless ``force``.
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
-    metrics = system_dir / "metrics.json"
-    sources = [p for p in (system_dir / "best.pt", system_dir / "members.txt") if p.is_file()]
-    if not force and metrics.is_file() and sources and all(p.stat().st_mtime < metrics.stat().st_mtime for p in sources):
-        log.info("%s: already evaluated (metrics.json newer than the model), skipping", system_dir)
-        return SystemResult.load(metrics)
     models = load_system(system_dir, device)
+    inputs = _inputs(system_dir, (train_set, dev_set, test_set), Path(graph_dir) if graph_dir else None, frames,
+                     decode_config, config, models)
+    metrics = system_dir / "metrics.json"
+    if not force and metrics.is_file():
+        done = SystemResult.load(metrics)
+        if done.extra.get("inputs") == json.loads(json.dumps(inputs)):
+            log.info("%s: already evaluated with these weights, sets and settings, skipping", system_dir)
+            return done
     num_pdfs = models[0].num_classes
     cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
     result = SystemResult(system_dir.name, system_kind(system_dir.name),
                           params=sum(m.num_params() for m in models), extra={"members": len(models)})
+    result.extra.update(_training_facts(system_dir))
 
     def stream(subset: str) -> _Posteriors:
         labels_dir = labels_root / subset
@@ -144,9 +184,27 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
         result.decode_rtf = decoded.rtf
         result.extra.update(acoustic_scale=swept.best_scale, test_partial=len(decoded.partial))
         log.info("%s: test %s (acoustic scale %g from dev)", system_dir.name, report.summary(), swept.best_scale)
+    dev.save(system_dir / f"frames_{dev_set}.npz")
+    test.save(system_dir / f"frames_{test_set}.npz")
     result.dev_frame_acc, result.test_frame_acc = dev.frame_acc, test.frame_acc
     result.nn_seconds_per_frame = test.nn_seconds / max(test.num_frames, 1)
-    result.save(system_dir / "metrics.json")
+    result.extra.update(dev_set=dev_set, test_set=test_set, inputs=inputs)
+    result.save(metrics)
     log.info("%s: dev frame acc %.2f%%, test frame acc %.2f%%, dev WER %.2f%%, test WER %.2f%%", system_dir.name,
              result.dev_frame_acc, result.test_frame_acc, result.dev_wer, result.test_wer)
     return result
+
+
+def _training_facts(system_dir: Path) -> dict:
+    """Seed, epochs trained and distillation settings of a trained system (for the table's budget columns)."""
+    result, config = system_dir / "train_result.json", system_dir / "train_config.json"
+    if not (result.is_file() and config.is_file()):
+        return {}
+    r = json.loads(result.read_text(encoding="utf-8"))
+    c = json.loads(config.read_text(encoding="utf-8"))
+    facts = {"seed": c.get("seed"), "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
+             "max_epochs": c.get("epochs"), "patience": c.get("patience"), "data_fraction": c.get("data_fraction")}
+    if c.get("distill"):
+        facts.update(temperature=c["distill"]["temperature"], hard_weight=c["distill"]["hard_weight"],
+                     distill_source=c["distill"]["source"])
+    return facts

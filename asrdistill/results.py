@@ -1,10 +1,23 @@
-"""The results table: baseline vs ensemble vs distilled student, beside the paper.
+"""The results table: baseline vs ensemble vs distilled student, with seeds and intervals, beside the paper.
 
 Each evaluated system leaves ``<exp>/<system>/metrics.json`` (see
-:class:`SystemResult`); :func:`collect_results` gathers them into
-``results.json``, ``results.md`` and a PNG plot of frame accuracy and WER per
-system, and states the share of the ensemble's frame-accuracy gain over the
-baseline that the distilled student keeps (the paper's headline: > 80%).
+:class:`SystemResult`) and ``frames_<set>.npz`` / ``decode_<set>/wer.json``
+(per-utterance counts). :func:`collect_results` gathers them into
+``results.json`` (strict JSON), ``results.md`` and ``results.png``:
+
+* systems of one kind trained alike but for the seed (``baseline_seed1..N``,
+  ``student_seed1..M``) form a group reported as mean and standard deviation
+  over seeds;
+* the differences ensemble - baseline and student - baseline (test frame
+  accuracy and WER) and the share of the ensemble's gain the student keeps
+  (the paper's headline: 86%) get 95% intervals from a paired bootstrap over
+  test utterances (the groups' per-utterance counts averaged over seeds, all
+  systems resampled together), so a difference can be told from test-set noise;
+* the ensemble's soft-target fidelity per temperature (``ensemble/fidelity.json``).
+
+Names a script can rely on in ``results.json``: ``fidelity`` (per temperature),
+``std`` (seed spreads), ``ci_low``/``ci_high`` (interval bounds) and
+``comparison.kept_share_test_frame_acc``.
 """
 
 from __future__ import annotations
@@ -15,9 +28,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from asrdistill.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-__all__ = ["SystemResult", "PAPER", "kept_share", "best_temperature", "collect_results"]
+__all__ = ["SystemResult", "PAPER", "GROUPED", "kept_share", "best_student", "paired_bootstrap", "collect_results"]
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +42,29 @@ PAPER = [
     {"system": "paper: 10x ensemble", "test_frame_acc": 61.1, "test_wer": 10.7},
     {"system": "paper: distilled single model", "test_frame_acc": 60.8, "test_wer": 10.7},
 ]
+GROUPED = ("baseline", "student")   # kinds trained with several seeds
+BOOTSTRAP_SAMPLES = 2000
+
+
+def strict(obj):
+    """``obj`` with every NaN or infinity replaced by None (numpy scalars made plain): valid JSON for strict parsers."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
 
 
 @dataclass
 class SystemResult:
     """Figures for one system; accuracies and WERs in percent, NaN when not measured."""
 
-    system: str                     # e.g. "baseline", "teacher_3", "ensemble", "student_T2"
-    kind: str                       # baseline | teacher | ensemble | student | fraction_hard | fraction_soft
+    system: str                     # e.g. "baseline_seed1", "ensemble", "student_seed2", "sweep_T2_hw0.33"
+    kind: str                       # baseline | ensemble | student | sweep | fraction_hard | fraction_soft
     params: int = 0                 # parameters used at run time (ensemble: all members)
     dev_frame_acc: float = math.nan
     test_frame_acc: float = math.nan
@@ -42,10 +72,10 @@ class SystemResult:
     test_wer: float = math.nan
     nn_seconds_per_frame: float = math.nan  # network forward cost at decoding time
     decode_rtf: float = math.nan            # search only, one CPU core
-    extra: dict = field(default_factory=dict)  # e.g. temperature, members, data fraction
+    extra: dict = field(default_factory=dict)  # seed, epochs, temperature, members, inputs, ...
 
     def save(self, path: str | Path) -> None:
-        write_json_atomic(path, asdict(self))
+        write_json_atomic(path, strict(asdict(self)))
 
     @classmethod
     def load(cls, path: str | Path) -> "SystemResult":
@@ -59,100 +89,259 @@ def kept_share(baseline: float, ensemble: float, student: float) -> float:
     return (student - baseline) / gain if gain > 0 else math.nan
 
 
-def best_temperature(student_dirs: list[str | Path]) -> float:
-    """The temperature of the student with the best dev frame accuracy (model selection on dev, never test)."""
-    scores = {}
+def best_student(student_dirs: list[str | Path]) -> dict:
+    """The distillation settings (temperature, hard weight) of the swept student with the best dev frame accuracy.
+
+    Model selection on dev, never test: reads each folder's ``train_result.json``
+    (best dev frame accuracy) and ``train_config.json`` (its distillation settings).
+    """
+    scores = []
     for d in student_dirs:
         result = Path(d) / "train_result.json"
         if not result.is_file():
             raise FileNotFoundError(f"{result}: student not trained")
-        cfg = json.loads((Path(d) / "train_config.json").read_text(encoding="utf-8"))
-        scores[float(cfg["distill"]["temperature"])] = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
+        distill = json.loads((Path(d) / "train_config.json").read_text(encoding="utf-8")).get("distill")
+        if not distill:
+            raise ValueError(f"{d}: not a distilled student (no distill section in train_config.json)")
+        acc = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
+        scores.append({"dir": str(d), "temperature": float(distill["temperature"]),
+                       "hard_weight": float(distill["hard_weight"]), "dev_acc": acc})
     if not scores:
-        raise ValueError("best_temperature: no student folders given")
-    best = max(scores, key=scores.get)
-    log.info("dev frame accuracy by temperature: %s -> T=%g", {f"{t:g}": round(a, 4) for t, a in scores.items()}, best)
+        raise ValueError("best_student: no student folders given")
+    best = max(scores, key=lambda r: r["dev_acc"])
+    log.info("dev frame accuracy by (T, hard weight): %s -> T=%g, hard weight %g",
+             {f"T={r['temperature']:g},w={r['hard_weight']:g}": round(r["dev_acc"], 4) for r in scores},
+             best["temperature"], best["hard_weight"])
     return best
 
 
-def _fmt(x: float, digits: int = 2) -> str:
+def paired_bootstrap(stats: dict[str, tuple[np.ndarray, np.ndarray]], samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Rates ``100 * sum(num) / sum(den)`` of each system over ``samples`` resamplings of the same utterances.
+
+    ``stats[name] = (num, den)``, one entry per test utterance in the same order
+    for every system (e.g. correct and labelled frames, or word errors and
+    reference words). Every system is resampled with the same utterances, so
+    differences between systems are paired. Returns ``name -> (samples,)``.
+    """
+    sizes = {len(num) for num, _ in stats.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"paired_bootstrap: systems must share the same non-empty utterance list, got sizes {sizes}")
+    (n,) = sizes
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
+    return {name: 100.0 * (counts @ num) / np.maximum(counts @ den, 1e-12) for name, (num, den) in stats.items()}
+
+
+def _interval(point: float, draws: np.ndarray) -> dict:
+    finite = draws[np.isfinite(draws)]
+    low, high = (np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan))
+    return {"value": point, "ci_low": float(low), "ci_high": float(high)}
+
+
+def _per_utt(exp_dir: Path, system: str, test_set: str) -> dict[str, dict[str, np.ndarray]] | None:
+    """Per-utterance test counts of one system: frames (correct, labelled, decisions) and words (errors, words)."""
+    frames = exp_dir / system / f"frames_{test_set}.npz"
+    if not frames.is_file():
+        return None
+    z = np.load(frames, allow_pickle=False)
+    utts = [str(u) for u in z["utts"]]
+    preds = np.split(z["preds"], np.cumsum(z["lengths"])[:-1]) if utts else []
+    out = {u: {"correct": int(c), "labelled": int(n), "preds": p}
+           for u, c, n, p in zip(utts, z["correct"], z["labelled"], preds)}
+    wer = exp_dir / system / f"decode_{test_set}" / "wer.json"
+    if wer.is_file():
+        for u, (errors, words) in json.loads(wer.read_text(encoding="utf-8")).get("per_utt", {}).items():
+            if u in out:
+                out[u].update(errors=errors, words=words)
+    return out
+
+
+def _mean_sd(values: list[float]) -> dict:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else math.nan, "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "n": int(v.size)}
+
+
+def _groups(rows: list[SystemResult]) -> dict[str, list[SystemResult]]:
+    """Rows by reported group: the seeded kinds together, every other system on its own."""
+    groups: dict[str, list[SystemResult]] = {}
+    for r in rows:
+        groups.setdefault(r.kind if r.kind in GROUPED else r.system, []).append(r)
+    return groups
+
+
+def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str) -> dict:
+    """Bootstrap intervals of ensemble - baseline, student - baseline and the kept share, on test."""
+    need = ("baseline", "ensemble", "student")
+    if not all(g in groups for g in need):
+        return {}
+    per = {g: [_per_utt(exp_dir, r.system, test_set) for r in groups[g]] for g in need}
+    if any(x is None for g in need for x in per[g]):
+        log.warning("results: per-utterance counts missing for some system; no intervals")
+        return {}
+    utts = sorted(set.intersection(*(set(x) for g in need for x in per[g])))
+    out: dict = {"test_utterances": len(utts)}
+    for metric, (num, den) in {"frame_acc": ("correct", "labelled"), "wer": ("errors", "words")}.items():
+        if not all(num in x[utts[0]] for g in need for x in per[g]):
+            continue
+        stats = {g: (np.mean([[x[u][num] for u in utts] for x in per[g]], axis=0).astype(np.float64),
+                     np.array([per[g][0][u][den] for u in utts], dtype=np.float64)) for g in need}
+        draws = paired_bootstrap(stats)
+        point = {g: 100.0 * stats[g][0].sum() / max(stats[g][1].sum(), 1e-12) for g in need}
+        for g in ("ensemble", "student"):
+            out[f"{g}_gain_test_{metric}"] = _interval(point[g] - point["baseline"], draws[g] - draws["baseline"])
+        if metric == "frame_acc":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shares = (draws["student"] - draws["baseline"]) / (draws["ensemble"] - draws["baseline"])
+            out["kept_share_test_frame_acc"] = _interval(
+                kept_share(point["baseline"], point["ensemble"], point["student"]), shares)
+    agree = {}
+    for g in ("baseline", "student"):
+        same = [sum(int((x[u]["preds"] == per["ensemble"][0][u]["preds"]).sum()) for u in utts) for x in per[g]]
+        total = sum(len(per["ensemble"][0][u]["preds"]) for u in utts)
+        agree[g] = _mean_sd([100.0 * s / total for s in same])
+    out["agreement_with_ensemble_test"] = agree
+    dev = {g: _mean_sd([r.dev_frame_acc for r in groups[g]])["mean"] for g in need}
+    out["kept_share_dev_frame_acc"] = kept_share(dev["baseline"], dev["ensemble"], dev["student"])
+    return out
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _best_student(rows: list[SystemResult], kind: str = "student") -> SystemResult | None:
-    students = [r for r in rows if r.kind == kind and not math.isnan(r.dev_frame_acc)]
-    return max(students, key=lambda r: r.dev_frame_acc) if students else None
+def _pm(stat: dict, digits: int = 2) -> str:
+    if stat["n"] > 1:
+        return f"{_fmt(stat['mean'], digits)} ± {_fmt(stat['std'], digits)}"
+    return _fmt(stat["mean"], digits)
 
 
-def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results") -> dict:
+def _ci(iv: dict, digits: int = 2, scale: float = 1.0) -> str:
+    return (f"{_fmt(scale * iv['value'], digits)} [{_fmt(scale * iv['ci_low'], digits)}, "
+            f"{_fmt(scale * iv['ci_high'], digits)}]")
+
+
+def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results", test_set: str | None = None,
+                    goal_kept_share: float = 0.8) -> dict:
     """Write ``results.json``, ``results.md`` and ``results.png`` in ``exp_dir`` from the systems' metrics."""
     exp_dir = Path(exp_dir)
     rows = [SystemResult.load(exp_dir / name / "metrics.json") for name in order
             if (exp_dir / name / "metrics.json").is_file()]
     if not rows:
         raise FileNotFoundError(f"{exp_dir}: no <system>/metrics.json found for {order}")
-    by_kind = {r.kind: r for r in rows if r.kind in ("baseline", "ensemble")}
-    summary: dict = {}
-    base, ens, stu = by_kind.get("baseline"), by_kind.get("ensemble"), _best_student(rows)
-    if base and ens and stu:
-        summary = {
-            "best_student": stu.system,
-            "kept_share_test_frame_acc": kept_share(base.test_frame_acc, ens.test_frame_acc, stu.test_frame_acc),
-            "kept_share_dev_frame_acc": kept_share(base.dev_frame_acc, ens.dev_frame_acc, stu.dev_frame_acc),
-            "ensemble_gain_test_frame_acc": ens.test_frame_acc - base.test_frame_acc,
-            "student_gain_test_frame_acc": stu.test_frame_acc - base.test_frame_acc,
-        }
-    hard, soft = _best_student(rows, "fraction_hard"), _best_student(rows, "fraction_soft")
-    if hard and soft:
-        summary["fraction"] = {"hard": hard.system, "soft": soft.system,
-                               "hard_test_frame_acc": hard.test_frame_acc, "soft_test_frame_acc": soft.test_frame_acc}
+    test_set = test_set or rows[0].extra.get("test_set", "test")
+    groups = _groups(rows)
+    summary = {name: {"members": [r.system for r in g], "seeds": [r.extra.get("seed") for r in g],
+                      "epochs": [r.extra.get("epochs") for r in g],
+                      **{key: _mean_sd([getattr(r, key) for r in g])
+                         for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer")}}
+               for name, g in groups.items()}
+    comparison = _compare(exp_dir, groups, test_set)
+    fidelity_path = exp_dir / "ensemble" / "fidelity.json"
+    fidelity = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.is_file() else {}
+    goal = {}
+    if "kept_share_test_frame_acc" in comparison:
+        share, gain = comparison["kept_share_test_frame_acc"], comparison["ensemble_gain_test_frame_acc"]
+        goal = {"kept_share_at_least": goal_kept_share, "kept_share_met": share["value"] >= goal_kept_share,
+                "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0}
+    fraction = {}
+    if "fraction_hard" in groups and "fraction_soft" in groups:
+        fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
 
-    write_json_atomic(exp_dir / "results.json", {"systems": [asdict(r) for r in rows], "summary": summary, "paper": PAPER})
-    lines = [f"# {title}", "",
-             "| system | params | dev frame acc % | test frame acc % | dev WER % | test WER % | NN ms / s of audio | search RTF |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    write_json_atomic(exp_dir / "results.json", strict({
+        "systems": [asdict(r) for r in rows], "groups": summary, "comparison": comparison, "goal": goal,
+        "fidelity": fidelity, "fraction": fraction, "paper": PAPER}))
+    write_text_atomic(exp_dir / "results.md", _markdown(title, rows, groups, summary, comparison, fidelity, goal,
+                                                        fraction))
+    _plot(groups, summary, comparison, exp_dir / "results.png")
+    return {"systems": rows, "groups": summary, "comparison": comparison, "goal": goal, "fidelity": fidelity}
+
+
+def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction) -> str:
+    lines = [f"# {title}", "", "## Systems", "",
+             "| system | seed | epochs (best) | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
+             "| NN ms / s of audio | search RTF |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
-        lines.append(f"| {r.system} | {r.params:,} | {_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | "
-                     f"{_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |")
+        epochs = r.extra.get("epochs")
+        trained = "-" if epochs is None else f"{epochs}/{r.extra.get('max_epochs')} ({r.extra.get('best_epoch', 0) + 1})"
+        lines.append(f"| {r.system} | {r.extra.get('seed', '-')} | {trained} | {r.params:,} | {_fmt(r.dev_frame_acc)} | "
+                     f"{_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | {_fmt(nn_ms, 1)} | "
+                     f"{_fmt(r.decode_rtf, 3)} |")
+    lines += ["", "## Over seeds (mean ± sd)", "",
+              "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % |", "|---|---:|---:|---:|---:|---:|"]
+    for name in groups:
+        g = summary[name]
+        if name in GROUPED or name == "ensemble":
+            lines.append(f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
+                         f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} |")
     for p in PAPER:
-        lines.append(f"| {p['system']} | 85M per model | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - | - |")
-    lines.append("")
-    if "kept_share_test_frame_acc" in summary:
-        lines.append(
-            f"The ensemble gains {summary['ensemble_gain_test_frame_acc']:+.2f} points of test frame accuracy over the "
-            f"baseline; the best student on dev ({summary['best_student']}) gains "
-            f"{summary['student_gain_test_frame_acc']:+.2f}, i.e. it keeps "
-            f"{_fmt(100 * summary['kept_share_test_frame_acc'], 0)}% of the ensemble's gain "
-            f"(dev: {_fmt(100 * summary['kept_share_dev_frame_acc'], 0)}%). The paper's student kept "
-            f"{100 * kept_share(58.9, 61.1, 60.8):.0f}%.")
-    if "fraction" in summary:
-        f = summary["fraction"]
-        lines.append(f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(f['hard_test_frame_acc'])}% "
-                     f"vs soft targets {_fmt(f['soft_test_frame_acc'])}% test frame accuracy (paper, 3% of 2,000 h: 44.5% vs 57.0%).")
-    write_text_atomic(exp_dir / "results.md", "\n".join(lines) + "\n")
-    _plot(rows, exp_dir / "results.png")
-    return {"systems": rows, "summary": summary}
+        lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} |")
+    if comparison:
+        lines += ["", f"## Differences on test, 95% paired bootstrap intervals over {comparison['test_utterances']} "
+                  "utterances", "", "| figure | value [95% interval] |", "|---|---:|"]
+        names = {"ensemble_gain_test_frame_acc": "ensemble - baseline, frame acc (points)",
+                 "student_gain_test_frame_acc": "student - baseline, frame acc (points)",
+                 "ensemble_gain_test_wer": "ensemble - baseline, WER (points)",
+                 "student_gain_test_wer": "student - baseline, WER (points)"}
+        for key, label in names.items():
+            if key in comparison:
+                lines.append(f"| {label} | {_ci(comparison[key])} |")
+        if "kept_share_test_frame_acc" in comparison:
+            lines.append(f"| share of the ensemble's frame-acc gain the student keeps (%) | "
+                         f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |")
+        agree = comparison["agreement_with_ensemble_test"]
+        lines.append(f"| frames where the system's decision equals the ensemble's: baseline / student (%) | "
+                     f"{_pm(agree['baseline'])} / {_pm(agree['student'])} |")
+        lines += ["", f"Dev: the student keeps {_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)}% of the "
+                  f"ensemble's frame-accuracy gain. The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
+    if goal:
+        lines.append(f"Goal (kept share >= {100 * goal['kept_share_at_least']:.0f}% with the ensemble's gain interval "
+                     f"excluding zero): kept share {'met' if goal['kept_share_met'] else 'NOT met'}; the ensemble's "
+                     f"gain interval {'excludes' if goal['ensemble_gain_ci_excludes_zero'] else 'does NOT exclude'} zero.")
+    if fidelity:
+        lines += ["", "## Soft targets: share of the exact soft loss the cache keeps (dev)", "",
+                  "| T | stored | fidelity % |", "|---:|---|---:|"]
+        for t, r in fidelity.items():
+            lines.append(f"| {t} | {'top-' + str(r['k']) if r['k'] else 'dense fp16'} | {_fmt(100 * r['fidelity'], 1)} |")
+    if fraction:
+        lines += ["", f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(fraction['hard'])}% "
+                  f"vs soft targets {_fmt(fraction['soft'])}% test frame accuracy (paper, 3% of 2,000 h: 44.5% vs 57.0%)."]
+    return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[SystemResult], path: Path) -> None:
+def _plot(groups: dict, summary: dict, comparison: dict, path: Path) -> None:
+    """Test frame accuracy and WER per group (error bars: sd over seeds) and the differences with 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.system for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.7 * len(rows) + 4), 4))
+    names = list(groups)
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 0.6 * len(names) + 8), 4.2))
+    color = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange"}
     for ax, key, label in ((axes[0], "test_frame_acc", "test frame accuracy (%)"), (axes[1], "test_wer", "test WER (%)")):
-        values = [getattr(r, key) for r in rows]
-        colors = ["tab:gray" if r.kind == "teacher" else "tab:blue" if r.kind == "baseline" else
-                  "tab:green" if r.kind == "ensemble" else "tab:orange" for r in rows]
-        ax.bar(range(len(rows)), [0 if math.isnan(v) else v for v in values], color=colors)
-        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=8)
+        means = [summary[n][key]["mean"] for n in names]
+        sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
+        ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in means],
+               yerr=[0 if math.isnan(v) else v for v in sds], capsize=3,
+               color=[color.get(n, "tab:gray") for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel(label)
-        finite = [v for v in values if not math.isnan(v)]
+        finite = [v for v in means if not math.isnan(v)]
         if finite and key == "test_frame_acc":
             ax.set_ylim(max(0, min(finite) - 5), min(100, max(finite) + 2))
+    ax = axes[2]
+    keys = [k for k in ("ensemble_gain_test_frame_acc", "student_gain_test_frame_acc", "ensemble_gain_test_wer",
+                        "student_gain_test_wer") if k in comparison]
+    for i, k in enumerate(keys):
+        iv = comparison[k]
+        ax.errorbar([i], [iv["value"]], yerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
+                    fmt="o", capsize=4, color="tab:green" if k.startswith("ensemble") else "tab:orange")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(keys)), [k.replace("_gain_test_", " - baseline\n") for k in keys], fontsize=8)
+    ax.set_ylabel("difference, points (95% interval)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

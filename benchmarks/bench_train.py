@@ -5,7 +5,8 @@ Prints frames/s for
   (a) a bare loop (model, cross-entropy, SGD) on synthetic device tensors: the ceiling;
   (b) ``asrdistill.nnet.train.train_step`` on the same synthetic batches (hard; KD with top-k targets);
   (c) the full ``asrdistill.nnet.train.train`` loop reading shards through ``FrameStream``
-      (splicing, CMVN, shuffling) for hard-label and cached top-k KD training;
+      (splicing, CMVN, shuffling) for hard labels, KD from a cached top-k or dense cache, and
+      online KD (the ``--teachers`` teachers run on every batch), with their ratios to hard labels;
   (d) ensemble inference (``ensemble_logprobs``) with 1 and N models,
   (e) the loss alone, forward + backward on (batch, senones) logits: cross-entropy vs top-k KD,
 
@@ -122,38 +123,54 @@ def loss_only(args, device, kd: bool) -> float:
 
 
 def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int = 1000, shards: int = 4) -> None:
-    """Random 40-dim features, labels and top-k soft targets in the shard layout of docs/CONTRACTS.md."""
+    """Random 40-dim features, labels, top-k and dense soft targets in the shard layout of docs/CONTRACTS.md."""
     rng = np.random.default_rng(0)
     for subset, n_frames in (("train", frames), ("dev", 4 * utt_frames)):
         n_utts = max(shards, n_frames // utt_frames)
-        sets = {name: ShardManifest(root / subset / name, name, meta={"dim": FEAT_DIM, "num_pdfs": senones,
+        sets = {name: ShardManifest(root / subset / name, "soft" if name == "dense" else name, meta={"dim": FEAT_DIM, "num_pdfs": senones,
                                                                          "temperature": 2.0, "k": k})
-                for name in ("feats", "pdf", "soft")}
+                for name in ("feats", "pdf", "soft", "dense")}
         utts = [f"s{i:04d}-1-{i:05d}" for i in range(n_utts)]
         for s in range(shards):
-            samples = {"feats": [], "pdf": [], "soft": []}
+            samples = {"feats": [], "pdf": [], "soft": [], "dense": []}
             for u in utts[s::shards]:
                 samples["feats"].append((u, {"feats": rng.standard_normal((utt_frames, FEAT_DIM)).astype(np.float16)}))
                 samples["pdf"].append((u, {"pdf": rng.integers(0, senones, utt_frames).astype(np.int32)}))
                 prob = rng.random((utt_frames, k)).astype(np.float32)
                 samples["soft"].append((u, {"topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
                                             "topk_prob": (prob / prob.sum(1, keepdims=True) * 0.95).astype(np.float16)}))
+                logits = rng.standard_normal((utt_frames, senones)).astype(np.float32)
+                logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+                samples["dense"].append((u, {"soft_logp": logp.astype(np.float16)}))
             for name, manifest in sets.items():
-                manifest.shards.append(write_shard(manifest.directory / f"{name}-{s:06d}.tar", samples[name]))
+                manifest.shards.append(write_shard(manifest.directory / f"{manifest.prefix}-{s:06d}.tar", samples[name]))
         for manifest in sets.values():
             manifest.save()
     Cmvn(np.zeros(FEAT_DIM), np.ones(FEAT_DIM), 1).save(root / "cmvn.json")
 
 
-def full_loop(args, device, root: Path, kd: bool) -> float:
+def full_loop(args, device, root: Path, kd: str = "") -> float:
+    """Frames/s of one epoch of ``train``: ``kd`` is "" (hard labels), "topk", "dense" or "online"."""
+    distill = None
+    if kd in ("topk", "dense"):
+        distill = DistillConfig(soft_targets=str(root / "train" / ("soft" if kd == "topk" else "dense")),
+                                min_fidelity=0.0)
+    elif kd == "online":
+        teachers = []
+        for i in range(args.teachers):
+            path = root / f"teacher-{i}.pt"
+            model = FrameDNN(ModelConfig(args.preset), 26 * FEAT_DIM, args.senones)
+            torch.save({**model.describe(), "model": model.state_dict()}, path)
+            teachers.append(str(path))
+        distill = DistillConfig(source="online", teachers=teachers)
     config = TrainConfig(
         train_feats=str(root / "train/feats"), train_labels=str(root / "train/pdf"),
         dev_feats=str(root / "dev/feats"), dev_labels=str(root / "dev/pdf"), cmvn=str(root / "cmvn.json"),
         model=ModelConfig(args.preset), frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
-        distill=DistillConfig(soft_targets=str(root / "train/soft")) if kd else None,
+        distill=distill,
         epochs=1, lr=1e-3, warmup_steps=0, schedule="constant", device=device.type, compile=args.compile,
         checkpoint_every=10 ** 9, log_every=50, progress=False)
-    result = train(config, root / ("exp-kd" if kd else "exp-hard"))
+    result = train(config, root / f"exp-{kd or 'hard'}")
     return result["train_frames_per_sec"]
 
 
@@ -196,8 +213,10 @@ def main() -> None:
             "(b) trainer step, KD top-k": trainer_step(args, device, kd=True)}
     with tempfile.TemporaryDirectory() as tmp:
         _write_corpus(Path(tmp), args.frames, args.senones, args.k)
-        rows["(c) full loop, hard"] = full_loop(args, device, Path(tmp), kd=False)
-        rows["(c) full loop, KD top-k"] = full_loop(args, device, Path(tmp), kd=True)
+        rows["(c) full loop, hard"] = full_loop(args, device, Path(tmp))
+        rows["(c) full loop, KD top-k"] = full_loop(args, device, Path(tmp), kd="topk")
+        rows["(c) full loop, KD dense cache"] = full_loop(args, device, Path(tmp), kd="dense")
+        rows[f"(c) full loop, KD online x{args.teachers}"] = full_loop(args, device, Path(tmp), kd="online")
     rows["(d) inference, 1 model"] = ensemble_inference(args, device, 1)
     rows[f"(d) inference, {args.teachers} models"] = ensemble_inference(args, device, args.teachers)
     rows["(e) loss fwd+bwd, hard"] = loss_only(args, device, kd=False)
@@ -213,6 +232,9 @@ def main() -> None:
     print(f"KD / hard   trainer step {rows['(b) trainer step, KD top-k'] / rows['(b) trainer step, hard']:.3f}   "
           f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   "
           f"loss alone {rows['(e) loss fwd+bwd, KD top-k'] / rows['(e) loss fwd+bwd, hard']:.3f}   (goal: >= 0.9)")
+    hard = rows["(c) full loop, hard"]
+    print(f"full loop / hard          KD dense cache {rows['(c) full loop, KD dense cache'] / hard:.3f}   "
+          f"KD online x{args.teachers} {rows[f'(c) full loop, KD online x{args.teachers}'] / hard:.3f}")
     print(f"ensemble of {args.teachers} / 1 model inference "
           f"{rows[f'(d) inference, {args.teachers} models'] / rows['(d) inference, 1 model']:.3f}")
 

@@ -40,7 +40,7 @@ from asrdistill.fileio import write_text_atomic
 
 SAMPLE_RATE = 16000
 SUBSETS = ("train", "dev", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dev/test voices (voice+variant) never used in training
 MARKER = ".synthetic.done"
 # Mean utterance length observed with the default grammar and speakers (speech + padding); only
 # used to turn ``hours`` into a number of utterances, the real durations go to SPEAKERS.TXT.
@@ -117,7 +117,13 @@ def _params(hours: float, seed: int, num_speakers: int, dev_fraction: float, tes
 
 
 def make_speakers(seed: int, num_speakers: int, dev_fraction: float, test_fraction: float) -> list[Speaker]:
-    """Draw ``num_speakers`` distinct talkers and split them speaker-disjointly into the subsets."""
+    """Draw ``num_speakers`` distinct talkers and split them speaker-disjointly into the subsets.
+
+    Dev and test talkers each get an espeak voice+variant of their own that no
+    training talker uses, so the test measures generalisation to unseen voices
+    (as LibriSpeech's speaker-disjoint test sets do), not recognition of a
+    training voice at another pitch.
+    """
     if num_speakers < 3:
         raise ValueError("need at least 3 speakers (one each for train, dev and test)")
     rng = random.Random(f"speakers-{seed}")
@@ -128,18 +134,24 @@ def make_speakers(seed: int, num_speakers: int, dev_fraction: float, test_fracti
     subsets = ["dev"] * n_dev + ["test"] * n_test + ["train"] * (num_speakers - n_dev - n_test)
     ids = sorted(rng.sample(range(100, 9000), num_speakers))
     rng.shuffle(ids)
+    held_out: set[tuple[str, str]] = set()  # (voice, variant) of dev/test talkers: never heard in training
     seen: set[tuple] = set()
     speakers = []
-    for i, subset in enumerate(subsets):
+    for i, subset in enumerate(subsets):  # dev and test talkers are drawn first
         sex = "F" if i % 2 == 0 else "M"
         while True:
             variant = rng.choice(_FEMALE_VARIANTS if sex == "F" else _MALE_VARIANTS)
             voice = rng.choice(_VOICES)
             warp = rng.uniform(1.0, 1.14) if sex == "F" else rng.uniform(0.87, 1.02)
             key = (voice, variant, round(warp, 2))
-            if key not in seen:
-                seen.add(key)
-                break
+            if subset == "train" and (voice, variant) in held_out or key in seen:
+                continue
+            if subset != "train" and (voice, variant) in held_out:
+                continue  # each held-out talker has a voice of its own
+            seen.add(key)
+            if subset != "train":
+                held_out.add((voice, variant))
+            break
         speakers.append(Speaker(
             speaker_id=ids[i], sex=sex, subset=subset, voice=voice, variant=variant,
             pitch=rng.randint(30, 70), pitch_range=rng.randint(30, 90), rate=rng.randint(140, 195),

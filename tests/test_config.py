@@ -61,6 +61,7 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.config import read_yaml
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig
+    from asrdistill.nnet.ensemble import EnsembleConfig
     from asrdistill.data.features import FbankConfig
     from asrdistill.decoding.hclg import GraphConfig
     from asrdistill.data.lexicon import LexiconConfig
@@ -68,18 +69,24 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
 
     tools = {"features": FbankConfig, "lexicon": LexiconConfig, "mono": MonoConfig, "align": AlignConfig,
              "tree": TreeConfig, "tri": TriConfig, "lm": LmConfig, "graph": GraphConfig, "decode": DecodeConfig,
-             "evaluate": EvalConfig}
-    recipe_keys = {"corpus_subsets", "train_set", "dev_set", "test_set", "num_teachers", "temperatures", "fraction",
-                   "hours", "corpus_seed", "num_speakers", "lm_sentences"}
+             "evaluate": EvalConfig, "ensemble": EnsembleConfig}
+    recipe_keys = {"corpus_subsets", "train_set", "dev_set", "test_set", "num_teachers", "student_seeds",
+                   "temperatures", "hard_weights", "fraction", "hours", "corpus_seed", "num_speakers",
+                   "dev_fraction", "test_fraction", "lm_sentences"}
     confs = sorted((Path(__file__).parents[1] / "recipes").glob("*/conf/*.yaml"))
     assert len(confs) >= 3
     for conf in confs:
         data = read_yaml(conf)
-        assert set(data) <= set(tools) | {"recipe", "train", "student", "student_final", "fraction"}, conf
+        assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction"}, conf
         assert set(data["recipe"]) == recipe_keys, conf
         for section, cls in tools.items():
             load_section(conf, section, cls)
-        for role in (None, "student", "student_final", "fraction"):
+        budgets = set()
+        for role in (None, "student", "fraction"):
             args = argparse.Namespace(config=conf, role=role, set=[], feats="f", labels="l", train_set="t",
-                                      dev_set="d", seed=1, device=None, fraction=None, soft="s", temperature=2.0)
-            assert _train_config(args).distill.temperature == 2.0
+                                      dev_set="d", seed=1, device=None, fraction=None, soft="s", online=None,
+                                      temperature=2.0, hard_weight=None)
+            cfg = _train_config(args)
+            assert cfg.distill.temperature == 2.0
+            budgets.add((cfg.epochs, cfg.patience, cfg.newbob_threshold, cfg.stop_threshold, cfg.schedule))
+        assert len(budgets) == 1, (conf, budgets)          # one stopping rule for every DNN of a recipe

@@ -89,3 +89,61 @@ def test_sweep_picks_best_scale(task, tmp_path):
     assert res.best_scale in (0.1, 1.0) and res.wer[res.best_scale] == min(res.wer.values()) == 0.0
     assert (tmp_path / "scale_0.1" / "wer").is_file()
     assert json.loads((tmp_path / "sweep.json").read_text())["best_scale"] == res.best_scale
+
+
+def _two_way(pdfs_a, pdfs_b, num_pdfs, sharp=8.0, seed=3):
+    """Posteriors that cannot tell two equally long senone paths apart: both peaked equally at every frame."""
+    assert len(pdfs_a) == len(pdfs_b)
+    x = np.random.default_rng(seed).normal(scale=0.1, size=(len(pdfs_a), num_pdfs))
+    x[np.arange(len(pdfs_a)), pdfs_a] = sharp
+    x[np.arange(len(pdfs_b)), pdfs_b] = sharp
+    return (x - np.log(np.exp(x).sum(1, keepdims=True))).astype(np.float32)
+
+
+def test_hybrid_scores_divide_by_the_priors(task):
+    """Scaled likelihood = posterior / prior: with BA and KA equally probable a posteriori, the senones the
+    training data makes frequent (high prior) are discounted, so BA wins; multiplying by the prior
+    (a sign error) would pick KA."""
+    lang, tree, topo, graph = task
+    ba = pdf_sequence([("B", "AA")], lang, tree, topo, 3)
+    ka = pdf_sequence([("K", "AA")], lang, tree, topo, 3)
+    priors = np.full(tree.num_pdfs, 1e-3)
+    priors[np.setdiff1d(ka, ba)] = 0.3                      # K's (and its AA context's) senones are common
+    log_priors = np.log(priors / priors.sum()).astype(np.float32)
+    post = _two_way(ba, ka, tree.num_pdfs)
+    res = decode(graph, [("u", post)], log_priors, DecodeConfig(nj=1, acoustic_scale=1.0))
+    assert res.hyps["u"] == ["BA"]
+    flipped = decode(graph, [("u", post)], -log_priors, DecodeConfig(nj=1, acoustic_scale=1.0))
+    assert flipped.hyps["u"] == ["KA"]                      # the test can tell the signs apart
+
+
+def test_hmm_transition_costs_choose_between_equal_acoustics(tmp_path):
+    """Long states are cheap for B (self-loop 0.95) and dear for K (0.05): with acoustics that cannot tell BA
+    from KA and an LM that prefers KA, the transition costs must still pick BA; a graph without them
+    would follow the LM."""
+    import math
+
+    from asrdistill.aligner.topology import Topology
+    from asrdistill.decoding.hclg import GraphConfig, build_graph
+    from test_graph import PHONES, toy_task
+
+    lang, tree, _, _ = toy_task(tmp_path / "base")
+    topo = Topology.uniform(len(PHONES) - 1)
+    topo.self_loop[PHONES.index("B")] = [0.95] * 3
+    topo.self_loop[PHONES.index("K")] = [0.05] * 3
+    topo.save(tmp_path / "topo.json")
+    lm = {"BA": 0.2, "KA": 0.6, "</s>": 0.2}
+    lines = "".join(f"{math.log10(p)} {w}\n" for w, p in lm.items())
+    (tmp_path / "lm.arpa").write_text(f"\\data\\\nngram 1=4\n\n\\1-grams:\n-99 <s>\n{lines}\n\\end\\\n")
+    graph = build_graph(tmp_path / "base/lang", tmp_path / "base/tree.json", tmp_path / "topo.json",
+                        tmp_path / "lm.arpa", tmp_path / "graph", GraphConfig(sil_prob=0.5))
+    ba = pdf_sequence([("B", "AA")], lang, tree, topo, 12)
+    ka = pdf_sequence([("K", "AA")], lang, tree, topo, 12)
+    post = _two_way(ba, ka, tree.num_pdfs)
+    res = decode(graph, [("u", post)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0))
+    assert res.hyps["u"] == ["BA"]
+    # and the LM alone (no duration evidence: one frame per state) picks KA
+    short = _two_way(pdf_sequence([("B", "AA")], lang, tree, topo, 1), pdf_sequence([("K", "AA")], lang, tree, topo, 1),
+                     tree.num_pdfs)
+    assert decode(graph, [("u", short)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0)
+                  ).hyps["u"] == ["KA"]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from asrdistill.nnet.ensemble import (cache_soft_targets, combine_logits, ensemble_logprobs, frame_accuracy,
-                                      load_teachers, topk_kl)
+from asrdistill.nnet.ensemble import (EnsembleConfig, build_ensemble, cache_soft_targets, choose_k, combine_logits,
+                                      ensemble_logprobs, frame_accuracy, load_teachers, read_members,
+                                      soft_target_fidelity)
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import ModelConfig
@@ -38,12 +39,35 @@ def test_arithmetic_and_geometric_means():
         combine_logits(logits, 1.0, "median")
 
 
-def test_topk_kl():
-    p = torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.7, 0.1, 0.15, 0.05]], dtype=torch.float64)
-    assert topk_kl(p, 4) == 0.0
-    # row 0: rest {0.1, 0.1} spread evenly is exact; row 1: rest {0.1, 0.05} vs {0.075, 0.075}
-    expected = 0.5 * (0.1 * math.log(0.1 / 0.075) + 0.05 * math.log(0.05 / 0.075))
-    assert topk_kl(p, 2) == pytest.approx(expected, rel=1e-9)
+def _peaky_teachers(num: int, input_dim: int, classes: int, scale: float, seed: int) -> list[torch.nn.Module]:
+    g = torch.Generator().manual_seed(seed)
+    models = []
+    for _ in range(num):
+        m = torch.nn.Linear(input_dim, classes)
+        with torch.no_grad():
+            m.weight.copy_(scale * torch.randn(classes, input_dim, generator=g))
+            m.bias.zero_()
+        models.append(m)
+    return models
+
+
+def test_fidelity_at_600_classes_and_t10_dense_is_exact_topk_is_not(tmp_path):
+    """The measure the cache is judged by: at 600 senones and T = 10 a top-20 cache hides most of the soft loss."""
+    rng = np.random.default_rng(0)
+    make_frame_set(tmp_path / "dev", rng, rng.standard_normal((600, D)), 6, frames=40)
+    cmvn = Cmvn(np.zeros(D), np.ones(D), 1)
+    teachers = _peaky_teachers(3, 3 * D, 600, 1.5, seed=1)
+    reference = _peaky_teachers(1, 3 * D, 600, 1.5, seed=2)[0]
+    fid = soft_target_fidelity(teachers, reference, ShardManifest.load(tmp_path / "dev/feats", "feats"), cmvn,
+                               FRAMES, [1.0, 10.0], ks=[0, 20, 200, 599])
+    for t in (1.0, 10.0):
+        assert fid[t][0] == pytest.approx(1.0, abs=0.01)               # dense fp16: exact
+        assert fid[t][20] < fid[t][200] < fid[t][599] <= 1.001         # more classes kept, more signal (fp16 slack)
+    assert fid[10.0][20] < 0.5                                         # T = 10: the top 20 hide most of it
+    assert fid[10.0][20] < fid[1.0][20], fid
+    assert choose_k(fid[10.0], 600, 0.97) in (599, 0)
+    assert choose_k({0: 1.0, 20: 0.99, 50: 0.999}, 600, 0.97) == 20
+    assert choose_k({0: 1.0, 20: 0.5}, 600, 0.97) == 0                 # nothing sparse is enough: dense
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +111,57 @@ def test_cache_soft_targets_one_pass_many_temperatures(problem):
     root, _, teachers = problem
     feats = ShardManifest.load(root / "small/feats", "feats")
     out = {1.0: root / "soft-t1", 3.0: root / "soft-t3"}
-    manifests = cache_soft_targets(teachers, feats, Cmvn.load(root / "cmvn.json"), FRAMES, out, k=3)
+    manifests = cache_soft_targets(teachers, feats, Cmvn.load(root / "cmvn.json"), FRAMES, out, k={1.0: 3, 3.0: 0})
     for t, manifest in manifests.items():
-        assert manifest.meta["temperature"] == t and manifest.meta["k"] == 3 and manifest.meta["num_classes"] == C
+        assert manifest.meta["temperature"] == t and manifest.meta["num_classes"] == C
         assert [s.keys for s in manifest.shards] == [s.keys for s in feats.shards]
         assert ShardManifest.load(out[t], "soft").num_frames == feats.num_frames
+    assert manifests[1.0].meta["k"] == 3 and manifests[3.0].meta["k"] == 0
     (utt, a), = list(iter_shard(out[1.0] / "soft-000000.tar"))[:1]
     (_, b), = list(iter_shard(out[3.0] / "soft-000000.tar"))[:1]
     assert a["topk_idx"].shape == (50, 3) and a["topk_idx"].dtype == np.int32 and a["topk_prob"].dtype == np.float16
     assert (np.diff(a["topk_prob"].astype(np.float32), axis=1) <= 0).all()       # sorted
     assert (a["topk_prob"].astype(np.float32).sum(1) <= 1.001).all()
-    assert a["topk_prob"][:, 0].mean() > b["topk_prob"][:, 0].mean()              # higher T is softer
+    assert b["soft_logp"].shape == (50, C) and b["soft_logp"].dtype == np.float16  # dense: the whole distribution
+    np.testing.assert_allclose(np.exp(b["soft_logp"].astype(np.float64)).sum(1), 1.0, atol=5e-3)
+    assert a["topk_prob"][:, 0].mean() > np.exp(b["soft_logp"].astype(np.float32)).max(1).mean()  # higher T is softer
     mtime = (out[1.0] / "soft-000000.tar").stat().st_mtime_ns
-    cache_soft_targets(teachers, feats, Cmvn.load(root / "cmvn.json"), FRAMES, out, k=3)  # done: no-op
+    cache_soft_targets(teachers, feats, Cmvn.load(root / "cmvn.json"), FRAMES, out, k={1.0: 3, 3.0: 0})  # done: no-op
     assert (out[1.0] / "soft-000000.tar").stat().st_mtime_ns == mtime
+
+
+def test_retrained_teacher_rebuilds_the_cache_and_the_student(problem, tmp_path):
+    """Soft targets and students record what made them: a changed teacher is never silently reused."""
+    root, config, teachers = problem
+    feats, cmvn = ShardManifest.load(root / "small/feats", "feats"), Cmvn.load(root / "cmvn.json")
+    out = {2.0: tmp_path / "soft"}
+    first = cache_soft_targets(teachers, feats, cmvn, FRAMES, out)[2.0]
+    student_cfg = config("small", epochs=1, distill=DistillConfig(soft_targets=str(out[2.0])))
+    train(student_cfg, tmp_path / "student")
+    changed = [load_teachers([root / "teacher_1/best.pt"])[0], teachers[1]]
+    with torch.no_grad():
+        changed[0].output.bias.add_(0.5)                       # "retrained"
+    second = cache_soft_targets(changed, feats, cmvn, FRAMES, out)[2.0]
+    assert second.meta["teachers_sha256"] != first.meta["teachers_sha256"]
+    assert (tmp_path / "soft/.soft.done").is_file()
+    before = (tmp_path / "student/best.pt").stat().st_mtime_ns
+    result = train(student_cfg, tmp_path / "student")            # same config, other targets: trained again
+    assert result["targets"]["teachers_sha256"] == second.meta["teachers_sha256"]
+    assert (tmp_path / "student/best.pt").stat().st_mtime_ns != before
+
+
+def test_build_ensemble_measures_fidelity_and_lists_members_relative(problem, tmp_path):
+    root, _, teachers = problem
+    feats, dev = ShardManifest.load(root / "small/feats", "feats"), ShardManifest.load(root / "dev/feats", "feats")
+    members = [root / "teacher_1/best.pt", root / "teacher_2/best.pt"]
+    record = build_ensemble(members, feats, dev, Cmvn.load(root / "cmvn.json"), FRAMES, [1.0, 5.0],
+                            tmp_path / "ens", EnsembleConfig(topk=-1, k_candidates=[2, 4], min_fidelity=0.97))
+    assert set(record) == {1.0, 5.0}
+    for t, r in record.items():
+        assert r["fidelity"] >= 0.97 or r["k"] == 0                       # auto k: enough signal, or dense
+        assert ShardManifest.load(tmp_path / f"ens/soft_T{t:g}", "soft").meta["fidelity"] == r["fidelity"]
+    assert [p.resolve() for p in read_members(tmp_path / "ens")] == [m.resolve() for m in members]
+    assert not any(line.startswith("/") for line in (tmp_path / "ens/members.txt").read_text().splitlines())
 
 
 def test_distilled_student_beats_hard_labels_and_topk_loses_little(problem, tmp_path):
@@ -109,10 +170,10 @@ def test_distilled_student_beats_hard_labels_and_topk_loses_little(problem, tmp_
     feats = ShardManifest.load(root / "small/feats", "feats")
     cmvn = Cmvn.load(root / "cmvn.json")
     topk = cache_soft_targets(teachers, feats, cmvn, FRAMES, {2.0: tmp_path / "top3"}, k=3)[2.0]
-    cache_soft_targets(teachers, feats, cmvn, FRAMES, {2.0: tmp_path / "dense"}, k=C)
+    cache_soft_targets(teachers, feats, cmvn, FRAMES, {2.0: tmp_path / "dense"}, k=0)
     hard = train(config("small"), tmp_path / "hard")
     kd = {name: train(config("small", distill=DistillConfig(soft_targets=str(tmp_path / name), hard_weight=0.2)),
                       tmp_path / f"kd-{name}") for name in ("top3", "dense")}
-    assert kd["top3"]["best_dev_acc"] > hard["best_dev_acc"] + 0.1, (hard, kd)
+    assert kd["dense"]["best_dev_acc"] > hard["best_dev_acc"] + 0.1, (hard, kd)
     assert abs(kd["top3"]["best_dev_acc"] - kd["dense"]["best_dev_acc"]) < 0.05, kd
     assert topk.meta["k"] == 3

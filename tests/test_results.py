@@ -1,7 +1,20 @@
+"""Results table: seed groups, paired bootstrap intervals, strict JSON, the plot."""
+
 import json
 import math
+from pathlib import Path
 
-from asrdistill.results import SystemResult, collect_results, kept_share
+import numpy as np
+import pytest
+
+from asrdistill.fileio import write_json_atomic
+from asrdistill.results import SystemResult, collect_results, kept_share, paired_bootstrap
+
+
+def _strict_load(path: Path):
+    def no_constant(name):
+        raise ValueError(f"{path}: non-standard JSON constant {name}")
+    return json.loads(path.read_text(), parse_constant=no_constant)
 
 
 def test_kept_share():
@@ -9,22 +22,74 @@ def test_kept_share():
     assert math.isnan(kept_share(60.0, 59.0, 61.0))  # no ensemble gain: share undefined
 
 
-def test_collect_results_table_plot_and_share(tmp_path):
-    systems = [
-        SystemResult("baseline", "baseline", 100, 70.0, 70.0, 20.0, 21.0),
-        SystemResult("teacher_1", "teacher", 100, 70.5, 70.2, 19.0, 20.0),
-        SystemResult("ensemble", "ensemble", 400, 74.0, 74.0, 17.0, 18.0),
-        SystemResult("student_T1", "student", 100, 71.0, 71.0, 19.0, 19.5, extra={"temperature": 1}),
-        SystemResult("student_T2", "student", 100, 73.0, 73.5, 18.0, 18.5, extra={"temperature": 2}),
-    ]
-    for s in systems:
-        s.save(tmp_path / s.system / "metrics.json")
-    out = collect_results(tmp_path, [s.system for s in systems] + ["not_run"])
-    summary = out["summary"]
-    assert summary["best_student"] == "student_T2"  # chosen on dev, not test
-    assert math.isclose(summary["kept_share_test_frame_acc"], 3.5 / 4.0)
+def test_paired_bootstrap_is_paired_and_covers_the_truth():
+    rng = np.random.default_rng(0)
+    den = rng.integers(50, 150, 500).astype(float)
+    a = rng.binomial(den.astype(int), 0.6).astype(float)
+    draws = paired_bootstrap({"a": (a, den), "b": (a, den)}, samples=500)
+    assert np.all(draws["a"] == draws["b"])                            # same utterances for every system
+    spread = np.percentile(draws["a"], [2.5, 97.5])
+    assert spread[0] < 100 * a.sum() / den.sum() < spread[1] and spread[1] - spread[0] < 2.0
+    with pytest.raises(ValueError, match="same non-empty utterance list"):
+        paired_bootstrap({"a": (a, den), "b": (a[:-1], den[:-1])})
+
+
+def _system(root: Path, name: str, kind: str, acc: float, wer: float, rng: np.random.Generator, seed=None,
+            dev_acc=None, utts: int = 300) -> None:
+    """A system with per-utterance frame and word counts drawn at the given rates."""
+    ids = [f"u{i:04d}" for i in range(utts)]
+    lengths = np.full(utts, 100)
+    correct = rng.binomial(100, acc / 100, utts)
+    truth = np.zeros(100 * utts, dtype=np.int32)
+    preds = np.where(rng.random(100 * utts) < acc / 100, truth, 1).astype(np.int32)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(root / name / "frames_test.npz", utts=np.array(ids), lengths=lengths, preds=preds,
+                        correct=correct, labelled=lengths)
+    errors = rng.binomial(10, wer / 100, utts)
+    write_json_atomic(root / name / "decode_test" / "wer.json",
+                      {"per_utt": {u: [int(e), 10] for u, e in zip(ids, errors)}})
+    SystemResult(name, kind, 100, dev_acc if dev_acc is not None else acc, 100 * correct.sum() / lengths.sum(),
+                 wer, 100 * errors.sum() / (10 * utts), extra={"seed": seed, "epochs": 8, "max_epochs": 12,
+                                                                "best_epoch": 6, "test_set": "test"}
+                 ).save(root / name / "metrics.json")
+
+
+def test_collect_results_groups_seeds_gives_intervals_and_strict_json(tmp_path):
+    rng = np.random.default_rng(1)
+    names = []
+    for seed, acc in zip((1, 2, 3), (60.0, 60.4, 59.6)):
+        _system(tmp_path, f"baseline_seed{seed}", "baseline", acc, 14.0, rng, seed)
+        names.append(f"baseline_seed{seed}")
+    _system(tmp_path, "ensemble", "ensemble", 64.0, 12.0, rng)
+    for seed, acc in zip((1, 2, 3), (63.0, 63.2, 62.8)):
+        _system(tmp_path, f"student_seed{seed}", "student", acc, 12.5, rng, seed)
+        names.append(f"student_seed{seed}")
+    SystemResult("fraction_hard", "fraction_hard", 100, 20.0, 21.0).save(tmp_path / "fraction_hard/metrics.json")
+    names += ["ensemble", "fraction_hard", "not_run"]
+    write_json_atomic(tmp_path / "ensemble/fidelity.json", {"2": {"k": 0, "fidelity": 0.9999, "candidates": {}}})
+    out = collect_results(tmp_path, names)
+    assert out["groups"]["baseline"]["test_frame_acc"]["n"] == 3 and out["groups"]["baseline"]["test_frame_acc"]["std"] > 0
+    comp = out["comparison"]
+    gain = comp["ensemble_gain_test_frame_acc"]
+    assert gain["ci_low"] > 0 and gain["ci_low"] < gain["value"] < gain["ci_high"]
+    share = comp["kept_share_test_frame_acc"]
+    assert 0.6 < share["value"] < 0.9 and share["ci_low"] < share["value"] < share["ci_high"]
+    assert comp["agreement_with_ensemble_test"]["student"]["mean"] > comp["agreement_with_ensemble_test"]["baseline"]["mean"]
+    assert comp["ensemble_gain_test_wer"]["value"] < 0                   # fewer errors
+    data = _strict_load(tmp_path / "results.json")                      # NaN written as null
+    assert data["fidelity"]["2"]["fidelity"] == 0.9999 and data["goal"]["ensemble_gain_ci_excludes_zero"]
+    assert data["comparison"]["kept_share_test_frame_acc"]["ci_high"] == share["ci_high"]
+    assert any(s["dev_wer"] is None for s in data["systems"])
     md = (tmp_path / "results.md").read_text()
-    assert "| student_T2 | 100 | 73.00 | 73.50 |" in md and "paper: 10x ensemble" in md and "keeps 88%" in md
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert [s["system"] for s in data["systems"]] == [s.system for s in systems]
+    assert "| baseline | 3 |" in md and "±" in md and "95% paired bootstrap" in md and "dense fp16" in md
+    assert "paper: 10x ensemble" in md
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_identical_systems_have_a_zero_width_difference(tmp_path):
+    for name, kind in (("baseline_seed1", "baseline"), ("ensemble", "ensemble"), ("student_seed1", "student")):
+        _system(tmp_path, name, kind, 60.0, 14.0, np.random.default_rng(7))
+    comp = collect_results(tmp_path, ["baseline_seed1", "ensemble", "student_seed1"])["comparison"]
+    iv = comp["ensemble_gain_test_frame_acc"]
+    assert iv["value"] == iv["ci_low"] == iv["ci_high"] == 0.0
+    assert math.isnan(comp["kept_share_test_frame_acc"]["value"])        # no gain: no share

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from asrdistill import cli
-from data_prep.synthetic import MARKER, SUBSETS, synthesize_corpus
+from data_prep.synthetic import MARKER, SUBSETS, make_speakers, synthesize_corpus
 from data_prep.text import SentenceGenerator
 
 SMALL = dict(hours=0.03, num_speakers=6, lm_sentences=3000)
@@ -70,6 +70,17 @@ def test_speakers_disjoint_and_listed(corpus: Path):
     listed = {r[0].strip(): r[2].strip() for r in rows}
     assert listed == {spk: s for s, spks in by_subset.items() for spk in spks}
     assert all(r[1].strip() in ("M", "F") and float(r[3]) > 0 and "espeak" in r[4] for r in rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dev_and_test_voices_are_never_heard_in_training(seed: int):
+    speakers = make_speakers(seed, 64, 0.08, 0.47)
+    voice = lambda s: (s.voice, s.variant)  # noqa: E731
+    train = {voice(s) for s in speakers if s.subset == "train"}
+    held_out = [voice(s) for s in speakers if s.subset != "train"]
+    assert sum(s.subset == "test" for s in speakers) >= 10
+    assert not train & set(held_out)
+    assert len(held_out) == len(set(held_out))            # one voice per held-out talker
 
 
 def test_words_in_cmudict_and_vocabulary_size(corpus: Path):

@@ -9,7 +9,7 @@ hypothesis is scored as all deletions, never dropped from the denominator.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import jiwer
@@ -35,6 +35,7 @@ class WerResult:
     sentence_errors: int
     ser: float
     missing_hyps: int   # reference utterances without a hypothesis (scored as deletions)
+    per_utt: dict[str, list[int]] = field(default_factory=dict)  # utt -> [errors, reference words] (bootstrap)
 
     def summary(self) -> str:
         return (f"%WER {self.wer:.2f} [ {self.errors} / {self.num_words}, {self.ins} ins, "
@@ -102,9 +103,11 @@ def wer_report(refs: dict[str, str], hyps: dict[str, str | list[str]], out_dir: 
 
     lines: list[str] = []
     sentence_errors = 0
+    per_utt: dict[str, list[int]] = {}
     for u, r, h, chunks in zip(utts, ref_words, hyp_words, out.alignments):
         r_col, h_col, ops = _align_rows(r, h, chunks)
         counts = {k: ops.count(k) for k in "CSID"}
+        per_utt[u] = [counts["S"] + counts["I"] + counts["D"], len(r)]
         sentence_errors += counts["S"] + counts["I"] + counts["D"] > 0
         widths = [max(len(a), len(b)) for a, b in zip(r_col, h_col)]
         lines.append(f"{u} ref  " + " ".join(w.ljust(n) for w, n in zip(r_col, widths)))
@@ -125,6 +128,7 @@ def wer_report(refs: dict[str, str], hyps: dict[str, str | list[str]], out_dir: 
         sentence_errors=int(sentence_errors),
         ser=100.0 * sentence_errors / len(utts),
         missing_hyps=len(missing),
+        per_utt=per_utt,
     )
     if out_dir is not None:
         out_dir = Path(out_dir)

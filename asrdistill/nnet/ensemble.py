@@ -2,23 +2,30 @@
 
 As in Hinton et al. (2015) section 4, the teachers are N independent training
 runs that differ only in their seed (initialisation and data order; the recipe
-trains them with ``asrdistill train --seed i``). Their posteriors, softened at temperature T, are combined by the arithmetic mean
-(default) or the renormalised geometric mean.
+trains them with ``asrdistill train --seed i``). Their posteriors, softened at
+temperature T, are combined by the arithmetic mean (default) or the
+renormalised geometric mean.
 
 Distilling from a 10-model ensemble online costs 10 forward passes per student
-step, so the targets are computed once and cached: :func:`cache_soft_targets`
+step, so the targets can be computed once and cached: :func:`cache_soft_targets`
 runs the teachers over the training features in ONE pass and writes, for each
-requested temperature, the k most probable senones per frame and their
-probabilities (``soft-NNNNNN.tar``, aligned with the feature shards). The mass
-outside the top k is not stored; :func:`asrdistill.kd.kd_loss` treats it as one
-"rest" class. :func:`topk_kl` measures what that truncation loses.
+temperature, either the whole distribution (dense fp16 log-probs: exact at any
+T, the default while the senone count allows) or its top k plus one "rest"
+class. Top k loses most of the signal at high T (at T = 10 the top 20 of 600
+senones hold ~12% of the mass), so :func:`soft_target_fidelity` measures, on
+held-out frames, the share of the exact soft loss a cached form keeps, and
+:func:`choose_k` picks the smallest k that keeps enough. Online distillation
+(``asrdistill train --online``) needs no cache and is exact too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,17 +34,37 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import clear_done, is_done, mark_done
+from asrdistill.fileio import clear_done, is_done, mark_done, write_json_atomic, write_text_atomic
 from asrdistill.data.frames import FrameConfig, iter_utterances
 from asrdistill.nnet.model import FrameDNN, autocast, load_model
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
 
-__all__ = ["load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream", "frame_accuracy",
-           "cache_soft_targets", "topk_kl", "dense_to_topk"]
+__all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream",
+           "frame_accuracy", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
+           "build_ensemble", "read_members", "stored_target", "dense_to_topk"]
 
 log = logging.getLogger(__name__)
 
 METHODS = ("arithmetic", "geometric")
+
+
+@dataclass
+class EnsembleConfig:
+    """Section ``ensemble``: how the teachers' soft targets are combined and cached."""
+
+    method: str = "arithmetic"         # "arithmetic" or "geometric" mean of the members' posteriors
+    topk: int = 0                      # 0: dense (exact); k > 0: top k + rest; -1: per T, the smallest candidate
+                                       # k reaching min_fidelity on dev (dense if none does)
+    k_candidates: list[int] = field(default_factory=lambda: [20, 50, 100, 200, 500, 1000, 2000])
+    min_fidelity: float = 0.97         # share of the exact soft loss a cache must keep (measured on dev)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"ensemble.method must be one of {METHODS}, got {self.method!r}")
+        if self.topk < -1:
+            raise ValueError(f"ensemble.topk must be -1 (auto), 0 (dense) or k > 0, got {self.topk}")
+        if not 0 < self.min_fidelity <= 1:
+            raise ValueError(f"ensemble.min_fidelity must be in (0, 1], got {self.min_fidelity}")
 
 
 def load_teachers(paths: Sequence[str | Path], device: str | torch.device = "cpu",
@@ -118,36 +145,114 @@ def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: Sh
 
 
 def dense_to_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k classes ``(N, k)`` int32 and their probabilities float16 (the cached form)."""
+    """Top-k classes ``(N, k)`` int32 and their probabilities float16 (the sparse cached form)."""
     values, idx = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
     return idx.to(torch.int32), values.exp().to(torch.float16)
 
 
+def stored_target(logprobs: Tensor, k: int) -> dict[str, Tensor]:
+    """What the cache stores for ensemble log-probs ``(N, C)``: dense fp16 log-probs (k = 0) or the top k."""
+    if k <= 0 or k >= logprobs.shape[-1]:
+        return {"soft_logp": logprobs.to(torch.float16)}
+    idx, prob = dense_to_topk(logprobs, k)
+    return {"topk_idx": idx, "topk_prob": prob}
+
+
+def _teacher_kwargs(stored: dict[str, Tensor]) -> dict:
+    """:func:`asrdistill.kd.kd_loss` teacher arguments for a stored target, as the trainer builds them."""
+    if "soft_logp" in stored:
+        return {"teacher_probs": torch.softmax(stored["soft_logp"].float(), dim=-1)}
+    return {"teacher_topk": (stored["topk_idx"].long(), stored["topk_prob"].float())}
+
+
+def fingerprint(models: Sequence[nn.Module]) -> str:
+    """sha256 of the members' weights, in order: the identity of an ensemble, whatever its files are called."""
+    h = hashlib.sha256()
+    for m in models:
+        for name, t in m.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def soft_target_fidelity(teachers: Sequence[nn.Module], reference: nn.Module, feats: ShardManifest, cmvn: Cmvn,
+                         frame_config: FrameConfig, temperatures: Sequence[float], ks: Sequence[int] = (0,),
+                         method: str = "arithmetic", device: str | torch.device = "cpu") -> dict[float, dict[int, float]]:
+    """Share of the exact soft loss that a cached target lets the student see, per temperature and k.
+
+    For every frame of ``feats`` (a held-out set), the exact ensemble
+    distribution at T and its stored form (k = 0: dense fp16 log-probs; k > 0:
+    top k plus one "rest" class) are each scored with the soft term
+    ``T^2 KL(target || softmax(reference / T))`` of :func:`asrdistill.kd.kd_loss`,
+    ``reference`` standing in for a student (the recipe uses the baseline).
+    The share is sum(stored) / sum(exact): 1 for a lossless cache, the fraction
+    of the distillation signal that survives truncation otherwise (merging
+    classes can only lower a KL, so a top-k share is <= 1).
+    """
+    from asrdistill.kd import kd_loss
+
+    seen = {float(t): {k: 0.0 for k in ks} for t in temperatures}
+    exact = {float(t): 0.0 for t in temperatures}
+    reference.eval()
+    for m in teachers:
+        m.eval()
+    for _, x, _ in iter_utterances(feats, cmvn, frame_config, device=device):
+        logits = [m(x).float() for m in teachers]
+        student = reference(x).float()
+        n = x.shape[0]
+        for t in exact:
+            logp = combine_logits(logits, t, method)
+            exact[t] += n * float(kd_loss(student, teacher_probs=logp.exp(), temperature=t, hard_weight=0.0))
+            for k in ks:
+                kw = _teacher_kwargs(stored_target(logp, k))
+                seen[t][k] += n * float(kd_loss(student, temperature=t, hard_weight=0.0, **kw))
+    return {t: {k: (seen[t][k] / exact[t] if exact[t] > 0 else 1.0) for k in ks} for t in exact}
+
+
+def choose_k(fidelity: dict[int, float], num_classes: int, min_fidelity: float) -> int:
+    """The smallest candidate k whose measured share reaches ``min_fidelity`` (0 = dense if none does)."""
+    ok = sorted(k for k, share in fidelity.items() if 0 < k < num_classes and share >= min_fidelity)
+    return ok[0] if ok else 0
+
+
 @torch.no_grad()
 def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
-                       out_dirs_by_temperature: dict[float, str | Path], k: int = 20, method: str = "arithmetic",
-                       device: str | torch.device = "cpu", force: bool = False) -> dict[float, ShardManifest]:
-    """Write top-k ensemble posteriors at every temperature, in one inference pass over ``feats``.
+                       out_dirs_by_temperature: dict[float, str | Path], k: int | dict[float, int] = 0,
+                       method: str = "arithmetic", device: str | torch.device = "cpu", force: bool = False,
+                       extra_meta: dict[float, dict] | None = None) -> dict[float, ShardManifest]:
+    """Write the ensemble's soft targets at every temperature, in one inference pass over ``feats``.
 
-    Each ``out_dirs_by_temperature[T]`` receives ``soft-NNNNNN.tar`` shards
-    aligned with the feature shards (``<utt>.topk_idx.npy`` (T, k) int32,
-    ``<utt>.topk_prob.npy`` (T, k) float16, every utterance) and
-    ``soft.manifest.json`` whose meta records the temperature, k, method and
-    senone count. A folder already done with the same settings is kept.
+    ``k`` (one for all temperatures, or per temperature): 0 stores the full
+    distribution (``<utt>.soft_logp.npy`` (T, C) float16 log-probs: exact up to
+    fp16 rounding); k > 0 the top k (``topk_idx`` (T, k) int32, ``topk_prob``
+    (T, k) float16). Each ``out_dirs_by_temperature[T]`` receives
+    ``soft-NNNNNN.tar`` shards aligned with the feature shards and
+    ``soft.manifest.json`` whose meta records what made it: temperature, k,
+    method, senone count, the teachers' weight fingerprint, the features'
+    manifest and context, plus ``extra_meta[T]`` (e.g. the measured fidelity).
+    A folder is reused only when all of that matches; otherwise it is rebuilt.
     """
     if not teachers:
         raise ValueError("cache_soft_targets: no teachers")
-    if k < 1:
-        raise ValueError(f"cache_soft_targets: k must be >= 1, got {k}")
     num_classes = {getattr(m, "num_classes", None) for m in teachers}
     if len(num_classes) != 1:
         raise ValueError(f"cache_soft_targets: teachers disagree on the senone count: {sorted(map(str, num_classes))}")
     (c,) = num_classes
     dirs = {float(t): Path(d) for t, d in out_dirs_by_temperature.items()}
-    info = {t: {"temperature": t, "k": k, "method": method, "num_classes": c, "num_teachers": len(teachers),
-                "feats": str(feats.path), "context": [frame_config.left, frame_config.right]} for t in dirs}
+    ks = {t: int(k[t] if isinstance(k, dict) else k) for t in dirs}
+    if any(v < 0 for v in ks.values()):
+        raise ValueError(f"cache_soft_targets: k must be >= 0 (0 = dense), got {ks}")
+    teachers_id = fingerprint(teachers)
+    feats_id = hashlib.sha256(feats.path.read_bytes()).hexdigest()
+    info = {t: {"temperature": t, "k": ks[t] if 0 < ks[t] < c else 0, "method": method, "num_classes": c,
+                "num_teachers": len(teachers), "teachers_sha256": teachers_id, "feats": str(feats.path),
+                "feats_sha256": feats_id, "context": [frame_config.left, frame_config.right],
+                **((extra_meta or {}).get(t) or {})} for t in dirs}
     todo = {t: d for t, d in dirs.items() if force or not (is_done(d, "soft") and _marker(d) == info[t])}
     for t, d in todo.items():
+        if is_done(d, "soft"):
+            log.info("%s: made by other teachers or settings; rebuilding", d)
         clear_done(d, "soft")
     for m in teachers:
         m.eval()
@@ -162,8 +267,8 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
         for utt, x, _ in iter_utterances(one, cmvn, frame_config, device=device):
             logits = [m(x) for m in teachers]
             for t in todo:
-                idx, prob = dense_to_topk(combine_logits(logits, t, method), k)
-                per_t[t].append((utt, {"topk_idx": idx.cpu().numpy(), "topk_prob": prob.cpu().numpy()}))
+                stored = stored_target(combine_logits(logits, t, method), info[t]["k"])
+                per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
             bar.update(x.shape[0])
         for t, samples in per_t.items():
             if [u for u, _ in samples] != shard.keys:
@@ -174,27 +279,60 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
     for t, manifest in manifests.items():
         manifest.save()
         mark_done(todo[t], "soft", info[t])
-        log.info("%s: top-%d soft targets at T=%g for %d frames", todo[t], k, t, manifest.num_frames)
+        form = f"top-{info[t]['k']}" if info[t]["k"] else "dense"
+        log.info("%s: %s soft targets at T=%g for %d frames", todo[t], form, t, manifest.num_frames)
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
+
+
+def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, dev_feats: ShardManifest, cmvn: Cmvn,
+                   frame_config: FrameConfig, temperatures: Sequence[float], out_dir: str | Path,
+                   config: EnsembleConfig = EnsembleConfig(), device: str | torch.device = "cpu",
+                   force: bool = False) -> dict[float, dict]:
+    """Stage 8: the ensemble folder (``members.txt``), the fidelity of each cache form on dev, the soft targets.
+
+    ``members`` are the teachers' ``best.pt``; ``members.txt`` lists them
+    relative to ``out_dir`` so the folder can be moved with its teachers. The
+    first member stands in for the student in :func:`soft_target_fidelity`.
+    Writes ``fidelity.json`` (per temperature: the chosen k, 0 = dense, and the
+    share of the exact soft loss it keeps, with every candidate measured) and
+    ``soft_T<t>/``; warns loudly when a cache keeps less than ``config.min_fidelity``.
+    Returns the fidelity record.
+    """
+    out_dir = Path(out_dir)
+    teachers = load_teachers(members, device)
+    rel = [os.path.relpath(Path(m).resolve(), out_dir.resolve()) for m in members]
+    write_text_atomic(out_dir / "members.txt", "".join(f"{m}\n" for m in rel))
+    c = teachers[0].num_classes
+    ks = [0] + ([config.topk] if config.topk > 0 else [k for k in config.k_candidates if k < c] if config.topk < 0 else [])
+    measured = soft_target_fidelity(teachers, teachers[0], dev_feats, cmvn, frame_config, temperatures, ks,
+                                    config.method, device)
+    record: dict[float, dict] = {}
+    for t, shares in measured.items():
+        k = config.topk if config.topk > 0 else choose_k(shares, c, config.min_fidelity) if config.topk < 0 else 0
+        record[t] = {"k": k, "fidelity": shares[k], "candidates": {str(kk): v for kk, v in shares.items()}}
+        form = f"top-{k}" if k else "dense fp16"
+        log.info("T=%g: %s soft targets keep %.1f%% of the exact soft loss on dev", t, form, 100 * shares[k])
+        if shares[k] < config.min_fidelity:
+            log.warning("T=%g: the %s cache keeps only %.1f%% of the exact soft loss (< %.0f%%): the student will "
+                        "not see the ensemble at this temperature; use ensemble.topk=0 (dense) or train --online",
+                        t, form, 100 * shares[k], 100 * config.min_fidelity)
+    write_json_atomic(out_dir / "fidelity.json", {f"{t:g}": r for t, r in record.items()})
+    dirs = {t: out_dir / f"soft_T{t:g}" for t in record}
+    cache_soft_targets(teachers, train_feats, cmvn, frame_config, dirs, {t: r["k"] for t, r in record.items()},
+                       config.method, device, force,
+                       extra_meta={t: {"fidelity": r["fidelity"], "min_fidelity": config.min_fidelity}
+                                   for t, r in record.items()})
+    return record
+
+
+def read_members(ensemble_dir: str | Path) -> list[Path]:
+    """The member checkpoints listed in ``<ensemble_dir>/members.txt`` (relative paths are relative to that folder)."""
+    path = Path(ensemble_dir) / "members.txt"
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: lists no member checkpoints")
+    return [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
 
 
 def _marker(directory: Path) -> dict:
     return json.loads((directory / ".soft.done").read_text(encoding="utf-8"))
-
-
-def topk_kl(probs: Tensor, k: int) -> float:
-    """Mean KL(p || p_k) over frames ``probs`` (N, C): what keeping only the top k loses.
-
-    ``p_k`` keeps the k largest probabilities and spreads the remaining mass
-    evenly over the other C - k classes (the most neutral reading of a cached
-    top-k target). 0 when k >= C or when the teacher puts no mass outside its top k.
-    """
-    p = probs.double()
-    c = p.shape[-1]
-    if k >= c:
-        return 0.0
-    top = p.topk(k, dim=-1).values
-    rest = (1 - top.sum(-1)).clamp(min=0)
-    rest_neg_entropy = torch.xlogy(p, p).sum(-1) - torch.xlogy(top, top).sum(-1)  # sum over the rest of p log p
-    kl = rest_neg_entropy - torch.xlogy(rest, rest / (c - k))
-    return float(kl.clamp(min=0).mean())

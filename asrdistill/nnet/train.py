@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from asrdistill.config import from_dict, to_dict
-from asrdistill.nnet.ensemble import ensemble_logprobs, frame_accuracy, load_teachers
+from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
 from asrdistill.data.features import Cmvn
 from asrdistill.fileio import atomic_path, is_done, mark_done
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
@@ -74,6 +74,7 @@ class DistillConfig:
     soft_targets: str = ""             # cached: folder with soft.manifest.json written at this temperature
     teachers: list[str] = field(default_factory=list)  # online: teacher checkpoints (best.pt)
     method: str = "arithmetic"         # online: "arithmetic" or "geometric" mean of teacher posteriors
+    min_fidelity: float = 0.97         # cached: warn loudly when the cache kept less of the exact soft loss
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -113,6 +114,8 @@ class TrainConfig:
     schedule: str = "newbob"           # "newbob", "cosine" or "constant"
     warmup_steps: int = 500
     newbob_threshold: float = 0.002    # halve the LR when an epoch gains less dev accuracy than this
+    stop_threshold: float = 0.0        # newbob, if > 0 (Kaldi nnet1): once halving has started, halve every
+                                       # epoch and stop when an epoch gains less than this; 0: off
     patience: int = 3                  # stop after this many epochs without a dev gain (0: never)
     checkpoint_every: int = 2000       # steps between last.pt saves (and after every epoch)
     log_every: int = 100
@@ -201,6 +204,7 @@ class _Run:
     world_size: int
     steps_per_epoch: int
     writer: object | None              # TensorBoard SummaryWriter or None
+    targets: dict = field(default_factory=dict)  # identity of the distillation targets (see _teacher_identity)
 
 
 def _lr(run: _Run, state: TrainState) -> float:
@@ -313,7 +317,7 @@ def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> Non
     if run.rank != 0:
         return
     ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
-            "world_size": run.world_size, "optimizer": run.optimizer.state_dict(),
+            "world_size": run.world_size, "optimizer": run.optimizer.state_dict(), "targets": run.targets,
             "state": dataclasses.asdict(state), "rng": _rng_states()}
     with atomic_path(run.out_dir / name) as tmp:
         torch.save(ckpt, tmp)
@@ -328,8 +332,32 @@ def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
         torch.save(ckpt, tmp)
 
 
-def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int) -> None:
-    """A checkpoint from another configuration (or DDP size) is an error naming the file."""
+def _comparable(config: TrainConfig) -> dict:
+    return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+
+
+def _start_over(out_dir: Path) -> None:
+    for name in ("last.pt", "best.pt", ".train.done"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _finished_run(out_dir: Path, config: TrainConfig, targets: dict) -> dict | None:
+    """The result of a finished run in ``out_dir`` made with this config and these targets; a stale one is cleared."""
+    if not is_done(out_dir, "train"):
+        return None
+    done = json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
+    if done.get("config") == json.loads(json.dumps(_comparable(config))) and done.get("targets") == targets:
+        log.info("%s: already trained", out_dir)
+        return done
+    log.warning("%s: finished run was made with another config or other soft targets/teachers; training again",
+                out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _start_over(out_dir)
+    return None
+
+
+def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
+    """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
     old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
     new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -337,6 +365,9 @@ def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: in
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
         raise ValueError(f"{path}: checkpoint is from a different configuration ({details}); "
                          "use another output folder or delete it")
+    if ckpt.get("targets", {}) != targets:
+        raise ValueError(f"{path}: checkpoint was trained towards other soft targets or teachers "
+                         f"({ckpt.get('targets')} -> {targets}); use another output folder or --force")
     if ckpt.get("world_size") != world_size:
         raise ValueError(f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
                          f"this run has {world_size}; data positions would not match")
@@ -389,7 +420,22 @@ def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
                          f"distill.temperature is {distill.temperature}")
     if c is not None and int(c) != num_classes:
         raise ValueError(f"{soft.path}: soft targets have {c} senones, the student {num_classes}")
+    fidelity = soft.meta.get("fidelity")
+    if distill.min_fidelity > 0 and (fidelity is None or float(fidelity) < distill.min_fidelity):
+        told = "was not measured" if fidelity is None else f"is {100 * float(fidelity):.1f}%"
+        log.warning("!!! %s: the share of the exact soft loss this cache keeps %s (wanted >= %.0f%%): the student "
+                    "may not see the ensemble's distribution at T=%g. Rebuild it dense (ensemble.topk=0) or "
+                    "distill online. !!!", soft.path, told, 100 * distill.min_fidelity, distill.temperature)
     return soft
+
+
+def _teacher_identity(config: TrainConfig, soft: ShardManifest | None, teachers: Sequence[FrameDNN]) -> dict:
+    """What the distillation targets were made from; a finished run is reused only if this still matches."""
+    if soft is not None:
+        return {k: soft.meta.get(k) for k in ("teachers_sha256", "feats_sha256", "k", "method", "temperature")}
+    if teachers:
+        return {"teachers_sha256": fingerprint(teachers)}
+    return {}
 
 
 # --------------------------------------------------------------------------- the run
@@ -425,11 +471,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     """
     out_dir = Path(out_dir)
     if force:
-        for name in ("last.pt", "best.pt", ".train.done"):
-            (out_dir / name).unlink(missing_ok=True)
-    elif is_done(out_dir, "train"):
-        log.info("%s: already trained", out_dir)
-        return json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
+        _start_over(out_dir)
     device, rank, world_size = _setup_device(config)
     _seed_everything(config.seed)
 
@@ -455,6 +497,12 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         soft = _soft_manifest(config.distill, num_classes)
     elif config.distill is not None:
         teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
+    targets = _teacher_identity(config, soft, teachers)
+    finished = _finished_run(out_dir, config, targets)
+    if finished is not None:
+        return finished
+    if world_size > 1:
+        dist.barrier()  # rank 0 may have cleared a stale run
     stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
                          world_size=world_size, device=device)
 
@@ -469,7 +517,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     last = out_dir / "last.pt"
     if last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        _check_resumable(last, ckpt, config, world_size)
+        _check_resumable(last, ckpt, config, world_size, targets)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = from_dict(TrainState, ckpt["state"])
@@ -488,7 +536,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         except ImportError:
             log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
     run = _Run(config, out_dir, model, net, optimizer, stream, teachers, device,
-               config.bf16 and device.type == "cuda", rank, world_size, 0, writer)
+               config.bf16 and device.type == "cuda", rank, world_size, 0, writer, targets)
     run.steps_per_epoch = _steps(run, state.epoch)
     log.info("%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d", out_dir, model.num_params(),
              input_dim, num_classes, run.steps_per_epoch, device, world_size)
@@ -506,7 +554,8 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "best_dev_loss": best.get("dev_loss"), "epochs": len(state.history), "steps": state.step,
               "train_frames": state.frames * world_size,
               "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
-              "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params()}
+              "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
+              "stopped_early": state.stopped, "config": _comparable(config), "targets": targets}
     if rank == 0:
         mark_done(out_dir, "train", result)
     return result
@@ -524,7 +573,12 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
         _save_best(run, state, dev)
     else:
         state.bad_epochs += 1
-    if c.schedule == "newbob" and state.epoch > 0 and state.step >= c.warmup_steps and gain < c.newbob_threshold:
+    halving = state.lr_scale < 1.0
+    if c.schedule == "newbob" and c.stop_threshold > 0 and halving and gain < c.stop_threshold:
+        state.stopped = True
+        log.info("newbob stop after epoch %d: dev gain %.4f < %g while halving", state.epoch, gain, c.stop_threshold)
+    if c.schedule == "newbob" and state.epoch > 0 and state.step >= c.warmup_steps and (
+            gain < c.newbob_threshold or (halving and c.stop_threshold > 0)):
         state.lr_scale *= 0.5
     if c.patience and state.bad_epochs >= c.patience:
         state.stopped = True

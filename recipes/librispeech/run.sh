@@ -57,16 +57,20 @@ train=$(get recipe.train_set)
 dev=$(get recipe.dev_set)
 test=$(get recipe.test_set)
 subsets="$train $dev $test"
-num_teachers=$(get recipe.num_teachers)
+num_teachers=$(get recipe.num_teachers)      # baselines with seeds 1..N, which are also the ensemble's members
+student_seeds=$(get recipe.student_seeds)
 temperatures=$(get recipe.temperatures)
+hard_weights=$(get recipe.hard_weights)      # the first is swept with every T, the others at the best T
 fraction=$(get recipe.fraction)
-teachers="baseline"; for i in $(seq 2 "$num_teachers"); do teachers="$teachers teacher_$i"; done
+baselines=$(for i in $(seq 1 "$num_teachers"); do echo "baseline_seed$i"; done)
+students=$(for i in $(seq 1 "$student_seeds"); do echo "student_seed$i"; done)
 common="--config $config --device $device"
 
 if want 0; then begin 0 "corpus ($corpus)"
   if [ "$corpus" = synthetic ]; then
     asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
-      --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj"
+      --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" \
+      --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)"
   elif [ -n "$corpus_dir" ]; then
     mkdir -p data && ln -sfn "$(realpath "$corpus_dir")" data/corpus
   else
@@ -106,47 +110,61 @@ end; fi
 
 data="--feats data/fbank --labels exp/tri_ali --train-set $train --dev-set $dev"
 
-if want 6; then begin 6 "baseline DNN on hard labels"
-  asrdistill train $common $data --seed 1 --out exp/baseline
+# Every DNN (baselines, students, fraction runs) is trained under one stopping rule, the 'train'
+# section's (maximum epochs, newbob halving and stop, patience), all chosen on dev.
+if want 6; then begin 6 "baseline DNN on hard labels (seed 1)"
+  asrdistill train $common $data --seed 1 --out exp/baseline_seed1
 end; fi
 
-if want 7; then begin 7 "teachers 2..$num_teachers (same recipe, other seeds; the baseline is teacher 1)"
+if want 7; then begin 7 "baselines with seeds 2..$num_teachers (the ensemble's other members)"
   for i in $(seq 2 "$num_teachers"); do
-    asrdistill train $common $data --seed "$i" --out exp/teacher_$i
+    asrdistill train $common $data --seed "$i" --out exp/baseline_seed$i
   done
 end; fi
 
-if want 8; then begin 8 "ensemble: posteriors averaged, top-k soft targets cached"
+if want 8; then begin 8 "ensemble: posteriors averaged, soft-target fidelity on dev, soft targets cached"
   asrdistill ensemble $common $data --out exp/ensemble --temperatures $temperatures --members \
-    $(for t in $teachers; do echo exp/$t; done)
+    $(for b in $baselines; do echo exp/$b; done)
 end; fi
 
-if want 9; then begin 9 "students: T in {$temperatures} compared on dev, then the best T trained longer"
+sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
+if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
+  hw0=${hard_weights%% *}
   for t in $temperatures; do
-    asrdistill train $common $data --role student --seed 101 --soft exp/ensemble/soft_T$t --temperature "$t" \
-      --out exp/student_T$t
+    asrdistill train $common $data --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
+      --hard-weight "$hw0" --out "$(sweep_dir "$t" "$hw0")"
   done
-  best_t=$(asrdistill best-temperature exp/student_T*)
-  asrdistill train $common $data --role student_final --seed 101 --soft exp/ensemble/soft_T$best_t \
-    --temperature "$best_t" --out exp/student
+  read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
+  for hw in ${hard_weights#"$hw0"}; do
+    asrdistill train $common $data --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
+      --temperature "$best_t" --hard-weight "$hw" --out "$(sweep_dir "$best_t" "$hw")"
+  done
+  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+  for i in $(seq 1 "$student_seeds"); do
+    asrdistill train $common $data --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
+      --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_seed$i
+  done
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
-  best_t=$(asrdistill best-temperature exp/student_T*)
+  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
   asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" \
-    --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --out exp/fraction_soft
+    --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --hard-weight "$best_hw" --out exp/fraction_soft
 end; fi
 
-systems="$teachers ensemble $(for t in $temperatures; do echo student_T$t; done) student fraction_hard fraction_soft"
+systems="$baselines ensemble $students fraction_hard fraction_soft"
 
-if want 11; then begin 11 "decode and score every system"
+if want 11; then begin 11 "decode and score every system; frame accuracy of the sweep"
   for sys in $systems; do
     asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data exp/$sys
+  done
+  for sweep in exp/sweep_T*; do
+    asrdistill evaluate $common $data --test-set $test --data data "$sweep"
   done
 end; fi
 
 if want 12; then begin 12 "results"
-  asrdistill results exp $systems
+  asrdistill results exp $systems $(cd exp && ls -d sweep_T* 2>/dev/null)
 end; fi
 log "all requested stages done"
