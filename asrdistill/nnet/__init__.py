@@ -9,7 +9,12 @@ Serves ``run.sh`` stages 6 (baseline), 7 (teachers), 8 (ensemble soft targets),
 from asrdistill.nnet.ensemble import (cache_soft_targets, combine_logits, ensemble_logprobs, frame_accuracy,
                                       load_teachers, posterior_stream)
 from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
+from asrdistill.nnet.specialists import (SenoneGroup, Specialist, SpecialistConfig, cache_combination_targets, combine,
+                                         find_groups, load_specialist, read_groups, specialist_stream,
+                                         stream_accuracy, train_specialist, write_groups)
 from asrdistill.nnet.train import DistillConfig, TrainConfig
 
 __all__ = ["cache_soft_targets", "combine_logits", "ensemble_logprobs", "frame_accuracy", "load_teachers",
-           "posterior_stream", "FrameDNN", "ModelConfig", "load_model", "DistillConfig", "TrainConfig"]
+           "posterior_stream", "FrameDNN", "ModelConfig", "load_model", "DistillConfig", "TrainConfig",
+           "SenoneGroup", "Specialist", "SpecialistConfig", "cache_combination_targets", "combine", "find_groups",
+           "load_specialist", "read_groups", "specialist_stream", "stream_accuracy", "train_specialist", "write_groups"]
