@@ -212,3 +212,47 @@ def test_combination_targets_cache_for_the_student(trained):
         for utt, sample in iter_shard(path):
             assert sample["soft_logp"].dtype == np.float16 and sample["soft_logp"].shape == (50, C)
             np.testing.assert_allclose(sample["soft_logp"].astype(np.float32), expected[utt].numpy(), atol=2e-2)
+
+
+# --------------------------------------------------------------------------- the commands, end to end
+
+def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
+    import shutil
+
+    import yaml
+
+    from asrdistill.cli import main
+
+    root, _, _, _ = problem
+    for name in ("train", "dev"):
+        shutil.copytree(root / name / "feats", tmp_path / "fbank" / name)
+        shutil.copytree(root / name / "labels", tmp_path / "ali" / name)
+    shutil.copy(root / "cmvn.json", tmp_path / "fbank" / "train" / "cmvn.json")
+    tree, lang = _tree_and_lang()
+    tree.save(tmp_path / "tree.json")
+    lang.save(tmp_path / "lang")
+    frames = {"left": 0, "right": 0, "batch_size": 32, "buffer_frames": 500, "prefetch": 0}
+    config = {"train": {"frames": frames, "model": {"preset": "tiny", "hidden_dim": 32}, "epochs": 1,
+                        "optimizer": "adam", "lr": 3e-3, "warmup_steps": 0, "schedule": "constant", "patience": 0,
+                        "progress": False, "device": "cpu"},
+              "specialists": {"num_groups": 6, "max_group_size": 4, "epochs": 6, "lr": 3e-3}}
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(config))
+    data = ["--config", str(tmp_path / "conf.yaml"), "--feats", str(tmp_path / "fbank"), "--labels",
+            str(tmp_path / "ali"), "--train-set", "train", "--dev-set", "dev", "--device", "cpu"]
+    spec = ["--generalist", str(tmp_path / "baseline"), "--out", str(tmp_path / "specialists")]
+    assert main(["train", *data, "--out", str(tmp_path / "baseline")]) == 0
+    assert main(["specialists-groups", *data, *spec, "--tree", str(tmp_path / "tree.json"),
+                 "--lang", str(tmp_path / "lang")]) == 0
+    assert main(["specialists-train", *data, *spec]) == 0
+    assert main(["specialists-eval", *data, *spec, "--test-set", "train"]) == 0
+    metrics = json.loads((tmp_path / "specialists" / "metrics.json").read_text())
+    assert set(metrics["sets"]) == {"dev", "train"}
+    dev = metrics["sets"]["dev"]
+    assert dev["generalist+specialists"]["acc_in_groups"] > dev["generalist"]["acc_in_groups"]
+    assert main(["specialists-cache", *data, *spec, "--temperatures", "2"]) == 0
+    soft = tmp_path / "specialists" / "soft_T2"
+    assert main(["train", *data, "--soft", str(soft), "--temperature", "2", "--out", str(tmp_path / "student")]) == 0
+    assert json.loads((tmp_path / "student" / "train_result.json").read_text())["best_dev_acc"] > 0.5
+    # a retrained generalist makes the specialists stale: refused, not silently combined
+    assert main(["train", *data, "--out", str(tmp_path / "baseline"), "--force"]) == 0
+    assert main(["specialists-eval", *data, *spec]) == 1

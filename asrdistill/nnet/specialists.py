@@ -65,7 +65,7 @@ from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
 __all__ = ["SpecialistConfig", "SenoneGroup", "Specialist", "DevStats", "dev_statistics", "kmeans", "find_groups",
            "pdf_phones", "write_groups", "read_groups", "group_senones", "train_specialist", "train_specialists",
            "load_specialist", "load_specialists", "combine", "evaluate_specialists",
-           "specialist_stream", "stream_accuracy", "cache_combination_targets"]
+           "specialist_stream", "stream_accuracy", "cache_combination_targets", "cache_specialist_targets"]
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def train_specialist(generalist_path: str | Path, generalist: FrameDNN, group: S
               "dustbin_correction": correction, **_dev_group_metrics(generalist, model, senones, dev_feats,
                                                                       dev_labels, cmvn, frames, device)}
     ckpt = {**model.describe(), "model": model.state_dict(), "senones": group.senones, "num_pdfs": c,
-            "result": result}
+            "generalist": info["generalist"], "result": result}
     with atomic_path(out_dir / "final.pt") as tmp:
         torch.save(ckpt, tmp)
     mark_done(out_dir, "specialist", {"info": info, "result": result})
@@ -502,11 +502,18 @@ def _dev_group_metrics(generalist: FrameDNN, model: FrameDNN, senones: Tensor, f
             "generalist_dev_acc": hit_g / n if n else float("nan")}
 
 
-def load_specialist(path: str | Path, device: str | torch.device = "cpu") -> Specialist:
-    """A specialist written by :func:`train_specialist` (tensors and plain data only: ``weights_only``)."""
+def load_specialist(path: str | Path, device: str | torch.device = "cpu",
+                    generalist_path: str | Path | None = None) -> Specialist:
+    """A specialist written by :func:`train_specialist` (tensors and plain data only: ``weights_only``).
+
+    With ``generalist_path``, the specialist must have been trained from that very checkpoint.
+    """
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if generalist_path is not None and ckpt["generalist"] != _fingerprint(generalist_path):
+            raise ValueError(f"trained from {ckpt['generalist']['path']} as it was then, not from the current "
+                             f"{generalist_path} (train the specialists again)")
         model = FrameDNN(ModelConfig(**ckpt["model_config"]), int(ckpt["input_dim"]), int(ckpt["num_classes"]))
         model.load_state_dict(ckpt["model"])
         senones = torch.tensor([int(s) for s in ckpt["senones"]], dtype=torch.int64)
@@ -547,8 +554,10 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
     return summary
 
 
-def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu") -> list[Specialist]:
-    """The specialists the training stage listed in ``out_dir/specialists.json``, checked against their groups."""
+def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
+                     generalist_path: str | Path | None = None) -> list[Specialist]:
+    """The specialists the training stage listed in ``out_dir/specialists.json``, checked against their groups
+    (and, with ``generalist_path``, against the generalist they were trained from)."""
     out_dir = Path(out_dir)
     groups = {g.id: g for g in read_groups(out_dir / GROUPS_FILE)[0]}
     summary = out_dir / "specialists.json"
@@ -558,7 +567,7 @@ def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu") ->
         raise ValueError(f"{summary}: not a usable specialists summary (was specialists-train run?): {e}") from e
     out = []
     for i in ids:
-        spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device)
+        spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device, generalist_path)
         if i not in groups or spec.senones.tolist() != groups[i].senones:
             raise ValueError(f"{out_dir / f'spec_{i:02d}'}: its senones differ from group {i} of "
                              f"{out_dir / GROUPS_FILE} (stale specialist?)")
@@ -690,7 +699,7 @@ def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, sets:
     """
     out_dir = Path(out_dir)
     generalist = load_model(generalist_path, device)
-    specialists = load_specialists(out_dir, device)
+    specialists = load_specialists(out_dir, device, generalist_path)
     groups = [s.senones.tolist() for s in specialists]
     result = {"specialists": len(specialists), "top_classes": config.top_classes,
               "combine_steps": config.combine_steps, "sets": {}}
@@ -752,3 +761,21 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
         log.info("%s: dense soft targets of generalist + %d specialists at T=%g for %d frames", todo[t],
                  len(specialists), t, manifest.num_frames)
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
+
+
+def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, feats: ShardManifest, cmvn: Cmvn,
+                             frames: FrameConfig, temperatures: Sequence[float], config: SpecialistConfig,
+                             device: str | torch.device = "cpu", force: bool = False) -> dict[float, ShardManifest]:
+    """The caching stage: :func:`cache_combination_targets` of the trained specialists into ``out_dir/soft_T<t>``.
+
+    The marker records the generalist's and every specialist's checkpoint, so
+    retraining any of them makes the cache stale.
+    """
+    out_dir = Path(out_dir)
+    generalist = load_model(generalist_path, device)
+    specialists = load_specialists(out_dir, device, generalist_path)
+    ids = sorted(int(k) for k in json.loads((out_dir / "specialists.json").read_text(encoding="utf-8"))["trained"])
+    info = {"generalist": _fingerprint(generalist_path),
+            "specialists": [_fingerprint(out_dir / f"spec_{i:02d}" / "final.pt") for i in ids]}
+    dirs = {float(t): out_dir / f"soft_T{t:g}" for t in temperatures}
+    return cache_combination_targets(generalist, specialists, feats, cmvn, frames, dirs, config, device, info, force)
