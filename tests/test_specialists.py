@@ -165,6 +165,34 @@ def test_specialists_beat_the_generalist_on_their_groups(trained):
     assert (root / "spec" / "spec_00" / "final.pt").stat().st_mtime_ns == mtime
 
 
+def test_dustbin_is_corrected_for_oversampling(tmp_path):
+    """Uninformative frames: a specialist can learn only the prior, seen as 50:50 in its batches; corrected, 25:75."""
+    from asrdistill.data.frames import iter_utterances
+    from asrdistill.nnet.specialists import SenoneGroup, load_specialist, train_specialist
+
+    rng = np.random.default_rng(1)
+    for name, utts in (("train", 20), ("dev", 10)):
+        make_frame_set(tmp_path / name, rng, np.zeros((C, D)), utts, frames=50)
+    Cmvn(np.zeros(D), np.ones(D), 1).save(tmp_path / "cmvn.json")
+    cfg = TrainConfig(train_feats=str(tmp_path / "train/feats"), train_labels=str(tmp_path / "train/labels"),
+                      dev_feats=str(tmp_path / "dev/feats"), dev_labels=str(tmp_path / "dev/labels"),
+                      cmvn=str(tmp_path / "cmvn.json"), model=ModelConfig("tiny", hidden_dim=16), frames=FRAMES,
+                      epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant", progress=False)
+    path = train(cfg, tmp_path / "generalist")["best_checkpoint"]
+    sets = [ShardManifest.load(tmp_path / n / kind, prefix) for n in ("train", "dev")
+            for kind, prefix in (("feats", "feats"), ("labels", "pdf"))]
+    cmvn = Cmvn.load(tmp_path / "cmvn.json")
+    group = SenoneGroup(0, [0, 1])
+    result = train_specialist(path, load_model(path), group, *sets, cmvn, FRAMES,
+                              SpecialistConfig(epochs=4, lr=3e-3), tmp_path / "spec")
+    model = load_specialist(tmp_path / "spec" / "final.pt", generalist_path=path).model
+    dustbin = torch.cat([torch.softmax(model(x), -1)[:, -1] for _, x, _ in
+                         iter_utterances(sets[2], cmvn, FRAMES, labels=sets[3])])
+    share = 1 - result["train_group_share"]
+    assert 0.7 < share < 0.8
+    assert float(dustbin.mean()) == pytest.approx(share, abs=0.05)
+
+
 def test_soft_targets_from_the_generalist_train_a_specialist(grouped):
     root, generalist, sets, cmvn, config, groups = grouped
     out = root / "soft"

@@ -591,7 +591,8 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
     divided by the number of terms of each frame, applied to q itself:
     ``q <- q - grad``, i.e. ``q <- (p_g + sum_m p_m's group mass + q * R) / W``,
     where ``R`` spreads each specialist's dustbin mass over the senones outside
-    its group in proportion to q. This is the EM step for the dustbin split: it
+    its group in proportion to q and ``W`` (1 + the active specialists) is what
+    the numerator sums to. This is the EM step for the dustbin split: it
     stays on the simplex, never increases the objective, keeps tiny
     probabilities exact (decoding reads their logs), and is exact after one
     step when no dustbin has mass (one specialist over all senones gives the
@@ -603,7 +604,6 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
         return logp_g
     device = logp_g.device
     group_mass = torch.zeros(n, c, device=device)      # sum_m p_m on its group's senones
-    weight = torch.ones(n, device=device)               # 1 + active specialists
     dust = torch.zeros(n, len(outputs), device=device)  # (N, M) each active specialist's dustbin mass
     outside = torch.ones(len(outputs), c, device=device)
     for m, (senones, rows, logp) in enumerate(outputs):
@@ -612,17 +612,14 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
                              f"{len(senones)} senones + dustbin")
         p = logp.float().exp()
         group_mass[rows[:, None], senones[None, :]] += p[:, :-1]
-        weight[rows] += 1
         dust[rows, m] = p[:, -1]
         outside[m, senones] = 0.0
     log_fixed = torch.logaddexp(logp_g, group_mass.log())  # the terms that do not depend on q
-    log_w = weight.log()[:, None]
     logq = logp_g
     for _ in range(steps):
         q_out = logq.exp() @ outside.T                                        # (N, M) q's mass outside each group
         spread = (dust / q_out.clamp(min=1e-30)) @ outside  # (N, C)
-        logq = torch.logaddexp(log_fixed, logq + spread.log()) - log_w
-        logq = torch.log_softmax(logq, dim=-1)                               # float rounding only
+        logq = torch.log_softmax(torch.logaddexp(log_fixed, logq + spread.log()), dim=-1)  # the sum is W
     return logq
 
 
