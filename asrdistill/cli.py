@@ -280,11 +280,15 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _specialist_inputs(args: argparse.Namespace) -> dict:
-    """What every specialists-* command shares: config, frames, CMVN, device, the generalist's checkpoint."""
+    """What every specialists-* command shares: config, frames (``train.frames``), CMVN, device, the generalist."""
+    from asrdistill.config import from_dict, role_section
     from asrdistill.data.features import Cmvn
+    from asrdistill.data.frames import FrameConfig
     from asrdistill.nnet.specialists import SpecialistConfig
 
-    return {"config": _section(args, "specialists", SpecialistConfig), "frames": _train_config(args).frames,
+    frames = from_dict(FrameConfig, role_section(args.config, "train", None, args.set).get("frames") or {},
+                       f"{args.config}:train.frames")
+    return {"config": _section(args, "specialists", SpecialistConfig), "frames": frames,
             "cmvn": Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json"), "device": args.device or "cpu",
             "generalist": Path(args.generalist) / "best.pt"}
 
@@ -509,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_specialists(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         sp = add(name, func, help, config=True)
-        add_train_data(sp)
+        sp.add_argument("--feats", type=Path, required=True, help="data/fbank (holds <set>/feats.manifest.json)")
+        sp.add_argument("--labels", type=Path, required=True, help="exp/tri_ali (holds <set>/pdf.manifest.json)")
+        sp.add_argument("--train-set", required=True)
+        sp.add_argument("--dev-set", required=True)
+        sp.add_argument("--device", help="cpu or cuda (default: cpu)")
         sp.add_argument("--generalist", type=Path, required=True, help="exp/<system> with best.pt (e.g. exp/baseline)")
         sp.add_argument("--out", type=Path, required=True, help="e.g. exp/specialists (groups.json, spec_NN/)")
         return sp

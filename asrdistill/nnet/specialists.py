@@ -292,7 +292,8 @@ def group_senones(generalist_path: str | Path, dev_feats: ShardManifest, dev_lab
     """The groups stage: ``out_dir/groups.json`` from the generalist's dev predictions (kept if its inputs are unchanged)."""
     path = Path(out_dir) / GROUPS_FILE
     info = {"generalist": _fingerprint(generalist_path), "dev": [str(dev_feats.path), str(dev_labels.path)],
-            "frames": to_dict(frames), "config": config.group_fields(), "phones": tree is not None and lang is not None}
+            "context": [frames.left, frames.right], "config": config.group_fields(),
+            "phones": tree is not None and lang is not None}
     if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("info") == info:
         log.info("%s: up to date", path)
         return read_groups(path)[0]
@@ -316,10 +317,6 @@ class Specialist:
 
     model: FrameDNN
     senones: Tensor   # (S,) int64 senone ids of the group
-
-    @property
-    def dustbin(self) -> int:
-        return len(self.senones)
 
 
 def _class_map(senones: Tensor, num_classes: int) -> Tensor:
