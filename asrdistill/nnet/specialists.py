@@ -595,11 +595,16 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
     step when no dustbin has mass (one specialist over all senones gives the
     average of the two distributions).
     """
-    n, c = gen_logp.shape
-    logp_g = gen_logp.float()
-    if not outputs:
-        return logp_g
-    device = logp_g.device
+    logp_all = gen_logp.float()
+    if not outputs or not any(len(rows) for _, rows, _ in outputs):
+        return logp_all
+    device = logp_all.device
+    # only frames with an active specialist change: iterate on those alone
+    active = torch.unique(torch.cat([rows for _, rows, _ in outputs]))
+    local = torch.full((logp_all.shape[0],), -1, dtype=torch.int64, device=device)
+    local[active] = torch.arange(len(active), device=device)
+    logp_g = logp_all[active]
+    n, c = logp_g.shape
     group_mass = torch.zeros(n, c, device=device)      # sum_m p_m on its group's senones
     dust = torch.zeros(n, len(outputs), device=device)  # (N, M) each active specialist's dustbin mass
     outside = torch.ones(len(outputs), c, device=device)
@@ -608,6 +613,7 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
             raise ValueError(f"combine: specialist {m} gives {tuple(logp.shape)} for {len(rows)} frames and "
                              f"{len(senones)} senones + dustbin")
         p = logp.float().exp()
+        rows = local[rows]
         group_mass[rows[:, None], senones[None, :]] += p[:, :-1]
         dust[rows, m] = p[:, -1]
         outside[m, senones] = 0.0
@@ -617,7 +623,9 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
         q_out = logq.exp() @ outside.T                                        # (N, M) q's mass outside each group
         spread = (dust / q_out.clamp(min=1e-30)) @ outside  # (N, C)
         logq = torch.log_softmax(torch.logaddexp(log_fixed, logq + spread.log()), dim=-1)  # the sum is W
-    return logq
+    out = logp_all.clone()
+    out[active] = logq
+    return out
 
 
 @torch.no_grad()
