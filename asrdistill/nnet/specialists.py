@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -59,7 +58,7 @@ from asrdistill.data.lang import Lang
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import atomic_path, clear_done, is_done, mark_done, write_json_atomic
 from asrdistill.kd import kd_loss
-from asrdistill.nnet.ensemble import posterior_stream
+from asrdistill.nnet.ensemble import fingerprint, posterior_stream, stored_target
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
 
 __all__ = ["SpecialistConfig", "SenoneGroup", "Specialist", "DevStats", "dev_statistics", "kmeans", "find_groups",
@@ -291,13 +290,13 @@ def group_senones(generalist_path: str | Path, dev_feats: ShardManifest, dev_lab
                   ) -> list[SenoneGroup]:
     """The groups stage: ``out_dir/groups.json`` from the generalist's dev predictions (kept if its inputs are unchanged)."""
     path = Path(out_dir) / GROUPS_FILE
-    info = {"generalist": _fingerprint(generalist_path), "dev": [str(dev_feats.path), str(dev_labels.path)],
+    generalist = load_model(generalist_path, device)
+    info = {"generalist": fingerprint([generalist]), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "context": [frames.left, frames.right], "config": config.group_fields(),
             "phones": tree is not None and lang is not None}
     if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("info") == info:
         log.info("%s: up to date", path)
         return read_groups(path)[0]
-    generalist = load_model(generalist_path, device)
     stats = dev_statistics(generalist, dev_feats, dev_labels, cmvn, frames, device)
     groups = find_groups(stats, config)
     phones = pdf_phones(tree, lang) if info["phones"] else None
@@ -365,12 +364,7 @@ def _enriched(stream: FrameStream, epoch: int, in_group: Tensor, fraction: float
             yield Batch(torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]), None, None)
 
 
-def _fingerprint(path: str | Path) -> dict:
-    st = os.stat(path)
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def train_specialist(generalist_path: str | Path, generalist: FrameDNN, group: SenoneGroup, feats: ShardManifest,
+def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManifest,
                      labels: ShardManifest, dev_feats: ShardManifest, dev_labels: ShardManifest, cmvn: Cmvn,
                      frames: FrameConfig, config: SpecialistConfig, out_dir: str | Path,
                      device: str | torch.device = "cpu", force: bool = False) -> dict:
@@ -391,7 +385,7 @@ def train_specialist(generalist_path: str | Path, generalist: FrameDNN, group: S
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
-    info = {"generalist": _fingerprint(generalist_path), "senones": group.senones, "feats": str(feats.path),
+    info = {"generalist": fingerprint([generalist]), "senones": group.senones, "feats": str(feats.path),
             "labels": str(labels.path), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "frames": to_dict(frames), "config": config.train_fields()}
     if not force and is_done(out_dir, "specialist"):
@@ -500,17 +494,16 @@ def _dev_group_metrics(generalist: FrameDNN, model: FrameDNN, senones: Tensor, f
 
 
 def load_specialist(path: str | Path, device: str | torch.device = "cpu",
-                    generalist_path: str | Path | None = None) -> Specialist:
+                    generalist: FrameDNN | None = None) -> Specialist:
     """A specialist written by :func:`train_specialist` (tensors and plain data only: ``weights_only``).
 
-    With ``generalist_path``, the specialist must have been trained from that very checkpoint.
+    With ``generalist``, the specialist must have been trained from those very weights.
     """
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if generalist_path is not None and ckpt["generalist"] != _fingerprint(generalist_path):
-            raise ValueError(f"trained from {ckpt['generalist']['path']} as it was then, not from the current "
-                             f"{generalist_path} (train the specialists again)")
+        if generalist is not None and ckpt["generalist"] != fingerprint([generalist]):
+            raise ValueError("trained from another generalist than the one given (train the specialists again)")
         model = FrameDNN(ModelConfig(**ckpt["model_config"]), int(ckpt["input_dim"]), int(ckpt["num_classes"]))
         model.load_state_dict(ckpt["model"])
         senones = torch.tensor([int(s) for s in ckpt["senones"]], dtype=torch.int64)
@@ -539,7 +532,7 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
     trained, skipped = {}, {}
     for g in groups:
         try:
-            trained[g.id] = train_specialist(generalist_path, generalist, g, feats, labels, dev_feats, dev_labels,
+            trained[g.id] = train_specialist(generalist, g, feats, labels, dev_feats, dev_labels,
                                              cmvn, frames, config, out_dir / f"spec_{g.id:02d}", device, force)
         except ValueError as e:
             log.error("specialist %d skipped: %s", g.id, e)
@@ -552,9 +545,9 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
 
 
 def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
-                     generalist_path: str | Path | None = None) -> list[Specialist]:
+                     generalist: FrameDNN | None = None) -> list[Specialist]:
     """The specialists the training stage listed in ``out_dir/specialists.json``, checked against their groups
-    (and, with ``generalist_path``, against the generalist they were trained from)."""
+    (and, with ``generalist``, against the generalist they were trained from)."""
     out_dir = Path(out_dir)
     groups = {g.id: g for g in read_groups(out_dir / GROUPS_FILE)[0]}
     summary = out_dir / "specialists.json"
@@ -564,7 +557,7 @@ def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{summary}: not a usable specialists summary (was specialists-train run?): {e}") from e
     out = []
     for i in ids:
-        spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device, generalist_path)
+        spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device, generalist)
         if i not in groups or spec.senones.tolist() != groups[i].senones:
             raise ValueError(f"{out_dir / f'spec_{i:02d}'}: its senones differ from group {i} of "
                              f"{out_dir / GROUPS_FILE} (stale specialist?)")
@@ -701,7 +694,7 @@ def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, sets:
     """
     out_dir = Path(out_dir)
     generalist = load_model(generalist_path, device)
-    specialists = load_specialists(out_dir, device, generalist_path)
+    specialists = load_specialists(out_dir, device, generalist)
     groups = [s.senones.tolist() for s in specialists]
     result = {"specialists": len(specialists), "top_classes": config.top_classes,
               "combine_steps": config.combine_steps, "sets": {}}
@@ -751,8 +744,8 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
         for utt, logq, _ in specialist_stream(generalist, specialists, one, cmvn, frames, top_classes=config.top_classes,
                                               steps=config.combine_steps, device=device):
             for t in todo:
-                soft = torch.log_softmax(logq / t, dim=-1)
-                per_t[t].append((utt, {"soft_logp": soft.to(torch.float16).cpu().numpy()}))
+                stored = stored_target(torch.log_softmax(logq / t, dim=-1), 0)  # dense, as the ensemble's
+                per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
         for t, samples in per_t.items():
             if [u for u, _ in samples] != shard.keys:
                 raise ValueError(f"{feats.directory / shard.name}: utterances differ from {feats.path}")
@@ -770,14 +763,12 @@ def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, f
                              device: str | torch.device = "cpu", force: bool = False) -> dict[float, ShardManifest]:
     """The caching stage: :func:`cache_combination_targets` of the trained specialists into ``out_dir/soft_T<t>``.
 
-    The marker records the generalist's and every specialist's checkpoint, so
-    retraining any of them makes the cache stale.
+    The marker records the weight fingerprints of the generalist and the
+    specialists, so retraining any of them makes the cache stale.
     """
     out_dir = Path(out_dir)
     generalist = load_model(generalist_path, device)
-    specialists = load_specialists(out_dir, device, generalist_path)
-    ids = sorted(int(k) for k in json.loads((out_dir / "specialists.json").read_text(encoding="utf-8"))["trained"])
-    info = {"generalist": _fingerprint(generalist_path),
-            "specialists": [_fingerprint(out_dir / f"spec_{i:02d}" / "final.pt") for i in ids]}
+    specialists = load_specialists(out_dir, device, generalist)
+    info = {"generalist": fingerprint([generalist]), "specialists": fingerprint([s.model for s in specialists])}
     dirs = {float(t): out_dir / f"soft_T{t:g}" for t in temperatures}
     return cache_combination_targets(generalist, specialists, feats, cmvn, frames, dirs, config, device, info, force)
