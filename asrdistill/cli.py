@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--train-set", required=True)
         sp.add_argument("--dev-set", required=True)
         sp.add_argument("--device", help="cpu or cuda (default: cpu)")
-        sp.add_argument("--generalist", type=Path, required=True, help="exp/<system> with best.pt (e.g. exp/baseline)")
+        sp.add_argument("--generalist", type=Path, required=True, help="exp/<system> with best.pt (e.g. exp/baseline_seed1)")
         sp.add_argument("--out", type=Path, required=True, help="e.g. exp/specialists (groups.json, spec_NN/)")
         return sp
 

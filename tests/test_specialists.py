@@ -103,8 +103,8 @@ def problem(tmp_path_factory):
                       epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant", patience=0,
                       progress=False)
     result = train(cfg, root / "generalist")
-    sets = {name: (ShardManifest.load(root / name / "feats", "feats"), ShardManifest.load(root / name / "labels", "pdf"))
-            for name in ("train", "dev")}
+    sets = {name: (ShardManifest.load(root / name / "feats", "feats"),
+                   ShardManifest.load(root / name / "labels", "pdf")) for name in ("train", "dev")}
     return root, result["best_checkpoint"], sets, Cmvn.load(root / "cmvn.json")
 
 

@@ -27,12 +27,12 @@ Four steps, each a function here and an ``asrdistill specialists-*`` command:
 Commands (``recipes/librispeech``)::
 
     asrdistill specialists-groups --config conf/tiny.yaml --feats data/fbank --labels exp/tri_ali \\
-        --train-set train --dev-set dev --generalist exp/baseline --tree exp/tri/tree.json --lang data/lang \\
+        --train-set train --dev-set dev --generalist exp/baseline_seed1 --tree exp/tri/tree.json --lang data/lang \\
         --out exp/specialists
-    asrdistill specialists-train --config conf/tiny.yaml ... --generalist exp/baseline --out exp/specialists
-    asrdistill specialists-eval  --config conf/tiny.yaml ... --generalist exp/baseline --test-set test \\
+    asrdistill specialists-train --config conf/tiny.yaml ... --generalist exp/baseline_seed1 --out exp/specialists
+    asrdistill specialists-eval  --config conf/tiny.yaml ... --generalist exp/baseline_seed1 --test-set test \\
         --out exp/specialists
-    asrdistill specialists-cache --config conf/tiny.yaml ... --generalist exp/baseline --temperatures 2 \\
+    asrdistill specialists-cache --config conf/tiny.yaml ... --generalist exp/baseline_seed1 --temperatures 2 \\
         --out exp/specialists
 """
 
@@ -288,7 +288,7 @@ def group_senones(generalist_path: str | Path, dev_feats: ShardManifest, dev_lab
                   frames: FrameConfig, config: SpecialistConfig, out_dir: str | Path, tree: ContextTree | None = None,
                   lang: Lang | None = None, device: str | torch.device = "cpu", force: bool = False
                   ) -> list[SenoneGroup]:
-    """The groups stage: ``out_dir/groups.json`` from the generalist's dev predictions (kept if its inputs are unchanged)."""
+    """The groups stage: ``out_dir/groups.json`` from the generalist's dev predictions (kept if inputs are unchanged)."""
     path = Path(out_dir) / GROUPS_FILE
     generalist = load_model(generalist_path, device)
     info = {"generalist": fingerprint([generalist]), "dev": [str(dev_feats.path), str(dev_labels.path)],
@@ -741,8 +741,9 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
     for index, shard in enumerate(feats.shards if todo else []):
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
         per_t: dict[float, list] = {t: [] for t in todo}
-        for utt, logq, _ in specialist_stream(generalist, specialists, one, cmvn, frames, top_classes=config.top_classes,
-                                              steps=config.combine_steps, device=device):
+        for utt, logq, _ in specialist_stream(generalist, specialists, one, cmvn, frames,
+                                              top_classes=config.top_classes, steps=config.combine_steps,
+                                              device=device):
             for t in todo:
                 stored = stored_target(torch.log_softmax(logq / t, dim=-1), 0)  # dense, as the ensemble's
                 per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
