@@ -276,6 +276,74 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0 if out["systems"] else 1
 
 
+# --------------------------------------------------------------------------- specialists (paper section 5)
+
+
+def _specialist_inputs(args: argparse.Namespace) -> dict:
+    """What every specialists-* command shares: config, frames (``train.frames``), CMVN, device, the generalist."""
+    from asrdistill.config import from_dict, role_section
+    from asrdistill.data.features import Cmvn
+    from asrdistill.data.frames import FrameConfig
+    from asrdistill.nnet.specialists import SpecialistConfig
+
+    frames = from_dict(FrameConfig, role_section(args.config, "train", None, args.set).get("frames") or {},
+                       f"{args.config}:train.frames")
+    return {"config": _section(args, "specialists", SpecialistConfig), "frames": frames,
+            "cmvn": Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json"), "device": args.device or "cpu",
+            "generalist": Path(args.generalist) / "best.pt"}
+
+
+def _labelled_set(args: argparse.Namespace, subset: str) -> tuple:
+    from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+
+    return (ShardManifest.load(Path(args.feats) / subset, FEATS_PREFIX),
+            ShardManifest.load(Path(args.labels) / subset, PDF_PREFIX))
+
+
+def cmd_specialists_groups(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.tree import ContextTree
+    from asrdistill.data.lang import Lang
+    from asrdistill.nnet.specialists import group_senones
+
+    s = _specialist_inputs(args)
+    tree = ContextTree.load(args.tree) if args.tree else None
+    lang = Lang.load(args.lang) if args.lang else None
+    groups = group_senones(s["generalist"], *_labelled_set(args, args.dev_set), s["cmvn"], s["frames"], s["config"],
+                           args.out, tree, lang, s["device"], force=args.force)
+    return 0 if groups else 1
+
+
+def cmd_specialists_train(args: argparse.Namespace) -> int:
+    from asrdistill.nnet.specialists import train_specialists
+
+    s = _specialist_inputs(args)
+    summary = train_specialists(s["generalist"], *_labelled_set(args, args.train_set),
+                                *_labelled_set(args, args.dev_set), s["cmvn"], s["frames"], s["config"], args.out,
+                                s["device"], force=args.force)
+    return 0 if summary["trained"] else 1
+
+
+def cmd_specialists_eval(args: argparse.Namespace) -> int:
+    from asrdistill.nnet.specialists import evaluate_specialists
+
+    s = _specialist_inputs(args)
+    sets = {name: _labelled_set(args, name) for name in (args.dev_set, *args.test_set)}
+    evaluate_specialists(s["generalist"], args.out, sets, s["cmvn"], s["frames"], s["config"], s["device"])
+    return 0
+
+
+def cmd_specialists_cache(args: argparse.Namespace) -> int:
+    """Dense soft targets of generalist + specialists on the training set, for ``asrdistill train --soft``."""
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
+    from asrdistill.nnet.specialists import cache_specialist_targets
+
+    s = _specialist_inputs(args)
+    feats = ShardManifest.load(Path(args.feats) / args.train_set, FEATS_PREFIX)
+    cache_specialist_targets(s["generalist"], args.out, feats, s["cmvn"], s["frames"], args.temperatures, s["config"],
+                             s["device"], force=args.force)
+    return 0
+
+
 def cmd_config_get(args: argparse.Namespace) -> int:
     """Print one value of a recipe config (for loops in run.sh)."""
     from asrdistill.config import parse_overrides, read_yaml
@@ -442,6 +510,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("exp_dir", type=Path)
     sp.add_argument("systems", nargs="+")
     sp.add_argument("--title", default="Baseline vs ensemble vs distilled student")
+
+    def add_specialists(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = add(name, func, help, config=True)
+        sp.add_argument("--feats", type=Path, required=True, help="data/fbank (holds <set>/feats.manifest.json)")
+        sp.add_argument("--labels", type=Path, required=True, help="exp/tri_ali (holds <set>/pdf.manifest.json)")
+        sp.add_argument("--train-set", required=True)
+        sp.add_argument("--dev-set", required=True)
+        sp.add_argument("--device", help="cpu or cuda (default: cpu)")
+        sp.add_argument("--generalist", type=Path, required=True, help="exp/<system> with best.pt (e.g. exp/baseline_seed1)")
+        sp.add_argument("--out", type=Path, required=True, help="e.g. exp/specialists (groups.json, spec_NN/)")
+        return sp
+
+    sp = add_specialists("specialists-groups", cmd_specialists_groups,
+                         "confusable senone groups from the generalist's dev predictions (groups.json)")
+    sp.add_argument("--tree", type=Path, help="exp/tri/tree.json, for the senones' centre phones")
+    sp.add_argument("--lang", type=Path, help="data/lang, for the phone names")
+    sp.add_argument("--force", action="store_true")
+    sp = add_specialists("specialists-train", cmd_specialists_train,
+                         "one specialist (group + dustbin) per group of groups.json, from the generalist")
+    sp.add_argument("--force", action="store_true")
+    sp = add_specialists("specialists-eval", cmd_specialists_eval,
+                         "frame accuracy of the generalist alone and with its specialists (metrics.json)")
+    sp.add_argument("--test-set", nargs="*", default=[], help="further labelled sets to score")
+    sp = add_specialists("specialists-cache", cmd_specialists_cache,
+                         "dense soft targets of generalist + specialists (soft_T<t>/) for 'train --soft'")
+    sp.add_argument("--temperatures", type=float, nargs="+", required=True)
+    sp.add_argument("--force", action="store_true")
 
     sp = add("config-get", cmd_config_get, "print a value of a recipe config (section.key)", config=True)
     sp.add_argument("key")

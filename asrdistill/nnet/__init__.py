@@ -1,7 +1,8 @@
 """Frame DNNs: the model, its training (hard labels or distillation) and teacher ensembles.
 
 Serves ``run.sh`` stages 6 (baseline), 7 (teachers), 8 (ensemble soft targets),
-9 (students) and 10 (the section-6 fraction runs). The KD loss itself is
+9 (students) and 10 (the section-6 fraction runs), and the optional specialists
+of the paper's section 5 (:mod:`asrdistill.nnet.specialists`). The KD loss itself is
 :mod:`asrdistill.kd`; the training entry point is ``asrdistill.nnet.train.train``
 (not re-exported here, so the name ``asrdistill.nnet.train`` stays the module).
 """
@@ -9,7 +10,16 @@ Serves ``run.sh`` stages 6 (baseline), 7 (teachers), 8 (ensemble soft targets),
 from asrdistill.nnet.ensemble import (cache_soft_targets, combine_logits, ensemble_logprobs, frame_accuracy,
                                       load_teachers, posterior_stream)
 from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
+from asrdistill.nnet.specialists import (SenoneGroup, Specialist, SpecialistConfig, cache_combination_targets,
+                                         cache_specialist_targets, combine, evaluate_specialists, find_groups,
+                                         group_senones, load_specialist, load_specialists, read_groups,
+                                         specialist_stream, stream_accuracy, train_specialist, train_specialists,
+                                         write_groups)
 from asrdistill.nnet.train import DistillConfig, TrainConfig
 
 __all__ = ["cache_soft_targets", "combine_logits", "ensemble_logprobs", "frame_accuracy", "load_teachers",
-           "posterior_stream", "FrameDNN", "ModelConfig", "load_model", "DistillConfig", "TrainConfig"]
+           "posterior_stream", "FrameDNN", "ModelConfig", "load_model", "DistillConfig", "TrainConfig",
+           "SenoneGroup", "Specialist", "SpecialistConfig", "cache_combination_targets", "cache_specialist_targets",
+           "combine", "evaluate_specialists", "find_groups", "group_senones", "load_specialist", "load_specialists",
+           "read_groups", "specialist_stream", "stream_accuracy", "train_specialist", "train_specialists",
+           "write_groups"]

@@ -167,4 +167,20 @@ end; fi
 if want 12; then begin 12 "results"
   asrdistill results exp $systems $(cd exp && ls -d sweep_T* 2>/dev/null)
 end; fi
+# Optional (config specialists.enabled, off unless set): the paper's section 5 specialists on the
+# seed-1 baseline as generalist, and one student distilled from generalist + specialists at the
+# students' dev-chosen (T, hard weight).
+if want 13 && [ "$(get specialists.enabled 2>/dev/null || echo False)" = True ]; then
+  begin 13 "specialists for confusable senones, and a student distilled from them"
+  spec="--generalist exp/baseline_seed1 --out exp/specialists"
+  asrdistill specialists-groups $common $data $spec --tree exp/tri/tree.json --lang data/lang
+  asrdistill specialists-train $common $data $spec
+  asrdistill specialists-eval $common $data $spec --test-set $test
+  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+  asrdistill specialists-cache $common $data $spec --temperatures "$best_t"
+  asrdistill train $common $data --role student --seed 101 --soft exp/specialists/soft_T$best_t \
+    --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
+  asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data \
+    exp/student_from_specialists
+end; fi
 log "all requested stages done"
