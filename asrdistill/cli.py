@@ -300,9 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False,
+            threads: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        if threads:
+            sp.add_argument("--threads", type=int, default=0, metavar="N",
+                            help="torch threads of this process (default: the cores shared among --nj workers "
+                                 "or the node's torchrun ranks)")
         if config:
             sp.add_argument("--config", type=Path, help="recipe YAML (the section this step reads)")
             sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -339,13 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data_dirs", nargs="+", type=Path)
     sp.add_argument("--extra-text", nargs="*", type=Path, default=[], help="LM text or vocabulary files")
 
-    sp = add("features", cmd_features, "40-dim log-mel fbank into webdataset shards (+ CMVN stats)", config=True)
+    sp = add("features", cmd_features, "40-dim log-mel fbank into webdataset shards (+ CMVN stats)", config=True,
+             threads=True)
     sp.add_argument("data_dir", type=Path)
     sp.add_argument("out_dir", type=Path)
     sp.add_argument("--nj", type=int, default=2)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)")
+    sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)",
+             threads=True)
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("--data-dir", type=Path, help="with utt2spk: per-speaker stats too")
 
@@ -412,12 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--temperature", type=float, default=2.0)
         sp.add_argument("--hard-weight", type=float, help="distill.hard_weight (weight of the hard-label term)")
 
-    sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True)
+    sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True,
+             threads=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)", config=True)
+    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)",
+             config=True, threads=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/")
     sp.add_argument("--temperatures", type=float, nargs="+", required=True)
@@ -429,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("student_dirs", nargs="+", type=Path)
 
     sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model or ensemble",
-             config=True)
+             config=True, threads=True)
     add_train_data(sp)
     sp.add_argument("--test-set", required=True)
     sp.add_argument("--data", type=Path, required=True, help="data/ (reference transcripts in <set>/text)")
@@ -448,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """Set the torch thread count explicitly: torch's default (every core) oversubscribes a machine shared by
+    ``--nj`` workers or several torchrun ranks, and every process then runs slower."""
+    import os
+
+    import torch
+
+    n = args.threads
+    if n <= 0:
+        sharers = max(getattr(args, "nj", None) or 1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        n = max(1, (os.cpu_count() or 1) // sharers)
+    torch.set_num_threads(n)
+    log.debug("torch threads: %d", n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -455,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command != "config-get":
         log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
+    if getattr(args, "threads", None) is not None:
+        _set_threads(args)
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing or existing files: a clear message, no traceback
