@@ -481,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "threads", None) is not None:
         _set_threads(args)
+    if hasattr(args, "config") and args.command != "config-get":  # where parallel jobs run: section ``executor``
+        from asrdistill.parallel import ExecutorConfig, configure
+
+        configure(_section(args, "executor", ExecutorConfig))
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing or existing files: a clear message, no traceback
