@@ -292,6 +292,31 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_job(argv: list[str]) -> tuple[list[str], int]:
+    """One ``asrdistill`` command line, as a child process of the worker (so it may start workers of its own)."""
+    import subprocess
+
+    return argv, subprocess.run([sys.executable, "-m", "asrdistill.cli", *argv], check=False).returncode
+
+
+def cmd_run_jobs(args: argparse.Namespace) -> int:
+    """Run independent asrdistill command lines (teachers, students, evaluations) through the executor."""
+    from asrdistill.parallel import Executor
+
+    text = sys.stdin.read() if str(args.jobs) == "-" else args.jobs.read_text(encoding="utf-8")
+    jobs = [shlex.split(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    failed = []
+    with Executor(min(args.nj, len(jobs))) as executor:
+        for argv, rc in executor.map(_run_job, jobs, ordered=False):
+            log.info("job %s: exit %d", shlex.join(argv), rc)
+            if rc:
+                failed.append(shlex.join(argv))
+    if failed:
+        log.error("%d of %d job(s) failed: %s", len(failed), len(jobs), "; ".join(failed))
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -451,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("exp_dir", type=Path)
     sp.add_argument("systems", nargs="+")
     sp.add_argument("--title", default="Baseline vs ensemble vs distilled student")
+
+    sp = add("run-jobs", cmd_run_jobs, "run independent asrdistill command lines in parallel (local or Dask)",
+             config=True)
+    sp.add_argument("jobs", type=Path, help="file with one command line per line (without 'asrdistill'); - = stdin")
+    sp.add_argument("--nj", type=int, default=2, help="jobs at a time (give each job --threads to share the cores)")
 
     sp = add("config-get", cmd_config_get, "print a value of a recipe config (section.key)", config=True)
     sp.add_argument("key")

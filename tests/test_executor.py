@@ -59,3 +59,16 @@ def test_config_is_validated():
         ExecutorConfig(backend="ray")
     with pytest.raises(ValueError, match="cluster"):
         ExecutorConfig(backend="dask", cluster="lsf")
+
+
+def test_run_jobs_runs_every_line_and_reports_failures(tmp_path, capfd):
+    from asrdistill import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: {a: 1}\n")
+    good = [f"config-get --config {cfg} recipe.a" for _ in range(3)]
+    (tmp_path / "ok.txt").write_text("# independent jobs\n" + "\n".join(good) + "\n")
+    assert cli.main(["run-jobs", "--nj", "2", str(tmp_path / "ok.txt")]) == 0
+    assert capfd.readouterr().out.split() == ["1", "1", "1"]  # every job ran once, in a child process
+    (tmp_path / "bad.txt").write_text("\n".join(good + [f"config-get --config {cfg} recipe.missing"]) + "\n")
+    assert cli.main(["run-jobs", "--nj", "2", str(tmp_path / "bad.txt")]) == 1
