@@ -134,5 +134,5 @@ def test_run_sh_gpus_2_launches_two_ranks(data, tmp_path):
                            "--gpus", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cpu x2" in proc.stderr  # the trainer's log line: device x world size
-    ckpt = torch.load(tmp_path / "exp/baseline/last.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(tmp_path / "exp/baseline_seed1/last.pt", map_location="cpu", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
