@@ -360,6 +360,31 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_job(argv: list[str]) -> tuple[list[str], int]:
+    """One ``asrdistill`` command line, as a child process of the worker (so it may start workers of its own)."""
+    import subprocess
+
+    return argv, subprocess.run([sys.executable, "-m", "asrdistill.cli", *argv], check=False).returncode
+
+
+def cmd_run_jobs(args: argparse.Namespace) -> int:
+    """Run independent asrdistill command lines (teachers, students, evaluations) through the executor."""
+    from asrdistill.parallel import Executor
+
+    text = sys.stdin.read() if str(args.jobs) == "-" else args.jobs.read_text(encoding="utf-8")
+    jobs = [shlex.split(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    failed = []
+    with Executor(min(args.nj, len(jobs))) as executor:
+        for argv, rc in executor.map(_run_job, jobs, ordered=False):
+            log.info("job %s: exit %d", shlex.join(argv), rc)
+            if rc:
+                failed.append(shlex.join(argv))
+    if failed:
+        log.error("%d of %d job(s) failed: %s", len(failed), len(jobs), "; ".join(failed))
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -368,9 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False,
+            threads: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        if threads:
+            sp.add_argument("--threads", type=int, default=0, metavar="N",
+                            help="torch threads of this process (default: the cores shared among --nj workers "
+                                 "or the node's torchrun ranks)")
         if config:
             sp.add_argument("--config", type=Path, help="recipe YAML (the section this step reads)")
             sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -407,13 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data_dirs", nargs="+", type=Path)
     sp.add_argument("--extra-text", nargs="*", type=Path, default=[], help="LM text or vocabulary files")
 
-    sp = add("features", cmd_features, "40-dim log-mel fbank into webdataset shards (+ CMVN stats)", config=True)
+    sp = add("features", cmd_features, "40-dim log-mel fbank into webdataset shards (+ CMVN stats)", config=True,
+             threads=True)
     sp.add_argument("data_dir", type=Path)
     sp.add_argument("out_dir", type=Path)
     sp.add_argument("--nj", type=int, default=2)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)")
+    sp = add("cmvn", cmd_cmvn, "mean/variance normalisation stats of a feature set (the training set's are used everywhere)",
+             threads=True)
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("--data-dir", type=Path, help="with utt2spk: per-speaker stats too")
 
@@ -480,12 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--temperature", type=float, default=2.0)
         sp.add_argument("--hard-weight", type=float, help="distill.hard_weight (weight of the hard-label term)")
 
-    sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True)
+    sp = add("train", cmd_train, "train a frame DNN: hard labels, or distillation with --soft", config=True,
+             threads=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)", config=True)
+    sp = add("ensemble", cmd_ensemble, "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)",
+             config=True, threads=True)
     add_train_data(sp)
     sp.add_argument("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/")
     sp.add_argument("--temperatures", type=float, nargs="+", required=True)
@@ -497,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("student_dirs", nargs="+", type=Path)
 
     sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model or ensemble",
-             config=True)
+             config=True, threads=True)
     add_train_data(sp)
     sp.add_argument("--test-set", required=True)
     sp.add_argument("--data", type=Path, required=True, help="data/ (reference transcripts in <set>/text)")
@@ -538,9 +572,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--temperatures", type=float, nargs="+", required=True)
     sp.add_argument("--force", action="store_true")
 
+    sp = add("run-jobs", cmd_run_jobs, "run independent asrdistill command lines in parallel (local or Dask)",
+             config=True)
+    sp.add_argument("jobs", type=Path, help="file with one command line per line (without 'asrdistill'); - = stdin")
+    sp.add_argument("--nj", type=int, default=2, help="jobs at a time (give each job --threads to share the cores)")
+
     sp = add("config-get", cmd_config_get, "print a value of a recipe config (section.key)", config=True)
     sp.add_argument("key")
     return p
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """Set the torch thread count explicitly: torch's default (every core) oversubscribes a machine shared by
+    ``--nj`` workers or several torchrun ranks, and every process then runs slower."""
+    import os
+
+    import torch
+
+    n = args.threads
+    if n <= 0:
+        sharers = max(getattr(args, "nj", None) or 1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        n = max(1, (os.cpu_count() or 1) // sharers)
+    torch.set_num_threads(n)
+    log.debug("torch threads: %d", n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -550,6 +604,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command != "config-get":
         log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
+    if getattr(args, "threads", None) is not None:
+        _set_threads(args)
+    if hasattr(args, "config") and args.command != "config-get":  # where parallel jobs run: section ``executor``
+        from asrdistill.parallel import ExecutorConfig, configure
+
+        configure(_section(args, "executor", ExecutorConfig))
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing or existing files: a clear message, no traceback

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from asrdistill.nnet.ensemble import (EnsembleConfig, build_ensemble, cache_soft_targets, choose_k, combine_logits,
-                                      ensemble_logprobs, frame_accuracy, load_teachers, read_members,
-                                      soft_target_fidelity)
+                                      ensemble_logprobs, frame_accuracy, load_teachers, posterior_stream,
+                                      read_members, soft_target_fidelity)
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import ModelConfig
@@ -105,6 +105,20 @@ def test_ensemble_frame_accuracy(problem):
     assert min(s["acc"] for s in single) > 0.6
     assert ensemble["acc"] >= min(s["acc"] for s in single)
     assert ensemble["loss"] <= max(s["loss"] for s in single)   # the mixture's cross-entropy: convexity
+
+
+def test_batched_and_rank_split_posteriors_match_one_utterance_at_a_time(problem):
+    root, _, teachers = problem
+    args = (teachers, ShardManifest.load(root / "dev/feats", "feats"), Cmvn.load(root / "cmvn.json"), FRAMES,
+            ShardManifest.load(root / "dev/labels", "pdf"))
+    one = list(posterior_stream(*args, batch_frames=1))
+    batched = list(posterior_stream(*args, batch_frames=300))  # several utterances per pass, split at any point
+    split = [item for r in range(2) for item in posterior_stream(*args, rank=r, world_size=2)]
+    assert [u for u, _, _ in batched] == [u for u, _, _ in one] and len(one) > 2
+    assert sorted(u for u, _, _ in split) == sorted(u for u, _, _ in one)
+    by_utt = {u: (p, y) for u, p, y in one}
+    for u, p, y in batched + split:
+        assert torch.allclose(p, by_utt[u][0], atol=1e-5) and torch.equal(y, by_utt[u][1])
 
 
 def test_cache_soft_targets_one_pass_many_temperatures(problem):

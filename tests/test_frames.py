@@ -140,22 +140,24 @@ def test_skipped_batches_are_not_gathered(tmp_path: Path, monkeypatch) -> None:
     assert len(moved) <= 2  # only the buffers feeding the last batch reach the device
 
 
-def test_rank_split_is_disjoint_and_complete(tmp_path: Path) -> None:
-    fm, lm, _ = _make_sets(tmp_path, SHARDS)
-    cfg = FrameConfig(left=1, right=1, batch_size=32, buffer_frames=64)
-    per_rank = []
-    for rank in range(2):
-        s = FrameStream(fm, lm, _identity_cmvn(), cfg, seed=5, rank=rank, world_size=2)
-        shards = s.shard_order(1)
-        frames = {fid for b in _collect(s, 1) for fid in _frame_ids(b, 1)}
-        per_rank.append((set(shards), frames))
-        assert s.num_batches(1) == -(-len(frames) // 32)
-    assert not per_rank[0][0] & per_rank[1][0]
-    assert per_rank[0][0] | per_rank[1][0] == set(range(len(SHARDS)))
-    assert not per_rank[0][1] & per_rank[1][1]
-    assert len(per_rank[0][1] | per_rank[1][1]) == sum(t for s in SHARDS for t in s)
-    with pytest.raises(ValueError, match="cannot be split"):
-        FrameStream(fm, lm, _identity_cmvn(), cfg, rank=0, world_size=len(SHARDS) + 1)
+@pytest.mark.parametrize("world_size", [2, 3, len(SHARDS) + 3])
+def test_rank_split_is_by_frames_disjoint_complete_and_balanced(tmp_path: Path, world_size: int) -> None:
+    fm, lm, sm = _make_sets(tmp_path, SHARDS, empty={6}, soft=True)
+    cfg = FrameConfig(left=1, right=1, batch_size=8, buffer_frames=64)
+    total = sum(t for u, t in enumerate(t for s in SHARDS for t in s) if u != 6)
+    frames, counts = [], []
+    for rank in range(world_size):  # more ranks than shards works too
+        s = FrameStream(fm, lm, _identity_cmvn(), cfg, soft=sm, seed=5, rank=rank, world_size=world_size)
+        batches = _collect(s, 1)
+        ids = [fid for b in batches for fid in _frame_ids(b, 1)]
+        for b in batches:  # labels and soft targets stay with their frames in shared utterances
+            assert b.y.tolist() == [u * 1000 + t for u, t in _frame_ids(b, 1)]
+            assert torch.equal(b.soft_idx[:, 0], b.y)
+        assert len(ids) == len(set(ids)) == s.num_frames(1) and len(batches) == s.num_batches(1)
+        frames.append(set(ids))
+        counts.append(len(ids))
+    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == len(set().union(*frames)) == total
 
 
 def test_length_mismatch_names_the_shard(tmp_path: Path) -> None:

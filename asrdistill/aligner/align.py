@@ -17,7 +17,6 @@ the features. Shards are aligned in parallel (``nj`` processes) or on a GPU.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, is_done, mark_done
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, write_shard
+from asrdistill.parallel import Executor
 
 __all__ = ["AlignConfig", "AlignResult", "align_subset"]
 
@@ -157,11 +157,11 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
 
     use_pool = config.nj > 1 and len(jobs) > 1 and not config.device.startswith("cuda")
     bar = tqdm(total=feats.num_frames, desc=f"align {out_dir.name}", unit="frame", unit_scale=True)
-    pool = mp.get_context("spawn").Pool(min(config.nj, len(jobs)), initializer=_init_worker) if use_pool else None
+    executor = Executor(min(config.nj, len(jobs)) if use_pool else 1, initializer=_init_worker if use_pool else None)
     try:
         for i in [i for i, n in enumerate(waiting) if n == 0]:
             finish(i)
-        it = pool.imap_unordered(_align_piece, jobs) if pool is not None else map(_align_piece, jobs)
+        it = executor.map(_align_piece, jobs, ordered=False)
         for i, alis, skip in it:
             got[i].update(alis)
             skipped.update(skip)
@@ -170,9 +170,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
                 finish(i)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        executor.close()
         FEATS_CACHE.clear()
     meta = {"model": model.meta, "num_pdfs": model.num_pdfs, "config": to_dict(config)}
     ali = ShardManifest(out_dir, ALI_PREFIX, [r[0] for r in results], meta)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from asrdistill.fileio import atomic_path, is_done, mark_done, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
+from asrdistill.parallel import Executor
 
 __all__ = [
     "LoopConfig",
@@ -409,9 +409,8 @@ class ShardRunner:
 
     def __init__(self, nj: int, device: str = "cpu"):
         self.device = device
-        self.pool = None
-        if nj > 1 and not str(device).startswith("cuda"):
-            self.pool = mp.get_context("spawn").Pool(nj, initializer=_worker_init)
+        gpu = str(device).startswith("cuda")
+        self.executor = Executor(1 if gpu else nj, initializer=None if gpu else _worker_init)
 
     def map(self, jobs: Sequence[tuple[Path, Mapping[str, PhoneSeq]]], model: HmmModel,
             alignment: Mapping[str, UttAlignment] | None, desc: str, **kwargs) -> Iterable[ShardResult]:
@@ -420,23 +419,17 @@ class ShardRunner:
         state = model.state()
         args = [(p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None,
                  kwargs) for p, seqs in jobs]
-        it = self.pool.imap_unordered(_worker, args) if self.pool is not None else map(_worker, args)
+        it = self.executor.map(_worker, args, ordered=False)
         yield from tqdm(it, total=len(args), desc=desc, unit="shard", leave=False)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-            self.pool = None
+        self.executor.close()
 
     def __enter__(self) -> "ShardRunner":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        self.executor.close()
 
 
 # -------------------------------------------------------------------------- training

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from asrdistill.config import to_dict
 from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done, write_json_atomic
 from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
+from asrdistill.parallel import Executor
 
 __all__ = [
     "FbankConfig",
@@ -368,15 +368,10 @@ def _write_shards(jobs: list[_ShardJob], nj: int, progress: Callable[[int, float
     one shard still uses every worker.
     """
     tasks = [(job.utts[i : i + _CHUNK], job.config) for job in jobs for i in range(0, len(job.utts), _CHUNK)]
-    if nj > 1 and len(tasks) > 1:
-        # fork starts workers in milliseconds (spawn re-imports torch in each); the parent holds no
-        # running torch threads here, and each worker runs single-threaded.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(min(nj, len(tasks)), initializer=_init_worker)
-        results = pool.imap(_featurize, tasks)
-    else:
-        pool = None
-        results = map(_featurize, tasks)
+    # fork starts local workers in milliseconds (spawn re-imports torch in each); the parent holds no
+    # running torch threads here, and each worker runs single-threaded.
+    executor = Executor(min(nj, len(tasks)), initializer=_init_worker, start_method="fork")
+    results = executor.map(_featurize, tasks)
     try:
         for job in jobs:
             frames: dict[str, int] = {}
@@ -405,9 +400,7 @@ def _write_shards(jobs: list[_ShardJob], nj: int, progress: Callable[[int, float
             )
             yield _ShardResult(job.index, info, frames, skipped, seconds)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        executor.close()
 
 
 def _shard_bytes(seconds: float, config: FbankConfig) -> float:

@@ -7,12 +7,19 @@ device: each utterance is edge-padded, utterances are concatenated into one
 buffer tensor, and a batch is a single gather ``buf[pos[:, None] + offsets]``.
 
 Shuffling is two-level, as webdataset-style streaming needs: the shard order is
-permuted per epoch (and split across DDP ranks), several shards are read
+permuted per epoch, several shards are read
 interleaved, whole utterances fill a buffer of ``buffer_frames`` frames, and
 every labelled frame in the buffer is drawn in a random order. Everything is
 seeded by ``(seed, epoch)``, so a stream can be regenerated and fast-forwarded
 to a saved batch position; skipped batches are never gathered, and buffers that
 feed only skipped batches never reach the device.
+
+DDP ranks split an epoch by frames, not by shards: the epoch's shard order is
+one sequence of labelled frames, and rank r of N takes frames
+``[r F / N, (r + 1) F / N)`` of it (an utterance at a boundary is shared: each
+rank reads it whole, for context, and trains on its own frames). Every rank
+thus trains the same number of frames, within one, for any N, even more ranks
+than shards.
 
 Host-side work (reading, padding, permuting) runs in a background thread one
 buffer ahead, so the device does not wait for shards between buffers.
@@ -127,10 +134,13 @@ class _HostBuffer:
     shift: Tensor | None = None      # (U, D) per-utterance CMVN shift (speaker CMVN only)
     scale: Tensor | None = None
     pos: Tensor | None = None        # (n,) window start row of each frame, in draw order
-    y: Tensor | None = None          # (n,) int64, in draw order
+    y: Tensor | None = None          # (n,) senone ids as stored (int32), in draw order: widened on the device
     soft_idx: Tensor | None = None   # (n,) as stored (int32): widened on the device
     soft_prob: Tensor | None = None  # float16 as stored
     soft_logp: Tensor | None = None  # float16 as stored
+
+
+_Utt = tuple[str, dict[str, np.ndarray], int, int]  # (utt, sample, first, end): its frames [first, end) are ours
 
 
 class _Skipper:
@@ -166,9 +176,6 @@ class FrameStream:
             _check_aligned(feats, soft)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
-        if len(feats.shards) < world_size:
-            raise ValueError(f"{feats.path}: {len(feats.shards)} shard(s) cannot be split over {world_size} "
-                             "ranks; use a smaller features.shard_size_mb")
         dim = feats.meta.get("dim")
         if dim is not None and int(dim) != cmvn.dim:
             raise ValueError(f"{feats.path}: features are {dim}-dim but CMVN is {cmvn.dim}-dim")
@@ -177,49 +184,77 @@ class FrameStream:
         self.device = torch.device(device)
         self._offsets = torch.arange(config.window, device=self.device)
 
-    def shard_order(self, epoch: int) -> list[int]:
-        """Indices of the shards this rank reads in ``epoch``, in reading order (disjoint across ranks)."""
+    def frame_ranges(self, epoch: int) -> list[tuple[int, int, int]]:
+        """``(shard, first, end)``: the labelled frames (counted within each shard) this rank trains on in ``epoch``.
+
+        Shards in the epoch's reading order; the ranks' ranges tile the epoch
+        without overlap. Counts come from the label manifest (unaligned
+        utterances count 0).
+        """
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.feats.shards))
-        return [int(i) for i in order[self.rank :: self.world_size]]
+        total = self.labels.num_frames
+        lo, hi = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
+        out, start = [], 0
+        for i in order:
+            n = self.labels.shards[int(i)].num_frames
+            a, b = max(lo, start), min(hi, start + n)
+            if a < b:
+                out.append((int(i), a - start, b - start))
+            start += n
+        return out
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """Indices of the shards this rank reads in ``epoch``, in reading order."""
+        return [i for i, _, _ in self.frame_ranges(epoch)]
 
     def num_frames(self, epoch: int) -> int:
-        """Labelled frames this rank yields in ``epoch`` (from the label manifest: unaligned ones count 0)."""
-        return sum(self.labels.shards[i].num_frames for i in self.shard_order(epoch))
+        """Labelled frames this rank yields in ``epoch``."""
+        return sum(b - a for _, a, b in self.frame_ranges(epoch))
 
     def num_batches(self, epoch: int) -> int:
-        """Batches ``epoch(epoch)`` yields; ranks can differ, so DDP trainers should agree on the minimum."""
+        """Batches ``epoch(epoch)`` yields; DDP ranks differ by at most one (the last, partial one)."""
         return -(-self.num_frames(epoch) // self.config.batch_size)
 
     # ------------------------------------------------------------------ host side
 
-    def _utterances(self, epoch: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        """Labelled utterances of this rank's shards, ``open_shards`` shards interleaved at random."""
+    def _shard_utterances(self, i: int, first: int, end: int) -> Iterator[_Utt]:
+        """Labelled utterances of shard ``i`` holding frames ``[first, end)`` of it, each with its share."""
+        paths = [self.feats.shard_paths[i], self.labels.shard_paths[i]]
+        if self.soft is not None:
+            paths.append(self.soft.shard_paths[i])
+        seen = 0  # labelled frames of the shard before this utterance
+        for utt, sample in iter_aligned(paths):
+            if seen >= end:
+                return
+            if not _check_lengths(utt, sample, paths):
+                continue
+            n = sample["pdf"].shape[0]
+            lo, hi = max(first - seen, 0), min(end - seen, n)
+            seen += n
+            if lo < hi:
+                yield utt, sample, lo, hi
+
+    def _utterances(self, epoch: int) -> Iterator[_Utt]:
+        """This rank's labelled utterances (and frame shares), ``open_shards`` shards interleaved at random."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
-        pending = self.shard_order(epoch)
+        pending = self.frame_ranges(epoch)
         pending.reverse()
-        active: list[tuple[list[Path], Iterator]] = []
+        active: list[Iterator[_Utt]] = []
         while pending or active:
             while pending and len(active) < self.config.open_shards:
-                i = pending.pop()
-                paths = [self.feats.shard_paths[i], self.labels.shard_paths[i]]
-                if self.soft is not None:
-                    paths.append(self.soft.shard_paths[i])
-                active.append((paths, iter_aligned(paths)))
+                active.append(self._shard_utterances(*pending.pop()))
             k = int(rng.integers(len(active)))
-            paths, it = active[k]
-            item = next(it, None)
+            item = next(active[k], None)
             if item is None:
                 active.pop(k)
                 continue
-            utt, sample = item
-            if _check_lengths(utt, sample, paths):
-                yield utt, sample
+            yield item
 
     def _host_buffers(self, epoch: int, skip_batches: int) -> Iterator[_HostBuffer]:
         cfg = self.config
         skipper = _Skipper(cfg.batch_size, skip_batches)
         pin = self.device.type == "cuda"
-        utts: list[tuple[str, dict[str, np.ndarray]]] = []
+        utts: list[_Utt] = []
         frames = 0
         number = 0
 
@@ -237,44 +272,48 @@ class FrameStream:
                         setattr(buf, name, t.pin_memory())
             return buf
 
-        for utt, sample in self._utterances(epoch):
-            utts.append((utt, sample))
-            frames += sample["feats"].shape[0]
+        for item in self._utterances(epoch):
+            utts.append(item)
+            frames += item[3] - item[2]
             if frames >= cfg.buffer_frames:
                 yield pack()
                 utts, frames, number = [], 0, number + 1
         if utts:
             yield pack()
 
-    def _pack(self, utts: list[tuple[str, dict[str, np.ndarray]]], rng: np.random.Generator) -> _HostBuffer:
-        """Edge-pad and concatenate the utterances; draw the random order of their frames."""
+    def _pack(self, utts: list[_Utt], rng: np.random.Generator) -> _HostBuffer:
+        """Edge-pad and concatenate the utterances; draw the random order of their (shares of) frames."""
         left, right = self.config.left, self.config.right
-        lens = np.array([s["feats"].shape[0] for _, s in utts], dtype=np.int64)
-        n, u = int(lens.sum()), len(utts)
+        lens = np.array([s["feats"].shape[0] for _, s, _, _ in utts], dtype=np.int64)
+        first = np.array([a for _, _, a, _ in utts], dtype=np.int64)
+        share = np.array([b - a for _, _, a, b in utts], dtype=np.int64)
+        n, u = int(share.sum()), len(utts)
         padded_lens = lens + left + right
         raw_start = np.cumsum(lens) - lens
         pad_start = np.cumsum(padded_lens) - padded_lens
-        raw = np.concatenate([s["feats"] for _, s in utts])
+        raw = np.concatenate([s["feats"] for _, s, _, _ in utts])
         row_utt = np.repeat(np.arange(u), padded_lens)
         local = np.arange(row_utt.shape[0]) - pad_start[row_utt] - left
         np.clip(local, 0, lens[row_utt] - 1, out=local)
         padded = raw[raw_start[row_utt] + local]
-        frame_utt = np.repeat(np.arange(u), lens)
-        pos = pad_start[frame_utt] + np.arange(n) - raw_start[frame_utt]
+        share_start = np.cumsum(share) - share
+        frame_utt = np.repeat(np.arange(u), share)
+        pos = pad_start[frame_utt] + first[frame_utt] + np.arange(n) - share_start[frame_utt]
         perm = rng.permutation(n)
+        cat = lambda name: np.concatenate([s[name][a:b] for _, s, a, b in utts])  # noqa: E731
         out = _HostBuffer(
             n=n,
             padded=torch.from_numpy(padded),
             pos=torch.from_numpy(pos[perm]),
-            y=torch.from_numpy(np.concatenate([s["pdf"] for _, s in utts])[perm].astype(np.int64)),
+            y=torch.from_numpy(cat("pdf")[perm]),
         )
         if self.soft is not None:  # kept as stored (narrow); widened on the device
             fields = {"topk_idx": "soft_idx", "topk_prob": "soft_prob", "soft_logp": "soft_logp"}
             for name, attr in fields.items():
                 if name in utts[0][1]:
-                    setattr(out, attr, torch.from_numpy(np.concatenate([s[name] for _, s in utts])[perm]))
+                    setattr(out, attr, torch.from_numpy(cat(name)[perm]))
         if self.cmvn.per_speaker:
-            stats = [self.cmvn.shift_scale(utt) for utt, _ in utts]
+            stats = [self.cmvn.shift_scale(utt) for utt, _, _, _ in utts]
             out.row_utt = torch.from_numpy(row_utt)
             out.shift = torch.stack([s for s, _ in stats])
             out.scale = torch.stack([s for _, s in stats])
@@ -336,7 +375,7 @@ class FrameStream:
             buf.add_(shift).mul_(scale)
         buf = buf.to(self.config.torch_dtype)
         widen = lambda t, dtype: None if t is None else move(t).to(dtype)  # noqa: E731
-        return (buf, move(host.pos), move(host.y), widen(host.soft_idx, torch.int64),
+        return (buf, move(host.pos), widen(host.y, torch.int64), widen(host.soft_idx, torch.int64),
                 widen(host.soft_prob, torch.float32), widen(host.soft_logp, torch.float32))
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
@@ -381,19 +420,27 @@ def _concat(parts: list[Batch]) -> Batch:
 
 
 def iter_utterances(feats: ShardManifest, cmvn: Cmvn, config: FrameConfig, labels: ShardManifest | None = None,
-                    device: str | torch.device = "cpu") -> Iterator[tuple[str, Tensor, Tensor | None]]:
+                    device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1
+                    ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
     """(utt_id, windows (T, (left+1+right)*feat_dim) float32, labels (T,) int64 or None), in shard order.
 
     With ``labels``, unaligned utterances (empty ``pdf``) are skipped and a
     length mismatch is an error naming the shard; without, every utterance is
-    yielded (decoding).
+    yielded (decoding). ``rank``/``world_size``: only every ``world_size``-th
+    utterance from the ``rank``-th on (dev evaluation split across DDP ranks).
     """
     device = torch.device(device)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} not in [0, {world_size})")
     if labels is not None:
         _check_aligned(feats, labels)
+    number = -1
     for i, feat_path in enumerate(feats.shard_paths):
         paths = [feat_path] if labels is None else [feat_path, labels.shard_paths[i]]
         for utt, sample in iter_aligned(paths):
+            number += 1
+            if number % world_size != rank:
+                continue
             if labels is not None and not _check_lengths(utt, sample, paths):
                 continue
             x = cmvn.apply(torch.from_numpy(sample["feats"]).to(device), utt=utt)

@@ -14,7 +14,6 @@ Utterances are decoded by ``nj`` worker processes that each load the graph once.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from asrdistill.fileio import atomic_open, write_json_atomic
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import WerResult, wer_report
 from asrdistill.data.shards import ShardManifest, iter_shard
+from asrdistill.parallel import Executor
 
 __all__ = ["DecodeConfig", "DecodeResult", "SweepResult", "compute_priors", "decode", "sweep", "FRAME_RATE"]
 
@@ -187,12 +187,8 @@ def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], 
             bar.update(1)
             bar.set_postfix(frames=frames, partial=len(partial), refresh=False)
 
-    if config.nj <= 1:
-        _init_worker(str(graph_dir), config)
-        collect(map(_decode_one, items))
-    else:
-        with mp.get_context("spawn").Pool(config.nj, _init_worker, (str(graph_dir), config)) as pool:
-            collect(pool.imap(_decode_one, items, chunksize=1))
+    with Executor(config.nj, initializer=_init_worker, initargs=(str(graph_dir), config)) as executor:
+        collect(executor.map(_decode_one, items))
     bar.close()
     if partial:
         log.warning("%d of %d utterances reached no final state; their best partial hypotheses are kept "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -111,37 +112,66 @@ def ensemble_logprobs(models: Sequence[nn.Module], x: Tensor, temperature: float
 @torch.no_grad()
 def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
                      labels: ShardManifest | None = None, method: str = "arithmetic",
-                     device: str | torch.device = "cpu", bf16: bool = False
-                     ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+                     device: str | torch.device = "cpu", bf16: bool = False, *, batch_frames: int = 16384,
+                     rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, Tensor, Tensor | None]]:
     """``(utt, log posteriors (T, C) float32, labels (T,) or None)`` of a system over a feature set.
 
     A system is one model or an ensemble (its members combined at T = 1). This is
     the one pass that dev frame accuracy during training, ensemble scoring and
     decoding all read, so they cannot disagree on what a system's posterior is.
+    Utterances are stacked into forward passes of at least ``batch_frames``
+    frames (one utterance per pass would leave a GPU mostly idle);
+    ``rank``/``world_size`` keep every ``world_size``-th utterance (DDP).
     """
     device = torch.device(device)
     for m in models:
         m.eval()
-    for utt, x, y in iter_utterances(feats, cmvn, frame_config, labels=labels, device=device):
+
+    def run(pending: list[tuple[str, Tensor, Tensor | None]]) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+        x = torch.cat([x for _, x, _ in pending]) if len(pending) > 1 else pending[0][1]  # (sum T, window * D)
         with autocast(device, bf16):
             logits = [m(x).float() for m in models]
-        yield utt, combine_logits(logits, 1.0, method), y
+        logp = combine_logits(logits, 1.0, method)
+        start = 0
+        for utt, xu, y in pending:
+            yield utt, logp[start : start + xu.shape[0]], y
+            start += xu.shape[0]
+
+    pending: list[tuple[str, Tensor, Tensor | None]] = []
+    size = 0
+    for item in iter_utterances(feats, cmvn, frame_config, labels=labels, device=device, rank=rank,
+                                world_size=world_size):
+        pending.append(item)
+        size += item[1].shape[0]
+        if size >= batch_frames:
+            yield from run(pending)
+            pending, size = [], 0
+    if pending:
+        yield from run(pending)
 
 
 def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
                    frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
-                   bf16: bool = False) -> dict[str, float]:
-    """Frame accuracy and cross-entropy of a system (one model or an ensemble) on every labelled frame of a set."""
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    for _, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16):
-        loss -= logp.gather(1, y[:, None]).sum().double()
-        correct += (logp.argmax(-1) == y).sum()
-        count += y.numel()
+                   bf16: bool = False, *, batch_frames: int = 16384, rank: int = 0, world_size: int = 1
+                   ) -> dict[str, float]:
+    """Frame accuracy and cross-entropy of a system (one model or an ensemble) on every labelled frame of a set.
+
+    Under DDP (``world_size > 1``, process group initialised) each rank scores
+    its share of the utterances and the sums are all-reduced: every rank returns
+    the whole set's figures.
+    """
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, frames
+    for _, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
+                                       batch_frames=batch_frames, rank=rank, world_size=world_size):
+        sums[0] -= logp.gather(1, y[:, None]).sum().double()
+        sums[1] += (logp.argmax(-1) == y).sum()
+        sums[2] += y.numel()
+    if world_size > 1:
+        dist.all_reduce(sums)
+    loss, correct, count = sums.tolist()
     if count == 0:
         raise ValueError(f"{labels.path}: no labelled frames")
-    return {"loss": loss.item() / count, "acc": correct.item() / count, "frames": count}
+    return {"loss": loss / count, "acc": correct / count, "frames": int(count)}
 
 
 def dense_to_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:

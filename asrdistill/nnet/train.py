@@ -20,8 +20,12 @@ Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
   position, counters, config) is written atomically every ``checkpoint_every``
   steps and after each epoch; rerunning the same command resumes exactly where
   the run stopped and reaches the same parameters as an uninterrupted run.
-* Multi-GPU: launch ``asrdistill train`` with ``torchrun --nproc-per-node N``; each
-  rank reads its own shards (DDP), rank 0 writes.
+* Multi-GPU / multi-node (DDP): launch with ``torchrun --nproc-per-node N -m
+  asrdistill.cli train ...`` (``run.sh --gpus N`` does). Each rank trains on its
+  own equal share of every epoch's frames (:class:`FrameStream` splits by
+  frames), losses and dev metrics are reduced over the ranks (each scores its
+  share of dev), every rank's RNG state is checkpointed, and rank 0 writes
+  behind a barrier; a resumed run must have the same number of ranks.
 """
 
 from __future__ import annotations
@@ -142,9 +146,9 @@ class TrainState:
     epoch: int = 0                     # current epoch
     batches_done: int = 0              # batches of the current epoch already trained on
     step: int = 0                      # optimiser steps so far
-    frames: int = 0                    # training frames so far (this rank)
-    epoch_loss_sum: float = 0.0        # sum over the current epoch's batches of loss * batch frames
-    epoch_frames: int = 0
+    frames: int = 0                    # training frames so far (all ranks)
+    epoch_loss_sum: float = 0.0        # sum over the current epoch's batches of loss * batch frames (all ranks)
+    epoch_frames: int = 0              # (all ranks)
     lr_scale: float = 1.0              # newbob halvings
     best_dev_acc: float = -1.0
     best_epoch: int = -1
@@ -223,17 +227,17 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     """Train on the rest of epoch ``state.epoch`` (from ``state.batches_done``), checkpointing on the way."""
     c = run.config
     run.net.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # since the last fold into state
-    pending_frames = 0
+    pending = torch.zeros(2, dtype=torch.float64, device=run.device)  # loss * frames, frames since the last fold
     first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)  # step of the first non-finite loss
-    window_loss, window_frames, window_start = torch.zeros((), device=run.device), 0, time.perf_counter()
+    window = torch.zeros(2, dtype=torch.float64, device=run.device)  # loss * frames, frames since the last log
+    window_start = time.perf_counter()
     frames_here = 0
     t0 = time.perf_counter()
     bar = tqdm(total=run.steps_per_epoch, initial=state.batches_done, unit="batch", dynamic_ncols=True,
                desc=f"epoch {state.epoch}", disable=not (c.progress and run.rank == 0), leave=False)
     batches = run.stream.epoch(state.epoch, skip_batches=state.batches_done)
     for batch in batches:
-        if state.batches_done >= run.steps_per_epoch:  # DDP: every rank stops at the shortest rank's count
+        if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
             break
         lr = _lr(run, state)
         for group in run.optimizer.param_groups:
@@ -242,41 +246,56 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
         check = run.device.type != "cuda" or state.step % c.log_every == 0  # value checks sync the GPU
         loss = train_step(run.net, run.optimizer, batch, c.distill, run.teachers, run.bf16, check)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), state.step, first_bad)
-        loss_sum += loss.double() * n
-        pending_frames += n
-        window_loss += loss * n
-        window_frames += n
+        step_sums = torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=run.device)])
+        pending += step_sums
+        window += step_sums
         frames_here += n
         state.step += 1
         state.batches_done += 1
-        state.frames += n
         bar.update(1)
 
         if state.step % c.log_every == 0:
             _check_finite(first_bad, run)
             now = time.perf_counter()
-            record = {"step": state.step, "epoch": state.epoch, "loss": window_loss.item() / window_frames,
-                      "lr": lr, "frames_per_sec": window_frames * run.world_size / (now - window_start)}
+            loss_frames, window_frames = _all_sum(run, window).tolist()
+            record = {"step": state.step, "epoch": state.epoch, "loss": loss_frames / window_frames,
+                      "lr": lr, "frames_per_sec": window_frames / (now - window_start)}
             bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_sec']:.0f}", lr=f"{lr:.3g}")
             _log_metrics(run, record)
-            window_loss.zero_()
-            window_frames, window_start = 0, now
+            window.zero_()
+            window_start = now
         if state.step % c.checkpoint_every == 0:
             _check_finite(first_bad, run)
-            state.epoch_loss_sum += loss_sum.item()
-            state.epoch_frames += pending_frames
-            loss_sum.zero_()
-            pending_frames = 0
+            _fold(run, state, pending)
             _save_checkpoint(run, state)
     bar.close()
     _check_finite(first_bad, run)
-    state.epoch_loss_sum += loss_sum.item()
-    state.epoch_frames += pending_frames
+    _fold(run, state, pending)
     elapsed = time.perf_counter() - t0
     state.history.append({"epoch": state.epoch, "train_frames_per_sec": frames_here * run.world_size / max(elapsed, 1e-9)})
 
 
+def _all_sum(run: _Run, t: Tensor) -> Tensor:
+    """``t`` summed over the DDP ranks (a copy; ``t`` itself on one rank)."""
+    if run.world_size > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _fold(run: _Run, state: TrainState, pending: Tensor) -> None:
+    """Add the ranks' summed (loss * frames, frames) since the last fold to the state, identical on every rank."""
+    loss_frames, frames = _all_sum(run, pending).tolist()
+    state.epoch_loss_sum += loss_frames
+    state.epoch_frames += int(frames)
+    state.frames += int(frames)
+    pending.zero_()
+
+
 def _check_finite(first_bad: Tensor, run: _Run) -> None:
+    if run.world_size > 1:  # every rank stops together, not just the one that saw the bad loss
+        first_bad = first_bad.clone()
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
     step = int(first_bad.item())
     if step >= 0:
         raise FloatingPointError(f"non-finite training loss at step {step + 1}; stopping. The last good checkpoint "
@@ -299,28 +318,48 @@ def _log_metrics(run: _Run, record: dict) -> None:
 
 # --------------------------------------------------------------------------- checkpoints
 
-def _rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def _rng_states(device: torch.device) -> dict:
+    """This process's RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+def _set_rng_states(states: dict, device: torch.device) -> None:
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss_next))
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _barrier(run: _Run) -> None:
+    if run.world_size > 1:
+        dist.barrier()
 
 
 def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
-    """Atomically write ``name`` (rank 0 only): everything :func:`train` needs to continue bit-exactly."""
-    if run.rank != 0:
-        return
-    ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
-            "world_size": run.world_size, "optimizer": run.optimizer.state_dict(), "targets": run.targets,
-            "state": dataclasses.asdict(state), "rng": _rng_states()}
-    with atomic_path(run.out_dir / name) as tmp:
-        torch.save(ckpt, tmp)
+    """Atomically write ``name``: everything :func:`train` needs to continue bit-exactly.
+
+    Called on every rank (the RNG states of all ranks are gathered into it); rank 0
+    writes, and no rank goes on before the file is in place.
+    """
+    rng = [_rng_states(run.device)]
+    if run.world_size > 1:
+        rng = [None] * run.world_size
+        dist.all_gather_object(rng, _rng_states(run.device))
+    if run.rank == 0:
+        ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
+                "world_size": run.world_size, "optimizer": run.optimizer.state_dict(), "targets": run.targets,
+                "state": dataclasses.asdict(state), "rng": rng}
+        with atomic_path(run.out_dir / name) as tmp:
+            torch.save(ckpt, tmp)
+    _barrier(run)
 
 
 def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
@@ -508,6 +547,8 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
 
     # model and optimiser
     model = FrameDNN(config.model, input_dim, num_classes).to(device)
+    if world_size > 1:  # the same initial model on every rank, but each rank its own dropout masks
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
@@ -521,7 +562,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = from_dict(TrainState, ckpt["state"])
-        _set_rng_states(ckpt["rng"])
+        _set_rng_states(ckpt["rng"][rank], device)
         log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
     net: nn.Module = torch.compile(model) if config.compile else model
     if world_size > 1:
@@ -543,7 +584,8 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
 
     while state.epoch < config.epochs and not state.stopped:
         train_one_epoch(run, state)
-        dev = frame_accuracy([model], dev_feats, dev_labels, cmvn, config.frames, device=device, bf16=run.bf16)
+        dev = frame_accuracy([model], dev_feats, dev_labels, cmvn, config.frames, device=device, bf16=run.bf16,
+                             rank=rank, world_size=world_size)
         _end_epoch(run, state, dev)
         _save_checkpoint(run, state)
     if writer is not None:
@@ -552,12 +594,13 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
     result = {"best_dev_acc": state.best_dev_acc, "best_epoch": state.best_epoch,
               "best_dev_loss": best.get("dev_loss"), "epochs": len(state.history), "steps": state.step,
-              "train_frames": state.frames * world_size,
+              "train_frames": state.frames,
               "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
               "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
               "stopped_early": state.stopped, "config": _comparable(config), "targets": targets}
     if rank == 0:
         mark_done(out_dir, "train", result)
+    _barrier(run)
     return result
 
 
@@ -595,7 +638,8 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
 
 
 def _steps(run: _Run, epoch: int) -> int:
-    """Batches per rank in ``epoch``: ranks hold different shards, so all stop at the shortest rank's count."""
+    """Batches per rank in ``epoch``: ranks' frame shares differ by at most one frame, so the counts by at most
+    one batch (all stop at the smallest: DDP needs the same number of steps)."""
     steps = run.stream.num_batches(epoch)
     if run.world_size > 1:
         t = torch.tensor(steps, device=run.device)

@@ -6,10 +6,12 @@
 #   recipes/librispeech/run.sh                                   # synthetic corpus, CPU config
 #   recipes/librispeech/run.sh --corpus librispeech --config conf/librispeech_gpu.yaml --gpus 1
 #   recipes/librispeech/run.sh --stage 6 --stop-stage 9          # only the DNN stages
+#   recipes/librispeech/run.sh --stage 6 --gpus 8 --nnodes 2 --node-rank 0 --master-addr node0   # + rank 1 on node1
 #
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
-#          --nj N (CPU processes) --gpus N (0: CPU) --corpus-dir DIR (an existing
-#          LibriSpeech: skips the download) --force (redo finished stages)
+#          --nj N (CPU processes) --gpus N (GPUs per node; 0: CPU; N > 1: torchrun DDP)
+#          --nnodes N --node-rank R --master-addr HOST --master-port P (multi-node DDP)
+#          --corpus-dir DIR (an existing LibriSpeech: skips the download) --force (redo finished stages)
 # Every stage is skipped when its outputs are complete, so re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +22,10 @@ corpus=synthetic
 config=
 nj=2
 gpus=0
+nnodes=1
+node_rank=0
+master_addr=127.0.0.1
+master_port=29500
 corpus_dir=
 force=
 
@@ -31,9 +37,13 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --gpus) gpus=$2; shift 2 ;;
+    --nnodes) nnodes=$2; shift 2 ;;
+    --node-rank) node_rank=$2; shift 2 ;;
+    --master-addr) master_addr=$2; shift 2 ;;
+    --master-port) master_port=$2; shift 2 ;;
     --corpus-dir) corpus_dir=$2; shift 2 ;;
     --force) force=--force; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +54,14 @@ case "$corpus" in
 esac
 [ -f "$config" ] || { echo "run.sh: no config $config" >&2; exit 2; }
 device=cpu; [ "$gpus" -gt 0 ] && device=cuda
+device=${ASRDISTILL_DEVICE:-$device}  # ASRDISTILL_DEVICE=cpu: the --gpus N ranks on CPU (gloo), for tests
+# DNN trainings (stages 6, 7, 9, 10): one process, or torchrun DDP over --gpus N per node x --nnodes
+train_cmd="asrdistill train"
+if [ "$gpus" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
+  rendezvous="--standalone"
+  [ "$nnodes" -gt 1 ] && rendezvous="--nnodes $nnodes --node-rank $node_rank --master-addr $master_addr --master-port $master_port"
+  train_cmd="torchrun --nproc-per-node $(( gpus > 0 ? gpus : 1 )) $rendezvous -m asrdistill.cli train"
+fi
 
 get() { asrdistill config-get --config "$config" "$1"; }
 log() { echo "$(date '+%F %T') run.sh: $*"; }
@@ -113,12 +131,12 @@ data="--feats data/fbank --labels exp/tri_ali --train-set $train --dev-set $dev"
 # Every DNN (baselines, students, fraction runs) is trained under one stopping rule, the 'train'
 # section's (maximum epochs, newbob halving and stop, patience), all chosen on dev.
 if want 6; then begin 6 "baseline DNN on hard labels (seed 1)"
-  asrdistill train $common $data --seed 1 --out exp/baseline_seed1
+  $train_cmd $common $data --seed 1 --out exp/baseline_seed1
 end; fi
 
 if want 7; then begin 7 "baselines with seeds 2..$num_teachers (the ensemble's other members)"
   for i in $(seq 2 "$num_teachers"); do
-    asrdistill train $common $data --seed "$i" --out exp/baseline_seed$i
+    $train_cmd $common $data --seed "$i" --out exp/baseline_seed$i
   done
 end; fi
 
@@ -131,25 +149,25 @@ sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
 if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
   hw0=${hard_weights%% *}
   for t in $temperatures; do
-    asrdistill train $common $data --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
+    $train_cmd $common $data --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
       --hard-weight "$hw0" --out "$(sweep_dir "$t" "$hw0")"
   done
   read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
   for hw in ${hard_weights#"$hw0"}; do
-    asrdistill train $common $data --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
+    $train_cmd $common $data --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
       --temperature "$best_t" --hard-weight "$hw" --out "$(sweep_dir "$best_t" "$hw")"
   done
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   for i in $(seq 1 "$student_seeds"); do
-    asrdistill train $common $data --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
+    $train_cmd $common $data --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
       --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_seed$i
   done
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
-  asrdistill train $common $data --role fraction --seed 201 --fraction "$fraction" \
+  $train_cmd $common $data --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
+  $train_cmd $common $data --role fraction --seed 201 --fraction "$fraction" \
     --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --hard-weight "$best_hw" --out exp/fraction_soft
 end; fi
 
@@ -178,7 +196,7 @@ if want 13 && [ "$(get specialists.enabled 2>/dev/null || echo False)" = True ];
   asrdistill specialists-eval $common $data $spec --test-set $test
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   asrdistill specialists-cache $common $data $spec --temperatures "$best_t"
-  asrdistill train $common $data --role student --seed 101 --soft exp/specialists/soft_T$best_t \
+  $train_cmd $common $data --role student --seed 101 --soft exp/specialists/soft_T$best_t \
     --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
   asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data \
     exp/student_from_specialists
