@@ -43,7 +43,7 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
 from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_path, is_done, mark_done, write_text_atomic
+from asrdistill.fileio import atomic_path, is_done, load_weights, mark_done, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
@@ -192,13 +192,13 @@ class HmmModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "HmmModel":
+        d = load_weights(path, "GMM-HMM model")
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
             return cls(DiagGmmSet.from_state_dict(d["gmm"]),
                        Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
                        FeatureTransform.from_dict(d["transform"]),
                        ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
 
     def state(self) -> dict:

@@ -1,0 +1,249 @@
+"""No code runs from untrusted files, no stale result is reused, no misconfiguration passes silently."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asrdistill import cli
+from asrdistill.config import load_section, parse_overrides, role_section
+from asrdistill.data.features import Cmvn
+from asrdistill.data.frames import FrameConfig
+from asrdistill.fileio import identity, is_done, mark_done, read_done, write_json_atomic
+from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
+from asrdistill.nnet.train import TrainConfig, train
+from conftest import make_frame_set
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a load ran code from the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _crafted(path: Path, marker: Path, base: dict | None = None) -> Path:
+    torch.save({**(base or {}), "payload": _Payload(marker)}, path)
+    return path
+
+
+def test_crafted_checkpoint_cannot_run_code_through_load_model(tmp_path):
+    marker = tmp_path / "PWNED"
+    model = FrameDNN(ModelConfig("tiny"), 12, 5)
+    ckpt = _crafted(tmp_path / "best.pt", marker, {**model.describe(), "model": model.state_dict()})
+    with pytest.raises(ValueError, match=r"best.pt: not a usable FrameDNN checkpoint: refused"):
+        load_model(ckpt)
+    assert not marker.exists()
+
+
+def test_crafted_hmm_model_cannot_run_code(tmp_path):
+    from asrdistill.aligner.hmm import HmmModel
+
+    marker = tmp_path / "PWNED"
+    with pytest.raises(ValueError, match=r"final.pt: not a usable GMM-HMM model: refused"):
+        HmmModel.load(_crafted(tmp_path / "final.pt", marker))
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    means = 2 * rng.standard_normal((4, 3))
+    make_frame_set(root / "train", rng, means, 8, frames=20)
+    make_frame_set(root / "dev", rng, means, 4, frames=20)
+    Cmvn(np.zeros(3), np.ones(3), 1).save(root / "cmvn.json")
+    return root
+
+
+def _config(data: Path, **kw) -> TrainConfig:
+    d = dict(train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
+             dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
+             model=ModelConfig("tiny"), frames=FrameConfig(left=1, right=1, batch_size=16, buffer_frames=100,
+                                                            prefetch=0),
+             epochs=2, optimizer="adam", lr=3e-3, warmup_steps=0, checkpoint_every=3, log_every=2, progress=False)
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def test_crafted_last_pt_cannot_run_code_through_resume(data, tmp_path):
+    marker = tmp_path / "PWNED"
+    out = tmp_path / "run"
+    out.mkdir()
+    _crafted(out / "last.pt", marker, {"config": {}, "state": {}})
+    with pytest.raises(ValueError, match="last.pt: not a usable checkpoint: refused"):
+        train(_config(data), out)
+    assert not marker.exists()
+
+
+def test_checkpoint_holds_only_plain_data_and_resume_does_not_repeat_metrics(data, tmp_path):
+    config = _config(data)
+    ref = tmp_path / "ref"
+    train(config, ref)
+    ckpt = torch.load(ref / "last.pt", map_location="cpu", weights_only=True)  # RNG states as tensors
+    assert isinstance(ckpt["rng"]["numpy"]["keys"], torch.Tensor)
+    ref_lines = (ref / "log/metrics.jsonl").read_text().splitlines()
+    # a run killed after step 7 was logged but before step 9's checkpoint, then resumed from step 6's
+    run = tmp_path / "run"
+    train(_config(data, epochs=1), run)
+    (run / ".train.done").unlink()
+    c = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    c["config"]["epochs"] = 2
+    torch.save(c, run / "last.pt")
+    with open(run / "log/metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": c["state"]["step"] + 1, "epoch": 1, "loss": 9.0}) + "\n")
+        f.write('{"step": 99, "epo')  # a line cut by the kill
+    train(config, run)
+    steps = [(r["step"], "dev_acc" in r) for r in map(json.loads, (run / "log/metrics.jsonl").read_text().splitlines())]
+    assert len(steps) == len(set(steps)) == len(ref_lines)
+    assert steps == [(r["step"], "dev_acc" in r) for r in map(json.loads, ref_lines)]
+
+
+def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, caplog):
+    out = tmp_path / "run"
+    first = train(_config(data), out)
+    assert "identity" in read_done(out, "train") and "identity" not in first
+    assert train(_config(data, log_every=1), out) == first  # operational field: reused
+    caplog.set_level("INFO")
+    second = train(_config(data, lr=1e-3), out)
+    assert "training again from scratch" in caplog.text
+    assert second["steps"] == first["steps"]
+    changed = tmp_path / "data2"
+    import shutil
+    shutil.copytree(data, changed)
+    Cmvn(np.ones(3), np.ones(3), 1).save(changed / "cmvn.json")
+    caplog.clear()
+    train(_config(changed, lr=1e-3, train_feats=str(data / "train/feats")), out)
+    assert "training again from scratch" in caplog.text
+
+
+def test_identity_changes_with_content_and_ignores_markers(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.json").write_text("1")
+    base = identity({"x": 1}, d)
+    mark_done(d, "stage", {"x": 1})
+    assert identity({"x": 1}, d) == base  # dot-files (markers, temporaries) are not inputs
+    assert identity({"x": 2}, d) != base
+    (d / "a.json").write_text("2")
+    assert identity({"x": 1}, d) != base
+    mark_done(tmp_path, "s", {}, identity=base)
+    assert is_done(tmp_path, "s") and is_done(tmp_path, "s", base) and not is_done(tmp_path, "s", "other")
+
+
+def test_json_is_strict(tmp_path):
+    write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.5]})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [None, 1.5]}
+
+
+# --------------------------------------------------------------------------- config and CLI
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown section 'trian'"):
+        load_section(conf, "train", TrainConfig)
+    with pytest.raises(ValueError, match="unknown section 'trian'"):
+        parse_overrides(["trian.epochs=3"])
+    with pytest.raises(ValueError, match="unknown section 'studnet'"):
+        role_section(None, "train", "studnet")
+
+
+def test_dotted_nested_override(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("train:\n  frames: {left: 3, right: 2}\n")
+    cfg = load_section(conf, "train", TrainConfig, ["train.frames.left=10", "train.model.preset=tiny"])
+    assert cfg.frames.left == 10 and cfg.frames.right == 2 and cfg.model.preset == "tiny"
+    with pytest.raises(ValueError, match="lefty"):
+        load_section(conf, "train", TrainConfig, ["train.frames.lefty=10"])
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "asrdistill.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, cause: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and cause in errors[0], proc.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    _one_error_line(_cli("config-get", "recipe.train_set"), "needs --config")
+    conf = tmp_path / "c.yaml"
+    conf.write_text("trian: {}\n")
+    _one_error_line(_cli("config-get", "--config", str(conf), "recipe.x"), "unknown section 'trian'")
+    if not torch.cuda.is_available():
+        _one_error_line(_cli("mono", "--device", "cuda", "d", "l", "f", "e"), "no CUDA GPU is available")
+    proc = _cli("--debug", "config-get", "recipe.train_set")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def _kaldi_feats(directory: Path):
+    from asrdistill.data.shards import ShardManifest, write_shard
+
+    man = ShardManifest(directory, "feats")
+    man.shards.append(write_shard(directory / man.shard_name(0),
+                                  [("utt1", {"feats": np.zeros((5, 4), dtype=np.float16)})]))
+    man.save()
+    return man
+
+
+def test_scp_pipe_is_not_run_without_opt_in(tmp_path):
+    _kaldi_feats(tmp_path / "fbank")
+    scp = tmp_path / "pdf.scp"
+    scp.write_text("utt1 touch PWNED |\n")
+    proc = _cli("import-ali", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path)
+    _one_error_line(proc, "is a shell command")
+    assert not (tmp_path / "PWNED").exists()
+    assert "--allow-pipes" in _cli("import-ali", "--help").stdout
+    # with the opt-in the command runs (and its output is no alignment: a clear error, not exit 0)
+    proc = _cli("import-ali", "--allow-pipes", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path)
+    assert (tmp_path / "PWNED").exists() and proc.returncode != 0
+
+
+def test_import_with_every_length_wrong_fails(tmp_path):
+    import kaldiio
+
+    _kaldi_feats(tmp_path / "fbank")
+    kaldiio.save_ark(str(tmp_path / "pdf.ark"), {"utt1": np.zeros(3, dtype=np.int32)})
+    _one_error_line(_cli("import-ali", str(tmp_path / "pdf.ark"), str(tmp_path / "fbank"), str(tmp_path / "ali")),
+                    "no alignment matches the features")
+
+
+def test_every_skipping_command_accepts_force_and_run_sh_passes_it():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    run_sh = (REPO / "recipes/librispeech/run.sh").read_text().replace("\\\n", " ")
+    for name in ("synth-corpus", "prepare", "features", "mono", "tri", "align", "train", "ensemble", "evaluate"):
+        assert any("--force" in a.option_strings for a in commands[name]._actions), name
+        calls = [line for line in run_sh.splitlines() if line.strip().startswith(f"asrdistill {name} ")]
+        assert calls and all("$force" in line for line in calls), name
+
+
+def test_run_sh_help_and_caller_relative_paths(tmp_path):
+    proc = subprocess.run(["bash", "recipes/librispeech/run.sh", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "--force-stage" in proc.stdout
+    proc = subprocess.run(["bash", str(REPO / "recipes/librispeech/run.sh"), "--config", "mine.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and f"no config {tmp_path / 'mine.yaml'}" in proc.stderr
