@@ -23,7 +23,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["SECTIONS", "load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides",
+__all__ = ["SECTIONS", "result_settings", "load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides",
            "read_yaml"]
 
 T = TypeVar("T")
@@ -120,6 +120,15 @@ def to_dict(obj: Any) -> dict[str, Any]:
             return {k: conv(x) for k, x in v.items()}
         return v
     return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+# where a stage runs and with how many processes: not part of what it computes
+_RUNTIME_FIELDS = ("nj", "device")
+
+
+def result_settings(obj: Any) -> dict[str, Any]:
+    """:func:`to_dict` less the runtime fields (``nj``, ``device``): what a done marker's identity records."""
+    return {k: v for k, v in to_dict(obj).items() if k not in _RUNTIME_FIELDS}
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:

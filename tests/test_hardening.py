@@ -247,3 +247,62 @@ def test_run_sh_help_and_caller_relative_paths(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "recipes/librispeech/run.sh"), "--config", "mine.yaml"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and f"no config {tmp_path / 'mine.yaml'}" in proc.stderr
+
+
+# --------------------------------------------------------------------------- changed inputs are never reused
+
+
+def test_mono_and_align_redo_when_inputs_change(tmp_path, caplog):
+    from test_mono import _cfg, _make_corpus, _write_feats
+
+    from asrdistill.aligner.align import AlignConfig, align_subset
+    from asrdistill.aligner.hmm import HmmModel
+    from asrdistill.aligner.mono import train_mono
+
+    caplog.set_level("INFO")
+    lang, feats, text, _ = _make_corpus(tmp_path, n_utts=20)
+    man = _write_feats(tmp_path / "fbank", feats)
+    cfg = _cfg(num_iters=2, realign_iters=[1])
+    train_mono(man, text, lang, tmp_path / "exp", cfg)
+    train_mono(man, text, lang, tmp_path / "exp", _cfg(num_iters=2, realign_iters=[1], nj=2))  # runtime field
+    assert "already trained" in caplog.text and "training again" not in caplog.text
+    changed = {**text, sorted(text)[0]: "DE"}
+    model = train_mono(man, changed, lang, tmp_path / "exp", cfg)
+    assert "training again" in caplog.text
+
+    loaded = HmmModel.load(tmp_path / "exp/final.pt")
+    align_subset(man, changed, lang, model, tmp_path / "ali", AlignConfig(nj=1))
+    caplog.clear()
+    align_subset(man, changed, lang, loaded, tmp_path / "ali", AlignConfig(nj=1))  # the same model, from disk
+    assert "already aligned" in caplog.text
+    align_subset(man, changed, lang, loaded, tmp_path / "ali", AlignConfig(nj=1, optional_silence_prob=0.2))
+    assert "aligning again" in caplog.text
+    caplog.clear()
+    feats2 = dict(feats)
+    feats2.pop(sorted(feats2)[-1])
+    align_subset(_write_feats(tmp_path / "fbank", feats2), changed, lang, loaded, tmp_path / "ali",
+                 AlignConfig(nj=1, optional_silence_prob=0.2))
+    assert "aligning again" in caplog.text
+
+
+def test_triphone_training_redone_when_the_monophone_alignment_changes(tmp_path, caplog):
+    from test_triphone import _corpus, _lang, _mono_stand_in
+
+    from asrdistill.aligner.tree import TreeConfig
+    from asrdistill.aligner.triphone import TriConfig, train_triphone
+    from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
+
+    caplog.set_level("INFO")
+    lang = _lang()
+    feats, text, _, mono_ali = _corpus(tmp_path, "train", 16, seed=1)
+    mono = _mono_stand_in(feats)
+    cfgs = TreeConfig(num_leaves=20, min_occupancy=20), TriConfig(num_iters=2, max_gaussians=30, realign_iters=[1], nj=1)
+    train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
+    train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
+    assert "already trained" in caplog.text and "training again" not in caplog.text
+    # rewrite one alignment shard without its first utterance's labels (as a changed mono stage would)
+    rows = [(u, s if i else {k: v[:0] for k, v in s.items()}) for i, (u, s) in enumerate(iter_shard(mono_ali.shard_paths[0]))]
+    mono_ali.shards[0] = write_shard(mono_ali.shard_paths[0], rows)
+    mono_ali.save()
+    train_triphone(ShardManifest.load(mono_ali.directory, "ali"), feats, text, lang, mono, tmp_path / "tri", *cfgs)
+    assert "training again" in caplog.text

@@ -177,17 +177,20 @@ class HmmModel:
     def num_pdfs(self) -> int:
         return self.gmm.num_pdfs
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        obj = {
+    def to_dict(self) -> dict:
+        """Tensors and plain data: what :meth:`save` writes (and what identifies the model)."""
+        return {
             "gmm": self.gmm.state_dict(),
             "topology": {"num_states": self.topology.num_states, "self_loop": self.topology.self_loop},
             "transform": self.transform.to_dict(),
             "tree": self.tree.to_dict() if self.tree is not None else None,
             "meta": self.meta,
         }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
         with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+            torch.save(self.to_dict(), tmp)
         return path
 
     @classmethod
