@@ -306,3 +306,57 @@ def test_triphone_training_redone_when_the_monophone_alignment_changes(tmp_path,
     mono_ali.save()
     train_triphone(ShardManifest.load(mono_ali.directory, "ali"), feats, text, lang, mono, tmp_path / "tri", *cfgs)
     assert "training again" in caplog.text
+
+
+# --------------------------------------------------------------------------- input limits
+
+
+def _audio_dir(root: Path, lengths_s: dict[str, float]):
+    import soundfile as sf
+
+    from asrdistill.data.datadir import DataDir
+
+    data = DataDir()
+    rng = np.random.default_rng(0)
+    for utt, seconds in lengths_s.items():
+        path = root / "audio" / f"{utt}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000, subtype="PCM_16")
+        data.wav[utt], data.text[utt], data.utt2spk[utt] = str(path), "HELLO", utt.split("-")[0]
+        data.utt2dur[utt] = seconds
+    data.save(root / "data")
+    return root / "data", data
+
+
+def test_duration_limits_nan_checks_and_changed_wav_scp(tmp_path, caplog):
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.data.features import FbankConfig, compute_cmvn, compute_features
+
+    caplog.set_level("INFO")
+    data_dir, data = _audio_dir(tmp_path, {"1-1-0001": 1.0, "1-1-0002": 0.05, "1-1-0003": 4.0})
+    cfg = FbankConfig(max_duration=3.0)
+    man = compute_features(data_dir, tmp_path / "fbank", cfg)
+    assert man.keys == ["1-1-0001"]
+    rows = [line.split("\t") for line in (tmp_path / "fbank/skipped.tsv").read_text().splitlines()[1:]]
+    assert {r[0]: r[2] for r in rows}.keys() == {"1-1-0002", "1-1-0003"}
+    assert all("outside [0.1, 3] s" in r[2] for r in rows)
+    # a changed wav.scp (same config, same folder) is recomputed, not reused
+    data.wav["1-1-0003"] = data.wav["1-1-0001"]
+    data.utt2dur["1-1-0003"] = 1.0
+    DataDir.save(data, data_dir)
+    caplog.clear()
+    man = compute_features(data_dir, tmp_path / "fbank", cfg)
+    assert "recomputing" in caplog.text and man.keys == ["1-1-0001", "1-1-0003"]
+
+    from asrdistill.data.shards import ShardManifest, write_shard
+
+    bad = ShardManifest(tmp_path / "bad", "feats", meta={"dim": 2})
+    x = np.ones((4, 2), np.float16)
+    x[1, 0] = np.nan
+    bad.shards.append(write_shard(bad.directory / bad.shard_name(0), [("u1", {"feats": x})]))
+    bad.save()
+    with pytest.raises(ValueError, match="feats-000000.tar: u1: features hold NaN"):
+        compute_cmvn(bad)
+    (tmp_path / "cmvn.json").write_text(json.dumps({"dim": 2, "count": 3, "mean": [0, None], "var": [1, 1]}))
+    with pytest.raises(ValueError, match="cmvn.json: CMVN statistics are not finite"):
+        Cmvn.load(tmp_path / "cmvn.json")
