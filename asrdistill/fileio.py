@@ -126,6 +126,8 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     elif hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch here
         _feed(h, obj.detach().cpu().numpy())
+    elif isinstance(obj, np.generic):
+        _feed(h, obj.item())
     elif isinstance(obj, np.ndarray):
         h.update(f"nd{obj.dtype.str}{obj.shape}".encode())
         h.update(np.ascontiguousarray(obj).tobytes())
