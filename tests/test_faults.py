@@ -153,7 +153,7 @@ def dnn_data(tmp_path_factory) -> Path:
         (root / "mk" / name / "feats").rename(root / "feats" / name)
         (root / "mk" / name / "labels").rename(root / "labels" / name)
     Cmvn(np.zeros(5), np.ones(5), 1).save(root / "feats/train/cmvn.json")
-    train = {"model": {"preset": "tiny"}, "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300,
+    train = {"model": {"preset": "tiny", "dropout": 0.2}, "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300,
                                                       "prefetch": 0},
              "epochs": 3, "optimizer": "adam", "lr": 3e-3, "warmup_steps": 0, "checkpoint_every": 17,
              "log_every": 10, "progress": False, "patience": 0}
@@ -180,30 +180,37 @@ def test_features_killed_and_resumed_equal_uninterrupted(audio_data, tmp_path):
     _assert_no_temporaries(out)
 
 
+def _mono_args(g: Path) -> list:
+    return ["--config", g / "conf.yaml", "--nj", 1, g / "data", g / "lang", g / "fbank"]
+
+
+@pytest.fixture(scope="module")
+def mono_ref(gmm_data, tmp_path_factory) -> tuple[Path, float]:
+    """An uninterrupted monophone run (the reference, and the model the alignment case uses)."""
+    out = tmp_path_factory.mktemp("mono_ref")
+    seconds = _run(_cmd("mono", *_mono_args(gmm_data), out / "exp"), out / "ref.log")
+    return out / "exp", seconds
+
+
 @pytest.mark.slow
-def test_monophone_killed_and_resumed_equal_uninterrupted(gmm_data, tmp_path):
+def test_monophone_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tmp_path):
     from asrdistill.fileio import identity, load_weights
 
     rng = random.Random(SEED + 1)
-    g = gmm_data
-    args = ["--config", g / "conf.yaml", "--nj", 1, g / "data", g / "lang", g / "fbank"]
-    seconds = _run(_cmd("mono", *args, tmp_path / "ref"), tmp_path / "ref.log")
-    _run_killed(_cmd("mono", *args, tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
-    _run(_cmd("mono", *args, tmp_path / "out"), tmp_path / "resume.log")
-    a, b = load_weights(tmp_path / "ref/final.pt"), load_weights(tmp_path / "out/final.pt")
+    ref, seconds = mono_ref
+    _run_killed(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
+    _run(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "resume.log")
+    a, b = load_weights(ref / "final.pt"), load_weights(tmp_path / "out/final.pt")
     assert identity(a["gmm"], a["transform"], a["topology"]) == identity(b["gmm"], b["transform"], b["topology"])
-    _same_files(tmp_path / "ref/ali", tmp_path / "out/ali")
+    _same_files(ref / "ali", tmp_path / "out/ali")
     _assert_no_temporaries(tmp_path / "out")
 
 
 @pytest.mark.slow
-def test_alignment_killed_and_resumed_equal_uninterrupted(gmm_data, tmp_path):
+def test_alignment_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tmp_path):
     rng = random.Random(SEED + 2)
     g = gmm_data
-    model = tmp_path / "mono"
-    _run(_cmd("mono", "--config", g / "conf.yaml", "--nj", 1, g / "data", g / "lang", g / "fbank", model),
-         tmp_path / "mono.log")
-    args = ["--config", g / "conf.yaml", "--nj", 2, model, g / "data", g / "lang", g / "fbank"]
+    args = ["--config", g / "conf.yaml", "--nj", 1, mono_ref[0], g / "data", g / "lang", g / "fbank"]
     seconds = _run(_cmd("align", *args, tmp_path / "ref"), tmp_path / "ref.log")
     _run_killed(_cmd("align", *args, tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
     _run(_cmd("align", *args, tmp_path / "out"), tmp_path / "resume.log")
