@@ -146,7 +146,7 @@ def dnn_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dnn")
     rng = np.random.default_rng(0)
     means = 2 * rng.standard_normal((6, 5))
-    for name, n in (("train", 40), ("dev", 8)):
+    for name, n in (("train", 24), ("dev", 8)):
         make_frame_set(root / "mk" / name, rng, means, n, frames=40, shards=4)
         (root / "feats").mkdir(exist_ok=True)
         (root / "labels").mkdir(exist_ok=True)
@@ -260,7 +260,7 @@ def test_soft_target_caching_killed_and_resumed_equals_uninterrupted(dnn_data, t
         (tmp_path / f"t{seed}").mkdir()
         torch.save({**model.describe(), "model": model.state_dict()}, tmp_path / f"t{seed}/best.pt")
         members.append(tmp_path / f"t{seed}")
-    args = [*_dnn_args(dnn_data), "--temperatures", 1, 2, 4, "--topk", 3, "--members", *members]
+    args = [*_dnn_args(dnn_data), "--set", "ensemble.topk=3", "--temperatures", 1, 2, 4, "--members", *members]
     seconds = _run(_cmd("ensemble", *args, "--out", tmp_path / "ref"), tmp_path / "ref.log")
     _run_killed(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
     _run(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "resume.log")

@@ -120,7 +120,7 @@ def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, 
     assert train(_config(data, log_every=1), out) == first  # operational field: reused
     caplog.set_level("INFO")
     second = train(_config(data, lr=1e-3), out)
-    assert "training again from scratch" in caplog.text
+    assert "training again" in caplog.text
     assert second["steps"] == first["steps"]
     changed = tmp_path / "data2"
     import shutil
@@ -128,7 +128,7 @@ def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, 
     Cmvn(np.ones(3), np.ones(3), 1).save(changed / "cmvn.json")
     caplog.clear()
     train(_config(changed, lr=1e-3, train_feats=str(data / "train/feats")), out)
-    assert "training again from scratch" in caplog.text
+    assert "training again" in caplog.text
 
 
 def test_identity_changes_with_content_and_ignores_markers(tmp_path):
