@@ -360,3 +360,17 @@ def test_duration_limits_nan_checks_and_changed_wav_scp(tmp_path, caplog):
     (tmp_path / "cmvn.json").write_text(json.dumps({"dim": 2, "count": 3, "mean": [0, None], "var": [1, 1]}))
     with pytest.raises(ValueError, match="cmvn.json: CMVN statistics are not finite"):
         Cmvn.load(tmp_path / "cmvn.json")
+
+
+def test_known_sections_cover_what_the_commands_and_recipes_read():
+    import re
+
+    from asrdistill.config import SECTIONS, read_yaml
+
+    src = (REPO / "asrdistill/cli.py").read_text()
+    read = set(re.findall(r'_section\(args, "(\w+)"', src)) | set(re.findall(r'role_section\(args\.config, "(\w+)"', src))
+    run_sh = (REPO / "recipes/librispeech/run.sh").read_text()
+    read |= set(re.findall(r"--role (\w+)", run_sh)) | {"recipe"}
+    assert read <= set(SECTIONS), read - set(SECTIONS)
+    for conf in (REPO / "recipes").glob("*/conf/*.yaml"):
+        read_yaml(conf)  # raises on a section no command reads
