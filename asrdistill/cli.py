@@ -24,6 +24,16 @@ def _section(args: argparse.Namespace, section: str, cls: type):
     return load_section(args.config, section, cls, args.set)
 
 
+def _check_device(device: str | None, where: str) -> None:
+    """A CUDA device without a usable GPU is an error here, not a traceback deep inside torch."""
+    if device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where}: {device!r} asked for, but no CUDA GPU is available "
+                             "(torch.cuda.is_available() is False); use cpu")
+
+
 # --------------------------------------------------------------------------- corpus and data
 
 
@@ -90,7 +100,9 @@ def _runtime(cfg, args: argparse.Namespace):
     fields = {f.name for f in dataclasses.fields(cfg)}
     changes = {k: v for k, v in (("nj", getattr(args, "nj", None)), ("device", getattr(args, "device", None)))
                if k in fields and v is not None}
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    _check_device(getattr(cfg, "device", None), f"{type(cfg).__name__}.device")
+    return cfg
 
 
 def cmd_mono(args: argparse.Namespace) -> int:
@@ -106,9 +118,9 @@ def cmd_mono(args: argparse.Namespace) -> int:
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
     torch.set_num_threads(1)
-    model = train_mono(feats, text, lang, args.exp_dir, cfg)
+    model = train_mono(feats, text, lang, args.exp_dir, cfg, force=args.force)
     align_cfg = _runtime(_section(args, "align", AlignConfig), args)
-    align_subset(feats, text, lang, model, Path(args.exp_dir) / "ali", align_cfg)
+    align_subset(feats, text, lang, model, Path(args.exp_dir) / "ali", align_cfg, force=args.force)
     return 0
 
 
@@ -126,7 +138,8 @@ def cmd_tri(args: argparse.Namespace) -> int:
     mono_dir = Path(args.mono_dir)
     train_triphone(ShardManifest.load(mono_dir / "ali", ALI_PREFIX), ShardManifest.load(args.feats_dir, FEATS_PREFIX),
                    DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), HmmModel.load(mono_dir / "final.pt"),
-                   args.exp_dir, _section(args, "tree", TreeConfig), _runtime(_section(args, "tri", TriConfig), args))
+                   args.exp_dir, _section(args, "tree", TreeConfig), _runtime(_section(args, "tri", TriConfig), args),
+                   force=args.force)
     return 0
 
 
@@ -157,9 +170,24 @@ def cmd_import_ali(args: argparse.Namespace) -> int:
     from asrdistill.aligner.kaldi_import import import_kaldi_alignments
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
+    if Path(args.ali).suffix == ".scp" and not args.allow_pipes:
+        _refuse_pipes(Path(args.ali))
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
-    import_kaldi_alignments(args.ali, feats, args.out_dir, num_pdfs=args.num_pdfs, force=args.force)
+    result = import_kaldi_alignments(args.ali, feats, args.out_dir, num_pdfs=args.num_pdfs, force=args.force)
+    if result.num_frames == 0:
+        raise ValueError(f"{args.ali}: no alignment matches the features in {args.feats_dir} "
+                         f"({len(result.skipped)} utterance(s) skipped; reasons in {Path(args.out_dir) / 'skipped.tsv'})")
     return 0
+
+
+def _refuse_pipes(scp: Path) -> None:
+    """Kaldi rxfilenames ``cmd |`` (and ``| cmd``) are shell commands that the scp reader would run."""
+    with open(scp, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            spec = line.strip().partition(" ")[2].strip()
+            if spec.endswith("|") or spec.startswith("|"):
+                raise ValueError(f"{scp}:{lineno}: entry {spec!r} is a shell command; refusing to run it "
+                                 "(pass --allow-pipes if you trust this file)")
 
 
 # --------------------------------------------------------------------------- LM, graph
@@ -204,6 +232,7 @@ def _train_config(args: argparse.Namespace):
                   cmvn=str(feats / args.train_set / "cmvn.json"), seed=args.seed)
     if args.device:
         merged["device"] = args.device
+    _check_device(merged.get("device"), "train.device")
     if args.fraction is not None:
         merged["data_fraction"] = args.fraction
     if args.soft and args.online:
@@ -346,11 +375,11 @@ def cmd_specialists_cache(args: argparse.Namespace) -> int:
 
 def cmd_config_get(args: argparse.Namespace) -> int:
     """Print one value of a recipe config (for loops in run.sh)."""
-    from asrdistill.config import parse_overrides, read_yaml
+    from asrdistill.config import merge, parse_overrides, read_yaml
 
-    data = read_yaml(args.config)
-    for section, fields in parse_overrides(args.set).items():
-        data.setdefault(section, {}).update(fields)
+    if args.config is None:
+        raise ValueError("config-get needs --config FILE (the recipe YAML to read)")
+    data = merge(read_yaml(args.config), parse_overrides(args.set))
     section, _, key = args.key.partition(".")
     if section not in data or key not in (data[section] or {}):
         print(f"{args.config}: no {args.key}", file=sys.stderr)
@@ -391,6 +420,7 @@ def cmd_run_jobs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asrdistill", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback (else one line naming the cause)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = False,
@@ -456,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("exp_dir", type=Path, help="e.g. exp/mono; alignments go to <exp_dir>/ali")
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device", help="cpu or cuda")
+    sp.add_argument("--force", action="store_true", help="train and align again even if done")
 
     sp = add("tri", cmd_tri, "decision tree (senones) from the monophone alignment, tied-state triphone training",
              config=True)
@@ -466,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("exp_dir", type=Path)
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device")
+    sp.add_argument("--force", action="store_true", help="train again even if done")
 
     sp = add("align", cmd_align, "Viterbi-align a data set with a trained GMM-HMM (senone labels with a tree)", config=True)
     sp.add_argument("model_dir", type=Path, help="holds final.pt (exp/mono or exp/tri)")
@@ -483,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("out_dir", type=Path, help="e.g. exp/kaldi_ali/<set> (use it as --labels root)")
     sp.add_argument("--num-pdfs", type=int, help="senone count (tree-info); default: largest id + 1")
+    sp.add_argument("--allow-pipes", action="store_true",
+                    help="let .scp entries be shell commands ('cmd |'). RISK: the file then runs any command it "
+                         "names with your rights; only for files you wrote yourself")
     sp.add_argument("--force", action="store_true")
 
     sp = add("lm", cmd_lm, "n-gram LM: the official ARPA if present, else trained on the corpus LM text", config=True)
@@ -611,9 +646,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(_section(args, "executor", ExecutorConfig))
     try:
+        _check_device(getattr(args, "device", None), "--device")
         return args.func(args)
-    except (ValueError, OSError) as e:  # bad input, missing or existing files: a clear message, no traceback
-        log.error("%s failed: %s", args.command, e)
+    except Exception as e:  # noqa: BLE001 - one line naming the cause; --debug shows the traceback
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: "
+        log.error("%s failed: %s%s", args.command, kind, " ".join(str(e).split()) or type(e).__name__)
         return 1
 
 

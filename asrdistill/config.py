@@ -8,8 +8,9 @@ A recipe config is one YAML file with a section per component, e.g.::
       epochs: 8
 
 and each tool loads its own section into its dataclass, with ``key=value``
-overrides from the command line (``train.epochs=3``). Unknown keys are an
-error, so a typo never silently falls back to a default.
+overrides from the command line (``train.epochs=3``, nested ``train.frames.left=10``).
+Unknown sections and keys are errors, so a typo never silently falls back to a
+default.
 """
 
 from __future__ import annotations
@@ -22,9 +23,34 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides", "read_yaml"]
+__all__ = ["SECTIONS", "result_settings", "load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides",
+           "read_yaml"]
 
 T = TypeVar("T")
+
+# Every top-level section a recipe config may have, with the command that reads it.
+SECTIONS: dict[str, str] = {
+    "recipe": "run.sh (asrdistill config-get)",
+    "lexicon": "lang",
+    "features": "features",
+    "mono": "mono",
+    "align": "mono, align",
+    "tree": "tri",
+    "tri": "tri",
+    "lm": "lm",
+    "graph": "graph",
+    "decode": "evaluate",
+    "evaluate": "evaluate",
+    "train": "train, ensemble, evaluate",
+    "ensemble": "ensemble",
+    "student": "train --role student",
+    "fraction": "train --role fraction",
+}
+
+
+def _check_section(name: str, where: str) -> None:
+    if name not in SECTIONS:
+        raise ValueError(f"{where}: unknown section {name!r}; known: {sorted(SECTIONS)}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -35,6 +61,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read config: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level of a config must be a mapping, got {type(data).__name__}")
+    for name in data:
+        _check_section(str(name), str(path))
     return data
 
 
@@ -94,18 +122,35 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["train.epochs=3", "features.nj=4"]`` -> ``{"train": {"epochs": "3"}, ...}``.
+# where a stage runs and with how many processes: not part of what it computes
+_RUNTIME_FIELDS = ("nj", "device")
 
-    Values are parsed as YAML scalars so ``3`` is an int and ``[1, 2]`` a list.
+
+def result_settings(obj: Any) -> dict[str, Any]:
+    """:func:`to_dict` less the runtime fields (``nj``, ``device``): what a done marker's identity records."""
+    return {k: v for k, v in to_dict(obj).items() if k not in _RUNTIME_FIELDS}
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["train.epochs=3", "train.frames.left=10"]`` -> ``{"train": {"epochs": 3, "frames": {"left": 10}}}``.
+
+    Values are parsed as YAML so ``3`` is an int and ``[1, 2]`` a list; dotted
+    keys reach nested sections.
     """
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not dot or not section or not field:
+        path = key.split(".")
+        if not sep or len(path) < 2 or not all(path):
             raise ValueError(f"override {item!r} must look like section.key=value")
-        out.setdefault(section, {})[field] = yaml.safe_load(value)
+        _check_section(path[0], f"override {item!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: value is not valid YAML: {e}") from e
+        for name in reversed(path[1:]):
+            parsed = {name: parsed}
+        out[path[0]] = merge(out.get(path[0], {}), parsed)
     return out
 
 
@@ -125,8 +170,7 @@ def load_section(
         full = read_yaml(path)
         data = dict(full.get(section) or {})
         where = f"{path}:{section}"
-    data.update(parse_overrides(overrides).get(section, {}))
-    return from_dict(cls, data, where)
+    return from_dict(cls, merge(data, parse_overrides(overrides).get(section, {})), where)
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -146,5 +190,6 @@ def role_section(path: str | Path | None, base: str, role: str | None, overrides
     data = read_yaml(path) if path is not None else {}
     merged = dict(data.get(base) or {})
     if role:
+        _check_section(role, f"role {role!r}")
         merged = merge(merged, data.get(role) or {})
     return merge(merged, parse_overrides(overrides).get(base, {}))

@@ -8,17 +8,26 @@ in the same folder and is renamed into place only once complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 __all__ = [
     "atomic_path",
     "atomic_open",
     "write_text_atomic",
     "write_json_atomic",
+    "json_safe",
+    "identity",
+    "read_done",
+    "load_weights",
     "is_done",
     "mark_done",
     "clear_done",
@@ -27,6 +36,15 @@ __all__ = [
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk, so that after a crash the renamed name never points at missing data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -43,7 +61,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)  # the rename itself
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -64,25 +84,149 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by ``None``: strict JSON that every parser reads."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Strict JSON (NaN/inf written as null) through :func:`atomic_open`."""
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
+
+
+# Files up to this size are fingerprinted by content (manifests, configs, transcripts, models of
+# the GMM stages); larger ones (feature and label shards, GBs in all) by size and mtime, which
+# changes whenever a stage rewrites them (atomic writes always create a new file).
+_HASH_CONTENT_BYTES = 1 << 20
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, Path):
+        _feed_path(h, obj)
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=str):
+            _feed(h, str(k))
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    elif hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch here
+        _feed(h, obj.detach().cpu().numpy())
+    elif isinstance(obj, np.generic):
+        _feed(h, obj.item())
+    elif isinstance(obj, np.ndarray):
+        h.update(f"nd{obj.dtype.str}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    else:
+        h.update(json.dumps(obj).encode("utf-8"))
+
+
+def _feed_path(h: "hashlib._Hash", path: Path) -> None:
+    """A file by content or size+mtime; a folder by each of its files (dot-files: markers, temporaries, skipped)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    elif path.is_file():
+        files = [path]
+    else:
+        h.update(f"missing:{path}".encode())
+        return
+    for f in files:
+        st = f.stat()
+        h.update(f"file:{f.relative_to(path) if f != path else f.name}:{st.st_size}:".encode())
+        if st.st_size <= _HASH_CONTENT_BYTES:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+
+
+def identity(*parts: Any) -> str:
+    """sha256 fingerprint of a stage's config and inputs, recorded in its done marker.
+
+    A ``Path`` is an input file or folder (fingerprinted by content, or by size
+    and mtime above 1 MiB); anything else (config dicts, transcripts, arrays,
+    dataclasses) is data. Equal fingerprints mean a finished stage may be reused.
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
 
 
 def _marker(directory: str | os.PathLike, name: str) -> Path:
     return Path(directory) / f".{name}.done"
 
 
-def is_done(directory: str | os.PathLike, name: str = "stage") -> bool:
-    """True if ``mark_done(directory, name)`` ran after the stage's last success."""
-    return _marker(directory, name).is_file()
+def read_done(directory: str | os.PathLike, name: str = "stage") -> dict | None:
+    """The ``info`` of a done marker (with its ``identity`` if one was recorded), or None if absent or unreadable."""
+    try:
+        data = json.loads(_marker(directory, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def mark_done(directory: str | os.PathLike, name: str = "stage", info: dict | None = None) -> None:
-    """Record that a stage finished; ``info`` (e.g. its config) is stored in the marker."""
-    write_json_atomic(_marker(directory, name), info or {})
+def is_done(directory: str | os.PathLike, name: str = "stage", identity: str | None = None) -> bool:
+    """True if ``mark_done(directory, name)`` ran after the stage's last success.
+
+    With ``identity`` (from :func:`identity`), only if the marker records that
+    same identity: a stage whose config or inputs changed is not done.
+    """
+    if identity is None:
+        return _marker(directory, name).is_file()
+    marker = read_done(directory, name)
+    return marker is not None and marker.get("identity") == identity
+
+
+def mark_done(directory: str | os.PathLike, name: str = "stage", info: dict | None = None,
+              identity: str | None = None) -> None:
+    """Record that a stage finished; ``info`` (e.g. its config) and ``identity`` are stored in the marker."""
+    data = dict(info or {})
+    if identity is not None:
+        data["identity"] = identity
+    write_json_atomic(_marker(directory, name), data)
 
 
 def clear_done(directory: str | os.PathLike, name: str = "stage") -> None:
     _marker(directory, name).unlink(missing_ok=True)
+
+
+def load_weights(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """A ``torch.save``d dict of tensors and plain data, loaded with ``weights_only=True``.
+
+    Checkpoints and models are files users download and share: unpickling an
+    arbitrary object can run code, so a file that needs it is refused. Errors
+    say ``<path>: not a usable <what>: <reason>``.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in str(e).splitlines()
+                       if "WeightsUnpickler error:" in line), "")
+        detail = detail.split(" was not an allowed global")[0] or "not a torch.save file of tensors and plain data"
+        raise ValueError(f"{path}: not a usable {what}: refused by weights-only loading ({detail}); a file that "
+                         "needs full unpickling could run code and is never loaded") from e
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path}: not a usable {what}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a usable {what}: expected a dict of tensors, got {type(data).__name__}")
+    return data

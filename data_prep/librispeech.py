@@ -361,6 +361,7 @@ class _Chapter:
 def _read_transcripts(path: Path, out: _Chapter) -> dict[str, str]:
     """``UTT WORD ...`` lines; bad lines are recorded in ``out.skipped`` and the rest kept."""
     texts: dict[str, str] = {}
+    lines: dict[str, int] = {}
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -380,13 +381,16 @@ def _read_transcripts(path: Path, out: _Chapter) -> dict[str, str]:
         words = " ".join(tokens).upper()
         if not _UTT_ID.match(utt):
             out.skipped.append((utt, f"{path}:{lineno}", "bad utterance id"))
-        elif utt in texts:
-            out.skipped.append((utt, f"{path}:{lineno}", "duplicate utterance id"))
+        elif utt in texts:  # a conflict: neither line is trusted
+            out.skipped.append((utt, f"{path}:{lineno}", f"duplicate utterance id (also on line {lines[utt]}); "
+                                                         "both left out"))
+            texts[utt] = ""
         elif not words:
             out.skipped.append((utt, f"{path}:{lineno}", "empty transcript"))
             texts[utt] = ""
         else:
             texts[utt] = words
+        lines.setdefault(utt, lineno)
     return texts
 
 

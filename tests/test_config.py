@@ -24,8 +24,8 @@ class Cfg:
 
 def test_yaml_section_and_overrides(tmp_path):
     conf = tmp_path / "c.yaml"
-    conf.write_text("train:\n  epochs: 5\n  temps: [1, 5]\n  inner: {depth: 4}\nother:\n  x: 1\n")
-    cfg = load_section(conf, "train", Cfg, ["train.lr=0.5", "train.flag=true", "other.x=2"])
+    conf.write_text("train:\n  epochs: 5\n  temps: [1, 5]\n  inner: {depth: 4}\nfeatures:\n  x: 1\n")
+    cfg = load_section(conf, "train", Cfg, ["train.lr=0.5", "train.flag=true", "features.x=2"])
     assert cfg.epochs == 5 and cfg.lr == 0.5 and cfg.flag is True
     assert cfg.temps == [1.0, 5.0] and cfg.inner.depth == 4
     assert to_dict(cfg)["inner"] == {"depth": 4}
@@ -33,7 +33,7 @@ def test_yaml_section_and_overrides(tmp_path):
 
 def test_missing_section_gives_defaults(tmp_path):
     conf = tmp_path / "c.yaml"
-    conf.write_text("other: {}\n")
+    conf.write_text("features: {}\n")
     assert load_section(conf, "train", Cfg) == Cfg()
 
 

@@ -47,8 +47,9 @@ def corpus(tmp_path: Path) -> tuple[Path, DataDir]:
 
 
 def _small_shards() -> FbankConfig:
-    # ~3 utterances per shard, so multi-shard behaviour is exercised on tiny data
-    return FbankConfig(shard_size_mb=0.015)
+    # ~3 utterances per shard, so multi-shard behaviour is exercised on tiny data; no minimum
+    # duration, so that audio of exactly one analysis window (25 ms) is featurized
+    return FbankConfig(shard_size_mb=0.015, min_duration=0.0)
 
 
 def test_num_frames_snip_edges() -> None:

@@ -47,7 +47,7 @@ def _config(data: Path, **kw) -> TrainConfig:
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "run")
     monkeypatch.setattr(train_mod, "compute_loss", real)
-    ckpt = torch.load(tmp_path / "run/last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "run/last.pt", map_location="cpu", weights_only=True)
     assert (ckpt["state"]["step"], ckpt["state"]["epoch"], ckpt["state"]["batches_done"]) == (77, 1, 27)
 
     resumed = train(config, tmp_path / "run")
@@ -103,7 +103,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(data, tm
     monkeypatch.setattr(train_mod, "compute_loss", poisoned)
     with pytest.raises(FloatingPointError, match="step 12"):
         train(_config(data), tmp_path)
-    ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["state"]["step"] == 7
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, PhoneSeq, UttAlignment, shard_feats, prepare_transcripts, \
     process_shard
-from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_open, is_done, mark_done
+from asrdistill.config import result_settings, to_dict
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, write_shard
 from asrdistill.parallel import Executor
@@ -105,22 +105,28 @@ def _init_worker() -> None:
 
 def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, model: HmmModel, out_dir: str | Path,
                  config: AlignConfig = AlignConfig(), seqs: Mapping[str, PhoneSeq] | None = None,
-                 force: bool = False) -> AlignResult:
+                 force: bool = False, marker_identity: str | None = None) -> AlignResult:
     """Viterbi-align every utterance of ``feats`` to its transcript in ``text``; write label shards to ``out_dir``.
 
     ``seqs`` (utt -> (phones, optional flags)) overrides the transcripts, e.g.
     the phone sequences realised by an earlier alignment for exact triphone
     contexts. A finished ``out_dir`` (marker ``.align.done``) is reused unless
-    ``force``.
+    ``force`` or its identity (config, inputs, model; ``marker_identity`` if
+    given, for a caller that derived ``seqs``) changed.
     """
     out_dir = Path(out_dir)
     write_pdf = model.tree is not None if config.write_pdf is None else config.write_pdf
+    ident = marker_identity or identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang,
+                                        model.to_dict(), dict(seqs) if seqs is not None else None)
     if is_done(out_dir, "align") and not force:
-        log.info("%s: already aligned, skipping (force to redo)", out_dir)
-        skipped = _read_skipped(out_dir / "skipped.tsv")
-        ali = ShardManifest.load(out_dir, ALI_PREFIX)
-        pdf = ShardManifest.load(out_dir, PDF_PREFIX) if write_pdf else None
-        return AlignResult(ali, pdf, skipped, ali.num_frames, 0.0)
+        if is_done(out_dir, "align", ident):
+            log.info("%s: already aligned, skipping (force to redo)", out_dir)
+            skipped = _read_skipped(out_dir / "skipped.tsv")
+            ali = ShardManifest.load(out_dir, ALI_PREFIX)
+            pdf = ShardManifest.load(out_dir, PDF_PREFIX) if write_pdf else None
+            return AlignResult(ali, pdf, skipped, ali.num_frames, 0.0)
+        log.info("%s: config, inputs or model changed since the alignment; aligning again", out_dir)
+    clear_done(out_dir, "align")
     t0 = time.time()
     pre_seqs, pre_skipped = prepare_transcripts(text, lang, config.optional_silence_prob > 0, config.boundary_silence)
     if seqs is not None:
@@ -182,7 +188,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     with atomic_open(out_dir / "skipped.tsv") as f:
         f.writelines(f"{u}\t{reason}\n" for u, reason in sorted(skipped.items()))
     seconds = time.time() - t0
-    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)})
+    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, identity=ident)
     log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
              frames / max(seconds, 1e-9), len(skipped),
              f", e.g. {list(skipped.items())[:3]}" if skipped else "")

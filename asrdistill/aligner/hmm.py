@@ -42,7 +42,7 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
 from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_path, is_done, mark_done, write_text_atomic
+from asrdistill.fileio import atomic_path, is_done, load_weights, mark_done, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
@@ -177,28 +177,31 @@ class HmmModel:
     def num_pdfs(self) -> int:
         return self.gmm.num_pdfs
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        obj = {
+    def to_dict(self) -> dict:
+        """Tensors and plain data: what :meth:`save` writes (and what identifies the model)."""
+        return {
             "gmm": self.gmm.state_dict(),
             "topology": {"num_states": self.topology.num_states, "self_loop": self.topology.self_loop},
             "transform": self.transform.to_dict(),
             "tree": self.tree.to_dict() if self.tree is not None else None,
             "meta": self.meta,
         }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
         with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+            torch.save(self.to_dict(), tmp)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "HmmModel":
+        d = load_weights(path, "GMM-HMM model")
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
             return cls(DiagGmmSet.from_state_dict(d["gmm"]),
                        Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
                        FeatureTransform.from_dict(d["transform"]),
                        ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
 
     def state(self) -> dict:

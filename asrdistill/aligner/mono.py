@@ -23,10 +23,10 @@ from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, Shard
     plot_convergence, prepare_transcripts, train_gmm_hmm
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.utt_graph import MonophonePdfs
-from asrdistill.config import to_dict
+from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.fileio import atomic_path, is_done, mark_done
+from asrdistill.fileio import atomic_path, clear_done, identity, is_done, mark_done
 
 __all__ = ["MonoConfig", "train_mono"]
 
@@ -63,9 +63,14 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     ``.mono.done`` marker.
     """
     exp_dir = Path(exp_dir)
+    ident = identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang)
     if is_done(exp_dir, "mono") and not force:
-        log.info("%s: monophone model already trained, skipping (force to redo)", exp_dir)
-        return HmmModel.load(exp_dir / "final.pt")
+        if is_done(exp_dir, "mono", ident):
+            log.info("%s: monophone model already trained, skipping (force to redo)", exp_dir)
+            return HmmModel.load(exp_dir / "final.pt")
+        log.info("%s: config, features, transcripts or lang changed since the monophone training; training again",
+                 exp_dir)
+    clear_done(exp_dir, "mono")
     if config.silence_states < 1 or config.states < 1:
         raise ValueError("mono: states and silence_states must be >= 1")
     t0 = time.time()
@@ -106,7 +111,7 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
         tmp.write_text("".join(f"{u}\t{r}\n" for u, r in sorted(skipped.items())), encoding="utf-8")
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "mono", {"config": to_dict(config), "num_utts": len(ali), "skipped": len(skipped),
-                                "seconds": round(time.time() - t0, 1)})
+                                "seconds": round(time.time() - t0, 1)}, identity=ident)
     log.info("monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped",
              time.time() - t0, model.gmm.num_gauss, model.num_pdfs, len(skipped))
     return model

@@ -37,8 +37,8 @@ from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import HmmModel, LoopConfig, PhoneSeq, UttAlignment, plot_convergence, train_gmm_hmm
 from asrdistill.aligner.stats import frame_contexts, instance_starts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
-from asrdistill.config import to_dict
-from asrdistill.fileio import is_done, mark_done, write_json_atomic
+from asrdistill.config import result_settings, to_dict
+from asrdistill.fileio import clear_done, identity, is_done, mark_done, write_json_atomic
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
 
@@ -121,9 +121,14 @@ def train_triphone(
     loaded, not retrained, unless ``force``.
     """
     exp_dir = Path(exp_dir)
+    ident = identity(result_settings(config), result_settings(tree_config), mono_ali.path, mono_ali.shard_paths,
+                     feats.path, feats.shard_paths, dict(text), lang, mono.to_dict())
     if is_done(exp_dir, "tri") and not force:
-        log.info("%s: triphone model already trained (force to redo)", exp_dir)
-        return HmmModel.load(exp_dir / "final.pt")
+        if is_done(exp_dir, "tri", ident):
+            log.info("%s: triphone model already trained (force to redo)", exp_dir)
+            return HmmModel.load(exp_dir / "final.pt")
+        log.info("%s: config or inputs changed since the triphone training; training again", exp_dir)
+    clear_done(exp_dir, "tri")
     t0 = time.time()
     transform = mono.transform
 
@@ -150,7 +155,7 @@ def train_triphone(
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "tri", {"config": to_dict(config), "tree_config": to_dict(tree_config),
                                "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss,
-                               "seconds": round(time.time() - t0, 1)})
+                               "seconds": round(time.time() - t0, 1)}, identity=ident)
     log.info("triphone training done in %.1f s: %d senones, %d Gaussians", time.time() - t0, tree.num_pdfs,
              model.gmm.num_gauss)
     return model
@@ -188,8 +193,10 @@ def align_triphone(
     if model.tree is None:
         raise ValueError("align_triphone needs a tree (triphone) model; use align_subset for monophones")
     out_dir = Path(out_dir)
-    if is_done(out_dir, "align") and not force:
-        return align_subset(feats, text, lang, model, out_dir, config)
+    ident = identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang, model.to_dict(),
+                     (prior_ali.path, prior_ali.shard_paths) if prior_ali is not None else None)
+    if is_done(out_dir, "align", ident) and not force:
+        return align_subset(feats, text, lang, model, out_dir, config, marker_identity=ident)
     t0 = time.time()
     seqs: dict[str, PhoneSeq] = {}
     if prior_ali is not None:
@@ -201,7 +208,8 @@ def align_triphone(
                              force=True)
         seqs.update(realised_sequences(read_alignment(first.ali)))
     res = align_subset(feats, text, lang, model, out_dir,
-                       AlignConfig(**{**to_dict(config), "write_pdf": True}), seqs=seqs, force=True)
+                       AlignConfig(**{**to_dict(config), "write_pdf": True}), seqs=seqs, force=True,
+                       marker_identity=ident)
     if todo:
         shutil.rmtree(out_dir / "pass1", ignore_errors=True)
     counts = senone_counts(res.pdf, model.num_pdfs)

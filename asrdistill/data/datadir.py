@@ -17,8 +17,9 @@ __all__ = ["DataDir", "read_kv", "write_kv"]
 
 
 def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
-    """Read a Kaldi ``key value...`` file; duplicate keys are an error naming the file."""
+    """Read a Kaldi ``key value...`` file; duplicate keys are a conflict: an error naming the file and both lines."""
     out: dict[str, str] = {}
+    first: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
@@ -26,8 +27,9 @@ def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
                 continue
             key, _, value = line.partition(" ")
             if key in out:
-                raise ValueError(f"{path}:{lineno}: duplicate key {key!r}")
+                raise ValueError(f"{path}:{lineno}: duplicate key {key!r} (first on line {first[key]})")
             out[key] = value.strip()
+            first[key] = lineno
     return out
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.config import to_dict
 from asrdistill.data.datadir import DataDir
-from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, write_json_atomic
 from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
 from asrdistill.parallel import Executor
 
@@ -61,12 +61,21 @@ class FbankConfig:
     sample_rate: int = 16000
     shard_size_mb: float = 200.0
     cmvn: str = "global"         # "global" or "speaker" (per-speaker stats; needs utt2spk)
+    # Utterances outside [min_duration, max_duration] seconds are left out (listed in skipped.tsv):
+    # LibriSpeech was cut into segments of at most 35 s, so anything longer is a wrong or unsegmented
+    # file (one 40-minute file would outweigh the whole corpus in the CMVN statistics and the
+    # aligner's memory); below 0.1 s (10 frames) no word fits.
+    min_duration: float = 0.1
+    max_duration: float = 36.0
 
     def __post_init__(self) -> None:
         if self.cmvn not in ("global", "speaker"):
             raise ValueError(f"features.cmvn must be 'global' or 'speaker', got {self.cmvn!r}")
         if self.num_mel_bins <= 0 or self.frame_shift_ms <= 0 or self.frame_length_ms <= 0:
             raise ValueError("features: num_mel_bins, frame_length_ms and frame_shift_ms must be positive")
+        if not 0 <= self.min_duration < self.max_duration:
+            raise ValueError(f"features: need 0 <= min_duration < max_duration, got {self.min_duration}, "
+                             f"{self.max_duration}")
 
     @property
     def window_samples(self) -> int:
@@ -77,7 +86,7 @@ class FbankConfig:
         return int(self.sample_rate * self.frame_shift_ms / 1000)
 
     def extraction_dict(self) -> dict:
-        """The settings that change the features' values (not shard size or CMVN mode)."""
+        """The settings that change the features' values or which utterances they cover (not shard size or CMVN mode)."""
         d = to_dict(self)
         d.pop("shard_size_mb")
         d.pop("cmvn")
@@ -175,7 +184,15 @@ class Cmvn:
             raise ValueError(f"{path}: cannot read CMVN statistics: {e}") from e
         if cmvn.mean.shape != cmvn.var.shape or cmvn.mean.ndim != 1:
             raise ValueError(f"{path}: mean and var must be vectors of the same length")
+        cmvn.check_finite(str(path))
         return cmvn
+
+    def check_finite(self, where: str) -> None:
+        """NaN or infinite statistics (from bad features) are an error naming ``where`` and the speaker."""
+        stats = {"": (self.mean, self.var), **{s: (self.spk_mean[s], self.spk_var[s]) for s in self.spk_mean}}
+        bad = [s or "global" for s, (m, v) in stats.items() if not (np.isfinite(m).all() and np.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{where}: CMVN statistics are not finite (NaN or Inf) for {bad[:3]}")
 
 
 class _Accumulator:
@@ -212,6 +229,8 @@ def compute_cmvn(manifest: ShardManifest, utt2spk: dict[str, str] | None = None)
     for path in tqdm(manifest.shard_paths, desc="cmvn", unit="shard", leave=False):
         for utt, sample in iter_shard(path):
             x = sample["feats"]
+            if not np.isfinite(x).all():
+                raise ValueError(f"{path}: {utt}: features hold NaN or Inf; recompute them (features --force)")
             if total is None:
                 dim = dim or x.shape[1]
                 total = _Accumulator(dim)
@@ -234,6 +253,7 @@ def compute_cmvn(manifest: ShardManifest, utt2spk: dict[str, str] | None = None)
         cmvn.utt2spk = {u: s for u, s in utt2spk.items() if u in keys}
         for spk, acc in per_spk.items():
             cmvn.spk_mean[spk], cmvn.spk_var[spk] = acc.mean_var()
+    cmvn.check_finite(str(manifest.path))
     return cmvn
 
 
@@ -353,7 +373,11 @@ def _featurize(task: tuple[list[tuple[str, str]], FbankConfig]) -> list[tuple[st
     for utt, wav in utts:
         try:
             audio = load_audio(wav, config.sample_rate)
-            out.append((utt, wav, fbank(audio, config).astype(np.float16), len(audio) / config.sample_rate))
+            feats = fbank(audio, config).astype(np.float16)
+            if not np.isfinite(feats).all():
+                out.append((utt, wav, "features hold NaN or Inf (corrupt samples?)", 0.0))
+                continue
+            out.append((utt, wav, feats, len(audio) / config.sample_rate))
         except AudioError as e:
             out.append((utt, wav, e.reason, 0.0))
         except ValueError as e:  # too short
@@ -436,11 +460,13 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     stage = "features"
+    # the audio files are not fingerprinted (a corpus is not edited in place; statting 280k files
+    # costs minutes): their list and durations are
+    ident = identity(config.extraction_dict(), str(data_dir), data_dir / "wav.scp", data_dir / "utt2dur")
     if not force and is_done(out_dir, stage):
-        done = ShardManifest.load(out_dir, FEATS_PREFIX)
-        if done.meta.get("config") == config.extraction_dict() and done.meta.get("data_dir") == str(data_dir):
+        if is_done(out_dir, stage, ident):
             log.info("%s: features already computed (force to recompute)", out_dir)
-            return done
+            return ShardManifest.load(out_dir, FEATS_PREFIX)
         log.info("%s: earlier features were computed with other settings or data; recomputing", out_dir)
     data = DataDir.load(data_dir)
     if not data.wav:
@@ -448,7 +474,13 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_done(out_dir, stage)
     durs = _durations(data, data_dir)
-    groups = plan_shards({u: _shard_bytes(d, config) for u, d in durs.items()}, config.shard_size_mb * 1e6)
+    excluded = [(u, data.wav[u], f"duration {d:.2f} s outside [{config.min_duration:g}, {config.max_duration:g}] s "
+                                 "(features.min_duration/max_duration)")
+                for u, d in sorted(durs.items()) if d > config.max_duration or 0 < d < config.min_duration]
+    if excluded:
+        log.warning("%s: %d utterance(s) left out for their duration, e.g. %s", data_dir, len(excluded), excluded[0][:2])
+    kept = {u: d for u, d in durs.items() if u not in {e[0] for e in excluded}}
+    groups = plan_shards({u: _shard_bytes(d, config) for u, d in kept.items()}, config.shard_size_mb * 1e6)
     manifest = ShardManifest(out_dir, FEATS_PREFIX)
     jobs = [_ShardJob(i, out_dir / manifest.shard_name(i), [(u, data.wav[u]) for u in g], config)
             for i, g in enumerate(groups)]
@@ -478,7 +510,7 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
 
     ordered = [results[j.index] for j in jobs]
     manifest.shards = [r.info for r in ordered if r.info.keys]
-    skipped = [s for r in ordered for s in r.skipped]
+    skipped = excluded + [s for r in ordered for s in r.skipped]
     frames = {u: n for r in ordered for u, n in r.frames.items()}
     with atomic_open(out_dir / "skipped.tsv") as f:
         f.write("utt_id\tfile\treason\n")
@@ -499,7 +531,7 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
         for utt in sorted(frames):
             f.write(f"{utt} {frames[utt]}\n")
     manifest.save()
-    mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)})
+    mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)}, identity=ident)
     if todo:
         log.info("%s: %.2f h of audio in %.1f s (%.0fx real-time, nj=%d)", out_dir, done_seconds / 3600,
                  elapsed, done_seconds / max(elapsed, 1e-9), nj)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from asrdistill.fileio import load_weights
 
 __all__ = ["ModelConfig", "PRESETS", "FrameDNN", "autocast", "load_model"]
 
@@ -88,10 +89,10 @@ def autocast(device: torch.device, bf16: bool):
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> FrameDNN:
     """Rebuild a :class:`FrameDNN` from a checkpoint written by ``asrdistill.nnet.train`` (``best.pt``, ``last.pt``)."""
     path = Path(path)
+    ckpt = load_weights(path, "FrameDNN checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         model = FrameDNN(ModelConfig(**ckpt["model_config"]), int(ckpt["input_dim"]), int(ckpt["num_classes"]))
         model.load_state_dict(ckpt["model"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a usable FrameDNN checkpoint: {e}") from e
     return model.to(device).eval()

@@ -52,7 +52,7 @@ from tqdm import tqdm
 from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import atomic_path, is_done, mark_done
+from asrdistill.fileio import atomic_path, identity, is_done, json_safe, load_weights, mark_done, write_text_atomic
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
@@ -308,7 +308,7 @@ def _log_metrics(run: _Run, record: dict) -> None:
     path = run.out_dir / "log" / "metrics.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
     if run.writer is not None:
         prefix = "epoch/" if "dev_acc" in record else "train/"
         for key, value in record.items():
@@ -385,14 +385,37 @@ def _finished_run(out_dir: Path, config: TrainConfig, targets: dict) -> dict | N
     if not is_done(out_dir, "train"):
         return None
     done = json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
-    if done.get("config") == json.loads(json.dumps(_comparable(config))) and done.get("targets") == targets:
+    if (done.get("config") == json.loads(json.dumps(_comparable(config))) and done.get("targets") == targets
+            and done.get("identity") == _data_identity(config)):
         log.info("%s: already trained", out_dir)
-        return done
-    log.warning("%s: finished run was made with another config or other soft targets/teachers; training again",
-                out_dir)
+        return {k: v for k, v in done.items() if k != "identity"}
+    log.warning("%s: finished run was made with another config, other train/dev data or other soft "
+                "targets/teachers; training again", out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         _start_over(out_dir)
     return None
+
+
+def _data_identity(config: TrainConfig) -> str:
+    """Identity of the train/dev features and labels and the CMVN stats (recorded in ``.train.done``)."""
+    return identity(*(Path(p) for p in (config.train_feats, config.train_labels, config.dev_feats,
+                                         config.dev_labels, config.cmvn)))
+
+
+def _truncate_metrics(run: _Run, state: TrainState) -> None:
+    """Drop ``log/metrics.jsonl`` records written after the checkpoint being resumed: they are logged again."""
+    path = run.out_dir / "log" / "metrics.jsonl"
+    if run.rank != 0 or not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if r["epoch"] < state.epoch if "dev_acc" in r else r["step"] <= state.step:
+            keep.append(line + "\n")
+    write_text_atomic(path, "".join(keep))
 
 
 def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
@@ -557,7 +580,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     state = TrainState()
     last = out_dir / "last.pt"
     if last.is_file():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = load_weights(last)
         _check_resumable(last, ckpt, config, world_size, targets)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -573,12 +596,13 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out_dir / "log" / "tb"))
+            writer = SummaryWriter(str(out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
         except ImportError:
             log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
     run = _Run(config, out_dir, model, net, optimizer, stream, teachers, device,
                config.bf16 and device.type == "cuda", rank, world_size, 0, writer, targets)
     run.steps_per_epoch = _steps(run, state.epoch)
+    _truncate_metrics(run, state)
     log.info("%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d", out_dir, model.num_params(),
              input_dim, num_classes, run.steps_per_epoch, device, world_size)
 
@@ -599,7 +623,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
               "stopped_early": state.stopped, "config": _comparable(config), "targets": targets}
     if rank == 0:
-        mark_done(out_dir, "train", result)
+        mark_done(out_dir, "train", result, identity=_data_identity(config))
     _barrier(run)
     return result
 

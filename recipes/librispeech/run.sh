@@ -4,17 +4,22 @@
 # distilled students -> WER through an HCLG decoder, side by side.
 #
 #   recipes/librispeech/run.sh                                   # synthetic corpus, CPU config
-#   recipes/librispeech/run.sh --corpus librispeech --config conf/librispeech_gpu.yaml --gpus 1
+#   recipes/librispeech/run.sh --corpus librispeech --config recipes/librispeech/conf/librispeech_gpu.yaml --gpus 1
 #   recipes/librispeech/run.sh --stage 6 --stop-stage 9          # only the DNN stages
 #   recipes/librispeech/run.sh --stage 6 --gpus 8 --nnodes 2 --node-rank 0 --master-addr node0   # + rank 1 on node1
 #
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
 #          --nj N (CPU processes) --gpus N (GPUs per node; 0: CPU; N > 1: torchrun DDP)
 #          --nnodes N --node-rank R --master-addr HOST --master-port P (multi-node DDP)
-#          --corpus-dir DIR (an existing LibriSpeech: skips the download) --force (redo finished stages)
-# Every stage is skipped when its outputs are complete, so re-running resumes.
+#          --corpus-dir DIR (an existing LibriSpeech: skips the download)
+#          --force (redo every finished stage in range) --force-stage N (redo stage N only; repeatable)
+# Every stage is skipped when its outputs are complete and their inputs and
+# config unchanged, so re-running resumes. Relative --config and --corpus-dir
+# paths are taken from the directory run.sh is called from.
 set -euo pipefail
-cd "$(dirname "$0")"
+script=$(realpath "$0")
+caller=$PWD
+cd "$(dirname "$script")"
 
 stage=0
 stop_stage=100
@@ -27,23 +32,25 @@ node_rank=0
 master_addr=127.0.0.1
 master_port=29500
 corpus_dir=
-force=
+force_all=
+force_stages=" "
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
     --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
     --corpus) corpus=$2; shift 2 ;;
-    --config) config=$2; shift 2 ;;
+    --config) config=$(cd "$caller" && realpath -m -- "$2"); shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --gpus) gpus=$2; shift 2 ;;
     --nnodes) nnodes=$2; shift 2 ;;
     --node-rank) node_rank=$2; shift 2 ;;
     --master-addr) master_addr=$2; shift 2 ;;
     --master-port) master_port=$2; shift 2 ;;
-    --corpus-dir) corpus_dir=$2; shift 2 ;;
-    --force) force=--force; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --corpus-dir) corpus_dir=$(cd "$caller" && realpath -m -- "$2"); shift 2 ;;
+    --force) force_all=--force; shift ;;
+    --force-stage|--force_stage) force_stages="$force_stages$2 "; shift 2 ;;
+    -h|--help) sed -n "2,$(grep -n '^set -euo' "$script" | cut -d: -f1)p" "$script" | sed '$d'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,7 +75,10 @@ log() { echo "$(date '+%F %T') run.sh: $*"; }
 current="setup"
 trap 'log "FAILED in $current (earlier stages'"'"' outputs are intact; fix and re-run with --stage)"' ERR
 want() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-begin() { current="stage $1 ($2)"; t0=$SECONDS; log "Stage $1: $2"; }
+begin() {  # sets $force for the stage's commands
+  current="stage $1 ($2)"; t0=$SECONDS; log "Stage $1: $2"
+  force=$force_all; case "$force_stages" in *" $1 "*) force=--force ;; esac
+}
 end() { log "$current done in $((SECONDS - t0)) s"; }
 
 train=$(get recipe.train_set)
@@ -87,7 +97,7 @@ common="--config $config --device $device"
 if want 0; then begin 0 "corpus ($corpus)"
   if [ "$corpus" = synthetic ]; then
     asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
-      --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" \
+      --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" $force \
       --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)"
   elif [ -n "$corpus_dir" ]; then
     mkdir -p data && ln -sfn "$(realpath "$corpus_dir")" data/corpus
@@ -110,14 +120,14 @@ if want 2; then begin 2 "fbank features and CMVN"
 end; fi
 
 if want 3; then begin 3 "monophone GMM-HMM (flat start) and alignment"
-  asrdistill mono --config "$config" --device $device --nj "$nj" data/$train data/lang data/fbank/$train exp/mono
+  asrdistill mono --config "$config" --device $device --nj "$nj" $force data/$train data/lang data/fbank/$train exp/mono
 end; fi
 
 if want 4; then begin 4 "decision tree, tied-state triphones, senone labels"
-  asrdistill tri --config "$config" --device $device --nj "$nj" data/$train data/lang data/fbank/$train exp/mono exp/tri
-  asrdistill align --config "$config" --device $device --nj "$nj" --prior-ali exp/mono/ali exp/tri data/$train data/lang data/fbank/$train exp/tri_ali/$train
+  asrdistill tri --config "$config" --device $device --nj "$nj" $force data/$train data/lang data/fbank/$train exp/mono exp/tri
+  asrdistill align --config "$config" --device $device --nj "$nj" $force --prior-ali exp/mono/ali exp/tri data/$train data/lang data/fbank/$train exp/tri_ali/$train
   for s in $dev $test; do
-    asrdistill align --config "$config" --device $device --nj "$nj" exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
+    asrdistill align --config "$config" --device $device --nj "$nj" $force exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
   done
 end; fi
 
@@ -131,17 +141,17 @@ data="--feats data/fbank --labels exp/tri_ali --train-set $train --dev-set $dev"
 # Every DNN (baselines, students, fraction runs) is trained under one stopping rule, the 'train'
 # section's (maximum epochs, newbob halving and stop, patience), all chosen on dev.
 if want 6; then begin 6 "baseline DNN on hard labels (seed 1)"
-  $train_cmd $common $data --seed 1 --out exp/baseline_seed1
+  $train_cmd $common $data $force --seed 1 --out exp/baseline_seed1
 end; fi
 
 if want 7; then begin 7 "baselines with seeds 2..$num_teachers (the ensemble's other members)"
   for i in $(seq 2 "$num_teachers"); do
-    $train_cmd $common $data --seed "$i" --out exp/baseline_seed$i
+    $train_cmd $common $data $force --seed "$i" --out exp/baseline_seed$i
   done
 end; fi
 
 if want 8; then begin 8 "ensemble: posteriors averaged, soft-target fidelity on dev, soft targets cached"
-  asrdistill ensemble $common $data --out exp/ensemble --temperatures $temperatures --members \
+  asrdistill ensemble $common $data $force --out exp/ensemble --temperatures $temperatures --members \
     $(for b in $baselines; do echo exp/$b; done)
 end; fi
 
@@ -149,25 +159,25 @@ sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
 if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
   hw0=${hard_weights%% *}
   for t in $temperatures; do
-    $train_cmd $common $data --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
+    $train_cmd $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
       --hard-weight "$hw0" --out "$(sweep_dir "$t" "$hw0")"
   done
   read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
   for hw in ${hard_weights#"$hw0"}; do
-    $train_cmd $common $data --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
+    $train_cmd $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
       --temperature "$best_t" --hard-weight "$hw" --out "$(sweep_dir "$best_t" "$hw")"
   done
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   for i in $(seq 1 "$student_seeds"); do
-    $train_cmd $common $data --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
+    $train_cmd $common $data $force --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
       --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_seed$i
   done
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  $train_cmd $common $data --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
-  $train_cmd $common $data --role fraction --seed 201 --fraction "$fraction" \
+  $train_cmd $common $data $force --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
+  $train_cmd $common $data $force --role fraction --seed 201 --fraction "$fraction" \
     --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --hard-weight "$best_hw" --out exp/fraction_soft
 end; fi
 
@@ -175,10 +185,10 @@ systems="$baselines ensemble $students fraction_hard fraction_soft"
 
 if want 11; then begin 11 "decode and score every system; frame accuracy of the sweep"
   for sys in $systems; do
-    asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data exp/$sys
+    asrdistill evaluate $common $data $force --nj "$nj" --test-set $test --graph exp/graph --data data exp/$sys
   done
   for sweep in exp/sweep_T*; do
-    asrdistill evaluate $common $data --test-set $test --data data "$sweep"
+    asrdistill evaluate $common $data $force --test-set $test --data data "$sweep"
   done
 end; fi
 
