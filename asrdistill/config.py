@@ -45,6 +45,8 @@ SECTIONS: dict[str, str] = {
     "ensemble": "ensemble",
     "student": "train --role student",
     "fraction": "train --role fraction",
+    "executor": "every command with worker processes (asrdistill.parallel: local pool or Dask)",
+    "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache; run.sh stage 13",
 }
 
 

@@ -206,7 +206,7 @@ if want 13 && [ "$(get specialists.enabled 2>/dev/null || echo False)" = True ];
   asrdistill specialists-eval $common $data $spec --test-set $test
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   asrdistill specialists-cache $common $data $spec --temperatures "$best_t"
-  $train_cmd $common $data --role student --seed 101 --soft exp/specialists/soft_T$best_t \
+  $train_cmd $common $data $force --role student --seed 101 --soft exp/specialists/soft_T$best_t \
     --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
   asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data \
     exp/student_from_specialists
