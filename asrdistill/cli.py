@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "one specialist (group + dustbin) per group of groups.json, from the generalist")
     sp.add_argument("--force", action="store_true")
     sp = add_specialists("specialists-eval", cmd_specialists_eval,
-                         "frame accuracy of the generalist alone and with its specialists (metrics.json)")
+                         "frame accuracy of the generalist alone and with its specialists (frame_accuracy.json)")
     sp.add_argument("--test-set", nargs="*", default=[], help="further labelled sets to score")
     sp = add_specialists("specialists-cache", cmd_specialists_cache,
                          "dense soft targets of generalist + specialists (soft_T<t>/) for 'train --soft'")

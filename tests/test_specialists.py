@@ -273,7 +273,7 @@ def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
                  "--lang", str(tmp_path / "lang")]) == 0
     assert main(["specialists-train", *data, *spec]) == 0
     assert main(["specialists-eval", *data, *spec, "--test-set", "train"]) == 0
-    metrics = json.loads((tmp_path / "specialists" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "specialists" / "frame_accuracy.json").read_text())
     assert set(metrics["sets"]) == {"dev", "train"}
     dev = metrics["sets"]["dev"]
     assert dev["generalist+specialists"]["acc_in_groups"] > dev["generalist"]["acc_in_groups"]

@@ -690,7 +690,7 @@ def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, sets:
                          device: str | torch.device = "cpu") -> dict:
     """Frame accuracy of the generalist and of generalist + specialists on each labelled set, in and outside the groups.
 
-    ``sets``: name -> (features, labels). Writes ``out_dir/metrics.json``.
+    ``sets``: name -> (features, labels). Writes ``out_dir/frame_accuracy.json``.
     """
     out_dir = Path(out_dir)
     generalist = load_model(generalist_path, device)
@@ -706,7 +706,7 @@ def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, sets:
         log.info("%s: frame acc generalist %.2f%% -> with specialists %.2f%% (in groups %.2f%% -> %.2f%%, "
                  "outside %.2f%% -> %.2f%%)", name, 100 * gen["acc"], 100 * comb["acc"], 100 * gen["acc_in_groups"],
                  100 * comb["acc_in_groups"], 100 * gen["acc_outside"], 100 * comb["acc_outside"])
-    write_json_atomic(out_dir / "metrics.json", result)
+    write_json_atomic(out_dir / "frame_accuracy.json", result)
     return result
 
 
