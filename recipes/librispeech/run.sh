@@ -201,14 +201,14 @@ end; fi
 if want 13 && [ "$(get specialists.enabled 2>/dev/null || echo False)" = True ]; then
   begin 13 "specialists for confusable senones, and a student distilled from them"
   spec="--generalist exp/baseline_seed1 --out exp/specialists"
-  asrdistill specialists-groups $common $data $spec --tree exp/tri/tree.json --lang data/lang
-  asrdistill specialists-train $common $data $spec
+  asrdistill specialists-groups $common $data $force $spec --tree exp/tri/tree.json --lang data/lang
+  asrdistill specialists-train $common $data $force $spec
   asrdistill specialists-eval $common $data $spec --test-set $test
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  asrdistill specialists-cache $common $data $spec --temperatures "$best_t"
+  asrdistill specialists-cache $common $data $force $spec --temperatures "$best_t"
   $train_cmd $common $data $force --role student --seed 101 --soft exp/specialists/soft_T$best_t \
     --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
-  asrdistill evaluate $common $data --nj "$nj" --test-set $test --graph exp/graph --data data \
+  asrdistill evaluate $common $data $force --nj "$nj" --test-set $test --graph exp/graph --data data \
     exp/student_from_specialists
 end; fi
 log "all requested stages done"
