@@ -44,6 +44,7 @@ from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, atomic_path, mark_done, write_json_atomic
 from asrdistill.data.lang import SIL, Lang
+from asrdistill.decoding.lm import arpa_vocabulary
 
 __all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info"]
 
@@ -160,24 +161,6 @@ def _grammar_fst(arpa: Path, words_txt: Path, tmp: Path, warnings: int) -> kaldi
     if not g_path.is_file():
         raise ValueError(f"{arpa}: kaldilm.arpa2fst wrote no G.fst")
     return kaldifst.StdVectorFst.read(str(g_path))
-
-
-def _arpa_unigrams(arpa: Path) -> set[str]:
-    opener = gzip.open if arpa.suffix == ".gz" else open
-    words: set[str] = set()
-    in_unigrams = False
-    with opener(arpa, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("\\1-grams:"):
-                in_unigrams = True
-            elif line.startswith("\\"):
-                if in_unigrams:
-                    break
-            elif in_unigrams and line.strip():
-                words.add(line.split()[1])
-    if not words:
-        raise ValueError(f"{arpa}: no unigrams found (not an ARPA file?)")
-    return words
 
 
 def _hmm_fst(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_phones: int,
@@ -328,7 +311,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
     word_id = {w: i for i, w in enumerate(words)}
 
     lex_words = {w for w, _ in lang.lexicon}
-    lm_words = _arpa_unigrams(arpa_path) - {"<s>", "</s>"}
+    lm_words = arpa_vocabulary(arpa_path) - {"<s>", "</s>"}
     missing = sorted(lm_words - lex_words)
     if missing:
         log.warning("%s: %d of %d LM words are not in the lexicon; their n-grams are skipped (e.g. %s)",

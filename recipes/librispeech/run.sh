@@ -9,7 +9,8 @@
 #
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
 #          --nj N (CPU processes) --gpus N (0: CPU) --corpus-dir DIR (an existing
-#          LibriSpeech: skips the download) --force (redo finished stages)
+#          LibriSpeech: links it, fetches only the lexicon and LMs) --lexicon FILE
+#          (own lexicon) --lm-dir DIR (OpenSLR 11 files already here) --force (redo finished stages)
 # Every stage is skipped when its outputs are complete, so re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,6 +22,8 @@ config=
 nj=2
 gpus=0
 corpus_dir=
+lexicon=
+lm_dir=
 force=
 
 while [ $# -gt 0 ]; do
@@ -32,8 +35,10 @@ while [ $# -gt 0 ]; do
     --nj) nj=$2; shift 2 ;;
     --gpus) gpus=$2; shift 2 ;;
     --corpus-dir) corpus_dir=$2; shift 2 ;;
+    --lexicon) lexicon=$2; shift 2 ;;
+    --lm-dir) lm_dir=$2; shift 2 ;;
     --force) force=--force; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,17 +72,16 @@ if want 0; then begin 0 "corpus ($corpus)"
   if [ "$corpus" = synthetic ]; then
     asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
       --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj"
-  elif [ -n "$corpus_dir" ]; then
-    mkdir -p data && ln -sfn "$(realpath "$corpus_dir")" data/corpus
   else
-    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets)
+    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) \
+      ${corpus_dir:+--corpus-dir "$corpus_dir"} ${lexicon:+--lexicon "$lexicon"} ${lm_dir:+--lm-dir "$lm_dir"}
   fi
 end; fi
 
 if want 1; then begin 1 "Kaldi data dirs and lang"
   asrdistill prepare --corpus data/corpus --subsets $(get recipe.corpus_subsets) --out data --nj "$nj" $force
-  asrdistill lang --config "$config" --out data/lang data/$train data/$dev data/$test \
-    --extra-text $(ls data/corpus/lm/lm-text.txt data/corpus/lm/librispeech-vocab.txt 2>/dev/null || true)
+  case "$corpus" in synthetic) extra_text=data/corpus/lm/lm-text.txt ;; *) extra_text=data/corpus/lm/librispeech-vocab.txt ;; esac
+  asrdistill lang --config "$config" --out data/lang data/$train data/$dev data/$test --extra-text $extra_text
 end; fi
 
 if want 2; then begin 2 "fbank features and CMVN"
