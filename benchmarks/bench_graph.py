@@ -110,7 +110,7 @@ def synthetic_arpa(path: Path, words: list[str], num_ngrams: int, seed: int) -> 
 def synthetic_tree(num_phones: int, num_leaves: int, states: int, seed: int) -> ContextTree:
     """Per (phone, state) a random tree of yes/no questions on the left or right phone."""
     rng = np.random.default_rng(seed)
-    per = max(1, round(num_leaves / (num_phones * states)))
+    per = max(1, -(-num_leaves // (num_phones * states)))  # ceil: at least num_leaves
     nodes: list[TreeNode] = [TreeNode()]  # slot 0: the root, filled in at the end
     info: list[list[tuple[int, int]]] = []
 
