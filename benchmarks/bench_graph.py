@@ -172,7 +172,7 @@ def main() -> None:
         print(f"lexicon: {len(lang.words) - 2} words, {len(lang.lexicon)} prons, {lang.num_phones} phones; "
               f"tree: {tree.num_pdfs} leaves ({time.perf_counter() - t:.0f} s)")
         print(f"load average at start: {os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
-        print("\nngrams(1/2/3)               est_GB  build_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs  HCLG_MB")
+        print("\nngrams(1/2/3)               est_GB  build_s  cpu_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs  HCLG_MB")
         for n in args.ngrams:
             arpa = tmp / f"lm-{int(n)}.arpa"
             counts = synthetic_arpa(arpa, lang.words[2:], int(n), args.seed)
@@ -180,7 +180,8 @@ def main() -> None:
             est = estimate_graph_memory_gb(sum(counts), phones, tree.num_pdfs)
             with mp.get_context("spawn").Pool(1) as pool:
                 info = pool.apply(_build, ((tmp / "lang", tmp / "tree.json", tmp / "topo.json", arpa, tmp / "graph"),))
-            print(f"{'/'.join(map(str, counts)):27s} {est:6.1f} {info['wall_seconds']:8.0f} {info['peak_rss_mb']:12.0f} "
+            print(f"{'/'.join(map(str, counts)):27s} {est:6.1f} {info['wall_seconds']:8.0f} "
+                  f"{info['build_cpu_seconds']:6.0f} {info['peak_rss_mb']:12.0f} "
                   f"{info['LG_states']:10d} {info['HCLG_states']:12d} {info['HCLG_arcs']:10d} {info['hclg_mb']:8.0f}"
                   f"   (load {os.getloadavg()[0]:.1f})", flush=True)
             arpa.unlink()
