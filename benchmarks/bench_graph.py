@@ -172,7 +172,8 @@ def main() -> None:
         print(f"lexicon: {len(lang.words) - 2} words, {len(lang.lexicon)} prons, {lang.num_phones} phones; "
               f"tree: {tree.num_pdfs} leaves ({time.perf_counter() - t:.0f} s)")
         print(f"load average at start: {os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
-        print("\nngrams(1/2/3)               est_GB  build_s  cpu_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs  HCLG_MB")
+        print("\nngrams(1/2/3)               est_GB  build_s  cpu_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs"
+              "  HCLG_MB")
         for n in args.ngrams:
             arpa = tmp / f"lm-{int(n)}.arpa"
             counts = synthetic_arpa(arpa, lang.words[2:], int(n), args.seed)

@@ -128,7 +128,8 @@ def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
                                                          min_active=config.min_active)
 
 
-def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]) -> tuple[str, list[tuple[list[int], bool, float]], int]:
+def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]
+                ) -> tuple[str, list[tuple[list[int], bool, float]], int]:
     """(utt, per acoustic scale (word ids, reached a final state, decoder seconds), frames).
 
     ``item`` carries the unscaled log-likelihoods (log posterior - log prior), so one

@@ -54,7 +54,8 @@ from asrdistill.fileio import atomic_open, atomic_path, mark_done, write_json_at
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.decoding.lm import arpa_vocabulary, ngram_counts
 
-__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info", "estimate_graph_memory_gb"]
+__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info",
+           "estimate_graph_memory_gb"]
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +522,8 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
 
     num_arcs = sum(HCLG.num_arcs(s) for s in range(HCLG.num_states))
     stats.update({"HCLG_states": HCLG.num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(triples),
-                  "build_seconds": round(time.perf_counter() - t0, 3), "build_cpu_seconds": round(_cpu_seconds() - c0, 3),
+                  "build_seconds": round(time.perf_counter() - t0, 3),
+                  "build_cpu_seconds": round(_cpu_seconds() - c0, 3),
                   "peak_rss_mb": round(_peak_rss_mb(), 1)})
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "HCLG.fst") as p:

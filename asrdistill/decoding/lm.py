@@ -1,10 +1,11 @@
 """Word n-gram language model for first-pass decoding.
 
-With real LibriSpeech an official ARPA model (``lm.official_arpa``, e.g. tgsmall
-``3-gram.pruned.3e-7.arpa.gz``) is used as is; its words missing from the lexicon
-are counted and reported (the graph skips their n-grams). Offline (the synthetic corpus) a Kneser-Ney n-gram is trained on
-the corpus's LM text with ``kaldingram`` (SRILM-compatible back-off KN, optional
-relative-entropy pruning). The LM text never contains the dev/test sentences,
+With real LibriSpeech an official ARPA model (``lm.official_arpa``, e.g.
+tgsmall ``3-gram.pruned.3e-7.arpa.gz``) is used as is; its words missing from
+the lexicon are counted and reported (the graph skips their n-grams). Offline
+(the synthetic corpus) a Kneser-Ney n-gram is trained on the corpus's LM text
+with ``kaldingram`` (SRILM-compatible back-off KN, optional relative-entropy
+pruning). The LM text never contains the dev/test sentences,
 so the perplexity reported on them is an honest held-out figure.
 """
 
