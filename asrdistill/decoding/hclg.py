@@ -98,6 +98,7 @@ _STATE = np.dtype([("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsil
 _ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("weight", "<f4"), ("nextstate", "<i4")])
 _MAGIC = 2125659606
 _EXPANDED = 0x1  # the only property claimed: OpenFst works out the rest when it needs them
+_CHUNK = 1 << 20  # states or arcs per step of the array passes (bounds their temporaries)
 
 
 @dataclass
@@ -135,9 +136,8 @@ def _to_arrays(fst: kaldifst.StdFst, tmp: Path) -> _Arrays:
     return _Arrays(int(start), states, arcs)
 
 
-def _from_arrays(fst: _Arrays, tmp: Path) -> kaldifst.StdVectorFst:
-    """A VectorFst from arrays (through a ConstFst file in ``tmp``, removed afterwards)."""
-    path = tmp / "from_arrays.fst"
+def _write_const(fst: _Arrays, path: Path) -> Path:
+    """Write arrays as a ConstFst file (so the arrays can be freed before OpenFst reads it)."""
     states, arcs = fst.states, fst.arcs
     header = b"".join([struct.pack("<i", _MAGIC), struct.pack("<i", 5), b"const", struct.pack("<i", 8), b"standard",
                        struct.pack("<iiQqqq", 2, 0, _EXPANDED, fst.start, len(states), len(arcs))])
@@ -145,9 +145,19 @@ def _from_arrays(fst: _Arrays, tmp: Path) -> kaldifst.StdVectorFst:
         f.write(header)
         states.tofile(f)
         arcs.tofile(f)
+    return path
+
+
+def _read_vector(path: Path) -> kaldifst.StdVectorFst:
+    """A VectorFst from a ConstFst file, which is then removed."""
     out = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(path)))
     path.unlink()
     return out
+
+
+def _from_arrays(fst: _Arrays, tmp: Path) -> kaldifst.StdVectorFst:
+    """A VectorFst from arrays (through a ConstFst file in ``tmp``)."""
+    return _read_vector(_write_const(fst, tmp / "from_arrays.fst"))
 
 
 def _make_arrays(num_states: int, start: int, src: np.ndarray, ilabel: np.ndarray, olabel: np.ndarray,
@@ -339,25 +349,38 @@ def _add_self_loops(fst: _Arrays, loop_cost: np.ndarray) -> _Arrays:
     loop_label = np.zeros(len(base), dtype=np.int64)
     loop_label[pair_state[pair_in_place]] = pair_label[pair_in_place]
     loop_label[num_states:] = pair_label[copied]
-    dst = arcs["nextstate"].astype(np.int64)
-    dst[labelled] = pair_target[np.searchsorted(pairs, key[labelled])]
-    del key, pairs, pair_state, pair_label, pair_in_place, copied, eps_in, in_place, pair_target
-    narcs = fst.states["narcs"].astype(np.int64)[base]
-    first = fst.states["pos"].astype(np.int64)[base]
-    take = np.repeat(first - (np.cumsum(narcs) - narcs), narcs) + np.arange(int(narcs.sum()))  # old arc per new arc
-    new_src = np.repeat(np.arange(len(base)), narcs)
-    has_loop = (loop_label > 0) & np.isfinite(loop_cost[loop_label])
-    loop_states = np.flatnonzero(has_loop)
-    loop_labels = loop_label[loop_states]
-    out = _make_arrays(
-        len(base), fst.start,
-        np.concatenate([new_src, loop_states]),
-        np.concatenate([arcs["ilabel"][take], loop_labels]),
-        np.concatenate([arcs["olabel"][take], np.zeros(len(loop_states), dtype=np.int32)]),
-        np.concatenate([arcs["weight"][take], loop_cost[loop_labels].astype(np.float32)]),
-        np.concatenate([dst[take], loop_states]),
-        fst.states["final"][base])
-    return out
+    dst = arcs["nextstate"].copy()                                         # (A,) int32, remapped in chunks
+    for lo in range(0, len(arcs), _CHUNK):
+        hi = min(lo + _CHUNK, len(arcs))
+        sel = np.flatnonzero(labelled[lo:hi]) + lo
+        dst[sel] = pair_target[np.searchsorted(pairs, key[sel])]
+    del key, labelled, pairs, pair_state, pair_label, pair_in_place, copied, eps_in, in_place, pair_target
+    has_loop = loop_label > 0
+    has_loop[has_loop] = np.isfinite(loop_cost[loop_label[has_loop]])
+    old_narcs = fst.states["narcs"][base]
+    states = np.zeros(len(base), dtype=_STATE)
+    states["final"] = fst.states["final"][base]
+    states["narcs"] = old_narcs + has_loop
+    states["pos"][1:] = np.cumsum(states["narcs"][:-1], dtype=np.uint64)
+    states["niepsilons"] = fst.states["niepsilons"][base]
+    states["noepsilons"] = fst.states["noepsilons"][base] + has_loop   # the loop's output is epsilon
+    out = np.empty(int(states["narcs"].sum(dtype=np.uint64)), dtype=_ARC)
+    for lo in range(0, len(base), _CHUNK):  # bounded temporaries: one chunk of states at a time
+        hi = min(lo + _CHUNK, len(base))
+        n = old_narcs[lo:hi].astype(np.int64)
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        take = np.repeat(fst.states["pos"][base[lo:hi]].astype(np.int64), n) + within
+        put = np.repeat(states["pos"][lo:hi].astype(np.int64), n) + within
+        for name in ("ilabel", "olabel", "weight"):
+            out[name][put] = arcs[name][take]
+        out["nextstate"][put] = dst[take]
+        loops = np.flatnonzero(has_loop[lo:hi]) + lo
+        at = states["pos"][loops].astype(np.int64) + old_narcs[loops]
+        out["ilabel"][at] = loop_label[loops]
+        out["olabel"][at] = 0
+        out["weight"][at] = loop_cost[loop_label[loops]]
+        out["nextstate"][at] = loops
+    return _Arrays(fst.start, states, out)
 
 
 def _check_no_epsilon_cycles(fst: _Arrays) -> None:
@@ -497,8 +520,9 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         arrays = _to_arrays(HCLG, tmp)
         del HCLG
         arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
-        HCLG = _from_arrays(arrays, tmp)
+        path = _write_const(arrays, tmp / "HCLG_nodisambig.fst")
         del arrays
+        HCLG = _read_vector(path)
         kaldifst.rmepsilon(HCLG)
         kaldifst.minimize_encoded(HCLG)
         log.info("HCLG without self-loops: %d states (%.1f s, peak RSS %.0f MB)", HCLG.num_states,
@@ -514,8 +538,9 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         _check_no_epsilon_cycles(arrays)
         label2pdf = np.array([0] + [pdf + 1 for _, _, pdf in triples], dtype=np.int32)
         arrays.arcs["ilabel"] = label2pdf[arrays.arcs["ilabel"]]
-        HCLG = _from_arrays(arrays, tmp)
+        path = _write_const(arrays, tmp / "HCLG_loops.fst")
         del arrays
+        HCLG = _read_vector(path)
         kaldifst.connect(HCLG)
         kaldifst.arcsort(HCLG, sort_type="ilabel")
         log.info("self-loops and senone labels (%.1f s, peak RSS %.0f MB)", time.perf_counter() - t, _peak_rss_mb())
