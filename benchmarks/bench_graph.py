@@ -178,7 +178,7 @@ def main() -> None:
             arpa = tmp / f"lm-{int(n)}.arpa"
             counts = synthetic_arpa(arpa, lang.words[2:], int(n), args.seed)
             phones = sum(len(p) for _, p in lang.lexicon)
-            est = estimate_graph_memory_gb(sum(counts), phones, tree.num_pdfs)
+            est = estimate_graph_memory_gb(sum(counts), phones)
             with mp.get_context("spawn").Pool(1) as pool:
                 info = pool.apply(_build, ((tmp / "lang", tmp / "tree.json", tmp / "topo.json", arpa, tmp / "graph"),))
             print(f"{'/'.join(map(str, counts)):27s} {est:6.1f} {info['wall_seconds']:8.0f} "

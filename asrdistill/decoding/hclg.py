@@ -401,18 +401,17 @@ def _check_no_epsilon_cycles(fst: _Arrays) -> None:
         alive &= ~leaving
 
 
-# Peak RSS model fitted on benchmarks/bench_graph.py (see BENCHMARKS.md): bytes per n-gram,
-# per lexicon phone and per senone, plus the interpreter and libraries.
-_BYTES_PER_NGRAM = 1000.0
-_BYTES_PER_LEXICON_PHONE = 2000.0
-_BYTES_PER_PDF = 0.0
-_BASE_BYTES = 300e6
+# Peak RSS model fitted to two builds of benchmarks/bench_graph.py (BENCHMARKS.md, "HCLG at real size"):
+# 100k n-grams with 5.3k pronunciations -> 1.03 GB, 250k n-grams with 74.7k pronunciations -> 2.28 GB,
+# over the ~0.52 GB the interpreter and its libraries (torch among them) hold before building.
+_BYTES_PER_NGRAM = 4700.0
+_BYTES_PER_LEXICON_PHONE = 1200.0
+_BASE_BYTES = 520e6
 
 
-def estimate_graph_memory_gb(num_ngrams: int, lexicon_phones: int, num_pdfs: int) -> float:
-    """Estimated peak memory (GB) of :func:`build_graph`, from the LM and lexicon sizes."""
-    return (_BASE_BYTES + _BYTES_PER_NGRAM * num_ngrams + _BYTES_PER_LEXICON_PHONE * lexicon_phones
-            + _BYTES_PER_PDF * num_pdfs) / 1e9
+def estimate_graph_memory_gb(num_ngrams: int, lexicon_phones: int) -> float:
+    """Estimated peak memory (GB) of :func:`build_graph` from the LM's n-grams and the lexicon's phones."""
+    return (_BASE_BYTES + _BYTES_PER_NGRAM * num_ngrams + _BYTES_PER_LEXICON_PHONE * lexicon_phones) / 1e9
 
 
 def _available_memory_gb() -> float:
@@ -473,7 +472,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
                     arpa_path, len(missing), len(lm_words), missing[0])
 
     ngrams = sum(ngram_counts(arpa_path))
-    estimate_gb = estimate_graph_memory_gb(ngrams, sum(len(p) for _, p in lang.lexicon), tree.num_pdfs)
+    estimate_gb = estimate_graph_memory_gb(ngrams, sum(len(p) for _, p in lang.lexicon))
     limit_gb = config.max_memory_gb or _available_memory_gb()
     log.info("%s: %d n-grams, %d pronunciations, %d senones: estimated peak memory %.1f GB (limit %.1f GB)",
              arpa_path, ngrams, len(lang.lexicon), tree.num_pdfs, estimate_gb, limit_gb)
