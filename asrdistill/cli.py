@@ -50,7 +50,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     from data_prep.librispeech import DEFAULT_BASE_URL, download_librispeech
 
     download_librispeech(args.target, args.subsets, args.base_url or DEFAULT_BASE_URL, lm=not args.no_lm,
-                         remove_archives=args.remove_archives)
+                         remove_archives=args.remove_archives, corpus_dir=args.corpus_dir, lexicon=args.lexicon,
+                         lm_dir=args.lm_dir)
     return 0
 
 
@@ -454,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--base-url", action="append", help="resources root or mirror name; repeat for fallbacks")
     sp.add_argument("--no-lm", action="store_true", help="skip the LMs, vocabulary and LM text")
     sp.add_argument("--remove-archives", action="store_true", help="delete each archive once unpacked")
+    sp.add_argument("--corpus-dir", type=Path, help="an existing LibriSpeech (folder holding LibriSpeech/): "
+                    "linked after checking the subsets, not downloaded")
+    sp.add_argument("--lexicon", type=Path, help="use this lexicon instead of fetching librispeech-lexicon.txt")
+    sp.add_argument("--lm-dir", type=Path, help="folder with the OpenSLR 11 files (ARPAs, vocabulary, lexicon) "
+                    "under their official names: linked and md5-checked; the rest is downloaded")
 
     sp = add("prepare", cmd_prepare, "Kaldi data dirs from a corpus in LibriSpeech layout")
     sp.add_argument("--corpus", type=Path, required=True, help="folder holding LibriSpeech/")

@@ -4,12 +4,15 @@ Download is resumable (HTTP Range on a ``.part`` file), md5-checked against the 
 checksums, and falls back to the next mirror on failure. Archives are unpacked member by
 member after checking each one (no absolute paths, no ``..``, no links leaving the target,
 no device files) into a temporary folder that is renamed into place only when complete.
+An existing copy (``--corpus-dir``) is linked after checking its subsets; the lexicon,
+vocabulary and LMs are then fetched the same way, or linked from ``--lexicon`` / ``--lm-dir``.
 
 Preparation reads any corpus in LibriSpeech layout (the real one or the synthetic corpus)
 and writes one data dir per subset, skipping unusable utterances with a reason in
 ``skipped.tsv`` rather than failing the whole subset.
 
     asrdistill download --target data/corpus --subsets dev-clean test-clean
+    asrdistill download --target data/corpus --subsets dev-clean --corpus-dir /data/corpora --lm-dir /data/lm
     asrdistill prepare --corpus data/corpus --out data --subsets dev-clean --nj 4
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "SUBSETS",
     "LM_FILES",
     "LEXICON_FILE",
+    "VOCAB_FILE",
     "MD5",
     "MIRRORS",
     "DEFAULT_BASE_URL",
@@ -48,11 +52,12 @@ __all__ = [
     "UnsafeArchiveError",
     "ChecksumError",
     "download_librispeech",
+    "download_lm_resources",
+    "link_librispeech",
     "download_file",
     "extract_archive",
     "prepare_librispeech",
     "data_dir_name",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,9 +67,11 @@ SUBSETS = (
     "dev-clean", "dev-other", "test-clean", "test-other",
 )
 LEXICON_FILE = "librispeech-lexicon.txt"
+VOCAB_FILE = "librispeech-vocab.txt"
+# tgsmall, tgmed, tglarge, fglarge and the LM training text (OpenSLR 11)
 LM_FILES = (
-    "3-gram.pruned.1e-7.arpa.gz", "3-gram.pruned.3e-7.arpa.gz", "3-gram.arpa.gz",
-    "4-gram.arpa.gz", "librispeech-vocab.txt", "librispeech-lm-norm.txt.gz",
+    "3-gram.pruned.3e-7.arpa.gz", "3-gram.pruned.1e-7.arpa.gz", "3-gram.arpa.gz",
+    "4-gram.arpa.gz", "librispeech-lm-norm.txt.gz",
 )
 # Official md5 sums (OpenSLR md5sum.txt, as also quoted by the Kaldi/icefall/PaddleSpeech recipes).
 MD5 = {
@@ -110,7 +117,7 @@ class LibriSpeechConfig:
 
     subsets: list[str] = field(default_factory=lambda: ["train-clean-100", "dev-clean", "test-clean"])
     base_url: list[str] = field(default_factory=lambda: [DEFAULT_BASE_URL])  # URLs or MIRRORS names, tried in order
-    lm: bool = True                   # also fetch the official LMs, vocabulary and LM text
+    lm: bool = True                   # also fetch the official LMs and LM text (lexicon and vocabulary always)
     remove_archives: bool = False     # delete each .tar.gz once unpacked
     nj: int = 4                       # processes for preparation
 
@@ -301,18 +308,94 @@ def _install_subset(tmp: Path, root: Path, subset: str, archive: Path) -> None:
             os.replace(doc, libri / doc.name)
 
 
+def download_lm_resources(
+    lm_dir: Path,
+    base_url: str | Sequence[str] = DEFAULT_BASE_URL,
+    lm: bool = True,
+    lexicon: Path | None = None,
+    local_dir: Path | None = None,
+) -> Path:
+    """Put the lexicon, the vocabulary and (with ``lm``) the official LMs into ``lm_dir``.
+
+    Each file comes, in this order of preference, from ``lexicon`` (the lexicon only: any
+    ``WORD PH1 ...`` file, linked, not checksummed), from ``local_dir`` (a folder holding
+    OpenSLR 11 files under their official names: linked and md5-checked) or from the
+    mirrors (resumable, md5-checked). A missing file is an error naming it and where it
+    was looked for. Returns ``lm_dir``.
+    """
+    lm_dir = Path(lm_dir)
+    bases = _base_urls(base_url)
+    if local_dir is not None and not Path(local_dir).is_dir():
+        raise FileNotFoundError(f"{local_dir}: LM folder not found (--lm-dir)")
+    for name in (LEXICON_FILE, VOCAB_FILE, *(LM_FILES if lm else ())):
+        source = None
+        if name == LEXICON_FILE and lexicon is not None:
+            if not Path(lexicon).is_file():
+                raise FileNotFoundError(f"{lexicon}: lexicon file not found (--lexicon)")
+            _link(Path(lexicon), lm_dir / name)
+            log.info("%s -> %s (user lexicon, not checksummed)", lm_dir / name, lexicon)
+            continue
+        if local_dir is not None and (Path(local_dir) / name).is_file():
+            source = Path(local_dir) / name
+            if not (lm_dir / name).is_file() or (lm_dir / name).resolve() != source.resolve():
+                clear_done(lm_dir, f"download-{name}")
+                _link(source, lm_dir / name)
+        elif local_dir is not None:
+            log.info("%s: not in %s, downloading it", name, local_dir)
+        download_file(name, [f"{b}/{_LM_RESOURCE}/{name}" for b in bases], lm_dir, MD5.get(name))
+    return lm_dir
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Point ``dst`` at ``src`` (absolute symlink), replacing whatever ``dst`` was."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(src).resolve())
+    os.replace(tmp, dst)
+
+
+def link_librispeech(corpus_dir: Path, target_dir: Path, subsets: Sequence[str]) -> Path:
+    """Use an existing LibriSpeech: link ``target_dir/LibriSpeech`` to it after checking ``subsets``.
+
+    ``corpus_dir`` is the folder holding ``LibriSpeech/`` or that folder itself. Every
+    subset folder must be present (the error lists the missing ones); nothing is copied.
+    """
+    root = _corpus_root(corpus_dir).resolve()
+    unknown = [s for s in subsets if s not in SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown LibriSpeech subset(s) {unknown}; known: {list(SUBSETS)}")
+    missing = [s for s in subsets if not (root / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root}: subset folder(s) not found: {missing} "
+                                f"(download them with 'asrdistill download' without --corpus-dir)")
+    target = Path(target_dir) / "LibriSpeech"
+    if target.is_dir() and not target.is_symlink():
+        if target.resolve() == root:
+            return Path(target_dir)
+        raise FileExistsError(f"{target}: already holds a corpus (not a link); remove it or use it as --corpus-dir")
+    _link(root, target)
+    log.info("%s -> %s (%s)", target, root, " ".join(subsets))
+    return Path(target_dir)
+
+
 def download_librispeech(
     target_dir: Path,
     subsets: Sequence[str],
     base_url: str | Sequence[str] = DEFAULT_BASE_URL,
     lm: bool = True,
     remove_archives: bool = False,
+    corpus_dir: Path | None = None,
+    lexicon: Path | None = None,
+    lm_dir: Path | None = None,
 ) -> Path:
     """Download and unpack ``subsets`` into ``target_dir/LibriSpeech``, plus the lexicon.
 
-    With ``lm`` the official LMs, vocabulary and LM text also go to ``target_dir/lm``
-    (the lexicon always does). ``base_url`` is a resources root (``.../resources``) or a
-    :data:`MIRRORS` name, or a list of them tried in order. Subsets already unpacked (marker
+    With ``corpus_dir`` an existing LibriSpeech is linked instead (:func:`link_librispeech`).
+    The lexicon and vocabulary always go to ``target_dir/lm``, the official LMs too with
+    ``lm`` (:func:`download_lm_resources`, which also takes ``lexicon`` and ``lm_dir``).
+    ``base_url`` is a resources root (``.../resources``) or a :data:`MIRRORS` name, or a
+    list of them tried in order. Subsets already unpacked (marker
     ``LibriSpeech/.<subset>.done``) are skipped. Returns ``target_dir``.
     """
     target_dir = Path(target_dir)
@@ -320,6 +403,9 @@ def download_librispeech(
     if unknown:
         raise ValueError(f"unknown LibriSpeech subset(s) {unknown}; known: {list(SUBSETS)}")
     bases = _base_urls(base_url)
+    if corpus_dir is not None:
+        link_librispeech(corpus_dir, target_dir, subsets)
+        subsets = []
     libri = target_dir / "LibriSpeech"
     for subset in subsets:
         if is_done(libri, subset) and (libri / subset).is_dir():
@@ -337,9 +423,7 @@ def download_librispeech(
             archive.unlink()
             clear_done(target_dir, f"download-{name}")
         log.info("%s: ready", libri / subset)
-    lm_dir = target_dir / "lm"
-    for name in (LEXICON_FILE, *(LM_FILES if lm else ())):
-        download_file(name, [f"{b}/{_LM_RESOURCE}/{name}" for b in bases], lm_dir, MD5.get(name))
+    download_lm_resources(target_dir / "lm", bases, lm=lm, lexicon=lexicon, local_dir=lm_dir)
     return target_dir
 
 

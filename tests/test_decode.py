@@ -147,3 +147,45 @@ def test_hmm_transition_costs_choose_between_equal_acoustics(tmp_path):
                      tree.num_pdfs)
     assert decode(graph, [("u", short)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0)
                   ).hyps["u"] == ["KA"]
+
+def test_sweep_reads_posteriors_once_and_matches_decode_per_scale(task, tmp_path):
+    _, tree, _, graph = task
+    refs = {u: t for u, (_, t) in UTTS.items()}
+    calls = []
+
+    def dev():
+        calls.append(1)
+        return utterances(task)
+
+    cfg = DecodeConfig(nj=2, sweep_scales=[0.02, 0.1, 1.0])
+    res = sweep(graph, dev, flat_priors(tree.num_pdfs), refs, cfg, tmp_path)
+    assert len(calls) == 1  # one network pass serves every scale
+    for scale in cfg.sweep_scales:
+        alone = decode(graph, utterances(task), flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=scale))
+        hyp = (tmp_path / f"scale_{scale:g}" / "hyp.txt").read_text()
+        assert hyp == "".join(f"{u} {' '.join(w)}".rstrip() + "\n" for u, w in sorted(alone.hyps.items()))
+        assert res.wer[scale] == wer_report(refs, {u: " ".join(w) for u, w in alone.hyps.items()}).wer
+
+
+def test_workers_share_the_graph_loaded_once(task, monkeypatch):
+    import os
+
+    import kaldifst
+
+    from asrdistill.decoding import decode as decode_module
+
+    _, tree, _, graph = task
+    parent, reads, real_read = os.getpid(), [], kaldifst.StdConstFst.read
+
+    def read(path):
+        if os.getpid() != parent:
+            raise AssertionError("a worker read the graph again")
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(decode_module.kaldifst.StdConstFst, "read", read)
+    monkeypatch.setattr(decode_module, "_worker", {})
+    res = decode(graph, utterances(task), flat_priors(tree.num_pdfs), DecodeConfig(nj=2))
+    assert len(res.hyps) == 3 and len(reads) == 1
+    decode(graph, utterances(task), flat_priors(tree.num_pdfs), DecodeConfig(nj=2, acoustic_scale=0.2))
+    assert len(reads) == 1  # kept for the next call on the same graph

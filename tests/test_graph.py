@@ -9,6 +9,7 @@ import pytest
 
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
+from asrdistill.decoding import hclg
 from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
 from asrdistill.data.lang import Lang
 
@@ -150,3 +151,82 @@ def test_topology_must_cover_phones(tmp_path):
     with pytest.raises(ValueError, match="topology covers 3 phones"):
         build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
                     tmp_path / "g2", GraphConfig())
+
+
+def _reference_self_loops(arcs, finals, start, loop_cost):
+    """The per-arc Python pass the array version replaced (kept here as the specification)."""
+    entering = [set() for _ in arcs]
+    eps_in = [False] * len(arcs)
+    eps_in[start] = True
+    for out in arcs:
+        for il, _, _, nxt in out:
+            if il:
+                entering[nxt].add(il)
+            else:
+                eps_in[nxt] = True
+    target, base, loops = {}, list(range(len(arcs))), {}
+    for q, labels in enumerate(entering):
+        if len(labels) == 1 and not eps_in[q]:
+            (label,) = labels
+            target[q, label] = q
+            loops[q] = label
+            continue
+        for label in sorted(labels):
+            target[q, label] = len(base)
+            loops[len(base)] = label
+            base.append(q)
+    new_arcs, new_finals = [], {}
+    for q, b in enumerate(base):
+        out = [(il, ol, w, target[nxt, il] if il else nxt) for il, ol, w, nxt in arcs[b]]
+        label = loops.get(q)
+        if label is not None and math.isfinite(loop_cost[label]):
+            out.append((label, 0, loop_cost[label], q))
+        new_arcs.append(out)
+        if b in finals:
+            new_finals[q] = finals[b]
+    return new_arcs, new_finals
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_array_self_loops_match_per_arc_reference(seed, tmp_path, monkeypatch):
+    monkeypatch.setattr(hclg, "_CHUNK", 7)  # several chunks even on these small graphs
+    rng = np.random.default_rng(seed)
+    num_states, num_labels = int(rng.integers(5, 40)), int(rng.integers(2, 6))
+    rows = [(int(rng.integers(num_states)), int(rng.integers(0, num_labels + 1)), int(rng.integers(0, 3)),
+             round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 120)))]
+    finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, 3, replace=False)}
+    loop_cost = np.array([math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3)
+                                       for _ in range(num_labels)])
+    arrays = hclg._to_arrays(hclg._make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
+    got = hclg._add_self_loops(arrays, loop_cost)
+
+    by_state = [[] for _ in range(num_states)]
+    for s, il, ol, w, d in rows:
+        by_state[s].append((il, ol, np.float32(w), d))
+    want_arcs, want_finals = _reference_self_loops(by_state, finals, 0, loop_cost)
+    assert len(got.states) == len(want_arcs)
+    src = got.sources()
+    got_rows = sorted(zip(src.tolist(), got.arcs["ilabel"].tolist(), got.arcs["olabel"].tolist(),
+                          [round(float(w), 3) for w in got.arcs["weight"]], got.arcs["nextstate"].tolist()))
+    want_rows = sorted((q, il, ol, round(float(w), 3), d) for q, out in enumerate(want_arcs) for il, ol, w, d in out)
+    assert got_rows == want_rows
+    final = {q: round(float(w), 3) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
+    assert final == {q: round(w, 3) for q, w in want_finals.items()}
+
+
+def test_epsilon_cycle_is_detected(tmp_path):
+    ok = hclg._to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
+                                        tmp_path), tmp_path)
+    hclg._check_no_epsilon_cycles(ok)
+    bad = hclg._to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
+                                         tmp_path), tmp_path)
+    with pytest.raises(ValueError, match="cycle of epsilon-input arcs"):
+        hclg._check_no_epsilon_cycles(bad)
+
+
+def test_memory_estimate_above_limit_is_a_clear_error(tmp_path):
+    toy_task(tmp_path)
+    with pytest.raises(MemoryError, match=r"lm.arpa: building HCLG for 6 n-grams .* more than the 0.0 GB allowed"):
+        build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
+                    tmp_path / "g2", GraphConfig(max_memory_gb=1e-6))
+    assert not (tmp_path / "g2" / "HCLG.fst").exists()

@@ -106,8 +106,10 @@ def _tree(root: Path) -> set[str]:
 def test_full_download_unpack_and_skip(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _librispeech_tar("dev-clean")
     lexicon = b"MISTER\tM IH1 S T ER0\n"
-    server.files = {"/res/12/dev-clean.tar.gz": archive, "/res/11/librispeech-lexicon.txt": lexicon}
+    server.files = {"/res/12/dev-clean.tar.gz": archive, "/res/11/librispeech-lexicon.txt": lexicon,
+                    "/res/11/librispeech-vocab.txt": b"MISTER\n"}
     monkeypatch.setitem(lsp.MD5, "dev-clean.tar.gz", _md5(archive))
+    monkeypatch.setitem(lsp.MD5, "librispeech-vocab.txt", _md5(b"MISTER\n"))
     monkeypatch.setitem(lsp.MD5, "librispeech-lexicon.txt", _md5(lexicon))
     target = tmp_path / "corpus"
 
@@ -253,8 +255,10 @@ def test_unknown_subset(tmp_path: Path) -> None:
 
 def test_cli_download(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _librispeech_tar("test-clean")
-    server.files = {"/r/12/test-clean.tar.gz": archive, "/r/11/librispeech-lexicon.txt": b"A\tAH0\n"}
+    server.files = {"/r/12/test-clean.tar.gz": archive, "/r/11/librispeech-lexicon.txt": b"A\tAH0\n",
+                    "/r/11/librispeech-vocab.txt": b"A\n"}
     monkeypatch.setitem(lsp.MD5, "test-clean.tar.gz", _md5(archive))
+    monkeypatch.setitem(lsp.MD5, "librispeech-vocab.txt", _md5(b"A\n"))
     monkeypatch.setitem(lsp.MD5, "librispeech-lexicon.txt", _md5(b"A\tAH0\n"))
     argv = ["download", "--target", str(tmp_path), "--subsets", "test-clean", "--no-lm", "--remove-archives",
             "--base-url", server.url + "/missing", "--base-url", server.url + "/r"]
@@ -262,3 +266,90 @@ def test_cli_download(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert is_done(tmp_path / "LibriSpeech", "test-clean") and not (tmp_path / "test-clean.tar.gz").exists()
     assert not is_done(tmp_path, "download-test-clean.tar.gz")
     assert (tmp_path / "LibriSpeech" / "test-clean" / "1272" / "128104" / "1272-128104-0001.flac").is_file()
+
+
+LEXICON = b"MISTER\tM IH1 S T ER0\nQUILTER\tK W IH1 L T ER0\n"
+VOCAB = b"MISTER\nQUILTER\n"
+ARPA = b"\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0 </s>\n-99 <s>\n-0.5 MISTER\n\n\\end\\\n"
+TGSMALL = "3-gram.pruned.3e-7.arpa.gz"
+
+
+def _existing_corpus(root: Path, subsets: list[str]) -> Path:
+    """``root/LibriSpeech/<subset>/1272/128104`` with two utterances each, as a user's copy would be."""
+    for subset in subsets:
+        chapter = root / "LibriSpeech" / subset / "1272" / "128104"
+        chapter.mkdir(parents=True)
+        for i in range(2):
+            sf.write(chapter / f"1272-128104-{i:04d}.flac", np.zeros(1600 * (i + 1), np.float32), 16000)
+        (chapter / "1272-128104.trans.txt").write_text("1272-128104-0000 MISTER\n1272-128104-0001 MISTER QUILTER\n")
+    return root
+
+
+@pytest.fixture()
+def lm_server(server, monkeypatch: pytest.MonkeyPatch):
+    """The lexicon, vocabulary and one ARPA (tgsmall) under /res/11, with their checksums."""
+    files = {lsp.LEXICON_FILE: LEXICON, lsp.VOCAB_FILE: VOCAB, TGSMALL: ARPA}
+    server.files = {f"/res/11/{n}": d for n, d in files.items()}
+    for name, data in files.items():
+        monkeypatch.setitem(lsp.MD5, name, _md5(data))
+    monkeypatch.setattr(lsp, "LM_FILES", (TGSMALL,))
+    return server
+
+
+def test_corpus_dir_links_subsets_and_fetches_lexicon_and_lm(lm_server, tmp_path: Path) -> None:
+    user = _existing_corpus(tmp_path / "user", ["dev-clean", "test-clean"])
+    target = tmp_path / "corpus"
+    argv = ["download", "--target", str(target), "--subsets", "dev-clean", "test-clean",
+            "--corpus-dir", str(user), "--base-url", lm_server.url + "/res"]
+    assert cli.main(argv) == 0
+    assert (target / "LibriSpeech").resolve() == (user / "LibriSpeech").resolve()
+    assert sorted(p for p, _ in lm_server.requests) == sorted(f"/res/11/{n}" for n in
+                                                             (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL))
+    assert (target / "lm" / lsp.LEXICON_FILE).read_bytes() == LEXICON
+    assert (target / "lm" / TGSMALL).read_bytes() == ARPA
+    d = lsp.prepare_librispeech(target, ["dev-clean", "test-clean"], tmp_path / "data", nj=1)
+    assert d["test-clean"].text["1272-128104-0001"] == "MISTER QUILTER"
+    assert not list((user / "LibriSpeech").glob("*.done"))  # the user's copy is left as it was
+    n = len(lm_server.requests)  # again: everything verified, no request
+    assert cli.main(argv) == 0 and len(lm_server.requests) == n
+
+
+def test_corpus_dir_with_lm_dir_and_own_lexicon(lm_server, tmp_path: Path) -> None:
+    user = _existing_corpus(tmp_path / "user", ["dev-clean"])
+    lm_dir = tmp_path / "openslr11"
+    lm_dir.mkdir()
+    (lm_dir / TGSMALL).write_bytes(ARPA)
+    own = tmp_path / "my-lexicon.txt"
+    own.write_bytes(b"MISTER M IH S T ER\n")  # not the official file: used as given
+    lsp.download_librispeech(tmp_path / "corpus", ["dev-clean"], base_url=lm_server.url + "/res",
+                             corpus_dir=user / "LibriSpeech", lexicon=own, lm_dir=lm_dir)
+    lm = tmp_path / "corpus" / "lm"
+    assert (lm / TGSMALL).resolve() == (lm_dir / TGSMALL).resolve() and is_done(lm, f"download-{TGSMALL}")
+    assert (lm / lsp.LEXICON_FILE).read_bytes() == own.read_bytes()
+    assert [p for p, _ in lm_server.requests] == [f"/res/11/{lsp.VOCAB_FILE}"]  # only what was not given
+
+    (lm_dir / TGSMALL).write_bytes(ARPA[:-5])  # a truncated copy: checked, rejected, left alone
+    with pytest.raises(lsp.ChecksumError, match=f"{TGSMALL}: md5"):
+        lsp.download_lm_resources(tmp_path / "lm2", lm_server.url + "/res", local_dir=lm_dir)
+    assert (lm_dir / TGSMALL).read_bytes() == ARPA[:-5]
+
+
+def test_corpus_dir_missing_subset_or_resources_named(lm_server, tmp_path: Path) -> None:
+    user = _existing_corpus(tmp_path / "user", ["dev-clean"])
+    with pytest.raises(FileNotFoundError, match=r"subset folder\(s\) not found: \['train-clean-100', 'test-clean'\]"):
+        lsp.download_librispeech(tmp_path / "c", ["train-clean-100", "dev-clean", "test-clean"],
+                                 base_url=lm_server.url + "/res", corpus_dir=user)
+    assert not (tmp_path / "c" / "LibriSpeech").exists()
+    del lm_server.files[f"/res/11/{lsp.LEXICON_FILE}"]
+    with pytest.raises(OSError, match=r"librispeech-lexicon.txt: download failed from every URL"):
+        lsp.download_librispeech(tmp_path / "c", ["dev-clean"], base_url=lm_server.url + "/res", corpus_dir=user)
+    with pytest.raises(FileNotFoundError, match=r"nowhere.txt: lexicon file not found \(--lexicon\)"):
+        lsp.download_lm_resources(tmp_path / "c" / "lm", lm_server.url + "/res", lexicon=tmp_path / "nowhere.txt")
+
+
+def test_truncated_archive_leaves_nothing(tmp_path: Path) -> None:
+    archive = tmp_path / "dev-clean.tar.gz"
+    archive.write_bytes(_librispeech_tar("dev-clean")[:-200])
+    with pytest.raises(ValueError, match=r"dev-clean.tar.gz: cannot unpack"):
+        lsp.extract_archive(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -70,8 +70,19 @@ def test_prepare_lm_prefers_official_arpa(tmp_path, arpa):
     assert res.perplexity["dev"]["oov"] == 1 and 1.0 < res.perplexity["dev"]["ppl"] < 12
     with open(arpa.path, "rb") as src, gzip.open(corpus / "3-gram.pruned.1e-7.arpa.gz", "wb") as dst:
         dst.write(src.read())
-    res = prepare_lm(corpus, set(TEXT.split()), tmp_path / "exp2", LmConfig())
+    res = prepare_lm(corpus, set(TEXT.split()) - {"LOG", "MAT"}, tmp_path / "exp2",
+                     LmConfig(official_arpa="3-gram.pruned.1e-7.arpa.gz"))
     assert res.source == "official" and res.arpa.endswith(".arpa.gz") and res.ngram_counts[0] > 0
+    assert res.missing_words == 2  # LOG and MAT: in the LM, not in the lexicon
+
+
+def test_missing_official_arpa_is_an_error_not_a_fallback(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "lm-text.txt").write_text(TEXT)
+    with pytest.raises(FileNotFoundError, match=r"3-gram.pruned.3e-7.arpa.gz: official LM not found"):
+        prepare_lm(corpus, set(TEXT.split()), tmp_path / "exp", LmConfig(official_arpa="3-gram.pruned.3e-7.arpa.gz"))
+    assert not (tmp_path / "exp" / "lm.arpa").exists()
 
 
 def test_malformed_arpa_is_rejected(tmp_path):

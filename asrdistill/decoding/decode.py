@@ -8,14 +8,16 @@ weight) is tuned on dev and applied unchanged to test.
 
 Posteriors arrive as an iterable of ``(utt_id, log_posteriors (T, num_pdfs))``
 from one model or an ensemble, so this module never touches a network.
-Utterances are decoded by ``nj`` worker processes that each load the graph once.
+Utterances are decoded by ``nj`` worker processes forked after the graph is
+loaded once, so they share its pages; the dev sweep searches each utterance at
+every acoustic scale from one network pass.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -110,31 +112,44 @@ def compute_priors(pdf_manifests: Sequence[ShardManifest], num_pdfs: int, floor:
     return np.log(np.maximum(counts / total, floor)).astype(np.float32)
 
 
-# --- worker side: one graph per process --------------------------------------------------------
+# --- worker side: one read-only graph shared by every worker ---------------------------------------
 
 _worker: dict = {}
 
 
-def _init_worker(graph_dir: str, config: DecodeConfig) -> None:
-    _worker["fst"] = kaldifst.StdConstFst.read(str(Path(graph_dir) / "HCLG.fst"))
+def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
+    """Load HCLG into this process; forked workers then share its pages instead of reading a copy each."""
+    path = Path(graph_dir) / "HCLG.fst"
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if _worker.get("graph") != key:  # kept for the next call (sweep then test decode the same graph)
+        _worker["fst"] = kaldifst.StdConstFst.read(str(path))
+        _worker["graph"] = key
     _worker["opts"] = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active,
                                                          min_active=config.min_active)
 
 
-def _decode_one(item: tuple[str, np.ndarray]) -> tuple[str, list[int], bool, int, float]:
-    """(utt, word ids, reached a final state, frames, decoder seconds)."""
-    utt, loglik = item
-    t0 = time.process_time()
+def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]
+                ) -> tuple[str, list[tuple[list[int], bool, float]], int]:
+    """(utt, per acoustic scale (word ids, reached a final state, decoder seconds), frames).
+
+    ``item`` carries the unscaled log-likelihoods (log posterior - log prior), so one
+    network pass serves every scale.
+    """
+    utt, loglik, scales = item
     if loglik.shape[0] == 0:
-        return utt, [], False, 0, 0.0
-    decoder = kaldi_decoder.FasterDecoder(_worker["fst"], _worker["opts"])
-    decoder.decode(kaldi_decoder.DecodableCtc(loglik))
-    final = decoder.reached_final()
-    ok, best = decoder.get_best_path(use_final_probs=final)
-    words: list[int] = []
-    if ok:
-        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
-    return utt, list(words) if ok else [], bool(final and ok), loglik.shape[0], time.process_time() - t0
+        return utt, [([], False, 0.0) for _ in scales], 0
+    out = []
+    for scale in scales:
+        t0 = time.process_time()
+        decoder = kaldi_decoder.FasterDecoder(_worker["fst"], _worker["opts"])
+        decoder.decode(kaldi_decoder.DecodableCtc(loglik * np.float32(scale)))
+        final = decoder.reached_final()
+        ok, best = decoder.get_best_path(use_final_probs=final)
+        words: list[int] = []
+        if ok:
+            ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
+        out.append((list(words) if ok else [], bool(final and ok), time.process_time() - t0))
+    return utt, out, loglik.shape[0]
 
 
 def _load_words(graph_dir: Path) -> list[str]:
@@ -145,14 +160,61 @@ def _load_words(graph_dir: Path) -> list[str]:
     return words
 
 
-def _scaled(posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray, num_pdfs: int,
-            scale: float, graph_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+def _unscaled(posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray, num_pdfs: int,
+              scales: tuple[float, ...], graph_dir: Path) -> Iterator[tuple[str, np.ndarray, tuple[float, ...]]]:
     for utt, logpost in posteriors:
         logpost = np.asarray(logpost)
         if logpost.ndim != 2 or logpost.shape[1] != num_pdfs:
             raise ValueError(f"{utt}: posterior matrix has shape {logpost.shape}, but the graph {graph_dir} "
                              f"has {num_pdfs} senones (width must be {num_pdfs})")
-        yield utt, np.ascontiguousarray((logpost - log_priors) * scale, dtype=np.float32)
+        yield utt, np.ascontiguousarray(logpost - log_priors, dtype=np.float32), scales
+
+
+def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray,
+                   config: DecodeConfig, scales: Sequence[float]) -> dict[float, DecodeResult]:
+    """Decode every utterance once per acoustic scale, reading the posteriors once."""
+    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
+    if log_priors.shape != (num_pdfs,):
+        raise ValueError(f"log priors have shape {log_priors.shape}, but the graph {graph_dir} has {num_pdfs} senones")
+    scales = tuple(scales)
+    words = _load_words(graph_dir)
+    items = _unscaled(posteriors, log_priors.astype(np.float32), num_pdfs, scales, graph_dir)
+    hyps: list[dict[str, list[str]]] = [{} for _ in scales]
+    partial: list[list[str]] = [[] for _ in scales]
+    seconds = [0.0] * len(scales)
+    frames = 0
+    t0 = time.perf_counter()
+    bar = tqdm(desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
+               unit="utt", mininterval=1.0)
+
+    def collect(results: Iterable[tuple[str, list[tuple[list[int], bool, float]], int]]) -> None:
+        nonlocal frames
+        for utt, per_scale, t in results:
+            if utt in hyps[0]:
+                raise ValueError(f"utterance {utt!r} appears twice in the posteriors")
+            for k, (ids, final, secs) in enumerate(per_scale):
+                hyps[k][utt] = [words[i] for i in ids]
+                if not final:
+                    partial[k].append(utt)
+                seconds[k] += secs
+            frames += t
+            bar.update(1)
+            bar.set_postfix(frames=frames, partial=len(partial[0]), refresh=False)
+
+    _load_graph(str(graph_dir), config)
+    # forked local workers find the graph already loaded (its pages shared); Dask workers load their own
+    with Executor(config.nj, initializer=_load_graph, initargs=(str(graph_dir), config),
+                  start_method="fork") as executor:
+        collect(executor.map(_decode_one, items))
+    bar.close()
+    wall = time.perf_counter() - t0
+    out = {}
+    for k, scale in enumerate(scales):
+        if partial[k]:
+            log.warning("scale %g: %d of %d utterances reached no final state; their best partial hypotheses "
+                        "are kept (e.g. %s)", scale, len(partial[k]), len(hyps[k]), partial[k][0])
+        out[scale] = DecodeResult(hyps[k], partial[k], frames, seconds[k], wall, scale)
+    return out
 
 
 def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray,
@@ -162,38 +224,8 @@ def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], 
     A posterior matrix whose width is not the graph's senone count raises a
     ``ValueError`` naming both.
     """
-    graph_dir = Path(graph_dir)
-    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
-    if log_priors.shape != (num_pdfs,):
-        raise ValueError(f"log priors have shape {log_priors.shape}, but the graph {graph_dir} has {num_pdfs} senones")
-    words = _load_words(graph_dir)
-    items = _scaled(posteriors, log_priors.astype(np.float32), num_pdfs, config.acoustic_scale, graph_dir)
-    hyps: dict[str, list[str]] = {}
-    partial: list[str] = []
-    frames, seconds = 0, 0.0
-    t0 = time.perf_counter()
-    bar = tqdm(desc=f"decode (scale {config.acoustic_scale:g})", unit="utt", mininterval=1.0)
-
-    def collect(results: Iterable[tuple[str, list[int], bool, int, float]]) -> None:
-        nonlocal frames, seconds
-        for utt, ids, final, t, secs in results:
-            if utt in hyps:
-                raise ValueError(f"utterance {utt!r} appears twice in the posteriors")
-            hyps[utt] = [words[i] for i in ids]
-            if not final:
-                partial.append(utt)
-            frames += t
-            seconds += secs
-            bar.update(1)
-            bar.set_postfix(frames=frames, partial=len(partial), refresh=False)
-
-    with Executor(config.nj, initializer=_init_worker, initargs=(str(graph_dir), config)) as executor:
-        collect(executor.map(_decode_one, items))
-    bar.close()
-    if partial:
-        log.warning("%d of %d utterances reached no final state; their best partial hypotheses are kept "
-                    "(e.g. %s)", len(partial), len(hyps), partial[0])
-    return DecodeResult(hyps, partial, frames, seconds, time.perf_counter() - t0, config.acoustic_scale)
+    return _decode_scales(Path(graph_dir), posteriors, log_priors, config,
+                          [config.acoustic_scale])[config.acoustic_scale]
 
 
 def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str, np.ndarray]]],
@@ -201,17 +233,18 @@ def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str
           out_dir: str | Path) -> SweepResult:
     """Decode dev at each of ``config.sweep_scales``; the lowest-WER scale wins (ties: the first).
 
-    ``dev_posteriors`` is called once per scale, so dev posteriors stream
-    instead of living in memory. Each scale's decode and WER report go to
-    ``out_dir/scale_<s>/``; the summary to ``out_dir/sweep.json``.
+    ``dev_posteriors`` is called once: each utterance's posteriors (one network
+    pass) are searched at every scale, so they stream without a cache. Each
+    scale's decode and WER report go to ``out_dir/scale_<s>/``; the summary to
+    ``out_dir/sweep.json``.
     """
     if not config.sweep_scales:
         raise ValueError("sweep_scales is empty")
     out_dir = Path(out_dir)
+    decoded = _decode_scales(Path(graph_dir), dev_posteriors(), log_priors, config, config.sweep_scales)
     results: dict[float, WerResult] = {}
-    for scale in config.sweep_scales:
+    for scale, res in decoded.items():
         sub = out_dir / f"scale_{scale:g}"
-        res = decode(graph_dir, dev_posteriors(), log_priors, replace(config, acoustic_scale=scale))
         res.save(sub)
         results[scale] = wer_report(dev_refs, {u: " ".join(w) for u, w in res.hyps.items()}, sub)
         log.info("acoustic scale %g: %s (%d partial)", scale, results[scale].summary(), len(res.partial))

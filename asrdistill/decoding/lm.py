@@ -1,9 +1,11 @@
 """Word n-gram language model for first-pass decoding.
 
-With real LibriSpeech the official ARPA model (``3-gram.pruned.1e-7.arpa.gz``)
-is used as is. Offline (the synthetic corpus) a Kneser-Ney n-gram is trained on
-the corpus's LM text with ``kaldingram`` (SRILM-compatible back-off KN, optional
-relative-entropy pruning). The LM text never contains the dev/test sentences,
+With real LibriSpeech an official ARPA model (``lm.official_arpa``, e.g.
+tgsmall ``3-gram.pruned.3e-7.arpa.gz``) is used as is; its words missing from
+the lexicon are counted and reported (the graph skips their n-grams). Offline
+(the synthetic corpus) a Kneser-Ney n-gram is trained on the corpus's LM text
+with ``kaldingram`` (SRILM-compatible back-off KN, optional relative-entropy
+pruning). The LM text never contains the dev/test sentences,
 so the perplexity reported on them is an honest held-out figure.
 """
 
@@ -19,7 +21,8 @@ from tqdm import tqdm
 
 from asrdistill.fileio import atomic_open, write_json_atomic
 
-__all__ = ["LmConfig", "LmResult", "Arpa", "open_text", "train_lm", "prepare_lm", "perplexity", "ngram_counts"]
+__all__ = ["LmConfig", "LmResult", "Arpa", "open_text", "train_lm", "prepare_lm", "perplexity", "ngram_counts",
+           "arpa_vocabulary"]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,8 @@ BOS, EOS = "<s>", "</s>"
 class LmConfig:
     order: int = 3                                   # n-gram order of the trained LM
     prune_threshold: float = 0.0                     # relative-entropy pruning threshold (0: none)
-    official_arpa: str = "3-gram.pruned.1e-7.arpa.gz"  # taken from the corpus LM folder when present
-    text: str = "lm-text.txt"                        # training text in the corpus LM folder
+    official_arpa: str = ""                          # ARPA in the corpus LM folder to use as is ("": train one)
+    text: str = "lm-text.txt"                        # training text in the corpus LM folder (when training)
 
 
 @dataclass
@@ -42,7 +45,7 @@ class LmResult:
     source: str                # "official" or "trained"
     sentences: int = 0         # training sentences used
     skipped_sentences: int = 0  # sentences dropped for words missing from the lexicon
-    missing_words: int = 0     # distinct such words
+    missing_words: int = 0     # distinct such words (official ARPA: its unigrams missing from the lexicon)
     ngram_counts: list[int] | None = None
     perplexity: dict[str, dict[str, float]] | None = None  # {"dev": {"ppl": .., "oov": ..}, ...}
 
@@ -204,21 +207,50 @@ def ngram_counts(arpa: str | Path) -> list[int]:
     return out
 
 
+def arpa_vocabulary(arpa: str | Path) -> set[str]:
+    """The unigrams of an ARPA file (``<s>`` and ``</s>`` included)."""
+    words: set[str] = set()
+    in_unigrams = False
+    with open_text(arpa) as f:
+        for line in f:
+            if line.startswith("\\1-grams:"):
+                in_unigrams = True
+            elif line.startswith("\\"):
+                if in_unigrams:
+                    break
+            elif in_unigrams and line.strip():
+                words.add(line.split()[1])
+    if not words:
+        raise ValueError(f"{arpa}: no unigrams found (not an ARPA file?)")
+    return words
+
+
 def prepare_lm(corpus_lm_dir: str | Path, lang_words: Iterable[str], out_dir: str | Path,
                config: LmConfig, eval_sentences: dict[str, list[str]] | None = None) -> LmResult:
-    """The official ARPA from ``corpus_lm_dir`` if present, else one trained on its text.
+    """``config.official_arpa`` from ``corpus_lm_dir`` when set, else an LM trained on its text.
 
     ``lang_words`` is the lexicon's vocabulary; ``eval_sentences`` (e.g. dev
     and test transcripts by name) get their perplexity recorded. Writes
-    ``out_dir/lm.json`` (and ``out_dir/lm.arpa`` when training).
+    ``out_dir/lm.json`` (and ``out_dir/lm.arpa`` when training). A missing
+    official ARPA is an error, never a silent switch to training.
     """
     corpus_lm_dir, out_dir = Path(corpus_lm_dir), Path(out_dir)
-    official = corpus_lm_dir / config.official_arpa
-    if official.is_file():
+    vocab = set(lang_words)
+    if config.official_arpa:
+        official = corpus_lm_dir / config.official_arpa
+        if not official.is_file():
+            raise FileNotFoundError(f"{official}: official LM not found (fetch it with 'asrdistill download', "
+                                    f"point at a copy with --lm-dir, or set lm.official_arpa to '' to train one "
+                                    f"on {corpus_lm_dir / config.text})")
+        lm_words = arpa_vocabulary(official) - {BOS, EOS}
+        missing = sorted(lm_words - vocab)
+        if missing:
+            log.warning("%s: %d of %d LM words are not in the lexicon; the graph skips their n-grams (e.g. %s)",
+                        official, len(missing), len(lm_words), ", ".join(missing[:5]))
         log.info("using official LM %s", official)
-        result = LmResult(str(official), "official", ngram_counts=ngram_counts(official))
+        result = LmResult(str(official), "official", missing_words=len(missing), ngram_counts=ngram_counts(official))
     else:
-        result = train_lm(corpus_lm_dir / config.text, out_dir / "lm.arpa", config, vocab=set(lang_words))
+        result = train_lm(corpus_lm_dir / config.text, out_dir / "lm.arpa", config, vocab=vocab)
     if eval_sentences:
         lm = Arpa(result.arpa)
         result.perplexity = {}

@@ -11,11 +11,12 @@
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
 #          --nj N (CPU processes) --gpus N (GPUs per node; 0: CPU; N > 1: torchrun DDP)
 #          --nnodes N --node-rank R --master-addr HOST --master-port P (multi-node DDP)
-#          --corpus-dir DIR (an existing LibriSpeech: skips the download)
+#          --corpus-dir DIR (an existing LibriSpeech: links it, fetches only the lexicon and LMs)
+#          --lexicon FILE (own lexicon) --lm-dir DIR (OpenSLR 11 files already here)
 #          --force (redo every finished stage in range) --force-stage N (redo stage N only; repeatable)
 # Every stage is skipped when its outputs are complete and their inputs and
-# config unchanged, so re-running resumes. Relative --config and --corpus-dir
-# paths are taken from the directory run.sh is called from.
+# config unchanged, so re-running resumes. Relative --config, --corpus-dir,
+# --lexicon and --lm-dir paths are taken from the directory run.sh is called from.
 set -euo pipefail
 script=$(realpath "$0")
 caller=$PWD
@@ -34,6 +35,8 @@ master_port=29500
 corpus_dir=
 force_all=
 force_stages=" "
+lexicon=
+lm_dir=
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +51,8 @@ while [ $# -gt 0 ]; do
     --master-addr) master_addr=$2; shift 2 ;;
     --master-port) master_port=$2; shift 2 ;;
     --corpus-dir) corpus_dir=$(cd "$caller" && realpath -m -- "$2"); shift 2 ;;
+    --lexicon) lexicon=$(cd "$caller" && realpath -m -- "$2"); shift 2 ;;
+    --lm-dir) lm_dir=$(cd "$caller" && realpath -m -- "$2"); shift 2 ;;
     --force) force_all=--force; shift ;;
     --force-stage|--force_stage) force_stages="$force_stages$2 "; shift 2 ;;
     -h|--help) sed -n "2,$(grep -n '^set -euo' "$script" | cut -d: -f1)p" "$script" | sed '$d'; exit 0 ;;
@@ -99,17 +104,16 @@ if want 0; then begin 0 "corpus ($corpus)"
     asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
       --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" $force \
       --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)"
-  elif [ -n "$corpus_dir" ]; then
-    mkdir -p data && ln -sfn "$(realpath "$corpus_dir")" data/corpus
   else
-    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets)
+    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) \
+      ${corpus_dir:+--corpus-dir "$corpus_dir"} ${lexicon:+--lexicon "$lexicon"} ${lm_dir:+--lm-dir "$lm_dir"}
   fi
 end; fi
 
 if want 1; then begin 1 "Kaldi data dirs and lang"
   asrdistill prepare --corpus data/corpus --subsets $(get recipe.corpus_subsets) --out data --nj "$nj" $force
-  asrdistill lang --config "$config" --out data/lang data/$train data/$dev data/$test \
-    --extra-text $(ls data/corpus/lm/lm-text.txt data/corpus/lm/librispeech-vocab.txt 2>/dev/null || true)
+  case "$corpus" in synthetic) extra_text=data/corpus/lm/lm-text.txt ;; *) extra_text=data/corpus/lm/librispeech-vocab.txt ;; esac
+  asrdistill lang --config "$config" --out data/lang data/$train data/$dev data/$test --extra-text $extra_text
 end; fi
 
 if want 2; then begin 2 "fbank features and CMVN"
