@@ -237,6 +237,17 @@ class DiagGmmSet:
         cl = torch.cat([cl, cl.new_full((cl.shape[0], 1), -math.inf)], 1)
         return torch.logsumexp(cl[:, table], -1)
 
+    def frame_posteriors(self, x: Tensor, pdf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posteriors over the components of each frame's own pdf: comps (N, K) (pad: G), post (N, K), loglik (N,)."""
+        a, b, gconst, table = self._prepared()
+        pad = lambda t, v: torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), v)])  # noqa: E731
+        a, b, gconst = pad(a, 0.0), pad(b, 0.0), pad(gconst, -math.inf)
+        x = x.to(self.device, torch.float32)
+        comps = table[pdf.to(self.device)]                                  # (N, K)
+        cl = torch.einsum("nd,nkd->nk", x * x, a[comps]) + torch.einsum("nd,nkd->nk", x, b[comps]) + gconst[comps]
+        ll = torch.logsumexp(cl, -1)                                        # (N,)
+        return comps, (cl - ll[:, None]).exp(), ll                          # post 0 on padding
+
     # ------------------------------------------------------------ save/load
     def state_dict(self) -> dict:
         return {"means": self.means.cpu(), "vars": self.vars.cpu(), "log_weights": self.log_weights.cpu(),
@@ -254,17 +265,11 @@ def accumulate(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: GmmStats, chunk: 
     the padded pdf->component table), so the cost is ``T * K * D`` rather than
     ``T * G * D`` and does not grow with the number of pdfs.
     """
-    a, b, gconst, table = gmm._prepared()
     g = gmm.num_gauss
-    pad = lambda t, v: torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), v)])  # noqa: E731
-    a, b, gconst = pad(a, 0.0), pad(b, 0.0), pad(gconst, -math.inf)
     dev = stats.occ.device
     for s in range(0, x.shape[0], chunk):
         xc = x[s:s + chunk].to(gmm.device, torch.float32)
-        comps = table[pdf[s:s + chunk].to(gmm.device)]                     # (N, K)
-        cl = torch.einsum("nd,nkd->nk", xc * xc, a[comps]) + torch.einsum("nd,nkd->nk", xc, b[comps]) + gconst[comps]
-        ll = torch.logsumexp(cl, -1)                                        # (N,)
-        post = (cl - ll[:, None]).exp()                                     # (N, K), 0 on padding
+        comps, post, ll = gmm.frame_posteriors(xc, pdf[s:s + chunk])
         occ = torch.zeros(g + 1, dtype=torch.float64, device=dev)
         sx = torch.zeros(g + 1, xc.shape[1], dtype=torch.float64, device=dev)
         sxx = torch.zeros_like(sx)
