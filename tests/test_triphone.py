@@ -155,3 +155,23 @@ def test_mono_alignment_maps_through_tree(trained):
     _, _, _, _, _, mono_ali, tri = trained
     ali = read_alignment(mono_ali, tri.tree)
     assert ali and all(a.pdf.shape == a.phone.shape and a.pdf.min() >= 0 for a in ali.values())
+
+
+def test_lda_mllt_stage_trains_and_aligns(trained, tmp_path):
+    """tri.feature_transform=lda_mllt: spliced frames, LDA, MLLT on schedule; labels as good as the deltas stage's."""
+    tmp, lang, feats, text, truth, mono_ali, _ = trained
+    cfg = TriConfig(num_iters=5, max_gaussians=80, max_iter_inc=4, realign_iters=[2, 4], nj=1,
+                    feature_transform="lda_mllt", splice=2, lda_dim=12, mllt_iters=[1, 3])
+    tri = train_triphone(mono_ali, feats, text, lang, _mono_stand_in(feats), tmp_path / "tri2",
+                         TreeConfig(num_leaves=40, min_occupancy=30, questions="both"), cfg)
+    assert tri.transform.dim == 12 and tri.transform.splice == 2 and tri.transform.matrix.shape == (12, 5 * DIM)
+    loaded = HmmModel.load(tmp_path / "tri2" / "final.pt")
+    assert np.array_equal(loaded.transform.matrix, tri.transform.matrix)
+    res = align_subset(feats, text, lang, tri, tmp_path / "ali2", AlignConfig(nj=1))
+    correct = total = 0
+    for path in res.ali.shard_paths:
+        for utt, a in iter_shard(path):
+            if utt in truth:
+                correct += int((a["phone"] == truth[utt]).sum())
+                total += len(truth[utt])
+    assert correct / total > 0.9, f"LDA+MLLT frame phone accuracy {correct / total:.3f}"
