@@ -11,7 +11,8 @@ import torch
 
 from asrdistill.aligner.align import AlignConfig, align_subset
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FeatureTransform, HmmModel
+from asrdistill.aligner.hmm import FeatureTransform, HmmModel, UttAlignment, prepare_transcripts, train_gmm_hmm
+from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree, TreeConfig
 from asrdistill.aligner.triphone import TriConfig, read_alignment, train_triphone
@@ -175,3 +176,26 @@ def test_lda_mllt_stage_trains_and_aligns(trained, tmp_path):
                 correct += int((a["phone"] == truth[utt]).sum())
                 total += len(truth[utt])
     assert correct / total > 0.9, f"LDA+MLLT frame phone accuracy {correct / total:.3f}"
+
+
+def test_realignment_redecides_silence_the_prior_alignment_lacked(trained, tmp_path):
+    """Kaldi re-decides silence at every realignment: a prior alignment without the inner silences is corrected."""
+    _, lang, feats, text, truth, mono_ali, tri = trained
+    sil = lang.phone_id["SIL"]
+    prior, inner_truth = {}, {}
+    for utt, a in read_alignment(mono_ali, tri.tree).items():
+        phone, state = a.phone.copy(), a.state.copy()
+        speech = np.flatnonzero(phone != sil)
+        inner = np.zeros(len(phone), bool)
+        inner[speech[0]:speech[-1]] = phone[speech[0]:speech[-1]] == sil
+        for t in np.flatnonzero(inner):          # the silence between words becomes more of the phone before it
+            phone[t], state[t] = phone[t - 1], state[t - 1]
+        prior[utt] = UttAlignment(tri.tree.pdfs(*frame_contexts(phone, state)).astype(np.int32), phone, state)
+        inner_truth[utt] = inner
+    assert sum(m.sum() for m in inner_truth.values()) > 100
+    seqs, _ = prepare_transcripts({u: text[u] for u in prior}, lang)
+    cfg = TriConfig(num_iters=3, max_gaussians=tri.gmm.num_gauss, realign_iters=[1], nj=1)
+    _, ali = train_gmm_hmm(tri, feats, seqs, cfg, tmp_path, alignment=prior)
+    found = sum(int((ali[u].phone[m] == sil).sum()) for u, m in inner_truth.items())
+    assert found / sum(m.sum() for m in inner_truth.values()) > 0.8
+    assert all(ali[u].word is not None for u in ali)
