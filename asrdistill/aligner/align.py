@@ -207,8 +207,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         log.warning("%s: %d word token(s) of %d type(s) have no pronunciation and were aligned as %s, e.g. %s",
                     out_dir, sum(oov.values()), len(oov), UNK, oov.most_common(5))
     seconds = time.time() - t0
-    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped),
-                                 "oov_tokens": sum(oov.values())})
+    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)})
     log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
              frames / max(seconds, 1e-9), len(skipped),
              f", e.g. {list(skipped.items())[:3]}" if skipped else "")

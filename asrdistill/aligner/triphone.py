@@ -191,7 +191,6 @@ def train_triphone(
     model.topology.save(exp_dir / "topo.json")
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "tri", {"config": to_dict(config), "tree_config": to_dict(tree_config),
-                               "feature_transform": config.feature_transform,
                                "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss,
                                "seconds": round(time.time() - t0, 1)})
     log.info("triphone training done in %.1f s: %d senones, %d Gaussians", time.time() - t0, tree.num_pdfs,
