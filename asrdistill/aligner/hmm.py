@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_graph
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_graphs
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
@@ -378,9 +378,9 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
     xs = {u: model.transform.apply(feats[u]) for u in utts}
     if realign or equal:
         graphs: dict[str, UttGraph] = {}
-        for u in utts:
-            g = build_graph(seqs[u], model.topology, model.pdf_of, optional_prob, boundary_silence,
-                            context=model.tree is not None)
+        built = build_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, optional_prob, boundary_silence,
+                             context=model.tree is not None)
+        for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
                 skipped[u] = f"{xs[u].shape[0]} frames but the transcript needs at least {g.min_frames}"
             else:

@@ -36,7 +36,7 @@ import numpy as np
 
 from asrdistill.aligner.topology import Topology
 
-__all__ = ["UttGraph", "Transcript", "MonophonePdfs", "PdfFn", "build_graph"]
+__all__ = ["UttGraph", "Transcript", "MonophonePdfs", "PdfFn", "build_graph", "build_graphs"]
 
 PdfFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 _NEG_INF = -math.inf
@@ -260,3 +260,22 @@ def build_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_p
     pron = np.array([insts[i].pron for i in c_inst], dtype=np.int32)[owner]
     return UttGraph(pdf, phone.astype(np.int32), hmm_state.astype(np.int32), word, pron, pred, pred_lp, init_lp,
                     final_lp, min_frames, np.asarray(path, dtype=np.int64))
+
+
+def build_graphs(transcripts: Sequence[Transcript], topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
+                 boundary_silence: bool = True, context: bool = False) -> list[UttGraph]:
+    """:func:`build_graph` for many transcripts with a single ``pdf_of`` call (a tree lookup costs per call)."""
+    contexts: list[tuple[np.ndarray, ...]] = []
+
+    def record(*ctx: np.ndarray) -> np.ndarray:
+        contexts.append(ctx)
+        return np.zeros(len(ctx[1]), dtype=np.int64)
+
+    graphs = [build_graph(t, topology, record, sil_prob, boundary_silence, context) for t in transcripts]
+    if graphs:
+        pdf = np.asarray(pdf_of(*(np.concatenate(c) for c in zip(*contexts))), dtype=np.int64)
+        if (pdf < 0).any():
+            raise ValueError("pdf map returned a negative pdf id")
+        for g, part in zip(graphs, np.split(pdf, np.cumsum([g.num_states for g in graphs])[:-1])):
+            g.pdf = part
+    return graphs
