@@ -2,8 +2,10 @@
 
 Kaldi's ``gmm-acc-stats-ali`` / ``gmm-est`` / ``gmm-align-compiled`` loop in
 torch: features are globally mean/variance normalised (statistics kept in the
-model) plus deltas and delta-deltas; each iteration (optionally) re-aligns with
-Viterbi, accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
+model) plus deltas and delta-deltas (or spliced frames and an LDA+MLLT matrix,
+:mod:`asrdistill.aligner.lda_mllt`); each iteration (optionally) re-aligns with
+Viterbi against each utterance's full training graph (every pronunciation,
+optional silence: :mod:`asrdistill.aligner.utt_graph`), accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
 towards ``max_gaussians``. Self-loop probabilities are re-estimated from the
 alignment.
 
@@ -17,7 +19,7 @@ one. Per-iteration log-likelihood goes to ``<exp>/log/train.jsonl``
 
 Public API::
 
-    seqs, skipped = prepare_transcripts(text, lang)          # utt -> (phones, optional)
+    seqs, skipped = prepare_transcripts(text, lang)          # utt -> Transcript (every pronunciation)
     model, ali = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
     HmmModel.load(path) / model.save(path)
 """
