@@ -137,7 +137,8 @@ def cmd_tri(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # workers do the parallel work; small in-process ops slow down with more threads
     mono_dir = Path(args.mono_dir)
-    train_triphone(ShardManifest.load(mono_dir / "ali", ALI_PREFIX), ShardManifest.load(args.feats_dir, FEATS_PREFIX),
+    ali_dir = args.ali_dir or mono_dir / "ali"
+    train_triphone(ShardManifest.load(ali_dir, ALI_PREFIX), ShardManifest.load(args.feats_dir, FEATS_PREFIX),
                    DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), HmmModel.load(mono_dir / "final.pt"),
                    args.exp_dir, _section(args, "tree", TreeConfig), _runtime(_section(args, "tri", TriConfig), args),
                    force=args.force)
@@ -149,21 +150,16 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     from asrdistill.aligner.align import AlignConfig, align_subset
     from asrdistill.aligner.hmm import HmmModel
-    from asrdistill.aligner.triphone import align_triphone
     from asrdistill.data.datadir import DataDir
     from asrdistill.data.lang import Lang
-    from asrdistill.data.shards import ALI_PREFIX, FEATS_PREFIX, ShardManifest
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     torch.set_num_threads(1)
     cfg = _runtime(_section(args, "align", AlignConfig), args)
     model = HmmModel.load(Path(args.model_dir) / "final.pt")
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
-    if model.tree is not None:
-        prior = ShardManifest.load(args.prior_ali, ALI_PREFIX) if args.prior_ali else None
-        result = align_triphone(feats, text, lang, model, args.out_dir, cfg, prior_ali=prior, force=args.force)
-    else:
-        result = align_subset(feats, text, lang, model, args.out_dir, cfg, force=args.force)
+    result = align_subset(feats, text, lang, model, args.out_dir, cfg, force=args.force)
     return 0 if result.num_frames > 0 else 1
 
 
@@ -499,8 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data_dir", type=Path)
     sp.add_argument("lang_dir", type=Path)
     sp.add_argument("feats_dir", type=Path)
-    sp.add_argument("mono_dir", type=Path, help="exp/mono (final.pt and ali/)")
+    sp.add_argument("mono_dir", type=Path, help="exp/mono (final.pt and ali/): normalisation and topology")
     sp.add_argument("exp_dir", type=Path)
+    sp.add_argument("--ali-dir", type=Path, help="alignment to start from (default <mono_dir>/ali; e.g. "
+                    "exp/tri_ali/train for an LDA+MLLT stage, tri.feature_transform=lda_mllt)")
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device")
     sp.add_argument("--force", action="store_true", help="train again even if done")
@@ -511,7 +509,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("lang_dir", type=Path)
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("out_dir", type=Path)
-    sp.add_argument("--prior-ali", type=Path, help="phone alignment of the same set (exp/mono/ali) for exact contexts")
     sp.add_argument("--nj", type=int)
     sp.add_argument("--device")
     sp.add_argument("--force", action="store_true")

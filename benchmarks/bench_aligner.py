@@ -1,13 +1,16 @@
 """Alignment accuracy and cost of the built-in GMM-HMM aligner on the synthetic corpus.
 
-Prints, for the monophone and the tied-triphone alignment, the share of phone
+Prints, for the monophone, the tied-triphone (deltas, Kaldi tri1) and the
+LDA+MLLT triphone (spliced +-4, Kaldi tri2b, trained from tri1's alignment)
+alignments, the share of phone
 boundaries within 20 ms of espeak's true timing and the mean absolute boundary
 error, as two tables (clean utterances of each subset; all conditions, noisy and
 reverberant included), and the number of senones used. The full-pipeline mode
 trains the GMM-HMM stage itself and also prints its wall time, peak memory and
 alignment frames/s. ``--recipe-dir`` trains nothing: it scores the alignments a
 recipe run already wrote (``exp/mono/ali``, the training set, and
-``exp/tri_ali/<subset>``), skipping with a message any not finished yet.
+``exp/tri_ali/<subset>``, ``exp/tri2_ali/<subset>`` where present), skipping
+with a message any not finished yet.
 
 Scoring method. The truth (``<SPK>-<CH>.phones.ctm``) uses espeak phoneme
 mnemonics, the aligner ARPAbet, and the two sequences differ in length (``@L``
@@ -231,7 +234,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     from asrdistill.aligner.hmm import HmmModel
     from asrdistill.aligner.mono import MonoConfig, train_mono
     from asrdistill.aligner.tree import TreeConfig
-    from asrdistill.aligner.triphone import TriConfig, align_triphone, train_triphone
+    from asrdistill.aligner.triphone import TriConfig, train_triphone
     from asrdistill.data.features import FbankConfig, compute_features
     from asrdistill.fileio import is_done
     from asrdistill.data.lang import Lang
@@ -278,23 +281,31 @@ def run_pipeline(args: argparse.Namespace) -> None:
                          TreeConfig(num_leaves=args.num_leaves),
                          TriConfig(nj=args.nj, max_gaussians=args.max_gaussians))
     t_tri = time.time() - t0 - t_mono - t_mono_ali
-    tri_res = {s: align_triphone(feats[s], data[s].text, lang, tri, work / "tri_ali" / s, align_cfg,
-                                 prior_ali=mono_ali[s]) for s in subsets}
+    tri_res = {s: align_subset(feats[s], data[s].text, lang, tri, work / "tri_ali" / s, align_cfg) for s in subsets}
+    t_tri_ali = time.time() - t0 - t_mono - t_mono_ali - t_tri
+    tri2 = train_triphone(tri_res["train"].ali, feats["train"], data["train"].text, lang, mono, work / "tri2",
+                          TreeConfig(num_leaves=args.num_leaves),
+                          TriConfig(nj=args.nj, max_gaussians=args.max_gaussians, feature_transform="lda_mllt"))
+    t_tri2 = time.time() - t0 - t_mono - t_mono_ali - t_tri - t_tri_ali
+    for s in subsets:
+        align_subset(feats[s], data[s].text, lang, tri2, work / "tri2_ali" / s, align_cfg)
     total = time.time() - t0
     rss_self, rss_child = _peak_rss_mb()
 
     print(f"GMM-HMM stage on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: {total / 60:.1f} min "
-          f"(mono train {t_mono / 60:.1f}, mono align all subsets {t_mono_ali / 60:.1f}, tree + tri train "
-          f"{t_tri / 60:.1f}, tri labels {(total - t_mono - t_mono_ali - t_tri) / 60:.1f}); "
+          f"(mono train {t_mono / 60:.1f}, mono align all subsets {t_mono_ali / 60:.1f}, tree + tri1 train "
+          f"{t_tri / 60:.1f}, tri1 labels {t_tri_ali / 60:.1f}, tree + tri2 (LDA+MLLT) train {t_tri2 / 60:.1f}, "
+          f"tri2 labels {(total - t_mono - t_mono_ali - t_tri - t_tri_ali - t_tri2) / 60:.1f}); "
           f"peak RSS main {rss_self:.0f} MB, largest worker {rss_child:.0f} MB")
     print(f"monophone alignment of train alone: {ali_frames / max(ali_seconds, 1e-9):.0f} frames/s "
           f"({ali_frames} frames in {ali_seconds:.1f} s, {mono.gmm.num_gauss} Gaussians)")
     r = tri_res["train"]
     used = json.loads((work / "tri_ali" / "train" / "senone_counts.json").read_text())["num_used"]
     print(f"triphone: {tri.num_pdfs} senones in the tree, {used} used in the training labels, {tri.gmm.num_gauss} "
-          f"Gaussians; label pass (two alignments where no prior) {r.num_frames / max(r.seconds, 1e-9):.0f} frames/s")
+          f"Gaussians; label pass {r.num_frames / max(r.seconds, 1e-9):.0f} frames/s; tri2: {tri2.num_pdfs} senones, "
+          f"{tri2.gmm.num_gauss} Gaussians, {tri2.transform.dim}-dim LDA+MLLT features")
     print_boundary_tables(corpus / "LibriSpeech", lang.phones,
-                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in ("mono", "tri")])
+                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in ("mono", "tri", "tri2")])
 
 
 def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
@@ -304,7 +315,8 @@ def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
 
     lang = Lang.load(recipe / "data" / "lang")
     candidates = [(train_set, "mono", recipe / "exp" / "mono" / "ali")] if train_set in subsets else []
-    candidates += [(s, "tri", recipe / "exp" / "tri_ali" / s) for s in subsets]
+    candidates += [(s, name, recipe / "exp" / f"{name}_ali" / s) for s in subsets for name in ("tri", "tri2")
+                   if name == "tri" or (recipe / "exp" / f"{name}_ali" / s).is_dir()]
     alignments = []
     for s, name, ali_dir in candidates:
         if is_done(ali_dir, "align"):

@@ -137,10 +137,9 @@ def test_bad_inputs_are_skipped_and_reported(trained, tmp_path):
 def test_transcripts_and_self_loops():
     lang = _lang()
     seqs, skipped = prepare_transcripts({"u1": "ABC OOVWORD", "u2": ""}, lang)
-    phones, optional = seqs["u1"]
     pid = lang.phone_id
-    assert phones.tolist() == [1, pid["AA"], pid["BB"], pid["CC"], 1, pid["SPN"], 1]
-    assert optional.tolist() == [True, False, False, False, True, False, True]
+    assert seqs["u1"].words == ["ABC", "<UNK>"] and seqs["u1"].silence == pid["SIL"]
+    assert seqs["u1"].prons == [[(pid["AA"], pid["BB"], pid["CC"])], [(pid["SPN"],)]]
     assert skipped == {"u2": "empty transcript"}
     no_unk = Lang(PHONES, ["<eps>", "ABC"], [("ABC", ("AA", "BB", "CC"))])
     _, skipped = prepare_transcripts({"u1": "ABC OOVWORD"}, no_unk)

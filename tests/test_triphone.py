@@ -9,12 +9,13 @@ import pytest
 
 import torch
 
-from asrdistill.aligner.align import AlignConfig
+from asrdistill.aligner.align import AlignConfig, align_subset
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FeatureTransform, HmmModel
+from asrdistill.aligner.hmm import FeatureTransform, HmmModel, UttAlignment, prepare_transcripts, train_gmm_hmm
+from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree, TreeConfig
-from asrdistill.aligner.triphone import TriConfig, align_triphone, read_alignment, train_triphone
+from asrdistill.aligner.triphone import TriConfig, read_alignment, train_triphone
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 
@@ -127,11 +128,10 @@ def test_tree_and_topology_written(trained):
 def test_labels_match_features_and_truth(trained, tmp_path):
     tmp, lang, feats, text, truth, mono_ali, tri = trained
     dev, dev_text, dev_truth, _ = _corpus(tmp_path, "dev", 12, seed=2)
-    for man, txt, tru, prior, name in [(feats, text, truth, mono_ali, "train"), (dev, dev_text, dev_truth, None, "dev")]:
+    for man, txt, tru, name in [(feats, text, truth, "train"), (dev, dev_text, dev_truth, "dev")]:
         out = tmp_path / "ali" / name
-        res = align_triphone(man, txt, lang, tri, out, AlignConfig(nj=1), prior_ali=prior)
+        res = align_subset(man, txt, lang, tri, out, AlignConfig(nj=1))
         assert [s.name for s in res.pdf.shards] == ["pdf-000000.tar", "pdf-000001.tar"]
-        assert not (out / "pass1").exists()
         correct = total = 0
         for fpath, ppath, apath in zip(man.shard_paths, res.pdf.shard_paths, res.ali.shard_paths):
             f_items, p_items, a_items = list(iter_shard(fpath)), list(iter_shard(ppath)), list(iter_shard(apath))
@@ -156,3 +156,46 @@ def test_mono_alignment_maps_through_tree(trained):
     _, _, _, _, _, mono_ali, tri = trained
     ali = read_alignment(mono_ali, tri.tree)
     assert ali and all(a.pdf.shape == a.phone.shape and a.pdf.min() >= 0 for a in ali.values())
+
+
+def test_lda_mllt_stage_trains_and_aligns(trained, tmp_path):
+    """tri.feature_transform=lda_mllt: spliced frames, LDA, MLLT on schedule; labels as good as the deltas stage's."""
+    tmp, lang, feats, text, truth, mono_ali, _ = trained
+    cfg = TriConfig(num_iters=5, max_gaussians=80, max_iter_inc=4, realign_iters=[2, 4], nj=1,
+                    feature_transform="lda_mllt", splice=2, lda_dim=12, mllt_iters=[1, 3])
+    tri = train_triphone(mono_ali, feats, text, lang, _mono_stand_in(feats), tmp_path / "tri2",
+                         TreeConfig(num_leaves=40, min_occupancy=30, questions="both"), cfg)
+    assert tri.transform.dim == 12 and tri.transform.splice == 2 and tri.transform.matrix.shape == (12, 5 * DIM)
+    loaded = HmmModel.load(tmp_path / "tri2" / "final.pt")
+    assert np.array_equal(loaded.transform.matrix, tri.transform.matrix)
+    res = align_subset(feats, text, lang, tri, tmp_path / "ali2", AlignConfig(nj=1))
+    correct = total = 0
+    for path in res.ali.shard_paths:
+        for utt, a in iter_shard(path):
+            if utt in truth:
+                correct += int((a["phone"] == truth[utt]).sum())
+                total += len(truth[utt])
+    assert correct / total > 0.9, f"LDA+MLLT frame phone accuracy {correct / total:.3f}"
+
+
+def test_realignment_redecides_silence_the_prior_alignment_lacked(trained, tmp_path):
+    """Kaldi re-decides silence at every realignment: a prior alignment without the inner silences is corrected."""
+    _, lang, feats, text, truth, mono_ali, tri = trained
+    sil = lang.phone_id["SIL"]
+    prior, inner_truth = {}, {}
+    for utt, a in read_alignment(mono_ali, tri.tree).items():
+        phone, state = a.phone.copy(), a.state.copy()
+        speech = np.flatnonzero(phone != sil)
+        inner = np.zeros(len(phone), bool)
+        inner[speech[0]:speech[-1]] = phone[speech[0]:speech[-1]] == sil
+        for t in np.flatnonzero(inner):          # the silence between words becomes more of the phone before it
+            phone[t], state[t] = phone[t - 1], state[t - 1]
+        prior[utt] = UttAlignment(tri.tree.pdfs(*frame_contexts(phone, state)).astype(np.int32), phone, state)
+        inner_truth[utt] = inner
+    assert sum(m.sum() for m in inner_truth.values()) > 100
+    seqs, _ = prepare_transcripts({u: text[u] for u in prior}, lang)
+    cfg = TriConfig(num_iters=3, max_gaussians=tri.gmm.num_gauss, realign_iters=[1], nj=1)
+    _, ali = train_gmm_hmm(tri, feats, seqs, cfg, tmp_path, alignment=prior)
+    found = sum(int((ali[u].phone[m] == sil).sum()) for u, m in inner_truth.items())
+    assert found / sum(m.sum() for m in inner_truth.values()) > 0.8
+    assert all(ali[u].word is not None for u in ali)

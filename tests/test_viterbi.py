@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrdistill.aligner.utt_graph import MonophonePdfs, build_graph, transcript_phones
+from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript, build_graph
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.viterbi import viterbi, viterbi_batch
 
@@ -18,14 +18,7 @@ def _topo() -> Topology:
 
 
 def _trans(g, i, j):
-    lp = -math.inf
-    if j == i:
-        lp = max(lp, g.self_logp[j])
-    if j == i + 1:
-        lp = max(lp, g.adv_logp[j])
-    if g.skip_from[j] == i:
-        lp = max(lp, g.skip_logp[j])
-    return lp
+    return max([lp for src, lp in zip(g.pred[j], g.pred_logp[j]) if src == i], default=-math.inf)
 
 
 def _brute(g, am):
@@ -39,19 +32,22 @@ def _brute(g, am):
     return best, arg
 
 
-def _graph(words, optional_silence):
+def _graph(words, optional_silence, prons=None):
     topo = _topo()
-    prons = {"A": [3], "B": [4, 3]}
-    phones, opt = transcript_phones(words, prons, 1, optional_silence, optional_silence)
-    return build_graph(phones, opt, topo, MonophonePdfs.from_topology(topo), 0.3)
+    prons = prons or {"A": [(3,)], "B": [(4, 3)]}
+    tr = Transcript(list(words), [prons[w] for w in words], [[0.0] * len(prons[w]) for w in words], 1)
+    return build_graph(tr, topo, MonophonePdfs.from_topology(topo), 0.3 if optional_silence else 0.0,
+                       optional_silence)
 
 
 @pytest.mark.parametrize("optional_silence", [False, True])
 def test_viterbi_matches_brute_force(optional_silence):
     rng = np.random.default_rng(0)
     graphs, lls, expect = [], [], []
-    for words, t in [(["A"], 3), (["A", "B"], 6), (["B"], 5), (["A", "A"], 6)]:
-        g = _graph(words, optional_silence)
+    two = {"A": [(3,), (4,)], "B": [(4, 3)]}      # A has two pronunciations
+    for words, t, prons in [(["A"], 3, None), (["A", "B"], 6, None), (["B"], 5, None), (["A", "A"], 6, None),
+                            (["A"], 4, two), (["A", "A"], 4, two)]:
+        g = _graph(words, optional_silence, prons)
         t = max(t, g.min_frames)
         assert g.num_states ** t <= 600_000
         am = rng.normal(size=(t, g.num_states)) * 3

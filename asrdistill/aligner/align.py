@@ -3,7 +3,12 @@
 For feature shard ``feats-NNNNNN.tar`` this writes ``ali-NNNNNN.tar``
 (``<utt>.phone.npy``, ``<utt>.state.npy``, (T,) int32) and, for a tree model
 (or when asked), ``pdf-NNNNNN.tar`` (``<utt>.pdf.npy``, (T,) int32 senone ids),
-with the same keys in the same order (docs/CONTRACTS.md). An utterance that
+with the same keys in the same order (docs/CONTRACTS.md). Each utterance is
+aligned to its full training graph (every pronunciation, optional silence,
+exact triphone contexts), and the chosen pronunciations are written to
+``prons.txt`` (Kaldi's ``prons``: ``utt start_frame num_frames WORD PHONE...``),
+from which ``lexiconp.txt`` (Kaldi ``dict_dir_add_pronprobs.sh``: counts plus
+one, divided by the word's most frequent) is estimated. An utterance that
 cannot be aligned (no transcript, OOV without ``<UNK>``, fewer frames than its
 transcript's states, no finite path) keeps its place with empty arrays and is
 listed with the reason in ``skipped.tsv``; labels never differ in length from
@@ -12,30 +17,34 @@ the features. Shards are aligned in parallel (``nj`` processes) or on a GPU.
     res = align_subset(feats_manifest, datadir.text, lang, HmmModel.load(".../final.pt"), out_dir,
                        AlignConfig(nj=2))
     res.ali, res.pdf  # ShardManifests (prefix "ali" / "pdf"), res.skipped: utt -> reason
+    probs = read_pron_probs(out_dir / "lexiconp.txt")   # (word, phones) -> probability
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, PhoneSeq, UttAlignment, shard_feats, prepare_transcripts, \
+from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_feats, prepare_transcripts, \
     process_shard
+from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done
-from asrdistill.data.lang import Lang
-from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, write_shard
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, write_json_atomic
+from asrdistill.data.lang import UNK, Lang
+from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.parallel import Executor
 
-__all__ = ["AlignConfig", "AlignResult", "align_subset"]
+__all__ = ["AlignConfig", "AlignResult", "align_subset", "pron_records", "estimate_pron_probs", "write_lexiconp",
+           "read_pron_probs", "senone_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,7 @@ class AlignConfig:
     write_pdf: bool | None = None   # None: only for tree (triphone) models
     max_cells: int = 20_000_000
     chunk_frames: int = 20_000
+    pron_probs: str | None = None   # a lexiconp.txt weighting the pronunciations (None: all equally allowed)
 
 
 @dataclass
@@ -104,20 +114,20 @@ def _init_worker() -> None:
 
 
 def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, model: HmmModel, out_dir: str | Path,
-                 config: AlignConfig = AlignConfig(), seqs: Mapping[str, PhoneSeq] | None = None,
-                 force: bool = False, marker_identity: str | None = None) -> AlignResult:
+                 config: AlignConfig = AlignConfig(), force: bool = False,
+                 marker_identity: str | None = None) -> AlignResult:
     """Viterbi-align every utterance of ``feats`` to its transcript in ``text``; write label shards to ``out_dir``.
 
-    ``seqs`` (utt -> (phones, optional flags)) overrides the transcripts, e.g.
-    the phone sequences realised by an earlier alignment for exact triphone
-    contexts. A finished ``out_dir`` (marker ``.align.done``) is reused unless
-    ``force`` or its identity (config, inputs, model; ``marker_identity`` if
-    given, for a caller that derived ``seqs``) changed.
+    Also writes ``skipped.tsv``, ``prons.txt``, ``lexiconp.txt``,
+    ``oov_counts.tsv`` (words mapped to ``<UNK>``, with counts) and, with pdf
+    shards, ``senone_counts.json``. A finished ``out_dir`` (marker
+    ``.align.done``) is reused unless ``force`` or its identity (config,
+    inputs, model; ``marker_identity`` if the caller gives one) changed.
     """
     out_dir = Path(out_dir)
     write_pdf = model.tree is not None if config.write_pdf is None else config.write_pdf
     ident = marker_identity or identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang,
-                                        model.to_dict(), dict(seqs) if seqs is not None else None)
+                                        model.to_dict())
     if is_done(out_dir, "align") and not force:
         if is_done(out_dir, "align", ident):
             log.info("%s: already aligned, skipping (force to redo)", out_dir)
@@ -128,12 +138,12 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         log.info("%s: config, inputs or model changed since the alignment; aligning again", out_dir)
     clear_done(out_dir, "align")
     t0 = time.time()
-    pre_seqs, pre_skipped = prepare_transcripts(text, lang, config.optional_silence_prob > 0, config.boundary_silence)
-    if seqs is not None:
-        pre_seqs.update(seqs)
+    probs = read_pron_probs(config.pron_probs) if config.pron_probs else None
+    pre_seqs, pre_skipped = prepare_transcripts(text, lang, probs)
+    oov = oov_counts(text.values(), {w for w, _ in lang.lexicon})
     state = model.state()
-    kwargs = {"optional_prob": config.optional_silence_prob, "device": config.device,
-              "max_cells": config.max_cells, "chunk_frames": config.chunk_frames}
+    kwargs = {"optional_prob": config.optional_silence_prob, "boundary_silence": config.boundary_silence,
+              "device": config.device, "max_cells": config.max_cells, "chunk_frames": config.chunk_frames}
     pieces = max(1, config.nj) if len(feats.shards) < 2 * config.nj else 1
     jobs, waiting = [], []
     for i, info in enumerate(feats.shards):
@@ -145,11 +155,14 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     got: list[dict[str, UttAlignment]] = [{} for _ in feats.shards]
     results: list = [None] * len(feats.shards)
     skipped: dict[str, str] = {}
+    prons: list[str] = []
     frames = 0
 
     def finish(i: int) -> None:
         nonlocal frames
         info = feats.shards[i]
+        prons.extend(line for utt in info.keys if utt in got[i]
+                     for line in pron_records(utt, got[i][utt], pre_seqs[utt], lang.phones))
         for utt in info.keys:
             if utt not in got[i]:
                 skipped[utt] = skipped.get(utt) or pre_skipped.get(utt) or "no transcript"
@@ -185,8 +198,19 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     if write_pdf:
         pdf = ShardManifest(out_dir, PDF_PREFIX, [r[1] for r in results], meta)
         pdf.save()
+        counts = senone_counts(pdf, model.num_pdfs)
+        write_json_atomic(out_dir / "senone_counts.json", {
+            "num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()})
     with atomic_open(out_dir / "skipped.tsv") as f:
         f.writelines(f"{u}\t{reason}\n" for u, reason in sorted(skipped.items()))
+    with atomic_open(out_dir / "prons.txt") as f:
+        f.writelines(prons)
+    write_lexiconp(out_dir / "lexiconp.txt", lang, estimate_pron_probs(prons, lang))
+    with atomic_open(out_dir / "oov_counts.tsv") as f:
+        f.writelines(f"{w}\t{n}\n" for w, n in oov.most_common())
+    if oov:
+        log.warning("%s: %d word token(s) of %d type(s) have no pronunciation and were aligned as %s, e.g. %s",
+                    out_dir, sum(oov.values()), len(oov), UNK, oov.most_common(5))
     seconds = time.time() - t0
     mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, identity=ident)
     log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
@@ -200,3 +224,78 @@ def _read_skipped(path: Path) -> dict[str, str]:
         return {}
     rows = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     return {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
+
+
+def oov_counts(lines: Iterable[str], vocab: set[str]) -> Counter[str]:
+    """Transcript words with no pronunciation in the lexicon, with their token counts."""
+    return Counter(w for line in lines for w in line.split() if w not in vocab)
+
+
+def pron_records(utt: str, ali: UttAlignment, transcript: Transcript, phones: list[str]) -> list[str]:
+    """Kaldi ``prons`` lines of one alignment: ``utt start_frame num_frames WORD PHONE...`` per word."""
+    out = []
+    w = ali.word
+    starts = np.flatnonzero(np.concatenate([[True], w[1:] != w[:-1]]))
+    ends = np.concatenate([starts[1:], [len(w)]])
+    for s, e in zip(starts, ends):
+        if w[s] < 0:
+            continue
+        pron = transcript.prons[w[s]][ali.pron[s]]
+        out.append(f"{utt} {s} {e - s} {transcript.words[w[s]]} {' '.join(phones[p] for p in pron)}\n")
+    return out
+
+
+def estimate_pron_probs(prons: Iterable[str], lang: Lang, smoothing: float = 1.0
+                        ) -> dict[tuple[str, tuple[str, ...]], float]:
+    """Pronunciation probabilities from ``prons`` lines: (count + smoothing), divided by the word's largest.
+
+    Kaldi's ``dict_dir_add_pronprobs.sh`` (max-normalised, so the commonest
+    pronunciation of each word costs nothing); every lexicon entry gets one.
+    """
+    counts: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    for line in prons:
+        parts = line.split()
+        counts[(parts[3], tuple(parts[4:]))] += 1
+    out: dict[tuple[str, tuple[str, ...]], float] = {}
+    for word, ps in lang.pronunciations().items():
+        c = {p: counts[(word, p)] + smoothing for p in dict.fromkeys(ps)}
+        top = max(c.values())
+        out.update({(word, p): v / top for p, v in c.items()})
+    return out
+
+
+def write_lexiconp(path: Path, lang: Lang, probs: Mapping[tuple[str, tuple[str, ...]], float]) -> None:
+    """``WORD PROB PHONE...`` per lexicon entry, in lexicon order (Kaldi ``lexiconp.txt``)."""
+    seen = set()
+    with atomic_open(path) as f:
+        for word, pron in lang.lexicon:
+            if (word, pron) not in seen:
+                seen.add((word, pron))
+                f.write(f"{word} {probs[(word, pron)]:.6f} {' '.join(pron)}\n")
+
+
+def read_pron_probs(path: str | Path) -> dict[tuple[str, tuple[str, ...]], float]:
+    """(word, phones) -> probability from a ``lexiconp.txt``; raises ``ValueError`` naming a bad line."""
+    out = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            p = float(parts[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...', got {line!r}") from None
+        if len(parts) < 3 or not 0.0 < p <= 1.0:
+            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...' with 0 < PROB <= 1, got {line!r}")
+        out[(parts[0], tuple(parts[2:]))] = p
+    return out
+
+
+def senone_counts(pdf: ShardManifest, num_pdfs: int) -> np.ndarray:
+    """Frames per senone over label shards (e.g. training labels: also the hybrid decoder's priors)."""
+    counts = np.zeros(num_pdfs, dtype=np.int64)
+    for path in pdf.shard_paths:
+        for _, s in iter_shard(path):
+            if s["pdf"].size:
+                counts += np.bincount(s["pdf"], minlength=num_pdfs)
+    return counts

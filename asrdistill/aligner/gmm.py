@@ -221,21 +221,38 @@ class DiagGmmSet:
         return (x * x) @ a.T + x @ b.T + gconst
 
     def loglik(self, x: Tensor, pdfs: Tensor | None = None) -> Tensor:
-        """(T, P) log-likelihood of frames ``x`` (T, D) under every pdf, or (T, len(pdfs)) for ``pdfs`` only."""
-        _, _, _, table = self._prepared()
-        if pdfs is not None:
-            table = table[pdfs.to(self.device)]
-            kmax = int((table < self.num_gauss).sum(1).max()) if table.numel() else 1
-            table = table[:, :kmax]
-            comps, inverse = torch.unique(table, return_inverse=True)   # the pad index G sorts last
-            has_pad = bool(comps[-1] == self.num_gauss)
-            cl = self.component_loglik(x, comps[:-1] if has_pad else comps)
-            if has_pad:
-                cl = torch.cat([cl, cl.new_full((cl.shape[0], 1), -math.inf)], 1)
-            return torch.logsumexp(cl[:, inverse], -1)
-        cl = self.component_loglik(x)
-        cl = torch.cat([cl, cl.new_full((cl.shape[0], 1), -math.inf)], 1)
-        return torch.logsumexp(cl[:, table], -1)
+        """(T, P) log-likelihood of frames ``x`` (T, D) under every pdf, or (T, len(pdfs)) for distinct ``pdfs`` only.
+
+        A log-sum-exp per pdf over its own components, done as scatter-max,
+        exp and index-add over the (T, components) scores: no padding to the
+        largest mixture, no underflow however far a pdf is from the best one.
+        """
+        if pdfs is None:
+            comps, col, num = None, self.comp2pdf, self.num_pdfs
+        else:
+            pdfs = pdfs.to(self.device)
+            lut = torch.full((self.num_pdfs,), -1, dtype=torch.int64, device=self.device)
+            lut[pdfs] = torch.arange(len(pdfs), device=self.device)
+            comps = torch.nonzero(lut[self.comp2pdf] >= 0).squeeze(1)
+            col, num = lut[self.comp2pdf[comps]], len(pdfs)
+        cl = self.component_loglik(x, comps)                                  # (T, C)
+        t = cl.shape[0]
+        top = cl.new_full((t, num), -math.inf).scatter_reduce_(1, col.expand(t, -1), cl, "amax")
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        # components > 80 nats below their pdf's best add < 2e-35 each; clamping keeps exp off the slow underflow path
+        total = cl.new_zeros((t, num)).index_add_(1, col, (cl - top[:, col]).clamp_min_(-80.0).exp_())
+        return top + total.log()
+
+    def frame_posteriors(self, x: Tensor, pdf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posteriors over the components of each frame's own pdf: comps (N, K) (pad: G), post (N, K), loglik (N,)."""
+        a, b, gconst, table = self._prepared()
+        pad = lambda t, v: torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), v)])  # noqa: E731
+        a, b, gconst = pad(a, 0.0), pad(b, 0.0), pad(gconst, -math.inf)
+        x = x.to(self.device, torch.float32)
+        comps = table[pdf.to(self.device)]                                  # (N, K)
+        cl = torch.einsum("nd,nkd->nk", x * x, a[comps]) + torch.einsum("nd,nkd->nk", x, b[comps]) + gconst[comps]
+        ll = torch.logsumexp(cl, -1)                                        # (N,)
+        return comps, (cl - ll[:, None]).exp(), ll                          # post 0 on padding
 
     # ------------------------------------------------------------ save/load
     def state_dict(self) -> dict:
@@ -254,17 +271,11 @@ def accumulate(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: GmmStats, chunk: 
     the padded pdf->component table), so the cost is ``T * K * D`` rather than
     ``T * G * D`` and does not grow with the number of pdfs.
     """
-    a, b, gconst, table = gmm._prepared()
     g = gmm.num_gauss
-    pad = lambda t, v: torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), v)])  # noqa: E731
-    a, b, gconst = pad(a, 0.0), pad(b, 0.0), pad(gconst, -math.inf)
     dev = stats.occ.device
     for s in range(0, x.shape[0], chunk):
         xc = x[s:s + chunk].to(gmm.device, torch.float32)
-        comps = table[pdf[s:s + chunk].to(gmm.device)]                     # (N, K)
-        cl = torch.einsum("nd,nkd->nk", xc * xc, a[comps]) + torch.einsum("nd,nkd->nk", xc, b[comps]) + gconst[comps]
-        ll = torch.logsumexp(cl, -1)                                        # (N,)
-        post = (cl - ll[:, None]).exp()                                     # (N, K), 0 on padding
+        comps, post, ll = gmm.frame_posteriors(xc, pdf[s:s + chunk])
         occ = torch.zeros(g + 1, dtype=torch.float64, device=dev)
         sx = torch.zeros(g + 1, xc.shape[1], dtype=torch.float64, device=dev)
         sxx = torch.zeros_like(sx)

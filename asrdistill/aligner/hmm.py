@@ -2,8 +2,10 @@
 
 Kaldi's ``gmm-acc-stats-ali`` / ``gmm-est`` / ``gmm-align-compiled`` loop in
 torch: features are globally mean/variance normalised (statistics kept in the
-model) plus deltas and delta-deltas; each iteration (optionally) re-aligns with
-Viterbi, accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
+model) plus deltas and delta-deltas (or spliced frames and an LDA+MLLT matrix,
+:mod:`asrdistill.aligner.lda_mllt`); each iteration (optionally) re-aligns with
+Viterbi against each utterance's full training graph (every pronunciation,
+optional silence: :mod:`asrdistill.aligner.utt_graph`), accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
 towards ``max_gaussians``. Self-loop probabilities are re-estimated from the
 alignment.
 
@@ -17,13 +19,14 @@ one. Per-iteration log-likelihood goes to ``<exp>/log/train.jsonl``
 
 Public API::
 
-    seqs, skipped = prepare_transcripts(text, lang)          # utt -> (phones, optional)
+    seqs, skipped = prepare_transcripts(text, lang)          # utt -> Transcript (every pronunciation)
     model, ali = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
     HmmModel.load(path) / model.save(path)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -37,12 +40,12 @@ import torch
 from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, UttGraph, build_graph, transcript_phones
+from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_graphs
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
-from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_path, is_done, load_weights, mark_done, write_text_atomic
+from asrdistill.fileio import atomic_path, load_weights, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
@@ -53,8 +56,8 @@ __all__ = [
     "FeatureTransform",
     "HmmModel",
     "UttAlignment",
-    "PhoneSeq",
     "add_deltas",
+    "splice_frames",
     "prepare_transcripts",
     "equal_alignment",
     "estimate_self_loops",
@@ -68,9 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PhoneSeq = tuple[np.ndarray, np.ndarray]  # (phone ids int32, optional flags bool)
-
 
 # ----------------------------------------------------------------------------- config
 
@@ -87,7 +87,9 @@ class LoopConfig:
     max_gaussians: int = 1000
     max_iter_inc: int = 30          # Gaussians grow linearly until this iteration
     realign_iters: list[int] = field(default_factory=_kaldi_realign_iters)
-    optional_silence_prob: float = 0.5
+    optional_silence_prob: float = 0.5   # Kaldi's sil_prob: silence between words (0: none, 1: always)
+    boundary_silence: bool = True    # optional silence before the first / after the last word
+    mllt_iters: list[int] = field(default_factory=list)  # re-estimate the MLLT rotation (LDA+MLLT models only)
     var_floor: float = 0.01          # fraction of the global variance
     min_gaussian_occ: float = 10.0   # components with fewer frames are dropped
     mixup_power: float = 0.2         # Gaussians per pdf ~ occupancy ** power
@@ -115,23 +117,46 @@ def add_deltas(x: torch.Tensor, window: int = 2) -> torch.Tensor:
     return torch.cat([x, d1, delta(d1)], 1)
 
 
+def splice_frames(x: torch.Tensor, context: int) -> torch.Tensor:
+    """Each frame with its +-``context`` neighbours side by side (Kaldi ``splice-feats``, edges repeated)."""
+    t = x.shape[0]
+    idx = (torch.arange(t)[:, None] + torch.arange(-context, context + 1)[None, :]).clamp(0, max(t - 1, 0))
+    return x[idx].reshape(t, -1)   # (T, (2 * context + 1) * D)
+
+
 @dataclass
 class FeatureTransform:
-    """Raw log-mel -> GMM features: global mean/variance normalisation, then optional deltas."""
+    """Raw log-mel -> GMM features: global mean/variance normalisation, deltas or spliced frames, a matrix.
+
+    ``splice > 0`` replaces the deltas by ``2 * splice + 1`` spliced frames;
+    ``matrix`` (LDA+MLLT, :mod:`asrdistill.aligner.lda_mllt`) projects last.
+    """
 
     mean: np.ndarray   # (D,) float64
     var: np.ndarray    # (D,)
     use_deltas: bool = True
+    splice: int = 0
+    matrix: np.ndarray | None = None   # (out_dim, in_dim) float64
+
+    @property
+    def base_dim(self) -> int:
+        """Dimension before ``matrix``."""
+        d = int(self.mean.shape[0])
+        return d * (2 * self.splice + 1) if self.splice else d * (3 if self.use_deltas else 1)
 
     @property
     def dim(self) -> int:
-        return int(self.mean.shape[0]) * (3 if self.use_deltas else 1)
+        return int(self.matrix.shape[0]) if self.matrix is not None else self.base_dim
 
     def apply(self, feats: np.ndarray) -> torch.Tensor:
         if feats.ndim != 2 or feats.shape[1] != self.mean.shape[0]:
             raise ValueError(f"features of shape {feats.shape}, expected (T, {self.mean.shape[0]})")
         x = torch.from_numpy(((feats.astype(np.float64) - self.mean) / np.sqrt(self.var)).astype(np.float32))
-        return add_deltas(x) if self.use_deltas else x
+        if self.splice:
+            x = splice_frames(x, self.splice)
+        elif self.use_deltas:
+            x = add_deltas(x)
+        return x @ torch.from_numpy(self.matrix.T.astype(np.float32)) if self.matrix is not None else x
 
     @classmethod
     def fit(cls, arrays: Iterable[np.ndarray], use_deltas: bool = True) -> "FeatureTransform":
@@ -145,11 +170,14 @@ class FeatureTransform:
         return cls(mean, np.maximum(ss / n - mean**2, 1e-8), use_deltas)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "use_deltas": self.use_deltas}
+        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "use_deltas": self.use_deltas,
+                "splice": self.splice, "matrix": None if self.matrix is None else self.matrix.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureTransform":
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["var"], dtype=np.float64), bool(d["use_deltas"]))
+        matrix = d.get("matrix")
+        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["var"], dtype=np.float64), bool(d["use_deltas"]),
+                   int(d.get("splice", 0)), None if matrix is None else np.asarray(matrix, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------- model
@@ -211,55 +239,69 @@ class HmmModel:
 
 @dataclass
 class UttAlignment:
-    """Per-frame labels of one utterance: pdf, phone id and HMM state within the phone (all (T,) int32)."""
+    """Per-frame labels of one utterance: pdf, phone id and HMM state within the phone (all (T,) int32).
+
+    From a graph alignment also the word position (-1: silence) and the index
+    of the pronunciation chosen per frame.
+    """
 
     pdf: np.ndarray
     phone: np.ndarray
     state: np.ndarray
+    word: np.ndarray | None = None
+    pron: np.ndarray | None = None
+
+    @classmethod
+    def from_path(cls, graph: UttGraph, path: np.ndarray) -> "UttAlignment":
+        return cls(graph.pdf[path].astype(np.int32), graph.phone[path], graph.hmm_state[path], graph.word[path],
+                   graph.pron[path])
 
 
 # ---------------------------------------------------------------------- transcripts
 
 
-def prepare_transcripts(text: Mapping[str, str], lang: Lang, optional_silence: bool = True,
-                        boundary_silence: bool = True) -> tuple[dict[str, PhoneSeq], dict[str, str]]:
-    """Phone sequences (first pronunciation of each word) for every transcript; OOV words become ``<UNK>``.
+def prepare_transcripts(text: Mapping[str, str], lang: Lang,
+                        pron_probs: Mapping[tuple[str, tuple[str, ...]], float] | None = None
+                        ) -> tuple[dict[str, Transcript], dict[str, str]]:
+    """Every transcript with all pronunciations of its words; OOV words become ``<UNK>``.
 
-    Returns ``(seqs, skipped)``: ``skipped`` maps an utterance to the reason
-    it has no sequence (empty transcript, or an OOV word while ``<UNK>`` has
-    no pronunciation).
+    ``pron_probs`` ((word, phones) -> probability, e.g. a ``lexiconp.txt``
+    from :func:`asrdistill.aligner.align.estimate_pron_probs`) weights the
+    pronunciations; without it all are equally allowed (Kaldi's
+    ``lexicon.txt``: probability 1 each). Returns ``(transcripts,
+    skipped)``: ``skipped`` maps an utterance to the reason it has none
+    (empty transcript, or an OOV word while ``<UNK>`` has no pronunciation).
     """
     pid = lang.phone_id
-    prons = {w: [pid[p] for p in ps[0]] for w, ps in lang.pronunciations().items()}
-    vocab = set(prons)
-    seqs: dict[str, PhoneSeq] = {}
+    table: dict[str, tuple[list[tuple[int, ...]], list[float]]] = {}
+    for w, ps in lang.pronunciations().items():
+        uniq = list(dict.fromkeys(ps))
+        probs = [pron_probs.get((w, p), 0.0) if pron_probs is not None else 1.0 for p in uniq]
+        with np.errstate(divide="ignore"):
+            table[w] = ([tuple(pid[x] for x in p) for p in uniq], [float(v) for v in np.log(probs)])
+    vocab = set(table)
+    seqs: dict[str, Transcript] = {}
     skipped: dict[str, str] = {}
     for utt, line in text.items():
         words = map_oov(line, vocab).split()
         if not words:
             skipped[utt] = "empty transcript"
-            continue
-        try:
-            seqs[utt] = transcript_phones(words, prons, pid[SIL], optional_silence, boundary_silence)
-        except KeyError:
+        elif any(w not in table for w in words):
             bad = sorted({w for w in line.split() if w not in vocab})
             skipped[utt] = f"words {bad[:5]} not in the lexicon and {UNK} has no pronunciation"
+        else:
+            seqs[utt] = Transcript(words, [table[w][0] for w in words], [table[w][1] for w in words], pid[SIL])
     return seqs, skipped
 
 
 def equal_alignment(graph: UttGraph, num_frames: int) -> np.ndarray | None:
-    """Graph state per frame spreading frames equally over the states, skipping optional phones between words.
+    """Graph state per frame spreading frames equally over ``graph.default_path`` (Kaldi ``align-equal``).
 
-    Leading and trailing optional phones are kept (utterances usually start
-    and end in silence). ``None`` if there are fewer frames than states.
+    That path takes each word's first pronunciation, no silence between words
+    and the leading and trailing silences (utterances usually start and end in
+    silence). ``None`` if there are fewer frames than states.
     """
-    s = graph.num_states
-    inner_opt = (graph.skip_from >= 0)
-    keep = np.ones(s, dtype=bool)
-    # states of an optional phone that sits between two others: from skip target back to its source
-    for tgt in np.flatnonzero(inner_opt):
-        keep[graph.skip_from[tgt] + 1: tgt] = False
-    states = np.flatnonzero(keep)
+    states = graph.default_path
     if num_frames < len(states):
         return None
     return states[(np.arange(num_frames) * len(states)) // num_frames].astype(np.int32)
@@ -314,17 +356,22 @@ class ShardResult:
     skipped: dict[str, str]
     viterbi_score: float = 0.0     # summed best-path scores of the aligned utterances
     frames: int = 0                # frames of the aligned utterances
+    mllt: MlltStats | None = None  # with ``mllt_stats``
 
 
-def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *, realign: bool,
+def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, *, realign: bool,
                   accumulate_stats: bool, alignment: Mapping[str, UttAlignment] | None = None,
-                  optional_prob: float = 0.5, device: str = "cpu", max_cells: int = 20_000_000,
-                  chunk_frames: int = 20_000, cache: bool = True, equal: bool = False) -> ShardResult:
+                  optional_prob: float = 0.5, boundary_silence: bool = True, device: str = "cpu",
+                  max_cells: int = 20_000_000, chunk_frames: int = 20_000, cache: bool = True, equal: bool = False,
+                  mllt_stats: bool = False) -> ShardResult:
     """Align (Viterbi, or equally with ``equal``) and/or accumulate statistics for one feature shard.
 
-    Only utterances in ``seqs`` are used; without ``realign`` the given
-    ``alignment`` supplies the pdfs. An utterance whose frame count cannot fit
-    its graph, or that has no finite path, is reported in ``skipped``.
+    Only utterances in ``seqs`` are used; each is aligned to its full training
+    graph (every pronunciation, optional silence; triphone contexts exact for
+    a tree model), so pronunciation and silence are decided afresh. Without
+    ``realign`` the given ``alignment`` supplies the pdfs. An utterance whose
+    frame count cannot fit its graph, or that has no finite path, is reported
+    in ``skipped``. ``mllt_stats`` also accumulates MLLT statistics.
     """
     feats = shard_feats(Path(shard), cache)
     gmm = model.gmm.to(device) if model.gmm.device != torch.device(device) else model.gmm
@@ -335,9 +382,9 @@ def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *,
     xs = {u: model.transform.apply(feats[u]) for u in utts}
     if realign or equal:
         graphs: dict[str, UttGraph] = {}
-        for u in utts:
-            phones, optional = seqs[u]
-            g = build_graph(phones, optional, model.topology, model.pdf_of, optional_prob)
+        built = build_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, optional_prob, boundary_silence,
+                             context=model.tree is not None)
+        for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
                 skipped[u] = f"{xs[u].shape[0]} frames but the transcript needs at least {g.min_frames}"
             else:
@@ -349,8 +396,7 @@ def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *,
                 if path is None:
                     skipped[u] = f"{xs[u].shape[0]} frames, fewer than the transcript's states for equal alignment"
                     continue
-                g = graphs[u]
-                out_ali[u] = UttAlignment(g.pdf[path].astype(np.int32), g.phone[path], g.hmm_state[path])
+                out_ali[u] = UttAlignment.from_path(graphs[u], path)
         else:
             # score chunks of utterances at once (bigger matmuls), only the pdfs their graphs use
             start = 0
@@ -374,15 +420,15 @@ def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *,
                     if path is None:
                         skipped[u] = "no alignment path (all paths have zero probability)"
                         continue
-                    g = graphs[u]
-                    out_ali[u] = UttAlignment(g.pdf[path].astype(np.int32), g.phone[path], g.hmm_state[path])
+                    out_ali[u] = UttAlignment.from_path(graphs[u], path)
                     score_sum += sc
                     ali_frames += len(path)
                 start = end
         alignment = out_ali
-    stats = None
-    if accumulate_stats:
+    stats, mllt = None, None
+    if accumulate_stats or mllt_stats:
         stats = GmmStats.zeros(gmm.num_gauss, gmm.dim)
+        mllt = MlltStats.zeros(gmm.dim) if mllt_stats else None
         if alignment:
             used = [u for u in utts if u in alignment and alignment[u].pdf.size]
             for u in used:
@@ -393,8 +439,11 @@ def process_shard(shard: Path, seqs: Mapping[str, PhoneSeq], model: HmmModel, *,
                 x = torch.cat([xs[u] for u in used])
                 pdf = torch.from_numpy(np.concatenate([alignment[u].pdf for u in used]).astype(np.int64))
                 accumulate(gmm, x, pdf, stats)
+                if mllt is not None:
+                    accumulate_mllt(gmm, x, pdf, mllt)
         stats = GmmStats(stats.occ.cpu(), stats.x.cpu(), stats.xx.cpu(), stats.loglik, stats.frames)
-    return ShardResult(stats, out_ali, skipped, score_sum, ali_frames)
+        stats = stats if accumulate_stats else None
+    return ShardResult(stats, out_ali, skipped, score_sum, ali_frames, mllt)
 
 
 def _worker_init() -> None:
@@ -415,7 +464,7 @@ class ShardRunner:
         gpu = str(device).startswith("cuda")
         self.executor = Executor(1 if gpu else nj, initializer=None if gpu else _worker_init)
 
-    def map(self, jobs: Sequence[tuple[Path, Mapping[str, PhoneSeq]]], model: HmmModel,
+    def map(self, jobs: Sequence[tuple[Path, Mapping[str, Transcript]]], model: HmmModel,
             alignment: Mapping[str, UttAlignment] | None, desc: str, **kwargs) -> Iterable[ShardResult]:
         """Yield one :class:`ShardResult` per job, in any order, with a progress bar."""
         kwargs.setdefault("device", self.device)
@@ -438,8 +487,8 @@ class ShardRunner:
 # -------------------------------------------------------------------------- training
 
 
-def shard_jobs(feats: ShardManifest, seqs: Mapping[str, PhoneSeq], pieces: int = 1
-          ) -> list[tuple[Path, dict[str, PhoneSeq]]]:
+def shard_jobs(feats: ShardManifest, seqs: Mapping[str, Transcript], pieces: int = 1
+               ) -> list[tuple[Path, dict[str, Transcript]]]:
     """(shard, utterances) work items; each shard's utterances are dealt into ``pieces`` items.
 
     Splitting within shards keeps ``nj`` workers busy when the corpus has
@@ -459,7 +508,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
-def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, PhoneSeq], config: LoopConfig,
+def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Transcript], config: LoopConfig,
                   exp_dir: str | Path, alignment: Mapping[str, UttAlignment] | None = None,
                   log_name: str = "train") -> tuple[HmmModel, dict[str, UttAlignment]]:
     """Iterate Viterbi re-estimation (Kaldi ``train_mono.sh`` / ``train_deltas.sh`` loop) from ``model``.
@@ -467,7 +516,10 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Phon
     Iteration ``i`` (0-based) re-aligns when ``i in config.realign_iters`` or
     no ``alignment`` is given yet, accumulates statistics on the alignment,
     re-estimates the GMMs and self-loops, then splits mixtures towards
-    ``config.max_gaussians`` (linearly until ``max_iter_inc``). Each
+    ``config.max_gaussians`` (linearly until ``max_iter_inc``). On
+    ``config.mllt_iters`` (a model with an LDA matrix) the MLLT rotation is
+    re-estimated first and folded into the features and the means (Kaldi
+    ``train_lda_mllt.sh``). Each
     iteration appends ``{iter, loglik_per_frame, ...}`` to
     ``<exp_dir>/log/<log_name>.jsonl``. Returns the final model and the last
     alignment (utterances that could not be aligned are absent).
@@ -486,14 +538,19 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Phon
         for it in range(config.num_iters):
             t0 = time.time()
             realign = alignment is None and it == 0 or it in config.realign_iters
+            mllt = it in config.mllt_iters and model.transform.matrix is not None
             stats = GmmStats.zeros(model.gmm.num_gauss, model.gmm.dim)
+            mllt_acc = MlltStats.zeros(model.gmm.dim) if mllt else None
             new_ali: dict[str, UttAlignment] = {}
             skipped = {} if realign else skipped
             score, frames = 0.0, 0
             for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", realign=realign,
                                   accumulate_stats=True, optional_prob=config.optional_silence_prob,
-                                  max_cells=config.max_cells, chunk_frames=config.chunk_frames):
+                                  boundary_silence=config.boundary_silence, max_cells=config.max_cells,
+                                  chunk_frames=config.chunk_frames, mllt_stats=mllt):
                 stats.add(res.stats)
+                if mllt_acc is not None:
+                    mllt_acc.add(res.mllt)
                 new_ali.update(res.alignments)
                 skipped.update(res.skipped)
                 score, frames = score + res.viterbi_score, frames + res.frames
@@ -503,11 +560,18 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Phon
                 raise ValueError(f"iteration {it}: no utterance could be aligned ({len(skipped)} skipped, e.g. "
                                  f"{next(iter(skipped.items()), None)})")
             gmm = DiagGmmSet.from_stats(stats, model.gmm, config.var_floor, config.min_gaussian_occ)
+            transform = model.transform
+            if mllt_acc is not None:   # rotate the space the new Gaussians live in (Kaldi est-mllt, gmm-transform-means)
+                rot, gain = estimate_mllt(mllt_acc)
+                transform = dataclasses.replace(transform, matrix=rot @ transform.matrix)
+                gmm = DiagGmmSet(gmm.means @ torch.from_numpy(rot.T).float(), gmm.vars, gmm.log_weights, gmm.comp2pdf,
+                                 gmm.num_pdfs)
+                log.info("iter %d: MLLT objective gain %.4f per frame", it, gain)
             target = int(min(config.max_gaussians, start_gauss + inc * (it + 1)))
             pdf_occ = torch.zeros(gmm.num_pdfs, dtype=torch.float64).index_add_(0, model.gmm.comp2pdf.cpu(), stats.occ)
             gmm = gmm.split(target, pdf_occ, config.mixup_power)
             topo = estimate_self_loops(ali.values(), model.topology, config.self_loop_floor)
-            model = HmmModel(gmm, topo, model.transform, model.tree, model.meta)
+            model = HmmModel(gmm, topo, transform, model.tree, model.meta)
             rec = {"iter": it, "loglik_per_frame": stats.loglik_per_frame, "frames": stats.frames,
                    "num_gauss": gmm.num_gauss, "realigned": realign, "skipped": len(skipped),
                    "seconds": round(time.time() - t0, 2)}

@@ -41,7 +41,6 @@ class MonoConfig(LoopConfig):
     states: int = 3
     silence_states: int = 5          # SIL and SPN (Kaldi's default)
     use_deltas: bool = True          # +delta +delta-delta (120 dims from 40)
-    boundary_silence: bool = True    # optional silence before the first / after the last word
     initial_self_loop: float = 0.75
 
 
@@ -74,7 +73,7 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     if config.silence_states < 1 or config.states < 1:
         raise ValueError("mono: states and silence_states must be >= 1")
     t0 = time.time()
-    seqs, skipped = prepare_transcripts(text, lang, config.optional_silence_prob > 0, config.boundary_silence)
+    seqs, skipped = prepare_transcripts(text, lang)
     frames = _utt_frames(feats)
     candidates = sorted((n, u) for u, n in frames.items() if u in seqs)
     if config.subset_utts is not None:
@@ -99,7 +98,8 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     init_ali: dict[str, UttAlignment] = {}
     with ShardRunner(config.nj, config.device) as runner:
         for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", realign=False, equal=True,
-                              accumulate_stats=False, optional_prob=config.optional_silence_prob):
+                              accumulate_stats=False, optional_prob=config.optional_silence_prob,
+                              boundary_silence=config.boundary_silence):
             init_ali.update(res.alignments)
             skipped.update(res.skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})

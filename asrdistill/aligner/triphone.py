@@ -1,29 +1,29 @@
-"""Tied-state triphone GMM-HMM training (Kaldi ``train_deltas.sh``) and senone labels for every subset.
+"""Tied-state triphone GMM-HMM training (Kaldi ``train_deltas.sh`` / ``train_lda_mllt.sh``).
 
-Steps: triphone statistics from the monophone alignment grow the decision tree
+Steps: triphone statistics from a previous alignment grow the decision tree
 (:func:`asrdistill.aligner.tree.build_tree`); each senone starts as the single
-Gaussian of its pooled tree statistics; the monophone alignment, mapped
+Gaussian of its pooled tree statistics; the previous alignment, mapped
 through the tree, is the first alignment (Kaldi ``convert-ali``); then the
 shared re-estimation loop (:func:`asrdistill.aligner.hmm.train_gmm_hmm`) runs
-with mixture growth and re-alignment on a schedule.
+with mixture growth and, on ``realign_iters``, re-alignment against each
+utterance's full training graph: pronunciation and silence are decided
+afresh by the current model every time, with exact triphone contexts.
 
-Triphone contexts must be the phones actually spoken, including whether an
-optional silence was taken; a linear graph with optional silence cannot give
-both variants their own contexts. So training graphs use the phone sequence
-realised by the previous alignment (no optional phones), and
-:func:`align_triphone` aligns in two passes when no earlier alignment is
-given: transcripts with optional silence first, then the realised sequences
-with exact contexts.
+``feature_transform``: ``deltas`` (tri1) or ``lda_mllt`` (tri2b): spliced
+frames projected by LDA (classes: the previous alignment's senones where it
+has pdf shards, else its monophone states) and rotated by MLLT on
+``mllt_iters`` (:mod:`asrdistill.aligner.lda_mllt`); the tree is grown on the
+LDA features, as in Kaldi.
 
     tri = train_triphone(mono_ali, feats, text, lang, mono_model, "exp/tri", TreeConfig(), TriConfig())
-    res = align_triphone(feats_dev, text_dev, lang, tri, "exp/tri_ali/dev", AlignConfig())
+    res = align_subset(feats_dev, text_dev, lang, tri, "exp/tri_ali/dev", AlignConfig())
     res.pdf   # pdf-NNNNNN.tar shards aligned with the feature shards
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,23 +32,29 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from asrdistill.aligner.align import AlignConfig, AlignResult, align_subset
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import HmmModel, LoopConfig, PhoneSeq, UttAlignment, plot_convergence, train_gmm_hmm
-from asrdistill.aligner.stats import frame_contexts, instance_starts
+from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, UttAlignment, plot_convergence, \
+    prepare_transcripts, train_gmm_hmm
+from asrdistill.aligner.lda_mllt import LdaStats, estimate_lda
+from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
+from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import clear_done, identity, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import clear_done, identity, is_done, mark_done
 from asrdistill.data.lang import Lang
-from asrdistill.data.shards import ShardManifest, iter_shard
+from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_aligned, iter_shard
 
-__all__ = ["TriConfig", "read_alignment", "realised_sequences", "train_triphone", "align_triphone", "senone_counts"]
+__all__ = ["TriConfig", "read_alignment", "train_triphone", "fit_lda"]
 
 log = logging.getLogger(__name__)
 
 
 def _tri_realign_iters() -> list[int]:
     return [10, 20, 30]
+
+
+def _tri_mllt_iters() -> list[int]:
+    return [2, 4, 6, 12]
 
 
 @dataclass
@@ -59,6 +65,10 @@ class TriConfig(LoopConfig):
     max_gaussians: int = 8000
     max_iter_inc: int = 25
     realign_iters: list[int] = field(default_factory=_tri_realign_iters)
+    feature_transform: str = "deltas"   # deltas (Kaldi tri1) | lda_mllt (tri2b: spliced frames, LDA, MLLT)
+    splice: int = 4                     # lda_mllt: +-frames spliced
+    lda_dim: int = 40                   # lda_mllt: output dimension
+    mllt_iters: list[int] = field(default_factory=_tri_mllt_iters)  # lda_mllt: MLLT re-estimation
 
 
 def read_alignment(ali: ShardManifest, tree: ContextTree | None = None) -> dict[str, UttAlignment]:
@@ -81,13 +91,31 @@ def read_alignment(ali: ShardManifest, tree: ContextTree | None = None) -> dict[
     return out
 
 
-def realised_sequences(alignment: Mapping[str, UttAlignment]) -> dict[str, PhoneSeq]:
-    """The phone sequence each alignment realised, silences included, as graphs without optional phones."""
-    out = {}
-    for utt, a in alignment.items():
-        phones = a.phone[instance_starts(a.phone, a.state)].astype(np.int32)
-        out[utt] = (phones, np.zeros(len(phones), dtype=bool))
-    return out
+def fit_lda(ali: ShardManifest, feats: ShardManifest, lang: Lang, prev: HmmModel, config: TriConfig
+            ) -> FeatureTransform:
+    """Spliced-frame LDA transform from the alignment ``ali`` (silence frames left out, as Kaldi does).
+
+    Classes are the senones of ``ali``'s pdf shards when the folder has them
+    (a triphone alignment), else its (phone, state) pairs.
+    """
+    base = FeatureTransform(prev.transform.mean, prev.transform.var, use_deltas=False, splice=config.splice)
+    has_pdf = ShardManifest.manifest_path(ali.directory, PDF_PREFIX).is_file()
+    pdf_dir = ShardManifest.load(ali.directory, PDF_PREFIX) if has_pdf else None
+    mono_pdfs = MonophonePdfs.from_topology(prev.topology)
+    num_classes = int(pdf_dir.meta["num_pdfs"]) if pdf_dir is not None else mono_pdfs.num_pdfs
+    stats = LdaStats.zeros(base.base_dim, num_classes)
+    silence = np.array([lang.phone_id[p] for p in lang.silence_phones])
+    paths = zip(feats.shard_paths, ali.shard_paths, pdf_dir.shard_paths if pdf_dir is not None else ali.shard_paths)
+    for fpath, apath, ppath in paths:
+        for utt, s in iter_aligned([fpath, apath] + ([ppath] if pdf_dir is not None else [])):
+            if s["phone"].size == 0:
+                continue
+            cls = s["pdf"] if pdf_dir is not None else mono_pdfs.pdfs(0, s["phone"], 0, s["state"])
+            keep = ~np.isin(s["phone"], silence)
+            stats.add(base.apply(s["feats"]).numpy()[keep], np.asarray(cls, dtype=np.int64)[keep])
+    log.info("LDA: %d frames, %d classes with data, %d -> %d dims", int(stats.count.sum()),
+             int((stats.count > 0).sum()), base.base_dim, config.lda_dim)
+    return dataclasses.replace(base, matrix=estimate_lda(stats, config.lda_dim))
 
 
 def _initial_gmm(tree: ContextTree, counts: np.ndarray, s1: np.ndarray, s2: np.ndarray, var_floor: float) -> DiagGmmSet:
@@ -114,7 +142,10 @@ def train_triphone(
 ) -> HmmModel:
     """Build the tree from ``mono_ali`` (aligned with ``feats``) and train the tied-triphone GMM-HMM.
 
-    ``text`` is only used to report utterances without a monophone alignment.
+    ``mono_ali`` is any earlier phone-level alignment (the monophone one for
+    tri1, a triphone one for an LDA+MLLT stage); ``mono`` gives the feature
+    normalisation and topology. Utterances of ``text`` without that alignment
+    are reported and left out.
     Writes to ``exp_dir``: ``tree.json``, ``tree_info.json``, ``final.pt``,
     ``topo.json`` (self-loops from the final alignment), ``log/train.jsonl``,
     ``log/train.png`` and the ``.tri.done`` marker; a finished ``exp_dir`` is
@@ -130,7 +161,14 @@ def train_triphone(
         log.info("%s: config or inputs changed since the triphone training; training again", exp_dir)
     clear_done(exp_dir, "tri")
     t0 = time.time()
-    transform = mono.transform
+    if config.feature_transform == "deltas":
+        transform = mono.transform
+    elif config.feature_transform == "lda_mllt":
+        transform = fit_lda(mono_ali, feats, lang, mono, config)
+    else:
+        raise ValueError(f"tri.feature_transform must be 'deltas' or 'lda_mllt', got {config.feature_transform!r}")
+    if config.feature_transform == "deltas":
+        config = dataclasses.replace(config, mllt_iters=[])
 
     def gmm_features(utt: str, x: np.ndarray) -> np.ndarray:
         return transform.apply(x).numpy()
@@ -145,7 +183,11 @@ def train_triphone(
     if missing:
         log.warning("%d transcribed utterance(s) have no monophone alignment and are not used, e.g. %s",
                     len(missing), missing[:3])
-    seqs = realised_sequences(alignment)
+    seqs, skipped = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
+    if skipped:
+        log.warning("%d aligned utterance(s) have no usable transcript now, e.g. %s", len(skipped),
+                    list(skipped.items())[:3])
+    alignment = {u: a for u, a in alignment.items() if u in seqs}
     log.info("triphone training: %d senones (%d with data), %d utterances, up to %d Gaussians",
              tree.num_pdfs, int((counts > 0).sum()), len(seqs), config.max_gaussians)
     model, final_ali = train_gmm_hmm(model, feats, seqs, config, exp_dir, alignment=alignment)
@@ -159,62 +201,3 @@ def train_triphone(
     log.info("triphone training done in %.1f s: %d senones, %d Gaussians", time.time() - t0, tree.num_pdfs,
              model.gmm.num_gauss)
     return model
-
-
-def senone_counts(pdf: ShardManifest, num_pdfs: int) -> np.ndarray:
-    """Frames per senone over label shards (e.g. training labels: also the hybrid decoder's priors)."""
-    counts = np.zeros(num_pdfs, dtype=np.int64)
-    for path in pdf.shard_paths:
-        for _, s in iter_shard(path):
-            if s["pdf"].size:
-                counts += np.bincount(s["pdf"], minlength=num_pdfs)
-    return counts
-
-
-def align_triphone(
-    feats: ShardManifest,
-    text: Mapping[str, str],
-    lang: Lang,
-    model: HmmModel,
-    out_dir: str | Path,
-    config: AlignConfig = AlignConfig(),
-    prior_ali: ShardManifest | None = None,
-    force: bool = False,
-) -> AlignResult:
-    """Senone labels for one subset: ``out_dir/pdf-NNNNNN.tar`` and ``ali-NNNNNN.tar`` aligned with ``feats``.
-
-    Phone sequences with exact triphone contexts come from ``prior_ali`` (an
-    earlier phone-level alignment of the same subset) where it has the
-    utterance, otherwise from a first pass with optional silence (written to
-    ``out_dir/pass1`` and removed afterwards). Unalignable utterances get
-    empty arrays and a line in ``skipped.tsv``. Also writes
-    ``senone_counts.json`` (frames per senone, number of senones used).
-    """
-    if model.tree is None:
-        raise ValueError("align_triphone needs a tree (triphone) model; use align_subset for monophones")
-    out_dir = Path(out_dir)
-    ident = identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang, model.to_dict(),
-                     (prior_ali.path, prior_ali.shard_paths) if prior_ali is not None else None)
-    if is_done(out_dir, "align", ident) and not force:
-        return align_subset(feats, text, lang, model, out_dir, config, marker_identity=ident)
-    t0 = time.time()
-    seqs: dict[str, PhoneSeq] = {}
-    if prior_ali is not None:
-        seqs = realised_sequences(read_alignment(prior_ali))
-    todo = {u: t for u, t in text.items() if u not in seqs}
-    if todo:
-        pass1_dir = out_dir / "pass1"
-        first = align_subset(feats, todo, lang, model, pass1_dir, AlignConfig(**{**to_dict(config), "write_pdf": False}),
-                             force=True)
-        seqs.update(realised_sequences(read_alignment(first.ali)))
-    res = align_subset(feats, text, lang, model, out_dir,
-                       AlignConfig(**{**to_dict(config), "write_pdf": True}), seqs=seqs, force=True,
-                       marker_identity=ident)
-    if todo:
-        shutil.rmtree(out_dir / "pass1", ignore_errors=True)
-    counts = senone_counts(res.pdf, model.num_pdfs)
-    write_json_atomic(out_dir / "senone_counts.json", {
-        "num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()})
-    log.info("%s: %d of %d senones used, %d frames labelled in %.1f s (%d utterance(s) skipped)", out_dir,
-             int((counts > 0).sum()), model.num_pdfs, res.num_frames, time.time() - t0, len(res.skipped))
-    return AlignResult(res.ali, res.pdf, res.skipped, res.num_frames, time.time() - t0)

@@ -1,33 +1,42 @@
-"""Utterance HMM state graphs: a transcript's phones expanded into a left-to-right chain of states.
+"""Utterance training graphs: every pronunciation of each word, optional silence between words.
 
-The graph of an utterance is linear (what Kaldi's training graph is for one
-transcript with one pronunciation per word) except for *optional* phones (the
-optional silence between words and at the edges): each can be skipped, so
-every state has at most three predecessors: itself (self-loop), the previous
-state, and one "skip" state (the last state before an optional phone). That
-keeps Viterbi a max over three candidates per state and lets many utterances
-be batched as padded tensors (:mod:`asrdistill.aligner.viterbi`).
+Kaldi's ``compile-train-graphs`` composes H o C o L o (the transcript): one
+path per choice of pronunciation and per choice of silence between words. We
+build the same graph directly, in three layers:
+
+1. phone instances: each word of the transcript contributes one chain of phone
+   instances per pronunciation (entered with the pronunciation's log
+   probability); between words, at the start and at the end an optional
+   silence instance is entered with ``sil_prob`` (Kaldi's ``--sil-prob``);
+2. with ``context``, each instance is copied once per (predecessor,
+   successor) pair, so every copy knows its exact left and right phone
+   (the triphone expansion C does), silence and word boundaries included;
+3. each copy becomes its phone's left-to-right HMM states.
+
+A state has a short list of predecessors (itself, the previous state of its
+phone, or the last states of the preceding phone copies) padded to a common
+width ``K``: Viterbi is then a gather and a max over ``K`` per state, batched
+over utterances (:mod:`asrdistill.aligner.viterbi`). The graph is acyclic
+apart from the self-loops; each state records its word position and
+pronunciation index, so an alignment tells which pronunciation and which
+silences were chosen.
 
 Pdfs are looked up through ``pdf_of(left, center, right, state) -> pdf`` on
-int arrays, so one graph builder serves monophones (:class:`MonophonePdfs`)
-and tied triphones (``ContextTree.pdfs`` has exactly that signature).
-Contexts are the neighbouring phones *of the given sequence*, optional ones
-included, and 0 at the edges; for exact triphone contexts across silence, pass
-a sequence without optional phones (e.g. the phones realised by a previous
-alignment, ``asrdistill.aligner.triphone.realised_sequences``).
+int arrays, so one builder serves monophones (:class:`MonophonePdfs`) and tied
+triphones (``ContextTree.pdfs``); ``0`` is the context at utterance edges.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from asrdistill.aligner.topology import Topology
 
-__all__ = ["UttGraph", "MonophonePdfs", "PdfFn", "build_graph", "transcript_phones"]
+__all__ = ["UttGraph", "Transcript", "MonophonePdfs", "PdfFn", "build_graph", "build_graphs"]
 
 PdfFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 _NEG_INF = -math.inf
@@ -63,110 +72,210 @@ class MonophonePdfs:
 
 
 @dataclass
+class Transcript:
+    """A word sequence with every pronunciation of each word (phone ids) and its log probability."""
+
+    words: list[str]
+    prons: list[list[tuple[int, ...]]]   # per word: alternative phone-id sequences
+    pron_logp: list[list[float]]         # per word: log P(pronunciation), 0.0 when all are equally allowed
+    silence: int                         # phone id of the optional silence
+
+    def __post_init__(self) -> None:
+        if not (len(self.words) == len(self.prons) == len(self.pron_logp)):
+            raise ValueError("words, prons and pron_logp differ in length")
+        for w, ps, lp in zip(self.words, self.prons, self.pron_logp):
+            if not ps or len(ps) != len(lp) or any(len(p) == 0 for p in ps):
+                raise ValueError(f"word {w!r}: needs at least one non-empty pronunciation and one log-prob each")
+
+
+@dataclass
 class UttGraph:
-    """States of one utterance's graph in order; all log-probabilities are natural logs (-inf: impossible)."""
+    """States of one utterance's graph; all log-probabilities are natural logs (-inf: impossible)."""
 
     pdf: np.ndarray        # (S,) int64 pdf of each state
     phone: np.ndarray      # (S,) int32 phone id
     hmm_state: np.ndarray  # (S,) int32 state index within its phone
-    self_logp: np.ndarray  # (S,) log P(stay in s)
-    adv_logp: np.ndarray   # (S,) log P(s-1 -> s); -inf for s = 0
-    skip_from: np.ndarray  # (S,) int64 the one skip predecessor of s (-1: none)
-    skip_logp: np.ndarray  # (S,) log P(skip_from[s] -> s)
+    word: np.ndarray       # (S,) int32 position of the state's word in the transcript (-1: optional silence)
+    pron: np.ndarray       # (S,) int32 index of the pronunciation the state belongs to (-1: optional silence)
+    pred: np.ndarray       # (S, K) int64 predecessor states (padding: 0 with -inf)
+    pred_logp: np.ndarray  # (S, K) log P(pred -> s); the self-loop is one of them
     init_logp: np.ndarray  # (S,) log P(start in s)
     final_logp: np.ndarray  # (S,) log P(end in s)
     min_frames: int         # states on the shortest path: fewer frames cannot be aligned
+    default_path: np.ndarray  # states through first pronunciations, silence at the edges only (flat start)
 
     @property
     def num_states(self) -> int:
         return int(self.pdf.shape[0])
 
 
-def transcript_phones(words: Sequence[str], prons: Mapping[str, Sequence[int]], silence: int,
-                      optional_silence: bool = True, boundary_silence: bool = True
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Phone ids and "optional" flags for a word sequence (each word's pronunciation from ``prons``).
+@dataclass
+class _Inst:
+    phone: int
+    word: int            # -1: optional silence
+    pron: int
+    default: bool        # on the flat-start path
 
-    With ``optional_silence`` an optional ``silence`` goes between words; with
-    ``boundary_silence`` also before the first and after the last word. Raises
-    ``KeyError`` naming a word with no pronunciation (map OOVs to ``<UNK>``
-    before calling).
+
+def _phone_instances(tr: Transcript, sil_prob: float, boundary_silence: bool
+                     ) -> tuple[list[_Inst], dict[tuple[int, int], float], dict[int, float], dict[int, float]]:
+    """Layer 1: phone instances (in topological order), arcs ``(i, j) -> logp``, initial and final weights."""
+    insts: list[_Inst] = []
+    arcs: dict[tuple[int, int], float] = {}
+    init: dict[int, float] = {}
+    frontier: list[tuple[int, float]] = [(-1, 0.0)]           # -1: the start
+    lp_sil, lp_nosil = (math.log(sil_prob), math.log1p(-sil_prob)) if 0 < sil_prob < 1 else (0.0, 0.0)
+
+    def link(src: int, dst: int, lp: float) -> None:
+        if src < 0:
+            init[dst] = max(init.get(dst, _NEG_INF), lp)
+        else:
+            arcs[(src, dst)] = max(arcs.get((src, dst), _NEG_INF), lp)
+
+    def silence_here(edge: bool) -> None:
+        nonlocal frontier
+        if sil_prob <= 0 or (edge and not boundary_silence):
+            return
+        s = len(insts)
+        insts.append(_Inst(tr.silence, -1, -1, edge))
+        for src, lp in frontier:
+            link(src, s, lp + (lp_sil if sil_prob < 1 else 0.0))
+        frontier = ([] if sil_prob >= 1 else [(src, lp + lp_nosil) for src, lp in frontier]) + [(s, 0.0)]
+
+    n = len(tr.words)
+    for w in range(n):
+        silence_here(w == 0)
+        new_frontier = []
+        for k, (pron, plp) in enumerate(zip(tr.prons[w], tr.pron_logp[w])):
+            first = len(insts)
+            insts += [_Inst(int(p), w, k, k == 0) for p in pron]
+            for src, lp in frontier:
+                link(src, first, lp + plp)
+            for i in range(first + 1, len(insts)):
+                arcs[(i - 1, i)] = 0.0
+            new_frontier.append((len(insts) - 1, 0.0))
+        frontier = new_frontier
+    silence_here(True)
+    final = {}
+    for src, lp in frontier:
+        final[src] = max(final.get(src, _NEG_INF), lp)
+    return insts, arcs, init, final
+
+
+def build_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
+                boundary_silence: bool = True, context: bool = False) -> UttGraph:
+    """The training graph of ``transcript``: all pronunciations, optional silence entered with ``sil_prob``.
+
+    ``sil_prob`` 0 allows no silence at all, 1 forces it between words.
+    ``context`` expands each phone per neighbour so that ``pdf_of`` sees
+    exact triphone contexts (needed for tree models; monophones ignore it).
     """
-    phones: list[int] = []
-    optional: list[bool] = []
-    for i, word in enumerate(words):
-        if word not in prons:
-            raise KeyError(f"word {word!r} has no pronunciation")
-        if (i == 0 and boundary_silence) or (i > 0 and optional_silence):
-            phones.append(silence)
-            optional.append(True)
-        phones += list(prons[word])
-        optional += [False] * len(prons[word])
-    if words and boundary_silence:
-        phones.append(silence)
-        optional.append(True)
-    return np.asarray(phones, dtype=np.int32), np.asarray(optional, dtype=bool)
-
-
-def build_graph(phones: np.ndarray, optional: np.ndarray | None, topology: Topology, pdf_of: PdfFn,
-                optional_prob: float = 0.5) -> UttGraph:
-    """Expand ``phones`` into the HMM state chain; an ``optional`` phone is entered with ``optional_prob``.
-
-    Two optional phones may not be adjacent (each state has one skip
-    predecessor); the transcript builders never produce that.
-    """
-    phones = np.asarray(phones, dtype=np.int64)
-    n = phones.shape[0]
-    if n == 0:
-        raise ValueError("cannot build a graph for an empty phone sequence")
-    optional = np.zeros(n, dtype=bool) if optional is None else np.asarray(optional, dtype=bool)
-    if optional.shape != phones.shape:
-        raise ValueError(f"phones {phones.shape} and optional {optional.shape} differ in length")
-    if np.any(optional[1:] & optional[:-1]):
-        raise ValueError("two adjacent optional phones: a state can have only one skip predecessor")
-    if optional.all():
-        raise ValueError("every phone is optional: the graph would accept an empty path")
-    if not 0.0 < optional_prob < 1.0 and optional.any():
-        raise ValueError(f"optional_prob must be in (0, 1), got {optional_prob}")
+    if not transcript.words:
+        raise ValueError("cannot build a graph for an empty transcript")
+    if not 0.0 <= sil_prob <= 1.0:
+        raise ValueError(f"sil_prob must be in [0, 1], got {sil_prob}")
+    insts, arcs, init, final = _phone_instances(transcript, sil_prob, boundary_silence)
+    phones = np.array([x.phone for x in insts], dtype=np.int64)
     if phones.min() < 1 or phones.max() >= len(topology.num_states):
         raise ValueError(f"phone ids must be in 1..{len(topology.num_states) - 1}, got {phones.min()}..{phones.max()}")
+    preds: list[list[tuple[int, float]]] = [[] for _ in insts]
+    succs: list[list[int]] = [[] for _ in insts]
+    for (a, b), lp in arcs.items():
+        preds[b].append((a, lp))
+        succs[a].append(b)
 
-    n_st = np.asarray(topology.num_states, dtype=np.int64)[phones]
+    # layer 2: copies (instance, predecessor or -1, successor or -1)
+    copies: list[tuple[int, int, int]] = []
+    index: dict[tuple[int, int, int], int] = {}
+    for i in range(len(insts)):
+        left = ([-1] if i in init else []) + [a for a, _ in preds[i]] if context else [-2]
+        right = ([-1] if i in final else []) + succs[i] if context else [-2]
+        for a in left:
+            for b in right:
+                index[(i, a, b)] = len(copies)
+                copies.append((i, a, b))
+    c_inst = np.array([c[0] for c in copies], dtype=np.int64)
+    ctx = lambda j: 0 if j < 0 else int(phones[j])  # noqa: E731
+    c_left = np.array([ctx(c[1]) for c in copies], dtype=np.int64)
+    c_right = np.array([ctx(c[2]) for c in copies], dtype=np.int64)
+
+    # layer 3: HMM states
+    n_st = np.asarray(topology.num_states, dtype=np.int64)[phones[c_inst]]
     first = np.concatenate([[0], np.cumsum(n_st)[:-1]])
     last = first + n_st - 1
     total = int(n_st.sum())
-    phone = np.repeat(phones, n_st).astype(np.int32)
-    hmm_state = (np.arange(total) - np.repeat(first, n_st)).astype(np.int32)
-    ctx_l = np.concatenate([[0], phones[:-1]])
-    ctx_r = np.concatenate([phones[1:], [0]])
-    pdf = np.asarray(pdf_of(np.repeat(ctx_l, n_st), phone.astype(np.int64), np.repeat(ctx_r, n_st),
-                            hmm_state.astype(np.int64)), dtype=np.int64)
+    owner = np.repeat(np.arange(len(copies)), n_st)
+    hmm_state = (np.arange(total) - first[owner]).astype(np.int64)
+    phone = phones[c_inst][owner]
+    pdf = np.asarray(pdf_of(c_left[owner], phone, c_right[owner], hmm_state), dtype=np.int64)
     if (pdf < 0).any():
         raise ValueError("pdf map returned a negative pdf id")
-
     loop = np.array([topology.self_loop[p][s] for p, s in zip(phone, hmm_state)], dtype=np.float64)
     with np.errstate(divide="ignore"):
-        self_logp = np.log(loop)
-        leave = np.log1p(-loop)
-        lp_in, lp_skip = math.log(optional_prob), math.log1p(-optional_prob)
-    adv = np.full(total, _NEG_INF)
-    adv[1:] = leave[:-1]                               # within a phone and into the next phone
-    skip_from = np.full(total, -1, dtype=np.int64)
-    skip_logp = np.full(total, _NEG_INF)
-    init = np.full(total, _NEG_INF)
-    final = np.full(total, _NEG_INF)
-    for i in np.flatnonzero(optional):
-        if i > 0:
-            adv[first[i]] += lp_in
-        if i + 1 < n:                                  # skip from the previous phone's last state
-            if i > 0:
-                skip_from[first[i + 1]] = last[i - 1]
-                skip_logp[first[i + 1]] = leave[last[i - 1]] + lp_skip
-    init[0] = lp_in if optional[0] else 0.0
-    if optional[0]:
-        init[first[1]] = lp_skip
-    final[-1] = 0.0                                    # entering a trailing optional phone was charged on adv
-    if optional[-1]:
-        final[last[n - 2]] = lp_skip
-    min_frames = int(n_st[~optional].sum())
-    return UttGraph(pdf, phone, hmm_state, self_logp, adv, skip_from, skip_logp, init, final, min_frames)
+        self_lp, leave = np.log(loop), np.log1p(-loop)
+
+    in_arcs: list[list[tuple[int, float]]] = [[(s, float(self_lp[s]))] for s in range(total)]
+    for s in np.flatnonzero(hmm_state > 0):
+        in_arcs[s].append((int(s - 1), float(leave[s - 1])))
+    init_lp = np.full(total, _NEG_INF)
+    final_lp = np.full(total, _NEG_INF)
+    into: dict[tuple[int, int], list[int]] = {}     # (instance, its successor) -> copies with that right context
+    for c, (i, _, b) in enumerate(copies):
+        into.setdefault((i, b), []).append(c)
+    for c, (i, a, b) in enumerate(copies):
+        if a == -1 or (not context and i in init):
+            init_lp[first[c]] = init[i]
+        if b == -1 or (not context and i in final):
+            final_lp[last[c]] = final[i]
+        if context:
+            if a >= 0:      # from every copy of the predecessor whose right context is this instance
+                for c2 in into[(a, i)]:
+                    in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + arcs[(a, i)])))
+        else:
+            for a2, lp in preds[i]:
+                c2 = index[(a2, -2, -2)]
+                in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + lp)))
+    width = max(len(x) for x in in_arcs)
+    pred = np.zeros((total, width), dtype=np.int64)
+    pred_lp = np.full((total, width), _NEG_INF)
+    for s, row in enumerate(in_arcs):
+        for k, (src, lp) in enumerate(row):
+            pred[s, k], pred_lp[s, k] = src, lp
+
+    # shortest path (in states) and the flat-start path over instances, in topological order
+    dist = np.full(len(insts), np.iinfo(np.int64).max // 2)
+    n_inst = np.asarray(topology.num_states, dtype=np.int64)[phones]
+    for i in range(len(insts)):
+        best = 0 if i in init else min((dist[a] for a, _ in preds[i]), default=dist[i])
+        dist[i] = best + n_inst[i]
+    min_frames = int(min(dist[i] for i in final))
+    chain = [i for i, x in enumerate(insts) if x.default]
+    path = []
+    for k, i in enumerate(chain):
+        a = chain[k - 1] if k > 0 else -1
+        b = chain[k + 1] if k + 1 < len(chain) else -1
+        c = index[(i, a, b)] if context else index[(i, -2, -2)]
+        path += list(range(first[c], last[c] + 1))
+    word = np.array([insts[i].word for i in c_inst], dtype=np.int32)[owner]
+    pron = np.array([insts[i].pron for i in c_inst], dtype=np.int32)[owner]
+    return UttGraph(pdf, phone.astype(np.int32), hmm_state.astype(np.int32), word, pron, pred, pred_lp, init_lp,
+                    final_lp, min_frames, np.asarray(path, dtype=np.int64))
+
+
+def build_graphs(transcripts: Sequence[Transcript], topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
+                 boundary_silence: bool = True, context: bool = False) -> list[UttGraph]:
+    """:func:`build_graph` for many transcripts with a single ``pdf_of`` call (a tree lookup costs per call)."""
+    contexts: list[tuple[np.ndarray, ...]] = []
+
+    def record(*ctx: np.ndarray) -> np.ndarray:
+        contexts.append(ctx)
+        return np.zeros(len(ctx[1]), dtype=np.int64)
+
+    graphs = [build_graph(t, topology, record, sil_prob, boundary_silence, context) for t in transcripts]
+    if graphs:
+        pdf = np.asarray(pdf_of(*(np.concatenate(c) for c in zip(*contexts))), dtype=np.int64)
+        if (pdf < 0).any():
+            raise ValueError("pdf map returned a negative pdf id")
+        for g, part in zip(graphs, np.split(pdf, np.cumsum([g.num_states for g in graphs])[:-1])):
+            g.pdf = part
+    return graphs

@@ -1,9 +1,10 @@
 """Batched Viterbi over utterance state graphs (:class:`~asrdistill.aligner.utt_graph.UttGraph`).
 
 Utterances are sorted by length and packed into batches of padded tensors
-(B, T, S); each time step takes, per state, the max over its three possible
-predecessors (stay, advance, skip an optional phone) for the whole batch at
-once. Backpointers are stored as int8 choices (0 stay, 1 advance, 2 skip), so
+(B, T, S); each time step takes, per state, the max over its ``K``
+predecessors (self-loop, previous state, last states of the phones that may
+precede it: other pronunciations, optional silence) for the whole batch at
+once, as one gather. Backpointers are stored as int8 predecessor slots, so
 memory is one byte per (frame, state). Works on any torch device.
 
 An utterance with no complete path (too few frames for its graph, or only
@@ -57,12 +58,18 @@ def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str |
     for b, ll in enumerate(logliks):
         if lengths[b]:
             am[b, : lengths[b], : ll.shape[1]] = ll.to(device, dtype)
-    self_lp = _pad([g.self_logp for g in graphs], S, neg, dtype, device)
-    adv_lp = _pad([g.adv_logp for g in graphs], S, neg, dtype, device)
-    skip_lp = _pad([g.skip_logp for g in graphs], S, neg, dtype, device)
+    K = max(g.pred.shape[1] for g in graphs)
+    if K > 127:
+        raise ValueError(f"a state has {K} predecessors; int8 backpointers hold at most 127")
+    pred = torch.zeros((B, S, K), dtype=torch.int64)
+    pred_lp = torch.full((B, S, K), neg, dtype=dtype)
+    for b, g in enumerate(graphs):
+        pred[b, : g.num_states, : g.pred.shape[1]] = torch.from_numpy(g.pred)
+        pred_lp[b, : g.num_states, : g.pred.shape[1]] = torch.from_numpy(g.pred_logp)
+    pred, pred_lp = pred.to(device), pred_lp.to(device)
+    flat_pred = pred.view(B, S * K)
     init = _pad([g.init_logp for g in graphs], S, neg, dtype, device)
     final = _pad([g.final_logp for g in graphs], S, neg, dtype, device)
-    skip_from = _pad([np.maximum(g.skip_from, 0) for g in graphs], S, 0, torch.int64, device)
     ends = torch.tensor([max(n - 1, 0) for n in lengths], device=device)
     end_at: dict[int, list[int]] = {}
     for b, n in enumerate(lengths):
@@ -71,14 +78,11 @@ def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str |
 
     bp = torch.zeros((T, B, S), dtype=torch.int8, device=device)
     last = torch.full((B, S), neg, dtype=dtype, device=device)
-    neg_col = torch.full((B, 1), neg, dtype=dtype, device=device)
     delta = init + am[:, 0]
     for t in range(T):
         if t > 0:
-            cand = torch.stack([delta + self_lp,
-                                torch.cat([neg_col, delta[:, :-1]], 1) + adv_lp,
-                                delta.gather(1, skip_from) + skip_lp])
-            best, choice = cand.max(0)
+            cand = delta.gather(1, flat_pred).view(B, S, K) + pred_lp   # (B, S, K)
+            best, choice = cand.max(2)
             delta = best + am[:, t]
             bp[t] = choice.to(torch.int8)
         if t in end_at:
@@ -92,8 +96,7 @@ def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str |
         path[:, t] = cur
         if t == 0:
             break
-        choice = bp[t, rows, cur].long()
-        prev = torch.where(choice == 0, cur, torch.where(choice == 1, cur - 1, skip_from[rows, cur]))
+        prev = pred[rows, cur, bp[t, rows, cur].long()]
         cur = torch.where(t <= ends, prev, cur)
     path_np = path.cpu().numpy().astype(np.int32)
     out: list[np.ndarray | None] = []

@@ -129,7 +129,7 @@ end; fi
 
 if want 4; then begin 4 "decision tree, tied-state triphones, senone labels"
   asrdistill tri --config "$config" --device $device --nj "$nj" $force data/$train data/lang data/fbank/$train exp/mono exp/tri
-  asrdistill align --config "$config" --device $device --nj "$nj" $force --prior-ali exp/mono/ali exp/tri data/$train data/lang data/fbank/$train exp/tri_ali/$train
+  asrdistill align --config "$config" --device $device --nj "$nj" $force exp/tri data/$train data/lang data/fbank/$train exp/tri_ali/$train
   for s in $dev $test; do
     asrdistill align --config "$config" --device $device --nj "$nj" $force exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
   done
