@@ -265,6 +265,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from asrdistill.decoding.bundle import write_bundle
+    from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig
+
+    write_bundle(args.system_dir, args.out, feats_dir=args.feats, labels_dir=args.labels, tree_dir=args.tree,
+                 graph_dir=args.graph, lang_dir=args.lang, decode_config=_section(args, "decode", DecodeConfig),
+                 method=_section(args, "evaluate", EvalConfig).method, force=args.force)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from asrdistill.decoding.bundle import load_system
+
+    system = load_system(args.model, args.device or "cpu")
+    report = system.decode_corpus(args.corpus, args.out, max_seconds=args.max_seconds, nj=args.nj,
+                                  command=shlex.join(["asrdistill", *sys.argv[1:]]))
+    if report.wer is not None:
+        print((Path(args.out) / "report.txt").read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from asrdistill.results import collect_results
 
@@ -429,6 +451,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--nj", type=int, help="decoding processes")
     sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
     sp.add_argument("--force", action="store_true", help="evaluate again even if metrics.json is up to date")
+
+    sp = add("bundle", cmd_bundle, "one folder with everything a system decodes with (weights, context, CMVN, "
+             "priors, tree, graph, lexicon, config, checksums)", config=True)
+    sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
+    sp.add_argument("out", type=Path, help="the bundle folder, e.g. exp/<system>/bundle")
+    sp.add_argument("--feats", type=Path, required=True, help="training features (data/fbank/<train>, with cmvn.json)")
+    sp.add_argument("--labels", type=Path, required=True, help="training alignments (exp/tri_ali/<train>): priors")
+    sp.add_argument("--tree", type=Path, required=True, help="holds tree.json and topo.json (exp/tri)")
+    sp.add_argument("--graph", type=Path, required=True, help="the HCLG built from that tree (exp/graph)")
+    sp.add_argument("--lang", type=Path, required=True, help="data/lang")
+    sp.add_argument("--force", action="store_true", help="rewrite even if the sources are unchanged")
+
+    sp = add("decode", cmd_decode, "decode new audio with a bundle: Kaldi text, CTM, and a WER report where the "
+             "folder has references")
+    sp.add_argument("--model", type=Path, required=True, help="a bundle (exp/<system>/bundle)")
+    sp.add_argument("--corpus", type=Path, required=True,
+                    help="LibriSpeech-layout folder, Kaldi data dir, or a folder of .flac/.wav files")
+    sp.add_argument("--out", type=Path, required=True, help="decode folder (text, ctm, report.txt, log/decode.log)")
+    sp.add_argument("--max-seconds", type=float, default=120.0, help="longer utterances are skipped (listed)")
+    sp.add_argument("--nj", type=int, default=1, help="decoding and feature processes")
+    sp.add_argument("--device", help="cpu or cuda (default cpu)")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)

@@ -6,6 +6,7 @@ and feeds every later stage: shards hold features, labels and soft targets;
 """
 
 from asrdistill.data.audio import AudioError, load_audio
+from asrdistill.data.corpus import Corpus, normalize_transcript, read_corpus
 from asrdistill.data.datadir import DataDir
 from asrdistill.data.features import Cmvn, FbankConfig, compute_cmvn, compute_features
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream, iter_utterances
@@ -14,7 +15,7 @@ from asrdistill.data.lexicon import LexiconConfig, build_lang, corpus_vocabulary
 from asrdistill.data.shards import (ALI_PREFIX, FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_aligned,
                                     iter_shard, write_shard)
 
-__all__ = ["AudioError", "load_audio", "DataDir", "Cmvn", "FbankConfig", "compute_cmvn", "compute_features",
+__all__ = ["AudioError", "load_audio", "Corpus", "normalize_transcript", "read_corpus", "DataDir", "Cmvn", "FbankConfig", "compute_cmvn", "compute_features",
            "Batch", "FrameConfig", "FrameStream", "iter_utterances", "Lang", "LexiconConfig", "build_lang",
            "corpus_vocabulary", "ALI_PREFIX", "FEATS_PREFIX", "PDF_PREFIX", "SOFT_PREFIX", "ShardManifest",
            "iter_aligned", "iter_shard", "write_shard"]

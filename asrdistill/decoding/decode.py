@@ -57,6 +57,7 @@ class DecodeResult:
     decode_seconds: float        # decoder CPU time summed over workers (excludes the network)
     wall_seconds: float
     acoustic_scale: float
+    alignments: dict[str, np.ndarray] = field(default_factory=dict)  # utt -> (T,) int32 senone per frame of the best path
 
     @property
     def rtf(self) -> float:
@@ -121,20 +122,26 @@ def _init_worker(graph_dir: str, config: DecodeConfig) -> None:
                                                          min_active=config.min_active)
 
 
-def _decode_one(item: tuple[str, np.ndarray]) -> tuple[str, list[int], bool, int, float]:
-    """(utt, word ids, reached a final state, frames, decoder seconds)."""
+def _decode_one(item: tuple[str, np.ndarray]) -> tuple[str, list[int], bool, int, float, np.ndarray]:
+    """(utt, word ids, reached a final state, frames, decoder seconds, senone per frame of the best path).
+
+    HCLG's input labels are senone + 1 and every frame reads exactly one, so the
+    best path's input symbols are the frame alignment (empty if no path).
+    """
     utt, loglik = item
     t0 = time.process_time()
     if loglik.shape[0] == 0:
-        return utt, [], False, 0, 0.0
+        return utt, [], False, 0, 0.0, np.zeros(0, np.int32)
     decoder = kaldi_decoder.FasterDecoder(_worker["fst"], _worker["opts"])
     decoder.decode(kaldi_decoder.DecodableCtc(loglik))
     final = decoder.reached_final()
     ok, best = decoder.get_best_path(use_final_probs=final)
     words: list[int] = []
+    labels: list[int] = []
     if ok:
-        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
-    return utt, list(words) if ok else [], bool(final and ok), loglik.shape[0], time.process_time() - t0
+        ok, labels, words, _ = kaldifst.get_linear_symbol_sequence(best)
+    ali = np.asarray(labels, dtype=np.int32) - 1 if ok else np.zeros(0, np.int32)
+    return utt, list(words) if ok else [], bool(final and ok), loglik.shape[0], time.process_time() - t0, ali
 
 
 def _load_words(graph_dir: Path) -> list[str]:
@@ -169,17 +176,19 @@ def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], 
     words = _load_words(graph_dir)
     items = _scaled(posteriors, log_priors.astype(np.float32), num_pdfs, config.acoustic_scale, graph_dir)
     hyps: dict[str, list[str]] = {}
+    alignments: dict[str, np.ndarray] = {}
     partial: list[str] = []
     frames, seconds = 0, 0.0
     t0 = time.perf_counter()
     bar = tqdm(desc=f"decode (scale {config.acoustic_scale:g})", unit="utt", mininterval=1.0)
 
-    def collect(results: Iterable[tuple[str, list[int], bool, int, float]]) -> None:
+    def collect(results: Iterable[tuple[str, list[int], bool, int, float, np.ndarray]]) -> None:
         nonlocal frames, seconds
-        for utt, ids, final, t, secs in results:
+        for utt, ids, final, t, secs, ali in results:
             if utt in hyps:
                 raise ValueError(f"utterance {utt!r} appears twice in the posteriors")
             hyps[utt] = [words[i] for i in ids]
+            alignments[utt] = ali
             if not final:
                 partial.append(utt)
             frames += t
@@ -197,7 +206,7 @@ def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], 
     if partial:
         log.warning("%d of %d utterances reached no final state; their best partial hypotheses are kept "
                     "(e.g. %s)", len(partial), len(hyps), partial[0])
-    return DecodeResult(hyps, partial, frames, seconds, time.perf_counter() - t0, config.acoustic_scale)
+    return DecodeResult(hyps, partial, frames, seconds, time.perf_counter() - t0, config.acoustic_scale, alignments)
 
 
 def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str, np.ndarray]]],
