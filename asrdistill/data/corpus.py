@@ -41,7 +41,7 @@ class Corpus:
 
     data: DataDir                                 # wav.scp, utt2spk, utt2dur of the usable utterances
     layout: str                                   # "librispeech", "kaldi" or "audio"
-    refs: dict[str, str] = field(default_factory=dict)  # normalised references (possibly of some utterances only)
+    refs: dict[str, str] = field(default_factory=dict)  # normalised references (of skipped utterances too)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (utt, file, reason)
     normalized: int = 0                           # reference utterances the normalisation changed
 
@@ -104,6 +104,10 @@ def read_corpus(root: str | Path, max_seconds: float = float("inf")) -> Corpus:
         data = DataDir(wav=wav, text=text, utt2spk={u: u for u in wav})
     corpus = Corpus(DataDir(), layout)
     for utt in data.utt_ids:
+        if utt in data.text:
+            ref = normalize_transcript(data.text[utt])
+            corpus.normalized += ref != data.text[utt]
+            corpus.refs[utt] = ref
         path = data.wav[utt]
         try:
             info = sf.info(path)
@@ -116,16 +120,12 @@ def read_corpus(root: str | Path, max_seconds: float = float("inf")) -> Corpus:
         corpus.data.wav[utt] = path
         corpus.data.utt2spk[utt] = data.utt2spk.get(utt, utt)
         corpus.data.utt2dur[utt] = info.duration
-        if utt in data.text:
-            ref = normalize_transcript(data.text[utt])
-            corpus.normalized += ref != data.text[utt]
-            corpus.refs[utt] = ref
     for utt, path, reason in corpus.skipped:
         log.warning("skipping %s (%s): %s", utt, path, reason)
     if not corpus.data.wav:
         raise ValueError(f"{root}: none of its {len(data.wav)} utterances can be used (reasons above)")
-    if corpus.refs and set(corpus.refs) != set(corpus.data.wav):
-        unref = sorted(set(corpus.data.wav) - set(corpus.refs))
+    unref = sorted(set(corpus.data.wav) - set(corpus.refs))
+    if corpus.refs and unref:
         log.warning("%s: %d utterances have no reference (e.g. %s); only the others are scored",
                     root, len(unref), unref[0])
     return corpus

@@ -343,15 +343,18 @@ class System:
                 f.writelines(f"{u}\t{p}\t{r}\n" for u, p, r in skipped)
             report = DecodeReport(out_dir, hyps, skipped, None, {}, 0)
             if read.refs:
-                refs = {u: r for u, r in read.refs.items() if u not in {s[0] for s in read.skipped}}
-                report.wer, report.oov, report.ref_words = self._score(refs, hyps, out_dir)
+                unusable = {s[0] for s in skipped}
+                refs = {u: r for u, r in read.refs.items() if u not in unusable}
+                report.wer, report.oov, report.ref_words = self._score(refs, hyps, out_dir, len(read.refs) - len(refs))
             log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
                      "%.1f s (search RTF %.4f per core)", len(hyps), len(skipped),
                      f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "", result.num_frames * shift / 3600,
                      t_feats - t0, t_decode - t_feats, result.rtf)
         return report
 
-    def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path) -> tuple[float, dict[str, int], int]:
+    def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
+               unscored: int) -> tuple[float, dict[str, int], int]:
+        """WER of the decoded utterances (those skipped for unusable audio are counted, not scored) and OOV counts."""
         res = wer_report(refs, hyps, out_dir)
         tokens = [w for r in refs.values() for w in r.split()]
         oov = dict(sorted(Counter(w for w in tokens if w not in self.words).items(), key=lambda kv: (-kv[1], kv[0])))
@@ -362,6 +365,9 @@ class System:
                     f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)")
         with atomic_open(out_dir / "report.txt") as f:
             f.write(f"{res.summary()}\n%SER {res.ser:.2f} [ {res.sentence_errors} / {res.num_utts} ]\n{oov_line}\n")
+            if unscored:
+                f.write(f"{unscored} utterance(s) with references not scored: their audio was unusable "
+                        "(listed in skipped.tsv)\n")
         log.info("%s; %s", res.summary(), oov_line)
         return res.wer, oov, len(tokens)
 
