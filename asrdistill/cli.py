@@ -55,7 +55,8 @@ def cmd_lang(args: argparse.Namespace) -> int:
 
     cfg = _section(args, "lexicon", LexiconConfig)
     words = corpus_vocabulary(args.data_dirs, args.extra_text)
-    build_lang(words, args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress)
+    build_lang(words, args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress,
+               g2p=cfg.g2p)
     return 0
 
 
@@ -281,9 +282,63 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     system = load_system(args.model, args.device or "cpu")
     report = system.decode_corpus(args.corpus, args.out, max_seconds=args.max_seconds, nj=args.nj,
-                                  command=shlex.join(["asrdistill", *sys.argv[1:]]))
+                                  command=shlex.join(["asrdistill", *sys.argv[1:]]), allow_pipes=args.allow_pipes)
     if report.wer is not None:
         print((Path(args.out) / "report.txt").read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def cmd_export_ark(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.kaldi_export import export_alignments
+    from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+    from asrdistill.decoding.bundle import load_system
+
+    if not (args.model or args.labels):
+        raise ValueError("export-ark: nothing to export; give --model with --feats, and/or --labels")
+    if args.model:
+        if not args.feats:
+            raise ValueError("export-ark: --model needs --feats (a feature shard set, e.g. <decode out>/fbank)")
+        load_system(args.model, args.device or "cpu").export_loglikes(ShardManifest.load(args.feats, FEATS_PREFIX),
+                                                                      args.out)
+    if args.labels:
+        export_alignments(ShardManifest.load(args.labels, PDF_PREFIX), args.out)
+    return 0
+
+
+def cmd_import_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import import_data_dir, import_feats
+
+    if (Path(args.src) / "wav.scp").is_file():
+        import_data_dir(args.src, args.out, allow_pipes=args.allow_pipes)
+    if args.feats_out:
+        import_feats(args.src, args.feats_out)
+    return 0
+
+
+def cmd_validate_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import validate_data_dir
+
+    problems = validate_data_dir(args.data_dir)
+    for p in problems:
+        print(p)
+    errors = [p for p in problems if not p.startswith("warning:")]
+    print(f"{args.data_dir}: {'invalid, ' + str(len(errors)) + ' problem(s)' if errors else 'valid'}"
+          f"{', ' + str(len(problems) - len(errors)) + ' warning(s)' if len(problems) > len(errors) else ''}")
+    return 1 if errors else 0
+
+
+def cmd_fix_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import fix_data_dir
+
+    fix_data_dir(args.data_dir)
+    return 0
+
+
+def cmd_split_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import split_data_dir
+
+    for d in split_data_dir(args.data_dir, args.num_jobs):
+        print(d)
     return 0
 
 
@@ -472,6 +527,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-seconds", type=float, default=120.0, help="longer utterances are skipped (listed)")
     sp.add_argument("--nj", type=int, default=1, help="decoding and feature processes")
     sp.add_argument("--device", help="cpu or cuda (default cpu)")
+    sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands of a Kaldi wav.scp")
+
+    sp = add("export-ark", cmd_export_ark, "Kaldi ark/scp: per-frame log-likelihoods (log posterior - log prior) "
+             "of a bundle, and senone alignments")
+    sp.add_argument("--out", type=Path, required=True, help="writes loglikes.{ark,scp} and/or pdf.{ark,scp}")
+    sp.add_argument("--model", type=Path, help="a bundle (exp/<system>/bundle)")
+    sp.add_argument("--feats", type=Path, help="feature shards to score (data/fbank/<set> or <decode out>/fbank)")
+    sp.add_argument("--labels", type=Path, help="senone label shards (exp/tri_ali/<set>)")
+    sp.add_argument("--device", help="cpu or cuda (default cpu)")
+
+    sp = add("import-data-dir", cmd_import_data_dir, "a Kaldi data dir (pipes, ark offsets, segments, feats.scp) "
+             "as an asrdistill data dir with one FLAC per utterance and normalised text")
+    sp.add_argument("src", type=Path)
+    sp.add_argument("out", type=Path, help="the new data dir (audio in <out>/audio)")
+    sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands in wav.scp (trusted data only)")
+    sp.add_argument("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder")
+
+    sp = add("validate-data-dir", cmd_validate_data_dir, "check a data dir as Kaldi's validate_data_dir.sh does")
+    sp.add_argument("data_dir", type=Path)
+
+    sp = add("fix-data-dir", cmd_fix_data_dir, "keep the utterances all files share, sort, rewrite spk2utt "
+             "(originals in .backup/)")
+    sp.add_argument("data_dir", type=Path)
+
+    sp = add("split-data-dir", cmd_split_data_dir, "split a data dir by speaker into <dir>/split<N>/<1..N>")
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("num_jobs", type=int)
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)

@@ -184,5 +184,5 @@ def test_read_corpus_layouts_and_normalisation(tmp_path):
     c = read_corpus(kd)
     assert c.layout == "kaldi" and c.refs == {"u1": "HELLO WORLD"} and c.normalized == 1
     (kd / "wav.scp").write_text("u1 sox in.wav -t wav - |\n")
-    with pytest.raises(ValueError, match=r"wav.scp: 1 entries are shell commands .* not executed"):
+    with pytest.raises(ValueError, match=r"wav.scp: 1 entries are shell commands .* explicit opt-in"):
         read_corpus(kd)

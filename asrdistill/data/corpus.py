@@ -81,8 +81,8 @@ def _check_wav_scp(path: Path) -> None:
     pipes = [u for u, v in wav.items() if v.rstrip().endswith("|")]
     if pipes:
         raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}: {wav[pipes[0]]!r}); "
-                         "a pipe runs a program named by the data, so it is not executed: write the audio to "
-                         "files (e.g. with sox) and list their paths")
+                         "a pipe runs a program named by the data, so it needs an explicit opt-in "
+                         "(import-data-dir or decode with --allow-pipes)")
 
 
 def read_corpus(root: str | Path, max_seconds: float = float("inf")) -> Corpus:

@@ -43,12 +43,14 @@ import numpy as np
 import torch
 
 from asrdistill import __version__
+from asrdistill.aligner.kaldi_export import write_ark_scp
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, read_corpus
 from asrdistill.data.features import Cmvn, FbankConfig, compute_features
 from asrdistill.data.frames import FrameConfig
+from asrdistill.data.kaldi_dir import import_data_dir, needs_import
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
@@ -298,15 +300,25 @@ class System:
         for utt, logp, _ in posterior_stream(self.models, feats, self.cmvn, self.frames, None, self.method, self.device):
             yield utt, logp.cpu().numpy()
 
+    def export_loglikes(self, feats: ShardManifest, out_dir: str | Path) -> tuple[Path, Path, int]:
+        """``out_dir/loglikes.ark`` + ``.scp``: per-frame ``log p(s|x) - log p(s)`` (T, senones) float32,
+        the scaled-likelihood input Kaldi's ``*-mapped`` decoders read (before ``--acoustic-scale``)."""
+        items = ((u, (p - self.log_priors).astype(np.float32)) for u, p in self.posteriors(feats))
+        ark, scp, n = write_ark_scp(items, Path(out_dir) / "loglikes.ark")
+        log.info("%s: log-likelihoods of %d utterance(s), %d senones", ark, n, self.tree.num_pdfs)
+        return ark, scp, n
+
     def decode_corpus(self, corpus: str | Path, out_dir: str | Path, max_seconds: float = 120.0, nj: int = 1,
-                      command: str | None = None) -> DecodeReport:
+                      command: str | None = None, allow_pipes: bool = False) -> DecodeReport:
         """Decode every usable utterance of ``corpus`` into ``out_dir``.
 
         Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
         ``skipped.tsv`` (utterance, file, reason), with references also ``wer``,
         ``per_utt``, ``oov.txt`` and ``report.txt`` (the ``%WER`` line and OOV
         counts), and ``log/decode.log`` (command line, config, timings).
-        Intermediate features go to ``out_dir/data`` and ``out_dir/fbank``.
+        Intermediate features go to ``out_dir/data`` and ``out_dir/fbank``. A Kaldi
+        data dir with ``segments``, ark offsets or pipes (run only with
+        ``allow_pipes``) is first imported into ``out_dir/import``.
         """
         out_dir = Path(out_dir)
         with _file_log(out_dir / "log" / "decode.log"):
@@ -314,6 +326,9 @@ class System:
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
                      self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
+            if needs_import(corpus):
+                import_data_dir(corpus, out_dir / "import", allow_pipes=allow_pipes)
+                corpus = out_dir / "import"
             read = read_corpus(corpus, max_seconds=max_seconds)
             log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
                      corpus, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
