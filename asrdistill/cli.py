@@ -315,6 +315,21 @@ def cmd_import_data_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_lhotse(args: argparse.Namespace) -> int:
+    from asrdistill.data.lhotse_io import import_lhotse
+
+    import_lhotse(args.manifests, args.out, allow_pipes=args.allow_pipes)
+    return 0
+
+
+def cmd_export_lhotse(args: argparse.Namespace) -> int:
+    from asrdistill.data.lhotse_io import export_lhotse
+
+    for path in export_lhotse(args.data_dir, args.out).values():
+        print(path)
+    return 0
+
+
 def cmd_validate_data_dir(args: argparse.Namespace) -> int:
     from asrdistill.data.kaldi_dir import validate_data_dir
 
@@ -543,6 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out", type=Path, help="the new data dir (audio in <out>/audio)")
     sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands in wav.scp (trusted data only)")
     sp.add_argument("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder")
+
+    sp = add("import-lhotse", cmd_import_lhotse, "a lhotse CutSet, or RecordingSet + SupervisionSet, as a data dir "
+             "(one FLAC per supervision, normalised text)")
+    sp.add_argument("out", type=Path, help="the new data dir (audio in <out>/audio)")
+    sp.add_argument("manifests", nargs="+", type=Path, help="lhotse manifests (.jsonl.gz, .json, ...)")
+    sp.add_argument("--allow-pipes", action="store_true", help="read recordings whose source is a shell command")
+
+    sp = add("export-lhotse", cmd_export_lhotse, "a data dir as lhotse recordings/supervisions/cuts manifests")
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("out", type=Path)
 
     sp = add("validate-data-dir", cmd_validate_data_dir, "check a data dir as Kaldi's validate_data_dir.sh does")
     sp.add_argument("data_dir", type=Path)

@@ -4,15 +4,16 @@ Serves ``run.sh`` stages 3 (flat-start monophones, :mod:`mono`) and 4 (decision
 tree over triphone states, tied-state triphones, frame labels: :mod:`tree`,
 :mod:`triphone`, :mod:`align`). :mod:`hmm` is the re-estimation/alignment loop
 both stages share; :mod:`utt_graph` builds each utterance's training graph;
-:mod:`kaldi_import` takes Kaldi pdf alignments instead.
+:mod:`kaldi_import` takes Kaldi pdf alignments instead; :mod:`kaldi_export` writes them out.
 """
 
 from asrdistill.aligner.align import AlignConfig, align_subset
 from asrdistill.aligner.hmm import HmmModel, LoopConfig, train_gmm_hmm
+from asrdistill.aligner.kaldi_export import export_alignments, write_ark_scp
 from asrdistill.aligner.kaldi_import import import_kaldi_alignments
 from asrdistill.aligner.mono import MonoConfig, train_mono
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree
 from asrdistill.aligner.triphone import TriConfig, train_triphone
 
-__all__ = ["AlignConfig", "align_subset", "HmmModel", "LoopConfig", "train_gmm_hmm", "import_kaldi_alignments",
+__all__ = ["AlignConfig", "align_subset", "HmmModel", "LoopConfig", "train_gmm_hmm", "import_kaldi_alignments", "export_alignments", "write_ark_scp",
            "MonoConfig", "train_mono", "ContextTree", "TreeConfig", "build_tree", "TriConfig", "train_triphone"]
