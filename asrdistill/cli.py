@@ -357,6 +357,20 @@ def cmd_split_data_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from asrdistill.plots import plot_training_curves, plot_utterance
+
+    out = Path(args.out)
+    plot_training_curves(args.systems, out / "curves.png")
+    if args.utt:
+        if not args.feats:
+            raise ValueError("plot: --utt needs --feats (the feature shards holding it)")
+        bundles = {Path(s).name: Path(s) / "bundle" for s in args.systems}
+        plot_utterance(args.utt, args.feats, bundles, out / f"utt_{args.utt}.png", labels_dir=args.labels,
+                       top=args.top)
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from asrdistill.results import collect_results
 
@@ -579,6 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("split-data-dir", cmd_split_data_dir, "split a data dir by speaker into <dir>/split<N>/<1..N>")
     sp.add_argument("data_dir", type=Path)
     sp.add_argument("num_jobs", type=int)
+
+    sp = add("plot", cmd_plot, "training curves of systems, and one utterance's spectrogram, alignment and "
+             "posteriors per system (PNG)")
+    sp.add_argument("--out", type=Path, required=True, help="folder for curves.png and utt_<id>.png")
+    sp.add_argument("--systems", nargs="+", type=Path, required=True,
+                    help="exp/<system> folders (log/metrics.jsonl; bundle/ for --utt)")
+    sp.add_argument("--utt", help="utterance to draw")
+    sp.add_argument("--feats", type=Path, help="its feature shards (data/fbank/<set>)")
+    sp.add_argument("--labels", type=Path, help="its senone alignment (exp/tri_ali/<set>)")
+    sp.add_argument("--top", type=int, default=6, help="senones to draw")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)
