@@ -105,6 +105,13 @@ def test_bundle_decodes_a_folder_with_bad_files_and_scores_references(recipe, tm
     log = (out / "log" / "decode.log").read_text()
     assert "decode config" in log and "utterance(s) decoded" in log and "spk-ch-0006" in log
 
+    other = tmp_path / "other"  # the same output folder for another corpus: nothing of the first run survives
+    other.mkdir()
+    sf.write(other / "new.wav", _tone(0.7, 200.0), SR)
+    load_system(bundle).decode_corpus(other, out)
+    assert [line.split()[0] for line in (out / "text").read_text().splitlines()] == ["new"]
+    assert not (out / "report.txt").exists() and not (out / "wer").exists()
+
 
 def test_transcribe_files_and_a_folder(recipe, tmp_path):
     d, task = recipe

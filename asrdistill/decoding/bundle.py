@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
+DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
 LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
               "optional_silence.txt")
 
@@ -321,6 +322,8 @@ class System:
         ``allow_pipes``) is first imported into ``out_dir/import``.
         """
         out_dir = Path(out_dir)
+        for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
+            (out_dir / name).unlink(missing_ok=True)
         with _file_log(out_dir / "log" / "decode.log"):
             log.info("command: %s", command or shlex.join(sys.argv))
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
@@ -334,7 +337,7 @@ class System:
                      corpus, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
                      read.normalized)
             read.data.save(out_dir / "data")
-            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj)
+            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
             t_feats = time.perf_counter()
             skipped = read.skipped + _feature_skips(out_dir / "fbank" / "skipped.tsv")
             result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
