@@ -125,6 +125,20 @@ def test_transcribe_files_and_a_folder(recipe, tmp_path):
     assert sorted(files.values()) == sorted(folder.values())
 
 
+def test_ensemble_members_are_copied_in(recipe, tmp_path):
+    d, task = recipe
+    exp = tmp_path / "exp"
+    for i in (1, 2):
+        _system(exp / f"teacher_{i}", task, seed=i)
+    (exp / "ensemble").mkdir()
+    (exp / "ensemble" / "members.txt").write_text("../teacher_1/best.pt\nexp/teacher_2/best.pt\n")
+    bundle = _bundle(recipe, exp / "ensemble", tmp_path / "bundle")
+    shutil.rmtree(exp)  # the bundle needs nothing outside itself
+    system = load_system(bundle)
+    assert len(system.models) == 2 and system.models[0].state_dict()["output.bias"].ne(
+        system.models[1].state_dict()["output.bias"]).any()
+
+
 def test_load_rejects_a_changed_file_another_version_and_a_mismatched_tree(recipe, tmp_path):
     d, task = recipe
     bundle = _bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b")

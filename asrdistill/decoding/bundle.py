@@ -92,19 +92,20 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def _member_checkpoints(system_dir: Path) -> list[Path]:
-    """``best.pt`` of a single model, or the checkpoints ``members.txt`` lists (paths relative to the recipe
-    folder it was written from, tried as given and then against ``system_dir/../..``)."""
+    """``best.pt`` of a single model, or the checkpoints ``members.txt`` lists (a relative path is tried
+    against its folder, the working directory and the recipe folder ``system_dir/../..``, in that order)."""
     members = system_dir / "members.txt"
     if members.is_file():
         out = []
         for line in members.read_text(encoding="utf-8").split():
             p = Path(line)
-            for cand in (p, system_dir.parent.parent / p):
+            for cand in ([p] if p.is_absolute() else [system_dir / p, p, system_dir.parent.parent / p]):
                 if cand.is_file():
                     out.append(cand)
                     break
             else:
-                raise FileNotFoundError(f"{members}: member {line} not found (from {Path.cwd()} or {system_dir.parent.parent})")
+                raise FileNotFoundError(f"{members}: member {line} not found (relative to {system_dir}, "
+                                        f"{Path.cwd()} or {system_dir.parent.parent})")
         if not out:
             raise ValueError(f"{members}: lists no member checkpoints")
         return out
