@@ -181,6 +181,14 @@ def test_rewrite_is_skipped_while_sources_are_unchanged(recipe, tmp_path):
     _system(tmp_path / "s", task, seed=1)  # retrained: new weights
     _bundle(recipe, system, tmp_path / "b")
     assert (bundle / "manifest.json").stat().st_mtime_ns != before
+    before = (bundle / "manifest.json").stat().st_mtime_ns
+    ali = tmp_path / "ali"  # realigned: the same utterances and frame counts, other senones
+    shutil.copytree(d / "ali", ali)
+    write_shard(ali / "pdf-000000.tar", [("a", {"pdf": np.zeros(50, np.int32)})])
+    write_bundle(system, bundle, feats_dir=d / "fbank", labels_dir=ali, tree_dir=d / "exp", graph_dir=d / "graph",
+                 lang_dir=d / "lang", decode_config=DecodeConfig(nj=1))
+    assert (bundle / "manifest.json").stat().st_mtime_ns != before
+    assert np.argmax(np.load(bundle / "priors.npy")) == 0
 
 
 def test_word_times_follow_the_alignment(recipe):

@@ -129,8 +129,10 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     feats_dir, labels_dir, tree_dir = Path(feats_dir), Path(labels_dir), Path(tree_dir)
     graph_dir, lang_dir = Path(graph_dir), Path(lang_dir)
     checkpoints = _member_checkpoints(system_dir)
+    labels = ShardManifest.load(labels_dir, PDF_PREFIX)
     sources = {"members": [str(p) for p in checkpoints], "cmvn": str(feats_dir / "cmvn.json"),
-               "labels": str(ShardManifest.manifest_path(labels_dir, PDF_PREFIX)), "tree": str(tree_dir / "tree.json"),
+               "feats": str(ShardManifest.manifest_path(feats_dir, FEATS_PREFIX)),
+               "labels": [str(p) for p in labels.shard_paths], "tree": str(tree_dir / "tree.json"),
                "topo": str(tree_dir / "topo.json"), "graph": str(graph_dir / "HCLG.fst"),
                "lexicon": str(lang_dir / "lexicon.txt"), "metrics": str(system_dir / "metrics.json")}
     hashes = {k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else
@@ -177,7 +179,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
         if len(context) != 1:
             raise ValueError(f"{system_dir}: members use different frame contexts {sorted(context)}")
         (left, right), = context
-        priors = compute_priors([ShardManifest.load(labels_dir, PDF_PREFIX)], tree.num_pdfs, floor=1e-5)
+        priors = compute_priors([labels], tree.num_pdfs, floor=1e-5)
         np.save(tmp / "priors.npy", priors, allow_pickle=False)
         cmvn = Cmvn.load(feats_dir / "cmvn.json")
         Cmvn(mean=cmvn.mean, var=cmvn.var, count=cmvn.count).save(tmp / "cmvn.json")  # global stats only
