@@ -67,7 +67,8 @@ def cmd_lang(args: argparse.Namespace) -> int:
 
     cfg = _section(args, "lexicon", LexiconConfig)
     words = corpus_vocabulary(args.data_dirs, args.extra_text)
-    build_lang(words, args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress)
+    build_lang(words, args.out, source=cfg.source, lexicon_path=cfg.lexicon_path, keep_stress=cfg.keep_stress,
+               g2p=cfg.g2p)
     return 0
 
 
@@ -291,6 +292,111 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluate_system(args.system_dir, args.feats, args.labels, args.data, args.train_set, args.dev_set, args.test_set,
                     args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu",
                     force=args.force)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from asrdistill.decoding.bundle import write_bundle
+    from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig
+
+    write_bundle(args.system_dir, args.out, feats_dir=args.feats, labels_dir=args.labels, tree_dir=args.tree,
+                 graph_dir=args.graph, lang_dir=args.lang, decode_config=_section(args, "decode", DecodeConfig),
+                 method=_section(args, "evaluate", EvalConfig).method, force=args.force)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from asrdistill.decoding.bundle import load_system
+
+    system = load_system(args.model, args.device or "cpu")
+    report = system.decode_corpus(args.corpus, args.out, max_seconds=args.max_seconds, nj=args.nj,
+                                  command=shlex.join(["asrdistill", *sys.argv[1:]]), allow_pipes=args.allow_pipes)
+    if report.wer is not None:
+        print((Path(args.out) / "report.txt").read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def cmd_export_ark(args: argparse.Namespace) -> int:
+    from asrdistill.aligner.kaldi_export import export_alignments
+    from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+    from asrdistill.decoding.bundle import load_system
+
+    if not (args.model or args.labels):
+        raise ValueError("export-ark: nothing to export; give --model with --feats, and/or --labels")
+    if args.model:
+        if not args.feats:
+            raise ValueError("export-ark: --model needs --feats (a feature shard set, e.g. <decode out>/fbank)")
+        load_system(args.model, args.device or "cpu").export_loglikes(ShardManifest.load(args.feats, FEATS_PREFIX),
+                                                                      args.out)
+    if args.labels:
+        export_alignments(ShardManifest.load(args.labels, PDF_PREFIX), args.out)
+    return 0
+
+
+def cmd_import_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import import_data_dir, import_feats
+
+    if (Path(args.src) / "wav.scp").is_file():
+        import_data_dir(args.src, args.out, allow_pipes=args.allow_pipes)
+    if args.feats_out:
+        import_feats(args.src, args.feats_out)
+    return 0
+
+
+def cmd_import_lhotse(args: argparse.Namespace) -> int:
+    from asrdistill.data.lhotse_io import import_lhotse
+
+    import_lhotse(args.manifests, args.out, allow_pipes=args.allow_pipes)
+    return 0
+
+
+def cmd_export_lhotse(args: argparse.Namespace) -> int:
+    from asrdistill.data.lhotse_io import export_lhotse
+
+    for path in export_lhotse(args.data_dir, args.out).values():
+        print(path)
+    return 0
+
+
+def cmd_validate_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import validate_data_dir
+
+    problems = validate_data_dir(args.data_dir)
+    for p in problems:
+        print(p)
+    errors = [p for p in problems if not p.startswith("warning:")]
+    print(f"{args.data_dir}: {'invalid, ' + str(len(errors)) + ' problem(s)' if errors else 'valid'}"
+          f"{', ' + str(len(problems) - len(errors)) + ' warning(s)' if len(problems) > len(errors) else ''}")
+    return 1 if errors else 0
+
+
+def cmd_fix_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import fix_data_dir
+
+    fix_data_dir(args.data_dir)
+    return 0
+
+
+def cmd_split_data_dir(args: argparse.Namespace) -> int:
+    from asrdistill.data.kaldi_dir import split_data_dir
+
+    for d in split_data_dir(args.data_dir, args.num_jobs):
+        print(d)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from asrdistill.plots import plot_training_curves, plot_utterance
+
+    out = Path(args.out)
+    plot_training_curves(args.systems, out / "curves.png")
+    if args.utt:
+        if not args.feats:
+            raise ValueError("plot: --utt needs --feats (the feature shards holding it)")
+        bundles = {Path(s).name: Path(s) / "bundle" for s in args.systems}
+        plot_utterance(args.utt, args.feats, bundles, out / f"utt_{args.utt}.png", labels_dir=args.labels,
+                       top=args.top)
     return 0
 
 
@@ -577,6 +683,74 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--nj", type=int, help="decoding processes")
     sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
     sp.add_argument("--force", action="store_true", help="evaluate again even if metrics.json is up to date")
+
+    sp = add("bundle", cmd_bundle, "one folder with everything a system decodes with (weights, context, CMVN, "
+             "priors, tree, graph, lexicon, config, checksums)", config=True)
+    sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
+    sp.add_argument("out", type=Path, help="the bundle folder, e.g. exp/<system>/bundle")
+    sp.add_argument("--feats", type=Path, required=True, help="training features (data/fbank/<train>, with cmvn.json)")
+    sp.add_argument("--labels", type=Path, required=True, help="training alignments (exp/tri_ali/<train>): priors")
+    sp.add_argument("--tree", type=Path, required=True, help="holds tree.json and topo.json (exp/tri)")
+    sp.add_argument("--graph", type=Path, required=True, help="the HCLG built from that tree (exp/graph)")
+    sp.add_argument("--lang", type=Path, required=True, help="data/lang")
+    sp.add_argument("--force", action="store_true", help="rewrite even if the sources are unchanged")
+
+    sp = add("decode", cmd_decode, "decode new audio with a bundle: Kaldi text, CTM, and a WER report where the "
+             "folder has references")
+    sp.add_argument("--model", type=Path, required=True, help="a bundle (exp/<system>/bundle)")
+    sp.add_argument("--corpus", type=Path, required=True,
+                    help="LibriSpeech-layout folder, Kaldi data dir, or a folder of .flac/.wav files")
+    sp.add_argument("--out", type=Path, required=True, help="decode folder (text, ctm, report.txt, log/decode.log)")
+    sp.add_argument("--max-seconds", type=float, default=120.0, help="longer utterances are skipped (listed)")
+    sp.add_argument("--nj", type=int, default=1, help="decoding and feature processes")
+    sp.add_argument("--device", help="cpu or cuda (default cpu)")
+    sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands of a Kaldi wav.scp")
+
+    sp = add("export-ark", cmd_export_ark, "Kaldi ark/scp: per-frame log-likelihoods (log posterior - log prior) "
+             "of a bundle, and senone alignments")
+    sp.add_argument("--out", type=Path, required=True, help="writes loglikes.{ark,scp} and/or pdf.{ark,scp}")
+    sp.add_argument("--model", type=Path, help="a bundle (exp/<system>/bundle)")
+    sp.add_argument("--feats", type=Path, help="feature shards to score (data/fbank/<set> or <decode out>/fbank)")
+    sp.add_argument("--labels", type=Path, help="senone label shards (exp/tri_ali/<set>)")
+    sp.add_argument("--device", help="cpu or cuda (default cpu)")
+
+    sp = add("import-data-dir", cmd_import_data_dir, "a Kaldi data dir (pipes, ark offsets, segments, feats.scp) "
+             "as an asrdistill data dir with one FLAC per utterance and normalised text")
+    sp.add_argument("src", type=Path)
+    sp.add_argument("out", type=Path, help="the new data dir (audio in <out>/audio)")
+    sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands in wav.scp (trusted data only)")
+    sp.add_argument("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder")
+
+    sp = add("import-lhotse", cmd_import_lhotse, "a lhotse CutSet, or RecordingSet + SupervisionSet, as a data dir "
+             "(one FLAC per supervision, normalised text)")
+    sp.add_argument("out", type=Path, help="the new data dir (audio in <out>/audio)")
+    sp.add_argument("manifests", nargs="+", type=Path, help="lhotse manifests (.jsonl.gz, .json, ...)")
+    sp.add_argument("--allow-pipes", action="store_true", help="read recordings whose source is a shell command")
+
+    sp = add("export-lhotse", cmd_export_lhotse, "a data dir as lhotse recordings/supervisions/cuts manifests")
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("out", type=Path)
+
+    sp = add("validate-data-dir", cmd_validate_data_dir, "check a data dir as Kaldi's validate_data_dir.sh does")
+    sp.add_argument("data_dir", type=Path)
+
+    sp = add("fix-data-dir", cmd_fix_data_dir, "keep the utterances all files share, sort, rewrite spk2utt "
+             "(originals in .backup/)")
+    sp.add_argument("data_dir", type=Path)
+
+    sp = add("split-data-dir", cmd_split_data_dir, "split a data dir by speaker into <dir>/split<N>/<1..N>")
+    sp.add_argument("data_dir", type=Path)
+    sp.add_argument("num_jobs", type=int)
+
+    sp = add("plot", cmd_plot, "training curves of systems, and one utterance's spectrogram, alignment and "
+             "posteriors per system (PNG)")
+    sp.add_argument("--out", type=Path, required=True, help="folder for curves.png and utt_<id>.png")
+    sp.add_argument("--systems", nargs="+", type=Path, required=True,
+                    help="exp/<system> folders (log/metrics.jsonl; bundle/ for --utt)")
+    sp.add_argument("--utt", help="utterance to draw")
+    sp.add_argument("--feats", type=Path, help="its feature shards (data/fbank/<set>)")
+    sp.add_argument("--labels", type=Path, help="its senone alignment (exp/tri_ali/<set>)")
+    sp.add_argument("--top", type=int, default=6, help="senones to draw")
 
     sp = add("results", cmd_results, "results.md / results.json / results.png from the systems' metrics")
     sp.add_argument("exp_dir", type=Path)

@@ -102,3 +102,18 @@ def test_corpus_vocabulary(tmp_path: Path) -> None:
 def test_config_defaults() -> None:
     cfg = LexiconConfig()
     assert (cfg.source, cfg.lexicon_path, cfg.keep_stress) == ("cmudict", None, False)
+
+
+def test_espeak_g2p_pronounces_oov_words_and_lists_them(tmp_path: Path) -> None:
+    report = build_lang({"HELLO": 2, "ZORKLE": 3, "blorft": 1}, tmp_path / "g2p", g2p="espeak")
+    prons = Lang.load(tmp_path / "g2p").pronunciations()
+    assert report.oov == {} and report.g2p == {"ZORKLE": 3, "BLORFT": 1}
+    assert prons["ZORKLE"] == [("Z", "AO", "R", "K", "AH", "L")]
+    assert all(p in ARPABET_39 for pron in prons["BLORFT"] for p in pron)
+    assert (tmp_path / "g2p" / "g2p.txt").read_text().splitlines()[0] == "ZORKLE 3 Z AO R K AH L"
+    assert set(prons["HELLO"]) == {("HH", "AH", "L", "OW"), ("HH", "EH", "L", "OW")}  # CMUdict's, not espeak's
+    assert build_lang({"ZORKLE": 3}, tmp_path / "none", g2p=None).oov == {"ZORKLE": 3}
+
+
+def test_lower_case_transcripts_are_not_unk() -> None:
+    assert map_oov("hello World ZORK", {"HELLO", "WORLD"}) == "HELLO WORLD <UNK>"

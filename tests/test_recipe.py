@@ -89,3 +89,25 @@ def test_rerun_skips_finished_stages_and_bad_options_fail(recipe_run):
     assert (work / "exp/baseline_seed1/best.pt").stat().st_mtime_ns == before  # finished run: a no-op
     bad = _run(work, "--no-such-option")
     assert bad.returncode != 0 and "unknown option" in bad.stderr
+
+
+def test_bundles_decode_new_audio_as_evaluation_did(recipe_run, tmp_path):
+    """A folder of the test set's FLAC files (no transcripts) decoded with the ensemble's bundle gives
+    evaluation's test hypotheses; the LibriSpeech folder itself also gets a %WER report."""
+    work, _ = recipe_run
+    decoded = {p.parent.name for p in (work / "exp").glob("*/decode_test")}
+    assert "ensemble" in decoded and decoded == {p.parent.parent.name for p in (work / "exp").glob("*/bundle/manifest.json")}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for flac in (work / "data/corpus/LibriSpeech/test").rglob("*.flac"):
+        shutil.copy(flac, mine / flac.name)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for corpus, out in ((mine, tmp_path / "dec"), (work / "data/corpus/LibriSpeech/test", tmp_path / "dec_ref")):
+        proc = subprocess.run(["asrdistill", "decode", "--model", str(work / "exp/ensemble/bundle"), "--corpus",
+                               str(corpus), "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    hyp = (work / "exp/ensemble/decode_test/hyp.txt").read_text().splitlines()
+    assert sorted((tmp_path / "dec/text").read_text().splitlines()) == sorted(hyp)
+    assert (tmp_path / "dec/ctm").is_file() and not (tmp_path / "dec/report.txt").exists()
+    wer = json.loads((work / "exp/ensemble/metrics.json").read_text())["test_wer"]
+    assert (tmp_path / "dec_ref/report.txt").read_text().startswith(f"%WER {wer:.2f} ")

@@ -54,3 +54,15 @@ def test_plan_shards_bounds_size():
     assert ["big"] in groups
     assert all(len(g) <= 3 for g in groups)
     assert sorted(u for g in groups for u in g) == sorted([f"u{i}" for i in range(10)] + ["big"])
+
+
+def test_shards_are_webdataset_shards(tmp_path):
+    import webdataset as wds
+
+    feats = np.arange(12, dtype=np.float16).reshape(3, 4)
+    write_shard(tmp_path / "feats-000000.tar", [("u1", {"feats": feats, "pdf": np.array([1, 2, 3], np.int32)}),
+                                                ("u2", {"feats": feats[:1], "pdf": np.array([4], np.int32)})])
+    samples = list(wds.WebDataset(str(tmp_path / "feats-000000.tar"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == ["u1", "u2"]
+    np.testing.assert_array_equal(samples[0]["feats.npy"], feats)
+    np.testing.assert_array_equal(samples[1]["pdf.npy"], [4])

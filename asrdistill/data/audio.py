@@ -1,7 +1,8 @@
 """Reading audio for feature extraction, with the repairs a real corpus needs.
 
-Stereo is downmixed, a wrong sample rate is resampled (with a warning), and
-unreadable or empty files raise :class:`AudioError` naming the file and the
+Stereo is downmixed (the mean of the channels), a wrong sample rate is
+resampled with ``librosa.resample`` (its default ``soxr_hq`` resampler), each
+with a warning, and unreadable or empty files raise :class:`AudioError` naming the file and the
 reason, so the caller can skip that utterance and go on with the batch.
 """
 
@@ -40,9 +41,9 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     mono = samples.mean(axis=1)
     if sr != sample_rate:
         log.warning("%s: sample rate %d Hz, resampling to %d Hz", path, sr, sample_rate)
-        import soxr
+        import librosa
 
-        mono = soxr.resample(mono, sr, sample_rate).astype(np.float32)
+        mono = librosa.resample(mono, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
     if not np.all(np.isfinite(mono)):
         raise AudioError(path, "non-finite samples")
     return mono

@@ -7,9 +7,12 @@ removed by default, which gives the usual 39 phones and more data per phone for 
 aligner's tree. The phone inventory is that of the whole dictionary, not just of the words
 the corpus uses, so every recipe on the same dictionary gets the same phone ids.
 
-A word without a pronunciation is not dropped silently: it maps to ``<UNK>`` (spoken noise,
+A word without a pronunciation gets one from espeak-ng when ``g2p="espeak"`` (its en-us
+phonemes mapped to ARPAbet by :data:`ESPEAK_TO_ARPABET`; listed with counts in ``g2p.txt``).
+A word still without one is not dropped silently: it maps to ``<UNK>`` (spoken noise,
 ``SPN``), is counted in the :class:`LexiconReport` and listed in ``oov.txt`` in the lang
-dir; :func:`map_oov` applies the same mapping to transcripts.
+dir; :func:`map_oov` applies the same mapping to transcripts (case-insensitively, so a
+lower-case transcript is not all ``<UNK>``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "load_dictionary",
     "map_oov",
     "read_lexicon",
+    "espeak_pronunciation",
+    "ESPEAK_TO_ARPABET",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ class LexiconConfig:
     source: str = "cmudict"           # "cmudict" (offline) or "librispeech" (needs lexicon_path)
     lexicon_path: Path | None = None  # librispeech-lexicon.txt, or any "WORD PH1 PH2 ..." file
     keep_stress: bool = False         # False: 39 ARPAbet phones; True: vowels carry stress 0/1/2
+    g2p: str | None = "espeak"        # pronunciations for words the dictionary lacks: "espeak" or None (-> <UNK>)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class LexiconReport:
     num_prons: int                    # lexicon lines (excluding <UNK>)
     num_phones: int                   # real phones, SIL and SPN included
     oov: dict[str, int] = field(default_factory=dict)
+    g2p: dict[str, int] = field(default_factory=dict)  # words pronounced by the G2P, with their counts
 
     @property
     def num_oov(self) -> int:
@@ -148,18 +155,61 @@ def load_dictionary(
     raise ValueError(f"unknown lexicon source {source!r}; use 'librispeech' or 'cmudict'")
 
 
+# espeak-ng en-us phoneme mnemonics (stress marks removed) -> ARPAbet. Syllabic consonants and
+# r-coloured diphthongs become two phones, as CMUdict writes them (BUTTON B AH T AH N).
+ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
+    "p": ("P",), "b": ("B",), "t": ("T",), "d": ("D",), "k": ("K",), "g": ("G",), "t#": ("T",), "d#": ("D",),
+    "t2": ("T",), "d2": ("D",), "?": ("T",), "tS": ("CH",), "dZ": ("JH",), "f": ("F",), "v": ("V",),
+    "T": ("TH",), "D": ("DH",), "s": ("S",), "z": ("Z",), "S": ("SH",), "Z": ("ZH",), "h": ("HH",),
+    "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",), "r-": ("R",), "j": ("Y",), "w": ("W",),
+    "x": ("K",), "@-": ("AH",), "n-": ("AH", "N"), "m-": ("AH", "M"), "l-": ("AH", "L"), "@L": ("AH", "L"),
+    "@": ("AH",), "@2": ("AH",), "@5": ("AH",), "V": ("AH",), "a#": ("AH",), "3": ("ER",), "3:": ("ER",),
+    "a": ("AE",), "aa": ("AE",), "A:": ("AA",), "A": ("AA",), "0": ("AA",), "A@": ("AA", "R"),
+    "O:": ("AO",), "O": ("AO",), "O2": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"), "OI": ("OY",),
+    "aI": ("AY",), "aI3": ("AY", "ER"), "aI@": ("AY", "ER"), "aU": ("AW",), "aU@": ("AW", "ER"),
+    "E": ("EH",), "e@": ("EH", "R"), "eI": ("EY",), "I": ("IH",), "I2": ("IH",), "I#": ("IH",),
+    "i": ("IY",), "i:": ("IY",), "i@": ("IY", "AH"), "i@3": ("IY", "ER"), "oU": ("OW",), "oU#": ("OW",),
+    "U": ("UH",), "U@": ("UH", "R"), "u:": ("UW",), "u": ("UW",),
+}
+_VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
+
+
+def espeak_pronunciation(word: str, keep_stress: bool = False) -> tuple[Pron | None, list[str]]:
+    """``(ARPAbet pronunciation or None, espeak symbols without a mapping)`` of ``word`` from espeak-ng en-us."""
+    from data_prep.espeak import engine
+
+    phones: list[str] = []
+    unmapped: list[str] = []
+    for sym, _ in engine().synthesize(word.lower()).phonemes:
+        stress = "1" if sym.startswith("'") else "2" if sym.startswith(",") else "0"
+        sym = sym.lstrip("',")
+        if not sym or sym.startswith("_") or sym == ";":
+            continue
+        arpa = ESPEAK_TO_ARPABET.get(sym)
+        if arpa is None:
+            unmapped.append(sym)
+            continue
+        if phones and arpa[0] == "R" and phones[-1] == "R":  # r-coloured vowel then r: one R, as CMUdict has it
+            arpa = arpa[1:]
+        for i, p in enumerate(arpa):
+            phones.append(p + (stress if i == 0 else "0") if keep_stress and p in _VOWELS else p)
+    return (tuple(phones) if phones and not unmapped else None), unmapped
+
+
 def build_lang(
     words: Iterable[str] | Mapping[str, int],
     out_dir: Path,
     source: Literal["librispeech", "cmudict"] | str = "cmudict",
     lexicon_path: Path | None = None,
     keep_stress: bool = False,
+    g2p: str | None = None,
 ) -> LexiconReport:
     """Write the lang dir for the corpus vocabulary ``words``.
 
     ``words`` is a word-count mapping (as :func:`corpus_vocabulary` returns) or an iterable
     of words where repeats count as occurrences. Words with a pronunciation get all of
-    theirs; the others are reported as OOV (they map to ``<UNK>``, pronounced ``SPN``).
+    theirs; with ``g2p="espeak"`` the others get espeak-ng's (listed in ``g2p.txt`` as
+    ``WORD COUNT PHONES``); the rest are reported as OOV (they map to ``<UNK>``, pronounced ``SPN``).
     ``oov.txt`` lists them as ``WORD COUNT``, most frequent first, and is written (possibly
     empty) so a stale list never survives a rebuild.
     """
@@ -179,14 +229,26 @@ def build_lang(
     dictionary = load_dictionary(source, lexicon_path, keep_stress)
     silence = {SIL, SPN}
     inventory = sorted({p for prons in dictionary.values() for pron in prons for p in pron} - silence)
+    if g2p not in (None, "espeak"):
+        raise ValueError(f"lexicon.g2p must be 'espeak' or null, got {g2p!r}")
     lexicon: list[tuple[str, Pron]] = [(UNK, (SPN,))]
     oov: dict[str, int] = {}
+    guessed: dict[str, Pron] = {}
+    unmapped: Counter[str] = Counter()
     for word in sorted(vocab):
         prons = dictionary.get(word)
+        if not prons and g2p == "espeak":
+            pron, missing = espeak_pronunciation(word, keep_stress)
+            unmapped.update(missing)
+            if pron is not None and all(p in inventory for p in pron):
+                guessed[word] = pron
+                prons = [pron]
         if prons:
             lexicon.extend((word, p) for p in prons)
         else:
             oov[word] = counts[word]
+    if unmapped:
+        log.warning("espeak-ng symbols without an ARPAbet mapping (their words stay OOV): %s", dict(unmapped))
     known = sorted(vocab - set(oov))
     lang = Lang(
         phones=["<eps>", SIL, SPN, *inventory],
@@ -197,6 +259,10 @@ def build_lang(
     oov = dict(sorted(oov.items(), key=lambda kv: (-kv[1], kv[0])))
     with atomic_open(out_dir / "oov.txt") as f:
         f.writelines(f"{w} {c}\n" for w, c in oov.items())
+    g2p_counts = dict(sorted(((w, counts[w]) for w in guessed), key=lambda kv: (-kv[1], kv[0])))
+    if g2p is not None:
+        with atomic_open(out_dir / "g2p.txt") as f:
+            f.writelines(f"{w} {c} {' '.join(guessed[w])}\n" for w, c in g2p_counts.items())
 
     report = LexiconReport(
         lang_dir=out_dir,
@@ -205,6 +271,7 @@ def build_lang(
         num_prons=len(lexicon) - 1,
         num_phones=lang.num_phones,
         oov=oov,
+        g2p=g2p_counts,
     )
     total = sum(counts[w] for w in vocab)
     log.info(
@@ -213,12 +280,15 @@ def build_lang(
         report.oov_tokens, total, 100.0 * report.oov_tokens / total, UNK,
         f", e.g. {list(oov)[:10]}" if oov else "",
     )
+    if guessed:
+        log.info("lang %s: %d word type(s) pronounced by espeak-ng (listed in g2p.txt), e.g. %s", out_dir,
+                 len(guessed), [f"{w} {' '.join(guessed[w])}" for w in list(g2p_counts)[:5]])
     return report
 
 
 def map_oov(text: str, vocab: set[str]) -> str:
-    """Replace the words of ``text`` that are not in ``vocab`` by ``<UNK>``."""
-    return " ".join(w if w in vocab else UNK for w in text.split())
+    """The words of ``text`` as spelled in ``vocab`` (whose words are upper case); others become ``<UNK>``."""
+    return " ".join(w if w in vocab else w.upper() if w.upper() in vocab else UNK for w in text.split())
 
 
 def corpus_vocabulary(data_dirs: Iterable[Path], extra_texts: Iterable[Path] = ()) -> Counter[str]:

@@ -59,6 +59,7 @@ class DecodeResult:
     decode_seconds: float        # decoder CPU time summed over workers (excludes the network)
     wall_seconds: float
     acoustic_scale: float
+    alignments: dict[str, np.ndarray] = field(default_factory=dict)  # utt -> (T,) int32 senone per frame of the best path
 
     @property
     def rtf(self) -> float:
@@ -129,15 +130,17 @@ def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
 
 
 def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]
-                ) -> tuple[str, list[tuple[list[int], bool, float]], int]:
-    """(utt, per acoustic scale (word ids, reached a final state, decoder seconds), frames).
+                ) -> tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]:
+    """(utt, per acoustic scale (word ids, reached a final state, decoder seconds, alignment), frames).
 
     ``item`` carries the unscaled log-likelihoods (log posterior - log prior), so one
-    network pass serves every scale.
+    network pass serves every scale. HCLG's input labels are senone + 1 and every
+    frame reads exactly one, so the best path's input symbols are the frame
+    alignment (empty if no path).
     """
     utt, loglik, scales = item
     if loglik.shape[0] == 0:
-        return utt, [([], False, 0.0) for _ in scales], 0
+        return utt, [([], False, 0.0, np.zeros(0, np.int32)) for _ in scales], 0
     out = []
     for scale in scales:
         t0 = time.process_time()
@@ -146,9 +149,11 @@ def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]
         final = decoder.reached_final()
         ok, best = decoder.get_best_path(use_final_probs=final)
         words: list[int] = []
+        labels: list[int] = []
         if ok:
-            ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
-        out.append((list(words) if ok else [], bool(final and ok), time.process_time() - t0))
+            ok, labels, words, _ = kaldifst.get_linear_symbol_sequence(best)
+        ali = np.asarray(labels, dtype=np.int32) - 1 if ok else np.zeros(0, np.int32)
+        out.append((list(words) if ok else [], bool(final and ok), time.process_time() - t0, ali))
     return utt, out, loglik.shape[0]
 
 
@@ -180,6 +185,7 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
     words = _load_words(graph_dir)
     items = _unscaled(posteriors, log_priors.astype(np.float32), num_pdfs, scales, graph_dir)
     hyps: list[dict[str, list[str]]] = [{} for _ in scales]
+    alignments: list[dict[str, np.ndarray]] = [{} for _ in scales]
     partial: list[list[str]] = [[] for _ in scales]
     seconds = [0.0] * len(scales)
     frames = 0
@@ -187,13 +193,14 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
     bar = tqdm(desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
                unit="utt", mininterval=1.0)
 
-    def collect(results: Iterable[tuple[str, list[tuple[list[int], bool, float]], int]]) -> None:
+    def collect(results: Iterable[tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]]) -> None:
         nonlocal frames
         for utt, per_scale, t in results:
             if utt in hyps[0]:
                 raise ValueError(f"utterance {utt!r} appears twice in the posteriors")
-            for k, (ids, final, secs) in enumerate(per_scale):
+            for k, (ids, final, secs, ali) in enumerate(per_scale):
                 hyps[k][utt] = [words[i] for i in ids]
+                alignments[k][utt] = ali
                 if not final:
                     partial[k].append(utt)
                 seconds[k] += secs
@@ -213,7 +220,7 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
         if partial[k]:
             log.warning("scale %g: %d of %d utterances reached no final state; their best partial hypotheses "
                         "are kept (e.g. %s)", scale, len(partial[k]), len(hyps[k]), partial[k][0])
-        out[scale] = DecodeResult(hyps[k], partial[k], frames, seconds[k], wall, scale)
+        out[scale] = DecodeResult(hyps[k], partial[k], frames, seconds[k], wall, scale, alignments[k])
     return out
 
 

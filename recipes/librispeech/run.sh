@@ -194,6 +194,10 @@ if want 11; then begin 11 "decode and score every system; frame accuracy of the 
   for sweep in exp/sweep_T*; do
     asrdistill evaluate $common $data $force --test-set $test --data data "$sweep"
   done
+  for sys in $systems; do  # what `asrdistill decode --model exp/<system>/bundle` loads
+    asrdistill bundle --config "$config" $force exp/$sys exp/$sys/bundle --feats data/fbank/$train \
+      --labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang
+  done
 end; fi
 
 if want 12; then begin 12 "results"

@@ -1,0 +1,499 @@
+"""A trained system as one folder, and decoding new audio with it.
+
+A *bundle* holds everything a system needs to turn audio into words, copied in
+(never referenced by a path that only resolves where the recipe ran)::
+
+    manifest.json        format version, asrdistill version, sha256 of every other file
+    system.json          members' architectures, frame context, fbank settings, decode config,
+                         ensemble method, acoustic scale (tuned on dev), where it came from
+    members/N.pt         each member's weights (plain state_dict; loaded with weights_only=True)
+    cmvn.json            the training set's global CMVN statistics
+    priors.npy           log senone priors from the training alignments
+    tree.json topo.json  the senone tree and HMM topology the model's outputs are defined by
+    graph/               HCLG.fst, words.txt, graph.json (built from that tree)
+    lang/                phones, words and the lexicon
+
+Large files are hard-linked when the bundle is on the same file system as the
+source: every stage writes by atomic rename, so a link keeps the bytes it was
+made from, like a copy. :func:`load_system` checks the format version, every
+checksum and that model, priors, tree and graph agree on the senone count, each
+failure an error naming the file. :meth:`System.decode_corpus` decodes a folder
+(LibriSpeech layout, Kaldi data dir or plain audio files) into Kaldi ``text``
+and a CTM with word times, and scores it where references exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from asrdistill import __version__
+from asrdistill.aligner.kaldi_export import write_ark_scp
+from asrdistill.aligner.topology import Topology
+from asrdistill.aligner.tree import ContextTree
+from asrdistill.config import to_dict
+from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, read_corpus
+from asrdistill.data.features import Cmvn, FbankConfig, compute_features
+from asrdistill.data.frames import FrameConfig
+from asrdistill.data.kaldi_dir import import_data_dir, needs_import
+from asrdistill.data.lang import Lang
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
+from asrdistill.decoding.hclg import load_graph_info
+from asrdistill.decoding.scoring import wer_report
+from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.nnet.ensemble import posterior_stream
+from asrdistill.nnet.model import FrameDNN, ModelConfig
+
+__all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "write_bundle", "load_system", "word_times"]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
+DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
+LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
+              "optional_silence.txt")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _place(src: Path, dst: Path) -> None:
+    """``dst`` gets ``src``'s bytes: a hard link where possible (sources are replaced, never rewritten), else a copy."""
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: needed for the bundle but missing")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _member_checkpoints(system_dir: Path) -> list[Path]:
+    """``best.pt`` of a single model, or the checkpoints ``members.txt`` lists (a relative path is tried
+    against its folder, the working directory and the recipe folder ``system_dir/../..``, in that order)."""
+    members = system_dir / "members.txt"
+    if members.is_file():
+        out = []
+        for line in members.read_text(encoding="utf-8").split():
+            p = Path(line)
+            for cand in ([p] if p.is_absolute() else [system_dir / p, p, system_dir.parent.parent / p]):
+                if cand.is_file():
+                    out.append(cand)
+                    break
+            else:
+                raise FileNotFoundError(f"{members}: member {line} not found (relative to {system_dir}, "
+                                        f"{Path.cwd()} or {system_dir.parent.parent})")
+        if not out:
+            raise ValueError(f"{members}: lists no member checkpoints")
+        return out
+    if (system_dir / "best.pt").is_file():
+        return [system_dir / "best.pt"]
+    raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
+
+
+def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
+                 tree_dir: str | Path, graph_dir: str | Path, lang_dir: str | Path, decode_config: DecodeConfig,
+                 method: str = "arithmetic", force: bool = False) -> Path:
+    """Write the bundle of the system in ``system_dir`` to ``out_dir`` (atomically: built beside it, then renamed).
+
+    ``feats_dir``: the training features (``cmvn.json``, and the fbank settings in
+    their manifest); ``labels_dir``: the training alignments (priors); ``tree_dir``:
+    ``tree.json`` and ``topo.json``; ``graph_dir``: the HCLG built from that tree.
+    The acoustic scale is the one evaluation tuned on dev (``metrics.json``), else
+    ``decode_config``'s. A bundle whose sources are unchanged is kept unless ``force``.
+    """
+    system_dir, out_dir = Path(system_dir), Path(out_dir)
+    feats_dir, labels_dir, tree_dir = Path(feats_dir), Path(labels_dir), Path(tree_dir)
+    graph_dir, lang_dir = Path(graph_dir), Path(lang_dir)
+    checkpoints = _member_checkpoints(system_dir)
+    labels = ShardManifest.load(labels_dir, PDF_PREFIX)
+    sources = {"members": [str(p) for p in checkpoints], "cmvn": str(feats_dir / "cmvn.json"),
+               "feats": str(ShardManifest.manifest_path(feats_dir, FEATS_PREFIX)),
+               "labels": [str(p) for p in labels.shard_paths], "tree": str(tree_dir / "tree.json"),
+               "topo": str(tree_dir / "topo.json"), "graph": str(graph_dir / "HCLG.fst"),
+               "lexicon": str(lang_dir / "lexicon.txt"), "metrics": str(system_dir / "metrics.json")}
+    hashes = {k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else
+                  _sha256(Path(v)) if Path(v).is_file() else None) for k, v in sources.items()}
+    if not force and (out_dir / MANIFEST).is_file():
+        old = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        if old.get("version") == BUNDLE_VERSION and old.get("sources") == hashes:
+            log.info("%s: bundle up to date (sources unchanged)", out_dir)
+            return out_dir
+
+    built_tree = _graph_tree(graph_dir)
+    if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != hashes["tree"]:
+        raise ValueError(f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
+                         "(rebuild the graph with this tree)")
+    tree = ContextTree.load(tree_dir / "tree.json")
+    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
+    if num_pdfs != tree.num_pdfs:
+        raise ValueError(f"{graph_dir / 'graph.json'}: {num_pdfs} senones, but {tree_dir / 'tree.json'} has {tree.num_pdfs}")
+    feats = ShardManifest.load(feats_dir, FEATS_PREFIX)
+    fbank = FbankConfig(**feats.meta["config"])
+    scale = decode_config.acoustic_scale
+    metrics = system_dir / "metrics.json"
+    if metrics.is_file():
+        scale = float(json.loads(metrics.read_text(encoding="utf-8")).get("extra", {}).get("acoustic_scale", scale))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
+    try:
+        members, context = [], set()
+        for i, ckpt_path in enumerate(checkpoints):
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if int(ckpt["num_classes"]) != tree.num_pdfs:
+                raise ValueError(f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
+                                 f"has {tree.num_pdfs} (trained on another tree's labels?)")
+            frames = ckpt["config"]["frames"]
+            context.add((int(frames["left"]), int(frames["right"])))
+            (tmp / "members").mkdir(exist_ok=True)
+            torch.save({"model": ckpt["model"]}, tmp / "members" / f"{i}.pt")
+            members.append({"file": f"members/{i}.pt", "from": str(ckpt_path), "model_config": ckpt["model_config"],
+                            "input_dim": int(ckpt["input_dim"]), "num_classes": int(ckpt["num_classes"])})
+        if len(context) != 1:
+            raise ValueError(f"{system_dir}: members use different frame contexts {sorted(context)}")
+        (left, right), = context
+        priors = compute_priors([labels], tree.num_pdfs, floor=1e-5)
+        np.save(tmp / "priors.npy", priors, allow_pickle=False)
+        cmvn = Cmvn.load(feats_dir / "cmvn.json")
+        Cmvn(mean=cmvn.mean, var=cmvn.var, count=cmvn.count).save(tmp / "cmvn.json")  # global stats only
+        _place(tree_dir / "tree.json", tmp / "tree.json")
+        _place(tree_dir / "topo.json", tmp / "topo.json")
+        for name in GRAPH_FILES:
+            _place(graph_dir / name, tmp / "graph" / name)
+        for name in LANG_FILES:
+            _place(lang_dir / name, tmp / "lang" / name)
+        write_json_atomic(tmp / "system.json", {
+            "system": system_dir.name, "members": members, "frames": {"left": left, "right": right},
+            "fbank": to_dict(fbank), "decode": to_dict(replace(decode_config, acoustic_scale=scale)),
+            "method": method, "sources": sources})
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        write_json_atomic(tmp / MANIFEST, {"format": "asrdistill-bundle", "version": BUNDLE_VERSION,
+                                           "asrdistill": __version__, "sources": hashes,
+                                           "files": {f: _sha256(tmp / f) for f in files}})
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: bundle of %s (%d member(s), %d senones, acoustic scale %g)", out_dir, system_dir, len(members),
+             tree.num_pdfs, scale)
+    return out_dir
+
+
+def _graph_tree(graph_dir: Path) -> Path | None:
+    """The tree the graph's done marker says it was built from (relative to where the build ran)."""
+    marker = graph_dir / ".graph.done"
+    if not marker.is_file():
+        return None
+    tree = json.loads(marker.read_text(encoding="utf-8") or "{}").get("tree")
+    return Path(tree) if tree else None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _verify(root: Path) -> dict:
+    """The bundle's manifest after checking its version and every file's checksum."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found ({root} is not a bundle written by `asrdistill bundle`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if manifest.get("format") != "asrdistill-bundle" or manifest.get("version") != BUNDLE_VERSION:
+        raise ValueError(f"{path}: bundle format {manifest.get('format')!r} version {manifest.get('version')!r} "
+                         f"(written by asrdistill {manifest.get('asrdistill')}); this asrdistill {__version__} reads "
+                         f"version {BUNDLE_VERSION}: re-export it with `asrdistill bundle`")
+    for name, digest in manifest["files"].items():
+        f = root / name
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: listed in {path} but missing")
+        if _sha256(f) != digest:
+            raise ValueError(f"{f}: sha256 differs from {path} (file changed or corrupted)")
+    return manifest
+
+
+@dataclass
+class DecodeReport:
+    """What :meth:`System.decode_corpus` did; ``wer`` is None without references."""
+
+    out_dir: Path
+    hyps: dict[str, str]
+    skipped: list[tuple[str, str, str]]
+    wer: float | None
+    oov: dict[str, int]
+    ref_words: int
+
+
+class System:
+    """A loaded bundle: models, CMVN, priors, tree, lexicon and graph, ready to decode."""
+
+    def __init__(self, root: str | Path, device: str | torch.device = "cpu"):
+        self.root = root = Path(root)
+        _verify(root)
+        spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
+        self.name: str = spec["system"]
+        self.frames = FrameConfig(left=int(spec["frames"]["left"]), right=int(spec["frames"]["right"]))
+        self.fbank = FbankConfig(**spec["fbank"])
+        self.decode_config = DecodeConfig(**spec["decode"])
+        self.method: str = spec["method"]
+        self.device = torch.device(device)
+        self.tree = ContextTree.load(root / "tree.json")
+        self.topo = Topology.load(root / "topo.json")
+        self.lang = Lang.load(root / "lang")
+        self.graph_dir = root / "graph"
+        self.cmvn = Cmvn.load(root / "cmvn.json")
+        self.log_priors = np.load(root / "priors.npy", allow_pickle=False)
+        self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8").splitlines()
+                      if line.strip()}
+        num_pdfs = self.tree.num_pdfs
+        checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
+                  (root / "priors.npy", int(self.log_priors.shape[0]))]
+        self.models: list[FrameDNN] = []
+        for m in spec["members"]:
+            model = FrameDNN(ModelConfig(**m["model_config"]), int(m["input_dim"]), int(m["num_classes"]))
+            state = torch.load(root / m["file"], map_location="cpu", weights_only=True)["model"]
+            model.load_state_dict(state)
+            self.models.append(model.to(self.device).eval().requires_grad_(False))
+            checks.append((root / m["file"], model.num_classes))
+            want = self.frames.window * self.cmvn.dim
+            if model.input_dim != want:
+                raise ValueError(f"{root / m['file']}: {model.input_dim} inputs, but the frame context "
+                                 f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
+        for path, n in checks:
+            if n != num_pdfs:
+                raise ValueError(f"{path}: {n} senones, but the bundle's tree {root / 'tree.json'} has {num_pdfs} "
+                                 "(mismatched tree: re-export the bundle)")
+
+    def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
+        """``(utt, log posteriors (T, senones))`` over a feature set, as evaluation computes them."""
+        for utt, logp, _ in posterior_stream(self.models, feats, self.cmvn, self.frames, None, self.method, self.device):
+            yield utt, logp.cpu().numpy()
+
+    def export_loglikes(self, feats: ShardManifest, out_dir: str | Path) -> tuple[Path, Path, int]:
+        """``out_dir/loglikes.ark`` + ``.scp``: per-frame ``log p(s|x) - log p(s)`` (T, senones) float32,
+        the scaled-likelihood input Kaldi's ``*-mapped`` decoders read (before ``--acoustic-scale``)."""
+        items = ((u, (p - self.log_priors).astype(np.float32)) for u, p in self.posteriors(feats))
+        ark, scp, n = write_ark_scp(items, Path(out_dir) / "loglikes.ark")
+        log.info("%s: log-likelihoods of %d utterance(s), %d senones", ark, n, self.tree.num_pdfs)
+        return ark, scp, n
+
+    def decode_corpus(self, corpus: str | Path, out_dir: str | Path, max_seconds: float = 120.0, nj: int = 1,
+                      command: str | None = None, allow_pipes: bool = False) -> DecodeReport:
+        """Decode every usable utterance of ``corpus`` into ``out_dir``.
+
+        Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
+        ``skipped.tsv`` (utterance, file, reason), with references also ``wer``,
+        ``per_utt``, ``oov.txt`` and ``report.txt`` (the ``%WER`` line and OOV
+        counts), and ``log/decode.log`` (command line, config, timings).
+        Intermediate features go to ``out_dir/data`` and ``out_dir/fbank``. A Kaldi
+        data dir with ``segments``, ark offsets or pipes (run only with
+        ``allow_pipes``) is first imported into ``out_dir/import``.
+        """
+        out_dir = Path(out_dir)
+        for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
+            (out_dir / name).unlink(missing_ok=True)
+        with _file_log(out_dir / "log" / "decode.log"):
+            log.info("command: %s", command or shlex.join(sys.argv))
+            log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
+                     self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
+            t0 = time.perf_counter()
+            if needs_import(corpus):
+                import_data_dir(corpus, out_dir / "import", allow_pipes=allow_pipes)
+                corpus = out_dir / "import"
+            read = read_corpus(corpus, max_seconds=max_seconds)
+            log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
+                     corpus, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
+                     read.normalized)
+            read.data.save(out_dir / "data")
+            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
+            t_feats = time.perf_counter()
+            skipped = read.skipped + _feature_skips(out_dir / "fbank" / "skipped.tsv")
+            result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
+            t_decode = time.perf_counter()
+            hyps = {u: " ".join(w) for u, w in result.hyps.items()}
+            with atomic_open(out_dir / "text") as f:
+                f.writelines(f"{u} {hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
+            shift = self.fbank.frame_shift_ms / 1000.0
+            approx = 0
+            with atomic_open(out_dir / "ctm") as f:
+                for utt in sorted(result.hyps):
+                    times, exact = word_times(result.alignments[utt], result.hyps[utt], self.lang, self.tree)
+                    approx += not exact
+                    for word, (start, end) in zip(result.hyps[utt], times):
+                        f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
+            if approx:
+                log.warning("%d utterance(s): word times spread evenly (the best path's phones did not match "
+                            "the words' pronunciations)", approx)
+            with atomic_open(out_dir / "skipped.tsv") as f:
+                f.write("utt_id\tfile\treason\n")
+                f.writelines(f"{u}\t{p}\t{r}\n" for u, p, r in skipped)
+            report = DecodeReport(out_dir, hyps, skipped, None, {}, 0)
+            if read.refs:
+                unusable = {s[0] for s in skipped}
+                refs = {u: r for u, r in read.refs.items() if u not in unusable}
+                report.wer, report.oov, report.ref_words = self._score(refs, hyps, out_dir, len(read.refs) - len(refs))
+            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
+                     "%.1f s (search RTF %.4f per core)", len(hyps), len(skipped),
+                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "", result.num_frames * shift / 3600,
+                     t_feats - t0, t_decode - t_feats, result.rtf)
+        return report
+
+    def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
+               unscored: int) -> tuple[float, dict[str, int], int]:
+        """WER of the decoded utterances (those skipped for unusable audio are counted, not scored) and OOV counts."""
+        res = wer_report(refs, hyps, out_dir)
+        tokens = [w for r in refs.values() for w in r.split()]
+        oov = dict(sorted(Counter(w for w in tokens if w not in self.words).items(), key=lambda kv: (-kv[1], kv[0])))
+        n_oov = sum(oov.values())
+        with atomic_open(out_dir / "oov.txt") as f:
+            f.writelines(f"{w} {c}\n" for w, c in oov.items())
+        oov_line = (f"OOV {n_oov} of {len(tokens)} reference words ({100.0 * n_oov / max(len(tokens), 1):.2f}%), "
+                    f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)")
+        with atomic_open(out_dir / "report.txt") as f:
+            f.write(f"{res.summary()}\n%SER {res.ser:.2f} [ {res.sentence_errors} / {res.num_utts} ]\n{oov_line}\n")
+            if unscored:
+                f.write(f"{unscored} utterance(s) with references not scored: their audio was unusable "
+                        "(listed in skipped.tsv)\n")
+        log.info("%s; %s", res.summary(), oov_line)
+        return res.wer, oov, len(tokens)
+
+    def transcribe(self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0,
+                   nj: int = 1) -> dict[str, str]:
+        """``{utt: text}`` for a folder (any layout :func:`read_corpus` reads) or a list of audio files
+        (utterance id = file stem). Bad files are skipped with a logged reason."""
+        with tempfile.TemporaryDirectory(prefix="asrdistill-transcribe-") as tmp:
+            if isinstance(audio, (str, Path)) and Path(audio).is_dir():
+                corpus = Path(audio)
+            else:
+                files = [Path(audio)] if isinstance(audio, (str, Path)) else [Path(a) for a in audio]
+                corpus = Path(tmp) / "audio"
+                corpus.mkdir()
+                for i, f in enumerate(files):
+                    if f.suffix.lower() not in AUDIO_SUFFIXES:
+                        raise ValueError(f"{f}: not a {'/'.join(AUDIO_SUFFIXES)} file")
+                    if not f.is_file():
+                        raise FileNotFoundError(f"{f}: no such audio file")
+                    (corpus / f"{i:06d}").mkdir()
+                    (corpus / f"{i:06d}" / f.name).symlink_to(f.resolve())
+            return self.decode_corpus(corpus, Path(tmp) / "decode", max_seconds, nj,
+                                      command=f"transcribe({audio!r})").hyps
+
+
+def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:
+    """Load and verify a bundle (``exp/<system>/bundle``): ``load_system(p).transcribe("my_audio/")``."""
+    return System(path, device)
+
+
+def _feature_skips(path: Path) -> list[tuple[str, str, str]]:
+    rows = path.read_text(encoding="utf-8").splitlines()[1:] if path.is_file() else []
+    return [tuple(r.split("\t", 2)) for r in rows if r.strip()]
+
+
+@contextlib.contextmanager
+def _file_log(path: Path) -> Iterator[None]:
+    """Also send the ``asrdistill`` loggers' records to ``path`` (appended, Kaldi style) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("asrdistill")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+# --------------------------------------------------------------------------- word times
+
+
+def _phone_segments(ali: np.ndarray, tree: ContextTree) -> list[tuple[int, int, int]]:
+    """``(phone, start, end)`` runs of a senone alignment: a new phone where the centre phone changes
+    or the HMM state goes back (the same phone again)."""
+    segs: list[tuple[int, int, int]] = []
+    prev_phone, prev_state = -1, -1
+    for t, pdf in enumerate(ali.tolist()):
+        phone, state = tree.pdf_info[pdf][0] if tree.pdf_info[pdf] else (-1, -1)
+        if phone != prev_phone or state < prev_state:
+            segs.append((phone, t, t + 1))
+        else:
+            segs[-1] = (phone, segs[-1][1], t + 1)
+        prev_phone, prev_state = phone, state
+    return segs
+
+
+def word_times(ali: np.ndarray, words: Sequence[str], lang: Lang, tree: ContextTree) -> tuple[list[tuple[int, int]], bool]:
+    """``([(start_frame, end_frame)] per word, exact)`` from the best path's senone alignment.
+
+    The alignment's phone runs are matched to the words' pronunciations in order
+    (optional silence between words), as Kaldi's word alignment does with word
+    boundary information. When no pronunciation fits (``exact`` False), the
+    frames are shared among the words in proportion to their phone counts.
+    """
+    if not words:
+        return [], True
+    segs = _phone_segments(np.asarray(ali), tree)
+    prons = lang.pronunciations()
+    pid = lang.phone_id
+    sil = pid[lang.silence_phones[0]]
+    times: list[tuple[int, int]] = []
+    i = 0
+    for w in words:
+        while i < len(segs) and segs[i][0] == sil and not any(p[0] == lang.silence_phones[0] for p in prons.get(w, [])):
+            i += 1
+        match = None
+        for pron in sorted(prons.get(w, []), key=len, reverse=True):
+            ids = [pid[p] for p in pron]
+            if [s[0] for s in segs[i:i + len(ids)]] == ids:
+                match = len(ids)
+                break
+        if match is None:
+            break
+        times.append((segs[i][1], segs[i + match - 1][2]))
+        i += match
+    if len(times) == len(words) and all(s[0] == sil for s in segs[i:]):
+        return times, True
+    weights = [min((len(p) for p in prons.get(w, [])), default=1) for w in words]
+    speech = [s for s in segs if s[0] != sil] or segs
+    start, end = (speech[0][1], speech[-1][2]) if speech else (0, len(ali))
+    edges = np.round(start + (end - start) * np.cumsum([0] + weights) / sum(weights)).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])], False
