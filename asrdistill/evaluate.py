@@ -26,7 +26,7 @@ import torch
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
 from asrdistill.fileio import atomic_path
-from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, read_members
+from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import FrameDNN
@@ -34,7 +34,7 @@ from asrdistill.results import SystemResult
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 
-__all__ = ["EvalConfig", "KINDS", "system_kind", "load_system", "evaluate_system"]
+__all__ = ["EvalConfig", "KINDS", "system_kind", "system_models", "evaluate_system"]
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,9 @@ def system_kind(name: str) -> str:
     return "other"
 
 
-def load_system(system_dir: str | Path, device: str | torch.device = "cpu") -> list[FrameDNN]:
+def system_models(system_dir: str | Path, device: str | torch.device = "cpu") -> list[FrameDNN]:
     """The member models of a system folder (one model unless it lists ``members.txt``)."""
-    system_dir = Path(system_dir)
-    if (system_dir / "members.txt").is_file():
-        paths = read_members(system_dir)
-    elif (system_dir / "best.pt").is_file():
-        paths = [system_dir / "best.pt"]
-    else:
-        raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
-    return load_teachers(paths, device)
+    return load_teachers(system_checkpoints(system_dir), device)
 
 
 class _Posteriors:
@@ -144,7 +137,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     settings is not evaluated again unless ``force``.
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
-    models = load_system(system_dir, device)
+    models = system_models(system_dir, device)
     inputs = _inputs(system_dir, (train_set, dev_set, test_set), Path(graph_dir) if graph_dir else None, frames,
                      decode_config, config, models)
     metrics = system_dir / "metrics.json"

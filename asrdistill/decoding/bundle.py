@@ -57,7 +57,7 @@ from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.fileio import atomic_open, write_json_atomic
-from asrdistill.nnet.ensemble import posterior_stream
+from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
 __all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "write_bundle", "load_system", "word_times"]
@@ -91,29 +91,6 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _member_checkpoints(system_dir: Path) -> list[Path]:
-    """``best.pt`` of a single model, or the checkpoints ``members.txt`` lists (a relative path is tried
-    against its folder, the working directory and the recipe folder ``system_dir/../..``, in that order)."""
-    members = system_dir / "members.txt"
-    if members.is_file():
-        out = []
-        for line in members.read_text(encoding="utf-8").split():
-            p = Path(line)
-            for cand in ([p] if p.is_absolute() else [system_dir / p, p, system_dir.parent.parent / p]):
-                if cand.is_file():
-                    out.append(cand)
-                    break
-            else:
-                raise FileNotFoundError(f"{members}: member {line} not found (relative to {system_dir}, "
-                                        f"{Path.cwd()} or {system_dir.parent.parent})")
-        if not out:
-            raise ValueError(f"{members}: lists no member checkpoints")
-        return out
-    if (system_dir / "best.pt").is_file():
-        return [system_dir / "best.pt"]
-    raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
-
-
 def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
                  tree_dir: str | Path, graph_dir: str | Path, lang_dir: str | Path, decode_config: DecodeConfig,
                  method: str = "arithmetic", force: bool = False) -> Path:
@@ -128,7 +105,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     system_dir, out_dir = Path(system_dir), Path(out_dir)
     feats_dir, labels_dir, tree_dir = Path(feats_dir), Path(labels_dir), Path(tree_dir)
     graph_dir, lang_dir = Path(graph_dir), Path(lang_dir)
-    checkpoints = _member_checkpoints(system_dir)
+    checkpoints = system_checkpoints(system_dir)
     labels = ShardManifest.load(labels_dir, PDF_PREFIX)
     sources = {"members": [str(p) for p in checkpoints], "cmvn": str(feats_dir / "cmvn.json"),
                "feats": str(ShardManifest.manifest_path(feats_dir, FEATS_PREFIX)),

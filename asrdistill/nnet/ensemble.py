@@ -42,7 +42,7 @@ from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
 
 __all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream",
            "frame_accuracy", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
-           "build_ensemble", "read_members", "stored_target", "dense_to_topk"]
+           "build_ensemble", "read_members", "system_checkpoints", "stored_target", "dense_to_topk"]
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,21 @@ def read_members(ensemble_dir: str | Path) -> list[Path]:
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{path}: lists no member checkpoints")
-    return [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
+    members = [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
+    missing = [str(m) for m in members if not m.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: member checkpoint(s) not found: {', '.join(missing)}")
+    return members
+
+
+def system_checkpoints(system_dir: str | Path) -> list[Path]:
+    """The checkpoints of a system folder: the members ``members.txt`` lists, or its single ``best.pt``."""
+    system_dir = Path(system_dir)
+    if (system_dir / "members.txt").is_file():
+        return read_members(system_dir)
+    if (system_dir / "best.pt").is_file():
+        return [system_dir / "best.pt"]
+    raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
 
 
 def _marker(directory: Path) -> dict:
