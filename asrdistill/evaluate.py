@@ -73,7 +73,7 @@ class _Posteriors:
 
     def __init__(self, models: list[FrameDNN], feats: ShardManifest, labels: ShardManifest | None, cmvn: Cmvn,
                  frames: FrameConfig, method: str, device: str | torch.device):
-        self.args = (models, feats, cmvn, frames, labels, method, device)
+        self.args = (models, feats, cmvn, frames, labels, method, device, torch.device(device).type == "cuda")  # bf16 on GPU
         self.per_utt: dict[str, list[int]] = {}    # utt -> [correct frames, labelled frames]
         self.preds: dict[str, np.ndarray] = {}     # utt -> (T,) best senone per frame
         self.num_frames = 0

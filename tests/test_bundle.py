@@ -131,7 +131,8 @@ def test_ensemble_members_are_copied_in(recipe, tmp_path):
     for i in (1, 2):
         _system(exp / f"teacher_{i}", task, seed=i)
     (exp / "ensemble").mkdir()
-    (exp / "ensemble" / "members.txt").write_text("../teacher_1/best.pt\nexp/teacher_2/best.pt\n")
+    # as build_ensemble writes it (relative to the ensemble folder), and an absolute path
+    (exp / "ensemble" / "members.txt").write_text(f"../teacher_1/best.pt\n{exp / 'teacher_2/best.pt'}\n")
     bundle = _bundle(recipe, exp / "ensemble", tmp_path / "bundle")
     shutil.rmtree(exp)  # the bundle needs nothing outside itself
     system = load_system(bundle)
