@@ -85,7 +85,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by ``None``: strict JSON that every parser reads."""
+    """``obj`` with NaN and infinities replaced by ``None`` and numpy scalars made plain: strict JSON that every
+    parser reads."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

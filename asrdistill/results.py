@@ -46,19 +46,6 @@ GROUPED = ("baseline", "student")   # kinds trained with several seeds
 BOOTSTRAP_SAMPLES = 2000
 
 
-def strict(obj):
-    """``obj`` with every NaN or infinity replaced by None (numpy scalars made plain): valid JSON for strict parsers."""
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
 @dataclass
 class SystemResult:
     """Figures for one system; accuracies and WERs in percent, NaN when not measured."""
@@ -75,7 +62,7 @@ class SystemResult:
     extra: dict = field(default_factory=dict)  # seed, epochs, temperature, members, inputs, ...
 
     def save(self, path: str | Path) -> None:
-        write_json_atomic(path, strict(asdict(self)))
+        write_json_atomic(path, asdict(self))  # strict JSON: NaN as null
 
     @classmethod
     def load(cls, path: str | Path) -> "SystemResult":
@@ -248,9 +235,9 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
     if "fraction_hard" in groups and "fraction_soft" in groups:
         fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
 
-    write_json_atomic(exp_dir / "results.json", strict({
+    write_json_atomic(exp_dir / "results.json", {
         "systems": [asdict(r) for r in rows], "groups": summary, "comparison": comparison, "goal": goal,
-        "fidelity": fidelity, "fraction": fraction, "paper": PAPER}))
+        "fidelity": fidelity, "fraction": fraction, "paper": PAPER})
     write_text_atomic(exp_dir / "results.md", _markdown(title, rows, groups, summary, comparison, fidelity, goal,
                                                         fraction))
     _plot(groups, summary, comparison, exp_dir / "results.png")
