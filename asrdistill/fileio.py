@@ -31,6 +31,7 @@ __all__ = [
     "is_done",
     "mark_done",
     "clear_done",
+    "remove_temporaries",
 ]
 
 
@@ -205,7 +206,22 @@ def mark_done(directory: str | os.PathLike, name: str = "stage", info: dict | No
 
 
 def clear_done(directory: str | os.PathLike, name: str = "stage") -> None:
+    """Forget that a stage finished, before it (re)does its work; also removes what a killed run left half-written."""
     _marker(directory, name).unlink(missing_ok=True)
+    remove_temporaries(directory)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the :func:`atomic_path` temporaries (``.<name>.<random>.tmp``) under ``directory``; returns them.
+
+    A SIGKILL leaves no chance to clean up, so a stage calls this when it
+    starts (or resumes) its work in a folder that it alone writes to.
+    """
+    root = Path(directory)
+    stale = [p for p in root.rglob(".*.tmp") if p.is_file()] if root.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_weights(path: str | os.PathLike, what: str = "checkpoint") -> dict:

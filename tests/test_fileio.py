@@ -28,3 +28,18 @@ def test_done_markers(tmp_path):
     assert is_done(tmp_path, "features")
     clear_done(tmp_path, "features")
     assert not is_done(tmp_path, "features")
+
+
+def test_clear_done_removes_what_a_killed_run_left_half_written(tmp_path):
+    (tmp_path / "sub").mkdir()
+    stale = [tmp_path / ".feats-000005.tar.24k49sz3.tmp", tmp_path / "sub" / ".last.pt.abc.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    kept = [tmp_path / "feats-000001.tar", tmp_path / ".stage.done.keep"]
+    for p in kept:
+        p.write_bytes(b"whole")
+    mark_done(tmp_path, "stage")
+    clear_done(tmp_path, "stage")
+    assert not is_done(tmp_path, "stage")
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)

@@ -52,7 +52,8 @@ from tqdm import tqdm
 from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import atomic_path, identity, is_done, json_safe, load_weights, mark_done, write_text_atomic
+from asrdistill.fileio import (atomic_path, identity, is_done, json_safe, load_weights, mark_done, remove_temporaries,
+                               write_text_atomic)
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
@@ -563,6 +564,8 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     finished = _finished_run(out_dir, config, targets)
     if finished is not None:
         return finished
+    if rank == 0:
+        remove_temporaries(out_dir)  # checkpoints a killed run was writing
     if world_size > 1:
         dist.barrier()  # rank 0 may have cleared a stale run
     stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
