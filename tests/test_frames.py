@@ -112,6 +112,22 @@ def test_epoch_covers_every_labelled_frame_once_and_skips_unaligned(tmp_path: Pa
     assert len({u for u, _ in first}) > 1 and first != sorted(first)
 
 
+def test_an_epoch_of_several_passes_covers_every_frame_that_many_times(tmp_path: Path) -> None:
+    from collections import Counter
+
+    fm, lm, _ = _make_sets(tmp_path, SHARDS, empty={1})
+    cfg = FrameConfig(left=3, right=2, batch_size=16, buffer_frames=40, open_shards=2)
+    once = [fid for b in _collect(FrameStream(fm, lm, _identity_cmvn(), cfg, seed=0), 0) for fid in _frame_ids(b, 3)]
+    stream = FrameStream(fm, lm, _identity_cmvn(), cfg, seed=0, passes=3)
+    batches = _collect(stream, 0)
+    ids = [fid for b in batches for fid in _frame_ids(b, 3)]
+    assert Counter(ids) == Counter({fid: 3 for fid in once})
+    assert len(batches) == stream.num_batches(0) == -(-3 * len(once) // 16)
+    assert ids[len(once):2 * len(once)] != once
+    for k in (0, 5, len(batches) - 1):  # resumable like any epoch
+        assert _same(_collect(stream, 0, skip=k), batches[k:]), k
+
+
 def test_stream_is_deterministic_and_resumable(tmp_path: Path) -> None:
     fm, lm, _ = _make_sets(tmp_path, SHARDS, empty={4})
     cfg = FrameConfig(left=2, right=1, batch_size=16, buffer_frames=50, open_shards=2)

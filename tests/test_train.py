@@ -141,13 +141,17 @@ def test_online_distillation_and_teacher_mismatch(data, tmp_path):
 
 
 def test_data_fraction_is_a_fixed_subset_of_utterances(data, tmp_path):
-    a = train(_config(data, epochs=1, data_fraction=0.3), tmp_path / "a")
-    train(_config(data, epochs=1, data_fraction=0.3, seed=5), tmp_path / "b")
+    a = train(_config(data, epochs=1, data_fraction=0.3, fraction_passes=1), tmp_path / "a")
+    b = train(_config(data, epochs=1, data_fraction=0.3, seed=5), tmp_path / "b")
     sub_a = ShardManifest.load(tmp_path / "a/subset", "pdf")
     sub_b = ShardManifest.load(tmp_path / "b/subset", "pdf")
     assert 0 < sub_a.num_frames < 800 and sub_a.num_frames % 40 == 0
     assert [s.num_frames for s in sub_a.shards] == [s.num_frames for s in sub_b.shards]
     assert a["train_frames"] == sub_a.num_frames
+    # by default an epoch on the subset trains about as many frames as one on the full data (800): the one
+    # stopping rule then allows a fraction run as many updates as a full-data run
+    passes = round(800 / sub_a.num_frames)
+    assert passes > 1 and b["train_frames"] == passes * sub_a.num_frames
 
 
 def test_cli_train_reads_role_section_and_overrides(data, tmp_path):

@@ -163,24 +163,28 @@ class _Skipper:
 class FrameStream:
     """Shuffled frame-level minibatches (features + senone labels [+ top-k soft targets]).
 
-    ``epoch(e)`` covers every labelled frame of this rank's shards exactly once;
+    ``epoch(e)`` covers every labelled frame of this rank's shards exactly once
+    (``passes`` times, each pass in its own order: a run on a small subset of the
+    data can then count epochs in the same number of frames as a full-data run);
     the last batch may be smaller. ``epoch(e, skip_batches=k)`` yields the same
     stream from batch ``k`` on (for resuming a checkpoint mid-epoch).
     """
 
     def __init__(self, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn, config: FrameConfig,
                  soft: ShardManifest | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", passes: int = 1):
         _check_aligned(feats, labels)
         if soft is not None:
             _check_aligned(feats, soft)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
+        if passes < 1:
+            raise ValueError(f"FrameStream: passes must be >= 1, got {passes}")
         dim = feats.meta.get("dim")
         if dim is not None and int(dim) != cmvn.dim:
             raise ValueError(f"{feats.path}: features are {dim}-dim but CMVN is {cmvn.dim}-dim")
         self.feats, self.labels, self.soft, self.cmvn, self.config = feats, labels, soft, cmvn, config
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.passes = seed, rank, world_size, passes
         self.device = torch.device(device)
         self._offsets = torch.arange(config.window, device=self.device)
 
@@ -191,8 +195,10 @@ class FrameStream:
         without overlap. Counts come from the label manifest (unaligned
         utterances count 0).
         """
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.feats.shards))
-        total = self.labels.num_frames
+        n_shards = len(self.feats.shards)
+        order = np.concatenate([np.random.default_rng([self.seed, epoch] + ([p] if p else [])).permutation(n_shards)
+                                for p in range(self.passes)])
+        total = self.labels.num_frames * self.passes
         lo, hi = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
         out, start = [], 0
         for i in order:

@@ -110,6 +110,9 @@ class TrainConfig:
     frames: FrameConfig = field(default_factory=FrameConfig)
     distill: DistillConfig | None = None
     data_fraction: float = 1.0         # train on this fraction of the utterances (hash-chosen, fixed)
+    fraction_passes: int = 0           # passes over that subset per epoch; 0: as many as make an epoch of the
+                                       # full data's frames, so max epochs, newbob and patience mean the same
+                                       # number of updates as for a full-data run
     seed: int = 0                      # model init and data order
     epochs: int = 10
     optimizer: str = "sgd"             # "sgd" (with momentum) or "adam"
@@ -132,6 +135,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"train.data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.fraction_passes < 0:
+            raise ValueError(f"train.fraction_passes must be >= 0 (0: automatic), got {self.fraction_passes}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("newbob", "cosine", "constant"):
@@ -548,12 +553,17 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     dev_labels = ShardManifest.load(config.dev_labels, PDF_PREFIX)
     num_classes = _num_classes(config, labels)
     input_dim = config.frames.window * cmvn.dim
+    full_frames = labels.num_frames
     if rank == 0:
         labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
     if world_size > 1:
         dist.barrier()
         if rank != 0:
             labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
+    passes = config.fraction_passes or max(1, round(full_frames / labels.num_frames))
+    if passes > 1:
+        log.info("data_fraction=%g: an epoch is %d passes over the subset (%d frames; the full data has %d)",
+                 config.data_fraction, passes, passes * labels.num_frames, full_frames)
     soft = None
     teachers: list[FrameDNN] = []
     if config.distill is not None and config.distill.source == "cached":
@@ -569,7 +579,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     if world_size > 1:
         dist.barrier()  # rank 0 may have cleared a stale run
     stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
-                         world_size=world_size, device=device)
+                         world_size=world_size, device=device, passes=passes)
 
     # model and optimiser
     model = FrameDNN(config.model, input_dim, num_classes).to(device)

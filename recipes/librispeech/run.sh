@@ -143,7 +143,8 @@ end; fi
 data="--feats data/fbank --labels exp/tri_ali --train-set $train --dev-set $dev"
 
 # Every DNN (baselines, students, fraction runs) is trained under one stopping rule, the 'train'
-# section's (maximum epochs, newbob halving and stop, patience), all chosen on dev.
+# section's (maximum epochs, newbob halving and stop, patience), all chosen on dev. An epoch of a
+# fraction run repeats its subset up to a full epoch's frames, so the rule allows it as many updates.
 if want 6; then begin 6 "baseline DNN on hard labels (seed 1)"
   $train_cmd $common $data $force --seed 1 --out exp/baseline_seed1
 end; fi
