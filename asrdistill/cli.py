@@ -168,24 +168,17 @@ def cmd_import_ali(args: argparse.Namespace) -> int:
     from asrdistill.aligner.kaldi_import import import_kaldi_alignments
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
-    if Path(args.ali).suffix == ".scp" and not args.allow_pipes:
-        _refuse_pipes(Path(args.ali))
+    if args.tree is None:
+        raise ValueError("import-ali needs --tree: the asrdistill tree (exp/tri or its tree.json) whose senones the "
+                         "alignment ids are; priors, graph and bundles are built from it. A Kaldi tree cannot be "
+                         "read: with Kaldi's tree, decode with Kaldi's graph from our log-likelihoods (export-ark)")
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
-    result = import_kaldi_alignments(args.ali, feats, args.out_dir, num_pdfs=args.num_pdfs, force=args.force)
+    result = import_kaldi_alignments(args.ali, feats, args.out_dir, args.tree, force=args.force,
+                                     allow_pipes=args.allow_pipes)
     if result.num_frames == 0:
         raise ValueError(f"{args.ali}: no alignment matches the features in {args.feats_dir} "
                          f"({len(result.skipped)} utterance(s) skipped; reasons in {Path(args.out_dir) / 'skipped.tsv'})")
     return 0
-
-
-def _refuse_pipes(scp: Path) -> None:
-    """Kaldi rxfilenames ``cmd |`` (and ``| cmd``) are shell commands that the scp reader would run."""
-    with open(scp, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            spec = line.strip().partition(" ")[2].strip()
-            if spec.endswith("|") or spec.startswith("|"):
-                raise ValueError(f"{scp}:{lineno}: entry {spec!r} is a shell command; refusing to run it "
-                                 "(pass --allow-pipes if you trust this file)")
 
 
 # --------------------------------------------------------------------------- LM, graph
@@ -623,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ali", type=Path, help="ark or scp of int vectors, e.g. ali-to-pdf output")
     sp.add_argument("feats_dir", type=Path)
     sp.add_argument("out_dir", type=Path, help="e.g. exp/kaldi_ali/<set> (use it as --labels root)")
-    sp.add_argument("--num-pdfs", type=int, help="senone count (tree-info); default: largest id + 1")
+    sp.add_argument("--tree", type=Path, help="required: the asrdistill tree (exp/tri or its tree.json) whose "
+                    "senones the ids are; recorded in the labels, checked by graph-using stages")
     sp.add_argument("--allow-pipes", action="store_true",
                     help="let .scp entries be shell commands ('cmd |'). RISK: the file then runs any command it "
                          "names with your rights; only for files you wrote yourself")

@@ -25,6 +25,7 @@ import torch
 
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.decoding.hclg import check_labels_match_graph
 from asrdistill.fileio import atomic_path
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
@@ -164,7 +165,9 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
             for _ in s():
                 pass
     else:
-        priors = compute_priors([ShardManifest.load(labels_root / train_set, PDF_PREFIX)], num_pdfs, floor=1e-5)
+        train_labels = ShardManifest.load(labels_root / train_set, PDF_PREFIX)
+        check_labels_match_graph(train_labels.meta, graph_dir, labels_root / train_set)
+        priors = compute_priors([train_labels], num_pdfs, floor=1e-5)
         refs = {name: DataDir.load(Path(data_root) / name).text for name in (dev_set, test_set)}
         swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
         result.dev_wer = swept.results[swept.best_scale].wer

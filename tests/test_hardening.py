@@ -210,25 +210,33 @@ def _kaldi_feats(directory: Path):
 
 
 def test_scp_pipe_is_not_run_without_opt_in(tmp_path):
+    from test_kaldi_import import _tree
+
     _kaldi_feats(tmp_path / "fbank")
+    tree = ["--tree", str(_tree(tmp_path / "tree.json", 4))]
     scp = tmp_path / "pdf.scp"
     scp.write_text("utt1 touch PWNED |\n")
-    proc = _cli("import-ali", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path)
-    _one_error_line(proc, "is a shell command")
+    proc = _cli("import-ali", *tree, str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path)
+    _one_error_line(proc, "are shell commands")
     assert not (tmp_path / "PWNED").exists()
     assert "--allow-pipes" in _cli("import-ali", "--help").stdout
     # with the opt-in the command runs (and its output is no alignment: a clear error, not exit 0)
-    proc = _cli("import-ali", "--allow-pipes", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path)
+    proc = _cli("import-ali", *tree, "--allow-pipes", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"),
+                cwd=tmp_path)
     assert (tmp_path / "PWNED").exists() and proc.returncode != 0
 
 
-def test_import_with_every_length_wrong_fails(tmp_path):
+def test_import_with_every_length_wrong_or_without_a_tree_fails(tmp_path):
     import kaldiio
+
+    from test_kaldi_import import _tree
 
     _kaldi_feats(tmp_path / "fbank")
     kaldiio.save_ark(str(tmp_path / "pdf.ark"), {"utt1": np.zeros(3, dtype=np.int32)})
-    _one_error_line(_cli("import-ali", str(tmp_path / "pdf.ark"), str(tmp_path / "fbank"), str(tmp_path / "ali")),
+    args = [str(tmp_path / "pdf.ark"), str(tmp_path / "fbank"), str(tmp_path / "ali")]
+    _one_error_line(_cli("import-ali", "--tree", str(_tree(tmp_path / "tree.json", 4)), *args),
                     "no alignment matches the features")
+    _one_error_line(_cli("import-ali", *args), "import-ali needs --tree")
 
 
 def test_every_skipping_command_accepts_force_and_run_sh_passes_it():

@@ -133,6 +133,7 @@ def test_exported_arks_are_read_back_by_kaldiio(recipe, tmp_path):
     _, pdf_scp, _ = export_alignments(labels, tmp_path / "ark")
     np.testing.assert_array_equal(kaldiio.load_scp(str(pdf_scp))[utt], pdfs)
     assert (tmp_path / "ark" / "unaligned.txt").read_text() == "unaligned\n"
-    back = import_kaldi_alignments(pdf_scp, feats, tmp_path / "reimported", num_pdfs=tree.num_pdfs)
+    tree.save(tmp_path / "tree.json")
+    back = import_kaldi_alignments(pdf_scp, feats, tmp_path / "reimported", tmp_path / "tree.json")
     (_, sample), = list(iter_shard(back.pdf.shard_paths[0]))
     np.testing.assert_array_equal(sample["pdf"], pdfs)  # import-ali reads what export-ark wrote

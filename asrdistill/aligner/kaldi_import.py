@@ -1,13 +1,21 @@
 """Import pdf-level Kaldi alignments (``ali-to-pdf`` output, ark or scp) as label shards.
 
-Users with a Kaldi system (e.g. ``exp/tri6b_ali_clean_960``) can skip the
-built-in aligner: ``ali-to-pdf final.mdl "ark:gunzip -c ali.*.gz|" ark,scp:pdf.ark,pdf.scp``
-then import ``pdf.scp`` here. Each alignment is checked against the features'
-frame count (Kaldi and our fbank must agree on framing: 25 ms / 10 ms,
-snip-edges); a mismatch or a missing alignment leaves an empty array in the
-shard and a line in ``skipped.tsv`` naming the utterance and both counts.
+Users with pdf alignments from elsewhere can skip the built-in aligner:
+``ali-to-pdf final.mdl "ark:gunzip -c ali.*.gz|" ark,scp:pdf.ark,pdf.scp``, then
+import ``pdf.scp`` here. Each alignment is checked against the features' frame
+count (Kaldi and our fbank must agree on framing: 25 ms / 10 ms, snip-edges); a
+mismatch or a missing alignment leaves an empty array in the shard and a line
+in ``skipped.tsv`` naming the utterance and both counts.
 
-    res = import_kaldi_alignments("exp/tri6b_ali/pdf.scp", feats_manifest, "exp/kaldi_ali/train")
+pdf ids mean something only with the tree that defined them: the priors, the
+decoding graph and every bundle are built from it. So an import names the
+asrdistill ``tree.json`` the ids belong to (for example one written by
+``asrdistill export-ark`` users round-tripping our labels), bounds the ids by
+its senone count and records its sha256 in the manifest; a bundle refuses labels
+imported for another tree. A Kaldi ``tree`` file is not read: with Kaldi's own
+tree, decode with Kaldi's graph from our log-likelihoods (``asrdistill export-ark``).
+
+    res = import_kaldi_alignments("exp/ali/pdf.scp", feats_manifest, "exp/kaldi_ali/train", "exp/tri/tree.json")
     res.pdf  # ShardManifest "pdf", aligned 1:1 with the feature shards
 """
 
@@ -22,7 +30,9 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
-from asrdistill.fileio import atomic_open, is_done, mark_done
+from asrdistill.aligner.tree import ContextTree, tree_sha256
+from asrdistill.data.kaldi_dir import check_pipes
+from asrdistill.fileio import atomic_open, identity, is_done, mark_done
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 
 __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
@@ -72,15 +82,26 @@ def _kaldi_items(path: Path):
         raise ValueError(f"{path}: cannot read Kaldi alignments: {e}") from e
 
 
-def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str | Path,
-                            num_pdfs: int | None = None, force: bool = False) -> ImportResult:
+def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str | Path, tree: str | Path,
+                            force: bool = False, allow_pipes: bool = False) -> ImportResult:
     """Write ``pdf-NNNNNN.tar`` shards (``<utt>.pdf.npy``) for ``feats`` from Kaldi pdf alignments.
 
-    ``num_pdfs`` (e.g. from ``tree-info``) bounds the ids; by default it is the
-    largest id seen plus one and is recorded in the manifest's ``meta``.
+    ``tree``: the ``tree.json`` (or a folder holding it) whose senones the ids
+    are; ids beyond its senone count are an error. An ``.scp`` whose entries
+    are shell commands is refused unless ``allow_pipes``.
     """
-    out_dir = Path(out_dir)
-    if is_done(out_dir, "kaldi_import") and not force:
+    out_dir, ali = Path(out_dir), Path(ali)
+    tree = Path(tree)
+    if tree.is_dir():
+        tree = tree / "tree.json"
+    if not tree.is_file():
+        raise FileNotFoundError(f"{tree}: no tree.json; give the asrdistill tree whose senones the alignment ids "
+                                "are (e.g. exp/tri)")
+    if ali.suffix == ".scp" and ali.is_file():
+        check_pipes(ali, allow_pipes)
+    num_pdfs = ContextTree.load(tree).num_pdfs
+    ident = identity(ali, feats.path, feats.shard_paths, tree)
+    if is_done(out_dir, "kaldi_import", ident) and not force:
         pdf = ShardManifest.load(out_dir, PDF_PREFIX)
         log.info("%s: already imported, skipping (force to redo)", out_dir)
         return ImportResult(pdf, _read_tsv(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
@@ -88,11 +109,10 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     t0 = time.time()
     alis = read_kaldi_int_vectors(ali)
     top = max((int(a.max()) for a in alis.values() if a.size), default=-1) + 1
-    if num_pdfs is None:
-        num_pdfs = top
-    elif top > num_pdfs:
+    if top > num_pdfs:
         bad = next(u for u, a in alis.items() if a.size and a.max() >= num_pdfs)
-        raise ValueError(f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= num_pdfs {num_pdfs}")
+        raise ValueError(f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= {num_pdfs}, the senone count of {tree}: "
+                         "these alignments were made with another tree")
     skipped: dict[str, str] = {}
     infos = []
     frames = 0
@@ -115,11 +135,13 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
         infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix):]), rows, frames_field="pdf"))
     known = set(feats.keys)
     unused = sorted(u for u in alis if u not in known)
-    pdf = ShardManifest(out_dir, PDF_PREFIX, infos, {"num_pdfs": num_pdfs, "source": str(ali)})
+    pdf = ShardManifest(out_dir, PDF_PREFIX, infos, {"num_pdfs": num_pdfs, "source": str(ali), "tree": str(tree),
+                                                     "tree_sha256": tree_sha256(tree)})
     pdf.save()
     with atomic_open(out_dir / "skipped.tsv") as f:
         f.writelines(f"{u}\t{r}\n" for u, r in sorted(skipped.items()))
-    mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)})
+    mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)},
+              identity=ident)
     if skipped:
         log.warning("%s: %d utterance(s) without a usable alignment, e.g. %s (see skipped.tsv)", out_dir,
                     len(skipped), list(skipped.items())[:3])

@@ -18,6 +18,7 @@ covering all their states.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import logging
@@ -47,6 +48,7 @@ __all__ = [
     "grow_tree",
     "pdf_stats",
     "build_tree",
+    "tree_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -338,3 +340,9 @@ def build_tree(
         "num_contexts": len(stats), "questions": [[lang.phones[i] if i else "<edge>" for i in sorted(q)] for q in questions],
     })
     return tree, stats
+
+
+def tree_sha256(path: str | Path) -> str:
+    """Content hash of a ``tree.json``: senone ids mean something only with their tree, so label shards and graphs
+    record it and the stages that combine them compare it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -32,7 +32,7 @@ from asrdistill.data.datadir import DataDir, read_kv, write_kv
 from asrdistill.data.shards import FEATS_PREFIX, ShardManifest, plan_shards, write_shard
 from asrdistill.fileio import atomic_open, write_json_atomic
 
-__all__ = ["ImportReport", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
+__all__ = ["ImportReport", "check_pipes", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,14 @@ SPK_FILES = ("spk2gender", "cmvn.scp")
 
 
 def _is_pipe(entry: str) -> bool:
-    return entry.rstrip().endswith("|")
+    """Kaldi rxfilenames ``cmd |`` (and wxfilenames ``| cmd``) are shell commands that a reader would run."""
+    entry = entry.strip()
+    return entry.endswith("|") or entry.startswith("|")
 
 
-def _check_pipes(path: Path, allow_pipes: bool) -> None:
+def check_pipes(path: str | Path, allow_pipes: bool) -> None:
+    """Refuse a Kaldi table (``wav.scp``, ``feats.scp``, an alignment ``.scp``) whose entries are shell commands."""
+    path = Path(path)
     pipes = [k for k, v in read_kv(path).items() if _is_pipe(v)]
     if pipes and not allow_pipes:
         raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
@@ -80,7 +84,7 @@ def import_data_dir(src: str | Path, out_dir: str | Path, allow_pipes: bool = Fa
     if problems:
         raise ValueError(f"{src}: not a consistent data dir: " + "; ".join(problems[:5]) +
                          " (asrdistill fix-data-dir repairs most of these)")
-    _check_pipes(src / "wav.scp", allow_pipes)
+    check_pipes(src / "wav.scp", allow_pipes)
     segments = src / "segments"
     table = kaldiio.load_scp(str(src / "wav.scp"), segments=str(segments) if segments.is_file() else None)
     utt2spk = read_kv(src / "utt2spk")
@@ -135,7 +139,7 @@ def import_feats(src: str | Path, out_dir: str | Path, shard_size_mb: float = 20
     scp = src / "feats.scp"
     if not scp.is_file():
         raise FileNotFoundError(f"{scp}: not found")
-    _check_pipes(scp, allow_pipes=False)
+    check_pipes(scp, allow_pipes=False)
     table = kaldiio.load_scp(str(scp))
     keys = sorted(table.keys())
     shapes = {}

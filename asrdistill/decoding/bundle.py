@@ -54,7 +54,7 @@ from asrdistill.data.kaldi_dir import import_data_dir, needs_import
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
-from asrdistill.decoding.hclg import load_graph_info
+from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.fileio import atomic_open, write_json_atomic
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
@@ -124,6 +124,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != hashes["tree"]:
         raise ValueError(f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
                          "(rebuild the graph with this tree)")
+    check_labels_match_graph(labels.meta, graph_dir, labels_dir)
     tree = ContextTree.load(tree_dir / "tree.json")
     num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
     if num_pdfs != tree.num_pdfs:

@@ -48,13 +48,13 @@ import kaldilm
 import numpy as np
 
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.tree import ContextTree
+from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, atomic_path, mark_done, write_json_atomic
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.decoding.lm import arpa_vocabulary, ngram_counts
 
-__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info",
+__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info", "check_labels_match_graph",
            "estimate_graph_memory_gb"]
 
 log = logging.getLogger(__name__)
@@ -546,6 +546,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
 
     num_arcs = sum(HCLG.num_arcs(s) for s in range(HCLG.num_states))
     stats.update({"HCLG_states": HCLG.num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(triples),
+                  "tree_sha256": tree_sha256(tree_path),
                   "build_seconds": round(time.perf_counter() - t0, 3),
                   "build_cpu_seconds": round(_cpu_seconds() - c0, 3),
                   "peak_rss_mb": round(_peak_rss_mb(), 1)})
@@ -567,6 +568,16 @@ def load_graph_info(graph_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run build_graph first)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_labels_match_graph(labels_meta: dict, graph_dir: str | Path, labels_dir: str | Path) -> None:
+    """Refuse labels imported for another tree than the graph's (``import-ali --tree``): the priors and the
+    decoder's senone ids would disagree silently (wrong WER, no error)."""
+    want, have = labels_meta.get("tree_sha256"), load_graph_info(graph_dir).get("tree_sha256")
+    if want and have and want != have:
+        raise ValueError(f"{labels_dir}: labels are for the tree {labels_meta.get('tree')} but {graph_dir} was built "
+                         "from another tree; rebuild the graph from that tree (asrdistill graph) or import the "
+                         "alignments with --tree naming the graph's tree")
 
 
 def pdf_sequence(prons: list[tuple[str, ...]], lang: Lang, tree: ContextTree, topo: Topology,
