@@ -154,6 +154,24 @@ def test_data_fraction_is_a_fixed_subset_of_utterances(data, tmp_path):
     assert passes > 1 and b["train_frames"] == passes * sub_a.num_frames
 
 
+def test_realigned_labels_make_a_new_subset(data, tmp_path):
+    from asrdistill.data.shards import iter_shard, write_shard
+
+    labels = tmp_path / "labels"
+    shutil.copytree(data / "train/labels", labels)
+    config = _config(data, epochs=1, data_fraction=0.3, train_labels=str(labels))
+    train(config, tmp_path / "run")
+    man = ShardManifest.load(labels, "pdf")
+    for path in man.shard_paths:  # a realignment: same utterances and frame counts, other senones
+        rows = [(utt, {"pdf": ((s["pdf"] + 1) % C).astype(np.int32)}) for utt, s in iter_shard(path)]
+        write_shard(path, rows)
+    train(config, tmp_path / "run")
+    subset = ShardManifest.load(tmp_path / "run/subset", "pdf")
+    new = {u: s["pdf"] for p in man.shard_paths for u, s in iter_shard(p)}
+    kept = [(u, s["pdf"]) for p in subset.shard_paths for u, s in iter_shard(p) if len(s["pdf"])]
+    assert kept and all(np.array_equal(pdf, new[u]) for u, pdf in kept)
+
+
 def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
     """``asrdistill train`` is the one front door: ``train`` refined by the role's section, then ``--set``."""
     for subset in ("train", "dev"):

@@ -52,8 +52,8 @@ from tqdm import tqdm
 from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import (atomic_path, identity, is_done, json_safe, load_weights, mark_done, remove_temporaries,
-                               write_text_atomic)
+from asrdistill.fileio import (atomic_path, clear_done, identity, is_done, json_safe, load_weights, mark_done,
+                               remove_temporaries, write_text_atomic)
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
@@ -384,6 +384,7 @@ def _comparable(config: TrainConfig) -> dict:
 def _start_over(out_dir: Path) -> None:
     for name in ("last.pt", "best.pt", ".train.done"):
         (out_dir / name).unlink(missing_ok=True)
+    clear_done(out_dir / "subset", "subset")
 
 
 def _finished_run(out_dir: Path, config: TrainConfig, targets: dict) -> dict | None:
@@ -453,7 +454,8 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
     if fraction >= 1.0:
         return labels
-    info = {"source": str(labels.path), "fraction": fraction}
+    info = {"source": str(labels.path), "fraction": fraction,
+            "identity": identity(labels.path, labels.shard_paths)}
     if is_done(out_dir, "subset") and json.loads((out_dir / ".subset.done").read_text()) == info:
         return ShardManifest.load(out_dir, PDF_PREFIX)
     subset = ShardManifest(out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
