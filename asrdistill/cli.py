@@ -161,7 +161,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
     text, lang = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir)
     result = align_subset(feats, text, lang, model, args.out_dir, cfg, force=args.force)
-    return 0 if result.num_frames > 0 else 1
+    if result.num_frames == 0:
+        raise ValueError(f"{args.feats_dir}: no utterance could be aligned ({len(result.skipped)} skipped; reasons in "
+                         f"{Path(args.out_dir) / 'skipped.tsv'})")
+    return 0
 
 
 def cmd_import_ali(args: argparse.Namespace) -> int:

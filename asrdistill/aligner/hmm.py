@@ -45,7 +45,7 @@ from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGr
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
-from asrdistill.fileio import atomic_path, load_weights, write_text_atomic
+from asrdistill.fileio import atomic_path, json_safe, load_weights, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
@@ -505,7 +505,7 @@ def shard_jobs(feats: ShardManifest, seqs: Mapping[str, Transcript], pieces: int
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text_atomic(path, "".join(json.dumps(json_safe(r), sort_keys=True, allow_nan=False) + "\n" for r in records))
 
 
 def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Transcript], config: LoopConfig,
