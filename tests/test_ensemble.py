@@ -177,6 +177,17 @@ def test_build_ensemble_measures_fidelity_and_lists_members_relative(problem, tm
     assert not any(line.startswith("/") for line in (tmp_path / "ens/members.txt").read_text().splitlines())
 
 
+def test_a_forced_top_k_below_the_fidelity_floor_warns_loudly(problem, tmp_path, caplog):
+    root, _, _ = problem
+    feats, dev = ShardManifest.load(root / "small/feats", "feats"), ShardManifest.load(root / "dev/feats", "feats")
+    members = [root / "teacher_1/best.pt", root / "teacher_2/best.pt"]
+    with caplog.at_level("WARNING"):
+        record = build_ensemble(members, feats, dev, Cmvn.load(root / "cmvn.json"), FRAMES, [10.0], tmp_path / "ens",
+                                EnsembleConfig(topk=1, min_fidelity=0.97))
+    assert record[10.0]["k"] == 1 and record[10.0]["fidelity"] < 0.97
+    assert any("T=10" in r.getMessage() and "only" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_distilled_student_beats_hard_labels_and_topk_loses_little(problem, tmp_path):
     """Paper section 6 in miniature: few frames with noisy labels; soft targets regularise."""
     root, config, teachers = problem

@@ -192,3 +192,12 @@ def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
     saved = json.loads((tmp_path / "run/train_config.json").read_text())
     assert result["epochs"] == 1 and result["steps"] == 25      # 800 frames / 32 per batch (role), 1 epoch (--set)
     assert saved["frames"]["left"] == 2 and saved["frames"]["batch_size"] == 32
+
+
+@pytest.mark.parametrize("fidelity, warned", [(0.5, True), (None, True), (0.99, False)])
+def test_training_from_a_lossy_cache_warns_loudly(tmp_path, caplog, fidelity, warned):
+    meta = {"temperature": 5.0, "num_classes": C, **({} if fidelity is None else {"fidelity": fidelity})}
+    ShardManifest(tmp_path, "soft", [], meta).save()
+    with caplog.at_level("WARNING", logger=train_mod.__name__):
+        train_mod._soft_manifest(DistillConfig(temperature=5.0, soft_targets=str(tmp_path)), C)
+    assert any("!!!" in r.getMessage() and "T=5" in r.getMessage() for r in caplog.records) == warned
