@@ -26,7 +26,7 @@ import torch
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
 from asrdistill.decoding.hclg import check_labels_match_graph
-from asrdistill.fileio import atomic_path
+from asrdistill.fileio import atomic_path, identity
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
@@ -114,14 +114,18 @@ class _Posteriors:
                                     labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]))
 
 
-def _inputs(system_dir: Path, sets: tuple[str, str, str], graph_dir: Path | None, frames: FrameConfig,
-            decode_config: DecodeConfig, config: EvalConfig, models: list[FrameDNN]) -> dict:
-    """What a system's metrics were computed from: its weights, the sets, the graph and every setting."""
+def _inputs(system_dir: Path, sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
+            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, models: list[FrameDNN]) -> dict:
+    """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
+    :func:`identity`), the graph and every setting; any change means evaluating again."""
+    feats_root, labels_root, data_root = roots
+    train_set, dev_set, test_set = sets
+    data = identity(feats_root / train_set / "cmvn.json", labels_root / train_set / f"{PDF_PREFIX}.manifest.json",
+                    *[p for s in (dev_set, test_set) for p in (feats_root / s, labels_root / s, data_root / s / "text")])
     graph = None
     if config.decode and graph_dir is not None:
-        info = Path(graph_dir) / "HCLG.fst"
-        graph = [info.stat().st_size, info.stat().st_mtime_ns] if info.is_file() else str(graph_dir)
-    return {"weights_sha256": fingerprint(models), "sets": list(sets), "graph": graph,
+        graph = identity(*[Path(graph_dir) / f for f in ("HCLG.fst", "words.txt", "graph.json")])
+    return {"weights_sha256": fingerprint(models), "sets": list(sets), "data": data, "graph": graph,
             "frames": dataclasses.asdict(frames), "decode": dataclasses.asdict(decode_config),
             "evaluate": dataclasses.asdict(config)}
 
@@ -139,8 +143,8 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
     models = system_models(system_dir, device)
-    inputs = _inputs(system_dir, (train_set, dev_set, test_set), Path(graph_dir) if graph_dir else None, frames,
-                     decode_config, config, models)
+    inputs = _inputs(system_dir, (train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
+                     Path(graph_dir) if graph_dir else None, frames, decode_config, config, models)
     metrics = system_dir / "metrics.json"
     if not force and metrics.is_file():
         done = SystemResult.load(metrics)

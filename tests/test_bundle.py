@@ -216,3 +216,32 @@ def test_read_corpus_layouts_and_normalisation(tmp_path):
     (kd / "wav.scp").write_text("u1 sox in.wav -t wav - |\n")
     with pytest.raises(ValueError, match=r"wav.scp: 1 entries are shell commands .* explicit opt-in"):
         read_corpus(kd)
+
+
+def test_evaluation_is_redone_when_its_data_change(recipe, tmp_path):
+    """metrics.json is reused only for the same weights, features, labels, transcripts and graph."""
+    from asrdistill.data.frames import FrameConfig
+    from asrdistill.evaluate import EvalConfig, evaluate_system
+
+    d, task = recipe
+    for s in ("train", "dev", "test"):
+        shutil.copytree(d / "fbank", tmp_path / "fbank" / s)
+        shutil.copytree(d / "ali", tmp_path / "ali" / s)
+        (tmp_path / "data" / s).mkdir(parents=True)
+        (tmp_path / "data" / s / "text").write_text("a A\n")
+    system = _system(tmp_path / "sys", task)
+
+    def run():
+        evaluate_system(system, tmp_path / "fbank", tmp_path / "ali", tmp_path / "data", "train", "dev", "test", None,
+                        FrameConfig(left=LEFT, right=RIGHT), DecodeConfig(nj=1), EvalConfig(decode=False))
+        return (system / "metrics.json").stat().st_mtime_ns
+
+    first = run()
+    assert run() == first                                   # nothing changed: reused
+    (tmp_path / "data/test/text").write_text("a THE\n")
+    second = run()
+    assert second != first                                  # other reference text: evaluated again
+    path = tmp_path / "ali/dev/pdf-000000.tar"
+    (utt, sample), = list(iter_shard(path))
+    write_shard(path, [(utt, {"pdf": (sample["pdf"] + 1) % task[1].num_pdfs})])
+    assert run() != second                                  # realigned dev labels: evaluated again
