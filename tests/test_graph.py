@@ -230,3 +230,29 @@ def test_memory_estimate_above_limit_is_a_clear_error(tmp_path):
         build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
                     tmp_path / "g2", GraphConfig(max_memory_gb=1e-6))
     assert not (tmp_path / "g2" / "HCLG.fst").exists()
+
+
+def _path_cost(hclg, pdfs) -> float:
+    acceptor = kaldifst.make_linear_acceptor([int(p) + 1 for p in pdfs])
+    kaldifst.arcsort(acceptor, sort_type="olabel")
+    ok, _, _, weight = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(kaldifst.compose(acceptor, hclg)))
+    assert ok
+    return float(weight.value)
+
+
+def test_pronunciation_probabilities_cost_their_log_in_the_graph(task, tmp_path):
+    lang, tree, topo, out = task
+    lexiconp = tmp_path / "lexiconp.txt"
+    probs = {"BA": 0.1, "AB": 0.5}
+    lexiconp.write_text("".join(f"{w} {probs.get(w, 1.0)} {' '.join(p)}\n" for w, p in lang.lexicon))
+    weighted = build_graph(out.parent / "lang", out.parent / "tree.json", out.parent / "topo.json",
+                           out.parent / "lm.arpa", tmp_path / "graph", GraphConfig(pron_probs=str(lexiconp)))
+    plain, _ = read_graph(out)
+    costly, words = read_graph(weighted)
+    for prons, extra in (([("B", "AA")], -math.log(0.1)), ([("AA", "B")], -math.log(0.5)), ([("K", "AA")], 0.0)):
+        pdfs = pdf_sequence(prons, lang, tree, topo, 2)
+        assert _path_cost(costly, pdfs) - _path_cost(plain, pdfs) == pytest.approx(extra, abs=1e-3), prons
+    lexiconp.write_text("".join(f"{w} 1.0 {' '.join(p)}\n" for w, p in lang.lexicon if w != "KA"))
+    with pytest.raises(ValueError, match="no probability for 1 lexicon entries, e.g. KA K AA"):
+        build_graph(out.parent / "lang", out.parent / "tree.json", out.parent / "topo.json", out.parent / "lm.arpa",
+                    tmp_path / "graph2", GraphConfig(pron_probs=str(lexiconp)))

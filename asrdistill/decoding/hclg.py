@@ -68,6 +68,8 @@ class GraphConfig:
     self_loop_scale: float = 0.1   # scale of HMM transition log-probs (Kaldi's hybrid default)
     arpa_warnings: int = 5         # kaldilm warnings shown for n-grams with unknown words
     max_memory_gb: float = 0.0     # refuse to build when the estimated peak is above this (0: memory available now)
+    pron_probs: str = ""           # a lexiconp.txt (the aligner writes one per set): -log prob on each pronunciation
+                                   # ("": every pronunciation free, as in a plain lexicon.txt)
 
 
 def add_lex_disambig(lexicon: list[tuple[str, tuple[str, ...]]]) -> tuple[list[tuple[str, tuple[str, ...], int]], int]:
@@ -192,11 +194,12 @@ def _make_fst(num_states: int, start: int, arcs: list[tuple[int, int, int, float
 
 def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict[str, int],
                  word_id: dict[str, int], disambig0: int, word_disambig0: int, sil_prob: float,
-                 tmp: Path) -> kaldifst.StdVectorFst:
+                 tmp: Path, pron_costs: np.ndarray | None = None) -> kaldifst.StdVectorFst:
     """L with optional silence: start -> (SIL) -> loop; each word loop -> phones -> loop or silence.
 
     Built on arrays: one row per pronunciation label, each word's chain of states numbered
-    after the fixed ones.
+    after the fixed ones. ``pron_costs`` (one per entry, -log of its probability) go on the
+    pronunciation's first arc, as Kaldi's ``make_lexicon_fst.py`` with a ``lexiconp.txt``.
     """
     if not 0.0 <= sil_prob < 1.0:
         raise ValueError(f"sil_prob must be in [0, 1), got {sil_prob}")
@@ -224,6 +227,8 @@ def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict
     dst = np.where(last, loop, chain)
     olabel = np.where(pos == 0, np.repeat([word_id[w] for w, _, _ in entries], lens), 0)
     cost = np.where(last, no_sil_cost, 0.0)
+    if pron_costs is not None:
+        cost = cost + np.where(pos == 0, np.repeat(pron_costs, lens), 0.0)
     num_states = first + int((lens - 1).sum())
     extra = np.array(fixed + [(loop, disambig0, word_disambig0, 0.0, loop)], dtype=np.float64)  # #0 passes G's back-off
     cols = [src, labels, olabel, cost, dst]
@@ -235,6 +240,21 @@ def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict
     fst = _make_fst(num_states, start, rows, {loop: 0.0}, tmp)
     kaldifst.arcsort(fst, sort_type="olabel")
     return fst
+
+
+def _pron_costs(entries: list[tuple[str, tuple[str, ...], int]], lexiconp: str) -> np.ndarray | None:
+    """-log probability of each lexicon entry from ``lexiconp`` (None without one); an entry it lacks is an error."""
+    if not lexiconp:
+        return None
+    from asrdistill.aligner.align import read_pron_probs
+
+    probs = read_pron_probs(lexiconp)
+    missing = [(w, p) for w, p, _ in entries if (w, p) not in probs]
+    if missing:
+        w, p = missing[0]
+        raise ValueError(f"{lexiconp}: no probability for {len(missing)} lexicon entries, e.g. {w} {' '.join(p)} "
+                         "(made for another lexicon?)")
+    return -np.log(np.array([probs[(w, p)] for w, p, _ in entries], dtype=np.float64))
 
 
 def _grammar_fst(arpa: Path, words_txt: Path, tmp: Path, warnings: int) -> kaldifst.StdVectorFst:
@@ -488,7 +508,8 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         tmp = Path(tmp_name)
         words_txt = tmp / "words.txt"
         words_txt.write_text("".join(f"{w} {i}\n" for i, w in enumerate(words)), encoding="utf-8")
-        L = _lexicon_fst(entries, lang.phone_id, word_id, disambig0, word_id["#0"], config.sil_prob, tmp)
+        L = _lexicon_fst(entries, lang.phone_id, word_id, disambig0, word_id["#0"], config.sil_prob, tmp,
+                         _pron_costs(entries, config.pron_probs))
         G = _grammar_fst(arpa_path, words_txt, tmp, config.arpa_warnings)
         stats["G_states"] = G.num_states
 
