@@ -24,6 +24,7 @@ __all__ = [
     "atomic_open",
     "write_text_atomic",
     "write_json_atomic",
+    "read_skipped",
     "json_safe",
     "identity",
     "read_done",
@@ -104,6 +105,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path) as f:
         json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
+
+
+def read_skipped(path: str | os.PathLike) -> dict[str, str]:
+    r"""The ``skipped.tsv`` at ``path`` as utterance -> reason ({} if there is no such file).
+
+    Two forms are written: with a header naming the columns (``utt_id\treason``, or
+    ``utt_id\tfile\treason`` from data preparation and features; the reason is then the
+    ``reason`` column) and, from the aligners and alignment import, ``utt\treason`` rows
+    without one. A row without a reason maps to "".
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    column = 1
+    if lines:
+        header = lines[0].split("\t")
+        if header[0] == "utt_id" and "reason" in header:
+            column = header.index("reason")
+            lines = lines[1:]
+    out = {}
+    for line in lines:
+        row = line.split("\t", column)
+        out[row[0]] = row[column] if len(row) > column else ""
+    return out
 
 
 # Files up to this size are fingerprinted by content (manifests, configs, transcripts, models of

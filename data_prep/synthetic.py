@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
-import os
 import random
 import shutil
 import time
@@ -36,7 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from asrdistill.fileio import write_text_atomic
+from asrdistill.fileio import atomic_open, write_text_atomic
 
 SAMPLE_RATE = 16000
 SUBSETS = ("train", "dev", "test")
@@ -291,9 +290,8 @@ def render_utterance(job: UtteranceJob, corpus_seed: int) -> tuple[np.ndarray, l
 def _write_flac(path: Path, audio: np.ndarray) -> None:
     import soundfile as sf
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:  # the format is given, so the temporary's name need not end in .flac
+        sf.write(f, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
 
 
 _CORPUS_SEED = 0

@@ -80,9 +80,16 @@ def _run_killed(args: list[str], log: Path, seconds: float, rng: random.Random,
 
 
 def _same_files(a: Path, b: Path, skip: tuple[str, ...] = ()) -> list[str]:
-    """Names of the non-hidden files under ``a`` and ``b`` (asserted to be the same, byte for byte)."""
-    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Names of the non-hidden files under ``a`` and ``b`` (asserted to be the same, byte for byte).
+
+    Command logs (``<out>/log/<command>.log``: times, and the killed run's lines) are left out."""
+
+    def files(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                      and not (p.parent.name == "log" and p.suffix == ".log"))
+
+    names = files(a)
+    assert names == files(b)
     for n in names:
         if not n.endswith(skip):
             assert (a / n).read_bytes() == (b / n).read_bytes(), n

@@ -38,7 +38,7 @@ from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_fe
     process_shard
 from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, read_skipped, write_json_atomic
 from asrdistill.data.lang import UNK, Lang
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.parallel import Executor
@@ -131,7 +131,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     if is_done(out_dir, "align") and not force:
         if is_done(out_dir, "align", ident):
             log.info("%s: already aligned, skipping (force to redo)", out_dir)
-            skipped = _read_skipped(out_dir / "skipped.tsv")
+            skipped = read_skipped(out_dir / "skipped.tsv")
             ali = ShardManifest.load(out_dir, ALI_PREFIX)
             pdf = ShardManifest.load(out_dir, PDF_PREFIX) if write_pdf else None
             return AlignResult(ali, pdf, skipped, ali.num_frames, 0.0)
@@ -217,13 +217,6 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
              frames / max(seconds, 1e-9), len(skipped),
              f", e.g. {list(skipped.items())[:3]}" if skipped else "")
     return AlignResult(ali, pdf, skipped, frames, seconds)
-
-
-def _read_skipped(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    rows = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
 
 
 def oov_counts(lines: Iterable[str], vocab: set[str]) -> Counter[str]:

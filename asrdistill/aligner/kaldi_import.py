@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.kaldi_dir import check_pipes
-from asrdistill.fileio import atomic_open, identity, is_done, mark_done
+from asrdistill.fileio import atomic_open, identity, is_done, mark_done, read_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 
 __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
@@ -104,7 +104,7 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     if is_done(out_dir, "kaldi_import", ident) and not force:
         pdf = ShardManifest.load(out_dir, PDF_PREFIX)
         log.info("%s: already imported, skipping (force to redo)", out_dir)
-        return ImportResult(pdf, _read_tsv(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
+        return ImportResult(pdf, read_skipped(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
                             pdf.num_frames)
     t0 = time.time()
     alis = read_kaldi_int_vectors(ali)
@@ -149,10 +149,3 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
         log.warning("%s: %d alignment(s) for utterances not in the features, e.g. %s", ali, len(unused), unused[:3])
     log.info("imported %d frames, %d pdfs in %.1f s", frames, num_pdfs, time.time() - t0)
     return ImportResult(pdf, skipped, unused, num_pdfs, frames)
-
-
-def _read_tsv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    rows = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {r[0]: (r[1] if len(r) > 1 else "") for r in rows}

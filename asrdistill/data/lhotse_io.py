@@ -14,9 +14,10 @@ with lhotse's own validation before they are written.
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -111,15 +112,15 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
 
 
 def _save(manifest, path: Path) -> None:
-    """``manifest.to_file`` atomically (lhotse picks the format from the suffix, so the temporary name keeps it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        manifest.to_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``manifest`` to ``path`` (``*.jsonl.gz``) as ``to_file`` writes it there, gzipped JSON lines of its
+    ``to_dicts()``, through :func:`atomic_open` (``to_file`` picks the format from the name, which a temporary
+    does not end in, so the format is written here)."""
+    if not path.name.endswith(".jsonl.gz"):
+        raise ValueError(f"{path}: lhotse manifests are written as .jsonl.gz")
+    with atomic_open(path, "wb") as raw, gzip.GzipFile(path.name, "wb", fileobj=raw) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as f:
+        for item in manifest.to_dicts():
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
 
 
 def export_lhotse(data_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:

@@ -56,7 +56,7 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.fileio import atomic_open, read_skipped, write_json_atomic
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
@@ -320,7 +320,9 @@ class System:
             read.data.save(out_dir / "data")
             feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
             t_feats = time.perf_counter()
-            skipped = read.skipped + _feature_skips(out_dir / "fbank" / "skipped.tsv")
+            # the features' skipped.tsv names the file of each utterance: the one in the data dir they read
+            skipped = read.skipped + [(u, read.data.wav.get(u, ""), r)
+                                      for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
             result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
             t_decode = time.perf_counter()
             hyps = {u: " ".join(w) for u, w in result.hyps.items()}
@@ -395,11 +397,6 @@ class System:
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:
     """Load and verify a bundle (``exp/<system>/bundle``): ``load_system(p).transcribe("my_audio/")``."""
     return System(path, device)
-
-
-def _feature_skips(path: Path) -> list[tuple[str, str, str]]:
-    rows = path.read_text(encoding="utf-8").splitlines()[1:] if path.is_file() else []
-    return [tuple(r.split("\t", 2)) for r in rows if r.strip()]
 
 
 @contextlib.contextmanager
