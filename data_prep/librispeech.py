@@ -38,7 +38,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asrdistill.data.datadir import DataDir
-from asrdistill.fileio import atomic_open, clear_done, is_done, mark_done
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done
 
 __all__ = [
     "SUBSETS",
@@ -532,7 +532,12 @@ def data_dir_name(subset: str) -> str:
     return subset.replace("-", "_")
 
 
-def _prepare_subset(src: Path, out: Path, nj: int) -> DataDir:
+def _source_identity(src: Path) -> str:
+    """A subset's folder and its transcripts (every audio file is not fingerprinted: 28k+ files per subset)."""
+    return identity(str(src.resolve()), sorted(src.glob("*/*/*.trans.txt")))
+
+
+def _prepare_subset(src: Path, out: Path, nj: int, ident: str) -> DataDir:
     chapters = sorted(c for s in src.iterdir() if s.is_dir() for c in s.iterdir() if c.is_dir())
     if not chapters:
         raise ValueError(f"{src}: no SPEAKER/CHAPTER folders")
@@ -563,7 +568,7 @@ def _prepare_subset(src: Path, out: Path, nj: int) -> DataDir:
     hours = sum(data.utt2dur.values()) / 3600
     reasons = Counter(r.split(" (")[0] for _, _, r in skipped)
     mark_done(out, "prepare", {"source": str(src), "utterances": len(data.wav), "skipped": len(skipped),
-                               "hours": round(hours, 3)})
+                               "hours": round(hours, 3)}, identity=ident)
     log.info("%s -> %s: %d utterances, %d speakers, %.2f h; %d skipped%s", src, out, len(data.wav),
              len(data.spk2utt), hours, len(skipped),
              f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; see {out / 'skipped.tsv'})"
@@ -583,7 +588,8 @@ def prepare_librispeech(
     """Write ``out_dir/<subset with '-' -> '_'>`` data dirs; return them keyed by subset name.
 
     ``corpus_dir`` is the folder holding ``LibriSpeech/`` or that folder itself. A subset
-    whose data dir is complete (``.prepare.done``) is loaded, not redone, unless ``force``.
+    whose data dir is complete (``.prepare.done``) from the same source (its folder and
+    transcripts) is loaded, not redone, unless ``force``.
     Each data dir gets ``skipped.tsv`` (utt_id, file, reason) of what was left out.
     """
     root = _corpus_root(corpus_dir)
@@ -593,9 +599,12 @@ def prepare_librispeech(
     result: dict[str, DataDir] = {}
     for subset in subsets:
         out = Path(out_dir) / data_dir_name(subset)
-        if not force and is_done(out, "prepare"):
+        ident = _source_identity(root / subset)
+        if not force and is_done(out, "prepare", ident):
             log.info("%s: already prepared", out)
             result[subset] = DataDir.load(out)
             continue
-        result[subset] = _prepare_subset(root / subset, out, max(1, nj))
+        if is_done(out, "prepare"):
+            log.info("%s: prepared from another source or other transcripts; preparing again", out)
+        result[subset] = _prepare_subset(root / subset, out, max(1, nj), ident)
     return result

@@ -145,6 +145,16 @@ def test_parallel_matches_serial_and_done_marker(corpus: Path, tmp_path: Path) -
     forced = prepare_librispeech(corpus, ["dev-clean"], tmp_path / "a", nj=1, force=True)["dev-clean"]
     assert forced.text["84-121123-0000"] == "GOOD ONE"
 
+    # a corrected transcript in the corpus is a changed input: the subset is prepared again
+    import shutil
+
+    shutil.copytree(corpus, tmp_path / "copy", symlinks=True)
+    prepare_librispeech(tmp_path / "copy", ["dev-clean"], tmp_path / "c", nj=1)
+    trans = next((tmp_path / "copy").rglob("84-121123.trans.txt"))
+    trans.write_bytes(trans.read_bytes().replace(b"GOOD ONE", b"BETTER ONE"))
+    redone = prepare_librispeech(tmp_path / "copy", ["dev-clean"], tmp_path / "c", nj=1)["dev-clean"]
+    assert redone.text["84-121123-0000"] == "BETTER ONE"
+
 
 def test_missing_subset_and_nothing_usable(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="test-other"):
