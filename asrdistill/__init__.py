@@ -5,7 +5,7 @@ section 4 (speech), as a toolkit: corpus preparation, filterbank features, a
 GMM-HMM aligner that produces senone labels, DNN teachers and their ensemble,
 the distilled student, and WFST decoding for WER. The KD loss other ASR code
 imports lives in :mod:`asrdistill.kd`. A trained system ships as a bundle
-that :func:`load_system` loads: ``asrdistill.load_system("exp/student/bundle").transcribe("my_audio/")``.
+that :func:`load_system` loads: ``asrdistill.load_system("exp/student_seed1/bundle").transcribe("my_audio/")``.
 """
 
 __version__ = "0.1.0"

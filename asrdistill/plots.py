@@ -1,6 +1,6 @@
 """Pictures: training curves of every system, and one utterance seen by several systems.
 
-``asrdistill plot --out DIR --systems exp/baseline exp/ensemble exp/student``
+``asrdistill plot --out DIR --systems exp/baseline_seed1 exp/ensemble exp/student_seed1``
 writes ``DIR/curves.png`` (train loss, dev loss and dev frame accuracy per
 epoch, from each system's ``log/metrics.jsonl``; training frame accuracy is not
 logged, so it is not drawn). With ``--utt U --feats data/fbank/test`` (and
