@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from asrdistill.logs import FORMAT, command_log, describe_error
+
 log = logging.getLogger("asrdistill")
 
 
@@ -809,24 +811,31 @@ def _set_threads(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=FORMAT, stream=sys.stderr)
     if args.command != "config-get":
         log.info("asrdistill %s", shlex.join(sys.argv[1:] if argv is None else list(argv)))
-    if getattr(args, "threads", None) is not None:
-        _set_threads(args)
-    if hasattr(args, "config") and args.command != "config-get":  # where parallel jobs run: section ``executor``
-        from asrdistill.parallel import ExecutorConfig, configure
-
-        configure(_section(args, "executor", ExecutorConfig))
+    # the folder the command writes gets log/<command>.log (Kaldi style); a command that only reads or prints, none
+    out_arg = {"bundle": "system_dir", "evaluate": "system_dir", "cmvn": "feats_dir", "fix-data-dir": "data_dir",
+               "split-data-dir": "data_dir"}.get(args.command)
+    out = getattr(args, out_arg) if out_arg else next(
+        (getattr(args, a) for a in ("out", "out_dir", "exp_dir", "target") if getattr(args, a, None)), None)
     try:
         _check_device(getattr(args, "device", None), "--device")
-        return args.func(args)
+        with command_log(out, args.command, shlex.join(sys.argv if argv is None else ["asrdistill", *argv]),
+                         config=getattr(args, "config", None), overrides=getattr(args, "set", None) or (),
+                         role=getattr(args, "role", None)) as status:
+            if getattr(args, "threads", None) is not None:
+                _set_threads(args)
+            if hasattr(args, "config") and args.command != "config-get":  # where parallel jobs run: ``executor``
+                from asrdistill.parallel import ExecutorConfig, configure
+
+                configure(_section(args, "executor", ExecutorConfig))
+            status.code = args.func(args)
+        return status.code
     except Exception as e:  # noqa: BLE001 - one line naming the cause; --debug shows the traceback
         if args.debug:
             raise
-        kind = "" if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: "
-        log.error("%s failed: %s%s", args.command, kind, " ".join(str(e).split()) or type(e).__name__)
+        log.error("%s failed: %s", args.command, describe_error(e))
         return 1
 
 

@@ -31,7 +31,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_feats, prepare_transcripts, \
@@ -42,6 +41,7 @@ from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_d
 from asrdistill.data.lang import UNK, Lang
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.parallel import Executor
+from asrdistill.logs import progress
 
 __all__ = ["AlignConfig", "AlignResult", "align_subset", "pron_records", "estimate_pron_probs", "write_lexiconp",
            "read_pron_probs", "senone_counts"]
@@ -175,7 +175,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         bar.update(info.num_frames)
 
     use_pool = config.nj > 1 and len(jobs) > 1 and not config.device.startswith("cuda")
-    bar = tqdm(total=feats.num_frames, desc=f"align {out_dir.name}", unit="frame", unit_scale=True)
+    bar = progress(total=feats.num_frames, desc=f"align {out_dir.name}", unit="frame", unit_scale=True)
     executor = Executor(min(config.nj, len(jobs)) if use_pool else 1, initializer=_init_worker if use_pool else None)
     try:
         for i in [i for i, n in enumerate(waiting) if n == 0]:

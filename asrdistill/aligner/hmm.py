@@ -37,7 +37,6 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
@@ -50,6 +49,7 @@ from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.parallel import Executor
+from asrdistill.logs import progress
 
 __all__ = [
     "LoopConfig",
@@ -472,7 +472,7 @@ class ShardRunner:
         args = [(p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None,
                  kwargs) for p, seqs in jobs]
         it = self.executor.map(_worker, args, ordered=False)
-        yield from tqdm(it, total=len(args), desc=desc, unit="shard", leave=False)
+        yield from progress(it, total=len(args), desc=desc, unit="shard", leave=False)
 
     def close(self) -> None:
         self.executor.close()

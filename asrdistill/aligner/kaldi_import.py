@@ -28,12 +28,12 @@ from pathlib import Path
 
 import kaldiio
 import numpy as np
-from tqdm import tqdm
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.kaldi_dir import check_pipes
 from asrdistill.fileio import atomic_open, identity, is_done, mark_done, read_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.logs import progress
 
 __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
 
@@ -117,7 +117,7 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     infos = []
     frames = 0
     empty = np.zeros(0, dtype=np.int32)
-    for info, path in tqdm(list(zip(feats.shards, feats.shard_paths)), desc="import alignments", unit="shard"):
+    for info, path in progress(list(zip(feats.shards, feats.shard_paths)), desc="import alignments", unit="shard"):
         rows = []
         for utt, sample in iter_shard(path):
             t = int(sample["feats"].shape[0])

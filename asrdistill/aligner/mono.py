@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from tqdm import tqdm
 
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, ShardRunner, UttAlignment, shard_jobs, \
@@ -27,6 +26,7 @@ from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.fileio import atomic_path, clear_done, identity, is_done, mark_done
+from asrdistill.logs import progress
 
 __all__ = ["MonoConfig", "train_mono"]
 
@@ -47,7 +47,7 @@ class MonoConfig(LoopConfig):
 
 def _utt_frames(feats: ShardManifest) -> dict[str, int]:
     out: dict[str, int] = {}
-    for path in tqdm(feats.shard_paths, desc="scan features", unit="shard", leave=False):
+    for path in progress(feats.shard_paths, desc="scan features", unit="shard", leave=False):
         for utt, s in iter_shard(path):
             out[utt] = int(s["feats"].shape[0])
     return out

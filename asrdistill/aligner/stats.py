@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from asrdistill.data.shards import ShardManifest, iter_aligned
+from asrdistill.logs import progress
 
 __all__ = [
     "TriphoneStats",
@@ -186,7 +186,7 @@ def accumulate_triphone_stats(
     t0 = time.time()
     if len(ali.shards) != len(feats.shards):
         raise ValueError(f"{ali.path}: {len(ali.shards)} shards but {feats.path} has {len(feats.shards)}")
-    with tqdm(total=feats.num_frames, desc="tree stats", unit="frame", unit_scale=True, leave=False) as bar:
+    with progress(total=feats.num_frames, desc="tree stats", unit="frame", unit_scale=True, leave=False) as bar:
         for fpath, apath in zip(feats.shard_paths, ali.shard_paths):
             for utt, sample in iter_aligned([fpath, apath]):
                 x = sample["feats"]

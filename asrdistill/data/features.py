@@ -27,7 +27,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.config import to_dict
@@ -35,6 +34,7 @@ from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, write_json_atomic
 from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
 from asrdistill.parallel import Executor
+from asrdistill import logs
 
 __all__ = [
     "FbankConfig",
@@ -226,7 +226,7 @@ def compute_cmvn(manifest: ShardManifest, utt2spk: dict[str, str] | None = None)
     total: _Accumulator | None = None
     per_spk: dict[str, _Accumulator] = {}
     missing: list[str] = []
-    for path in tqdm(manifest.shard_paths, desc="cmvn", unit="shard", leave=False):
+    for path in logs.progress(manifest.shard_paths, desc="cmvn", unit="shard", leave=False):
         for utt, sample in iter_shard(path):
             x = sample["feats"]
             if not np.isfinite(x).all():
@@ -495,8 +495,8 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
         log.info("%s: reusing %d finished shard(s), computing %d", out_dir, len(results), len(todo))
     start = time.monotonic()
     done_seconds = 0.0
-    with tqdm(total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt",
-              dynamic_ncols=True) as bar:
+    with logs.progress(total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt",
+                       dynamic_ncols=True) as bar:
 
         def progress(n: int, seconds: float) -> None:
             nonlocal done_seconds

@@ -24,7 +24,6 @@ and a CTM with word times, and scores it where references exist.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -57,6 +56,7 @@ from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.fileio import atomic_open, read_skipped, write_json_atomic
+from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
@@ -305,8 +305,9 @@ class System:
         out_dir = Path(out_dir)
         for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
             (out_dir / name).unlink(missing_ok=True)
-        with _file_log(out_dir / "log" / "decode.log"):
-            log.info("command: %s", command or shlex.join(sys.argv))
+        with file_log(out_dir / "log" / "decode.log") as fresh:
+            if fresh:  # else the command's log (asrdistill decode) already starts with its command line
+                log.info("command: %s", command or shlex.join(sys.argv))
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
                      self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
@@ -397,25 +398,6 @@ class System:
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:
     """Load and verify a bundle (``exp/<system>/bundle``): ``load_system(p).transcribe("my_audio/")``."""
     return System(path, device)
-
-
-@contextlib.contextmanager
-def _file_log(path: Path) -> Iterator[None]:
-    """Also send the ``asrdistill`` loggers' records to ``path`` (appended, Kaldi style) while the block runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("asrdistill")
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        handler.close()
 
 
 # --------------------------------------------------------------------------- word times

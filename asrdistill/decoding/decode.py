@@ -24,13 +24,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 import kaldi_decoder
 import kaldifst
 import numpy as np
-from tqdm import tqdm
 
 from asrdistill.fileio import atomic_open, write_json_atomic
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import WerResult, wer_report
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.parallel import Executor
+from asrdistill.logs import progress
 
 __all__ = ["DecodeConfig", "DecodeResult", "SweepResult", "compute_priors", "decode", "sweep", "FRAME_RATE"]
 
@@ -95,7 +95,7 @@ def compute_priors(pdf_manifests: Sequence[ShardManifest], num_pdfs: int, floor:
     """
     counts = np.zeros(num_pdfs, dtype=np.int64)
     paths = [p for m in pdf_manifests for p in m.shard_paths]
-    for path in tqdm(paths, desc="priors", unit="shard"):
+    for path in progress(paths, desc="priors", unit="shard"):
         for utt, sample in iter_shard(path):
             if "pdf" not in sample:
                 raise ValueError(f"{path}: sample {utt!r} has no pdf.npy")
@@ -190,8 +190,8 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
     seconds = [0.0] * len(scales)
     frames = 0
     t0 = time.perf_counter()
-    bar = tqdm(desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
-               unit="utt", mininterval=1.0)
+    bar = progress(desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
+                   unit="utt", mininterval=1.0)
 
     def collect(results: Iterable[tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]]) -> None:
         nonlocal frames

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tqdm import tqdm
 
 from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.logs import progress
 
 __all__ = ["LmConfig", "LmResult", "Arpa", "open_text", "train_lm", "prepare_lm", "perplexity", "ngram_counts",
            "arpa_vocabulary"]
@@ -159,7 +159,7 @@ def train_lm(text: str | Path, out_arpa: str | Path, config: LmConfig,
     counts = NgramCounts(config.order)
     used = skipped = 0
     missing: set[str] = set()
-    for sentence in tqdm(_sentences(text), desc="LM counts", unit="sent", mininterval=2.0):
+    for sentence in progress(_sentences(text), desc="LM counts", unit="sent", mininterval=2.0):
         if vocab is not None:
             bad = [w for w in sentence.split() if w not in vocab]
             if bad:

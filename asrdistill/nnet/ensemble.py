@@ -32,13 +32,13 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from asrdistill.data.features import Cmvn
 from asrdistill.fileio import clear_done, is_done, mark_done, write_json_atomic, write_text_atomic
 from asrdistill.data.frames import FrameConfig, iter_utterances
 from asrdistill.nnet.model import FrameDNN, autocast, load_model
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
+from asrdistill.logs import progress
 
 __all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream",
            "frame_accuracy", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
@@ -288,7 +288,7 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
         m.eval()
 
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=info[t]) for t, d in todo.items()}
-    bar = tqdm(total=feats.num_frames, unit="frame", unit_scale=True, desc="soft targets", disable=not todo)
+    bar = progress(total=feats.num_frames, unit="frame", unit_scale=True, desc="soft targets", disable=not todo)
     for index, shard in enumerate(feats.shards):
         if not todo:
             break

@@ -47,7 +47,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
@@ -58,6 +57,7 @@ from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.logs import progress
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train"]
 
@@ -239,8 +239,8 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     window_start = time.perf_counter()
     frames_here = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=run.steps_per_epoch, initial=state.batches_done, unit="batch", dynamic_ncols=True,
-               desc=f"epoch {state.epoch}", disable=not (c.progress and run.rank == 0), leave=False)
+    bar = progress(total=run.steps_per_epoch, initial=state.batches_done, unit="batch", dynamic_ncols=True,
+                   desc=f"epoch {state.epoch}", disable=not (c.progress and run.rank == 0), leave=False)
     batches = run.stream.epoch(state.epoch, skip_batches=state.batches_done)
     for batch in batches:
         if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
