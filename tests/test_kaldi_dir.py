@@ -67,6 +67,23 @@ def test_kaldi_dir_goes_through_features_and_decode(recipe, tmp_path):
     assert feats.keys == ["s1-a-0", "s1-a-1", "s2-b-0"] and feats.num_frames == 78 + 88 + 78
 
 
+def test_decode_of_an_inconsistent_kaldi_dir_names_the_bad_lines_and_decodes_the_rest(recipe, tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for utt in ("u1", "u2"):
+        sf.write(d / f"{utt}.wav", _tone(0.8), SR)
+    (d / "wav.scp").write_text(f"u1 {d / 'u1.wav'}\nu2 {d / 'u2.wav'}\n")
+    (d / "text").write_text("u1 a\nu2 a\nu3 a\n")        # u3: no audio
+    (d / "utt2spk").write_text("u1 s1\nghost s1\n")       # u2 missing, ghost: no audio
+    _, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    report = system.decode_corpus(d, tmp_path / "decode")
+    assert set(report.hyps) == {"u1", "u2"}
+    skipped = (tmp_path / "decode/skipped.tsv").read_text()
+    assert f"u3\t{d / 'text'}\tlisted in text but not in wav.scp" in skipped
+    assert f"ghost\t{d / 'utt2spk'}\tlisted in utt2spk but not in wav.scp" in skipped
+
+
 def test_validate_names_the_file_and_fix_keeps_the_common_utterances(tmp_path):
     d = tmp_path / "d"
     d.mkdir()

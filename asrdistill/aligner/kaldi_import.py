@@ -30,7 +30,7 @@ import kaldiio
 import numpy as np
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
-from asrdistill.data.kaldi_dir import check_pipes
+from asrdistill.data.datadir import check_pipes
 from asrdistill.fileio import atomic_open, identity, is_done, mark_done, read_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress

@@ -7,7 +7,8 @@ so that lower-case or punctuated transcripts are scored against the upper-case
 vocabulary rather than counted as errors.
 
 Bad utterances do not stop the batch: audio longer than ``max_seconds`` or
-whose header cannot be read is listed in :attr:`Corpus.skipped` with the reason.
+whose header cannot be read, and lines of a Kaldi dir's ``text``/``utt2spk``
+naming no audio, are listed in :attr:`Corpus.skipped` with the file and reason.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asrdistill.data.datadir import DataDir, read_kv
+from asrdistill.data.datadir import DataDir, check_pipes, read_kv
 
 __all__ = ["AUDIO_SUFFIXES", "Corpus", "normalize_transcript", "read_corpus"]
 
@@ -76,13 +77,24 @@ def _from_files(root: Path) -> tuple[dict[str, str], dict[str, str], str]:
     return wav, text, "librispeech" if trans else "audio"
 
 
-def _check_wav_scp(path: Path) -> None:
-    wav = read_kv(path)
-    pipes = [u for u, v in wav.items() if v.rstrip().endswith("|")]
-    if pipes:
-        raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}: {wav[pipes[0]]!r}); "
-                         "a pipe runs a program named by the data, so it needs an explicit opt-in "
-                         "(import-data-dir or decode with --allow-pipes)")
+def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> DataDir:
+    """``wav.scp`` decides what is decoded; where ``text``/``utt2spk`` disagree with it, the rest still is.
+
+    (Training data must be consistent, :meth:`DataDir.load`; a folder to decode
+    should not fail because of one stray line.)
+    """
+    check_pipes(root / "wav.scp", allow_pipes=False)
+    wav = read_kv(root / "wav.scp")
+    tables = {n: read_kv(root / n) if (root / n).is_file() else {} for n in ("text", "utt2spk")}
+    for name, table in tables.items():
+        for utt in sorted(set(table) - set(wav)):
+            skipped.append((utt, str(root / name), f"listed in {name} but not in wav.scp"))
+    no_spk = sorted(set(wav) - set(tables["utt2spk"]))
+    if tables["utt2spk"] and no_spk:
+        log.warning("%s: %d utterances missing from utt2spk (e.g. %s): each is its own speaker",
+                    root / "utt2spk", len(no_spk), no_spk[0])
+    return DataDir(wav=wav, text={u: t for u, t in tables["text"].items() if u in wav},
+                   utt2spk={u: tables["utt2spk"].get(u, u) for u in wav})
 
 
 def read_corpus(root: str | Path, max_seconds: float = float("inf")) -> Corpus:
@@ -96,13 +108,13 @@ def read_corpus(root: str | Path, max_seconds: float = float("inf")) -> Corpus:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
+    skipped: list[tuple[str, str, str]] = []
     if (root / "wav.scp").is_file():
-        _check_wav_scp(root / "wav.scp")
-        data, layout = DataDir.load(root), "kaldi"
+        data, layout = _from_kaldi_dir(root, skipped), "kaldi"
     else:
         wav, text, layout = _from_files(root)
         data = DataDir(wav=wav, text=text, utt2spk={u: u for u in wav})
-    corpus = Corpus(DataDir(), layout)
+    corpus = Corpus(DataDir(), layout, skipped=skipped)
     for utt in data.utt_ids:
         if utt in data.text:
             ref = normalize_transcript(data.text[utt])

@@ -13,7 +13,23 @@ from pathlib import Path
 
 from asrdistill.fileio import atomic_open
 
-__all__ = ["DataDir", "read_kv", "write_kv"]
+__all__ = ["DataDir", "check_pipes", "is_pipe", "read_kv", "write_kv"]
+
+
+def is_pipe(entry: str) -> bool:
+    """Kaldi rxfilenames ``cmd |`` (and wxfilenames ``| cmd``) are shell commands that a reader would run."""
+    entry = entry.strip()
+    return entry.endswith("|") or entry.startswith("|")
+
+
+def check_pipes(path: str | Path, allow_pipes: bool) -> None:
+    """Refuse a Kaldi table (``wav.scp``, ``feats.scp``, an alignment ``.scp``) whose entries are shell commands:
+    a pipe runs a program named by the data, so reading one needs the user's explicit opt-in."""
+    path = Path(path)
+    pipes = [k for k, v in read_kv(path).items() if is_pipe(v)]
+    if pipes and not allow_pipes:
+        raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
+                         "program named by the data, so it needs an explicit opt-in (--allow-pipes)")
 
 
 def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:

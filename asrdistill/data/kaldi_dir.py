@@ -28,11 +28,11 @@ import numpy as np
 import soundfile as sf
 
 from asrdistill.data.corpus import NORMALIZATION, normalize_transcript
-from asrdistill.data.datadir import DataDir, read_kv, write_kv
+from asrdistill.data.datadir import DataDir, check_pipes, is_pipe, read_kv, write_kv
 from asrdistill.data.shards import FEATS_PREFIX, ShardManifest, plan_shards, write_shard
 from asrdistill.fileio import atomic_open, write_json_atomic
 
-__all__ = ["ImportReport", "check_pipes", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
+__all__ = ["ImportReport", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +41,12 @@ UTT_FILES = ("text", "utt2spk", "utt2dur", "utt2num_frames", "feats.scp", "segme
 SPK_FILES = ("spk2gender", "cmvn.scp")
 
 
-def _is_pipe(entry: str) -> bool:
-    """Kaldi rxfilenames ``cmd |`` (and wxfilenames ``| cmd``) are shell commands that a reader would run."""
-    entry = entry.strip()
-    return entry.endswith("|") or entry.startswith("|")
-
-
-def check_pipes(path: str | Path, allow_pipes: bool) -> None:
-    """Refuse a Kaldi table (``wav.scp``, ``feats.scp``, an alignment ``.scp``) whose entries are shell commands."""
-    path = Path(path)
-    pipes = [k for k, v in read_kv(path).items() if _is_pipe(v)]
-    if pipes and not allow_pipes:
-        raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
-                         "program named by the data, so it needs an explicit opt-in (--allow-pipes)")
-
-
 def needs_import(directory: str | Path) -> bool:
     """Whether a data dir holds what only :func:`import_data_dir` reads (segments, pipes, ark offsets)."""
     d = Path(directory)
     if not (d / "wav.scp").is_file():
         return False
-    return (d / "segments").is_file() or any(_is_pipe(v) or ":" in Path(v).name for v in read_kv(d / "wav.scp").values())
+    return (d / "segments").is_file() or any(is_pipe(v) or ":" in Path(v).name for v in read_kv(d / "wav.scp").values())
 
 
 @dataclass
@@ -212,7 +197,7 @@ def validate_data_dir(directory: str | Path) -> list[str]:
             problems.append(f"{d / 'wav.scp'}: utterances differ from utt2spk "
                             f"(missing {sorted(utts - recordings)[:3]}, extra {sorted(recordings - utts)[:3]})")
         else:
-            absent = [v for v in tables["wav.scp"].values() if not _is_pipe(v) and ":" not in Path(v).name
+            absent = [v for v in tables["wav.scp"].values() if not is_pipe(v) and ":" not in Path(v).name
                       and not Path(v).is_file()]
             if absent:
                 problems.append(f"{d / 'wav.scp'}: {len(absent)} audio file(s) do not exist (e.g. {absent[0]})")

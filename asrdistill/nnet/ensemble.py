@@ -40,7 +40,7 @@ from asrdistill.nnet.model import FrameDNN, autocast, load_model
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
 from asrdistill.logs import progress
 
-__all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "posterior_stream",
+__all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "logits_stream", "posterior_stream",
            "frame_accuracy", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
            "build_ensemble", "read_members", "system_checkpoints", "stored_target", "dense_to_topk"]
 
@@ -110,31 +110,30 @@ def ensemble_logprobs(models: Sequence[nn.Module], x: Tensor, temperature: float
 
 
 @torch.no_grad()
-def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
-                     labels: ShardManifest | None = None, method: str = "arithmetic",
-                     device: str | torch.device = "cpu", bf16: bool = False, *, batch_frames: int = 16384,
-                     rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, Tensor, Tensor | None]]:
-    """``(utt, log posteriors (T, C) float32, labels (T,) or None)`` of a system over a feature set.
+def logits_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
+                  labels: ShardManifest | None = None, device: str | torch.device = "cpu", bf16: bool = False, *,
+                  batch_frames: int = 16384, rank: int = 0, world_size: int = 1
+                  ) -> Iterator[tuple[str, list[Tensor], Tensor | None]]:
+    """``(utt, each model's logits (T, C) float32, labels (T,) or None)`` over a feature set, in stored order.
 
-    A system is one model or an ensemble (its members combined at T = 1). This is
-    the one pass that dev frame accuracy during training, ensemble scoring and
-    decoding all read, so they cannot disagree on what a system's posterior is.
+    The one network pass of the toolkit outside training: posteriors
+    (:func:`posterior_stream`), soft-target caching and their fidelity read it.
     Utterances are stacked into forward passes of at least ``batch_frames``
-    frames (one utterance per pass would leave a GPU mostly idle);
-    ``rank``/``world_size`` keep every ``world_size``-th utterance (DDP).
+    frames (one utterance per pass would leave a GPU mostly idle), under bf16
+    autocast if ``bf16`` on CUDA; ``rank``/``world_size`` keep every
+    ``world_size``-th utterance (DDP).
     """
     device = torch.device(device)
     for m in models:
         m.eval()
 
-    def run(pending: list[tuple[str, Tensor, Tensor | None]]) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    def run(pending: list[tuple[str, Tensor, Tensor | None]]) -> Iterator[tuple[str, list[Tensor], Tensor | None]]:
         x = torch.cat([x for _, x, _ in pending]) if len(pending) > 1 else pending[0][1]  # (sum T, window * D)
         with autocast(device, bf16):
             logits = [m(x).float() for m in models]
-        logp = combine_logits(logits, 1.0, method)
         start = 0
         for utt, xu, y in pending:
-            yield utt, logp[start : start + xu.shape[0]], y
+            yield utt, [l[start : start + xu.shape[0]] for l in logits], y
             start += xu.shape[0]
 
     pending: list[tuple[str, Tensor, Tensor | None]] = []
@@ -148,6 +147,21 @@ def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cm
             pending, size = [], 0
     if pending:
         yield from run(pending)
+
+
+def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
+                     labels: ShardManifest | None = None, method: str = "arithmetic",
+                     device: str | torch.device = "cpu", bf16: bool = False, *, batch_frames: int = 16384,
+                     rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    """``(utt, log posteriors (T, C) float32, labels (T,) or None)`` of a system over a feature set.
+
+    A system is one model or an ensemble (its members combined at T = 1). This is
+    what dev frame accuracy during training, ensemble scoring and decoding all
+    read, so they cannot disagree on what a system's posterior is.
+    """
+    for utt, logits, y in logits_stream(models, feats, cmvn, frame_config, labels, device, bf16,
+                                        batch_frames=batch_frames, rank=rank, world_size=world_size):
+        yield utt, combine_logits(logits, 1.0, method), y
 
 
 def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
@@ -224,13 +238,10 @@ def soft_target_fidelity(teachers: Sequence[nn.Module], reference: nn.Module, fe
 
     seen = {float(t): {k: 0.0 for k in ks} for t in temperatures}
     exact = {float(t): 0.0 for t in temperatures}
-    reference.eval()
-    for m in teachers:
-        m.eval()
-    for _, x, _ in iter_utterances(feats, cmvn, frame_config, device=device):
-        logits = [m(x).float() for m in teachers]
-        student = reference(x).float()
-        n = x.shape[0]
+    for _, all_logits, _ in logits_stream([*teachers, reference], feats, cmvn, frame_config, device=device,
+                                          bf16=torch.device(device).type == "cuda"):
+        *logits, student = all_logits
+        n = student.shape[0]
         for t in exact:
             logp = combine_logits(logits, t, method)
             exact[t] += n * float(kd_loss(student, teacher_probs=logp.exp(), temperature=t, hard_weight=0.0))
@@ -284,9 +295,6 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
         if is_done(d, "soft"):
             log.info("%s: made by other teachers or settings; rebuilding", d)
         clear_done(d, "soft")
-    for m in teachers:
-        m.eval()
-
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=info[t]) for t, d in todo.items()}
     bar = progress(total=feats.num_frames, unit="frame", unit_scale=True, desc="soft targets", disable=not todo)
     for index, shard in enumerate(feats.shards):
@@ -294,12 +302,12 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
             break
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
         per_t: dict[float, list] = {t: [] for t in todo}
-        for utt, x, _ in iter_utterances(one, cmvn, frame_config, device=device):
-            logits = [m(x) for m in teachers]
+        for utt, logits, _ in logits_stream(teachers, one, cmvn, frame_config, device=device,
+                                            bf16=torch.device(device).type == "cuda"):
             for t in todo:
                 stored = stored_target(combine_logits(logits, t, method), info[t]["k"])
                 per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
-            bar.update(x.shape[0])
+            bar.update(logits[0].shape[0])
         for t, samples in per_t.items():
             if [u for u, _ in samples] != shard.keys:
                 raise ValueError(f"{feats.directory / shard.name}: utterances differ from {feats.path}")
