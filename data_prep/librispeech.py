@@ -35,9 +35,9 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import soundfile as sf
-from tqdm import tqdm
 
 from asrdistill.data.datadir import DataDir
+from asrdistill import logs
 from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done
 
 __all__ = [
@@ -167,7 +167,7 @@ def _fetch(url: str, part: Path, timeout: float) -> str:
             h, mode, have = hashlib.md5(), "wb", 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, mode) as f, tqdm(
+        with open(part, mode) as f, logs.progress(
             total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name.removesuffix(".part"), leave=False,
         ) as bar:
@@ -275,7 +275,7 @@ def extract_archive(archive: Path, dest_dir: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        with tarfile.open(archive, "r:*") as tf, tqdm(unit=" files", desc=f"unpack {archive.name}", leave=False) as bar:
+        with tarfile.open(archive, "r:*") as tf, logs.progress(unit=" files", desc=f"unpack {archive.name}", leave=False) as bar:
             for member in tf:
                 _check_member(member, archive)
                 try:
@@ -543,13 +543,13 @@ def _prepare_subset(src: Path, out: Path, nj: int, ident: str) -> DataDir:
         raise ValueError(f"{src}: no SPEAKER/CHAPTER folders")
     data = DataDir()
     skipped: list[tuple[str, str, str]] = []
-    progress = dict(total=len(chapters), unit=" chapters", desc=f"prepare {src.name}", leave=False)
+    bar = dict(total=len(chapters), unit=" chapters", desc=f"prepare {src.name}", leave=False)
     if nj > 1:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
         with ctx.Pool(min(nj, len(chapters))) as pool:
-            results = list(tqdm(pool.imap(_scan_chapter, chapters, chunksize=4), **progress))
+            results = list(logs.progress(pool.imap(_scan_chapter, chapters, chunksize=4), **bar))
     else:
-        results = list(tqdm(map(_scan_chapter, chapters), **progress))
+        results = list(logs.progress(map(_scan_chapter, chapters), **bar))
     for chapter, res in zip(chapters, results):
         skipped.extend(res.skipped)
         speaker = chapter.parent.name

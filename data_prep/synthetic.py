@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from asrdistill import logs
 from asrdistill.fileio import atomic_open, write_text_atomic
 
 SAMPLE_RATE = 16000
@@ -420,10 +421,8 @@ def synthesize_corpus(
     results: dict[str, tuple[float, list, dict]] = {}
     started = time.monotonic()
     audio_s = 0.0
-    from tqdm import tqdm
-
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=len(jobs), unit="utt", desc="synthesize", disable=not progress,
+        bar = stack.enter_context(logs.progress(total=len(jobs), unit="utt", desc="synthesize", disable=not progress,
                                        dynamic_ncols=True))
         if nj <= 1:
             _init_worker(seed)
