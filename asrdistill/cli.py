@@ -490,11 +490,13 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_job(argv: list[str]) -> tuple[list[str], int]:
-    """One ``asrdistill`` command line, as a child process of the worker (so it may start workers of its own)."""
+def _run_job(job: tuple[list[str], str]) -> tuple[list[str], int]:
+    """One ``asrdistill`` command line in the caller's folder (relative paths; a Dask worker on another node needs
+    it on a shared file system), as a child process of the worker (so it may start workers of its own)."""
     import subprocess
 
-    return argv, subprocess.run([sys.executable, "-m", "asrdistill.cli", *argv], check=False).returncode
+    argv, cwd = job
+    return argv, subprocess.run([sys.executable, "-m", "asrdistill.cli", *argv], cwd=cwd, check=False).returncode
 
 
 def cmd_run_jobs(args: argparse.Namespace) -> int:
@@ -505,7 +507,7 @@ def cmd_run_jobs(args: argparse.Namespace) -> int:
     jobs = [shlex.split(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     failed = []
     with Executor(min(args.nj, len(jobs))) as executor:
-        for argv, rc in executor.map(_run_job, jobs, ordered=False):
+        for argv, rc in executor.map(_run_job, [(job, str(Path.cwd())) for job in jobs], ordered=False):
             log.info("job %s: exit %d", shlex.join(argv), rc)
             if rc:
                 failed.append(shlex.join(argv))
@@ -684,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="evaluate again even if metrics.json is up to date")
 
     sp = add("bundle", cmd_bundle, "one folder with everything a system decodes with (weights, context, CMVN, "
-             "priors, tree, graph, lexicon, config, checksums)", config=True)
+             "priors, tree, graph, lexicon, config, checksums)", config=True, threads=True)
     sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
     sp.add_argument("out", type=Path, help="the bundle folder, e.g. exp/<system>/bundle")
     sp.add_argument("--feats", type=Path, required=True, help="training features (data/fbank/<train>, with cmvn.json)")
@@ -695,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="rewrite even if the sources are unchanged")
 
     sp = add("decode", cmd_decode, "decode new audio with a bundle: Kaldi text, CTM, and a WER report where the "
-             "folder has references")
+             "folder has references", threads=True)
     sp.add_argument("--model", type=Path, required=True, help="a bundle (exp/<system>/bundle)")
     sp.add_argument("--corpus", type=Path, required=True,
                     help="LibriSpeech-layout folder, Kaldi data dir, or a folder of .flac/.wav files")
@@ -706,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-pipes", action="store_true", help="run the shell commands of a Kaldi wav.scp")
 
     sp = add("export-ark", cmd_export_ark, "Kaldi ark/scp: per-frame log-likelihoods (log posterior - log prior) "
-             "of a bundle, and senone alignments")
+             "of a bundle, and senone alignments", threads=True)
     sp.add_argument("--out", type=Path, required=True, help="writes loglikes.{ark,scp} and/or pdf.{ark,scp}")
     sp.add_argument("--model", type=Path, help="a bundle (exp/<system>/bundle)")
     sp.add_argument("--feats", type=Path, help="feature shards to score (data/fbank/<set> or <decode out>/fbank)")
@@ -742,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("num_jobs", type=int)
 
     sp = add("plot", cmd_plot, "training curves of systems, and one utterance's spectrogram, alignment and "
-             "posteriors per system (PNG)")
+             "posteriors per system (PNG)", threads=True)
     sp.add_argument("--out", type=Path, required=True, help="folder for curves.png and utt_<id>.png")
     sp.add_argument("--systems", nargs="+", type=Path, required=True,
                     help="exp/<system> folders (log/metrics.jsonl; bundle/ for --utt)")
@@ -757,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--title", default="Baseline vs ensemble vs distilled student")
 
     def add_specialists(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sp = add(name, func, help, config=True)
+        sp = add(name, func, help, config=True, threads=True)
         sp.add_argument("--feats", type=Path, required=True, help="data/fbank (holds <set>/feats.manifest.json)")
         sp.add_argument("--labels", type=Path, required=True, help="exp/tri_ali (holds <set>/pdf.manifest.json)")
         sp.add_argument("--train-set", required=True)

@@ -94,26 +94,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"top-{args.k}, {args.teachers} teachers, bf16={device.type == 'cuda'}, compile={args.compile}", flush=True)
 
     t0 = time.perf_counter()
-    rows: dict[str, float] = {"ceiling: bare loop, synthetic in-memory": bare_loop(args, device)}
+    rows: dict[str, float] = {}
+
+    def row(label: str, fps: float) -> None:
+        """Print each figure as soon as it is measured: a run cut by gpu_check.sh's timeout keeps what it got."""
+        rows[label] = fps
+        print(f"{label:52s} {fps:14,.0f} frames/s", flush=True)
+
+    row("ceiling: bare loop, synthetic in-memory", bare_loop(args, device))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _write_corpus(root, args.frames, args.senones, args.k)
         teachers = _teachers(args, device, root)
-        rows["trainer on shards, hard labels"] = _train_fps(args, device, root, "hard", None)
-        rows["trainer on shards, KD cached top-k"] = _train_fps(
-            args, device, root, "cached", DistillConfig(soft_targets=str(root / "train/soft")))
-        rows[f"trainer on shards, KD online ({args.teachers} teachers)"] = _train_fps(
-            args, device, root, "online", DistillConfig(source="online", teachers=teachers))
-        rows[f"ensemble inference ({args.teachers} models)"] = ensemble_inference(args, device, args.teachers)
+        row("trainer on shards, hard labels", _train_fps(args, device, root, "hard", None))
+        row("trainer on shards, KD cached top-k",
+            _train_fps(args, device, root, "cached", DistillConfig(soft_targets=str(root / "train/soft"))))
+        row(f"trainer on shards, KD online ({args.teachers} teachers)",
+            _train_fps(args, device, root, "online", DistillConfig(source="online", teachers=teachers)))
+        row(f"ensemble inference ({args.teachers} models)", ensemble_inference(args, device, args.teachers))
         seconds_per_hour = _eval_seconds_per_hour(args, device, root)
-    for label, fps in rows.items():
-        print(f"{label:52s} {fps:14,.0f} frames/s")
-    print(f"{'evaluation (frame posteriors + accuracy, no decoding)':52s} {seconds_per_hour:14.2f} s per hour of audio")
+        print(f"{'evaluation (frame posteriors + accuracy, no decoding)':52s} {seconds_per_hour:14.2f} s per hour of "
+              "audio", flush=True)
     ceiling, hard = rows["ceiling: bare loop, synthetic in-memory"], rows["trainer on shards, hard labels"]
     cached = rows["trainer on shards, KD cached top-k"]
     print(f"real-data training / ceiling: {hard / ceiling:.3f} (goal >= 0.9)")
     print(f"KD cached / hard labels:      {cached / hard:.3f} (goal >= 0.9)")
-    print(f"total: {time.perf_counter() - t0:.0f} s")
+    print(f"total: {time.perf_counter() - t0:.0f} s", flush=True)
     return {**rows, "eval_seconds_per_hour": seconds_per_hour}
 
 

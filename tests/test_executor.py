@@ -72,3 +72,32 @@ def test_run_jobs_runs_every_line_and_reports_failures(tmp_path, capfd):
     assert capfd.readouterr().out.split() == ["1", "1", "1"]  # every job ran once, in a child process
     (tmp_path / "bad.txt").write_text("\n".join(good + [f"config-get --config {cfg} recipe.missing"]) + "\n")
     assert cli.main(["run-jobs", "--nj", "2", str(tmp_path / "bad.txt")]) == 1
+
+
+def test_run_jobs_on_a_dask_cluster_equals_the_local_backend(tmp_path, monkeypatch, caplog):
+    """run.sh's stages 7, 9 and 11 hand their command lines to run-jobs: on a Dask LocalCluster (loopback) two
+    independent jobs, given with relative paths as run.sh writes them, give what the local backend gives."""
+    import logging
+
+    from asrdistill import cli
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
+
+    _write_corpus(tmp_path, LENGTHS).save(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # the jobs' relative paths are the caller's, also on the Dask workers
+    (tmp_path / "c.yaml").write_text("features: {shard_size_mb: 0.015}\n")
+    out = {}
+    for backend in ("local", "dask"):
+        lines = [f"features --config c.yaml --nj 1 --threads 1 data {backend}/{job}" for job in ("a", "b")]
+        (tmp_path / f"{backend}.txt").write_text("\n".join(lines) + "\n")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="asrdistill"):
+            assert cli.main(["run-jobs", "--config", "c.yaml", "--set", f"executor.backend={backend}",
+                             "--set", "executor.workers=2", "--nj", "2", f"{backend}.txt"]) == 0
+        assert ("dask executor:" in caplog.text) == (backend == "dask")  # the jobs ran on the cluster's workers
+        out[backend] = {job: ShardManifest.load(tmp_path / backend / job, FEATS_PREFIX) for job in ("a", "b")}
+    for job in ("a", "b"):
+        local, dask = out["local"][job], out["dask"][job]
+        assert len(local.shards) > 1 and [s.keys for s in dask.shards] == [s.keys for s in local.shards]
+        for a, b in zip(local.shard_paths, dask.shard_paths):
+            for (ka, sa), (kb, sb) in zip(iter_shard(a), iter_shard(b)):
+                assert ka == kb and np.array_equal(sa["feats"], sb["feats"])

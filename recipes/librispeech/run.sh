@@ -9,7 +9,8 @@
 #   recipes/librispeech/run.sh --stage 6 --gpus 8 --nnodes 2 --node-rank 0 --master-addr node0   # + rank 1 on node1
 #
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
-#          --nj N (CPU processes) --gpus N (GPUs per node; 0: CPU; N > 1: torchrun DDP)
+#          --nj N (CPU processes; also the jobs stages 7, 9 and 11 run at once) --gpus N (GPUs per node;
+#          0: CPU; N > 1: torchrun DDP)
 #          --nnodes N --node-rank R --master-addr HOST --master-port P (multi-node DDP)
 #          --corpus-dir DIR (an existing LibriSpeech: links it, fetches only the lexicon and LMs)
 #          --lexicon FILE (own lexicon) --lm-dir DIR (OpenSLR 11 files already here)
@@ -86,6 +87,42 @@ begin() {  # sets $force for the stage's commands
 }
 end() { log "$current done in $((SECONDS - t0)) s"; }
 
+# Independent command lines (stages 7, 9 and 11) run through `asrdistill run-jobs`: `run_jobs NAME N`
+# writes the asrdistill command lines on its stdin (without 'asrdistill') to exp/jobs/NAME.txt, each with
+# --threads (this machine's cores shared among the jobs that run at once, so that two trainings do not
+# each take every core), and runs at most N at a time on the config's executor (local processes, or the
+# Dask workers of its 'executor' section; there executor.workers, if set, is how many run at once). Each
+# command skips the work it finished, so a rerun redoes only the unfinished jobs; every failing job is
+# named in the log and the stage fails once the others are done.
+cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+run_jobs() {
+  local file=exp/jobs/$1.txt line lines=() at_once threads
+  while IFS= read -r line; do if [ -n "${line// /}" ]; then lines+=("$line"); fi; done
+  mkdir -p exp/jobs
+  at_once=$(( $2 < ${#lines[@]} ? $2 : ${#lines[@]} ))
+  if [ "$at_once" -lt 1 ]; then : > "$file"; log "$1: no jobs"; return 0; fi
+  threads=$(( cores / at_once > 1 ? cores / at_once : 1 ))
+  printf "%s --threads $threads\n" "${lines[@]}" > "$file"
+  log "$1: ${#lines[@]} job(s) in $file, $at_once at a time, $threads torch thread(s) each"
+  asrdistill run-jobs --config "$config" --nj "$at_once" "$file" || return
+}
+# Trainings (`train ...` lines): through run_jobs, --nj at a time on the CPU and one at a time on a GPU
+# (side by side they would compete for its memory). Under torchrun (--gpus > 1 or --nnodes > 1) the lines
+# of exp/jobs/NAME.txt run one after another here, as before: run-jobs starts `python -m asrdistill.cli`,
+# not torchrun, and DDP runs side by side would share the same GPUs and, across nodes, the rendezvous port.
+train_jobs() {
+  if [ "$train_cmd" = "asrdistill train" ]; then
+    run_jobs "$1" "$([ "$device" = cpu ] && echo "$nj" || echo 1)" || return
+  else
+    local file=exp/jobs/$1.txt line
+    mkdir -p exp/jobs
+    sed '/^ *$/d' > "$file"
+    while IFS= read -r line <&3; do
+      $train_cmd ${line#train } || return
+    done 3< "$file"
+  fi
+}
+
 train=$(get recipe.train_set)
 dev=$(get recipe.dev_set)
 test=$(get recipe.test_set)
@@ -150,9 +187,9 @@ if want 6; then begin 6 "baseline DNN on hard labels (seed 1)"
 end; fi
 
 if want 7; then begin 7 "baselines with seeds 2..$num_teachers (the ensemble's other members)"
-  for i in $(seq 2 "$num_teachers"); do
-    $train_cmd $common $data $force --seed "$i" --out exp/baseline_seed$i
-  done
+  train_jobs stage7 < <(for i in $(seq 2 "$num_teachers"); do
+    echo "train $common $data $force --seed $i --out exp/baseline_seed$i"
+  done)
 end; fi
 
 if want 8; then begin 8 "ensemble: posteriors averaged, soft-target fidelity on dev, soft targets cached"
@@ -163,20 +200,20 @@ end; fi
 sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
 if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
   hw0=${hard_weights%% *}
-  for t in $temperatures; do
-    $train_cmd $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature "$t" \
-      --hard-weight "$hw0" --out "$(sweep_dir "$t" "$hw0")"
-  done
+  train_jobs stage9_sweep_T < <(for t in $temperatures; do
+    echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature $t" \
+      "--hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
+  done)
   read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
-  for hw in ${hard_weights#"$hw0"}; do
-    $train_cmd $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$best_t \
-      --temperature "$best_t" --hard-weight "$hw" --out "$(sweep_dir "$best_t" "$hw")"
-  done
+  train_jobs stage9_sweep_hw < <(for hw in ${hard_weights#"$hw0"}; do
+    echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$best_t" \
+      "--temperature $best_t --hard-weight $hw --out $(sweep_dir "$best_t" "$hw")"
+  done)
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  for i in $(seq 1 "$student_seeds"); do
-    $train_cmd $common $data $force --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t \
-      --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_seed$i
-  done
+  train_jobs stage9_students < <(for i in $(seq 1 "$student_seeds"); do
+    echo "train $common $data $force --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t" \
+      "--temperature $best_t --hard-weight $best_hw --out exp/student_seed$i"
+  done)
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
@@ -189,16 +226,22 @@ end; fi
 systems="$baselines ensemble $students fraction_hard fraction_soft"
 
 if want 11; then begin 11 "decode and score every system; frame accuracy of the sweep"
-  for sys in $systems; do
-    asrdistill evaluate $common $data $force --nj "$nj" --test-set $test --graph exp/graph --data data exp/$sys
-  done
-  for sweep in exp/sweep_T*; do
-    asrdistill evaluate $common $data $force --test-set $test --data data "$sweep"
-  done
-  for sys in $systems; do  # what `asrdistill decode --model exp/<system>/bundle` loads
-    asrdistill bundle --config "$config" $force exp/$sys exp/$sys/bundle --feats data/fbank/$train \
-      --labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang
-  done
+  # every evaluation is independent (the ensemble's needs only its members' weights): --nj at a time, each
+  # system decoding with --nj / (systems at once) processes, so that about --nj decoders run in all
+  num_systems=$(wc -w <<< "$systems")
+  decode_nj=$(( nj / (num_systems < nj ? num_systems : nj) )); [ "$decode_nj" -ge 1 ] || decode_nj=1
+  run_jobs stage11_evaluate "$nj" < <(
+    for sys in $systems; do
+      echo "evaluate $common $data $force --nj $decode_nj --test-set $test --graph exp/graph --data data exp/$sys"
+    done
+    for sweep in exp/sweep_T*; do
+      echo "evaluate $common $data $force --test-set $test --data data $sweep"
+    done)
+  # what `asrdistill decode --model exp/<system>/bundle` loads (its acoustic scale from the evaluation's metrics)
+  run_jobs stage11_bundle "$nj" < <(for sys in $systems; do
+    echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$train" \
+      "--labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang"
+  done)
 end; fi
 
 if want 12; then begin 12 "results"
