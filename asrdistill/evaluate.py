@@ -126,7 +126,8 @@ def _inputs(system_dir: Path, sets: tuple[str, str, str], roots: tuple[Path, Pat
     if config.decode and graph_dir is not None:
         graph = identity(*[Path(graph_dir) / f for f in ("HCLG.fst", "words.txt", "graph.json")])
     return {"weights_sha256": fingerprint(models), "sets": list(sets), "data": data, "graph": graph,
-            "frames": dataclasses.asdict(frames), "decode": dataclasses.asdict(decode_config),
+            "frames": dataclasses.asdict(frames),
+            "decode": {k: v for k, v in dataclasses.asdict(decode_config).items() if k != "nj"},  # nj: speed only
             "evaluate": dataclasses.asdict(config)}
 
 

@@ -193,6 +193,11 @@ def test_cli_errors_are_one_line(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("trian: {}\n")
     _one_error_line(_cli("config-get", "--config", str(conf), "recipe.x"), "unknown section 'trian'")
+    # every command reads the executor section first: a bad config is one line there too
+    _one_error_line(_cli("features", "--config", str(conf), str(tmp_path / "d"), str(tmp_path / "f"), cwd=tmp_path),
+                    "unknown section 'trian'")
+    _one_error_line(_cli("features", "--config", str(tmp_path / "missing.yaml"), "d", "f", cwd=tmp_path),
+                    "missing.yaml")
     if not torch.cuda.is_available():
         _one_error_line(_cli("mono", "--device", "cuda", "d", "l", "f", "e"), "no CUDA GPU is available")
     proc = _cli("--debug", "config-get", "recipe.train_set")

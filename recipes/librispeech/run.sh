@@ -218,9 +218,10 @@ end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  $train_cmd $common $data $force --role fraction --seed 201 --fraction "$fraction" --out exp/fraction_hard
-  $train_cmd $common $data $force --role fraction --seed 201 --fraction "$fraction" \
-    --soft exp/ensemble/soft_T$best_t --temperature "$best_t" --hard-weight "$best_hw" --out exp/fraction_soft
+  train_jobs stage10 < <(
+    echo "train $common $data $force --role fraction --seed 201 --fraction $fraction --out exp/fraction_hard"
+    echo "train $common $data $force --role fraction --seed 201 --fraction $fraction --soft exp/ensemble/soft_T$best_t" \
+      "--temperature $best_t --hard-weight $best_hw --out exp/fraction_soft")
 end; fi
 
 systems="$baselines ensemble $students fraction_hard fraction_soft"
