@@ -53,7 +53,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     download_librispeech(args.target, args.subsets, args.base_url or DEFAULT_BASE_URL, lm=not args.no_lm,
                          remove_archives=args.remove_archives, corpus_dir=args.corpus_dir, lexicon=args.lexicon,
-                         lm_dir=args.lm_dir)
+                         lm_dir=args.lm_dir, lm_files=args.lm_files)
     return 0
 
 
@@ -556,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--subsets", nargs="+", required=True)
     sp.add_argument("--base-url", action="append", help="resources root or mirror name; repeat for fallbacks")
     sp.add_argument("--no-lm", action="store_true", help="skip the LMs, vocabulary and LM text")
+    sp.add_argument("--lm-files", nargs="+", help="only these official LM files (e.g. 3-gram.pruned.3e-7.arpa.gz); "
+                    "default: all five (~4 GB)")
     sp.add_argument("--remove-archives", action="store_true", help="delete each archive once unpacked")
     sp.add_argument("--corpus-dir", type=Path, help="an existing LibriSpeech (folder holding LibriSpeech/): "
                     "linked after checking the subsets, not downloaded")

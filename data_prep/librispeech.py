@@ -314,8 +314,12 @@ def download_lm_resources(
     lm: bool = True,
     lexicon: Path | None = None,
     local_dir: Path | None = None,
+    lm_files: Sequence[str] | None = None,
 ) -> Path:
     """Put the lexicon, the vocabulary and (with ``lm``) the official LMs into ``lm_dir``.
+
+    ``lm_files`` names the official LM files wanted (default: all of :data:`LM_FILES`, ~4 GB);
+    a recipe asks only for the ARPA it decodes with.
 
     Each file comes, in this order of preference, from ``lexicon`` (the lexicon only: any
     ``WORD PH1 ...`` file, linked, not checksummed), from ``local_dir`` (a folder holding
@@ -327,7 +331,11 @@ def download_lm_resources(
     bases = _base_urls(base_url)
     if local_dir is not None and not Path(local_dir).is_dir():
         raise FileNotFoundError(f"{local_dir}: LM folder not found (--lm-dir)")
-    for name in (LEXICON_FILE, VOCAB_FILE, *(LM_FILES if lm else ())):
+    wanted = LM_FILES if lm_files is None else tuple(lm_files)
+    unknown = [n for n in wanted if n not in LM_FILES]
+    if unknown:
+        raise ValueError(f"unknown OpenSLR 11 LM file(s) {unknown}; known: {list(LM_FILES)}")
+    for name in (LEXICON_FILE, VOCAB_FILE, *(wanted if lm else ())):
         source = None
         if name == LEXICON_FILE and lexicon is not None:
             if not Path(lexicon).is_file():
@@ -388,12 +396,13 @@ def download_librispeech(
     corpus_dir: Path | None = None,
     lexicon: Path | None = None,
     lm_dir: Path | None = None,
+    lm_files: Sequence[str] | None = None,
 ) -> Path:
     """Download and unpack ``subsets`` into ``target_dir/LibriSpeech``, plus the lexicon.
 
     With ``corpus_dir`` an existing LibriSpeech is linked instead (:func:`link_librispeech`).
     The lexicon and vocabulary always go to ``target_dir/lm``, the official LMs too with
-    ``lm`` (:func:`download_lm_resources`, which also takes ``lexicon`` and ``lm_dir``).
+    ``lm`` (:func:`download_lm_resources`, which also takes ``lexicon``, ``lm_dir`` and ``lm_files``).
     ``base_url`` is a resources root (``.../resources``) or a :data:`MIRRORS` name, or a
     list of them tried in order. Subsets already unpacked (marker
     ``LibriSpeech/.<subset>.done``) are skipped. Returns ``target_dir``.
@@ -423,7 +432,7 @@ def download_librispeech(
             archive.unlink()
             clear_done(target_dir, f"download-{name}")
         log.info("%s: ready", libri / subset)
-    download_lm_resources(target_dir / "lm", bases, lm=lm, lexicon=lexicon, local_dir=lm_dir)
+    download_lm_resources(target_dir / "lm", bases, lm=lm, lexicon=lexicon, local_dir=lm_dir, lm_files=lm_files)
     return target_dir
 
 

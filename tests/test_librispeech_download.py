@@ -353,3 +353,16 @@ def test_truncated_archive_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"dev-clean.tar.gz: cannot unpack"):
         lsp.extract_archive(archive, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_only_the_configured_lm_is_fetched(lm_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A recipe decoding with tgsmall fetches tgsmall, not the other ~4 GB of OpenSLR 11."""
+    monkeypatch.setattr(lsp, "LM_FILES", (TGSMALL, "3-gram.pruned.1e-7.arpa.gz", "4-gram.arpa.gz"))
+    user = _existing_corpus(tmp_path / "user", ["dev-clean"])
+    argv = ["download", "--target", str(tmp_path / "corpus"), "--subsets", "dev-clean", "--corpus-dir", str(user),
+            "--base-url", lm_server.url + "/res", "--lm-files", TGSMALL]
+    assert cli.main(argv) == 0
+    assert sorted(p for p, _ in lm_server.requests) == sorted(f"/res/11/{n}" for n in
+                                                             (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL))
+    with pytest.raises(ValueError, match=r"unknown OpenSLR 11 LM file\(s\) \['3-gram.pruned.9e-9.arpa.gz'\]"):
+        lsp.download_lm_resources(tmp_path / "lm", lm_server.url + "/res", lm_files=["3-gram.pruned.9e-9.arpa.gz"])

@@ -142,7 +142,8 @@ if want 0; then begin 0 "corpus ($corpus)"
       --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" $force \
       --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)"
   else
-    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) \
+    arpa=$(get lm.official_arpa 2>/dev/null || true)   # only the ARPA decoded with, not all ~4 GB of OpenSLR 11
+    asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) ${arpa:+--lm-files "$arpa"} \
       ${corpus_dir:+--corpus-dir "$corpus_dir"} ${lexicon:+--lexicon "$lexicon"} ${lm_dir:+--lm-dir "$lm_dir"}
   fi
 end; fi
