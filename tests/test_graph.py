@@ -88,7 +88,7 @@ def best_words(hclg, pdfs):
 
 
 def read_graph(out):
-    hclg = kaldifst.StdVectorFst.read(str(out / "HCLG.fst"))
+    hclg = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(out / "HCLG.fst")))  # a ConstFst, as Kaldi writes HCLG
     words = {int(i): w for w, i in (line.split() for line in (out / "words.txt").read_text().splitlines())}
     return hclg, words
 
@@ -212,6 +212,36 @@ def test_array_self_loops_match_per_arc_reference(seed, tmp_path, monkeypatch):
     assert got_rows == want_rows
     final = {q: round(float(w), 3) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
     assert final == {q: round(w, 3) for q, w in want_finals.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_accessible_sorted_keeps_reachable_states_in_order_with_sorted_arcs(seed, tmp_path, monkeypatch):
+    """The final pass that replaced OpenFst's connect + arcsort on a VectorFst copy of the graph."""
+    monkeypatch.setattr(hclg, "_CHUNK", 5)
+    rng = np.random.default_rng(seed)
+    num_states = int(rng.integers(5, 40))
+    rows = [(int(rng.integers(num_states)), int(rng.integers(0, 6)), int(rng.integers(0, 3)),
+             round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 60)))]
+    arrays = hclg._to_arrays(hclg._make_fst(num_states, 0, rows, {num_states - 1: 0.5}, tmp_path), tmp_path)
+    got = hclg._accessible_sorted(arrays)
+
+    reach, todo = {0}, [0]
+    while todo:
+        for s, *_, d in rows:
+            if s == todo[-1] and d not in reach:
+                reach.add(d)
+                todo.insert(0, d)
+        todo.pop()
+    new_id = {q: i for i, q in enumerate(sorted(reach))}
+    assert got.start == 0 and len(got.states) == len(reach)
+    src, il = got.sources(), got.arcs["ilabel"]
+    assert np.all((src[1:] != src[:-1]) | (il[1:] >= il[:-1]))  # sorted by input label within each state
+    got_rows = sorted(zip(src.tolist(), il.tolist(), got.arcs["olabel"].tolist(),
+                          [round(float(w), 3) for w in got.arcs["weight"]], got.arcs["nextstate"].tolist()))
+    assert got_rows == sorted((new_id[s], i, o, round(float(np.float32(w)), 3), new_id[d])
+                              for s, i, o, w, d in rows if s in reach)
+    finals = {q: float(w) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
+    assert finals == ({new_id[num_states - 1]: 0.5} if num_states - 1 in reach else {})
 
 
 def test_epsilon_cycle_is_detected(tmp_path):

@@ -116,10 +116,14 @@ class _Arrays:
         return np.repeat(np.arange(len(self.states), dtype=np.int32), self.states["narcs"])
 
 
-def _to_arrays(fst: kaldifst.StdFst, tmp: Path) -> _Arrays:
-    """Arrays of ``fst`` through a ConstFst file in ``tmp`` (the file is removed)."""
-    path = tmp / "to_arrays.fst"
+def _save_const(fst: kaldifst.StdFst, path: Path) -> Path:
+    """Write ``fst`` as a ConstFst file, so that the caller can free it before :func:`_read_arrays`."""
     kaldifst.StdConstFst(fst).write(str(path))
+    return path
+
+
+def _read_arrays(path: Path) -> _Arrays:
+    """Arrays of a ConstFst file, which is then removed."""
     with open(path, "rb") as f:
         head = f.read(4096)
     offset = 4
@@ -136,6 +140,12 @@ def _to_arrays(fst: kaldifst.StdFst, tmp: Path) -> _Arrays:
     arcs = np.fromfile(path, dtype=_ARC, count=num_arcs, offset=offset + num_states * _STATE.itemsize)
     path.unlink()
     return _Arrays(int(start), states, arcs)
+
+
+def _to_arrays(fst: kaldifst.StdFst, tmp: Path) -> _Arrays:
+    """Arrays of ``fst`` (which the caller still holds: for small FSTs; large ones go through
+    :func:`_save_const`, ``del``, :func:`_read_arrays`)."""
+    return _read_arrays(_save_const(fst, tmp / "to_arrays.fst"))
 
 
 def _write_const(fst: _Arrays, path: Path) -> Path:
@@ -403,6 +413,45 @@ def _add_self_loops(fst: _Arrays, loop_cost: np.ndarray) -> _Arrays:
     return _Arrays(fst.start, states, out)
 
 
+def _accessible_sorted(fst: _Arrays) -> _Arrays:
+    """The states a path from the start reaches, renumbered in order, each with its arcs sorted by input label.
+
+    What OpenFst's connect + arcsort do, without a VectorFst copy of the graph.
+    After :func:`_add_self_loops` every state is coaccessible (a copy keeps its
+    original's arcs), but an original whose entering arcs all went to copies is
+    no longer reachable: accessibility is all that connect would change.
+    """
+    states, arcs = fst.states, fst.arcs
+    pos, narcs = states["pos"].astype(np.int64), states["narcs"].astype(np.int64)
+
+    def arcs_of(ids: np.ndarray) -> np.ndarray:
+        n = narcs[ids]
+        return np.repeat(pos[ids] - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+
+    reach = np.zeros(len(states), dtype=bool)
+    reach[fst.start] = True
+    frontier = np.array([fst.start], dtype=np.int64)
+    while len(frontier):  # breadth-first, one vectorised step per level
+        dst = arcs["nextstate"][arcs_of(frontier)]
+        frontier = np.unique(dst[~reach[dst]]).astype(np.int64)
+        reach[frontier] = True
+    keep = np.flatnonzero(reach)
+    new_id = (np.cumsum(reach) - 1).astype(np.int32)
+    del reach
+    out_states = states[keep]
+    out_states["pos"][0] = 0
+    out_states["pos"][1:] = np.cumsum(out_states["narcs"][:-1], dtype=np.uint64)
+    out_arcs = np.empty(int(out_states["narcs"].sum(dtype=np.uint64)), dtype=_ARC)
+    for lo in range(0, len(keep), _CHUNK):  # bounded temporaries: one chunk of states at a time
+        ids = keep[lo:lo + _CHUNK]
+        chunk = arcs[arcs_of(ids)]
+        chunk = chunk[np.lexsort((chunk["ilabel"], np.repeat(np.arange(len(ids)), narcs[ids])))]
+        chunk["nextstate"] = new_id[chunk["nextstate"]]
+        at = int(out_states["pos"][lo])
+        out_arcs[at:at + len(chunk)] = chunk
+    return _Arrays(int(new_id[fst.start]), out_states, out_arcs)
+
+
 def _check_no_epsilon_cycles(fst: _Arrays) -> None:
     """Raise if epsilon-input arcs form a cycle (the decoder would loop without consuming frames).
 
@@ -537,8 +586,9 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         HCLG = kaldifst.compose(H, CLG)
         del H, CLG
         kaldifst.determinize_star(HCLG, use_log=True)
-        arrays = _to_arrays(HCLG, tmp)
+        path = _save_const(HCLG, tmp / "HCLG_det.fst")
         del HCLG
+        arrays = _read_arrays(path)
         arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
         path = _write_const(arrays, tmp / "HCLG_nodisambig.fst")
         del arrays
@@ -552,33 +602,29 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         loop_cost = np.array([math.inf] + [
             -config.self_loop_scale * math.log(p) if (p := topo.self_loop[c][s]) > 0 else math.inf
             for c, s, _ in triples])
-        arrays = _to_arrays(HCLG, tmp)
+        path = _save_const(HCLG, tmp / "HCLG_min.fst")
         del HCLG
-        arrays = _add_self_loops(arrays, loop_cost)
+        arrays = _add_self_loops(_read_arrays(path), loop_cost)
         _check_no_epsilon_cycles(arrays)
         label2pdf = np.array([0] + [pdf + 1 for _, _, pdf in triples], dtype=np.int32)
         arrays.arcs["ilabel"] = label2pdf[arrays.arcs["ilabel"]]
-        path = _write_const(arrays, tmp / "HCLG_loops.fst")
-        del arrays
-        HCLG = _read_vector(path)
-        kaldifst.connect(HCLG)
-        kaldifst.arcsort(HCLG, sort_type="ilabel")
+        arrays = _accessible_sorted(arrays)
         log.info("self-loops and senone labels (%.1f s, peak RSS %.0f MB)", time.perf_counter() - t, _peak_rss_mb())
 
-    num_arcs = sum(HCLG.num_arcs(s) for s in range(HCLG.num_states))
-    stats.update({"HCLG_states": HCLG.num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(triples),
+    num_states, num_arcs = len(arrays.states), len(arrays.arcs)
+    stats.update({"HCLG_states": num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(triples),
                   "tree_sha256": tree_sha256(tree_path),
                   "build_seconds": round(time.perf_counter() - t0, 3),
                   "build_cpu_seconds": round(_cpu_seconds() - c0, 3),
                   "peak_rss_mb": round(_peak_rss_mb(), 1)})
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "HCLG.fst") as p:
-        HCLG.write(str(p))
+    with atomic_path(out_dir / "HCLG.fst") as p:  # a ConstFst: what the decoder reads, no VectorFst copy made
+        _write_const(arrays, Path(p))
     with atomic_open(out_dir / "words.txt") as f:
         f.writelines(f"{w} {i}\n" for i, w in enumerate(words))
     write_json_atomic(out_dir / "graph.json", stats)
     mark_done(out_dir, "graph", {"lang": str(lang_dir), "tree": str(tree_path), "arpa": str(arpa_path)})
-    log.info("HCLG: %d states, %d arcs, built in %.1f s (%.1f s CPU), peak RSS %.0f MB", HCLG.num_states, num_arcs,
+    log.info("HCLG: %d states, %d arcs, built in %.1f s (%.1f s CPU), peak RSS %.0f MB", num_states, num_arcs,
              stats["build_seconds"], stats["build_cpu_seconds"], stats["peak_rss_mb"])
     return out_dir
 
