@@ -30,6 +30,7 @@ and lexicon sizes and checked against ``max_memory_gb``.
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
 import logging
@@ -470,11 +471,12 @@ def _check_no_epsilon_cycles(fst: _Arrays) -> None:
         alive &= ~leaving
 
 
-# Peak RSS model fitted to two builds of benchmarks/bench_graph.py (BENCHMARKS.md, "HCLG at real size"):
-# 100k n-grams with 5.3k pronunciations -> 1.03 GB, 250k n-grams with 74.7k pronunciations -> 2.28 GB,
-# over the ~0.52 GB the interpreter and its libraries (torch among them) hold before building.
-_BYTES_PER_NGRAM = 4700.0
-_BYTES_PER_LEXICON_PHONE = 1200.0
+# Peak RSS model fitted to builds of benchmarks/bench_graph.py (BENCHMARKS.md, "HCLG at real size") with a
+# 70k-word CMUdict lexicon (74,740 pronunciations, 475,497 phones) and a 2,091-leaf tree: 1M n-grams -> 3.93 GB,
+# 2M -> 6.85 GB (the determinisation of H o CLG is the peak), over the ~0.52 GB the interpreter and its libraries
+# (torch among them) hold before building; per phone from the intercept. Rounded up: an estimate that errs high.
+_BYTES_PER_NGRAM = 3000.0
+_BYTES_PER_LEXICON_PHONE = 1100.0
 _BASE_BYTES = 520e6
 
 
@@ -493,6 +495,19 @@ def _available_memory_gb() -> float:
     except OSError:
         pass
     return math.inf
+
+
+def _trim_heap() -> None:
+    """Return the heap memory freed with an OpenFst graph to the OS (glibc's ``malloc_trim``).
+
+    Otherwise glibc keeps it, and the numpy arrays of the next pass (their own
+    mappings, not the heap) stack on top of it: measured on a 2M-n-gram build,
+    ~2 GB of a freed VectorFst stayed resident under the self-loop pass.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _cpu_seconds() -> float:
@@ -565,6 +580,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         t = time.perf_counter()
         LG = kaldifst.compose(L, G)
         del L, G
+        _trim_heap()
         kaldifst.determinize_star(LG, use_log=True)
         kaldifst.minimize_encoded(LG)
         kaldifst.arcsort(LG, sort_type="ilabel")
@@ -574,6 +590,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         t = time.perf_counter()
         CLG, ilabels = kaldifst.compose_context(disambig_phones, 3, 1, LG)
         del LG
+        _trim_heap()
         kaldifst.arcsort(CLG, sort_type="ilabel")
         stats["CLG_states"] = CLG.num_states
         stats["context_windows"] = len(ilabels)
@@ -585,13 +602,16 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         del ilabels
         HCLG = kaldifst.compose(H, CLG)
         del H, CLG
+        _trim_heap()
         kaldifst.determinize_star(HCLG, use_log=True)
         path = _save_const(HCLG, tmp / "HCLG_det.fst")
         del HCLG
+        _trim_heap()
         arrays = _read_arrays(path)
         arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
         path = _write_const(arrays, tmp / "HCLG_nodisambig.fst")
         del arrays
+        _trim_heap()
         HCLG = _read_vector(path)
         kaldifst.rmepsilon(HCLG)
         kaldifst.minimize_encoded(HCLG)
@@ -604,6 +624,7 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
             for c, s, _ in triples])
         path = _save_const(HCLG, tmp / "HCLG_min.fst")
         del HCLG
+        _trim_heap()
         arrays = _add_self_loops(_read_arrays(path), loop_cost)
         _check_no_epsilon_cycles(arrays)
         label2pdf = np.array([0] + [pdf + 1 for _, _, pdf in triples], dtype=np.int32)
