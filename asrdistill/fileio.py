@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -25,6 +25,7 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
     "read_skipped",
+    "write_skipped",
     "json_safe",
     "identity",
     "read_done",
@@ -130,6 +131,14 @@ def read_skipped(path: str | os.PathLike) -> dict[str, str]:
         row = line.split("\t", column)
         out[row[0]] = row[column] if len(row) > column else ""
     return out
+
+
+def write_skipped(path: str | os.PathLike, skipped: Mapping[str, str]) -> None:
+    r"""``utt\treason`` per skipped utterance, sorted, written atomically: the header-less form of :func:`read_skipped`.
+
+    Whitespace runs inside a reason (tabs, newlines) become one space, so that each row is one utterance.
+    """
+    write_text_atomic(path, "".join(f"{u}\t{' '.join(r.split())}\n" for u, r in sorted(skipped.items())))
 
 
 # Files up to this size are fingerprinted by content (manifests, configs, transcripts, models of

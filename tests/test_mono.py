@@ -10,7 +10,10 @@ from asrdistill.aligner.align import AlignConfig, align_subset
 from asrdistill.aligner.hmm import HmmModel, UttAlignment, estimate_self_loops, prepare_transcripts
 from asrdistill.aligner.mono import MonoConfig, train_mono
 from asrdistill.aligner.topology import Topology
+from asrdistill.aligner.tree import TreeConfig
+from asrdistill.aligner.triphone import TriConfig, train_triphone
 from asrdistill.data.lang import Lang
+from asrdistill.fileio import read_done, read_skipped
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "BB", "CC", "DD", "EE"]
@@ -132,6 +135,43 @@ def test_bad_inputs_are_skipped_and_reported(trained, tmp_path):
                 assert spn in s["phone"]
     assert ShardManifest.load(tmp_path / "ali", "ali").keys == fm.keys
     assert res.pdf is None                                       # monophone model: no pdf shards unless asked
+
+
+def test_every_pass_lists_an_utterance_too_short_for_its_transcript_and_aligns_the_rest(tmp_path):
+    """Mono training, triphone training and the label passes each write it to skipped.tsv: frames vs HMM states.
+
+    A second utterance whose transcript grew after the monophone pass has a prior alignment but too few frames
+    now: the triphone loop's realignment drops it, with the same kind of reason, and the others train on.
+    """
+    lang, feats, text, _ = _make_corpus(tmp_path, n_utts=40, seed=3)
+    short, grown = "spk-ch-short", sorted(feats)[1]
+    feats[short] = feats[sorted(feats)[0]][:4]
+    text[short] = "ABC DE"                                       # 5 phones x 3 states: at least 15 frames
+    man = _write_feats(tmp_path / "fbank", feats)
+    mono = train_mono(man, text, lang, tmp_path / "mono", _cfg(num_iters=4, realign_iters=[1, 2]))
+    mono_ali = align_subset(man, text, lang, mono, tmp_path / "mono/ali", AlignConfig(nj=1))
+    tri_text = {**text, grown: " ".join(WORDS * 10)}              # 100 phones: 300 states
+    tri = train_triphone(mono_ali.ali, man, tri_text, lang, mono, tmp_path / "tri",
+                         TreeConfig(num_leaves=20, min_occupancy=20),
+                         TriConfig(num_iters=3, realign_iters=[1], max_gaussians=40, max_iter_inc=2, nj=1))
+    tri_ali = align_subset(man, tri_text, lang, tri, tmp_path / "tri_ali", AlignConfig(nj=1))
+
+    too_short = "4 frames, fewer than the 15 HMM states on the shortest path through its transcript's graph"
+    too_long = f"{len(feats[grown])} frames, fewer than the 300 HMM states on the shortest path"
+    mono_skipped = read_skipped(tmp_path / "mono/skipped.tsv")
+    assert list(mono_skipped) == [short] and mono_skipped[short].startswith(too_short)
+    assert read_done(tmp_path / "mono", "mono")["skipped"] == 1
+    assert list(mono_ali.skipped) == [short] and mono_ali.skipped[short].startswith(too_short)
+    tri_skipped = read_skipped(tmp_path / "tri/skipped.tsv")
+    assert sorted(tri_skipped) == sorted([short, grown])
+    assert tri_skipped[short].startswith(f"not aligned in {tmp_path / 'mono/ali'}: {too_short}")
+    assert tri_skipped[grown].startswith(too_long) and read_done(tmp_path / "tri", "tri")["skipped"] == 2
+    assert read_skipped(tmp_path / "tri_ali/skipped.tsv") == tri_ali.skipped
+    assert tri_ali.skipped[short].startswith(too_short) and tri_ali.skipped[grown].startswith(too_long)
+    for res in (mono_ali, tri_ali):                              # everything else has labels, frame for frame
+        for path in res.ali.shard_paths:
+            for utt, s in iter_shard(path):
+                assert s["phone"].shape[0] == (0 if utt in res.skipped else feats[utt].shape[0]), utt
 
 
 def test_transcripts_and_self_loops():

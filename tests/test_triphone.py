@@ -195,7 +195,7 @@ def test_realignment_redecides_silence_the_prior_alignment_lacked(trained, tmp_p
     assert sum(m.sum() for m in inner_truth.values()) > 100
     seqs, _ = prepare_transcripts({u: text[u] for u in prior}, lang)
     cfg = TriConfig(num_iters=3, max_gaussians=tri.gmm.num_gauss, realign_iters=[1], nj=1)
-    _, ali = train_gmm_hmm(tri, feats, seqs, cfg, tmp_path, alignment=prior)
+    _, ali, _ = train_gmm_hmm(tri, feats, seqs, cfg, tmp_path, alignment=prior)
     found = sum(int((ali[u].phone[m] == sil).sum()) for u, m in inner_truth.items())
     assert found / sum(m.sum() for m in inner_truth.values()) > 0.8
     assert all(ali[u].word is not None for u in ali)

@@ -6,7 +6,11 @@ tree over triphone states, tied-state triphones on deltas or LDA+MLLT
 :mod:`hmm` is the re-estimation/alignment loop both stages share;
 :mod:`utt_graph` builds each utterance's training graph (every pronunciation,
 optional silence); :mod:`kaldi_import` takes Kaldi pdf alignments instead;
-:mod:`kaldi_export` writes them out.
+:mod:`kaldi_export` writes them out. Every pass (mono and triphone training,
+the label pass) lists the utterances it cannot align in its ``skipped.tsv``
+with the reason (e.g. fewer frames than HMM states on the transcript's
+shortest path) and goes on with the rest; the Viterbi search is exact, so
+there is no beam to widen and retry with.
 """
 
 from asrdistill.aligner.align import AlignConfig, align_subset, estimate_pron_probs, read_pron_probs

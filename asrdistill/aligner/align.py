@@ -12,7 +12,9 @@ one, divided by the word's most frequent) is estimated. An utterance that
 cannot be aligned (no transcript, OOV without ``<UNK>``, fewer frames than its
 transcript's states, no finite path) keeps its place with empty arrays and is
 listed with the reason in ``skipped.tsv``; labels never differ in length from
-the features. Shards are aligned in parallel (``nj`` processes) or on a GPU.
+the features. The search is exact (:mod:`asrdistill.aligner.viterbi`), so there
+is no beam to widen and retry with. Shards are aligned in parallel (``nj``
+processes) or on a GPU.
 
     res = align_subset(feats_manifest, datadir.text, lang, HmmModel.load(".../final.pt"), out_dir,
                        AlignConfig(nj=2))
@@ -37,7 +39,8 @@ from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_fe
     process_shard
 from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, read_skipped, write_json_atomic
+from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, read_skipped, \
+    write_json_atomic, write_skipped
 from asrdistill.data.lang import UNK, Lang
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.parallel import Executor
@@ -201,8 +204,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         counts = senone_counts(pdf, model.num_pdfs)
         write_json_atomic(out_dir / "senone_counts.json", {
             "num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()})
-    with atomic_open(out_dir / "skipped.tsv") as f:
-        f.writelines(f"{u}\t{reason}\n" for u, reason in sorted(skipped.items()))
+    write_skipped(out_dir / "skipped.tsv", skipped)
     with atomic_open(out_dir / "prons.txt") as f:
         f.writelines(prons)
     write_lexiconp(out_dir / "lexiconp.txt", lang, estimate_pron_probs(prons, lang))
@@ -215,7 +217,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, identity=ident)
     log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
              frames / max(seconds, 1e-9), len(skipped),
-             f", e.g. {list(skipped.items())[:3]}" if skipped else "")
+             f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "")
     return AlignResult(ali, pdf, skipped, frames, seconds)
 
 

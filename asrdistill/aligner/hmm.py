@@ -20,7 +20,7 @@ one. Per-iteration log-likelihood goes to ``<exp>/log/train.jsonl``
 Public API::
 
     seqs, skipped = prepare_transcripts(text, lang)          # utt -> Transcript (every pronunciation)
-    model, ali = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
+    model, ali, skipped = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
     HmmModel.load(path) / model.save(path)
 """
 
@@ -386,7 +386,8 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                              context=model.tree is not None)
         for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
-                skipped[u] = f"{xs[u].shape[0]} frames but the transcript needs at least {g.min_frames}"
+                skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "
+                              "path through its transcript's graph (one frame per state at least)")
             else:
                 graphs[u] = g
         todo = list(graphs)
@@ -394,7 +395,8 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
             for u in todo:
                 path = equal_alignment(graphs[u], xs[u].shape[0])
                 if path is None:
-                    skipped[u] = f"{xs[u].shape[0]} frames, fewer than the transcript's states for equal alignment"
+                    skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {len(graphs[u].default_path)} HMM "
+                                  "states of the flat-start path (first pronunciations, silence at both ends)")
                     continue
                 out_ali[u] = UttAlignment.from_path(graphs[u], path)
         else:
@@ -418,7 +420,7 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                 paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, max_cells)
                 for u, path, sc in zip(chunk, paths, scores):
                     if path is None:
-                        skipped[u] = "no alignment path (all paths have zero probability)"
+                        skipped[u] = "every path through its transcript's graph has zero probability"
                         continue
                     out_ali[u] = UttAlignment.from_path(graphs[u], path)
                     score_sum += sc
@@ -510,7 +512,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Transcript], config: LoopConfig,
                   exp_dir: str | Path, alignment: Mapping[str, UttAlignment] | None = None,
-                  log_name: str = "train") -> tuple[HmmModel, dict[str, UttAlignment]]:
+                  log_name: str = "train") -> tuple[HmmModel, dict[str, UttAlignment], dict[str, str]]:
     """Iterate Viterbi re-estimation (Kaldi ``train_mono.sh`` / ``train_deltas.sh`` loop) from ``model``.
 
     Iteration ``i`` (0-based) re-aligns when ``i in config.realign_iters`` or
@@ -521,8 +523,9 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Tran
     re-estimated first and folded into the features and the means (Kaldi
     ``train_lda_mllt.sh``). Each
     iteration appends ``{iter, loglik_per_frame, ...}`` to
-    ``<exp_dir>/log/<log_name>.jsonl``. Returns the final model and the last
-    alignment (utterances that could not be aligned are absent).
+    ``<exp_dir>/log/<log_name>.jsonl``. Returns the final model, the last
+    alignment, and the utterances its last alignment pass could not align
+    (utt -> reason; absent from the alignment), for the caller's ``skipped.tsv``.
     """
     exp_dir = Path(exp_dir)
     jobs = shard_jobs(feats, seqs, config.nj)
@@ -585,7 +588,7 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Tran
     if skipped:
         log.warning("%d utterance(s) could not be aligned in the last alignment pass, e.g. %s",
                     len(skipped), list(skipped.items())[:3])
-    return model, ali
+    return model, ali, skipped
 
 
 def plot_convergence(jsonl: str | Path, png: str | Path) -> Path:

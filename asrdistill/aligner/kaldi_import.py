@@ -31,7 +31,7 @@ import numpy as np
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.datadir import check_pipes
-from asrdistill.fileio import atomic_open, identity, is_done, mark_done, read_skipped
+from asrdistill.fileio import identity, is_done, mark_done, read_skipped, write_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress
 
@@ -138,8 +138,7 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     pdf = ShardManifest(out_dir, PDF_PREFIX, infos, {"num_pdfs": num_pdfs, "source": str(ali), "tree": str(tree),
                                                      "tree_sha256": tree_sha256(tree)})
     pdf.save()
-    with atomic_open(out_dir / "skipped.tsv") as f:
-        f.writelines(f"{u}\t{r}\n" for u, r in sorted(skipped.items()))
+    write_skipped(out_dir / "skipped.tsv", skipped)
     mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)},
               identity=ident)
     if skipped:

@@ -25,7 +25,7 @@ from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.fileio import atomic_path, clear_done, identity, is_done, mark_done
+from asrdistill.fileio import clear_done, identity, is_done, mark_done, write_skipped
 from asrdistill.logs import progress
 
 __all__ = ["MonoConfig", "train_mono"]
@@ -58,8 +58,9 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     """Flat-start monophone training on the shortest ``config.subset_utts`` utterances.
 
     Writes ``<exp_dir>/final.pt`` (:class:`HmmModel`), ``topo.json``,
-    ``log/train.jsonl``, ``log/train.png``, ``skipped.tsv`` and the
-    ``.mono.done`` marker.
+    ``log/train.jsonl``, ``log/train.png``, ``skipped.tsv`` (utt -> reason:
+    no usable transcript, or too few frames for the flat start or the last
+    realignment; the others are trained on) and the ``.mono.done`` marker.
     """
     exp_dir = Path(exp_dir)
     ident = identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang)
@@ -103,17 +104,18 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
             init_ali.update(res.alignments)
             skipped.update(res.skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})
-    model, ali = train_gmm_hmm(model, feats, {u: seqs[u] for u in init_ali}, loop_cfg, exp_dir,
-                               alignment=init_ali)
+    model, ali, lost = train_gmm_hmm(model, feats, {u: seqs[u] for u in init_ali}, loop_cfg, exp_dir,
+                                     alignment=init_ali)
+    skipped.update(lost)
     model.save(exp_dir / "final.pt")
     model.topology.save(exp_dir / "topo.json")
-    with atomic_path(exp_dir / "skipped.tsv") as tmp:
-        tmp.write_text("".join(f"{u}\t{r}\n" for u, r in sorted(skipped.items())), encoding="utf-8")
+    write_skipped(exp_dir / "skipped.tsv", skipped)
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "mono", {"config": to_dict(config), "num_utts": len(ali), "skipped": len(skipped),
                                 "seconds": round(time.time() - t0, 1)}, identity=ident)
-    log.info("monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped",
-             time.time() - t0, model.gmm.num_gauss, model.num_pdfs, len(skipped))
+    log.info("monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped%s",
+             time.time() - t0, model.gmm.num_gauss, model.num_pdfs, len(skipped),
+             f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")
     return model
 
 

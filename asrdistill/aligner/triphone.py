@@ -40,7 +40,7 @@ from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import clear_done, identity, is_done, mark_done
+from asrdistill.fileio import clear_done, identity, is_done, mark_done, read_skipped, write_skipped
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_aligned, iter_shard
 
@@ -129,6 +129,14 @@ def _initial_gmm(tree: ContextTree, counts: np.ndarray, s1: np.ndarray, s2: np.n
     return DiagGmmSet.single(torch.from_numpy(mean).float(), torch.from_numpy(var).float())
 
 
+def _unaligned(text: Mapping[str, str], alignment: Mapping[str, UttAlignment], prior: ShardManifest
+               ) -> dict[str, str]:
+    """Transcribed utterances the prior alignment lacks -> reason, with the prior pass's own reason when it gave one."""
+    reasons = read_skipped(prior.directory / "skipped.tsv")
+    return {u: f"not aligned in {prior.directory}" + (f": {reasons[u]}" if reasons.get(u) else "")
+            for u in text if u not in alignment}
+
+
 def train_triphone(
     mono_ali: ShardManifest,
     feats: ShardManifest,
@@ -145,11 +153,12 @@ def train_triphone(
     ``mono_ali`` is any earlier phone-level alignment (the monophone one for
     tri1, a triphone one for an LDA+MLLT stage); ``mono`` gives the feature
     normalisation and topology. Utterances of ``text`` without that alignment
-    are reported and left out.
+    are left out and listed, with those the loop's last realignment could
+    not align, in ``skipped.tsv``.
     Writes to ``exp_dir``: ``tree.json``, ``tree_info.json``, ``final.pt``,
-    ``topo.json`` (self-loops from the final alignment), ``log/train.jsonl``,
-    ``log/train.png`` and the ``.tri.done`` marker; a finished ``exp_dir`` is
-    loaded, not retrained, unless ``force``.
+    ``topo.json`` (self-loops from the final alignment), ``skipped.tsv``,
+    ``log/train.jsonl``, ``log/train.png`` and the ``.tri.done`` marker; a
+    finished ``exp_dir`` is loaded, not retrained, unless ``force``.
     """
     exp_dir = Path(exp_dir)
     ident = identity(result_settings(config), result_settings(tree_config), mono_ali.path, mono_ali.shard_paths,
@@ -179,25 +188,24 @@ def train_triphone(
     model = HmmModel(gmm, mono.topology, transform, tree,
                      {"stage": "tri", "config": to_dict(config), "tree_config": to_dict(tree_config)})
     alignment = read_alignment(mono_ali, tree)
-    missing = [u for u in text if u not in alignment]
-    if missing:
-        log.warning("%d transcribed utterance(s) have no monophone alignment and are not used, e.g. %s",
-                    len(missing), missing[:3])
-    seqs, skipped = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
-    if skipped:
-        log.warning("%d aligned utterance(s) have no usable transcript now, e.g. %s", len(skipped),
-                    list(skipped.items())[:3])
+    skipped = _unaligned(text, alignment, mono_ali)
+    seqs, bad = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
+    skipped.update(bad)
     alignment = {u: a for u, a in alignment.items() if u in seqs}
     log.info("triphone training: %d senones (%d with data), %d utterances, up to %d Gaussians",
              tree.num_pdfs, int((counts > 0).sum()), len(seqs), config.max_gaussians)
-    model, final_ali = train_gmm_hmm(model, feats, seqs, config, exp_dir, alignment=alignment)
+    model, final_ali, lost = train_gmm_hmm(model, feats, seqs, config, exp_dir, alignment=alignment)
+    skipped.update(lost)
     model.meta["num_utts"] = len(final_ali)
     model.save(exp_dir / "final.pt")
     model.topology.save(exp_dir / "topo.json")
+    write_skipped(exp_dir / "skipped.tsv", skipped)
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "tri", {"config": to_dict(config), "tree_config": to_dict(tree_config),
-                               "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss,
+                               "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss, "skipped": len(skipped),
                                "seconds": round(time.time() - t0, 1)}, identity=ident)
-    log.info("triphone training done in %.1f s: %d senones, %d Gaussians", time.time() - t0, tree.num_pdfs,
-             model.gmm.num_gauss)
+    log.info("triphone training done in %.1f s: %d senones, %d Gaussians, %d utterances; %d skipped%s",
+             time.time() - t0, tree.num_pdfs, model.gmm.num_gauss, len(final_ali), len(skipped),
+             f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")
     return model
+

@@ -7,8 +7,12 @@ precede it: other pronunciations, optional silence) for the whole batch at
 once, as one gather. Backpointers are stored as int8 predecessor slots, so
 memory is one byte per (frame, state). Works on any torch device.
 
-An utterance with no complete path (too few frames for its graph, or only
--inf scores) gets ``None`` rather than a made-up alignment.
+The search is exact: every state of every frame is kept, nothing is pruned,
+so the path found is the best one and an utterance with no complete path (too
+few frames for its graph, or only -inf scores) has none at any beam. It gets
+``None`` rather than a made-up alignment, and the callers list it with its
+reason in ``skipped.tsv``. Kaldi's beam-pruned ``gmm-align-compiled`` retries
+a failed utterance with ``--retry-beam``; here there is nothing to retry.
 """
 
 from __future__ import annotations
