@@ -39,9 +39,10 @@ SECTIONS: dict[str, str] = {
     "tri": "tri",
     "lm": "lm",
     "graph": "graph",
-    "decode": "evaluate",
-    "evaluate": "evaluate",
-    "train": "train, ensemble, evaluate",
+    "decode": "evaluate, bundle",
+    "evaluate": "evaluate, bundle (its method)",
+    "train": "train, ensemble, evaluate, specialists-groups, specialists-train, specialists-eval, specialists-cache "
+             "(these four: train.frames)",
     "ensemble": "ensemble",
     "student": "train --role student",
     "fraction": "train --role fraction",
