@@ -6,9 +6,10 @@ alignments, the share of phone
 boundaries within 20 ms of espeak's true timing and the mean absolute boundary
 error, as two tables (clean utterances of each subset; all conditions, noisy and
 reverberant included), and the number of senones used. The full-pipeline mode
-trains the GMM-HMM stage itself and also prints its wall time, peak memory and
-alignment frames/s. ``--recipe-dir`` trains nothing: it scores the alignments a
-recipe run already wrote (``exp/mono/ali``, the training set, and
+trains the GMM-HMM stage itself (up to ``--last-stage``: mono, tri1 or tri2)
+and also prints its wall time per phase, peak memory and alignment frames/s.
+``--recipe-dir`` trains nothing: it scores the alignments a recipe run already
+wrote (``exp/mono/ali``, the training set, and
 ``exp/tri_ali/<subset>``, ``exp/tri2_ali/<subset>`` where present), skipping
 with a message any not finished yet.
 
@@ -27,6 +28,7 @@ touching l/r/w/j, which espeak itself only places to a few tens of ms.
 
     PYTHONPATH=. python benchmarks/bench_aligner.py --corpus /path/with/LibriSpeech --work /tmp/bench_ali
     PYTHONPATH=. python benchmarks/bench_aligner.py --hours 1 --work /tmp/bench_ali   # synthesizes first
+    PYTHONPATH=. python benchmarks/bench_aligner.py --hours 5 --work /tmp/bench_ali5 --last-stage tri1  # no LDA+MLLT
     PYTHONPATH=. python benchmarks/bench_aligner.py --recipe-dir recipes/librispeech [--subsets train dev test]
 """
 
@@ -228,6 +230,17 @@ def _peak_rss_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
+def _rate(res) -> str:
+    """Frames/s of an :class:`~asrdistill.aligner.align.AlignResult`; a reused alignment took no time to measure."""
+    if res.seconds <= 0:
+        return "reused from an earlier run"
+    return f"{res.num_frames / res.seconds:.0f} frames/s ({res.num_frames} frames in {res.seconds:.1f} s)"
+
+
+STAGES = ("mono", "tri1", "tri2")              # each trained from the previous one's alignment
+ALI_NAME = {"mono": "mono", "tri1": "tri", "tri2": "tri2"}   # folders <name>/ and <name>_ali/ under --work
+
+
 def run_pipeline(args: argparse.Namespace) -> None:
     """Synthesize (unless ``--corpus``), train and time the whole GMM-HMM stage under ``--work``, then score it."""
     from asrdistill.aligner.align import AlignConfig, align_subset
@@ -259,7 +272,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
     hours = {s: feats[s].num_frames / 360000 for s in subsets}
     print(f"corpus: {', '.join(f'{s} {h:.2f} h' for s, h in hours.items())}; {lang.num_phones} phones")
 
-    # ---- the GMM-HMM stage, timed as a whole
+    # ---- the GMM-HMM stage, timed as a whole, up to --last-stage
+    stages = STAGES[: STAGES.index(args.last_stage) + 1]
+    minutes: dict[str, float] = {}   # phase -> wall minutes, in order
     t0 = time.time()
     if is_done(work / "mono", "mono"):  # reuse a finished monophone system; count its recorded time
         mono = HmmModel.load(work / "mono" / "final.pt")
@@ -268,44 +283,37 @@ def run_pipeline(args: argparse.Namespace) -> None:
     else:
         mono = train_mono(feats["train"], data["train"].text, lang, work / "mono",
                           MonoConfig(nj=args.nj, max_gaussians=args.mono_gaussians))
-    t_mono = time.time() - t0
+    minutes["mono train"] = (time.time() - t0) / 60
     align_cfg = AlignConfig(nj=args.nj)
-    mono_ali, ali_frames, ali_seconds = {}, 0, 0.0
-    for s in subsets:
-        res = align_subset(feats[s], data[s].text, lang, mono, work / "mono_ali" / s, align_cfg)
-        mono_ali[s] = res.ali
-        if s == "train":
-            ali_frames, ali_seconds = res.num_frames, res.seconds
-    t_mono_ali = time.time() - t0 - t_mono
-    tri = train_triphone(mono_ali["train"], feats["train"], data["train"].text, lang, mono, work / "tri",
-                         TreeConfig(num_leaves=args.num_leaves),
-                         TriConfig(nj=args.nj, max_gaussians=args.max_gaussians))
-    t_tri = time.time() - t0 - t_mono - t_mono_ali
-    tri_res = {s: align_subset(feats[s], data[s].text, lang, tri, work / "tri_ali" / s, align_cfg) for s in subsets}
-    t_tri_ali = time.time() - t0 - t_mono - t_mono_ali - t_tri
-    tri2 = train_triphone(tri_res["train"].ali, feats["train"], data["train"].text, lang, mono, work / "tri2",
-                          TreeConfig(num_leaves=args.num_leaves),
-                          TriConfig(nj=args.nj, max_gaussians=args.max_gaussians, feature_transform="lda_mllt"))
-    t_tri2 = time.time() - t0 - t_mono - t_mono_ali - t_tri - t_tri_ali
-    for s in subsets:
-        align_subset(feats[s], data[s].text, lang, tri2, work / "tri2_ali" / s, align_cfg)
-    total = time.time() - t0
+    t0 = time.time()
+    mono_res = {s: align_subset(feats[s], data[s].text, lang, mono, work / "mono_ali" / s, align_cfg) for s in subsets}
+    minutes["mono align all subsets"] = (time.time() - t0) / 60
+    prev = mono_res
+    for stage in stages[1:]:   # tri1 from the monophone alignment, tri2 from tri1's
+        t0 = time.time()
+        transform = "lda_mllt" if stage == "tri2" else "deltas"
+        name = ALI_NAME[stage]
+        model = train_triphone(prev["train"].ali, feats["train"], data["train"].text, lang, mono, work / name,
+                               TreeConfig(num_leaves=args.num_leaves),
+                               TriConfig(nj=args.nj, max_gaussians=args.max_gaussians, feature_transform=transform))
+        minutes[f"tree + {stage} ({transform}) train"] = (time.time() - t0) / 60
+        t0 = time.time()
+        prev = {s: align_subset(feats[s], data[s].text, lang, model, work / f"{name}_ali" / s, align_cfg)
+                for s in subsets}
+        minutes[f"{stage} labels"] = (time.time() - t0) / 60
+        used = json.loads((work / f"{name}_ali" / "train" / "senone_counts.json").read_text())["num_used"]
+        print(f"{stage}: {model.num_pdfs} senones in the tree, {used} used in the training labels, "
+              f"{model.gmm.num_gauss} Gaussians, {model.transform.dim}-dim features; train label pass "
+              f"{_rate(prev['train'])}")
     rss_self, rss_child = _peak_rss_mb()
 
-    print(f"GMM-HMM stage on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: {total / 60:.1f} min "
-          f"(mono train {t_mono / 60:.1f}, mono align all subsets {t_mono_ali / 60:.1f}, tree + tri1 train "
-          f"{t_tri / 60:.1f}, tri1 labels {t_tri_ali / 60:.1f}, tree + tri2 (LDA+MLLT) train {t_tri2 / 60:.1f}, "
-          f"tri2 labels {(total - t_mono - t_mono_ali - t_tri - t_tri_ali - t_tri2) / 60:.1f}); "
+    print(f"GMM-HMM stage ({', '.join(stages)}) on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: "
+          f"{sum(minutes.values()):.1f} min ({', '.join(f'{k} {v:.1f}' for k, v in minutes.items())}); "
           f"peak RSS main {rss_self:.0f} MB, largest worker {rss_child:.0f} MB")
-    print(f"monophone alignment of train alone: {ali_frames / max(ali_seconds, 1e-9):.0f} frames/s "
-          f"({ali_frames} frames in {ali_seconds:.1f} s, {mono.gmm.num_gauss} Gaussians)")
-    r = tri_res["train"]
-    used = json.loads((work / "tri_ali" / "train" / "senone_counts.json").read_text())["num_used"]
-    print(f"triphone: {tri.num_pdfs} senones in the tree, {used} used in the training labels, {tri.gmm.num_gauss} "
-          f"Gaussians; label pass {r.num_frames / max(r.seconds, 1e-9):.0f} frames/s; tri2: {tri2.num_pdfs} senones, "
-          f"{tri2.gmm.num_gauss} Gaussians, {tri2.transform.dim}-dim LDA+MLLT features")
+    print(f"monophone alignment of train alone ({mono.gmm.num_gauss} Gaussians): {_rate(mono_res['train'])}")
+    names = [ALI_NAME[stage] for stage in stages]
     print_boundary_tables(corpus / "LibriSpeech", lang.phones,
-                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in ("mono", "tri", "tri2")])
+                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in names])
 
 
 def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
@@ -348,6 +356,8 @@ def main() -> None:
     ap.add_argument("--max-gaussians", type=int, default=8000)
     ap.add_argument("--mono-gaussians", type=int, default=1000)
     ap.add_argument("--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards")
+    ap.add_argument("--last-stage", choices=STAGES, default="tri2",
+                    help="full-pipeline mode: train and time up to this stage (tri1: without LDA+MLLT)")
     args = ap.parse_args()
     if args.recipe_dir is not None:
         score_recipe(args.recipe_dir, args.subsets, args.train_set)
