@@ -44,7 +44,7 @@ def cmd_synth_corpus(args: argparse.Namespace) -> int:
 
     synthesize_corpus(args.out, args.hours, seed=args.seed, num_speakers=args.num_speakers, nj=args.nj,
                       dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
-                      lm_sentences=args.lm_sentences, force=args.force)
+                      lm_sentences=args.lm_sentences, vocab_size=args.vocab_size, force=args.force)
     return 0
 
 
@@ -546,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--num-speakers", type=int, default=48)
     sp.add_argument("--lm-sentences", type=int, default=100_000)
+    sp.add_argument("--vocab-size", type=int, default=0,
+                    help="extra CMUdict words in the text (0: the grammar's ~1.3k words only)")
     sp.add_argument("--dev-fraction", type=float, default=0.1, help="of the speakers and of the utterances")
     sp.add_argument("--test-fraction", type=float, default=0.1, help="of the speakers and of the utterances")
     sp.add_argument("--nj", type=int, default=2)
