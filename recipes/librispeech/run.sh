@@ -140,7 +140,8 @@ if want 0; then begin 0 "corpus ($corpus)"
   if [ "$corpus" = synthetic ]; then
     asrdistill synth-corpus --out data/corpus --hours "$(get recipe.hours)" --seed "$(get recipe.corpus_seed)" \
       --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" $force \
-      --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)"
+      --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)" \
+      --vocab-size "$(get recipe.vocab_size 2>/dev/null || echo 0)"   # optional: extra words (synthetic_large.yaml)
   else
     arpa=$(get lm.official_arpa 2>/dev/null || true)   # only the ARPA decoded with, not all ~4 GB of OpenSLR 11
     asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) ${arpa:+--lm-files "$arpa"} \
