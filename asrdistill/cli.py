@@ -284,12 +284,13 @@ def cmd_best_student(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig, evaluate_system
+    from asrdistill.nnet.specialists import SpecialistConfig
 
     frames = _train_config(args).frames
     decode_cfg = _runtime(_section(args, "decode", DecodeConfig), args)
     evaluate_system(args.system_dir, args.feats, args.labels, args.data, args.train_set, args.dev_set, args.test_set,
                     args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu",
-                    force=args.force)
+                    force=args.force, specialists=_section(args, "specialists", SpecialistConfig))
     return 0
 
 
@@ -679,14 +680,14 @@ def build_parser() -> argparse.ArgumentParser:
              "print 'T hard_weight' of the swept student with the best dev frame accuracy")
     sp.add_argument("student_dirs", nargs="+", type=Path)
 
-    sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model or ensemble",
-             config=True, threads=True)
+    sp = add("evaluate", cmd_evaluate, "frame accuracy and WER (dev-tuned acoustic scale) of a model, an ensemble "
+             "or a generalist with its specialists", config=True, threads=True)
     add_train_data(sp)
     sp.add_argument("--test-set", required=True)
     sp.add_argument("--data", type=Path, required=True, help="data/ (reference transcripts in <set>/text)")
     sp.add_argument("--graph", type=Path, help="exp/graph; without it, frame accuracy only")
     sp.add_argument("--nj", type=int, help="decoding processes")
-    sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt or members.txt")
+    sp.add_argument("system_dir", type=Path, help="exp/<system> with best.pt, members.txt or specialists.json")
     sp.add_argument("--force", action="store_true", help="evaluate again even if metrics.json is up to date")
 
     sp = add("bundle", cmd_bundle, "one folder with everything a system decodes with (weights, context, CMVN, "

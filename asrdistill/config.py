@@ -47,7 +47,8 @@ SECTIONS: dict[str, str] = {
     "student": "train --role student",
     "fraction": "train --role fraction",
     "executor": "every command with worker processes (asrdistill.parallel: local pool or Dask)",
-    "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache; run.sh stage 13",
+    "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache, evaluate (how a "
+                   "specialists folder combines: top_classes and combine_steps); run.sh stage 11 (if enabled)",
 }
 
 

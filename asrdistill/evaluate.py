@@ -1,8 +1,11 @@
-"""Score one system (a single DNN or an ensemble) for the results table.
+"""Score one system (a single DNN, an ensemble, or a generalist with its specialists) for the results table.
 
 A system is an experiment folder: ``best.pt`` for a single model (baseline,
-teacher, student), or ``members.txt`` listing member checkpoints for an
-ensemble. For dev and test it measures frame accuracy against the aligner's
+teacher, student), ``members.txt`` listing member checkpoints for an
+ensemble, or ``specialists.json`` for a generalist combined with its
+specialists (:func:`asrdistill.nnet.specialists.specialist_stream`). Every kind
+yields the same ``(utt, log posteriors, labels)`` stream, which everything
+below reads. For dev and test it measures frame accuracy against the aligner's
 senone labels, and WER through the HCLG decoder: the acoustic scale is swept on
 dev and the best one applied to test. It also times the network forward pass
 (the paper's point: the student costs one model, the ensemble N) and the search.
@@ -18,10 +21,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
@@ -31,7 +35,8 @@ from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_strea
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import FrameDNN
-from asrdistill.results import SystemResult
+from asrdistill.nnet.specialists import SpecialistConfig, is_specialists_dir, load_combination, specialist_stream
+from asrdistill.results import COMBINED, SystemResult
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 
@@ -48,7 +53,8 @@ class EvalConfig:
     decode: bool = True         # False: frame accuracy only (no WER)
 
 
-KINDS = ("baseline", "ensemble", "student", "sweep", "fraction_hard", "fraction_soft")
+# name prefixes -> kinds; student_from_specialists before student, which it also starts with
+KINDS = ("baseline", "ensemble", "student_from_specialists", "student", "sweep", "fraction_hard", "fraction_soft")
 
 
 def system_kind(name: str) -> str:
@@ -64,6 +70,38 @@ def system_models(system_dir: str | Path, device: str | torch.device = "cpu") ->
     return load_teachers(system_checkpoints(system_dir), device)
 
 
+PosteriorStream = Callable[[ShardManifest, ShardManifest | None], Iterator[tuple[str, Tensor, Tensor | None]]]
+
+
+@dataclass
+class _System:
+    """What evaluation runs of a system folder."""
+
+    kind: str
+    models: list[FrameDNN]   # every network it runs: their weights identify it, their parameters are its size
+    stream: PosteriorStream  # (features, labels or None) -> (utt, log posteriors (T, C), labels)
+    settings: dict           # what besides the weights shapes its posteriors (part of its identity)
+    extra: dict              # facts for metrics.json
+
+
+def _load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
+                 specialists: SpecialistConfig, device: str | torch.device) -> _System:
+    """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists."""
+    bf16 = torch.device(device).type == "cuda"
+    if is_specialists_dir(system_dir):
+        path, generalist, specs = load_combination(system_dir, device)
+        top, steps = specialists.top_classes, specialists.combine_steps
+        return _System(COMBINED, [generalist, *(s.model for s in specs)],
+                       lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
+                                                               steps, device, bf16),
+                       {"combination": {"top_classes": top, "combine_steps": steps}},
+                       {"generalist": path.parent.name, "specialists": len(specs)})
+    models = system_models(system_dir, device)
+    return _System(system_kind(system_dir.name), models,
+                   lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
+                                                          bf16), {}, {})
+
+
 class _Posteriors:
     """Re-iterable ``(utt, log posteriors)`` of a system over a set (the decoder's input).
 
@@ -72,9 +110,8 @@ class _Posteriors:
     decisions) and the network time.
     """
 
-    def __init__(self, models: list[FrameDNN], feats: ShardManifest, labels: ShardManifest | None, cmvn: Cmvn,
-                 frames: FrameConfig, method: str, device: str | torch.device):
-        self.args = (models, feats, cmvn, frames, labels, method, device, torch.device(device).type == "cuda")  # bf16 on GPU
+    def __init__(self, stream: PosteriorStream, feats: ShardManifest, labels: ShardManifest | None):
+        self.stream, self.feats, self.labels = stream, feats, labels
         self.per_utt: dict[str, list[int]] = {}    # utt -> [correct frames, labelled frames]
         self.preds: dict[str, np.ndarray] = {}     # utt -> (T,) best senone per frame
         self.num_frames = 0
@@ -82,7 +119,7 @@ class _Posteriors:
 
     def __call__(self) -> Iterator[tuple[str, np.ndarray]]:
         self.per_utt, self.preds, self.num_frames, self.nn_seconds = {}, {}, 0, 0.0
-        stream = posterior_stream(*self.args)
+        stream = self.stream(self.feats, self.labels)
         while True:
             t0 = time.perf_counter()
             item = next(stream, None)
@@ -114,8 +151,8 @@ class _Posteriors:
                                     labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]))
 
 
-def _inputs(system_dir: Path, sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
-            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, models: list[FrameDNN]) -> dict:
+def _inputs(sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
+            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: _System) -> dict:
     """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
     :func:`identity`), the graph and every setting; any change means evaluating again."""
     feats_root, labels_root, data_root = roots
@@ -125,44 +162,45 @@ def _inputs(system_dir: Path, sets: tuple[str, str, str], roots: tuple[Path, Pat
     graph = None
     if config.decode and graph_dir is not None:
         graph = identity(*[Path(graph_dir) / f for f in ("HCLG.fst", "words.txt", "graph.json")])
-    return {"weights_sha256": fingerprint(models), "sets": list(sets), "data": data, "graph": graph,
+    return {"weights_sha256": fingerprint(system.models), "sets": list(sets), "data": data, "graph": graph,
             "frames": dataclasses.asdict(frames),
             "decode": {k: v for k, v in dataclasses.asdict(decode_config).items() if k != "nj"},  # nj: speed only
-            "evaluate": dataclasses.asdict(config)}
+            "evaluate": dataclasses.asdict(config), **system.settings}
 
 
 def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root: str | Path, data_root: str | Path,
                     train_set: str, dev_set: str, test_set: str, graph_dir: str | Path | None,
                     frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig = EvalConfig(),
-                    device: str | torch.device = "cpu", force: bool = False) -> SystemResult:
+                    device: str | torch.device = "cpu", force: bool = False,
+                    specialists: SpecialistConfig = SpecialistConfig()) -> SystemResult:
     """Frame accuracy and WER of the system in ``system_dir`` on dev and test; writes ``metrics.json``.
 
     Also ``frames_<dev|test>.npz`` (per-utterance frame counts and decisions) and,
     with a graph, ``decode_<set>/`` (hypotheses, per-utterance errors). A system
     whose ``metrics.json`` was computed from the same weights, sets, graph and
-    settings is not evaluated again unless ``force``.
+    settings is not evaluated again unless ``force``. ``specialists``: how a
+    specialists folder combines its models (``top_classes``, ``combine_steps``).
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
-    models = system_models(system_dir, device)
-    inputs = _inputs(system_dir, (train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
-                     Path(graph_dir) if graph_dir else None, frames, decode_config, config, models)
+    cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
+    system = _load_system(system_dir, cmvn, frames, config, specialists, device)
+    inputs = _inputs((train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
+                     Path(graph_dir) if graph_dir else None, frames, decode_config, config, system)
     metrics = system_dir / "metrics.json"
     if not force and metrics.is_file():
         done = SystemResult.load(metrics)
         if done.extra.get("inputs") == json.loads(json.dumps(inputs)):
             log.info("%s: already evaluated with these weights, sets and settings, skipping", system_dir)
             return done
-    num_pdfs = models[0].num_classes
-    cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
-    result = SystemResult(system_dir.name, system_kind(system_dir.name),
-                          params=sum(m.num_params() for m in models), extra={"members": len(models)})
+    num_pdfs = system.models[0].num_classes
+    result = SystemResult(system_dir.name, system.kind, params=sum(m.num_params() for m in system.models),
+                          extra={"members": len(system.models), **system.extra})
     result.extra.update(_training_facts(system_dir))
 
     def stream(subset: str) -> _Posteriors:
         labels_dir = labels_root / subset
         labels = ShardManifest.load(labels_dir, PDF_PREFIX) if (labels_dir / f"{PDF_PREFIX}.manifest.json").is_file() else None
-        return _Posteriors(models, ShardManifest.load(feats_root / subset, FEATS_PREFIX), labels, cmvn, frames,
-                           config.method, device)
+        return _Posteriors(system.stream, ShardManifest.load(feats_root / subset, FEATS_PREFIX), labels)
 
     dev, test = stream(dev_set), stream(test_set)
     if not (config.decode and graph_dir):

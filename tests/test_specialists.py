@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +285,100 @@ def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
     # a generalist with other weights makes the specialists stale: refused, not silently combined
     assert main(["train", *data, "--out", str(tmp_path / "baseline"), "--seed", "7", "--force"]) == 0
     assert main(["specialists-eval", *data, *spec]) == 1
+
+
+# --------------------------------------------------------------------------- evaluation: a system like any other
+
+def _eval_layout(root, sets: dict, cmvn_path) -> tuple:
+    """``fbank/<set>``, ``ali/<set>`` and ``data/<set>/text`` as ``asrdistill evaluate`` reads them."""
+    import shutil
+
+    for name, (feats, labels) in sets.items():
+        shutil.copytree(feats.directory, root / "fbank" / name)
+        shutil.copytree(labels.directory, root / "ali" / name)
+        (root / "data" / name).mkdir(parents=True)
+        (root / "data" / name / "text").write_text("")
+    shutil.copy(cmvn_path, root / "fbank" / "train" / "cmvn.json")
+    return root / "fbank", root / "ali", root / "data"
+
+
+def test_evaluate_scores_a_specialists_folder_through_its_stream(trained, tmp_path):
+    """``evaluate`` on exp/specialists: the generalist named by specialists.json, combined with its specialists
+    by specialist_stream; frame accuracy as that stream gives it, better than the generalist's own evaluation."""
+    from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig, evaluate_system
+    from asrdistill.results import COMBINED
+
+    root, generalist_path, sets, cmvn, config, groups, _ = trained
+    generalist_path = Path(generalist_path)
+    roots = _eval_layout(tmp_path, sets, root / "cmvn.json")
+
+    def run(system, combination=config):
+        return evaluate_system(system, *roots, "train", "dev", "train", None, FRAMES, DecodeConfig(nj=1),
+                               EvalConfig(decode=False), specialists=combination)
+
+    comb, gen = run(root / "spec"), run(generalist_path.parent)
+    generalist, specialists = load_model(generalist_path), load_specialists(root / "spec")
+    feats, labels = sets["dev"]
+    expected = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, FRAMES, labels,
+                                                 config.top_classes, config.combine_steps))
+    assert comb.kind == COMBINED and gen.kind == "other"
+    assert comb.dev_frame_acc == pytest.approx(100 * expected["acc"], abs=1e-9)
+    assert comb.dev_frame_acc > gen.dev_frame_acc + 1 and comb.test_frame_acc > gen.test_frame_acc
+    assert comb.extra["generalist"] == generalist_path.parent.name and comb.extra["specialists"] == len(groups)
+    assert comb.params == generalist.num_params() + sum(s.model.num_params() for s in specialists)
+    with np.load(root / "spec" / "frames_dev.npz") as z:   # the per-utterance counts the results' intervals read
+        assert int(z["labelled"].sum()) == 1000 and 100 * z["correct"].sum() / 1000 == pytest.approx(comb.dev_frame_acc)
+    # the combination's settings are part of its identity: the same ones reuse metrics.json, others evaluate again
+    mtime = (root / "spec" / "metrics.json").stat().st_mtime_ns
+    run(root / "spec")
+    assert (root / "spec" / "metrics.json").stat().st_mtime_ns == mtime
+    one_step = run(root / "spec", SpecialistConfig(num_groups=6, max_group_size=4, combine_steps=1))
+    assert (root / "spec" / "metrics.json").stat().st_mtime_ns != mtime
+    assert one_step.extra["inputs"]["combination"] == {"top_classes": 1, "combine_steps": 1}
+
+
+def test_evaluate_decodes_generalist_plus_specialists_through_the_graph(tmp_path):
+    """The WER path: a specialists folder over the toy task's senones decodes through HCLG like any system
+    (dev acoustic-scale sweep, test decode, per-utterance errors for the intervals)."""
+    import math
+
+    from asrdistill.data.datadir import DataDir
+    from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig, evaluate_system
+    from test_graph import toy_task
+
+    _, tree, _, _ = toy_task(tmp_path / "task")
+    rng = np.random.default_rng(3)
+    c, d = tree.num_pdfs, 40
+    means = 3 * rng.standard_normal((c, d))
+    for name, utts in (("train", 24), ("dev", 8), ("test", 8)):
+        make_frame_set(tmp_path / "sets" / name, rng, means, utts, frames=40)
+    Cmvn(np.zeros(d), np.ones(d), 1).save(tmp_path / "cmvn.json")
+    sets = {name: (ShardManifest.load(tmp_path / "sets" / name / "feats", "feats"),
+                   ShardManifest.load(tmp_path / "sets" / name / "labels", "pdf")) for name in ("train", "dev", "test")}
+    feats_root, labels_root, data_root = _eval_layout(tmp_path, sets, tmp_path / "cmvn.json")
+    for name in ("dev", "test"):  # references: the toy lexicon's words
+        utts = sets[name][0].keys
+        DataDir(wav={u: f"{u}.flac" for u in utts}, text={u: "BA KA" for u in utts},
+                utt2spk={u: u.split("-")[0] for u in utts}).save(data_root / name)
+    cfg = TrainConfig(train_feats=str(feats_root / "train"), train_labels=str(labels_root / "train"),
+                      dev_feats=str(feats_root / "dev"), dev_labels=str(labels_root / "dev"),
+                      cmvn=str(feats_root / "train" / "cmvn.json"), model=ModelConfig("tiny", hidden_dim=16),
+                      frames=FRAMES, epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant",
+                      progress=False)
+    generalist = train(cfg, tmp_path / "exp" / "baseline_seed1")["best_checkpoint"]
+    config = SpecialistConfig(num_groups=2, max_group_size=8, epochs=1)
+    cmvn = Cmvn.load(feats_root / "train" / "cmvn.json")
+    train_sets = [ShardManifest.load(r / n, p) for n in ("train", "dev") for r, p in ((feats_root, "feats"),
+                                                                                      (labels_root, "pdf"))]
+    group_senones(generalist, *train_sets[2:], cmvn, FRAMES, config, tmp_path / "exp" / "specialists")
+    assert train_specialists(generalist, *train_sets, cmvn, FRAMES, config, tmp_path / "exp" / "specialists")["trained"]
+    result = evaluate_system(tmp_path / "exp" / "specialists", feats_root, labels_root, data_root, "train", "dev",
+                             "test", tmp_path / "task" / "graph", FRAMES, DecodeConfig(nj=1, sweep_scales=[0.1, 0.2]),
+                             EvalConfig(), specialists=config)
+    assert all(math.isfinite(v) for v in (result.dev_wer, result.test_wer, result.dev_frame_acc,
+                                          result.test_frame_acc, result.decode_rtf))
+    assert result.extra["acoustic_scale"] in (0.1, 0.2)
+    per_utt = json.loads((tmp_path / "exp" / "specialists" / "decode_test" / "wer.json").read_text())["per_utt"]
+    assert set(per_utt) == set(sets["test"][0].keys)

@@ -20,7 +20,9 @@ Four steps, each a function here and an ``asrdistill specialists-*`` command:
    (``q_m``: q over the group, plus q's mass outside it as the dustbin).
    :func:`specialist_stream` yields ``(utt, log q, labels)`` like
    :func:`asrdistill.nnet.ensemble.posterior_stream`, so frame accuracy and
-   the decoder read it like any system.
+   the decoder read it like any system: ``asrdistill evaluate exp/specialists``
+   scores the folder (:func:`load_combination`: the generalist its
+   ``specialists.json`` names, with the specialists trained from it).
 4. :func:`cache_combination_targets`: the combination's soft targets, dense, for
    ``asrdistill train --soft DIR`` (one student distilled from generalist + specialists).
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -63,12 +66,13 @@ from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
 
 __all__ = ["SpecialistConfig", "SenoneGroup", "Specialist", "DevStats", "dev_statistics", "kmeans", "find_groups",
            "pdf_phones", "write_groups", "read_groups", "group_senones", "train_specialist", "train_specialists",
-           "load_specialist", "load_specialists", "combine", "evaluate_specialists",
-           "specialist_stream", "stream_accuracy", "cache_combination_targets", "cache_specialist_targets"]
+           "load_specialist", "load_specialists", "is_specialists_dir", "load_combination", "combine",
+           "evaluate_specialists", "specialist_stream", "stream_accuracy", "cache_combination_targets", "cache_specialist_targets"]
 
 log = logging.getLogger(__name__)
 
 GROUPS_FILE = "groups.json"
+SUMMARY_FILE = "specialists.json"
 
 
 @dataclass
@@ -521,7 +525,8 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
     """The training stage: one specialist per group of ``out_dir/groups.json`` in ``out_dir/spec_NN``.
 
     A group that cannot be trained (e.g. too few frames) is logged and skipped;
-    ``out_dir/specialists.json`` lists the trained ones and the skipped ones with the reason.
+    ``out_dir/specialists.json`` lists the trained ones, the skipped ones with the reason, and the
+    generalist's checkpoint, so the folder is a system :func:`load_combination` can load.
     """
     out_dir = Path(out_dir)
     groups, c = read_groups(out_dir / GROUPS_FILE)
@@ -537,8 +542,10 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
         except ValueError as e:
             log.error("specialist %d skipped: %s", g.id, e)
             skipped[g.id] = str(e)
-    summary = {"trained": {str(k): v for k, v in trained.items()}, "skipped": {str(k): v for k, v in skipped.items()}}
-    write_json_atomic(out_dir / "specialists.json", summary)
+    # the generalist relative to the folder (as an ensemble's members.txt): evaluation finds the system from here
+    summary = {"generalist": os.path.relpath(Path(generalist_path).resolve(), out_dir.resolve()),
+               "trained": {str(k): v for k, v in trained.items()}, "skipped": {str(k): v for k, v in skipped.items()}}
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
     log.info("%d specialists trained, %d skipped%s", len(trained), len(skipped),
              f" (groups {sorted(skipped)}; reasons in {out_dir / 'specialists.json'})" if skipped else "")
     return summary
@@ -550,11 +557,7 @@ def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
     (and, with ``generalist``, against the generalist they were trained from)."""
     out_dir = Path(out_dir)
     groups = {g.id: g for g in read_groups(out_dir / GROUPS_FILE)[0]}
-    summary = out_dir / "specialists.json"
-    try:
-        ids = sorted(int(k) for k in json.loads(summary.read_text(encoding="utf-8"))["trained"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{summary}: not a usable specialists summary (was specialists-train run?): {e}") from e
+    ids = sorted(int(k) for k in _summary(out_dir)["trained"])
     out = []
     for i in ids:
         spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device, generalist)
@@ -563,8 +566,41 @@ def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
                              f"{out_dir / GROUPS_FILE} (stale specialist?)")
         out.append(spec)
     if not out:
-        raise ValueError(f"{summary}: no trained specialists")
+        raise ValueError(f"{out_dir / SUMMARY_FILE}: no trained specialists")
     return out
+
+
+def _summary(out_dir: Path) -> dict:
+    path = out_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(summary["trained"], dict):
+            raise TypeError("'trained' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a usable specialists summary (was specialists-train run?): {e}") from e
+    return summary
+
+
+def is_specialists_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a specialists folder (``specialists-train`` has written its summary)."""
+    return (Path(path) / SUMMARY_FILE).is_file()
+
+
+def load_combination(out_dir: str | Path,
+                     device: str | torch.device = "cpu") -> tuple[Path, FrameDNN, list[Specialist]]:
+    """The generalist+specialists system of a specialists folder: the generalist's checkpoint (as the
+    summary names it), the generalist, and the specialists checked to be trained from it."""
+    out_dir = Path(out_dir)
+    summary = _summary(out_dir)
+    if "generalist" not in summary:
+        raise ValueError(f"{out_dir / SUMMARY_FILE}: names no generalist (written before it recorded one: "
+                         "run specialists-train again)")
+    path = Path(summary["generalist"])
+    path = path if path.is_absolute() else out_dir / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir / SUMMARY_FILE}: generalist {path} not found")
+    generalist = load_model(path, device).requires_grad_(False)
+    return path, generalist, load_specialists(out_dir, device, generalist)
 
 
 # --------------------------------------------------------------------------- 3. combination
