@@ -13,11 +13,17 @@ Each evaluated system leaves ``<exp>/<system>/metrics.json`` (see
   (the paper's headline: 86%) get 95% intervals from a paired bootstrap over
   test utterances (the groups' per-utterance counts averaged over seeds, all
   systems resampled together), so a difference can be told from test-set noise;
+* with the specialists (the paper's section 5), the same intervals for
+  generalist+specialists - its generalist, student_from_specialists - baseline
+  and student_from_specialists - student, and the specialists' frame accuracy
+  on their groups' frames vs the rest (``<specialists>/frame_accuracy.json``,
+  the analogue of the paper's Table 4);
 * the ensemble's soft-target fidelity per temperature (``ensemble/fidelity.json``).
 
 Names a script can rely on in ``results.json``: ``fidelity`` (per temperature),
-``std`` (seed spreads), ``ci_low``/``ci_high`` (interval bounds) and
-``comparison.kept_share_test_frame_acc``.
+``std`` (seed spreads), ``ci_low``/``ci_high`` (interval bounds),
+``comparison.kept_share_test_frame_acc``, ``comparison.<prefix>_test_<frame_acc|wer>``
+for each prefix of :data:`DIFFERENCES`, and ``specialists`` (the breakdown).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import numpy as np
 
 from asrdistill.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-__all__ = ["SystemResult", "PAPER", "GROUPED", "kept_share", "best_student", "paired_bootstrap", "collect_results"]
+__all__ = ["SystemResult", "PAPER", "GROUPED", "COMBINED", "FROM_SPECIALISTS", "DIFFERENCES", "kept_share",
+           "best_student", "paired_bootstrap", "collect_results"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,17 @@ PAPER = [
     {"system": "paper: distilled single model", "test_frame_acc": 60.8, "test_wer": 10.7},
 ]
 GROUPED = ("baseline", "student")   # kinds trained with several seeds
+COMBINED = "generalist+specialists"  # the kind (and row name) of a specialists folder's system
+FROM_SPECIALISTS = "student_from_specialists"
+# Differences on test with paired bootstrap intervals: (key prefix in results.json, system, reference). Each is a
+# reported group, or "generalist": the one system the specialists were trained from.
+DIFFERENCES = (
+    ("ensemble_gain", "ensemble", "baseline"),
+    ("student_gain", "student", "baseline"),
+    ("specialists_gain", COMBINED, "generalist"),
+    ("student_from_specialists_gain", FROM_SPECIALISTS, "baseline"),
+    ("student_from_specialists_vs_student", FROM_SPECIALISTS, "student"),
+)
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -50,8 +68,9 @@ BOOTSTRAP_SAMPLES = 2000
 class SystemResult:
     """Figures for one system; accuracies and WERs in percent, NaN when not measured."""
 
-    system: str                     # e.g. "baseline_seed1", "ensemble", "student_seed2", "sweep_T2_hw0.33"
-    kind: str                       # baseline | ensemble | student | sweep | fraction_hard | fraction_soft
+    system: str                     # its folder: "baseline_seed1", "ensemble", "student_seed2", "specialists", ...
+    kind: str                       # baseline | ensemble | student | sweep | fraction_hard | fraction_soft |
+                                    # generalist+specialists | student_from_specialists
     params: int = 0                 # parameters used at run time (ensemble: all members)
     dev_frame_acc: float = math.nan
     test_frame_acc: float = math.nan
@@ -149,34 +168,53 @@ def _mean_sd(values: list[float]) -> dict:
             "n": int(v.size)}
 
 
+def _label(r: SystemResult) -> str:
+    """The name a system is reported under: its folder, but a specialists folder as generalist+specialists."""
+    return COMBINED if r.kind == COMBINED else r.system
+
+
 def _groups(rows: list[SystemResult]) -> dict[str, list[SystemResult]]:
     """Rows by reported group: the seeded kinds together, every other system on its own."""
     groups: dict[str, list[SystemResult]] = {}
     for r in rows:
-        groups.setdefault(r.kind if r.kind in GROUPED else r.system, []).append(r)
+        groups.setdefault(r.kind if r.kind in GROUPED else _label(r), []).append(r)
     return groups
 
 
 def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str) -> dict:
-    """Bootstrap intervals of ensemble - baseline, student - baseline and the kept share, on test."""
+    """Bootstrap intervals of the :data:`DIFFERENCES` and of the kept share, on test (all systems paired)."""
     need = ("baseline", "ensemble", "student")
     if not all(g in groups for g in need):
         return {}
-    per = {g: [_per_utt(exp_dir, r.system, test_set) for r in groups[g]] for g in need}
+    members = {g: groups[g] for g in (*need, COMBINED, FROM_SPECIALISTS) if g in groups}
+    generalist = members[COMBINED][0].extra.get("generalist") if COMBINED in members else None
+    systems = {r.system: r for g in groups.values() for r in g}
+    if generalist in systems:
+        members["generalist"] = [systems[generalist]]
+    elif generalist is not None:
+        log.warning("results: the specialists' generalist %s is not among the systems; no interval against it",
+                    generalist)
+    per = {g: [_per_utt(exp_dir, r.system, test_set) for r in rs] for g, rs in members.items()}
     if any(x is None for g in need for x in per[g]):
         log.warning("results: per-utterance counts missing for some system; no intervals")
         return {}
-    utts = sorted(set.intersection(*(set(x) for g in need for x in per[g])))
-    out: dict = {"test_utterances": len(utts)}
+    for g in [g for g in per if any(x is None for x in per[g])]:
+        log.warning("results: per-utterance counts of %s missing; no intervals for it", g)
+        del per[g]
+    utts = sorted(set.intersection(*(set(x) for xs in per.values() for x in xs)))
+    out: dict = {"test_utterances": len(utts), **({"generalist": generalist} if "generalist" in per else {})}
     for metric, (num, den) in {"frame_acc": ("correct", "labelled"), "wer": ("errors", "words")}.items():
         if not all(num in x[utts[0]] for g in need for x in per[g]):
             continue
+        have = [g for g in per if all(num in x[utts[0]] for x in per[g])]
         stats = {g: (np.mean([[x[u][num] for u in utts] for x in per[g]], axis=0).astype(np.float64),
-                     np.array([per[g][0][u][den] for u in utts], dtype=np.float64)) for g in need}
+                     np.array([per[g][0][u][den] for u in utts], dtype=np.float64)) for g in have}
         draws = paired_bootstrap(stats)
-        point = {g: 100.0 * stats[g][0].sum() / max(stats[g][1].sum(), 1e-12) for g in need}
-        for g in ("ensemble", "student"):
-            out[f"{g}_gain_test_{metric}"] = _interval(point[g] - point["baseline"], draws[g] - draws["baseline"])
+        point = {g: 100.0 * stats[g][0].sum() / max(stats[g][1].sum(), 1e-12) for g in have}
+        for prefix, system, reference in DIFFERENCES:
+            if system in stats and reference in stats:
+                out[f"{prefix}_test_{metric}"] = _interval(point[system] - point[reference],
+                                                           draws[system] - draws[reference])
         if metric == "frame_acc":
             with np.errstate(divide="ignore", invalid="ignore"):
                 shares = (draws["student"] - draws["baseline"]) / (draws["ensemble"] - draws["baseline"])
@@ -234,17 +272,27 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
     fraction = {}
     if "fraction_hard" in groups and "fraction_soft" in groups:
         fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
+    specialists = {}
+    if COMBINED in groups:  # written by specialists-eval
+        path = exp_dir / groups[COMBINED][0].system / "frame_accuracy.json"
+        specialists = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     write_json_atomic(exp_dir / "results.json", {
         "systems": [asdict(r) for r in rows], "groups": summary, "comparison": comparison, "goal": goal,
-        "fidelity": fidelity, "fraction": fraction, "paper": PAPER})
+        "fidelity": fidelity, "fraction": fraction, "specialists": specialists, "paper": PAPER})
     write_text_atomic(exp_dir / "results.md", _markdown(title, rows, groups, summary, comparison, fidelity, goal,
-                                                        fraction))
+                                                        fraction, specialists))
     _plot(groups, summary, comparison, exp_dir / "results.png")
-    return {"systems": rows, "groups": summary, "comparison": comparison, "goal": goal, "fidelity": fidelity}
+    return {"systems": rows, "groups": summary, "comparison": comparison, "goal": goal, "fidelity": fidelity,
+            "specialists": specialists}
 
 
-def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction) -> str:
+def _difference_label(prefix: str, comparison: dict) -> str:
+    system, reference = next((a, b) for p, a, b in DIFFERENCES if p == prefix)
+    return f"{system} - {comparison['generalist'] + ' (its generalist)' if reference == 'generalist' else reference}"
+
+
+def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists) -> str:
     lines = [f"# {title}", "", "## Systems", "",
              "| system | seed | epochs (best) | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
              "| NN ms / s of audio | search RTF |",
@@ -253,14 +301,14 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
         nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
         epochs = r.extra.get("epochs")
         trained = "-" if epochs is None else f"{epochs}/{r.extra.get('max_epochs')} ({r.extra.get('best_epoch', 0) + 1})"
-        lines.append(f"| {r.system} | {r.extra.get('seed', '-')} | {trained} | {r.params:,} | {_fmt(r.dev_frame_acc)} | "
+        lines.append(f"| {_label(r)} | {r.extra.get('seed', '-')} | {trained} | {r.params:,} | {_fmt(r.dev_frame_acc)} | "
                      f"{_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | {_fmt(nn_ms, 1)} | "
                      f"{_fmt(r.decode_rtf, 3)} |")
     lines += ["", "## Over seeds (mean ± sd)", "",
               "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % |", "|---|---:|---:|---:|---:|---:|"]
     for name in groups:
         g = summary[name]
-        if name in GROUPED or name == "ensemble":
+        if name in (*GROUPED, "ensemble", COMBINED, FROM_SPECIALISTS):
             lines.append(f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
                          f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} |")
     for p in PAPER:
@@ -268,13 +316,11 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
     if comparison:
         lines += ["", f"## Differences on test, 95% paired bootstrap intervals over {comparison['test_utterances']} "
                   "utterances", "", "| figure | value [95% interval] |", "|---|---:|"]
-        names = {"ensemble_gain_test_frame_acc": "ensemble - baseline, frame acc (points)",
-                 "student_gain_test_frame_acc": "student - baseline, frame acc (points)",
-                 "ensemble_gain_test_wer": "ensemble - baseline, WER (points)",
-                 "student_gain_test_wer": "student - baseline, WER (points)"}
-        for key, label in names.items():
-            if key in comparison:
-                lines.append(f"| {label} | {_ci(comparison[key])} |")
+        for metric, unit in (("frame_acc", "frame acc"), ("wer", "WER")):
+            for prefix, _, _ in DIFFERENCES:
+                if f"{prefix}_test_{metric}" in comparison:
+                    lines.append(f"| {_difference_label(prefix, comparison)}, {unit} (points) | "
+                                 f"{_ci(comparison[f'{prefix}_test_{metric}'])} |")
         if "kept_share_test_frame_acc" in comparison:
             lines.append(f"| share of the ensemble's frame-acc gain the student keeps (%) | "
                          f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |")
@@ -295,7 +341,25 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
     if fraction:
         lines += ["", f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(fraction['hard'])}% "
                   f"vs soft targets {_fmt(fraction['soft'])}% test frame accuracy (paper, 3% of 2,000 h: 44.5% vs 57.0%)."]
+    if specialists:
+        lines += _specialists_markdown(specialists)
     return "\n".join(lines) + "\n"
+
+
+def _specialists_markdown(breakdown: dict) -> list[str]:
+    """Frame accuracy on the frames labelled with a senone of a specialist's group vs the rest, per set."""
+    lines = ["", "## Specialists: frame accuracy on their groups' frames vs the rest (the paper's Table 4)", "",
+             f"{breakdown['specialists']} specialists; the generalist's top {breakdown['top_classes']} class(es) "
+             "activate them; a frame counts as in the groups when its label is a senone of a group.", "",
+             "| set | frames | frames % | generalist % | generalist+specialists % | change (points) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in breakdown["sets"].items():
+        gen, comb = r["generalist"], r[COMBINED]
+        for part, acc, frames in (("in groups", "acc_in_groups", "frames_in_groups"),
+                                  ("outside", "acc_outside", "frames_outside"), ("all", "acc", "frames")):
+            lines.append(f"| {name}, {part} | {gen[frames]:,} | {_fmt(100 * gen[frames] / gen['frames'], 1)} | "
+                         f"{_fmt(100 * gen[acc])} | {_fmt(100 * comb[acc])} | {100 * (comb[acc] - gen[acc]):+.2f} |")
+    return lines
 
 
 def _plot(groups: dict, summary: dict, comparison: dict, path: Path) -> None:
@@ -307,7 +371,8 @@ def _plot(groups: dict, summary: dict, comparison: dict, path: Path) -> None:
 
     names = list(groups)
     fig, axes = plt.subplots(1, 3, figsize=(max(12, 0.6 * len(names) + 8), 4.2))
-    color = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange"}
+    color = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange", COMBINED: "tab:purple",
+             FROM_SPECIALISTS: "tab:brown"}
     for ax, key, label in ((axes[0], "test_frame_acc", "test frame accuracy (%)"), (axes[1], "test_wer", "test WER (%)")):
         means = [summary[n][key]["mean"] for n in names]
         sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
@@ -320,14 +385,16 @@ def _plot(groups: dict, summary: dict, comparison: dict, path: Path) -> None:
         if finite and key == "test_frame_acc":
             ax.set_ylim(max(0, min(finite) - 5), min(100, max(finite) + 2))
     ax = axes[2]
-    keys = [k for k in ("ensemble_gain_test_frame_acc", "student_gain_test_frame_acc", "ensemble_gain_test_wer",
-                        "student_gain_test_wer") if k in comparison]
-    for i, k in enumerate(keys):
-        iv = comparison[k]
+    shown = [(f"{prefix}_test_{metric}", system, f"{system} - {reference}, {unit}")
+             for metric, unit in (("frame_acc", "frame acc"), ("wer", "WER")) for prefix, system, reference in DIFFERENCES
+             if f"{prefix}_test_{metric}" in comparison]
+    for i, (key, system, _) in enumerate(shown):
+        iv = comparison[key]
         ax.errorbar([i], [iv["value"]], yerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
-                    fmt="o", capsize=4, color="tab:green" if k.startswith("ensemble") else "tab:orange")
+                    fmt="o", capsize=4, color=color.get(system, "tab:gray"))
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(keys)), [k.replace("_gain_test_", " - baseline\n") for k in keys], fontsize=8)
+    ax.set_xticks(range(len(shown)), [label for _, _, label in shown], fontsize=7, rotation=60 if len(shown) > 4 else 0,
+                  ha="right" if len(shown) > 4 else "center")
     ax.set_ylabel("difference, points (95% interval)")
     fig.tight_layout()
     with atomic_path(path) as tmp:

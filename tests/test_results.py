@@ -93,3 +93,55 @@ def test_identical_systems_have_a_zero_width_difference(tmp_path):
     iv = comp["ensemble_gain_test_frame_acc"]
     assert iv["value"] == iv["ci_low"] == iv["ci_high"] == 0.0
     assert math.isnan(comp["kept_share_test_frame_acc"]["value"])        # no gain: no share
+
+
+def test_specialists_rows_get_intervals_and_their_groups_breakdown(tmp_path):
+    """generalist+specialists (exp/specialists) and student_from_specialists are rows like the others, with paired
+    intervals against the generalist, the baselines and the ensemble-distilled students, and the specialists'
+    frame accuracy on their groups' frames vs the rest (specialists-eval's frame_accuracy.json)."""
+    from asrdistill.results import COMBINED, DIFFERENCES
+
+    rng = np.random.default_rng(2)
+    names = []
+    for seed, acc in zip((1, 2), (60.0, 60.4)):
+        _system(tmp_path, f"baseline_seed{seed}", "baseline", acc, 14.0, rng, seed)
+        names.append(f"baseline_seed{seed}")
+    _system(tmp_path, "ensemble", "ensemble", 64.0, 12.0, rng)
+    for seed in (1, 2):
+        _system(tmp_path, f"student_seed{seed}", "student", 62.0, 13.0, rng, seed)
+        names.append(f"student_seed{seed}")
+    _system(tmp_path, "specialists", COMBINED, 63.0, 12.5, rng)
+    _system(tmp_path, "student_from_specialists", "student_from_specialists", 61.0, 13.5, rng, 101)
+    r = SystemResult.load(tmp_path / "specialists/metrics.json")
+    r.extra = {"test_set": "test", "generalist": "baseline_seed1", "specialists": 3}  # as evaluate writes it
+    r.save(tmp_path / "specialists/metrics.json")
+    part = {"acc": 0.6, "frames": 1000, "acc_in_groups": 0.5, "frames_in_groups": 400, "acc_outside": 0.667,
+            "frames_outside": 600}
+    write_json_atomic(tmp_path / "specialists/frame_accuracy.json", {
+        "specialists": 3, "top_classes": 1, "combine_steps": 10,
+        "sets": {"test": {"generalist": part, COMBINED: {**part, "acc": 0.62, "acc_in_groups": 0.55}}}})
+    out = collect_results(tmp_path, [*names, "ensemble", "specialists", "student_from_specialists"])
+    comp = out["comparison"]
+    assert comp["generalist"] == "baseline_seed1"
+    for prefix, _, _ in DIFFERENCES:
+        for metric in ("frame_acc", "wer"):
+            iv = comp[f"{prefix}_test_{metric}"]
+            assert iv["ci_low"] < iv["value"] < iv["ci_high"], (prefix, metric, iv)
+    # against its own generalist (baseline_seed1), not the mean of the baselines
+    point = {n: SystemResult.load(tmp_path / n / "metrics.json").test_frame_acc for n in ("specialists", "baseline_seed1")}
+    assert comp["specialists_gain_test_frame_acc"]["value"] == pytest.approx(point["specialists"] - point["baseline_seed1"])
+    assert comp["student_from_specialists_vs_student_test_frame_acc"]["value"] < 0 < comp[
+        "specialists_gain_test_frame_acc"]["ci_low"]
+    assert set(out["groups"]) >= {COMBINED, "student_from_specialists"} and out["groups"]["student"]["test_wer"]["n"] == 2
+    md = (tmp_path / "results.md").read_text()
+    for row in ("| generalist+specialists | - |", "| student_from_specialists | 101 |",   # systems
+                "| generalist+specialists | 1 |", "| student_from_specialists | 1 |",     # groups
+                "| generalist+specialists - baseline_seed1 (its generalist), frame acc (points) |",
+                "| student_from_specialists - student, WER (points) |",
+                "| test, in groups | 400 | 40.0 | 50.00 | 55.00 | +5.00 |", "| test, all | 1,000 |"):
+        assert row in md, row
+    assert _strict_load(tmp_path / "results.json")["specialists"]["sets"]["test"][COMBINED]["acc"] == 0.62
+    # without the specialists the table is what it was
+    out = collect_results(tmp_path, [*names, "ensemble"])
+    assert not any(k.startswith(("specialists", "student_from")) for k in out["comparison"])
+    assert "Specialists" not in (tmp_path / "results.md").read_text()
