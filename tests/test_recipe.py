@@ -1,4 +1,5 @@
-"""End to end: the LibriSpeech recipe on a minutes-long synthetic corpus with the tiny config."""
+"""End to end: the LibriSpeech recipe on a minutes-long synthetic corpus with the tiny config, then its optional
+specialists stage on top of the finished run."""
 
 import json
 import math
@@ -32,8 +33,9 @@ def recipe_run(tmp_path_factory):
 
 def test_every_stage_leaves_its_outputs(recipe_run):
     work, proc = recipe_run
-    for n in range(13):
+    for n in range(14):
         assert f"Stage {n}:" in proc.stdout
+    assert "Stage 11: specialists skipped (specialists.enabled is not true" in proc.stdout  # tiny.yaml: off
     expected = [
         "data/corpus/LibriSpeech/train", "data/train/wav.scp", "data/lang/phones.txt",
         "data/fbank/train/feats.manifest.json", "data/fbank/train/cmvn.json",
@@ -95,7 +97,7 @@ def test_bundles_decode_new_audio_as_evaluation_did(recipe_run, tmp_path):
     """A folder of the test set's FLAC files (no transcripts) decoded with the ensemble's bundle gives
     evaluation's test hypotheses; the LibriSpeech folder itself also gets a %WER report."""
     work, _ = recipe_run
-    decoded = {p.parent.name for p in (work / "exp").glob("*/decode_test")}
+    decoded = {p.parent.name for p in (work / "exp").glob("*/decode_test")} - {"specialists"}  # no bundle: below
     assert "ensemble" in decoded and decoded == {p.parent.parent.name for p in (work / "exp").glob("*/bundle/manifest.json")}
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -111,3 +113,66 @@ def test_bundles_decode_new_audio_as_evaluation_did(recipe_run, tmp_path):
     assert (tmp_path / "dec/ctm").is_file() and not (tmp_path / "dec/report.txt").exists()
     wer = json.loads((work / "exp/ensemble/metrics.json").read_text())["test_wer"]
     assert (tmp_path / "dec_ref/report.txt").read_text().startswith(f"%WER {wer:.2f} ")
+
+
+# --------------------------------------------------------------------------- the optional specialists stage
+
+SPECIALISTS = "specialists:\n  enabled: true\n  num_groups: 4\n  max_group_size: 10\n  epochs: 1\n"
+
+
+@pytest.fixture(scope="module")
+def specialists_run(recipe_run):
+    """The finished tiny run again from stage 11 with specialists enabled (as conf/synthetic_specialists.yaml on
+    the README run): stage 11 trains them and their student, stages 12-13 add the two systems."""
+    work, _ = recipe_run
+    (work / "conf/tiny_specialists.yaml").write_text((work / "conf/tiny.yaml").read_text() + SPECIALISTS)
+    before = {s: (work / f"exp/{s}/metrics.json").stat().st_mtime_ns for s in ("baseline_seed1", "ensemble")}
+    proc = _run(work, "--config", "conf/tiny_specialists.yaml", "--stage", "11", "--nj", "2")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, proc, before
+
+
+def test_specialists_stage_runs_before_decoding_and_adds_two_systems(specialists_run):
+    work, proc, before = specialists_run
+    starts = [proc.stdout.index(f"Stage {n}: {what}") for n, what in
+              ((11, "specialists for confusable senones"), (12, "decode and score"), (13, "results"))]
+    assert starts == sorted(starts)
+    jobs = {name: (work / f"exp/jobs/stage12_{name}.txt").read_text().splitlines() for name in ("evaluate", "bundle")}
+    evaluated = {line.split(" --threads")[0].split()[-1] for line in jobs["evaluate"]}
+    assert {"exp/specialists", "exp/student_from_specialists", "exp/baseline_seed1"} <= evaluated
+    bundled = {t.removesuffix("/bundle") for line in jobs["bundle"] for t in line.split() if t.endswith("/bundle")}
+    assert "exp/student_from_specialists" in bundled and "exp/specialists" not in bundled  # a bundle holds DNNs
+    # the other systems' evaluations are reused: their inputs did not change
+    assert before == {s: (work / f"exp/{s}/metrics.json").stat().st_mtime_ns for s in before}
+
+
+def test_specialists_rows_are_in_the_results_with_intervals(specialists_run):
+    work, _, _ = specialists_run
+    data = json.loads((work / "exp/results.json").read_text(), parse_constant=lambda c: pytest.fail(f"JSON {c}"))
+    systems = {s["system"]: s for s in data["systems"]}
+    assert systems["specialists"]["kind"] == "generalist+specialists"
+    assert systems["student_from_specialists"]["kind"] == "student_from_specialists"
+    assert systems["specialists"]["extra"]["generalist"] == "baseline_seed1"
+    for name in ("specialists", "student_from_specialists"):
+        for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer"):
+            assert math.isfinite(systems[name][key]), (name, key)
+    for key in ("specialists_gain", "student_from_specialists_gain", "student_from_specialists_vs_student"):
+        for metric in ("frame_acc", "wer"):
+            assert {"value", "ci_low", "ci_high"} <= set(data["comparison"][f"{key}_test_{metric}"]), key
+    assert set(data["specialists"]["sets"]) == {"dev", "test"}
+    md = (work / "exp/results.md").read_text()
+    assert "| generalist+specialists |" in md and "| student_from_specialists |" in md
+    assert "| test, in groups |" in md
+    # the same combination through evaluate and through specialists-eval: one frame accuracy
+    test = data["specialists"]["sets"]["test"]["generalist+specialists"]["acc"]
+    assert systems["specialists"]["test_frame_acc"] == pytest.approx(100 * test, abs=1e-6)
+
+
+def test_specialists_conf_is_the_readme_conf_with_specialists_on():
+    import yaml
+
+    main = yaml.safe_load((RECIPE / "conf/synthetic_cpu.yaml").read_text())
+    spec = yaml.safe_load((RECIPE / "conf/synthetic_specialists.yaml").read_text())
+    assert main["specialists"]["enabled"] is False and spec["specialists"]["enabled"] is True
+    spec["specialists"]["enabled"] = False
+    assert spec == main

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hinton, Vinyals & Dean (2015), section 4, on LibriSpeech or the embedded
 # synthetic corpus: GMM-HMM alignments -> baseline DNN -> teacher ensemble ->
-# distilled students -> WER through an HCLG decoder, side by side.
+# distilled students -> (optional, section 5: specialists) -> WER through an
+# HCLG decoder, side by side.
 #
 #   recipes/librispeech/run.sh                                   # synthetic corpus, CPU config
 #   recipes/librispeech/run.sh --corpus librispeech --config recipes/librispeech/conf/librispeech_gpu.yaml --gpus 1
@@ -9,7 +10,7 @@
 #   recipes/librispeech/run.sh --stage 6 --gpus 8 --nnodes 2 --node-rank 0 --master-addr node0   # + rank 1 on node1
 #
 # Options: --stage N --stop-stage M --corpus synthetic|librispeech --config FILE
-#          --nj N (CPU processes; also the jobs stages 7, 9 and 11 run at once) --gpus N (GPUs per node;
+#          --nj N (CPU processes; also the jobs stages 7, 9, 10 and 12 run at once) --gpus N (GPUs per node;
 #          0: CPU; N > 1: torchrun DDP)
 #          --nnodes N --node-rank R --master-addr HOST --master-port P (multi-node DDP)
 #          --corpus-dir DIR (an existing LibriSpeech: links it, fetches only the lexicon and LMs)
@@ -68,7 +69,7 @@ esac
 [ -f "$config" ] || { echo "run.sh: no config $config" >&2; exit 2; }
 device=cpu; [ "$gpus" -gt 0 ] && device=cuda
 device=${ASRDISTILL_DEVICE:-$device}  # ASRDISTILL_DEVICE=cpu: the --gpus N ranks on CPU (gloo), for tests
-# DNN trainings (stages 6, 7, 9, 10): one process, or torchrun DDP over --gpus N per node x --nnodes
+# DNN trainings (stages 6, 7, 9, 10, 11): one process, or torchrun DDP over --gpus N per node x --nnodes
 train_cmd="asrdistill train"
 if [ "$gpus" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
   rendezvous="--standalone"
@@ -87,7 +88,7 @@ begin() {  # sets $force for the stage's commands
 }
 end() { log "$current done in $((SECONDS - t0)) s"; }
 
-# Independent command lines (stages 7, 9 and 11) run through `asrdistill run-jobs`: `run_jobs NAME N`
+# Independent command lines (stages 7, 9, 10 and 12) run through `asrdistill run-jobs`: `run_jobs NAME N`
 # writes the asrdistill command lines on its stdin (without 'asrdistill') to exp/jobs/NAME.txt, each with
 # --threads (this machine's cores shared among the jobs that run at once, so that two trainings do not
 # each take every core), and runs at most N at a time on the config's executor (local processes, or the
@@ -226,44 +227,50 @@ if want 10; then begin 10 "section 6: $fraction of the training data, hard label
       "--temperature $best_t --hard-weight $best_hw --out exp/fraction_soft")
 end; fi
 
-systems="$baselines ensemble $students fraction_hard fraction_soft"
+# Optional (config specialists.enabled, off unless set): the paper's section 5 specialists on the
+# seed-1 baseline as generalist, and one student distilled from generalist + specialists at the
+# students' dev-chosen (T, hard weight). Both are systems of stages 12 and 13 like every other.
+specialists=$(get specialists.enabled 2>/dev/null || echo False)
+if want 11; then
+  if [ "$specialists" = True ]; then begin 11 "specialists for confusable senones, and a student distilled from them"
+    spec="--generalist exp/baseline_seed1 --out exp/specialists"
+    asrdistill specialists-groups $common $data $force $spec --tree exp/tri/tree.json --lang data/lang
+    asrdistill specialists-train $common $data $force $spec
+    asrdistill specialists-eval $common $data $spec --test-set $test
+    read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+    asrdistill specialists-cache $common $data $force $spec --temperatures "$best_t"
+    $train_cmd $common $data $force --role student --seed 101 --soft exp/specialists/soft_T$best_t \
+      --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
+  end; else log "Stage 11: specialists skipped (specialists.enabled is not true in $config)"; fi
+fi
 
-if want 11; then begin 11 "decode and score every system; frame accuracy of the sweep"
+systems="$baselines ensemble $students"
+if [ "$specialists" = True ]; then systems="$systems specialists student_from_specialists"; fi
+systems="$systems fraction_hard fraction_soft"
+
+if want 12; then begin 12 "decode and score every system; frame accuracy of the sweep"
   # every evaluation is independent (the ensemble's needs only its members' weights): --nj at a time, each
   # system decoding with --nj / (systems at once) processes, so that about --nj decoders run in all
   num_systems=$(wc -w <<< "$systems")
   decode_nj=$(( nj / (num_systems < nj ? num_systems : nj) )); [ "$decode_nj" -ge 1 ] || decode_nj=1
-  run_jobs stage11_evaluate "$nj" < <(
+  run_jobs stage12_evaluate "$nj" < <(
     for sys in $systems; do
       echo "evaluate $common $data $force --nj $decode_nj --test-set $test --graph exp/graph --data data exp/$sys"
     done
     for sweep in exp/sweep_T*; do
       echo "evaluate $common $data $force --test-set $test --data data $sweep"
     done)
-  # what `asrdistill decode --model exp/<system>/bundle` loads (its acoustic scale from the evaluation's metrics)
-  run_jobs stage11_bundle "$nj" < <(for sys in $systems; do
-    echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$train" \
-      "--labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang"
+  # what `asrdistill decode --model exp/<system>/bundle` loads (its acoustic scale from the evaluation's metrics);
+  # a bundle holds plain DNNs, so generalist+specialists (exp/specialists) has none
+  run_jobs stage12_bundle "$nj" < <(for sys in $systems; do
+    if [ "$sys" != specialists ]; then
+      echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$train" \
+        "--labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang"
+    fi
   done)
 end; fi
 
-if want 12; then begin 12 "results"
+if want 13; then begin 13 "results"
   asrdistill results exp $systems $(cd exp && ls -d sweep_T* 2>/dev/null)
-end; fi
-# Optional (config specialists.enabled, off unless set): the paper's section 5 specialists on the
-# seed-1 baseline as generalist, and one student distilled from generalist + specialists at the
-# students' dev-chosen (T, hard weight).
-if want 13 && [ "$(get specialists.enabled 2>/dev/null || echo False)" = True ]; then
-  begin 13 "specialists for confusable senones, and a student distilled from them"
-  spec="--generalist exp/baseline_seed1 --out exp/specialists"
-  asrdistill specialists-groups $common $data $force $spec --tree exp/tri/tree.json --lang data/lang
-  asrdistill specialists-train $common $data $force $spec
-  asrdistill specialists-eval $common $data $spec --test-set $test
-  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
-  asrdistill specialists-cache $common $data $force $spec --temperatures "$best_t"
-  $train_cmd $common $data $force --role student --seed 101 --soft exp/specialists/soft_T$best_t \
-    --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
-  asrdistill evaluate $common $data $force --nj "$nj" --test-set $test --graph exp/graph --data data \
-    exp/student_from_specialists
 end; fi
 log "all requested stages done"
