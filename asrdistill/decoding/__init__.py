@@ -1,6 +1,6 @@
 """Decoding: the n-gram LM, the HCLG graph, hybrid (posterior / prior) WFST decoding and WER scoring.
 
-Serves ``run.sh`` stages 5 (LM and graph) and 11 (decode and score every system, write
+Serves ``run.sh`` stages 5 (LM and graph) and 12 (decode and score every system, write
 each system's bundle); :mod:`bundle` also decodes new audio (``asrdistill decode``).
 The decoder itself is ``asrdistill.decoding.decode.decode`` (not re-exported, so
 the name ``asrdistill.decoding.decode`` stays the module).

@@ -1,7 +1,7 @@
 """Frame DNNs: the model, its training (hard labels or distillation) and teacher ensembles.
 
 Serves ``run.sh`` stages 6 (baseline), 7 (teachers), 8 (ensemble soft targets),
-9 (students) and 10 (the section-6 fraction runs), and the optional specialists
+9 (students) and 10 (the section-6 fraction runs), and 11, the optional specialists
 of the paper's section 5 (:mod:`asrdistill.nnet.specialists`). The KD loss itself is
 :mod:`asrdistill.kd`; the training entry point is ``asrdistill.nnet.train.train``
 (not re-exported here, so the name ``asrdistill.nnet.train`` stays the module).
