@@ -66,10 +66,11 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.decoding.hclg import GraphConfig
     from asrdistill.data.lexicon import LexiconConfig
     from asrdistill.decoding.lm import LmConfig
+    from asrdistill.nnet.specialists import SpecialistConfig
 
     tools = {"features": FbankConfig, "lexicon": LexiconConfig, "mono": MonoConfig, "align": AlignConfig,
              "tree": TreeConfig, "tri": TriConfig, "lm": LmConfig, "graph": GraphConfig, "decode": DecodeConfig,
-             "evaluate": EvalConfig, "ensemble": EnsembleConfig}
+             "evaluate": EvalConfig, "ensemble": EnsembleConfig, "specialists": SpecialistConfig}
     recipe_keys = {"corpus_subsets", "train_set", "dev_set", "test_set", "num_teachers", "student_seeds",
                    "temperatures", "hard_weights", "fraction", "hours", "corpus_seed", "num_speakers",
                    "dev_fraction", "test_fraction", "lm_sentences"}
