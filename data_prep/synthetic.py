@@ -392,7 +392,7 @@ def synthesize_corpus(
     ``hours`` is the target audio length (met on average; the real minutes are in SPEAKERS.TXT).
     ``dev_fraction``/``test_fraction`` apply both to speakers and to utterances. ``vocab_size`` extra
     CMUdict words widen the text's vocabulary (:class:`data_prep.text.SentenceGenerator`; 0: the
-    grammar's ~1.3k words; utterances then run a little longer than ``hours`` plans). Same parameters =>
+    grammar's ~1.3k words). Same parameters =>
     bit-identical files whatever ``nj`` is. A finished corpus with the same parameters is reused;
     with different ones this raises unless ``force`` (then LibriSpeech/ and lm/ are rebuilt).
     """

@@ -154,8 +154,8 @@ _SUBORDINATORS = ["when", "while", "because", "although", "before", "after", "as
 _MODALS = ["could", "would", "should", "might", "must", "could not", "would not", "did not", "will", "can not"]
 
 
-# Extra words (``vocab_size``): plain words espeak reads letter by letter as CMUdict says them,
-# rather than acronyms or fragments; adjectives told apart by suffix (CMUdict has no parts of speech).
+# Extra words (``vocab_size``): plain alphabetic words of sensible length, which espeak reads as words
+# (not spelt out like acronyms); adjectives told apart by suffix (CMUdict has no parts of speech).
 _EXTRA_LETTERS = range(3, 13)
 _ADJECTIVE_SUFFIXES = ("ous", "ful", "ive", "able", "ible", "less", "ish", "ical")
 
