@@ -87,6 +87,11 @@ def best_words(hclg, pdfs):
     return words
 
 
+def to_arrays(fst, tmp):
+    """The builder's array form of a small FST."""
+    return hclg._read_arrays(hclg._save_const(fst, tmp / "to_arrays.fst"))
+
+
 def read_graph(out):
     hclg = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(out / "HCLG.fst")))  # a ConstFst, as Kaldi writes HCLG
     words = {int(i): w for w, i in (line.split() for line in (out / "words.txt").read_text().splitlines())}
@@ -197,7 +202,7 @@ def test_array_self_loops_match_per_arc_reference(seed, tmp_path, monkeypatch):
     finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, 3, replace=False)}
     loop_cost = np.array([math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3)
                                        for _ in range(num_labels)])
-    arrays = hclg._to_arrays(hclg._make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
+    arrays = to_arrays(hclg._make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
     got = hclg._add_self_loops(arrays, loop_cost)
 
     by_state = [[] for _ in range(num_states)]
@@ -222,7 +227,7 @@ def test_accessible_sorted_keeps_reachable_states_in_order_with_sorted_arcs(seed
     num_states = int(rng.integers(5, 40))
     rows = [(int(rng.integers(num_states)), int(rng.integers(0, 6)), int(rng.integers(0, 3)),
              round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 60)))]
-    arrays = hclg._to_arrays(hclg._make_fst(num_states, 0, rows, {num_states - 1: 0.5}, tmp_path), tmp_path)
+    arrays = to_arrays(hclg._make_fst(num_states, 0, rows, {num_states - 1: 0.5}, tmp_path), tmp_path)
     got = hclg._accessible_sorted(arrays)
 
     reach, todo = {0}, [0]
@@ -245,10 +250,10 @@ def test_accessible_sorted_keeps_reachable_states_in_order_with_sorted_arcs(seed
 
 
 def test_epsilon_cycle_is_detected(tmp_path):
-    ok = hclg._to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
+    ok = to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
                                         tmp_path), tmp_path)
     hclg._check_no_epsilon_cycles(ok)
-    bad = hclg._to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
+    bad = to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
                                          tmp_path), tmp_path)
     with pytest.raises(ValueError, match="cycle of epsilon-input arcs"):
         hclg._check_no_epsilon_cycles(bad)

@@ -143,12 +143,6 @@ def _read_arrays(path: Path) -> _Arrays:
     return _Arrays(int(start), states, arcs)
 
 
-def _to_arrays(fst: kaldifst.StdFst, tmp: Path) -> _Arrays:
-    """Arrays of ``fst`` (which the caller still holds: for small FSTs; large ones go through
-    :func:`_save_const`, ``del``, :func:`_read_arrays`)."""
-    return _read_arrays(_save_const(fst, tmp / "to_arrays.fst"))
-
-
 def _write_const(fst: _Arrays, path: Path) -> Path:
     """Write arrays as a ConstFst file (so the arrays can be freed before OpenFst reads it)."""
     states, arcs = fst.states, fst.arcs
