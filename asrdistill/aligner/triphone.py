@@ -208,4 +208,3 @@ def train_triphone(
              time.time() - t0, tree.num_pdfs, model.gmm.num_gauss, len(final_ali), len(skipped),
              f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")
     return model
-
