@@ -75,7 +75,7 @@ def test_run_jobs_runs_every_line_and_reports_failures(tmp_path, capfd):
 
 
 def test_run_jobs_on_a_dask_cluster_equals_the_local_backend(tmp_path, monkeypatch, caplog):
-    """run.sh's stages 7, 9 and 11 hand their command lines to run-jobs: on a Dask LocalCluster (loopback) two
+    """run.sh's stages 7, 9, 10 and 12 hand their command lines to run-jobs: on a Dask LocalCluster (loopback) two
     independent jobs, given with relative paths as run.sh writes them, give what the local backend gives."""
     import logging
 

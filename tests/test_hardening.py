@@ -250,7 +250,7 @@ def test_every_skipping_command_accepts_force_and_run_sh_passes_it():
     run_sh = (REPO / "recipes/librispeech/run.sh").read_text().replace("\\\n", " ")
     for name in ("synth-corpus", "prepare", "features", "mono", "tri", "align", "train", "ensemble", "evaluate"):
         assert any("--force" in a.option_strings for a in commands[name]._actions), name
-        # train may run under torchrun; stages 7, 9 and 11 echo their command lines into a run-jobs file
+        # train may run under torchrun; stages 7, 9, 10 and 12 echo their command lines into a run-jobs file
         starts = (f"asrdistill {name} ", f'echo "{name} ') + (("$train_cmd $common ",) if name == "train" else ())
         calls = [line for line in run_sh.splitlines() if line.strip().startswith(starts)]
         assert calls and all("$force" in line for line in calls), name
