@@ -74,7 +74,7 @@ PosteriorStream = Callable[[ShardManifest, ShardManifest | None], Iterator[tuple
 
 
 @dataclass
-class _System:
+class System:
     """What evaluation runs of a system folder."""
 
     kind: str
@@ -84,20 +84,23 @@ class _System:
     extra: dict              # facts for metrics.json
 
 
-def _load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
-                 specialists: SpecialistConfig, device: str | torch.device) -> _System:
-    """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists."""
+def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
+                specialists: SpecialistConfig, device: str | torch.device) -> System:
+    """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists.
+
+    Public so that benchmarks run a system exactly as evaluation does.
+    """
     bf16 = torch.device(device).type == "cuda"
     if is_specialists_dir(system_dir):
         path, generalist, specs = load_combination(system_dir, device)
         top, steps = specialists.top_classes, specialists.combine_steps
-        return _System(COMBINED, [generalist, *(s.model for s in specs)],
+        return System(COMBINED, [generalist, *(s.model for s in specs)],
                        lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
                                                                steps, device, bf16),
                        {"combination": {"top_classes": top, "combine_steps": steps}},
                        {"generalist": path.parent.name, "specialists": len(specs)})
     models = system_models(system_dir, device)
-    return _System(system_kind(system_dir.name), models,
+    return System(system_kind(system_dir.name), models,
                    lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
                                                           bf16), {}, {})
 
@@ -152,7 +155,7 @@ class _Posteriors:
 
 
 def _inputs(sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
-            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: _System) -> dict:
+            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: System) -> dict:
     """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
     :func:`identity`), the graph and every setting; any change means evaluating again."""
     feats_root, labels_root, data_root = roots
@@ -183,7 +186,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
     cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
-    system = _load_system(system_dir, cmvn, frames, config, specialists, device)
+    system = load_system(system_dir, cmvn, frames, config, specialists, device)
     inputs = _inputs((train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
                      Path(graph_dir) if graph_dir else None, frames, decode_config, config, system)
     metrics = system_dir / "metrics.json"

@@ -34,18 +34,20 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import FRAME_RATE, DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.evaluate import system_models
-from asrdistill.nnet.ensemble import posterior_stream
+from asrdistill.evaluate import EvalConfig, load_system
+from asrdistill.nnet.specialists import SpecialistConfig
 
 
-def test_posteriors(recipe: Path, system: Path, test_set: str, utts: int) -> list[tuple[str, np.ndarray]]:
-    """Log posteriors of the system on the first ``utts`` utterances of the test set (one network pass)."""
-    train_config = json.loads((system / "train_config.json").read_text())
-    frames = from_dict(FrameConfig, train_config["frames"], f"{system}/train_config.json frames")
-    feats = ShardManifest.load(recipe / "data" / "fbank" / test_set, FEATS_PREFIX)
-    cmvn = Cmvn.load(Path(train_config["cmvn"]) if Path(train_config["cmvn"]).is_absolute()
-                     else recipe / train_config["cmvn"])
-    stream = posterior_stream(system_models(system), feats, cmvn, frames)
+def test_posteriors(recipe: Path, system: Path, inputs: dict, train_set: str, test_set: str,
+                    utts: int) -> list[tuple[str, np.ndarray]]:
+    """Log posteriors of the system on the first ``utts`` utterances of the test set (one network pass), run by
+    evaluation's own loader with the settings its ``metrics.json`` was computed under (``inputs``)."""
+    frames = from_dict(FrameConfig, inputs["frames"], f"{system}/metrics.json frames")
+    combination = from_dict(SpecialistConfig, inputs.get("combination", {}), f"{system}/metrics.json combination")
+    evaluation = from_dict(EvalConfig, inputs["evaluate"], f"{system}/metrics.json evaluate")
+    cmvn = Cmvn.load(recipe / "data" / "fbank" / train_set / "cmvn.json")
+    run = load_system(system, cmvn, frames, evaluation, combination, "cpu")
+    stream = run.stream(ShardManifest.load(recipe / "data" / "fbank" / test_set, FEATS_PREFIX), None)
     return [(utt, logp.numpy()) for utt, logp, _ in itertools.islice(stream, utts)]
 
 
@@ -75,7 +77,7 @@ def main() -> None:
           f"system {system.name} (dev-chosen acoustic scale {scale:g})")
 
     t0 = time.perf_counter()
-    posts = test_posteriors(recipe, system, args.test_set, args.utts)
+    posts = test_posteriors(recipe, system, metrics["extra"]["inputs"], args.train_set, args.test_set, args.utts)
     seconds = sum(len(p) for _, p in posts) / FRAME_RATE
     print(f"network: {len(posts)} utterances, {seconds:.0f} s of audio ({time.perf_counter() - t0:.0f} s)")
     priors = compute_priors([ShardManifest.load(recipe / "exp" / "tri_ali" / args.train_set, PDF_PREFIX)],
