@@ -116,6 +116,7 @@ def test_every_context_maps_to_a_leaf_and_pdfs_are_contiguous(tmp_path):
     grid = np.array([(l, c, r, s) for l, c, r in itertools.product(ids, range(1, len(PHONES)), ids) for s in range(3)])
     pdfs = tree.pdfs(*grid.T)
     assert pdfs.min() >= 0 and pdfs.max() < tree.num_pdfs
+    np.testing.assert_array_equal(pdfs, [tree.pdf(*map(int, row)) for row in grid])   # vectorised == scalar walk
     # pdf_info lists exactly the (phone, state) pairs reaching each senone
     reached = {p: set() for p in range(tree.num_pdfs)}
     for (l, c, r, s), p in zip(grid, pdfs):

@@ -156,6 +156,10 @@ def test_mono_alignment_maps_through_tree(trained):
     _, _, _, _, _, mono_ali, tri = trained
     ali = read_alignment(mono_ali, tri.tree)
     assert ali and all(a.pdf.shape == a.phone.shape and a.pdf.min() >= 0 for a in ali.values())
+    # the shard's frames go through the tree together: each utterance gets its own frames' senones back
+    for a in ali.values():
+        expected = [tri.tree.pdf(*map(int, ctx)) for ctx in zip(*frame_contexts(a.phone, a.state))]
+        np.testing.assert_array_equal(a.pdf, expected)
 
 
 def test_lda_mllt_stage_trains_and_aligns(trained, tmp_path):

@@ -74,19 +74,23 @@ class TriConfig(LoopConfig):
 def read_alignment(ali: ShardManifest, tree: ContextTree | None = None) -> dict[str, UttAlignment]:
     """Phone-level alignment shards -> utt -> :class:`UttAlignment`; pdfs mapped through ``tree`` (else -1).
 
-    Utterances with empty arrays (not aligned) are left out.
+    Utterances with empty arrays (not aligned) are left out. The tree is
+    walked once per shard, for all its frames together: once per utterance
+    it took minutes on 5 h with a 2,500-leaf tree.
     """
     out: dict[str, UttAlignment] = {}
     for path in ali.shard_paths:
-        for utt, s in iter_shard(path):
-            phone, state = s["phone"].astype(np.int32), s["state"].astype(np.int32)
-            if phone.size == 0:
-                continue
-            if tree is not None:
-                l, c, r, st = frame_contexts(phone, state)
-                pdf = tree.pdfs(l, c, r, st).astype(np.int32)
-            else:
-                pdf = np.full(phone.shape, -1, dtype=np.int32)
+        shard = [(utt, s["phone"].astype(np.int32), s["state"].astype(np.int32)) for utt, s in iter_shard(path)]
+        shard = [(utt, phone, state) for utt, phone, state in shard if phone.size]
+        if not shard:
+            continue
+        if tree is not None:
+            ctx = [np.concatenate(parts) for parts in zip(*(frame_contexts(p, st) for _, p, st in shard))]
+            pdfs = tree.pdfs(*ctx).astype(np.int32)
+        else:
+            pdfs = np.full(sum(p.size for _, p, _ in shard), -1, dtype=np.int32)
+        ends = np.cumsum([p.size for _, p, _ in shard])
+        for (utt, phone, state), pdf in zip(shard, np.split(pdfs, ends[:-1])):
             out[utt] = UttAlignment(pdf, phone, state)
     return out
 
