@@ -95,14 +95,14 @@ def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalC
         path, generalist, specs = load_combination(system_dir, device)
         top, steps = specialists.top_classes, specialists.combine_steps
         return System(COMBINED, [generalist, *(s.model for s in specs)],
-                       lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
-                                                               steps, device, bf16),
-                       {"combination": {"top_classes": top, "combine_steps": steps}},
-                       {"generalist": path.parent.name, "specialists": len(specs)})
+                      lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
+                                                              steps, device, bf16),
+                      {"combination": {"top_classes": top, "combine_steps": steps}},
+                      {"generalist": path.parent.name, "specialists": len(specs)})
     models = system_models(system_dir, device)
     return System(system_kind(system_dir.name), models,
-                   lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
-                                                          bf16), {}, {})
+                  lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
+                                                         bf16), {}, {})
 
 
 class _Posteriors:

@@ -84,12 +84,12 @@ def read_alignment(ali: ShardManifest, tree: ContextTree | None = None) -> dict[
         shard = [(utt, phone, state) for utt, phone, state in shard if phone.size]
         if not shard:
             continue
+        ends = np.cumsum([p.size for _, p, _ in shard])
         if tree is not None:
             ctx = [np.concatenate(parts) for parts in zip(*(frame_contexts(p, st) for _, p, st in shard))]
             pdfs = tree.pdfs(*ctx).astype(np.int32)
         else:
-            pdfs = np.full(sum(p.size for _, p, _ in shard), -1, dtype=np.int32)
-        ends = np.cumsum([p.size for _, p, _ in shard])
+            pdfs = np.full(ends[-1], -1, dtype=np.int32)
         for (utt, phone, state), pdf in zip(shard, np.split(pdfs, ends[:-1])):
             out[utt] = UttAlignment(pdf, phone, state)
     return out
