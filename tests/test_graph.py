@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import kaldifst
 import numpy as np
@@ -192,61 +194,48 @@ def _reference_self_loops(arcs, finals, start, loop_cost):
     return new_arcs, new_finals
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_array_self_loops_match_per_arc_reference(seed, tmp_path, monkeypatch):
+@pytest.mark.parametrize("seed", range(8))
+def test_written_graph_matches_per_arc_self_loops_reachable_states_and_sorted_arcs(seed, tmp_path, monkeypatch):
+    """The streaming writer against the per-arc passes it replaced: self-loops, connect, labels, arcsort."""
     monkeypatch.setattr(hclg, "_CHUNK", 7)  # several chunks even on these small graphs
     rng = np.random.default_rng(seed)
     num_states, num_labels = int(rng.integers(5, 40)), int(rng.integers(2, 6))
-    rows = [(int(rng.integers(num_states)), int(rng.integers(0, num_labels + 1)), int(rng.integers(0, 3)),
-             round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 120)))]
+    rows = [(s, int(rng.integers(0, num_labels + 1)), 0, 0.5, s + 1) for s in range(num_states - 1)]  # all reachable
+    rows += [(int(rng.integers(num_states)), int(rng.integers(0, num_labels + 1)), int(rng.integers(0, 3)),
+              round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 120)))]
     finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, 3, replace=False)}
     loop_cost = np.array([math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3)
                                        for _ in range(num_labels)])
+    label2pdf = np.array([0] + list(rng.integers(1, 4, num_labels)), dtype=np.int32)  # labels share senones
     arrays = to_arrays(hclg._make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
-    got = hclg._add_self_loops(arrays, loop_cost)
+    num, num_arcs = hclg._write_hclg(arrays, loop_cost, label2pdf, tmp_path / "HCLG.fst")
+    fst = kaldifst.StdConstFst.read(str(tmp_path / "HCLG.fst"))  # OpenFst reads it
+    got = hclg._read_arrays(tmp_path / "HCLG.fst")
+    assert (len(got.states), len(got.arcs)) == (num, num_arcs)
 
     by_state = [[] for _ in range(num_states)]
     for s, il, ol, w, d in rows:
         by_state[s].append((il, ol, np.float32(w), d))
     want_arcs, want_finals = _reference_self_loops(by_state, finals, 0, loop_cost)
-    assert len(got.states) == len(want_arcs)
-    src = got.sources()
-    got_rows = sorted(zip(src.tolist(), got.arcs["ilabel"].tolist(), got.arcs["olabel"].tolist(),
-                          [round(float(w), 3) for w in got.arcs["weight"]], got.arcs["nextstate"].tolist()))
-    want_rows = sorted((q, il, ol, round(float(w), 3), d) for q, out in enumerate(want_arcs) for il, ol, w, d in out)
-    assert got_rows == want_rows
-    final = {q: round(float(w), 3) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
-    assert final == {q: round(w, 3) for q, w in want_finals.items()}
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_accessible_sorted_keeps_reachable_states_in_order_with_sorted_arcs(seed, tmp_path, monkeypatch):
-    """The final pass that replaced OpenFst's connect + arcsort on a VectorFst copy of the graph."""
-    monkeypatch.setattr(hclg, "_CHUNK", 5)
-    rng = np.random.default_rng(seed)
-    num_states = int(rng.integers(5, 40))
-    rows = [(int(rng.integers(num_states)), int(rng.integers(0, 6)), int(rng.integers(0, 3)),
-             round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 60)))]
-    arrays = to_arrays(hclg._make_fst(num_states, 0, rows, {num_states - 1: 0.5}, tmp_path), tmp_path)
-    got = hclg._accessible_sorted(arrays)
-
     reach, todo = {0}, [0]
     while todo:
-        for s, *_, d in rows:
-            if s == todo[-1] and d not in reach:
+        for *_, d in want_arcs[todo.pop()]:
+            if d not in reach:
                 reach.add(d)
-                todo.insert(0, d)
-        todo.pop()
+                todo.append(d)
     new_id = {q: i for i, q in enumerate(sorted(reach))}
     assert got.start == 0 and len(got.states) == len(reach)
     src, il = got.sources(), got.arcs["ilabel"]
     assert np.all((src[1:] != src[:-1]) | (il[1:] >= il[:-1]))  # sorted by input label within each state
     got_rows = sorted(zip(src.tolist(), il.tolist(), got.arcs["olabel"].tolist(),
                           [round(float(w), 3) for w in got.arcs["weight"]], got.arcs["nextstate"].tolist()))
-    assert got_rows == sorted((new_id[s], i, o, round(float(np.float32(w)), 3), new_id[d])
-                              for s, i, o, w, d in rows if s in reach)
-    finals = {q: float(w) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
-    assert finals == ({new_id[num_states - 1]: 0.5} if num_states - 1 in reach else {})
+    want_rows = sorted((new_id[q], int(label2pdf[il]), ol, round(float(w), 3), new_id[d])
+                       for q, out in enumerate(want_arcs) if q in reach for il, ol, w, d in out)
+    assert got_rows == want_rows
+    final = {q: round(float(w), 3) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
+    assert final == {new_id[q]: round(w, 3) for q, w in want_finals.items() if q in reach}
+    assert [sum(1 for a in kaldifst.ArcIterator(fst, q) if a.olabel == 0) for q in range(num)] == \
+        got.states["noepsilons"].tolist()
 
 
 def test_epsilon_cycle_is_detected(tmp_path):
@@ -291,3 +280,84 @@ def test_pronunciation_probabilities_cost_their_log_in_the_graph(task, tmp_path)
     with pytest.raises(ValueError, match="no probability for 1 lexicon entries, e.g. KA K AA"):
         build_graph(out.parent / "lang", out.parent / "tree.json", out.parent / "topo.json", out.parent / "lm.arpa",
                     tmp_path / "graph2", GraphConfig(pron_probs=str(lexiconp)))
+
+
+def _random_hmms(rng):
+    """Label sequences of random HMMs as ``_hmm_labels`` gives them: per phone one length, sorted, unique."""
+    rows = set()
+    for _ in range(int(rng.integers(3, 12))):
+        phone = int(rng.integers(3))
+        n = phone + 1  # phone 0: one state, 1: two, 2: three
+        labels = [1 + 10 * phone + 3 * s + int(rng.integers(2)) for s in range(n)]  # few choices: shared prefixes
+        rows.add(tuple(labels + [0] * (3 - n)))
+    return np.array([(0, 0, 0)] + sorted(rows), dtype=np.int32)
+
+
+def _hmm_transducer(seqs, label_cost, tmp):
+    """H as OpenFst would compose it: a chain per HMM id, its output on the first arc, back to the start."""
+    rows, num_states = [], 1
+    for k, seq in enumerate(seqs[1:], start=1):
+        labels = [int(x) for x in seq if x]
+        prev = 0
+        for i, lab in enumerate(labels):
+            nxt = 0 if i == len(labels) - 1 else num_states
+            num_states += nxt != 0
+            rows.append((prev, lab, k if i == 0 else 0, float(label_cost[lab]), nxt))
+            prev = nxt
+    fst = hclg._make_fst(num_states, 0, rows, {0: 0.0}, tmp)
+    kaldifst.arcsort(fst, sort_type="olabel")
+    return fst
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_expanded_hmms_equal_h_composed_with_d_and_share_prefixes(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    seqs = _random_hmms(rng)
+    label_cost = np.concatenate([[0.0], rng.random(int(seqs.max())).round(3)])
+    num_states = int(rng.integers(3, 15))
+    rows = []
+    for s in range(num_states):  # deterministic on HMM ids, plus epsilon-input arcs to later states
+        for k in rng.choice(np.arange(1, len(seqs)), int(rng.integers(1, len(seqs))), replace=False):
+            rows.append((s, int(k), int(rng.integers(0, 4)), round(float(rng.random()) * 3, 3),
+                         int(rng.integers(num_states))))
+        if s + 1 < num_states and rng.random() < 0.3:
+            rows.append((s, 0, int(rng.integers(0, 2)), round(float(rng.random()), 3), int(rng.integers(s + 1, num_states))))
+    finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, num_states // 2, replace=False)}
+    d = hclg._make_fst(num_states, 0, rows, finals, tmp_path)
+    got = hclg._expand_hmm(to_arrays(d, tmp_path), seqs, label_cost)
+
+    src, il = got.sources(), got.arcs["ilabel"]
+    emitting = il > 0
+    pairs = src[emitting].astype(np.int64) * 1000 + il[emitting]
+    assert len(np.unique(pairs)) == len(pairs)  # a trie: no two arcs of a state share an input label
+    expanded = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(hclg._write_const(got, tmp_path / "got.fst"))))
+    kaldifst.arcsort(d, sort_type="ilabel")
+    want = kaldifst.compose(_hmm_transducer(seqs, label_cost, tmp_path), d)
+    by_state = [[r for r in rows if r[0] == s] for s in range(num_states)]
+    checked = 0
+    for _ in range(100):  # label strings of random paths through D: same best cost and output in both
+        s, labels = 0, []
+        for _ in range(6):
+            if s in finals and rng.random() < 0.4 or not by_state[s]:
+                break
+            _, k, _, _, s = by_state[s][int(rng.integers(len(by_state[s])))]
+            labels += [int(x) for x in seqs[k] if x]
+        if s not in finals or not labels:
+            continue
+        acceptor = kaldifst.make_linear_acceptor(labels)
+        kaldifst.arcsort(acceptor, sort_type="olabel")
+        results = []
+        for fst in (want, expanded):
+            ok, _, out, w = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(kaldifst.compose(acceptor, fst)))
+            assert ok
+            results.append((float(w.value), [o for o in out if o]))
+        assert results[1][0] == pytest.approx(results[0][0], abs=1e-3) and results[1][1] == results[0][1], labels
+        checked += 1
+    assert checked >= 10
+
+
+def test_graph_builder_and_cli_import_without_torch():
+    """A graph build's peak memory is its own: torch's ~0.5 GB resident would add to it (asrdistill._exports)."""
+    code = ("import sys, asrdistill.cli, asrdistill.decoding.hclg, asrdistill.aligner.tree, asrdistill.data.lang; "
+            "assert 'torch' not in sys.modules, [m for m in sys.modules if 'torch' in m or 'webdataset' in m][:3]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,16 +13,17 @@ shortest path) and goes on with the rest; the Viterbi search is exact, so
 there is no beam to widen and retry with.
 """
 
-from asrdistill.aligner.align import AlignConfig, align_subset, estimate_pron_probs, read_pron_probs
-from asrdistill.aligner.hmm import HmmModel, LoopConfig, train_gmm_hmm
-from asrdistill.aligner.kaldi_export import export_alignments, write_ark_scp
-from asrdistill.aligner.kaldi_import import import_kaldi_alignments
-from asrdistill.aligner.mono import MonoConfig, train_mono
-from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree
-from asrdistill.aligner.triphone import TriConfig, train_triphone
-from asrdistill.aligner.utt_graph import Transcript, UttGraph, build_graph
+from asrdistill._exports import lazy_exports
 
-__all__ = ["AlignConfig", "align_subset", "estimate_pron_probs", "read_pron_probs", "Transcript", "UttGraph",
-           "build_graph", "HmmModel", "LoopConfig", "train_gmm_hmm", "import_kaldi_alignments", "export_alignments",
-           "write_ark_scp",
-           "MonoConfig", "train_mono", "ContextTree", "TreeConfig", "build_tree", "TriConfig", "train_triphone"]
+_EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._exports)
+    "AlignConfig": "align", "align_subset": "align", "estimate_pron_probs": "align", "read_pron_probs": "align",
+    "Transcript": "utt_graph", "UttGraph": "utt_graph", "build_graph": "utt_graph",
+    "HmmModel": "hmm", "LoopConfig": "hmm", "train_gmm_hmm": "hmm",
+    "import_kaldi_alignments": "kaldi_import",
+    "export_alignments": "kaldi_export", "write_ark_scp": "kaldi_export",
+    "MonoConfig": "mono", "train_mono": "mono",
+    "ContextTree": "tree", "TreeConfig": "tree", "build_tree": "tree",
+    "TriConfig": "triphone", "train_triphone": "triphone",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -42,12 +42,13 @@ from asrdistill.config import result_settings, to_dict
 from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, read_skipped, \
     write_json_atomic, write_skipped
 from asrdistill.data.lang import UNK, Lang
+from asrdistill.data.lexicon import read_pron_probs
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.parallel import Executor
 from asrdistill.logs import progress
 
 __all__ = ["AlignConfig", "AlignResult", "align_subset", "pron_records", "estimate_pron_probs", "write_lexiconp",
-           "read_pron_probs", "senone_counts"]
+           "senone_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -267,23 +268,6 @@ def write_lexiconp(path: Path, lang: Lang, probs: Mapping[tuple[str, tuple[str, 
             if (word, pron) not in seen:
                 seen.add((word, pron))
                 f.write(f"{word} {probs[(word, pron)]:.6f} {' '.join(pron)}\n")
-
-
-def read_pron_probs(path: str | Path) -> dict[tuple[str, tuple[str, ...]], float]:
-    """(word, phones) -> probability from a ``lexiconp.txt``; raises ``ValueError`` naming a bad line."""
-    out = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            p = float(parts[1])
-        except (IndexError, ValueError):
-            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...', got {line!r}") from None
-        if len(parts) < 3 or not 0.0 < p <= 1.0:
-            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...' with 0 < PROB <= 1, got {line!r}")
-        out[(parts[0], tuple(parts[2:]))] = p
-    return out
 
 
 def senone_counts(pdf: ShardManifest, num_pdfs: int) -> np.ndarray:

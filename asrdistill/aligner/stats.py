@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from asrdistill.data.shards import ShardManifest, iter_aligned
 from asrdistill.logs import progress
+
+if TYPE_CHECKING:  # shards import webdataset, which imports torch: not needed by the graph builder's tree
+    from asrdistill.data.shards import ShardManifest
 
 __all__ = [
     "TriphoneStats",
@@ -181,6 +183,8 @@ def accumulate_triphone_stats(
     (CMVN, deltas...). Utterances with an empty alignment are skipped; a length
     mismatch is an error naming the shard.
     """
+    from asrdistill.data.shards import iter_aligned
+
     acc: StatsAccumulator | None = None
     skipped = 0
     t0 = time.time()

@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -35,7 +35,9 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.config import to_dict
 from asrdistill.fileio import write_json_atomic
 from asrdistill.data.lang import Lang
-from asrdistill.data.shards import ShardManifest
+
+if TYPE_CHECKING:  # shards import webdataset, which imports torch: not needed to read or walk a tree
+    from asrdistill.data.shards import ShardManifest
 
 __all__ = [
     "TreeNode",

@@ -7,20 +7,21 @@ and feeds every later stage: shards hold features, labels and soft targets;
 :mod:`frames` turns them into context-window minibatches.
 """
 
-from asrdistill.data.audio import AudioError, load_audio
-from asrdistill.data.corpus import Corpus, normalize_transcript, read_corpus
-from asrdistill.data.datadir import DataDir
-from asrdistill.data.features import Cmvn, FbankConfig, compute_cmvn, compute_features
-from asrdistill.data.frames import Batch, FrameConfig, FrameStream, iter_utterances
-from asrdistill.data.kaldi_dir import fix_data_dir, import_data_dir, import_feats, split_data_dir, validate_data_dir
-from asrdistill.data.lang import Lang
-from asrdistill.data.lhotse_io import export_lhotse, import_lhotse
-from asrdistill.data.lexicon import LexiconConfig, build_lang, corpus_vocabulary
-from asrdistill.data.shards import (ALI_PREFIX, FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_aligned,
-                                    iter_shard, write_shard)
+from asrdistill._exports import lazy_exports
 
-__all__ = ["AudioError", "load_audio", "Corpus", "normalize_transcript", "read_corpus", "DataDir", "fix_data_dir", "import_data_dir", "import_feats",
-           "split_data_dir", "validate_data_dir", "export_lhotse", "import_lhotse", "Cmvn", "FbankConfig", "compute_cmvn", "compute_features",
-           "Batch", "FrameConfig", "FrameStream", "iter_utterances", "Lang", "LexiconConfig", "build_lang",
-           "corpus_vocabulary", "ALI_PREFIX", "FEATS_PREFIX", "PDF_PREFIX", "SOFT_PREFIX", "ShardManifest",
-           "iter_aligned", "iter_shard", "write_shard"]
+_EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._exports)
+    "AudioError": "audio", "load_audio": "audio",
+    "Corpus": "corpus", "normalize_transcript": "corpus", "read_corpus": "corpus",
+    "DataDir": "datadir",
+    "fix_data_dir": "kaldi_dir", "import_data_dir": "kaldi_dir", "import_feats": "kaldi_dir",
+    "split_data_dir": "kaldi_dir", "validate_data_dir": "kaldi_dir",
+    "export_lhotse": "lhotse_io", "import_lhotse": "lhotse_io",
+    "Cmvn": "features", "FbankConfig": "features", "compute_cmvn": "features", "compute_features": "features",
+    "Batch": "frames", "FrameConfig": "frames", "FrameStream": "frames", "iter_utterances": "frames",
+    "Lang": "lang",
+    "LexiconConfig": "lexicon", "build_lang": "lexicon", "corpus_vocabulary": "lexicon", "read_pron_probs": "lexicon",
+    "ALI_PREFIX": "shards", "FEATS_PREFIX": "shards", "PDF_PREFIX": "shards", "SOFT_PREFIX": "shards",
+    "ShardManifest": "shards", "iter_aligned": "shards", "iter_shard": "shards", "write_shard": "shards",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -318,3 +318,20 @@ def corpus_vocabulary(data_dirs: Iterable[Path], extra_texts: Iterable[Path] = (
         if bad:
             log.warning("%s: %d lines not UTF-8, skipped", path, bad)
     return counts
+
+
+def read_pron_probs(path: str | Path) -> dict[tuple[str, tuple[str, ...]], float]:
+    """(word, phones) -> probability from a ``lexiconp.txt``; raises ``ValueError`` naming a bad line."""
+    out = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            p = float(parts[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...', got {line!r}") from None
+        if len(parts) < 3 or not 0.0 < p <= 1.0:
+            raise ValueError(f"{path}:{n}: expected 'WORD PROB PHONE...' with 0 < PROB <= 1, got {line!r}")
+        out[(parts[0], tuple(parts[2:]))] = p
+    return out

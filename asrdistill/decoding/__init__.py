@@ -6,11 +6,14 @@ The decoder itself is ``asrdistill.decoding.decode.decode`` (not re-exported, so
 the name ``asrdistill.decoding.decode`` stays the module).
 """
 
-from asrdistill.decoding.bundle import System, load_system, write_bundle
-from asrdistill.decoding.decode import DecodeConfig, compute_priors, sweep
-from asrdistill.decoding.hclg import GraphConfig, build_graph
-from asrdistill.decoding.lm import LmConfig, prepare_lm
-from asrdistill.decoding.scoring import WerResult, wer_report
+from asrdistill._exports import lazy_exports
 
-__all__ = ["System", "load_system", "write_bundle", "DecodeConfig", "compute_priors", "sweep", "GraphConfig", "build_graph", "LmConfig",
-           "prepare_lm", "WerResult", "wer_report"]
+_EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._exports)
+    "System": "bundle", "load_system": "bundle", "write_bundle": "bundle",
+    "DecodeConfig": "decode", "compute_priors": "decode", "sweep": "decode",
+    "GraphConfig": "hclg", "build_graph": "hclg",
+    "LmConfig": "lm", "prepare_lm": "lm",
+    "WerResult": "scoring", "wer_report": "scoring",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

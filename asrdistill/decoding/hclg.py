@@ -13,19 +13,27 @@ Built the Kaldi way (``mkgraph.sh``) from the pieces the toolkit already has:
 ``kaldi_decoder.DecodableCtc`` reads the score of input label ``i`` from
 column ``i - 1`` of a plain matrix: there are no transition-ids. So H is built
 over labels that identify ``(phone, HMM state, senone)`` (enough to know the
-self-loop probability); the graph is determinised and minimised on those,
-disambiguation symbols are removed, self-loops are added as explicit arcs on
-states entered by one such label (splitting states where needed, as Kaldi's
-``add-self-loops``), and only then are labels mapped to ``senone + 1``. Every
-input label consumes one frame; epsilon-input arcs (left by disambiguation
-removal) are checked to form no cycle.
+self-loop probability), and windows whose label sequences are equal share an
+HMM id. CLG is relabelled with HMM ids, determinised (log semiring, as Kaldi),
+its disambiguation symbols become epsilons and it is minimised: at the size of
+CLG, a third of H o CLG's states. Then each arc is expanded into its HMM's
+labels on arrays, arcs of a state sharing their common prefixes (a trie, which
+is what determinising H o CLG would make of them; the label sequences form a
+prefix-free code) with the weights pushed as determinisation would. The
+epsilons left by the disambiguation symbols (the LM's back-off arcs among them)
+stay, as in Kaldi's graphs, and are checked to form no cycle. Self-loops are
+added as explicit arcs on states entered by one such label (splitting states
+where needed, as Kaldi's ``add-self-loops``) while the graph is written, and
+labels are mapped to ``senone + 1``. Every non-epsilon input label consumes one
+frame.
 
-OpenFst (kaldifst) does compose, determinise, minimise, rmepsilon, connect and
-arcsort; the passes it lacks (building L and H, the disambiguation clean-up,
-self-loops, senone relabelling, the epsilon-cycle check) run on numpy arrays in
-OpenFst's ConstFst record layout (16 bytes an arc), and each intermediate FST
-is freed once used. Before building, the peak memory is estimated from the LM
-and lexicon sizes and checked against ``max_memory_gb``.
+OpenFst (kaldifst) does compose, determinise and minimise; the passes it lacks
+(building L, the HMM expansion, self-loops, senone relabelling, the
+epsilon-cycle check) run on numpy arrays in OpenFst's ConstFst record layout
+(16 bytes an arc), each intermediate FST is freed once used (and written out and
+read back, so the next one does not sit among its heap fragments), and HCLG is
+written state chunk by state chunk. Before building, the peak memory is
+estimated from the LM and lexicon sizes and checked against ``max_memory_gb``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_open, atomic_path, mark_done, write_json_atomic
 from asrdistill.data.lang import SIL, Lang
+from asrdistill.data.lexicon import read_pron_probs
 from asrdistill.decoding.lm import arpa_vocabulary, ngram_counts
 
 __all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info", "check_labels_match_graph",
@@ -143,16 +152,30 @@ def _read_arrays(path: Path) -> _Arrays:
     return _Arrays(int(start), states, arcs)
 
 
+def _const_header(start: int, num_states: int, num_arcs: int) -> bytes:
+    """The header of a ConstFst file (standard arcs, unaligned), as kaldifst writes it."""
+    return b"".join([struct.pack("<i", _MAGIC), struct.pack("<i", 5), b"const", struct.pack("<i", 8), b"standard",
+                     struct.pack("<iiQqqq", 2, 0, _EXPANDED, start, num_states, num_arcs)])
+
+
 def _write_const(fst: _Arrays, path: Path) -> Path:
     """Write arrays as a ConstFst file (so the arrays can be freed before OpenFst reads it)."""
-    states, arcs = fst.states, fst.arcs
-    header = b"".join([struct.pack("<i", _MAGIC), struct.pack("<i", 5), b"const", struct.pack("<i", 8), b"standard",
-                       struct.pack("<iiQqqq", 2, 0, _EXPANDED, fst.start, len(states), len(arcs))])
     with open(path, "wb") as f:
-        f.write(header)
-        states.tofile(f)
-        arcs.tofile(f)
+        f.write(_const_header(fst.start, len(fst.states), len(fst.arcs)))
+        fst.states.tofile(f)
+        fst.arcs.tofile(f)
     return path
+
+
+def _reload(path: Path) -> kaldifst.StdVectorFst:
+    """A VectorFst read back from ``path`` after the heap is trimmed (the caller has freed the graph it wrote).
+
+    OpenFst allocates per state; a graph built among the fragments of a freed
+    one keeps them resident. Measured on the 4M-n-gram LG: 3.6 GB resident for a
+    9.7M-state VectorFst after determinisation and minimisation in place.
+    """
+    _trim_heap()
+    return _read_vector(path)
 
 
 def _read_vector(path: Path) -> kaldifst.StdVectorFst:
@@ -181,9 +204,8 @@ def _make_arrays(num_states: int, start: int, src: np.ndarray, ilabel: np.ndarra
     states["final"] = final
     states["narcs"] = np.bincount(src, minlength=num_states)
     states["pos"][1:] = np.cumsum(states["narcs"][:-1], dtype=np.uint64)
-    srcs = np.repeat(np.arange(num_states), states["narcs"])
-    states["niepsilons"] = np.bincount(srcs, weights=arcs["ilabel"] == 0, minlength=num_states)
-    states["noepsilons"] = np.bincount(srcs, weights=arcs["olabel"] == 0, minlength=num_states)
+    states["niepsilons"] = np.bincount(src[np.asarray(ilabel) == 0], minlength=num_states)
+    states["noepsilons"] = np.bincount(src[np.asarray(olabel) == 0], minlength=num_states)
     return _Arrays(start, states, arcs)
 
 
@@ -251,8 +273,6 @@ def _pron_costs(entries: list[tuple[str, tuple[str, ...], int]], lexiconp: str) 
     """-log probability of each lexicon entry from ``lexiconp`` (None without one); an entry it lacks is an error."""
     if not lexiconp:
         return None
-    from asrdistill.aligner.align import read_pron_probs
-
     probs = read_pron_probs(lexiconp)
     missing = [(w, p) for w, p, _ in entries if (w, p) not in probs]
     if missing:
@@ -276,16 +296,20 @@ def _grammar_fst(arpa: Path, words_txt: Path, tmp: Path, warnings: int) -> kaldi
     return kaldifst.StdVectorFst.read(str(g_path))
 
 
-def _hmm_fst(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_phones: int,
-             self_loop_scale: float, tmp: Path) -> tuple[kaldifst.StdVectorFst, list[tuple[int, int, int]], int]:
-    """H: each context window -> a chain over its HMM states (no self-loops yet).
+def _hmm_labels(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_phones: int,
+                self_loop_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]], int]:
+    """What H maps each context window to: the labels of its HMM states, as an HMM id.
 
-    Input labels ``1..N`` stand for ``(phone, state, senone)`` triples (returned,
-    in label order: first use by window, then state); windows that are
-    disambiguation symbols (Kaldi's ``#-1`` and ``#k``) get input labels
-    ``N+1..`` so they survive determinisation. The cost of leaving state ``s``
-    sits on the arc entering it, so a path's total is the HMM's transition cost
-    however many self-loops it takes. Built on arrays, senones by :meth:`ContextTree.pdfs`.
+    Labels ``1..N`` stand for ``(phone, state, senone)`` triples (returned, in
+    label order: first use by window, then state). Windows whose label
+    sequences are equal (the tree ties them) share an HMM id ``1..K``, numbered
+    in lexicographic order of the sequences; windows that are disambiguation
+    symbols (Kaldi's ``#-1`` and ``#k``) get ids ``K+1..`` so they survive
+    determinisation, and the epsilon window keeps 0. Returns ``(window -> id,
+    (K+1, max states) label sequences padded with 0, (N+1,) cost of each label,
+    triples, K+1)``. A label's cost is that of leaving its HMM state, so a path's
+    total is the HMM's transition cost however many self-loops it takes. Senones
+    come from :meth:`ContextTree.pdfs`.
     """
     sizes = np.array([len(w) for w in ilabels], dtype=np.int64)
     bad = np.flatnonzero((sizes != 0) & (sizes != 1) & (sizes != 3))
@@ -324,127 +348,185 @@ def _hmm_fst(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_ph
     by_label = uniq[np.argsort(rank)]
     triples = [(int(k // tree.num_pdfs // max_s), int(k // tree.num_pdfs % max_s), int(k % tree.num_pdfs))
                for k in by_label]
-    base = 1 + np.cumsum(n - 1) - (n - 1)                                  # first internal state per window
-    src = np.where(state == 0, 0, base[win] + state - 1)
-    dst = np.where(state == n[win] - 1, 0, base[win] + state)
-    olabel = np.where(state == 0, tri_idx[win], 0)
-    cost = -self_loop_scale * np.log1p(-loop)
-    first_disambig = len(triples) + 1
-    disambig_windows = np.flatnonzero(sizes == 1)
-    zeros = np.zeros(len(disambig_windows), dtype=np.int64)
-    num_states = 1 + int((n - 1).sum())
-    final = np.full(num_states, np.inf, dtype=np.float32)
-    final[0] = 0.0
-    fst = _from_arrays(_make_arrays(
-        num_states, 0, np.concatenate([src, zeros]),
-        np.concatenate([label, first_disambig + np.arange(len(disambig_windows))]),
-        np.concatenate([olabel, disambig_windows]), np.concatenate([cost, zeros]),
-        np.concatenate([dst, zeros]), final), tmp)
-    kaldifst.arcsort(fst, sort_type="olabel")
-    return fst, triples, first_disambig
+    label_cost = np.zeros(len(triples) + 1)
+    label_cost[label] = -self_loop_scale * np.log1p(-loop)
+    rows = np.zeros((len(windows), max_s), dtype=np.int32)                  # each window's label sequence
+    rows[win, state] = label
+    seqs, hmm = np.unique(rows, axis=0, return_inverse=True)               # lexicographic order
+    seqs = np.concatenate([np.zeros((1, max_s), dtype=np.int32), seqs])
+    first_disambig = len(seqs)
+    window_id = np.zeros(len(ilabels), dtype=np.int32)
+    window_id[tri_idx] = hmm.reshape(-1) + 1
+    window_id[sizes == 1] = first_disambig + np.arange(int((sizes == 1).sum()))
+    return window_id, seqs, label_cost, triples, first_disambig
 
 
-def _add_self_loops(fst: _Arrays, loop_cost: np.ndarray) -> _Arrays:
-    """Add each HMM state's self-loop to the graph states entered by its label (Kaldi's add-self-loops).
+def _expand_hmm(fst: _Arrays, seqs: np.ndarray, label_cost: np.ndarray) -> _Arrays:
+    """H o D on arrays: each arc with HMM id ``k`` becomes the chain of its labels ``seqs[k]``.
 
-    A state entered by one label (and not the start, nor by epsilon) gets the
-    loop in place; otherwise it is copied once per entering label (copies
-    numbered after the existing states, by state then label) so the loop never
-    applies to a path that did not enter that HMM state. ``loop_cost[label]``
-    is ``inf`` for states without a self-loop. The original of a copied state
-    keeps its arcs; it stays reachable only through epsilon or as the start.
+    ``fst`` (D) is CLG over HMM ids, determinised and minimised. A state's arcs
+    share their common label prefixes (a trie: what determinising H o CLG makes
+    of them, as the label sequences form a prefix-free code); a shared arc
+    carries the log-sum of the weights of the paths below it (Kaldi
+    determinises in the log semiring), and an arc's output label and the rest
+    of its weight sit on its first label of its own. The chain after that is
+    shared by every arc with the same HMM into the same state. Epsilon-input
+    arcs stay as they are. Every path keeps its weight: the parts telescope.
     """
-    num_states = len(fst.states)
-    arcs = fst.arcs
-    labelled = arcs["ilabel"] > 0
-    width = np.int64(arcs["ilabel"].max(initial=0)) + 1
-    key = arcs["nextstate"].astype(np.int64) * width + arcs["ilabel"]      # (A,) (entered state, label)
-    pairs = np.unique(key[labelled])
-    pair_state = pairs // width
-    pair_label = pairs % width
+    num_states, width, start = len(fst.states), seqs.shape[1], fst.start
+    final = np.full(num_states, np.inf, dtype=np.float32)
+    final[:] = fst.states["final"]
+    ilabel = fst.arcs["ilabel"]
+    sources = fst.sources()
+    order = np.lexsort((ilabel, sources))            # by state, then HMM: prefix groups are runs
+    order = order[ilabel[order] > 0]
+    eps = np.flatnonzero(ilabel == 0)
+    pieces = [[sources[eps], ilabel[eps], fst.arcs["olabel"][eps], fst.arcs["weight"][eps], fst.arcs["nextstate"][eps]]]
+    src, hmm = sources[order], ilabel[order]
+    olabel, dst = fst.arcs["olabel"][order], fst.arcs["nextstate"][order]
+    total = fst.arcs["weight"][order].astype(np.float64) + label_cost[seqs].sum(axis=1)[hmm]
+    del order, sources, eps, ilabel, fst
+    lens = (seqs > 0).sum(axis=1).astype(np.int8)
+    n = lens[hmm]
+    num = len(hmm)
+    same = np.zeros(num, dtype=bool)                 # same state and same labels so far as the arc before
+    same[1:] = src[1:] == src[:-1]
+    came_from = src.astype(np.int32)                 # each arc's node at this depth
+    del src
+    pushed = np.zeros(num)                           # weight already on the shared arcs above it
+    depth = np.full(num, -1, dtype=np.int8)          # depth of the arc's own label
+    own_from = np.empty(num, dtype=np.int32)
+    own_weight = np.empty(num, dtype=np.float32)
+    next_id = num_states
+    for j in range(width):
+        live = depth < 0
+        if j and not live.any():
+            break
+        lab = seqs[hmm, j]
+        same[1:] &= lab[1:] == lab[:-1]
+        starts = np.flatnonzero(~same)
+        run = np.cumsum(~same, dtype=np.int32) - 1
+        size = np.diff(np.append(starts, num)).astype(np.int32)[run]
+        shared = live & (size >= 2) & (j < n - 1)
+        own = live & ~shared
+        depth[own] = j
+        own_from[own] = came_from[own]
+        own_weight[own] = (total - pushed)[own]
+        logsum = -np.logaddexp.reduceat(-total, starts)[run]
+        head = shared & ~same                            # one arc per shared run, to a new trie node
+        node = np.maximum.accumulate(np.where(head, next_id + np.cumsum(head, dtype=np.int32) - 1, 0))  # runs are contiguous
+        next_id += int(head.sum())
+        pieces.append([came_from[head], lab[head], np.zeros(int(head.sum()), dtype=np.int32),
+                       (logsum - pushed)[head].astype(np.float32), node[head].astype(np.int32)])
+        pushed = np.where(shared, logsum, pushed)
+        came_from = np.where(shared, node, came_from)
+    del same, came_from, pushed, total, lab, starts, run, size, live, shared, own, logsum, head, node
+    # the chain after an own label: one per (next state, HMM), from the shallowest depth an arc needs
+    need = depth < n - 1
+    pairs, inverse = np.unique(dst[need].astype(np.int64) * len(seqs) + hmm[need], return_inverse=True)
+    first = np.full(len(pairs), width, dtype=np.int64)
+    np.minimum.at(first, inverse, depth[need] + 1)
+    pair_dst, pair_hmm = pairs // len(seqs), pairs % len(seqs)
+    count = lens[pair_hmm] - first
+    base = next_id + np.cumsum(count) - count - first      # state of (pair, j) is base + j
+    to = dst.copy()
+    to[need] = base[inverse] + depth[need] + 1
+    pieces.append([own_from, seqs[hmm, depth], olabel, own_weight, to])
+    del need, inverse, to, own_from, own_weight, olabel, dst
+    p = np.repeat(np.arange(len(pairs)), count)
+    j = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count) + first[p]
+    pieces.append([(base[p] + j).astype(np.int32), seqs[pair_hmm[p], j], np.zeros(len(p), dtype=np.int32),
+                   np.zeros(len(p), dtype=np.float32),
+                   np.where(j == lens[pair_hmm[p]] - 1, pair_dst[p], base[p] + j + 1).astype(np.int32)])
+    total_states = next_id + int(count.sum())
+    del p, j, pairs, first, pair_dst, pair_hmm, base, count, hmm, n, depth
+    final = np.concatenate([final, np.full(total_states - num_states, np.inf, dtype=np.float32)])
+    cols = []
+    for i in range(5):  # column by column, each piece's part freed once copied
+        cols.append(np.concatenate([piece[i] for piece in pieces]))
+        for piece in pieces:
+            piece[i] = None
+    del pieces
+    return _make_arrays(total_states, start, *cols, final)
+
+
+def _write_hclg(fst: _Arrays, loop_cost: np.ndarray, label2pdf: np.ndarray, path: Path) -> tuple[int, int]:
+    """Add self-loops, map labels to senones and write the ConstFst, streaming one chunk of states at a time.
+
+    Self-loops as Kaldi's ``add-self-loops``: a state entered by one label (and
+    not the start, nor by epsilon) gets that label's loop in place; otherwise it
+    is copied once per entering label (copies numbered after the kept states, by
+    state then label), so a loop never applies to a path that did not enter its
+    HMM state. A copy keeps its original's arcs; an original whose entering arcs
+    all went to copies is unreachable and left out (every state of ``fst`` must be
+    reachable from the start). ``loop_cost[label]`` is inf for HMM states without
+    a loop. Arcs are sorted by senone label within each state and written straight
+    to ``path``: the graph with loops is never held in memory. Returns (states, arcs).
+    """
+    num_states, arcs = len(fst.states), fst.arcs
+    nextstate, ilabel = arcs["nextstate"], arcs["ilabel"]
+    labelled = ilabel > 0
+    low = np.full(num_states, np.iinfo(np.int32).max, dtype=np.int32)  # smallest and largest label entering
+    high = np.zeros(num_states, dtype=np.int32)
+    np.minimum.at(low, nextstate[labelled], ilabel[labelled])
+    np.maximum.at(high, nextstate[labelled], ilabel[labelled])
     eps_in = np.zeros(num_states, dtype=bool)
-    eps_in[arcs["nextstate"][~labelled]] = True
+    eps_in[nextstate[~labelled]] = True
     eps_in[fst.start] = True
-    in_place = (np.bincount(pair_state, minlength=num_states) == 1) & ~eps_in
-    pair_in_place = in_place[pair_state]
-    copied = ~pair_in_place
-    pair_target = pair_state.copy()
-    pair_target[copied] = num_states + np.arange(int(copied.sum()))
-    base = np.concatenate([np.arange(num_states), pair_state[copied]])     # (Q,) state each new state copies
-    loop_label = np.zeros(len(base), dtype=np.int64)
-    loop_label[pair_state[pair_in_place]] = pair_label[pair_in_place]
-    loop_label[num_states:] = pair_label[copied]
-    dst = arcs["nextstate"].copy()                                         # (A,) int32, remapped in chunks
-    for lo in range(0, len(arcs), _CHUNK):
-        hi = min(lo + _CHUNK, len(arcs))
-        sel = np.flatnonzero(labelled[lo:hi]) + lo
-        dst[sel] = pair_target[np.searchsorted(pairs, key[sel])]
-    del key, labelled, pairs, pair_state, pair_label, pair_in_place, copied, eps_in, in_place, pair_target
+    split = (high > 0) & ((low < high) | eps_in)            # entered by a label and by anything else: copies
+    keep = ~split | eps_in
+    loop_label = np.where((high > 0) & ~split, high, 0)[keep]  # the in-place loops
+    del low, high
+    new_id = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)
+    num_kept, start = int(keep.sum()), int(new_id[fst.start])
+    dst = new_id[nextstate]                                  # (A,) int32; arcs into split states below
+    del new_id
+    into_split = np.flatnonzero(labelled & split[nextstate])
+    del labelled, eps_in
+    width = np.int64(ilabel.max(initial=0)) + 1
+    pairs = np.unique(nextstate[into_split].astype(np.int64) * width + ilabel[into_split])  # (state, label)
+    for lo in range(0, len(into_split), _CHUNK):
+        sel = into_split[lo:lo + _CHUNK]
+        dst[sel] = num_kept + np.searchsorted(pairs, nextstate[sel].astype(np.int64) * width + ilabel[sel])
+    del into_split, split
+    base = np.concatenate([np.flatnonzero(keep).astype(np.int32), (pairs // width).astype(np.int32)])
+    loop_label = np.concatenate([loop_label, (pairs % width).astype(np.int32)])
+    del keep, pairs
     has_loop = loop_label > 0
     has_loop[has_loop] = np.isfinite(loop_cost[loop_label[has_loop]])
     old_narcs = fst.states["narcs"][base]
-    states = np.zeros(len(base), dtype=_STATE)
-    states["final"] = fst.states["final"][base]
-    states["narcs"] = old_narcs + has_loop
-    states["pos"][1:] = np.cumsum(states["narcs"][:-1], dtype=np.uint64)
-    states["niepsilons"] = fst.states["niepsilons"][base]
-    states["noepsilons"] = fst.states["noepsilons"][base] + has_loop   # the loop's output is epsilon
-    out = np.empty(int(states["narcs"].sum(dtype=np.uint64)), dtype=_ARC)
-    for lo in range(0, len(base), _CHUNK):  # bounded temporaries: one chunk of states at a time
-        hi = min(lo + _CHUNK, len(base))
-        n = old_narcs[lo:hi].astype(np.int64)
-        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        take = np.repeat(fst.states["pos"][base[lo:hi]].astype(np.int64), n) + within
-        put = np.repeat(states["pos"][lo:hi].astype(np.int64), n) + within
-        for name in ("ilabel", "olabel", "weight"):
-            out[name][put] = arcs[name][take]
-        out["nextstate"][put] = dst[take]
-        loops = np.flatnonzero(has_loop[lo:hi]) + lo
-        at = states["pos"][loops].astype(np.int64) + old_narcs[loops]
-        out["ilabel"][at] = loop_label[loops]
-        out["olabel"][at] = 0
-        out["weight"][at] = loop_cost[loop_label[loops]]
-        out["nextstate"][at] = loops
-    return _Arrays(fst.start, states, out)
-
-
-def _accessible_sorted(fst: _Arrays) -> _Arrays:
-    """The states a path from the start reaches, renumbered in order, each with its arcs sorted by input label.
-
-    What OpenFst's connect + arcsort do, without a VectorFst copy of the graph.
-    After :func:`_add_self_loops` every state is coaccessible (a copy keeps its
-    original's arcs), but an original whose entering arcs all went to copies is
-    no longer reachable: accessibility is all that connect would change.
-    """
-    states, arcs = fst.states, fst.arcs
-    pos, narcs = states["pos"].astype(np.int64), states["narcs"].astype(np.int64)
-
-    def arcs_of(ids: np.ndarray) -> np.ndarray:
-        n = narcs[ids]
-        return np.repeat(pos[ids] - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
-
-    reach = np.zeros(len(states), dtype=bool)
-    reach[fst.start] = True
-    frontier = np.array([fst.start], dtype=np.int64)
-    while len(frontier):  # breadth-first, one vectorised step per level
-        dst = arcs["nextstate"][arcs_of(frontier)]
-        frontier = np.unique(dst[~reach[dst]]).astype(np.int64)
-        reach[frontier] = True
-    keep = np.flatnonzero(reach)
-    new_id = (np.cumsum(reach) - 1).astype(np.int32)
-    del reach
-    out_states = states[keep]
-    out_states["pos"][0] = 0
-    out_states["pos"][1:] = np.cumsum(out_states["narcs"][:-1], dtype=np.uint64)
-    out_arcs = np.empty(int(out_states["narcs"].sum(dtype=np.uint64)), dtype=_ARC)
-    for lo in range(0, len(keep), _CHUNK):  # bounded temporaries: one chunk of states at a time
-        ids = keep[lo:lo + _CHUNK]
-        chunk = arcs[arcs_of(ids)]
-        chunk = chunk[np.lexsort((chunk["ilabel"], np.repeat(np.arange(len(ids)), narcs[ids])))]
-        chunk["nextstate"] = new_id[chunk["nextstate"]]
-        at = int(out_states["pos"][lo])
-        out_arcs[at:at + len(chunk)] = chunk
-    return _Arrays(int(new_id[fst.start]), out_states, out_arcs)
+    narcs = old_narcs + has_loop
+    num_arcs = int(narcs.sum(dtype=np.uint64))
+    with open(path, "wb") as f:
+        f.write(_const_header(start, len(base), num_arcs))
+        pos = np.uint64(0)
+        for lo in range(0, len(base), _CHUNK):  # the state records
+            hi = min(lo + _CHUNK, len(base))
+            states = np.zeros(hi - lo, dtype=_STATE)
+            states["final"] = fst.states["final"][base[lo:hi]]
+            states["narcs"] = narcs[lo:hi]
+            states["pos"] = pos + np.cumsum(narcs[lo:hi], dtype=np.uint64) - narcs[lo:hi]
+            states["niepsilons"] = fst.states["niepsilons"][base[lo:hi]]
+            states["noepsilons"] = fst.states["noepsilons"][base[lo:hi]] + has_loop[lo:hi]  # a loop outputs epsilon
+            pos += np.uint64(narcs[lo:hi].sum(dtype=np.uint64))
+            states.tofile(f)
+        for lo in range(0, len(base), _CHUNK):  # the arcs, each state's sorted by label
+            hi = min(lo + _CHUNK, len(base))
+            n = old_narcs[lo:hi].astype(np.int64)
+            take = np.repeat(fst.states["pos"][base[lo:hi]].astype(np.int64) - np.cumsum(n) + n, n) + \
+                np.arange(int(n.sum()))
+            loops = np.flatnonzero(has_loop[lo:hi]) + lo
+            chunk = np.empty(len(take) + len(loops), dtype=_ARC)
+            chunk[:len(take)] = arcs[take]
+            chunk["nextstate"][:len(take)] = dst[take]
+            chunk["ilabel"][len(take):] = loop_label[loops]
+            chunk["olabel"][len(take):] = 0
+            chunk["weight"][len(take):] = loop_cost[loop_label[loops]]
+            chunk["nextstate"][len(take):] = loops
+            chunk["ilabel"] = label2pdf[chunk["ilabel"]]
+            owner = np.concatenate([np.repeat(np.arange(lo, hi), n), loops])
+            chunk[np.lexsort((chunk["ilabel"], owner))].tofile(f)
+    return len(base), num_arcs
 
 
 def _check_no_epsilon_cycles(fst: _Arrays) -> None:
@@ -574,9 +656,17 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         t = time.perf_counter()
         LG = kaldifst.compose(L, G)
         del L, G
-        _trim_heap()
+        path = _save_const(LG, tmp / "LG.fst")
+        del LG
+        LG = _reload(path)
         kaldifst.determinize_star(LG, use_log=True)
+        path = _save_const(LG, tmp / "LG_det.fst")
+        del LG
+        LG = _reload(path)
         kaldifst.minimize_encoded(LG)
+        path = _save_const(LG, tmp / "LG_min.fst")
+        del LG
+        LG = _reload(path)
         kaldifst.arcsort(LG, sort_type="ilabel")
         stats["LG_states"] = LG.num_states
         log.info("LG: %d states (%.1f s, peak RSS %.0f MB)", LG.num_states, time.perf_counter() - t, _peak_rss_mb())
@@ -585,56 +675,57 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         CLG, ilabels = kaldifst.compose_context(disambig_phones, 3, 1, LG)
         del LG
         _trim_heap()
-        kaldifst.arcsort(CLG, sort_type="ilabel")
         stats["CLG_states"] = CLG.num_states
         stats["context_windows"] = len(ilabels)
         log.info("CLG: %d states, %d context windows (%.1f s, peak RSS %.0f MB)", CLG.num_states, len(ilabels),
                  time.perf_counter() - t, _peak_rss_mb())
 
         t = time.perf_counter()
-        H, triples, first_disambig = _hmm_fst(ilabels, tree, topo, lang.num_phones, config.self_loop_scale, tmp)
+        window_id, seqs, label_cost, triples, first_disambig = _hmm_labels(
+            ilabels, tree, topo, lang.num_phones, config.self_loop_scale)
         del ilabels
-        HCLG = kaldifst.compose(H, CLG)
-        del H, CLG
+        arrays = _read_arrays(_save_const(CLG, tmp / "CLG.fst"))
+        del CLG
         _trim_heap()
-        kaldifst.determinize_star(HCLG, use_log=True)
-        path = _save_const(HCLG, tmp / "HCLG_det.fst")
-        del HCLG
-        _trim_heap()
-        arrays = _read_arrays(path)
-        arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
-        path = _write_const(arrays, tmp / "HCLG_nodisambig.fst")
+        arrays.arcs["ilabel"] = window_id[arrays.arcs["ilabel"]]           # windows -> HMM ids
+        path = _write_const(arrays, tmp / "CLG_hmm.fst")
         del arrays
+        D = _reload(path)
+        kaldifst.determinize_star(D, use_log=True)
+        arrays = _read_arrays(_save_const(D, tmp / "D_det.fst"))
+        del D
         _trim_heap()
-        HCLG = _read_vector(path)
-        kaldifst.rmepsilon(HCLG)
-        kaldifst.minimize_encoded(HCLG)
-        log.info("HCLG without self-loops: %d states (%.1f s, peak RSS %.0f MB)", HCLG.num_states,
-                 time.perf_counter() - t, _peak_rss_mb())
+        arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
+        path = _write_const(arrays, tmp / "D_nodisambig.fst")
+        del arrays
+        D = _reload(path)
+        kaldifst.minimize_encoded(D)
+        stats["D_states"] = D.num_states
+        path = _save_const(D, tmp / "D_min.fst")
+        del D
+        _trim_heap()
+        arrays = _expand_hmm(_read_arrays(path), seqs, label_cost)  # the only reference: freed inside once read
+        log.info("HCLG without self-loops: %d states, %d arcs (%.1f s, peak RSS %.0f MB)", len(arrays.states),
+                 len(arrays.arcs), time.perf_counter() - t, _peak_rss_mb())
 
         t = time.perf_counter()
+        _trim_heap()
+        _check_no_epsilon_cycles(arrays)
         loop_cost = np.array([math.inf] + [
             -config.self_loop_scale * math.log(p) if (p := topo.self_loop[c][s]) > 0 else math.inf
             for c, s, _ in triples])
-        path = _save_const(HCLG, tmp / "HCLG_min.fst")
-        del HCLG
-        _trim_heap()
-        arrays = _add_self_loops(_read_arrays(path), loop_cost)
-        _check_no_epsilon_cycles(arrays)
         label2pdf = np.array([0] + [pdf + 1 for _, _, pdf in triples], dtype=np.int32)
-        arrays.arcs["ilabel"] = label2pdf[arrays.arcs["ilabel"]]
-        arrays = _accessible_sorted(arrays)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "HCLG.fst") as p:  # a ConstFst: what the decoder reads, no VectorFst copy made
+            num_states, num_arcs = _write_hclg(arrays, loop_cost, label2pdf, Path(p))
+        del arrays
         log.info("self-loops and senone labels (%.1f s, peak RSS %.0f MB)", time.perf_counter() - t, _peak_rss_mb())
 
-    num_states, num_arcs = len(arrays.states), len(arrays.arcs)
     stats.update({"HCLG_states": num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(triples),
                   "tree_sha256": tree_sha256(tree_path),
                   "build_seconds": round(time.perf_counter() - t0, 3),
                   "build_cpu_seconds": round(_cpu_seconds() - c0, 3),
                   "peak_rss_mb": round(_peak_rss_mb(), 1)})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "HCLG.fst") as p:  # a ConstFst: what the decoder reads, no VectorFst copy made
-        _write_const(arrays, Path(p))
     with atomic_open(out_dir / "words.txt") as f:
         f.writelines(f"{w} {i}\n" for i, w in enumerate(words))
     write_json_atomic(out_dir / "graph.json", stats)
