@@ -548,12 +548,12 @@ def _check_no_epsilon_cycles(fst: _Arrays) -> None:
 
 
 # Peak RSS model fitted to builds of benchmarks/bench_graph.py (BENCHMARKS.md, "HCLG at real size") with a
-# 70k-word CMUdict lexicon (74,740 pronunciations, 475,497 phones) and a 2,091-leaf tree: 1M n-grams -> 3.93 GB,
-# 2M -> 6.85 GB (the determinisation of H o CLG is the peak), over the ~0.52 GB the interpreter and its libraries
-# (torch among them) hold before building; per phone from the intercept. Rounded up: an estimate that errs high.
-_BYTES_PER_NGRAM = 3000.0
-_BYTES_PER_LEXICON_PHONE = 1100.0
-_BASE_BYTES = 520e6
+# 70k-word CMUdict lexicon (74,740 pronunciations, 475,497 phones) and a 2,091-leaf tree at 8db09a7: 1M n-grams ->
+# 1.43 GB, 2M -> 2.65 GB, 4M -> 5.12 GB (LG's determinisation and minimisation are the peak), over the ~40 MB the
+# interpreter holds (no torch); per phone from the intercept. Rounded up by ~10%: an estimate that errs high.
+_BYTES_PER_NGRAM = 1350.0
+_BYTES_PER_LEXICON_PHONE = 400.0
+_BASE_BYTES = 100e6
 
 
 def estimate_graph_memory_gb(num_ngrams: int, lexicon_phones: int) -> float:
