@@ -171,8 +171,9 @@ def _reload(path: Path) -> kaldifst.StdVectorFst:
     """A VectorFst read back from ``path`` after the heap is trimmed (the caller has freed the graph it wrote).
 
     OpenFst allocates per state; a graph built among the fragments of a freed
-    one keeps them resident. Measured on the 4M-n-gram LG: 3.6 GB resident for a
-    9.7M-state VectorFst after determinisation and minimisation in place.
+    one keeps them resident. Measured on the 4M-n-gram LG (9.7M states): the
+    process held 4.1 GB after determinising and minimising it in place, 2.1 GB
+    with it written and read back.
     """
     _trim_heap()
     return _read_vector(path)
@@ -374,8 +375,7 @@ def _expand_hmm(fst: _Arrays, seqs: np.ndarray, label_cost: np.ndarray) -> _Arra
     arcs stay as they are. Every path keeps its weight: the parts telescope.
     """
     num_states, width, start = len(fst.states), seqs.shape[1], fst.start
-    final = np.full(num_states, np.inf, dtype=np.float32)
-    final[:] = fst.states["final"]
+    final = fst.states["final"].copy()
     ilabel = fst.arcs["ilabel"]
     sources = fst.sources()
     order = np.lexsort((ilabel, sources))            # by state, then HMM: prefix groups are runs
