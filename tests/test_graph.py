@@ -1,5 +1,6 @@
 """HCLG on a hand-built task: it accepts exactly the senone sequences of the words' triphones."""
 
+import collections
 import json
 import math
 import subprocess
@@ -195,8 +196,9 @@ def _reference_self_loops(arcs, finals, start, loop_cost):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_written_graph_matches_per_arc_self_loops_reachable_states_and_sorted_arcs(seed, tmp_path, monkeypatch):
-    """The streaming writer against the per-arc passes it replaced: self-loops, connect, labels, arcsort."""
+def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorted_arcs(seed, tmp_path, monkeypatch):
+    """The streaming writer against the per-arc passes it replaced: self-loops, connect, labels, arcsort;
+    states numbered breadth-first."""
     monkeypatch.setattr(hclg, "_CHUNK", 7)  # several chunks even on these small graphs
     rng = np.random.default_rng(seed)
     num_states, num_labels = int(rng.integers(5, 40)), int(rng.integers(2, 6))
@@ -217,13 +219,13 @@ def test_written_graph_matches_per_arc_self_loops_reachable_states_and_sorted_ar
     for s, il, ol, w, d in rows:
         by_state[s].append((il, ol, np.float32(w), d))
     want_arcs, want_finals = _reference_self_loops(by_state, finals, 0, loop_cost)
-    reach, todo = {0}, [0]
+    new_id, todo = {0: 0}, collections.deque([0])  # numbered breadth-first, successors in arc order
     while todo:
-        for *_, d in want_arcs[todo.pop()]:
-            if d not in reach:
-                reach.add(d)
+        for *_, d in want_arcs[todo.popleft()]:
+            if d not in new_id:
+                new_id[d] = len(new_id)
                 todo.append(d)
-    new_id = {q: i for i, q in enumerate(sorted(reach))}
+    reach = set(new_id)
     assert got.start == 0 and len(got.states) == len(reach)
     src, il = got.sources(), got.arcs["ilabel"]
     assert np.all((src[1:] != src[:-1]) | (il[1:] >= il[:-1]))  # sorted by input label within each state
