@@ -546,9 +546,10 @@ def _breadth_first(start: int, first_arc: np.ndarray, narcs: np.ndarray, dst: np
     Expanding H numbers its trie and chain states after all of D's, so a
     state's successors would lie far from it; the decoder reads a state's
     arcs and then its successors', and in this order they are near each other
-    in memory (measured: ~2/3 of the search slowdown that numbering caused on
-    the 26k-word rehearsal graph, BENCHMARKS.md). One vectorised round per
-    level; states not reached from the start come last, in their own order.
+    in memory (on the 26k-word rehearsal graph the search was 27% slower than
+    on the old builder's graph without this order, 3% with it; BENCHMARKS.md).
+    One vectorised round per level; states not reached from the start come
+    last, in their own order.
     """
     seen = np.zeros(len(narcs), dtype=bool)
     seen[start] = True
@@ -587,12 +588,13 @@ def _check_no_epsilon_cycles(fst: _Arrays) -> None:
 
 
 # Peak RSS model fitted to builds of benchmarks/bench_graph.py (BENCHMARKS.md, "HCLG at real size") with a
-# 70k-word CMUdict lexicon (74,740 pronunciations, 475,497 phones) and a 2,091-leaf tree at 8db09a7: 1M n-grams ->
-# 1.43 GB, 2M -> 2.65 GB, 4M -> 5.12 GB (LG's determinisation and minimisation are the peak), over the ~40 MB the
-# interpreter holds (no torch); per phone from the intercept. Rounded up by ~10%: an estimate that errs high.
+# 70k-word CMUdict lexicon (74,740 pronunciations, 475,497 phones) and a 2,091-leaf tree at dd8ec89: 1M n-grams ->
+# 1.57 GB, 2M -> 2.75 GB (the breadth-first numbering in the writer is the peak), 4M -> 5.12 GB (LG's
+# determinisation and minimisation), over the ~40 MB the interpreter holds (no torch); per phone from the
+# intercept. Rounded up by ~10-13%: an estimate that errs high.
 _BYTES_PER_NGRAM = 1350.0
 _BYTES_PER_LEXICON_PHONE = 400.0
-_BASE_BYTES = 100e6
+_BASE_BYTES = 200e6
 
 
 def estimate_graph_memory_gb(num_ngrams: int, lexicon_phones: int) -> float:
