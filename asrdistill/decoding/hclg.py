@@ -450,6 +450,12 @@ def _expand_hmm(fst: _Arrays, seqs: np.ndarray, label_cost: np.ndarray) -> _Arra
     return _make_arrays(total_states, start, *cols, final)
 
 
+def _arc_range(first_arc: np.ndarray, narcs: np.ndarray) -> np.ndarray:
+    """Indices of the arcs of some states, state by state: ``first_arc[i] .. first_arc[i] + narcs[i] - 1``."""
+    n = narcs.astype(np.int64)
+    return np.repeat(first_arc.astype(np.int64) - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+
+
 def _write_hclg(fst: _Arrays, loop_cost: np.ndarray, label2pdf: np.ndarray, path: Path) -> tuple[int, int]:
     """Add self-loops, map labels to senones and write the ConstFst, streaming one chunk of states at a time.
 
@@ -523,8 +529,7 @@ def _write_hclg(fst: _Arrays, loop_cost: np.ndarray, label2pdf: np.ndarray, path
         for lo in range(0, len(base), _CHUNK):  # the arcs, each state's sorted by label
             hi = min(lo + _CHUNK, len(base))
             n = old_narcs[lo:hi].astype(np.int64)
-            take = np.repeat(fst.states["pos"][base[lo:hi]].astype(np.int64) - np.cumsum(n) + n, n) + \
-                np.arange(int(n.sum()))
+            take = _arc_range(fst.states["pos"][base[lo:hi]], n)
             loops = np.flatnonzero(has_loop[lo:hi]) + lo
             chunk = np.empty(len(take) + len(loops), dtype=_ARC)
             chunk[:len(take)] = arcs[take]
@@ -556,10 +561,7 @@ def _breadth_first(start: int, first_arc: np.ndarray, narcs: np.ndarray, dst: np
     frontier = np.array([start], dtype=np.int32)
     levels = [frontier]
     while len(frontier):
-        n = narcs[frontier].astype(np.int64)
-        idx = np.repeat(first_arc[frontier].astype(np.int64) - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
-        succ = dst[idx]
-        del idx
+        succ = dst[_arc_range(first_arc[frontier], narcs[frontier])]
         succ = succ[~seen[succ]]
         _, first = np.unique(succ, return_index=True)
         frontier = succ[np.sort(first)].astype(np.int32)  # in order of first appearance
