@@ -368,7 +368,7 @@ def estimate(runs: dict[str, StageRun], here_cfg: dict, there_cfg: dict, target:
                  note="here: trained (kaldingram); there: the official ARPA read and checked"),
         Estimate(label("graph", "HCLG"), "graph CPU s here", sizes["graph_cpu_s"], (ngrams,),
                  note=f"one process; peak RSS {sizes['graph_peak_rss_mb']:,.0f} MB here, ~{graph_gb:,.1f} GB there "
-                      "(linear in n-grams: BENCHMARKS measured x1.85-1.93 per doubling)"),
+                      "(linear in n-grams: BENCHMARKS measured x1.75-1.86 per doubling at dd8ec89)"),
     ]
     def training(role: str) -> Estimate:
         models = n[f"models_{role}"]
