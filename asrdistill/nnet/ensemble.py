@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,7 +41,7 @@ from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
 from asrdistill.logs import progress
 
 __all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "logits_stream", "posterior_stream",
-           "frame_accuracy", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
+           "frame_accuracy", "reference_posteriors", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
            "build_ensemble", "read_members", "system_checkpoints", "stored_target", "dense_to_topk"]
 
 log = logging.getLogger(__name__)
@@ -166,26 +166,51 @@ def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cm
 
 def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
                    frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
-                   bf16: bool = False, *, batch_frames: int = 16384, rank: int = 0, world_size: int = 1
-                   ) -> dict[str, float]:
+                   bf16: bool = False, *, batch_frames: int = 16384, rank: int = 0, world_size: int = 1,
+                   reference: Mapping[str, Tensor] | None = None) -> dict[str, float]:
     """Frame accuracy and cross-entropy of a system (one model or an ensemble) on every labelled frame of a set.
 
-    Under DDP (``world_size > 1``, process group initialised) each rank scores
-    its share of the utterances and the sums are all-reduced: every rank returns
-    the whole set's figures.
+    With ``reference`` (utt -> a reference system's log posteriors, from
+    :func:`reference_posteriors` over the same labels), also how close the system
+    is to it: ``kl``, the mean KL(reference || system) per frame at T = 1, and
+    ``agree``, the share of frames where both pick the same senone. That is what
+    distillation optimises, so a student's progress is measured on it, not only
+    on accuracy. Under DDP (``world_size > 1``, process group initialised) each
+    rank scores its share of the utterances and the sums are all-reduced: every
+    rank returns the whole set's figures.
     """
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, frames
-    for _, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
-                                       batch_frames=batch_frames, rank=rank, world_size=world_size):
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, correct, frames, KL, agreeing frames
+    for utt, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
+                                         batch_frames=batch_frames, rank=rank, world_size=world_size):
         sums[0] -= logp.gather(1, y[:, None]).sum().double()
         sums[1] += (logp.argmax(-1) == y).sum()
         sums[2] += y.numel()
+        if reference is not None:
+            if utt not in reference:
+                raise ValueError(f"{feats.path}: utterance {utt} has no reference posteriors")
+            ref = reference[utt].to(logp.device, torch.float32)  # (T, C)
+            sums[3] += (ref.exp() * (ref - logp)).sum().double()
+            sums[4] += (ref.argmax(-1) == logp.argmax(-1)).sum()
     if world_size > 1:
         dist.all_reduce(sums)
-    loss, correct, count = sums.tolist()
+    loss, correct, count, kl, agree = sums.tolist()
     if count == 0:
         raise ValueError(f"{labels.path}: no labelled frames")
-    return {"loss": loss / count, "acc": correct / count, "frames": int(count)}
+    out = {"loss": loss / count, "acc": correct / count, "frames": int(count)}
+    if reference is not None:
+        out.update(kl=kl / count, agree=agree / count)
+    return out
+
+
+@torch.no_grad()
+def reference_posteriors(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
+                         frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
+                         bf16: bool = False, *, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
+    """A system's T = 1 log posteriors on the labelled frames of a set (fp16, on the CPU), computed once so that
+    :func:`frame_accuracy` can compare a training model with it after every epoch."""
+    return {utt: logp.to("cpu", torch.float16)
+            for utt, logp, _ in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
+                                                 rank=rank, world_size=world_size)}
 
 
 def dense_to_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:

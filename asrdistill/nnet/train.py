@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrdistill.config import from_dict, to_dict
-from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
+from asrdistill.nnet.ensemble import (ensemble_logprobs, fingerprint, frame_accuracy, load_teachers, read_members,
+                                     reference_posteriors, system_checkpoints)
 from asrdistill.data.features import Cmvn
 from asrdistill.fileio import (atomic_path, clear_done, identity, is_done, json_safe, load_weights, mark_done,
                                remove_temporaries, write_text_atomic)
@@ -59,12 +60,13 @@ from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress
 
-__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train"]
+__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "still_improving"]
 
 log = logging.getLogger(__name__)
 
 # fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device"}
+_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device", "reference", "monitor_frames",
+                "improve_tol"}
 
 
 # --------------------------------------------------------------------------- config
@@ -125,6 +127,11 @@ class TrainConfig:
     stop_threshold: float = 0.0        # newbob, if > 0 (Kaldi nnet1): once halving has started, halve every
                                        # epoch and stop when an epoch gains less than this; 0: off
     patience: int = 3                  # stop after this many epochs without a dev gain (0: never)
+    improve_tol: float = 0.001         # a run whose last epoch still gained more dev accuracy than this was cut off
+                                       # while improving: flagged in its result (``still_improving``)
+    reference: str = ""                # ensemble (members.txt) or system folder that each epoch's KL and top-1
+                                       # agreement are measured against; "" for a distilled run: its own teachers
+    monitor_frames: int = 20000        # frames (whole hash-chosen utterances) of dev and of train for that measure
     checkpoint_every: int = 2000       # steps between last.pt saves (and after every epoch)
     log_every: int = 100
     device: str = "auto"               # "auto", "cpu", "cuda"
@@ -160,6 +167,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     stopped: bool = False              # early stopping fired
+    end_reason: str = ""               # what ended training: "budget", "patience" or "newbob_stop"
     history: list[dict] = field(default_factory=list)  # per-epoch metrics
 
 
@@ -621,11 +629,12 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     log.info("%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d", out_dir, model.num_params(),
              input_dim, num_classes, run.steps_per_epoch, device, world_size)
 
+    monitor = _monitor_sets(run, soft, {"dev": (dev_feats, dev_labels), "train": (feats, labels)}, cmvn)
     while state.epoch < config.epochs and not state.stopped:
         train_one_epoch(run, state)
         dev = frame_accuracy([model], dev_feats, dev_labels, cmvn, config.frames, device=device, bf16=run.bf16,
                              rank=rank, world_size=world_size)
-        _end_epoch(run, state, dev)
+        _end_epoch(run, state, dev, _measure(run, monitor, cmvn))
         _save_checkpoint(run, state)
     if writer is not None:
         writer.close()
@@ -636,20 +645,26 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "train_frames": state.frames,
               "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
               "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
-              "stopped_early": state.stopped, "config": _comparable(config), "targets": targets}
+              "stopped_early": state.stopped, "end_reason": state.end_reason, "budget": config.epochs,
+              "still_improving": still_improving(state.history, config.improve_tol),
+              "config": _comparable(config), "targets": targets}
+    if result["still_improving"]:
+        log.warning("%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
+                    "while improving; a longer budget would change it", out_dir, config.improve_tol, state.end_reason)
     if rank == 0:
         mark_done(out_dir, "train", result, identity=_data_identity(config))
     _barrier(run)
     return result
 
 
-def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
-    """Record the epoch, keep the best model, apply newbob halving and early stopping; next epoch."""
+def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
+    """Record the epoch (with ``measured``: closeness to the reference), keep the best model, apply newbob halving
+    and early stopping, and record what ended training in the last epoch's record; next epoch."""
     c = run.config
     gain = dev["acc"] - state.best_dev_acc
     record = state.history[-1]
     record.update({"step": state.step, "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
-                   "dev_loss": dev["loss"], "dev_acc": dev["acc"], "lr_scale": state.lr_scale})
+                   "dev_loss": dev["loss"], "dev_acc": dev["acc"], "lr_scale": state.lr_scale, **measured})
     if gain > 0:
         state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
         _save_best(run, state, dev)
@@ -657,14 +672,18 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
         state.bad_epochs += 1
     halving = state.lr_scale < 1.0
     if c.schedule == "newbob" and c.stop_threshold > 0 and halving and gain < c.stop_threshold:
-        state.stopped = True
+        state.stopped, state.end_reason = True, "newbob_stop"
         log.info("newbob stop after epoch %d: dev gain %.4f < %g while halving", state.epoch, gain, c.stop_threshold)
     if c.schedule == "newbob" and state.epoch > 0 and state.step >= c.warmup_steps and (
             gain < c.newbob_threshold or (halving and c.stop_threshold > 0)):
         state.lr_scale *= 0.5
-    if c.patience and state.bad_epochs >= c.patience:
-        state.stopped = True
+    if c.patience and state.bad_epochs >= c.patience and not state.stopped:
+        state.stopped, state.end_reason = True, "patience"
         log.info("early stop after epoch %d: no dev gain for %d epochs", state.epoch, state.bad_epochs)
+    if not state.stopped and state.epoch + 1 >= c.epochs:
+        state.end_reason = "budget"
+    if state.end_reason:
+        record["end"] = state.end_reason
     _log_metrics(run, record)
     log.info("epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
              state.epoch, record["train_loss"], dev["loss"], 100 * dev["acc"], 100 * state.best_dev_acc,
@@ -674,6 +693,79 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict) -> None:
     state.epoch_loss_sum = 0.0
     state.epoch_frames = 0
     run.steps_per_epoch = _steps(run, state.epoch)
+
+
+def still_improving(history: Sequence[dict], tol: float) -> bool:
+    """Whether the last epoch raised dev accuracy by more than ``tol`` above every earlier epoch: training ended
+    while the model was still improving (cut off by its budget or a stopping rule), not after it had levelled."""
+    accs = [r["dev_acc"] for r in history if "dev_acc" in r]
+    return len(accs) > 1 and accs[-1] - max(accs[:-1]) > tol
+
+
+# --------------------------------------------------------------------------- closeness to the ensemble
+
+def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[FrameDNN], str]:
+    """The ensemble a run is measured against each epoch, and how it combines: ``train.reference`` if set, else a
+    distilled run's own teachers (online: the checkpoints; cached: the ensemble folder holding the soft targets,
+    if its weights are the ones the targets were made from). None for a hard-label run without a reference."""
+    c = run.config
+    input_dim, num_classes = run.model.input_dim, run.model.num_classes
+    if c.reference:
+        return load_teachers(system_checkpoints(c.reference), run.device, expect=(input_dim, num_classes)), "arithmetic"
+    if run.teachers:
+        return run.teachers, c.distill.method
+    ensemble_dir = Path(soft.directory).parent if soft is not None else None
+    if ensemble_dir is not None and (ensemble_dir / "members.txt").is_file():
+        models = load_teachers(read_members(ensemble_dir), run.device, expect=(input_dim, num_classes))
+        if fingerprint(models) == soft.meta.get("teachers_sha256"):
+            return models, soft.meta.get("method", "arithmetic")
+        log.warning("%s: members.txt lists other weights than the soft targets were made from; no per-epoch "
+                    "agreement with the ensemble", ensemble_dir)
+    return [], ""
+
+
+def _monitor_sets(run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]],
+                  cmvn: Cmvn) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
+    """name -> (features, labels of a fixed sample of about ``monitor_frames`` frames, the reference's log
+    posteriors there), computed once; empty when the run has no reference."""
+    models, method = _reference_models(run, soft)
+    if not models:
+        return {}
+    out = {}
+    for name, (feats, labels) in sets.items():
+        fraction = min(1.0, run.config.monitor_frames / max(1, labels.num_frames))
+        if run.rank == 0:
+            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
+        _barrier(run)
+        if run.rank != 0:
+            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
+        reference = reference_posteriors(models, feats, sample, cmvn, run.config.frames, method, run.device,
+                                         run.bf16, rank=run.rank, world_size=run.world_size)
+        out[name] = (feats, sample, reference)
+    log.info("%s: each epoch measured against its reference ensemble (%d model(s)) on %s", run.out_dir,
+             len(models), ", ".join(f"{n} ({s.num_frames} frames)" for n, (_, s, _) in out.items()))
+    return out
+
+
+def _sample_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
+    """:func:`_subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
+    try:
+        return _subset_labels(labels, fraction, out_dir)
+    except ValueError:
+        return labels
+
+
+def _measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
+    """KL to the reference and top-1 agreement with it (``<set>_kl``, ``<set>_agree``) on each monitored sample,
+    and the frame accuracy on the train sample (``train_acc``: how well the run fits what it was taught)."""
+    out = {}
+    for name, (feats, labels, reference) in monitor.items():
+        r = frame_accuracy([run.model], feats, labels, cmvn, run.config.frames, device=run.device, bf16=run.bf16,
+                           rank=run.rank, world_size=run.world_size, reference=reference)
+        out.update({f"{name}_kl": r["kl"], f"{name}_agree": r["agree"]})
+        if name == "train":
+            out["train_acc"] = r["acc"]
+    return out
 
 
 def _steps(run: _Run, epoch: int) -> int:
