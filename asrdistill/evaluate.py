@@ -245,7 +245,8 @@ def _training_facts(system_dir: Path) -> dict:
     r = json.loads(result.read_text(encoding="utf-8"))
     c = json.loads(config.read_text(encoding="utf-8"))
     facts = {"seed": c.get("seed"), "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
-             "max_epochs": c.get("epochs"), "patience": c.get("patience"), "data_fraction": c.get("data_fraction")}
+             "max_epochs": c.get("epochs"), "patience": c.get("patience"), "data_fraction": c.get("data_fraction"),
+             "end_reason": r.get("end_reason"), "still_improving": r.get("still_improving")}
     if c.get("distill"):
         facts.update(temperature=c["distill"]["temperature"], hard_weight=c["distill"]["hard_weight"],
                      distill_source=c["distill"]["source"])

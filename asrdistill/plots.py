@@ -23,7 +23,7 @@ import numpy as np
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest, iter_shard
 from asrdistill.fileio import atomic_path
 
-__all__ = ["plot_training_curves", "plot_utterance"]
+__all__ = ["epoch_records", "plot_training_curves", "plot_utterance"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _epochs(system_dir: Path) -> list[dict]:
+def epoch_records(system_dir: Path) -> list[dict]:
+    """The per-epoch records (those with ``dev_acc``) of a trained system's ``log/metrics.jsonl``; [] if none."""
     path = system_dir / "log" / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -64,7 +65,7 @@ def plot_training_curves(system_dirs: Sequence[str | Path], out_png: str | Path)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     drawn = []
     for d in map(Path, system_dirs):
-        rows = _epochs(d)
+        rows = epoch_records(d)
         if not rows:
             log.info("%s: no per-epoch metrics (not trained here, e.g. an ensemble); not drawn", d)
             continue

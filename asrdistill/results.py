@@ -62,6 +62,10 @@ DIFFERENCES = (
     ("student_from_specialists_vs_student", FROM_SPECIALISTS, "student"),
 )
 BOOTSTRAP_SAMPLES = 2000
+INDEPENDENT = "independent_baseline"  # a hard-label model with its own seed, not an ensemble member
+COLORS = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange", INDEPENDENT: "tab:cyan",
+          COMBINED: "tab:purple", FROM_SPECIALISTS: "tab:brown"}
+INTERVAL = "95% paired bootstrap over test utterances and, within each seed group, over its seeds"
 
 
 @dataclass
@@ -123,19 +127,30 @@ def best_student(student_dirs: list[str | Path]) -> dict:
 
 def paired_bootstrap(stats: dict[str, tuple[np.ndarray, np.ndarray]], samples: int = BOOTSTRAP_SAMPLES,
                      seed: int = 0) -> dict[str, np.ndarray]:
-    """Rates ``100 * sum(num) / sum(den)`` of each system over ``samples`` resamplings of the same utterances.
+    """Rates ``100 * sum(num) / sum(den)`` of each system or seed group over ``samples`` resamplings.
 
-    ``stats[name] = (num, den)``, one entry per test utterance in the same order
-    for every system (e.g. correct and labelled frames, or word errors and
-    reference words). Every system is resampled with the same utterances, so
-    differences between systems are paired. Returns ``name -> (samples,)``.
+    ``stats[name] = (num, den)``: ``den`` has one entry per test utterance, in the
+    same order for every name (e.g. labelled frames, or reference words);
+    ``num`` is ``(utterances,)`` for one system or ``(seeds, utterances)`` for a
+    group trained alike but for the seed (its rate is the mean over seeds).
+    Every draw resamples the same utterances for all names, so differences are
+    paired; a group's seeds are resampled too (with replacement, independently
+    per group), so its interval holds the training randomness (which seeds it
+    happened to get) as well as the test set's. Returns ``name -> (samples,)``.
     """
-    sizes = {len(num) for num, _ in stats.values()}
+    sizes = {np.shape(num)[-1] for num, _ in stats.values()} | {len(den) for _, den in stats.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(f"paired_bootstrap: systems must share the same non-empty utterance list, got sizes {sizes}")
     (n,) = sizes
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
-    return {name: 100.0 * (counts @ num) / np.maximum(counts @ den, 1e-12) for name, (num, den) in stats.items()}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)  # (samples, utterances)
+    out = {}
+    for name, (num, den) in stats.items():
+        per_seed = counts @ np.atleast_2d(num).T  # (samples, seeds)
+        k = per_seed.shape[1]
+        weights = rng.multinomial(k, np.full(k, 1.0 / k), size=samples) / k if k > 1 else np.ones((samples, 1))
+        out[name] = 100.0 * (per_seed * weights).sum(1) / np.maximum(counts @ den, 1e-12)
+    return out
 
 
 def _interval(point: float, draws: np.ndarray) -> dict:
@@ -182,11 +197,12 @@ def _groups(rows: list[SystemResult]) -> dict[str, list[SystemResult]]:
 
 
 def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str) -> dict:
-    """Bootstrap intervals of the :data:`DIFFERENCES` and of the kept share, on test (all systems paired)."""
+    """Bootstrap intervals (test utterances and seeds, all systems paired) of the :data:`DIFFERENCES`, the kept
+    share and every system's agreement with the ensemble."""
     need = ("baseline", "ensemble", "student")
     if not all(g in groups for g in need):
         return {}
-    members = {g: groups[g] for g in (*need, COMBINED, FROM_SPECIALISTS) if g in groups}
+    members = {g: groups[g] for g in (*need, INDEPENDENT, COMBINED, FROM_SPECIALISTS) if g in groups}
     generalist = members[COMBINED][0].extra.get("generalist") if COMBINED in members else None
     systems = {r.system: r for g in groups.values() for r in g}
     if generalist in systems:
@@ -202,15 +218,16 @@ def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str
         log.warning("results: per-utterance counts of %s missing; no intervals for it", g)
         del per[g]
     utts = sorted(set.intersection(*(set(x) for xs in per.values() for x in xs)))
-    out: dict = {"test_utterances": len(utts), **({"generalist": generalist} if "generalist" in per else {})}
+    out: dict = {"test_utterances": len(utts), "interval": INTERVAL,
+                 **({"generalist": generalist} if "generalist" in per else {})}
     for metric, (num, den) in {"frame_acc": ("correct", "labelled"), "wer": ("errors", "words")}.items():
         if not all(num in x[utts[0]] for g in need for x in per[g]):
             continue
         have = [g for g in per if all(num in x[utts[0]] for x in per[g])]
-        stats = {g: (np.mean([[x[u][num] for u in utts] for x in per[g]], axis=0).astype(np.float64),
+        stats = {g: (np.array([[x[u][num] for u in utts] for x in per[g]], dtype=np.float64),
                      np.array([per[g][0][u][den] for u in utts], dtype=np.float64)) for g in have}
         draws = paired_bootstrap(stats)
-        point = {g: 100.0 * stats[g][0].sum() / max(stats[g][1].sum(), 1e-12) for g in have}
+        point = {g: 100.0 * stats[g][0].mean(0).sum() / max(stats[g][1].sum(), 1e-12) for g in have}
         for prefix, system, reference in DIFFERENCES:
             if system in stats and reference in stats:
                 out[f"{prefix}_test_{metric}"] = _interval(point[system] - point[reference],
@@ -220,15 +237,31 @@ def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str
                 shares = (draws["student"] - draws["baseline"]) / (draws["ensemble"] - draws["baseline"])
             out["kept_share_test_frame_acc"] = _interval(
                 kept_share(point["baseline"], point["ensemble"], point["student"]), shares)
-    agree = {}
-    for g in ("baseline", "student"):
-        same = [sum(int((x[u]["preds"] == per["ensemble"][0][u]["preds"]).sum()) for u in utts) for x in per[g]]
-        total = sum(len(per["ensemble"][0][u]["preds"]) for u in utts)
-        agree[g] = _mean_sd([100.0 * s / total for s in same])
-    out["agreement_with_ensemble_test"] = agree
+    out["agreement_with_ensemble_test"] = _agreement(members, per, utts)
     dev = {g: _mean_sd([r.dev_frame_acc for r in groups[g]])["mean"] for g in need}
     out["kept_share_dev_frame_acc"] = kept_share(dev["baseline"], dev["ensemble"], dev["student"])
     return out
+
+
+def _agreement(members: dict[str, list[SystemResult]], per: dict[str, list[dict]], utts: list[str]) -> dict:
+    """Share of test frames where a system's best senone is the ensemble's, with intervals: every system on its
+    own (``systems``) and each group over its seeds (``groups``). Members of the ensemble agree with it partly
+    because they are in it; the independent baseline is the fair single-model reference."""
+    ensemble = per["ensemble"][0]
+    frames = np.array([len(ensemble[u]["preds"]) for u in utts], dtype=np.float64)
+
+    def agreeing(x: dict) -> np.ndarray:
+        return np.array([int((x[u]["preds"] == ensemble[u]["preds"]).sum()) for u in utts], dtype=np.float64)
+
+    counts = {g: [agreeing(x) for x in per[g]] for g in per if g not in ("ensemble", "generalist")}
+    names = {r.system: counts[g][i] for g in counts for i, r in enumerate(members[g])}
+    stats = {**{f"system:{n}": (a, frames) for n, a in names.items()},
+             **{f"group:{g}": (np.stack(a), frames) for g, a in counts.items()}}
+    draws = paired_bootstrap(stats)
+    point = {k: 100.0 * np.atleast_2d(num).mean(0).sum() / frames.sum() for k, (num, _) in stats.items()}
+    return {"systems": {n: _interval(point[f"system:{n}"], draws[f"system:{n}"]) for n in names},
+            "groups": {g: {**_interval(point[f"group:{g}"], draws[f"group:{g}"]), "seeds": len(counts[g])}
+                       for g in counts}}
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -254,6 +287,9 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
             if (exp_dir / name / "metrics.json").is_file()]
     if not rows:
         raise FileNotFoundError(f"{exp_dir}: no <system>/metrics.json found for {order}")
+    sweep = sorted((r for r in rows if r.kind == "sweep"),  # numerically: T = 2 before T = 10
+                   key=lambda r: (r.extra.get("temperature") or 0, r.extra.get("hard_weight") or 0))
+    rows = [r for r in rows if r.kind != "sweep"] + sweep
     test_set = test_set or rows[0].extra.get("test_set", "test")
     groups = _groups(rows)
     summary = {name: {"members": [r.system for r in g], "seeds": [r.extra.get("seed") for r in g],
@@ -267,8 +303,12 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
     goal = {}
     if "kept_share_test_frame_acc" in comparison:
         share, gain = comparison["kept_share_test_frame_acc"], comparison["ensemble_gain_test_frame_acc"]
+        agree = comparison["agreement_with_ensemble_test"]
+        singles = [a["value"] for name, a in agree["systems"].items()
+                   if name not in {r.system for r in groups["student"]}]
         goal = {"kept_share_at_least": goal_kept_share, "kept_share_met": share["value"] >= goal_kept_share,
-                "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0}
+                "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0,
+                "student_agrees_most": agree["groups"]["student"]["value"] > max(singles, default=math.inf)}
     fraction = {}
     if "fraction_hard" in groups and "fraction_soft" in groups:
         fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
@@ -282,7 +322,7 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
         "fidelity": fidelity, "fraction": fraction, "specialists": specialists, "paper": PAPER})
     write_text_atomic(exp_dir / "results.md", _markdown(title, rows, groups, summary, comparison, fidelity, goal,
                                                         fraction, specialists))
-    _plot(groups, summary, comparison, exp_dir / "results.png")
+    _plot(exp_dir, groups, summary, comparison, exp_dir / "results.png")
     return {"systems": rows, "groups": summary, "comparison": comparison, "goal": goal, "fidelity": fidelity,
             "specialists": specialists}
 
@@ -292,51 +332,70 @@ def _difference_label(prefix: str, comparison: dict) -> str:
     return f"{system} - {comparison['generalist'] + ' (its generalist)' if reference == 'generalist' else reference}"
 
 
+def _trained(r: SystemResult) -> str:
+    """``epochs run/budget (best epoch), what ended it``, flagged when it was cut off while still improving."""
+    epochs = r.extra.get("epochs")
+    if epochs is None:
+        return "-"
+    text = f"{epochs}/{r.extra.get('max_epochs')} ({r.extra.get('best_epoch', 0) + 1})"
+    if r.extra.get("end_reason"):
+        text += f", {r.extra['end_reason']}"
+    return text + (", STILL RISING" if r.extra.get("still_improving") else "")
+
+
 def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists) -> str:
+    agree = comparison.get("agreement_with_ensemble_test", {"systems": {}, "groups": {}})
     lines = [f"# {title}", "", "## Systems", "",
-             "| system | seed | epochs (best) | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
-             "| NN ms / s of audio | search RTF |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Epochs: run / budget (best dev epoch), what ended training. Agreement: test frames where the system's "
+             "best senone is the ensemble's.", "",
+             "| system | seed | epochs | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
+             "| agrees with ensemble % | NN ms / s of audio | search RTF |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
-        epochs = r.extra.get("epochs")
-        trained = "-" if epochs is None else f"{epochs}/{r.extra.get('max_epochs')} ({r.extra.get('best_epoch', 0) + 1})"
-        lines.append(f"| {_label(r)} | {r.extra.get('seed', '-')} | {trained} | {r.params:,} | {_fmt(r.dev_frame_acc)} | "
-                     f"{_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | {_fmt(nn_ms, 1)} | "
-                     f"{_fmt(r.decode_rtf, 3)} |")
+        a = agree["systems"].get(r.system)
+        lines.append(f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
+                     f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
+                     f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |")
     lines += ["", "## Over seeds (mean ± sd)", "",
-              "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % |", "|---|---:|---:|---:|---:|---:|"]
+              "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % | agrees with ensemble % |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name in groups:
         g = summary[name]
-        if name in (*GROUPED, "ensemble", COMBINED, FROM_SPECIALISTS):
+        if name in (*GROUPED, "ensemble", INDEPENDENT, COMBINED, FROM_SPECIALISTS):
+            a = agree["groups"].get(name)
             lines.append(f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
-                         f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} |")
+                         f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |")
     for p in PAPER:
-        lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} |")
+        lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - |")
+    chosen = _chosen_distillation(groups)
+    if chosen:
+        lines += ["", f"Students: T = {chosen[0]:g}, hard weight {chosen[1]:g} (the best dev frame accuracy of the "
+                  "swept settings)."]
     if comparison:
-        lines += ["", f"## Differences on test, 95% paired bootstrap intervals over {comparison['test_utterances']} "
-                  "utterances", "", "| figure | value [95% interval] |", "|---|---:|"]
-        for metric, unit in (("frame_acc", "frame acc"), ("wer", "WER")):
+        lines += ["", f"## Differences on test, 95% intervals over {comparison['test_utterances']} utterances", "",
+                  f"Intervals: {comparison['interval']}.", "", "| figure | value [95% interval] |", "|---|---:|"]
+        for metric, unit, better in (("frame_acc", "frame acc", "higher"), ("wer", "WER", "lower")):
             for prefix, _, _ in DIFFERENCES:
                 if f"{prefix}_test_{metric}" in comparison:
-                    lines.append(f"| {_difference_label(prefix, comparison)}, {unit} (points) | "
+                    lines.append(f"| {_difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
                                  f"{_ci(comparison[f'{prefix}_test_{metric}'])} |")
         if "kept_share_test_frame_acc" in comparison:
-            lines.append(f"| share of the ensemble's frame-acc gain the student keeps (%) | "
+            lines.append(f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
                          f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |")
-        agree = comparison["agreement_with_ensemble_test"]
-        lines.append(f"| frames where the system's decision equals the ensemble's: baseline / student (%) | "
-                     f"{_pm(agree['baseline'])} / {_pm(agree['student'])} |")
-        lines += ["", f"Dev: the student keeps {_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)}% of the "
-                  f"ensemble's frame-accuracy gain. The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
+        lines.append(f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
+                     f"{_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)} |")
+        lines += ["", f"The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
     if goal:
         lines.append(f"Goal (kept share >= {100 * goal['kept_share_at_least']:.0f}% with the ensemble's gain interval "
-                     f"excluding zero): kept share {'met' if goal['kept_share_met'] else 'NOT met'}; the ensemble's "
-                     f"gain interval {'excludes' if goal['ensemble_gain_ci_excludes_zero'] else 'does NOT exclude'} zero.")
+                     f"excluding zero, and the students agreeing with the ensemble more than any single model): kept "
+                     f"share {'met' if goal['kept_share_met'] else 'NOT met'}; the ensemble's gain interval "
+                     f"{'excludes' if goal['ensemble_gain_ci_excludes_zero'] else 'does NOT exclude'} zero; "
+                     f"agreement {'met' if goal.get('student_agrees_most') else 'NOT met'}.")
     if fidelity:
         lines += ["", "## Soft targets: share of the exact soft loss the cache keeps (dev)", "",
                   "| T | stored | fidelity % |", "|---:|---|---:|"]
-        for t, r in fidelity.items():
+        for t, r in sorted(fidelity.items(), key=lambda item: float(item[0])):
             lines.append(f"| {t} | {'top-' + str(r['k']) if r['k'] else 'dense fp16'} | {_fmt(100 * r['fidelity'], 1)} |")
     if fraction:
         lines += ["", f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(fraction['hard'])}% "
@@ -344,6 +403,14 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
     if specialists:
         lines += _specialists_markdown(specialists)
     return "\n".join(lines) + "\n"
+
+
+def _chosen_distillation(groups: dict[str, list[SystemResult]]) -> tuple[float, float] | None:
+    """The (T, hard weight) the final students were trained with, if they share one."""
+    settings = {(r.extra.get("temperature"), r.extra.get("hard_weight")) for r in groups.get("student", [])}
+    if len(settings) != 1 or None in next(iter(settings)):
+        return None
+    return next(iter(settings))
 
 
 def _specialists_markdown(breakdown: dict) -> list[str]:
@@ -362,41 +429,91 @@ def _specialists_markdown(breakdown: dict) -> list[str]:
     return lines
 
 
-def _plot(groups: dict, summary: dict, comparison: dict, path: Path) -> None:
-    """Test frame accuracy and WER per group (error bars: sd over seeds) and the differences with 95% intervals."""
+def _plot(exp_dir: Path, groups: dict, summary: dict, comparison: dict, path: Path) -> None:
+    """Six panels: test frame accuracy and WER per group (error bars: sd over seeds), the differences with their
+    intervals, the kept share against the paper's, and the learning curves (dev accuracy, dev KL to the
+    ensemble) of the first student and of the independent baseline (else the first baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(groups)
-    fig, axes = plt.subplots(1, 3, figsize=(max(12, 0.6 * len(names) + 8), 4.2))
-    color = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange", COMBINED: "tab:purple",
-             FROM_SPECIALISTS: "tab:brown"}
-    for ax, key, label in ((axes[0], "test_frame_acc", "test frame accuracy (%)"), (axes[1], "test_wer", "test WER (%)")):
-        means = [summary[n][key]["mean"] for n in names]
-        sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
-        ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in means],
-               yerr=[0 if math.isnan(v) else v for v in sds], capsize=3,
-               color=[color.get(n, "tab:gray") for n in names])
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel(label)
-        finite = [v for v in means if not math.isnan(v)]
-        if finite and key == "test_frame_acc":
-            ax.set_ylim(max(0, min(finite) - 5), min(100, max(finite) + 2))
-    ax = axes[2]
-    shown = [(f"{prefix}_test_{metric}", system, f"{system} - {reference}, {unit}")
-             for metric, unit in (("frame_acc", "frame acc"), ("wer", "WER")) for prefix, system, reference in DIFFERENCES
-             if f"{prefix}_test_{metric}" in comparison]
-    for i, (key, system, _) in enumerate(shown):
-        iv = comparison[key]
-        ax.errorbar([i], [iv["value"]], yerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
-                    fmt="o", capsize=4, color=color.get(system, "tab:gray"))
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(shown)), [label for _, _, label in shown], fontsize=7, rotation=60 if len(shown) > 4 else 0,
-                  ha="right" if len(shown) > 4 else "center")
-    ax.set_ylabel("difference, points (95% interval)")
+    fig, axes = plt.subplots(2, 3, figsize=(max(15, 0.6 * len(groups) + 10), 9))
+    _plot_groups(axes[0, 0], axes[0, 1], groups, summary)
+    _plot_differences(axes[0, 2], comparison)
+    _plot_kept_share(axes[1, 0], comparison)
+    _plot_curves(axes[1, 1], axes[1, 2], exp_dir, groups)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def _plot_groups(acc_ax, wer_ax, groups: dict, summary: dict) -> None:
+    """Bars per group; a group without a WER (e.g. the sweep) is left out of the WER panel, not drawn as 0."""
+    for ax, key, label in ((acc_ax, "test_frame_acc", "test frame accuracy (%), higher is better"),
+                           (wer_ax, "test_wer", "test WER (%), lower is better")):
+        names = [n for n in groups if not math.isnan(summary[n][key]["mean"])]
+        means = [summary[n][key]["mean"] for n in names]
+        sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
+        ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=[COLORS.get(n, "tab:gray") for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        if means and key == "test_frame_acc":
+            ax.set_ylim(max(0, min(means) - 5), min(100, max(means) + 2))
+
+
+def _plot_differences(ax, comparison: dict) -> None:
+    """Each difference as a point with its interval, one labelled row each (readable however many there are)."""
+    shown = [(f"{prefix}_test_{metric}", system, f"{_difference_label(prefix, comparison)}, {unit}")
+             for metric, unit in (("frame_acc", "frame acc (> 0 better)"), ("wer", "WER (< 0 better)"))
+             for prefix, system, _ in DIFFERENCES if f"{prefix}_test_{metric}" in comparison]
+    for i, (key, system, _) in enumerate(shown):
+        iv = comparison[key]
+        ax.errorbar([iv["value"]], [i], xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
+                    fmt="o", capsize=4, color=COLORS.get(system, "tab:gray"))
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(shown)), [label for _, _, label in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference on test, points (95% interval)")
+
+
+def _plot_kept_share(ax, comparison: dict) -> None:
+    """The student's kept share of the ensemble's gain (test with its interval, dev) beside the paper's."""
+    paper = 100 * kept_share(58.9, 61.1, 60.8)
+    test = comparison.get("kept_share_test_frame_acc")
+    if test is not None and not math.isnan(test["value"]):
+        ax.errorbar([0], [100 * test["value"]], yerr=[[100 * (test["value"] - test["ci_low"])],
+                                                     [100 * (test["ci_high"] - test["value"])]],
+                    fmt="o", capsize=5, color=COLORS["student"])
+    dev = comparison.get("kept_share_dev_frame_acc", math.nan)
+    if not math.isnan(dev):
+        ax.plot([1], [100 * dev], "o", color=COLORS["student"], mfc="white")
+    ax.axhline(paper, color="black", ls="--", lw=1, label=f"paper: {paper:.0f}%")
+    ax.axhline(80, color="tab:red", ls=":", lw=1, label="goal: 80%")
+    ax.set_xticks([0, 1], ["test (95% interval)", "dev"])
+    ax.set_xlim(-0.7, 1.7)
+    ax.set_ylabel("share of the ensemble's frame-acc gain kept (%)")
+    ax.legend(fontsize=8)
+
+
+def _plot_curves(acc_ax, kl_ax, exp_dir: Path, groups: dict) -> None:
+    """Dev frame accuracy and dev KL to the ensemble per epoch, with the ensemble's dev accuracy as a line."""
+    from asrdistill.plots import epoch_records
+
+    reference = INDEPENDENT if INDEPENDENT in groups else "baseline"
+    for group, r in ((g, groups[g][0]) for g in (reference, "student") if groups.get(g)):
+        rows = epoch_records(exp_dir / r.system)
+        epochs = [row["epoch"] + 1 for row in rows]
+        color = COLORS.get(group, "tab:gray")
+        acc_ax.plot(epochs, [100 * row["dev_acc"] for row in rows], marker="o", ms=3, color=color, label=r.system)
+        if any("dev_kl" in row for row in rows):
+            kl_ax.plot(epochs, [row.get("dev_kl", math.nan) for row in rows], marker="o", ms=3, color=color,
+                       label=r.system)
+    if "ensemble" in groups:
+        acc_ax.axhline(groups["ensemble"][0].dev_frame_acc, color=COLORS["ensemble"], ls="--", label="ensemble")
+    acc_ax.set(xlabel="epoch", ylabel="dev frame accuracy (%)")
+    kl_ax.set(xlabel="epoch", ylabel="dev KL(ensemble || model) per frame, lower is closer")
+    for ax in (acc_ax, kl_ax):
+        if ax.lines:
+            ax.legend(fontsize=8)

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from asrdistill.cli import main
-from asrdistill.plots import _epochs, plot_training_curves, plot_utterance
+from asrdistill.plots import epoch_records, plot_training_curves, plot_utterance
 from test_bundle import _bundle, _system, recipe  # noqa: F401 - recipe: the shared fixture
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +27,7 @@ def test_training_curves_of_trained_systems(tmp_path, caplog):
     (tmp_path / "ensemble").mkdir()
     out = plot_training_curves([tmp_path / "baseline", tmp_path / "ensemble", tmp_path / "student"], tmp_path / "c.png")
     assert out.read_bytes()[:8] == PNG
-    assert [r["epoch"] for r in _epochs(tmp_path / "student")] == [0, 1, 2, 3, 4]  # epoch records only
+    assert [r["epoch"] for r in epoch_records(tmp_path / "student")] == [0, 1, 2, 3, 4]  # epoch records only
     assert "ensemble: no per-epoch metrics" in caplog.text and "['baseline', 'student']" in caplog.text
     with pytest.raises(ValueError, match="has log/metrics.jsonl with epoch records"):
         plot_training_curves([tmp_path / "ensemble"], tmp_path / "none.png")

@@ -201,12 +201,17 @@ if want 8; then begin 8 "ensemble: posteriors averaged, soft-target fidelity on 
 end; fi
 
 sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
+independent_seed=$((num_teachers + 1))
 if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
   hw0=${hard_weights%% *}
+  # with the sweep: an independent baseline (seed N+1, no ensemble member), the fair reference for how often a
+  # single model agrees with the ensemble; measured against the ensemble each epoch like the students
   train_jobs stage9_sweep_T < <(for t in $temperatures; do
     echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature $t" \
       "--hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
-  done)
+  done
+  echo "train $common $data $force --seed $independent_seed --set train.reference=exp/ensemble" \
+    "--out exp/independent_baseline")
   read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
   train_jobs stage9_sweep_hw < <(for hw in ${hard_weights#"$hw0"}; do
     echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$best_t" \
@@ -244,7 +249,7 @@ if want 11; then
   end; else log "Stage 11: specialists skipped (specialists.enabled is not true in $config)"; fi
 fi
 
-systems="$baselines ensemble $students"
+systems="$baselines ensemble independent_baseline $students"
 if [ "$specialists" = True ]; then systems="$systems specialists student_from_specialists"; fi
 systems="$systems fraction_hard fraction_soft"
 
