@@ -119,8 +119,8 @@ def test_transcribe_files_and_a_folder(recipe, tmp_path):
     (tmp_path / "audio").mkdir()
     for name in ("one.wav", "two.flac"):
         sf.write(tmp_path / "audio" / name, _tone(0.8), SR)
-    files = system.transcribe([tmp_path / "audio" / "one.wav", tmp_path / "audio" / "two.flac"])
-    folder = system.transcribe(tmp_path / "audio")
+    files = system.transcribe([tmp_path / "audio" / "one.wav", tmp_path / "audio" / "two.flac"]).hyps
+    folder = system.transcribe(tmp_path / "audio").hyps
     assert set(folder) == {"one", "two"} and folder["one"] == folder["two"]
     assert sorted(files.values()) == sorted(folder.values())
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -46,7 +46,7 @@ from asrdistill.aligner.kaldi_export import write_ark_scp
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
-from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, read_corpus
+from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, Corpus, read_corpus
 from asrdistill.data.features import Cmvn, FbankConfig, compute_features
 from asrdistill.data.frames import FrameConfig
 from asrdistill.data.kaldi_dir import import_data_dir, needs_import
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
-DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
+DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "files.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
 LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
               "optional_silence.txt")
 
@@ -78,6 +78,12 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _tsv(name: str) -> str:
+    """A file name as one TSV field: backslash, tab, newline, carriage return escaped, non-UTF-8 bytes as ``\\xNN``."""
+    name = name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -227,7 +233,8 @@ def _verify(root: Path) -> dict:
 
 @dataclass
 class DecodeReport:
-    """What :meth:`System.decode_corpus` did; ``wer`` is None without references."""
+    """What :meth:`System.decode_corpus` did: ``hyps`` (utt -> text), ``skipped`` ``(utt, file, reason)``,
+    ``files`` (utt -> input); ``wer`` is None without references."""
 
     out_dir: Path
     hyps: dict[str, str]
@@ -235,6 +242,7 @@ class DecodeReport:
     wer: float | None
     oov: dict[str, int]
     ref_words: int
+    files: dict[str, str] = field(default_factory=dict)  # utt -> its input file (or wav.scp entry)
 
 
 class System:
@@ -290,69 +298,124 @@ class System:
         log.info("%s: log-likelihoods of %d utterance(s), %d senones", ark, n, self.tree.num_pdfs)
         return ark, scp, n
 
-    def decode_corpus(self, corpus: str | Path, out_dir: str | Path, max_seconds: float = 120.0, nj: int = 1,
-                      command: str | None = None, allow_pipes: bool = False) -> DecodeReport:
-        """Decode every usable utterance of ``corpus`` into ``out_dir``.
+    def decode_corpus(self, corpus: str | Path | Sequence[str | Path], out_dir: str | Path,
+                      max_seconds: float = 120.0, nj: int = 1, command: str | None = None,
+                      allow_pipes: bool = False) -> DecodeReport:
+        r"""Decode every usable utterance of ``corpus`` (a folder or a list of audio files) into ``out_dir``.
 
         Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
-        ``skipped.tsv`` (utterance, file, reason), with references also ``wer``,
-        ``per_utt``, ``oov.txt`` and ``report.txt`` (the ``%WER`` line and OOV
-        counts), and ``log/decode.log`` (command line, config, timings).
-        Intermediate features go to ``out_dir/data`` and ``out_dir/fbank``. A Kaldi
-        data dir with ``segments``, ark offsets or pipes (run only with
-        ``allow_pipes``) is first imported into ``out_dir/import``.
+        ``skipped.tsv`` (utterance, file, reason), ``files.tsv`` (each input file, its
+        utterance id by :func:`~asrdistill.data.corpus.utterance_ids`, and whether it
+        was decoded or skipped: every input is exactly one of the two), with
+        references also ``wer``, ``per_utt``, ``oov.txt`` and ``report.txt`` (the
+        ``%WER`` line and OOV counts), and ``log/decode.log`` (command line, config,
+        timings). File names in the TSV files escape backslash, tab, newline and
+        carriage return as ``\\``, ``\t``, ``\n``, ``\r``, and bytes that are not
+        UTF-8 as ``\xNN``. Intermediate features go to ``out_dir/data`` and
+        ``out_dir/fbank``. A Kaldi data dir with ``segments``, ark offsets or pipes
+        (run only with ``allow_pipes``) is first imported into ``out_dir/import``.
+        If no input can be decoded, the outputs are still written and a
+        ``ValueError`` names the corpus and the first reasons.
         """
         out_dir = Path(out_dir)
         for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
             (out_dir / name).unlink(missing_ok=True)
+        where = corpus if isinstance(corpus, (str, Path)) else f"{len(corpus)} audio file(s)"
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
                 log.info("command: %s", command or shlex.join(sys.argv))
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
                      self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
-            if needs_import(corpus):
+            if isinstance(corpus, (str, Path)) and needs_import(corpus):
                 import_data_dir(corpus, out_dir / "import", allow_pipes=allow_pipes)
                 corpus = out_dir / "import"
             read = read_corpus(corpus, max_seconds=max_seconds)
             log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
-                     corpus, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
+                     where, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
                      read.normalized)
-            read.data.save(out_dir / "data")
-            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
+            feats, skipped = self._features(read, out_dir, nj)
             t_feats = time.perf_counter()
-            # the features' skipped.tsv names the file of each utterance: the one in the data dir they read
-            skipped = read.skipped + [(u, read.data.wav.get(u, ""), r)
-                                      for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
-            result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
+            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files)
+            frames, rtf = self._decode_into(feats, out_dir, report, nj)
             t_decode = time.perf_counter()
-            hyps = {u: " ".join(w) for u, w in result.hyps.items()}
-            with atomic_open(out_dir / "text") as f:
-                f.writelines(f"{u} {hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
-            shift = self.fbank.frame_shift_ms / 1000.0
+            if read.refs and report.hyps:
+                unusable = {s[0] for s in skipped}
+                refs = {u: r for u, r in read.refs.items() if u not in unusable}
+                report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, out_dir,
+                                                                       len(read.refs) - len(refs))
+            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
+                     "%.1f s (search RTF %.4f per core)", len(report.hyps), len(skipped),
+                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
+                     frames * self.fbank.frame_shift_ms / 1000.0 / 3600, t_feats - t0, t_decode - t_feats, rtf)
+        if not report.hyps:
+            reasons = "; ".join(f"{_tsv(f)}: {r}" for _, f, r in skipped[:3])
+            raise ValueError(f"{where}: none of its {len(read.files)} input(s) could be decoded ({reasons}; all "
+                             f"listed in {out_dir / 'skipped.tsv'})")
+        return report
+
+    def _features(self, read: Corpus, out_dir: Path, nj: int) -> tuple[ShardManifest | None,
+                                                                       list[tuple[str, str, str]]]:
+        """Features of ``read``'s usable utterances (None if there is none) and everything skipped so far.
+
+        A path a ``wav.scp`` line cannot hold (a newline, surrounding blanks, bytes that are not UTF-8) is
+        read through a link named after its utterance id in ``out_dir/data/links``.
+        """
+        data = replace(read.data, wav=dict(read.data.wav))
+        for utt, path in data.wav.items():
+            if not path.isprintable() or path != path.strip():
+                link = out_dir / "data" / "links" / f"{utt}{Path(path).suffix.lower()}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(path)
+                data.wav[utt] = str(link)
+        skipped = list(read.skipped)
+        if not data.wav:
+            return None, skipped
+        data.save(out_dir / "data")
+        try:
+            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
+        except ValueError:
+            if set(read_skipped(out_dir / "fbank" / "skipped.tsv")) != set(data.wav):
+                raise
+            feats = None  # no utterance has usable audio: each is listed with its reason
+        skipped += [(u, read.files.get(u, read.data.wav.get(u, "")), r)
+                    for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
+        return feats, skipped
+
+    def _decode_into(self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport,
+                     nj: int) -> tuple[int, float]:
+        """Decode ``feats`` into ``report.hyps`` and write ``text``, ``ctm``, ``skipped.tsv`` and ``files.tsv``;
+        returns (frames, search RTF)."""
+        frames, rtf, hyps, times = 0, 0.0, {}, {}
+        if feats is not None:
+            result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
+            frames, rtf = result.num_frames, result.rtf
             approx = 0
-            with atomic_open(out_dir / "ctm") as f:
-                for utt in sorted(result.hyps):
-                    times, exact = word_times(result.alignments[utt], result.hyps[utt], self.lang, self.tree)
-                    approx += not exact
-                    for word, (start, end) in zip(result.hyps[utt], times):
-                        f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
+            for utt, words in result.hyps.items():
+                hyps[utt] = words
+                times[utt], exact = word_times(result.alignments[utt], words, self.lang, self.tree)
+                approx += not exact
             if approx:
                 log.warning("%d utterance(s): word times spread evenly (the best path's phones did not match "
                             "the words' pronunciations)", approx)
-            with atomic_open(out_dir / "skipped.tsv") as f:
-                f.write("utt_id\tfile\treason\n")
-                f.writelines(f"{u}\t{p}\t{r}\n" for u, p, r in skipped)
-            report = DecodeReport(out_dir, hyps, skipped, None, {}, 0)
-            if read.refs:
-                unusable = {s[0] for s in skipped}
-                refs = {u: r for u, r in read.refs.items() if u not in unusable}
-                report.wer, report.oov, report.ref_words = self._score(refs, hyps, out_dir, len(read.refs) - len(refs))
-            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
-                     "%.1f s (search RTF %.4f per core)", len(hyps), len(skipped),
-                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "", result.num_frames * shift / 3600,
-                     t_feats - t0, t_decode - t_feats, result.rtf)
-        return report
+        report.hyps = {u: " ".join(w) for u, w in hyps.items()}
+        with atomic_open(out_dir / "text") as f:
+            f.writelines(f"{u} {report.hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
+        shift = self.fbank.frame_shift_ms / 1000.0
+        with atomic_open(out_dir / "ctm") as f:
+            for utt in sorted(hyps):
+                for word, (start, end) in zip(hyps[utt], times[utt]):
+                    f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
+        with atomic_open(out_dir / "skipped.tsv") as f:
+            f.write("utt_id\tfile\treason\n")
+            f.writelines(f"{u}\t{_tsv(p)}\t{' '.join(r.split())}\n" for u, p, r in report.skipped)
+        outcome = {**{s[0]: "skipped" for s in report.skipped}, **{u: "decoded" for u in report.hyps}}
+        with atomic_open(out_dir / "files.tsv") as f:
+            f.write("file\tutt_id\toutcome\n")
+            f.writelines(f"{_tsv(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
+                         for u, p in sorted(report.files.items(), key=lambda kv: _tsv(kv[1])))
+        return frames, rtf
 
     def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
                unscored: int) -> tuple[float, dict[str, int], int]:
@@ -374,25 +437,22 @@ class System:
         return res.wer, oov, len(tokens)
 
     def transcribe(self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0,
-                   nj: int = 1) -> dict[str, str]:
-        """``{utt: text}`` for a folder (any layout :func:`read_corpus` reads) or a list of audio files
-        (utterance id = file stem). Bad files are skipped with a logged reason."""
+                   nj: int = 1) -> DecodeReport:
+        """Decode a folder (any layout :func:`read_corpus` reads) or a list of audio files.
+
+        Utterance ids follow :func:`~asrdistill.data.corpus.utterance_ids` (the file
+        stem where it is unique); the result's ``hyps`` maps id -> text, ``files`` id ->
+        input file, and ``skipped`` lists ``(id, file, reason)`` for every input not
+        decoded.
+        """
         with tempfile.TemporaryDirectory(prefix="asrdistill-transcribe-") as tmp:
-            if isinstance(audio, (str, Path)) and Path(audio).is_dir():
-                corpus = Path(audio)
-            else:
-                files = [Path(audio)] if isinstance(audio, (str, Path)) else [Path(a) for a in audio]
-                corpus = Path(tmp) / "audio"
-                corpus.mkdir()
-                for i, f in enumerate(files):
-                    if f.suffix.lower() not in AUDIO_SUFFIXES:
+            if not (isinstance(audio, (str, Path)) and Path(audio).is_dir()):
+                audio = [Path(audio)] if isinstance(audio, (str, Path)) else [Path(a) for a in audio]
+                for f in audio:
+                    if not f.name.lower().endswith(AUDIO_SUFFIXES):
                         raise ValueError(f"{f}: not a {'/'.join(AUDIO_SUFFIXES)} file")
-                    if not f.is_file():
-                        raise FileNotFoundError(f"{f}: no such audio file")
-                    (corpus / f"{i:06d}").mkdir()
-                    (corpus / f"{i:06d}" / f.name).symlink_to(f.resolve())
-            return self.decode_corpus(corpus, Path(tmp) / "decode", max_seconds, nj,
-                                      command=f"transcribe({audio!r})").hyps
+            return self.decode_corpus(audio, Path(tmp) / "decode", max_seconds, nj,
+                                      command=f"transcribe({audio!r})")
 
 
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:

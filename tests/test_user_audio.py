@@ -1,0 +1,137 @@
+"""Users' own audio folders: every input file is decoded or listed with its reason, never both, never neither."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asrdistill.decoding.bundle import load_system
+from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe is a fixture
+
+MAX_SECONDS = 2.0
+
+
+def _unescape(field: str) -> bytes:
+    """A file name as files.tsv / skipped.tsv write it, back to its bytes."""
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i] == "\\":
+            nxt = field[i + 1]
+            if nxt == "x":
+                out.append(int(field[i + 2:i + 4], 16))
+                i += 4
+                continue
+            out += {"\\": b"\\", "t": b"\t", "n": b"\n", "r": b"\r"}[nxt]
+            i += 2
+            continue
+        out += field[i].encode("utf-8")
+        i += 1
+    return bytes(out)
+
+
+def awkward_folder(root: Path) -> set[bytes]:
+    """At least 30 inputs named like audio, of every awkward kind; returns their paths (bytes)."""
+    root.mkdir()
+    good = _tone(0.8)
+    for name in ("good.wav", "x.wav", "x.flac", "a b.flac", "a_b.flac", "new\nline.wav", "tab\tname.wav",
+                 " lead.wav", "trail .wav", "UPPER.WAV", ".wav", "émoji🎤.flac", "sub-x.wav.flac", "back\\slash.wav",
+                 "a:b.wav", "pipe|.wav", "-dash.wav", "cr\r.wav", "sep\u2028.wav", "unreadable.wav"):
+        sf.write(root / name, good, SR, format="WAV" if name.lower().endswith(".wav") else "FLAC")
+    (root / "sub").mkdir()
+    sf.write(root / "sub" / "x.wav", good, SR)                    # a third stem x, and sub-x.wav.flac collides
+    with open(os.fsencode(root) + b"/caf\xe9.wav", "wb") as f:  # a name that is not UTF-8
+        f.write((root / "good.wav").read_bytes())
+    (root / "unreadable.wav").chmod(0)
+    (root / "loop.wav").symlink_to(root / "loop.wav")
+    (root / "dangling.flac").symlink_to(root / "nowhere.flac")
+    (root / "link.wav").symlink_to(root / "good.wav")
+    (root / "loopdir").symlink_to(root)                             # a folder loop, not followed
+    (root / "folder.wav").mkdir()
+    sf.write(root / "folder.wav" / "inner.wav", good, SR)
+    os.mkfifo(root / "fifo.wav")
+    sf.write(root / "empty.wav", np.zeros(0, np.float32), SR)
+    (root / "junk.flac").write_bytes(b"not audio at all")
+    (root / "truncated.flac").write_bytes((root / "x.flac").read_bytes()[:200])
+    sf.write(root / "long.flac", _tone(MAX_SECONDS + 1), SR)
+    sf.write(root / "stereo.wav", np.stack([good, good], 1), SR)
+    sf.write(root / "8k.wav", _tone(0.8)[::2], SR // 2)
+    sf.write(root / "nan.wav", np.full(SR, np.nan, np.float32), SR, subtype="FLOAT")
+    sf.write(root / "silent.wav", np.zeros(SR, np.float32), SR)
+    sf.write(root / "short.wav", good[:160], SR)
+    sf.write(root / "24bit.wav", good, SR, subtype="PCM_24")
+    (root / "notes.txt").write_text("not an input")
+    inputs = {os.fsencode(Path(d) / n) for d, dirs, files in os.walk(root) for n in dirs + files
+              if n.lower().endswith((".wav", ".flac"))}
+    assert len(inputs) >= 30
+    return inputs
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text(encoding="utf-8").split("\n")[1:] if line]
+
+
+def check_invariant(out: Path, inputs: set[bytes]) -> tuple[dict[bytes, str], set[str], set[str]]:
+    """Every input in files.tsv once with a unique id, and that id in exactly one of text and skipped.tsv."""
+    files = _rows(out / "files.tsv")
+    ids = {_unescape(f): u for f, u, _ in files}
+    assert len(files) == len(ids) == len(set(ids.values())) and set(ids) == inputs
+    text = {line.split(" ", 1)[0] for line in (out / "text").read_text(encoding="utf-8").split("\n") if line}
+    skipped = [row[0] for row in _rows(out / "skipped.tsv")]
+    assert len(skipped) == len(set(skipped)) and not text & set(skipped)
+    assert text | set(skipped) == set(ids.values())
+    assert {u: o for _, u, o in files} == {**{u: "decoded" for u in text}, **{u: "skipped" for u in skipped}}
+    return ids, text, set(skipped)
+
+
+def test_every_awkward_input_is_decoded_or_skipped_exactly_once(recipe, tmp_path):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    root = tmp_path / "mine"
+    inputs = awkward_folder(root)
+    out = tmp_path / "out"
+    report = system.decode_corpus(root, out, max_seconds=MAX_SECONDS)
+    ids, text, skipped = check_invariant(out, inputs)
+
+    def id_of(name: str) -> str:
+        return ids[os.fsencode(root / name)]
+
+    assert id_of("x.wav") == "x_wav" and id_of("x.flac") == "x_flac"   # stems repeat: the relative path
+    # sub/x.wav's relative path equals sub-x.wav.flac's stem: both get a hash
+    assert id_of("sub/x.wav").startswith("sub-x_wav-") and id_of("sub-x.wav.flac").startswith("sub-x_wav_flac-")
+    assert id_of("a b.flac") != id_of("a_b.flac") and id_of("a b.flac").startswith("a_b_flac-")
+    assert id_of("good.wav") == "good" and id_of("new\nline.wav") == "new_line"
+    for name in ("x.wav", "x.flac", "a b.flac", "a_b.flac", "new\nline.wav", "tab\tname.wav", " lead.wav",
+                 "cr\r.wav", "sep\u2028.wav", "link.wav", "folder.wav/inner.wav", "émoji🎤.flac", "back\\slash.wav"):
+        assert id_of(name) in text, name
+    assert ids[os.fsencode(root) + b"/caf\xe9.wav"] in text
+    for name in ("loop.wav", "dangling.flac", "folder.wav", "fifo.wav", "empty.wav", "junk.flac", "long.flac"):
+        assert id_of(name) in skipped, name
+    assert set(report.hyps) == text and {s[0] for s in report.skipped} == skipped
+    assert {os.fsencode(f) for f in report.files.values()} == inputs
+
+
+def test_the_id_rule_is_deterministic_and_documented_cases_hold(tmp_path):
+    from asrdistill.data.corpus import utterance_ids
+
+    paths = [tmp_path / p for p in ("a/x.flac", "b/x.flac", "y.wav", "z z.wav", "z_z.wav")]
+    ids = utterance_ids(paths, tmp_path)
+    assert ids[paths[0]] == "a-x_flac" and ids[paths[1]] == "b-x_flac" and ids[paths[2]] == "y"
+    assert ids[paths[3]] != ids[paths[4]] and ids == utterance_ids(list(reversed(paths)), tmp_path)
+
+
+def test_transcribe_keeps_stems_and_returns_what_it_skipped(recipe, tmp_path):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    for name in ("one/same.wav", "two/same.wav", "solo.flac"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / name, _tone(0.8), SR)
+    (tmp_path / "bad.wav").write_bytes(b"junk")
+    result = system.transcribe([tmp_path / "one/same.wav", tmp_path / "two/same.wav", tmp_path / "solo.flac",
+                                tmp_path / "bad.wav"])
+    assert set(result.hyps) == {"one-same_wav", "two-same_wav", "solo"}
+    assert [(u, f) for u, f, _ in result.skipped] == [("bad", str(tmp_path / "bad.wav"))]
+    assert result.files["solo"] == str(tmp_path / "solo.flac")
+    with pytest.raises(ValueError, match=rf"none of its 1 input\(s\) could be decoded \({tmp_path}/bad.wav: "):
+        system.transcribe([tmp_path / "bad.wav"])
