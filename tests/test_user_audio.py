@@ -135,3 +135,30 @@ def test_transcribe_keeps_stems_and_returns_what_it_skipped(recipe, tmp_path):  
     assert result.files["solo"] == str(tmp_path / "solo.flac")
     with pytest.raises(ValueError, match=rf"none of its 1 input\(s\) could be decoded \({tmp_path}/bad.wav: "):
         system.transcribe([tmp_path / "bad.wav"])
+
+
+def test_a_kaldi_dir_with_ids_shards_cannot_hold_decodes_the_rest(recipe, tmp_path):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    k = tmp_path / "kaldi"
+    k.mkdir()
+    for name in ("good", "u1", "u2"):
+        sf.write(k / f"{name}.wav", _tone(0.8), SR)
+    (k / "wav.scp").write_text(f"good {k / 'good.wav'}\nu.1 {k / 'u1.wav'}\nu/2 {k / 'u2.wav'}\n")
+    report = system.decode_corpus(k, tmp_path / "out")
+    assert set(report.hyps) == {"good"}
+    assert {u: r.split(",")[0] for u, _, r in report.skipped} == {
+        "u.1": "the utterance id holds '.' or '/'", "u/2": "the utterance id holds '.' or '/'"}
+    check_invariant(tmp_path / "out", {os.fsencode(k / f"{name}.wav") for name in ("good", "u1", "u2")})
+
+
+def test_a_file_name_with_a_newline_does_not_stop_the_batch(recipe, tmp_path):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    root = tmp_path / "mine"
+    root.mkdir()
+    for name in ("good.wav", "two\nlines.wav"):
+        sf.write(root / name, _tone(0.8), SR)
+    report = system.decode_corpus(root, tmp_path / "out")
+    assert set(report.hyps) == {"good", "two_lines"} and report.hyps["good"] == report.hyps["two_lines"]
+    assert "two\\nlines.wav\ttwo_lines\tdecoded" in (tmp_path / "out" / "files.tsv").read_text()

@@ -215,6 +215,10 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
             corpus.normalized += ref != data.text[utt]
             corpus.refs[utt] = ref
         path = data.wav[utt]
+        if kaldi_safe(utt) != utt:  # a Kaldi dir's own id: whitespace cannot occur, '.' and '/' can
+            corpus.skipped.append((utt, path, "the utterance id holds '.' or '/', which feature shards cannot "
+                                              f"hold in a key (rename it, e.g. {kaldi_safe(utt)})"))
+            continue
         try:
             with open(path, "rb") as f:  # a file object: soundfile cannot encode a name that is not UTF-8
                 info = sf.info(f)
