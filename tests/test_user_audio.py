@@ -162,3 +162,69 @@ def test_a_file_name_with_a_newline_does_not_stop_the_batch(recipe, tmp_path):  
     report = system.decode_corpus(root, tmp_path / "out")
     assert set(report.hyps) == {"good", "two_lines"} and report.hyps["good"] == report.hyps["two_lines"]
     assert "two\\nlines.wav\ttwo_lines\tdecoded" in (tmp_path / "out" / "files.tsv").read_text()
+
+
+def _held_decode(system, corpus: Path, out: Path, started: Path, go: Path) -> None:
+    """A decode (in a forked child) that pauses after reading its corpus until ``go`` exists."""
+    import time
+
+    import asrdistill.decoding.bundle as bundle
+
+    features = bundle.compute_features
+
+    def paused(*args, **kwargs):
+        started.touch()
+        while not go.exists():
+            time.sleep(0.05)
+        return features(*args, **kwargs)
+
+    bundle.compute_features = paused
+    system.decode_corpus(corpus, out, max_seconds=MAX_SECONDS, command="first-decode --out here")
+
+
+def test_two_concurrent_decodes_into_one_folder_and_a_failed_one_keep_a_whole_result(recipe, tmp_path):  # noqa: F811
+    import multiprocessing
+    import time
+
+    from asrdistill.decoding.bundle import FolderBusy
+
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    inputs = awkward_folder(first)
+    second.mkdir()
+    sf.write(second / "other.wav", _tone(0.6, 300.0), SR)
+    out = tmp_path / "out"
+    started, go = tmp_path / "started", tmp_path / "go"
+    child = multiprocessing.get_context("fork").Process(target=_held_decode,
+                                                        args=(system, first, out, started, go))
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert child.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(FolderBusy, match=rf"another decode is writing this folder \(pid {child.pid}: "
+                                             r"first-decode --out here\)"):
+            system.decode_corpus(second, out)
+    finally:
+        go.touch()
+        child.join(60)
+    assert child.exitcode == 0
+    ids, text, skipped = check_invariant(out, inputs)
+    wav = [line.split(" ", 1)[1] for line in (out / "data" / "wav.scp").read_text().splitlines()]
+    assert wav and all(Path(p).is_file() and ".staging" not in p for p in wav)  # links moved with the data dir
+
+    before = {name: (out / name).read_bytes() for name in ("text", "ctm", "skipped.tsv", "files.tsv")}
+    with pytest.raises(FileNotFoundError):
+        system.decode_corpus(tmp_path / "no-such-folder", out)
+    bad = tmp_path / "pipes"
+    bad.mkdir()
+    (bad / "wav.scp").write_text("u1 sox x.wav -t wav - |\n")
+    with pytest.raises(ValueError, match="pipes"):
+        system.decode_corpus(bad, out)
+    assert {name: (out / name).read_bytes() for name in before} == before   # a failed run keeps the earlier results
+    assert not (out / ".staging").exists()
+    system.decode_corpus(second, out)   # a successful one replaces them, data and features included
+    assert (out / "text").read_text().split()[0] == "other" and len((out / "files.tsv").read_text().splitlines()) == 2
+    assert [line.split()[0] for line in (out / "data" / "wav.scp").read_text().splitlines()] == ["other"]

@@ -24,6 +24,8 @@ and a CTM with word times, and scores it where references exist.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -47,6 +49,7 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, Corpus, read_corpus
+from asrdistill.data.datadir import read_kv, write_kv
 from asrdistill.data.features import Cmvn, FbankConfig, compute_features
 from asrdistill.data.frames import FrameConfig
 from asrdistill.data.kaldi_dir import import_data_dir, needs_import
@@ -60,7 +63,7 @@ from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
-__all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "write_bundle", "load_system", "word_times"]
+__all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "FolderBusy", "write_bundle", "load_system", "word_times"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
 DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "files.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
+DECODE_FOLDERS = ("data", "fbank", "import")  # intermediates of a decode folder, replaced with its results
 LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
               "optional_silence.txt")
 
@@ -84,6 +88,54 @@ def _tsv(name: str) -> str:
     """A file name as one TSV field: backslash, tab, newline, carriage return escaped, non-UTF-8 bytes as ``\\xNN``."""
     name = name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+class FolderBusy(OSError):
+    """Another process is writing the same output folder; the message names it."""
+
+
+@contextlib.contextmanager
+def _sole_writer(out_dir: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``out_dir/.decode.lock`` (it records the holder's pid and command line).
+
+    The kernel drops the lock when the holder exits, however it ends, so a killed run never blocks the next.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".decode.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise FolderBusy(f"{out_dir}: another decode is writing this folder ({holder}); wait for it to "
+                             "finish or give another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(command.split())}\n".encode("utf-8", "backslashreplace"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _commit(work: Path, out_dir: Path) -> None:
+    """Move a finished run's outputs from ``work`` into ``out_dir``, replacing the earlier run's (and removing
+    those this run did not write); the data dirs' ``wav.scp`` paths into ``work`` are rewritten to the new place."""
+    for table in (work / "data" / "wav.scp", work / "import" / "wav.scp"):
+        if table.is_file():
+            write_kv(table, {u: str(out_dir / p[len(str(work)) + 1:]) if p.startswith(f"{work}/") else p
+                             for u, p in read_kv(table).items()})
+    for name in (*DECODE_OUTPUTS, *DECODE_FOLDERS):
+        src, dst = work / name, out_dir / name
+        if dst.is_dir() and not dst.is_symlink():
+            old = out_dir / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            shutil.rmtree(old)
+        if src.exists():
+            os.replace(src, dst)
+        else:
+            dst.unlink(missing_ok=True)
+    shutil.rmtree(work)
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -243,6 +295,7 @@ class DecodeReport:
     oov: dict[str, int]
     ref_words: int
     files: dict[str, str] = field(default_factory=dict)  # utt -> its input file (or wav.scp entry)
+    corpus: str = ""                                      # what was decoded (a folder, or "N audio file(s)")
 
 
 class System:
@@ -316,42 +369,61 @@ class System:
         (run only with ``allow_pipes``) is first imported into ``out_dir/import``.
         If no input can be decoded, the outputs are still written and a
         ``ValueError`` names the corpus and the first reasons.
+
+        One decode at a time writes ``out_dir``: a second one raises
+        :class:`FolderBusy` naming the first (pid, command line). Everything is
+        written into ``out_dir/.staging`` first and replaces the earlier run's
+        results only when all of it is there, so a run that fails leaves them as
+        they were.
         """
         out_dir = Path(out_dir)
-        for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
-            (out_dir / name).unlink(missing_ok=True)
+        command = command or shlex.join(sys.argv)
+        with _sole_writer(out_dir, command):
+            try:
+                report = self._decode_staged(corpus, out_dir, out_dir / ".staging", max_seconds, nj, command,
+                                             allow_pipes)
+            finally:
+                shutil.rmtree(out_dir / ".staging", ignore_errors=True)
+        if not report.hyps:
+            reasons = "; ".join(f"{_tsv(f)}: {r}" for _, f, r in report.skipped[:3])
+            raise ValueError(f"{report.corpus}: none of its {len(report.files)} input(s) could be decoded "
+                             f"({reasons}; all listed in {out_dir / 'skipped.tsv'})")
+        return report
+
+    def _decode_staged(self, corpus: str | Path | Sequence[str | Path], out_dir: Path, work: Path,
+                       max_seconds: float, nj: int, command: str, allow_pipes: bool) -> DecodeReport:
+        """:meth:`decode_corpus` into ``work``, whose outputs replace ``out_dir``'s only once all are written."""
+        shutil.rmtree(work, ignore_errors=True)  # a killed run's leftovers (the lock is ours)
+        work.mkdir(parents=True)
         where = corpus if isinstance(corpus, (str, Path)) else f"{len(corpus)} audio file(s)"
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
-                log.info("command: %s", command or shlex.join(sys.argv))
+                log.info("command: %s", command)
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
                      self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
             if isinstance(corpus, (str, Path)) and needs_import(corpus):
-                import_data_dir(corpus, out_dir / "import", allow_pipes=allow_pipes)
-                corpus = out_dir / "import"
+                import_data_dir(corpus, work / "import", allow_pipes=allow_pipes)
+                corpus = work / "import"
             read = read_corpus(corpus, max_seconds=max_seconds)
             log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
                      where, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
                      read.normalized)
-            feats, skipped = self._features(read, out_dir, nj)
+            feats, skipped = self._features(read, work, nj)
             t_feats = time.perf_counter()
-            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files)
-            frames, rtf = self._decode_into(feats, out_dir, report, nj)
+            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files, str(where))
+            frames, rtf = self._decode_into(feats, work, report, nj)
             t_decode = time.perf_counter()
             if read.refs and report.hyps:
                 unusable = {s[0] for s in skipped}
                 refs = {u: r for u, r in read.refs.items() if u not in unusable}
-                report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, out_dir,
+                report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, work,
                                                                        len(read.refs) - len(refs))
+            _commit(work, out_dir)
             log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
                      "%.1f s (search RTF %.4f per core)", len(report.hyps), len(skipped),
                      f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
                      frames * self.fbank.frame_shift_ms / 1000.0 / 3600, t_feats - t0, t_decode - t_feats, rtf)
-        if not report.hyps:
-            reasons = "; ".join(f"{_tsv(f)}: {r}" for _, f, r in skipped[:3])
-            raise ValueError(f"{where}: none of its {len(read.files)} input(s) could be decoded ({reasons}; all "
-                             f"listed in {out_dir / 'skipped.tsv'})")
         return report
 
     def _features(self, read: Corpus, out_dir: Path, nj: int) -> tuple[ShardManifest | None,
