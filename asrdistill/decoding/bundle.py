@@ -13,9 +13,8 @@ A *bundle* holds everything a system needs to turn audio into words, copied in
     graph/               HCLG.fst, words.txt, graph.json (built from that tree)
     lang/                phones, words and the lexicon
 
-Large files are hard-linked when the bundle is on the same file system as the
-source: every stage writes by atomic rename, so a link keeps the bytes it was
-made from, like a copy. :func:`load_system` checks the format version, every
+Every file is a copy (never a hard link: a bundle is edited, shared and
+unpacked apart from the experiment it came from). :func:`load_system` checks the format version, every
 checksum and that model, priors, tree and graph agree on the senone count, each
 failure an error naming the file. :meth:`System.decode_corpus` decodes a folder
 (LibriSpeech layout, Kaldi data dir or plain audio files) into Kaldi ``text``
@@ -139,14 +138,11 @@ def _commit(work: Path, out_dir: Path) -> None:
 
 
 def _place(src: Path, dst: Path) -> None:
-    """``dst`` gets ``src``'s bytes: a hard link where possible (sources are replaced, never rewritten), else a copy."""
+    """``dst`` gets a copy of ``src``: never a hard link, so that editing the bundle cannot edit the experiment."""
     if not src.is_file():
         raise FileNotFoundError(f"{src}: needed for the bundle but missing")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    shutil.copyfile(src, dst)
 
 
 def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
