@@ -57,7 +57,7 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.fileio import atomic_open, read_skipped, write_json_atomic
+from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_json_atomic
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
@@ -87,6 +87,18 @@ def _tsv(name: str) -> str:
     """A file name as one TSV field: backslash, tab, newline, carriage return escaped, non-UTF-8 bytes as ``\\xNN``."""
     name = name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Errors while reading ``path`` become one ``ValueError`` naming it (messages that already do pass through)."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError, TypeError, IndexError, RuntimeError, EOFError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        reason = f"missing field {e}" if isinstance(e, KeyError) else " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{path}: not a usable {what}: {reason}") from e
 
 
 class FolderBusy(OSError):
@@ -198,7 +210,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     try:
         members, context = [], set()
         for i, ckpt_path in enumerate(checkpoints):
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = load_weights(ckpt_path)
             if int(ckpt["num_classes"]) != tree.num_pdfs:
                 raise ValueError(f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
                                  f"has {tree.num_pdfs} (trained on another tree's labels?)")
@@ -300,39 +312,53 @@ class System:
     def __init__(self, root: str | Path, device: str | torch.device = "cpu"):
         self.root = root = Path(root)
         _verify(root)
-        spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
-        self.name: str = spec["system"]
-        self.frames = FrameConfig(left=int(spec["frames"]["left"]), right=int(spec["frames"]["right"]))
-        self.fbank = FbankConfig(**spec["fbank"])
-        self.decode_config = DecodeConfig(**spec["decode"])
-        self.method: str = spec["method"]
+        with _reading(root / "system.json", "bundle description"):
+            spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
+            self.name: str = spec["system"]
+            self.frames = FrameConfig(left=int(spec["frames"]["left"]), right=int(spec["frames"]["right"]))
+            self.fbank = FbankConfig(**spec["fbank"])
+            self.decode_config = DecodeConfig(**spec["decode"])
+            self.method: str = spec["method"]
         self.device = torch.device(device)
-        self.tree = ContextTree.load(root / "tree.json")
-        self.topo = Topology.load(root / "topo.json")
-        self.lang = Lang.load(root / "lang")
+        with _reading(root / "tree.json", "senone tree"):
+            self.tree = ContextTree.load(root / "tree.json")
+        with _reading(root / "topo.json", "HMM topology"):
+            self.topo = Topology.load(root / "topo.json")
+        with _reading(root / "lang", "lang folder"):
+            self.lang = Lang.load(root / "lang")
         self.graph_dir = root / "graph"
-        self.cmvn = Cmvn.load(root / "cmvn.json")
-        self.log_priors = np.load(root / "priors.npy", allow_pickle=False)
-        self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8").splitlines()
-                      if line.strip()}
+        with _reading(root / "cmvn.json", "CMVN statistics"):
+            self.cmvn = Cmvn.load(root / "cmvn.json")
+        with _reading(root / "priors.npy", "senone prior file (a float array saved by numpy)"):
+            self.log_priors = np.load(root / "priors.npy", allow_pickle=False)
+            if self.log_priors.ndim != 1 or not np.issubdtype(self.log_priors.dtype, np.floating):
+                raise ValueError(f"a {self.log_priors.dtype} array of shape {self.log_priors.shape}")
+        with _reading(self.graph_dir / "words.txt", "word list"):
+            self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8")
+                          .splitlines() if line.strip()}
+        with _reading(self.graph_dir / "graph.json", "graph description"):
+            checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
+                      (root / "priors.npy", int(self.log_priors.shape[0]))]
+        self.models: list[FrameDNN] = [self._member(m, checks) for m in spec["members"]]
         num_pdfs = self.tree.num_pdfs
-        checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
-                  (root / "priors.npy", int(self.log_priors.shape[0]))]
-        self.models: list[FrameDNN] = []
-        for m in spec["members"]:
-            model = FrameDNN(ModelConfig(**m["model_config"]), int(m["input_dim"]), int(m["num_classes"]))
-            state = torch.load(root / m["file"], map_location="cpu", weights_only=True)["model"]
-            model.load_state_dict(state)
-            self.models.append(model.to(self.device).eval().requires_grad_(False))
-            checks.append((root / m["file"], model.num_classes))
-            want = self.frames.window * self.cmvn.dim
-            if model.input_dim != want:
-                raise ValueError(f"{root / m['file']}: {model.input_dim} inputs, but the frame context "
-                                 f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
         for path, n in checks:
             if n != num_pdfs:
                 raise ValueError(f"{path}: {n} senones, but the bundle's tree {root / 'tree.json'} has {num_pdfs} "
                                  "(mismatched tree: re-export the bundle)")
+
+    def _member(self, m: dict, checks: list[tuple[Path, int]]) -> FrameDNN:
+        """One member network, loaded with weights-only unpickling; ``checks`` gets its senone count."""
+        path = self.root / m["file"]
+        state = load_weights(path, "bundle member (a state_dict saved by `asrdistill bundle`)")
+        with _reading(path, "bundle member"):
+            model = FrameDNN(ModelConfig(**m["model_config"]), int(m["input_dim"]), int(m["num_classes"]))
+            model.load_state_dict(state["model"])
+        checks.append((path, model.num_classes))
+        want = self.frames.window * self.cmvn.dim
+        if model.input_dim != want:
+            raise ValueError(f"{path}: {model.input_dim} inputs, but the frame context "
+                             f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
+        return model.to(self.device).eval().requires_grad_(False)
 
     def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
         """``(utt, log posteriors (T, senones))`` over a feature set, as evaluation computes them."""

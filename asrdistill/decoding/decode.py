@@ -123,7 +123,15 @@ def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
     path = Path(graph_dir) / "HCLG.fst"
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if _worker.get("graph") != key:  # kept for the next call (sweep then test decode the same graph)
-        _worker["fst"] = kaldifst.StdConstFst.read(str(path))
+        try:
+            fst = kaldifst.StdConstFst.read(str(path))  # None (and a line on stderr) for a file it cannot parse
+        except Exception as e:  # noqa: BLE001 - the binding raises what its C++ code throws
+            fst, reason = None, " ".join(str(e).split()) or type(e).__name__
+        else:
+            reason = "bad header or content"
+        if fst is None:
+            raise ValueError(f"{path}: not a usable decoding graph (an OpenFst const FST): {reason}")
+        _worker["fst"] = fst
         _worker["graph"] = key
     _worker["opts"] = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active,
                                                          min_active=config.min_active)
