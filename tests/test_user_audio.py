@@ -228,3 +228,16 @@ def test_two_concurrent_decodes_into_one_folder_and_a_failed_one_keep_a_whole_re
     system.decode_corpus(second, out)   # a successful one replaces them, data and features included
     assert (out / "text").read_text().split()[0] == "other" and len((out / "files.tsv").read_text().splitlines()) == 2
     assert [line.split()[0] for line in (out / "data" / "wav.scp").read_text().splitlines()] == ["other"]
+
+
+def test_a_plain_folder_s_text_file_gives_references(recipe, tmp_path):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    root = tmp_path / "mine"
+    root.mkdir()
+    for name in ("one.wav", "two.flac"):
+        sf.write(root / name, _tone(0.8), SR)
+    (root / "text").write_text("one ba, ka\ntwo ab\nghost ba\n")
+    report = system.decode_corpus(root, tmp_path / "out")
+    assert report.wer is not None and report.ref_words == 3
+    assert (tmp_path / "out" / "report.txt").read_text().startswith("%WER ")

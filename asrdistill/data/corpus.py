@@ -149,13 +149,20 @@ def _from_files(root: Path, files: Sequence[Path] | None,
     for t in trans:
         for u, words in read_kv(t).items():
             text[u] = words
+    if files is None and not trans and (root / "text").is_file():
+        trans = [root / "text"]  # Kaldi-style references keyed by utterance id (see utterance_ids)
+        try:
+            text = read_kv(root / "text")
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning("%s: not read as references (%s)", root / "text", e)
+        log.info("%s: references for %d utterance(s)", root / "text", len(set(text) & set(wav)))
     if trans:
         missing = sorted(set(text) - set(wav))
         if missing:
             log.warning("%s: %d transcribed utterances have no audio file (e.g. %s); not scored",
                         root, len(missing), missing[0])
         text = {u: t for u, t in text.items() if u in wav}
-    return wav, text, inputs, "librispeech" if trans else "audio"
+    return wav, text, inputs, "librispeech" if trans and trans[0].name != "text" else "audio"
 
 
 def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> DataDir:
@@ -183,7 +190,8 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
 
     A folder with ``*.trans.txt`` is read as LibriSpeech (references from the
     transcripts); otherwise every ``.flac``/``.wav`` below ``root`` is an utterance
-    of its own speaker. Utterance ids of audio files follow :func:`utterance_ids`
+    of its own speaker, and a ``text`` file in ``root`` (``<utt id> <words>`` lines)
+    gives references. Utterance ids of audio files follow :func:`utterance_ids`
     (a list of files: below their common folder). Every input ends up either in
     ``data`` or in ``skipped`` with its reason, never both: a folder, dangling link
     or loop named like audio, an unreadable header, audio longer than
