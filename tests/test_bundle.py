@@ -251,7 +251,8 @@ def test_bundle_files_are_copies_not_links_to_the_experiment(recipe, tmp_path):
     d, task = recipe
     bundle = _bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b")
     for name, source in (("tree.json", d / "exp" / "tree.json"), ("topo.json", d / "exp" / "topo.json"),
-                         ("graph/HCLG.fst", d / "graph" / "HCLG.fst"), ("lang/lexicon.txt", d / "lang" / "lexicon.txt")):
+                         ("graph/HCLG.fst", d / "graph" / "HCLG.fst"),
+                         ("lang/lexicon.txt", d / "lang" / "lexicon.txt")):
         assert (bundle / name).stat().st_nlink == 1 and not (bundle / name).samefile(source), name
     before = (d / "exp" / "tree.json").read_bytes()
     with open(bundle / "tree.json", "ab") as f:  # an in-place edit of the bundle

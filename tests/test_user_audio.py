@@ -186,7 +186,7 @@ def test_two_concurrent_decodes_into_one_folder_and_a_failed_one_keep_a_whole_re
     import multiprocessing
     import time
 
-    from asrdistill.decoding.bundle import FolderBusy
+    from asrdistill.decoding.decode_dir import FolderBusy
 
     d, task = recipe
     system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))

@@ -24,7 +24,6 @@ and a CTM with word times, and scores it where references exist.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -48,13 +47,13 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, Corpus, read_corpus
-from asrdistill.data.datadir import read_kv, write_kv
 from asrdistill.data.features import Cmvn, FbankConfig, compute_features
 from asrdistill.data.frames import FrameConfig
 from asrdistill.data.kaldi_dir import import_data_dir, needs_import
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
+from asrdistill.decoding.decode_dir import FolderBusy, commit, sole_writer, tsv_field
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_json_atomic
@@ -69,8 +68,6 @@ log = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
-DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "files.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
-DECODE_FOLDERS = ("data", "fbank", "import")  # intermediates of a decode folder, replaced with its results
 LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
               "optional_silence.txt")
 
@@ -83,12 +80,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tsv(name: str) -> str:
-    """A file name as one TSV field: backslash, tab, newline, carriage return escaped, non-UTF-8 bytes as ``\\xNN``."""
-    name = name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 @contextlib.contextmanager
 def _reading(path: Path, what: str) -> Iterator[None]:
     """Errors while reading ``path`` become one ``ValueError`` naming it (messages that already do pass through)."""
@@ -99,54 +90,6 @@ def _reading(path: Path, what: str) -> Iterator[None]:
             raise
         reason = f"missing field {e}" if isinstance(e, KeyError) else " ".join(str(e).split()) or type(e).__name__
         raise ValueError(f"{path}: not a usable {what}: {reason}") from e
-
-
-class FolderBusy(OSError):
-    """Another process is writing the same output folder; the message names it."""
-
-
-@contextlib.contextmanager
-def _sole_writer(out_dir: Path, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``out_dir/.decode.lock`` (it records the holder's pid and command line).
-
-    The kernel drops the lock when the holder exits, however it ends, so a killed run never blocks the next.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ".decode.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise FolderBusy(f"{out_dir}: another decode is writing this folder ({holder}); wait for it to "
-                             "finish or give another output folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(command.split())}\n".encode("utf-8", "backslashreplace"), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _commit(work: Path, out_dir: Path) -> None:
-    """Move a finished run's outputs from ``work`` into ``out_dir``, replacing the earlier run's (and removing
-    those this run did not write); the data dirs' ``wav.scp`` paths into ``work`` are rewritten to the new place."""
-    for table in (work / "data" / "wav.scp", work / "import" / "wav.scp"):
-        if table.is_file():
-            write_kv(table, {u: str(out_dir / p[len(str(work)) + 1:]) if p.startswith(f"{work}/") else p
-                             for u, p in read_kv(table).items()})
-    for name in (*DECODE_OUTPUTS, *DECODE_FOLDERS):
-        src, dst = work / name, out_dir / name
-        if dst.is_dir() and not dst.is_symlink():
-            old = out_dir / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dst, old)
-            shutil.rmtree(old)
-        if src.exists():
-            os.replace(src, dst)
-        else:
-            dst.unlink(missing_ok=True)
-    shutil.rmtree(work)
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -400,14 +343,14 @@ class System:
         """
         out_dir = Path(out_dir)
         command = command or shlex.join(sys.argv)
-        with _sole_writer(out_dir, command):
+        with sole_writer(out_dir, command):
             try:
                 report = self._decode_staged(corpus, out_dir, out_dir / ".staging", max_seconds, nj, command,
                                              allow_pipes)
             finally:
                 shutil.rmtree(out_dir / ".staging", ignore_errors=True)
         if not report.hyps:
-            reasons = "; ".join(f"{_tsv(f)}: {r}" for _, f, r in report.skipped[:3])
+            reasons = "; ".join(f"{tsv_field(f)}: {r}" for _, f, r in report.skipped[:3])
             raise ValueError(f"{report.corpus}: none of its {len(report.files)} input(s) could be decoded "
                              f"({reasons}; all listed in {out_dir / 'skipped.tsv'})")
         return report
@@ -441,7 +384,7 @@ class System:
                 refs = {u: r for u, r in read.refs.items() if u not in unusable}
                 report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, work,
                                                                        len(read.refs) - len(refs))
-            _commit(work, out_dir)
+            commit(work, out_dir)
             log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
                      "%.1f s (search RTF %.4f per core)", len(report.hyps), len(skipped),
                      f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
@@ -503,12 +446,12 @@ class System:
                     f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
         with atomic_open(out_dir / "skipped.tsv") as f:
             f.write("utt_id\tfile\treason\n")
-            f.writelines(f"{u}\t{_tsv(p)}\t{' '.join(r.split())}\n" for u, p, r in report.skipped)
+            f.writelines(f"{u}\t{tsv_field(p)}\t{' '.join(r.split())}\n" for u, p, r in report.skipped)
         outcome = {**{s[0]: "skipped" for s in report.skipped}, **{u: "decoded" for u in report.hyps}}
         with atomic_open(out_dir / "files.tsv") as f:
             f.write("file\tutt_id\toutcome\n")
-            f.writelines(f"{_tsv(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
-                         for u, p in sorted(report.files.items(), key=lambda kv: _tsv(kv[1])))
+            f.writelines(f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
+                         for u, p in sorted(report.files.items(), key=lambda kv: tsv_field(kv[1])))
         return frames, rtf
 
     def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
