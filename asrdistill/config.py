@@ -16,6 +16,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -65,6 +66,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read config: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level of a config must be a mapping, got {type(data).__name__}")
+    if not data:
+        logging.getLogger(__name__).warning("%s: the config is empty; every section takes its defaults", path)
     for name in data:
         _check_section(str(name), str(path))
     return data
@@ -94,6 +97,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{where}: not a boolean: {value!r}")
+    if tp in (int, float) and (isinstance(value, bool) or tp is int and isinstance(value, float)
+                               and not value.is_integer()):
+        raise ValueError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"{where}: expected a boolean (true or false), got {value!r}")
     if tp in (int, float, str, Path) and value is not None:
         try:
             return tp(value)
@@ -110,7 +118,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass's own check (__post_init__) names the key; this adds where
+        raise ValueError(f"{where}: {e}") from e
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -172,6 +183,8 @@ def load_section(
     where = section
     if path is not None:
         full = read_yaml(path)
+        if not isinstance(full.get(section) or {}, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping of key: value, got {full[section]!r}")
         data = dict(full.get(section) or {})
         where = f"{path}:{section}"
     return from_dict(cls, merge(data, parse_overrides(overrides).get(section, {})), where)

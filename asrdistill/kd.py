@@ -36,6 +36,7 @@ Dropping it into an existing loop::
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -80,10 +81,13 @@ def kd_loss(
     """Distillation loss of ``student_logits`` (``(N, C)`` or ``(B, T, C)``); a scalar tensor.
 
     See the module docstring for the teacher forms. With ``labels=None`` the
-    result is the soft term alone (``hard_weight`` is ignored) and every frame
-    counts. ``check_values=False`` skips the checks on values (teacher
-    probabilities, sparse class ids: host syncs) in hot GPU loops; shape checks
-    always run.
+    result is the soft term alone and every frame counts; a ``hard_weight`` other
+    than 0 then has no effect, which a ``UserWarning`` says. ``labels`` must be an
+    integer tensor of class ids in ``[0, C)`` or ``ignore_index`` (else
+    ``ValueError``). The teacher is detached: no gradient reaches it.
+    ``check_values=False`` skips the checks on values (teacher probabilities,
+    label and sparse class ids: host syncs) in hot GPU loops; shape and dtype
+    checks always run.
     """
     # ---- validation
     given = [n for n, v in (("teacher_logits", teacher_logits), ("teacher_probs", teacher_probs),
@@ -117,7 +121,17 @@ def kd_loss(
             raise ValueError("kd_loss: sparse teacher indices must be an integer tensor")
     if labels is not None and labels.shape != frame_shape:
         raise ValueError(f"kd_loss: labels shape {tuple(labels.shape)} != student frames {tuple(frame_shape)}")
+    if labels is not None and (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool):
+        raise ValueError(f"kd_loss: labels must be an integer tensor of class ids, got {labels.dtype}")
+    if labels is None and hard_weight != 0:
+        warnings.warn(f"kd_loss: hard_weight={hard_weight} has no effect without labels (the soft term alone is "
+                      "returned); pass hard_weight=0.0 to say so", UserWarning, stacklevel=2)
     if check_values:
+        if labels is not None and labels.numel():
+            bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+            if bool(bad.any()):
+                raise ValueError(f"kd_loss: labels outside [0, {num_classes}) that are not ignore_index "
+                                 f"({ignore_index}), e.g. {int(labels[bad][0])} (class count mismatch)")
         if teacher_probs is not None:
             _check_distribution(teacher_probs.float(), "teacher_probs", exact_sum=True)
         if sparse is not None:
@@ -126,7 +140,10 @@ def kd_loss(
                 raise ValueError(f"kd_loss: sparse teacher class ids outside [0, {num_classes}) (class count mismatch)")
             _check_distribution(sparse[1].float(), "sparse teacher probs", exact_sum=False)
 
-    # ---- loss, in float32 whatever the autocast context
+    # ---- loss, in float32 whatever the autocast context; the teacher is a constant
+    teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
+    teacher_probs = teacher_probs.detach() if teacher_probs is not None else None
+    sparse = (sparse[0].detach(), sparse[1].detach()) if sparse is not None else None
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         s = student_logits.reshape(-1, num_classes).float()
         if labels is None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest, iter_shard
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import atomic_path
 
 __all__ = ["epoch_records", "plot_training_curves", "plot_utterance"]
@@ -114,12 +115,16 @@ def plot_utterance(utt: str, feats_dir: str | Path, bundles: dict[str, str | Pat
     if not bundles:
         raise ValueError("plot_utterance: no systems to show")
     feats = ShardManifest.load(feats_dir, FEATS_PREFIX)
-    index, sample = _find(feats, utt)
-    one = ShardManifest(feats.directory, feats.prefix, [feats.shards[index]], feats.meta)
+    _, sample = _find(feats, utt)
     posts: dict[str, np.ndarray] = {}
     systems = {name: load_system(path) for name, path in bundles.items()}
-    for name, system in systems.items():
-        posts[name] = np.exp(next(p for u, p in system.posteriors(one) if u == utt))  # (T, senones)
+    with tempfile.TemporaryDirectory(prefix="asrdistill-plot-") as tmp:
+        # a shard of this utterance alone: the networks see it and nothing else of its shard
+        one = ShardManifest(Path(tmp), feats.prefix, meta=feats.meta)
+        one.shards.append(write_shard(Path(tmp) / one.shard_name(0), [(utt, {"feats": sample["feats"]})]))
+        for name, system in systems.items():
+            (u, logp), = system.posteriors(one)
+            posts[name] = np.exp(logp)  # (T, senones)
     first = next(iter(systems.values()))
     total = sum(p.sum(0) for p in posts.values())
     best = np.argsort(total)[::-1][:top]

@@ -119,8 +119,8 @@ def test_transcribe_files_and_a_folder(recipe, tmp_path):
     (tmp_path / "audio").mkdir()
     for name in ("one.wav", "two.flac"):
         sf.write(tmp_path / "audio" / name, _tone(0.8), SR)
-    files = system.transcribe([tmp_path / "audio" / "one.wav", tmp_path / "audio" / "two.flac"])
-    folder = system.transcribe(tmp_path / "audio")
+    files = system.transcribe([tmp_path / "audio" / "one.wav", tmp_path / "audio" / "two.flac"]).hyps
+    folder = system.transcribe(tmp_path / "audio").hyps
     assert set(folder) == {"one", "two"} and folder["one"] == folder["two"]
     assert sorted(files.values()) == sorted(folder.values())
 
@@ -245,3 +245,64 @@ def test_evaluation_is_redone_when_its_data_change(recipe, tmp_path):
     (utt, sample), = list(iter_shard(path))
     write_shard(path, [(utt, {"pdf": (sample["pdf"] + 1) % task[1].num_pdfs})])
     assert run() != second                                  # realigned dev labels: evaluated again
+
+
+def test_bundle_files_are_copies_not_links_to_the_experiment(recipe, tmp_path):
+    d, task = recipe
+    bundle = _bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b")
+    for name, source in (("tree.json", d / "exp" / "tree.json"), ("topo.json", d / "exp" / "topo.json"),
+                         ("graph/HCLG.fst", d / "graph" / "HCLG.fst"),
+                         ("lang/lexicon.txt", d / "lang" / "lexicon.txt")):
+        assert (bundle / name).stat().st_nlink == 1 and not (bundle / name).samefile(source), name
+    before = (d / "exp" / "tree.json").read_bytes()
+    with open(bundle / "tree.json", "ab") as f:  # an in-place edit of the bundle
+        f.write(b" ")
+    assert (d / "exp" / "tree.json").read_bytes() == before
+
+
+def _tampered(bundle, out, name, write):
+    """A copy of ``bundle`` whose file ``name`` is rewritten by ``write(path)`` and whose manifest says so."""
+    from asrdistill.decoding.bundle import _sha256
+
+    shutil.copytree(bundle, out)
+    write(out / name)
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"][name] = _sha256(out / name)
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that loading ran code from the bundle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_every_load_failure_names_the_file_and_never_advises_turning_a_safety_off(recipe, tmp_path):
+    d, task = recipe
+    bundle = _bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b")
+    marker = tmp_path / "PWNED"
+    cases = {
+        "members/0.pt": (lambda p: torch.save({"model": _Payload(marker)}, p), "not a usable bundle member .*refused"),
+        "priors.npy": (lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+                       "not a usable senone prior file .*Object arrays"),
+        "tree.json": (lambda p: p.write_text("{not json"), "not a usable senone tree"),
+        "graph/graph.json": (lambda p: p.write_text("{}"), "not a usable graph description: missing field 'num_pdfs'"),
+        "system.json": (lambda p: p.write_text('{"system": "s"}'), "not a usable bundle description: missing field"),
+    }
+    for i, (name, (write, message)) in enumerate(cases.items()):
+        bad = _tampered(bundle, tmp_path / f"bad{i}", name, write)
+        with pytest.raises(ValueError, match=rf"{bad / name}: {message}") as e:
+            load_system(bad)
+        assert "weights_only" not in str(e.value) and "allow_pickle" not in str(e.value).replace(
+            "Object arrays cannot be loaded when allow_pickle=False", "")
+        assert "trust" not in str(e.value) and "add_safe_globals" not in str(e.value)
+    assert not marker.exists()
+    system = load_system(_tampered(bundle, tmp_path / "badfst", "graph/HCLG.fst", lambda p: p.write_bytes(b"junk")))
+    sf.write(tmp_path / "a.wav", _tone(0.8), SR)
+    with pytest.raises(ValueError, match=r"badfst/graph/HCLG.fst: not a usable decoding graph"):
+        system.transcribe([tmp_path / "a.wav"])

@@ -189,3 +189,38 @@ def test_workers_share_the_graph_loaded_once(task, monkeypatch):
     assert len(res.hyps) == 3 and len(reads) == 1
     decode(graph, utterances(task), flat_priors(tree.num_pdfs), DecodeConfig(nj=2, acoustic_scale=0.2))
     assert len(reads) == 1  # kept for the next call on the same graph
+
+
+@pytest.mark.parametrize("body, message", [
+    ("beam: -5", r"decode: beam must be a positive finite number, got -5"),
+    ("beam: .nan", r"decode: beam must be a positive finite number, got nan"),
+    ("beam: yes", r"decode.beam: expected a number, got True"),
+    ("max_active: 0", r"decode: max_active must be an integer >= 200, got 0"),
+    ("max_active: 2.9", r"decode.max_active: expected an integer, got 2.9"),
+    ("max_active: 100", r"decode: max_active must be an integer >= 200, got 100"),
+    ("min_active: -1", r"decode: min_active must be an integer >= 0, got -1"),
+    ("acoustic_scale: 0", r"decode: acoustic_scale must be a positive finite number, got 0"),
+    ("sweep_scales: [0.1, .inf]", r"decode: sweep_scales\[1\] must be a positive finite number, got inf"),
+])
+def test_decode_settings_are_checked_naming_file_section_key_and_range(tmp_path, body, message):
+    from asrdistill.config import load_section
+
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(f"decode:\n  {body}\n")
+    with pytest.raises(ValueError, match=rf"^{cfg}:{message}"):
+        load_section(cfg, "decode", DecodeConfig)
+
+
+def test_a_section_that_is_not_a_mapping_is_an_error_and_an_empty_config_warns(tmp_path, caplog):
+    from asrdistill.config import load_section
+
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text("decode: 5\n")
+    with pytest.raises(ValueError, match=rf"^{cfg}: section 'decode' must be a mapping of key: value, got 5"):
+        load_section(cfg, "decode", DecodeConfig)
+    cfg.write_text("# nothing yet\n")
+    with caplog.at_level("WARNING"):
+        assert load_section(cfg, "decode", DecodeConfig) == DecodeConfig()
+    assert f"{cfg}: the config is empty" in caplog.text
+    with pytest.raises(ValueError, match=r"max_active must be an integer >= 200, got 2"):
+        DecodeConfig(max_active=2)

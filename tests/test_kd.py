@@ -226,3 +226,27 @@ def test_errors_say_which(kwargs, message):
 def test_wrong_student_rank_is_rejected():
     with pytest.raises(ValueError, match=r"\(N, C\) or \(B, T, C\)"):
         kd_loss(torch.randn(7), teacher_logits=torch.randn(7))
+
+
+def test_labels_are_validated_hard_weight_without_labels_warns_and_the_teacher_is_detached():
+    import warnings
+
+    s = torch.randn(6, 4, requires_grad=True)
+    t = torch.randn(6, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 4\) that are not ignore_index \(-100\), e.g. 4"):
+        kd_loss(s, teacher_logits=t, labels=torch.tensor([0, 1, 2, 3, 4, -100]))
+    with pytest.raises(ValueError, match=r"labels outside \[0, 4\).*e.g. -1"):
+        kd_loss(s, teacher_logits=t, labels=torch.tensor([0, 1, 2, 3, -1, 0]))
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of class ids, got torch.float32"):
+        kd_loss(s, teacher_logits=t, labels=torch.tensor([0.0, 1, 2, 3, 1, 0]))
+    with pytest.warns(UserWarning, match=r"hard_weight=0.5 has no effect without labels"):
+        kd_loss(s, teacher_logits=t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kd_loss(s, teacher_logits=t, hard_weight=0.0)
+    loss = kd_loss(s, teacher_logits=t, labels=torch.tensor([0, 1, 2, 3, -100, 0]))
+    loss.backward()
+    assert s.grad is not None and t.grad is None
+    p = torch.softmax(torch.randn(6, 4), -1).requires_grad_()
+    kd_loss(s, teacher_probs=p, hard_weight=0.0).backward()
+    assert p.grad is None

@@ -34,6 +34,7 @@ def test_lhotse_manifests_go_through_import_features_and_decode(recipe, tmp_path
     x = _lhotse_corpus(tmp_path)
     data = import_lhotse([tmp_path / m for m in manifests], tmp_path / "data")
     assert data.text == {"rec-0": "BA KA", "rec-1": "AB"} and data.utt2spk == {"rec-0": "spk", "rec-1": "spk"}
+    assert (tmp_path / "data" / "text.orig").read_text() == "rec-0 ba, ka!\nrec-1 ab\n"  # as import-data-dir
     assert data.utt2dur == pytest.approx({"rec-0": 0.8, "rec-1": 0.9})
     y, _ = sf.read(data.wav["rec-1"], dtype="float32")
     np.testing.assert_allclose(y, x[SR : int(1.9 * SR)], atol=1e-4)  # the supervision's span, downmixed

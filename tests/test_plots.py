@@ -47,3 +47,46 @@ def test_utterance_picture_from_bundles_and_the_command(recipe, tmp_path):
     assert main(["plot", "--out", str(tmp_path / "pics"), "--systems", str(tmp_path / "teacher"),
                  str(tmp_path / "student"), "--utt", "a", "--feats", str(d / "fbank"), "--labels", str(d / "ali")]) == 0
     assert {p.name for p in (tmp_path / "pics").iterdir() if p.is_file()} == {"curves.png", "utt_a.png"}
+
+
+def test_utterance_picture_runs_the_networks_on_that_utterance_alone(recipe, tmp_path, monkeypatch):
+    import numpy as np
+
+    from asrdistill.data.shards import ShardManifest, write_shard
+    from asrdistill.decoding.bundle import System
+
+    d, task = recipe
+    rng = np.random.default_rng(0)
+    feats = ShardManifest(tmp_path / "fbank", "feats", meta=ShardManifest.load(d / "fbank", "feats").meta)
+    feats.shards.append(write_shard(tmp_path / "fbank" / "feats-000000.tar",
+                                    [(u, {"feats": rng.normal(size=(40, 40)).astype(np.float16)})
+                                     for u in ("a", "b", "c", "d")]))
+    feats.save()
+    seen = []
+    posteriors = System.posteriors
+
+    def spy(self, manifest):
+        seen.append(manifest.keys)
+        return posteriors(self, manifest)
+
+    monkeypatch.setattr(System, "posteriors", spy)
+    bundles = {"student": _bundle(recipe, _system(tmp_path / "student", task), tmp_path / "student" / "bundle")}
+    plot_utterance("c", tmp_path / "fbank", bundles, tmp_path / "c.png")
+    assert seen == [["c"]]
+
+
+def test_the_readme_plot_example_names_a_test_utterance_of_the_default_recipe():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from data_prep.synthetic import _plan, make_speakers
+
+    repo = Path(__file__).resolve().parents[1]
+    utt = re.search(r"asrdistill plot .*?--utt (\S+)", (repo / "README.md").read_text(), re.S).group(1)
+    r = yaml.safe_load((repo / "recipes/librispeech/conf/synthetic_cpu.yaml").read_text())["recipe"]
+    speakers = make_speakers(r["corpus_seed"], r["num_speakers"], r["dev_fraction"], r["test_fraction"])
+    _, _, where = _plan(repo / "unused", speakers, r["hours"], r["corpus_seed"], r["dev_fraction"],
+                        r["test_fraction"], r.get("vocab_size", 0))
+    assert where.get(utt, ("none",))[0] == "test", utt

@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from asrdistill.data.corpus import NORMALIZATION, normalize_transcript
-from asrdistill.data.datadir import DataDir
+from asrdistill.data.datadir import DataDir, write_kv
 from asrdistill.fileio import atomic_open, write_json_atomic
 
 __all__ = ["import_lhotse", "export_lhotse"]
@@ -63,12 +63,15 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
     """Write the data dir ``out_dir`` (audio in ``out_dir/audio``) for lhotse ``manifests``.
 
     Cuts whose audio cannot be loaded are skipped and listed in ``skipped.tsv``.
+    Transcripts are normalised as :func:`import_data_dir` does them (the originals in
+    ``text.orig``, the rule in ``normalization.json``).
     """
     out_dir = Path(out_dir)
     cuts = _load_cuts(manifests)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     data = DataDir()
     skipped: list[tuple[str, str]] = []
+    orig: dict[str, str] = {}  # transcripts as the manifests give them (whitespace runs made one space)
     changed = 0
     for cut in cuts:
         sup = cut.supervisions[0] if cut.supervisions else None
@@ -93,7 +96,8 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
         data.utt2spk[utt] = (sup.speaker if sup is not None and sup.speaker else utt)
         data.utt2dur[utt] = samples.shape[1] / float(cut.sampling_rate)
         if sup is not None and sup.text is not None:
-            text = " ".join(s.text for s in cut.supervisions if s.text)
+            text = " ".join(" ".join(s.text for s in cut.supervisions if s.text).split())
+            orig[utt] = text
             data.text[utt] = normalize_transcript(text)
             changed += data.text[utt] != text
     if not data.wav:
@@ -102,6 +106,8 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
         missing = sorted(set(data.wav) - set(data.text))
         raise ValueError(f"{manifests}: {len(missing)} cut(s) have no transcript (e.g. {missing[0]})")
     data.save(out_dir)
+    if orig:
+        write_kv(out_dir / "text.orig", orig)
     write_json_atomic(out_dir / "normalization.json", {"rule": NORMALIZATION, "changed_utterances": changed,
                                                        "source": [str(m) for m in manifests]})
     with atomic_open(out_dir / "skipped.tsv") as f:

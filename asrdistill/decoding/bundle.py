@@ -13,9 +13,8 @@ A *bundle* holds everything a system needs to turn audio into words, copied in
     graph/               HCLG.fst, words.txt, graph.json (built from that tree)
     lang/                phones, words and the lexicon
 
-Large files are hard-linked when the bundle is on the same file system as the
-source: every stage writes by atomic rename, so a link keeps the bytes it was
-made from, like a copy. :func:`load_system` checks the format version, every
+Every file is a copy (never a hard link: a bundle is edited, shared and
+unpacked apart from the experiment it came from). :func:`load_system` checks the format version, every
 checksum and that model, priors, tree and graph agree on the senone count, each
 failure an error naming the file. :meth:`System.decode_corpus` decodes a folder
 (LibriSpeech layout, Kaldi data dir or plain audio files) into Kaldi ``text``
@@ -24,6 +23,7 @@ and a CTM with word times, and scores it where references exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -46,28 +46,28 @@ from asrdistill.aligner.kaldi_export import write_ark_scp
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
-from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, read_corpus
+from asrdistill.data.corpus import AUDIO_SUFFIXES, NORMALIZATION, Corpus, read_corpus
 from asrdistill.data.features import Cmvn, FbankConfig, compute_features
 from asrdistill.data.frames import FrameConfig
 from asrdistill.data.kaldi_dir import import_data_dir, needs_import
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
+from asrdistill.decoding.decode_dir import FolderBusy, commit, sole_writer, tsv_field
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.fileio import atomic_open, read_skipped, write_json_atomic
+from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_json_atomic
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
-__all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "write_bundle", "load_system", "word_times"]
+__all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "FolderBusy", "write_bundle", "load_system", "word_times"]
 
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
-DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
 LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
               "optional_silence.txt")
 
@@ -80,15 +80,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Errors while reading ``path`` become one ``ValueError`` naming it (messages that already do pass through)."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError, TypeError, IndexError, RuntimeError, EOFError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        reason = f"missing field {e}" if isinstance(e, KeyError) else " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{path}: not a usable {what}: {reason}") from e
+
+
 def _place(src: Path, dst: Path) -> None:
-    """``dst`` gets ``src``'s bytes: a hard link where possible (sources are replaced, never rewritten), else a copy."""
+    """``dst`` gets a copy of ``src``: never a hard link, so that editing the bundle cannot edit the experiment."""
     if not src.is_file():
         raise FileNotFoundError(f"{src}: needed for the bundle but missing")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    shutil.copyfile(src, dst)
 
 
 def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
@@ -144,7 +153,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     try:
         members, context = [], set()
         for i, ckpt_path in enumerate(checkpoints):
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = load_weights(ckpt_path)
             if int(ckpt["num_classes"]) != tree.num_pdfs:
                 raise ValueError(f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
                                  f"has {tree.num_pdfs} (trained on another tree's labels?)")
@@ -227,7 +236,8 @@ def _verify(root: Path) -> dict:
 
 @dataclass
 class DecodeReport:
-    """What :meth:`System.decode_corpus` did; ``wer`` is None without references."""
+    """What :meth:`System.decode_corpus` did: ``hyps`` (utt -> text), ``skipped`` ``(utt, file, reason)``,
+    ``files`` (utt -> input); ``wer`` is None without references."""
 
     out_dir: Path
     hyps: dict[str, str]
@@ -235,6 +245,8 @@ class DecodeReport:
     wer: float | None
     oov: dict[str, int]
     ref_words: int
+    files: dict[str, str] = field(default_factory=dict)  # utt -> its input file (or wav.scp entry)
+    corpus: str = ""                                      # what was decoded (a folder, or "N audio file(s)")
 
 
 class System:
@@ -243,39 +255,53 @@ class System:
     def __init__(self, root: str | Path, device: str | torch.device = "cpu"):
         self.root = root = Path(root)
         _verify(root)
-        spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
-        self.name: str = spec["system"]
-        self.frames = FrameConfig(left=int(spec["frames"]["left"]), right=int(spec["frames"]["right"]))
-        self.fbank = FbankConfig(**spec["fbank"])
-        self.decode_config = DecodeConfig(**spec["decode"])
-        self.method: str = spec["method"]
+        with _reading(root / "system.json", "bundle description"):
+            spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
+            self.name: str = spec["system"]
+            self.frames = FrameConfig(left=int(spec["frames"]["left"]), right=int(spec["frames"]["right"]))
+            self.fbank = FbankConfig(**spec["fbank"])
+            self.decode_config = DecodeConfig(**spec["decode"])
+            self.method: str = spec["method"]
         self.device = torch.device(device)
-        self.tree = ContextTree.load(root / "tree.json")
-        self.topo = Topology.load(root / "topo.json")
-        self.lang = Lang.load(root / "lang")
+        with _reading(root / "tree.json", "senone tree"):
+            self.tree = ContextTree.load(root / "tree.json")
+        with _reading(root / "topo.json", "HMM topology"):
+            self.topo = Topology.load(root / "topo.json")
+        with _reading(root / "lang", "lang folder"):
+            self.lang = Lang.load(root / "lang")
         self.graph_dir = root / "graph"
-        self.cmvn = Cmvn.load(root / "cmvn.json")
-        self.log_priors = np.load(root / "priors.npy", allow_pickle=False)
-        self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8").splitlines()
-                      if line.strip()}
+        with _reading(root / "cmvn.json", "CMVN statistics"):
+            self.cmvn = Cmvn.load(root / "cmvn.json")
+        with _reading(root / "priors.npy", "senone prior file (a float array saved by numpy)"):
+            self.log_priors = np.load(root / "priors.npy", allow_pickle=False)
+            if self.log_priors.ndim != 1 or not np.issubdtype(self.log_priors.dtype, np.floating):
+                raise ValueError(f"a {self.log_priors.dtype} array of shape {self.log_priors.shape}")
+        with _reading(self.graph_dir / "words.txt", "word list"):
+            self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8")
+                          .splitlines() if line.strip()}
+        with _reading(self.graph_dir / "graph.json", "graph description"):
+            checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
+                      (root / "priors.npy", int(self.log_priors.shape[0]))]
+        self.models: list[FrameDNN] = [self._member(m, checks) for m in spec["members"]]
         num_pdfs = self.tree.num_pdfs
-        checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
-                  (root / "priors.npy", int(self.log_priors.shape[0]))]
-        self.models: list[FrameDNN] = []
-        for m in spec["members"]:
-            model = FrameDNN(ModelConfig(**m["model_config"]), int(m["input_dim"]), int(m["num_classes"]))
-            state = torch.load(root / m["file"], map_location="cpu", weights_only=True)["model"]
-            model.load_state_dict(state)
-            self.models.append(model.to(self.device).eval().requires_grad_(False))
-            checks.append((root / m["file"], model.num_classes))
-            want = self.frames.window * self.cmvn.dim
-            if model.input_dim != want:
-                raise ValueError(f"{root / m['file']}: {model.input_dim} inputs, but the frame context "
-                                 f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
         for path, n in checks:
             if n != num_pdfs:
                 raise ValueError(f"{path}: {n} senones, but the bundle's tree {root / 'tree.json'} has {num_pdfs} "
                                  "(mismatched tree: re-export the bundle)")
+
+    def _member(self, m: dict, checks: list[tuple[Path, int]]) -> FrameDNN:
+        """One member network, loaded with weights-only unpickling; ``checks`` gets its senone count."""
+        path = self.root / m["file"]
+        state = load_weights(path, "bundle member (a state_dict saved by `asrdistill bundle`)")
+        with _reading(path, "bundle member"):
+            model = FrameDNN(ModelConfig(**m["model_config"]), int(m["input_dim"]), int(m["num_classes"]))
+            model.load_state_dict(state["model"])
+        checks.append((path, model.num_classes))
+        want = self.frames.window * self.cmvn.dim
+        if model.input_dim != want:
+            raise ValueError(f"{path}: {model.input_dim} inputs, but the frame context "
+                             f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
+        return model.to(self.device).eval().requires_grad_(False)
 
     def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
         """``(utt, log posteriors (T, senones))`` over a feature set, as evaluation computes them."""
@@ -290,69 +316,143 @@ class System:
         log.info("%s: log-likelihoods of %d utterance(s), %d senones", ark, n, self.tree.num_pdfs)
         return ark, scp, n
 
-    def decode_corpus(self, corpus: str | Path, out_dir: str | Path, max_seconds: float = 120.0, nj: int = 1,
-                      command: str | None = None, allow_pipes: bool = False) -> DecodeReport:
-        """Decode every usable utterance of ``corpus`` into ``out_dir``.
+    def decode_corpus(self, corpus: str | Path | Sequence[str | Path], out_dir: str | Path,
+                      max_seconds: float = 120.0, nj: int = 1, command: str | None = None,
+                      allow_pipes: bool = False) -> DecodeReport:
+        r"""Decode every usable utterance of ``corpus`` (a folder or a list of audio files) into ``out_dir``.
 
         Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
-        ``skipped.tsv`` (utterance, file, reason), with references also ``wer``,
-        ``per_utt``, ``oov.txt`` and ``report.txt`` (the ``%WER`` line and OOV
-        counts), and ``log/decode.log`` (command line, config, timings).
-        Intermediate features go to ``out_dir/data`` and ``out_dir/fbank``. A Kaldi
-        data dir with ``segments``, ark offsets or pipes (run only with
-        ``allow_pipes``) is first imported into ``out_dir/import``.
+        ``skipped.tsv`` (utterance, file, reason), ``files.tsv`` (each input file, its
+        utterance id by :func:`~asrdistill.data.corpus.utterance_ids`, and whether it
+        was decoded or skipped: every input is exactly one of the two), with
+        references also ``wer``, ``per_utt``, ``oov.txt`` and ``report.txt`` (the
+        ``%WER`` line and OOV counts), and ``log/decode.log`` (command line, config,
+        timings). File names in the TSV files escape backslash, tab, newline and
+        carriage return as ``\\``, ``\t``, ``\n``, ``\r``, and bytes that are not
+        UTF-8 as ``\xNN``. Intermediate features go to ``out_dir/data`` and
+        ``out_dir/fbank``. A Kaldi data dir with ``segments``, ark offsets or pipes
+        (run only with ``allow_pipes``) is first imported into ``out_dir/import``.
+        If no input can be decoded, the outputs are still written and a
+        ``ValueError`` names the corpus and the first reasons.
+
+        One decode at a time writes ``out_dir``: a second one raises
+        :class:`FolderBusy` naming the first (pid, command line). Everything is
+        written into ``out_dir/.staging`` first and replaces the earlier run's
+        results only when all of it is there, so a run that fails leaves them as
+        they were.
         """
         out_dir = Path(out_dir)
-        for name in DECODE_OUTPUTS:  # an earlier run's results never mix with this one's
-            (out_dir / name).unlink(missing_ok=True)
+        command = command or shlex.join(sys.argv)
+        with sole_writer(out_dir, command):
+            try:
+                report = self._decode_staged(corpus, out_dir, out_dir / ".staging", max_seconds, nj, command,
+                                             allow_pipes)
+            finally:
+                shutil.rmtree(out_dir / ".staging", ignore_errors=True)
+        if not report.hyps:
+            reasons = "; ".join(f"{tsv_field(f)}: {r}" for _, f, r in report.skipped[:3])
+            raise ValueError(f"{report.corpus}: none of its {len(report.files)} input(s) could be decoded "
+                             f"({reasons}; all listed in {out_dir / 'skipped.tsv'})")
+        return report
+
+    def _decode_staged(self, corpus: str | Path | Sequence[str | Path], out_dir: Path, work: Path,
+                       max_seconds: float, nj: int, command: str, allow_pipes: bool) -> DecodeReport:
+        """:meth:`decode_corpus` into ``work``, whose outputs replace ``out_dir``'s only once all are written."""
+        shutil.rmtree(work, ignore_errors=True)  # a killed run's leftovers (the lock is ours)
+        work.mkdir(parents=True)
+        where = corpus if isinstance(corpus, (str, Path)) else f"{len(corpus)} audio file(s)"
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
-                log.info("command: %s", command or shlex.join(sys.argv))
+                log.info("command: %s", command)
             log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
                      self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
-            if needs_import(corpus):
-                import_data_dir(corpus, out_dir / "import", allow_pipes=allow_pipes)
-                corpus = out_dir / "import"
+            if isinstance(corpus, (str, Path)) and needs_import(corpus):
+                import_data_dir(corpus, work / "import", allow_pipes=allow_pipes)
+                corpus = work / "import"
             read = read_corpus(corpus, max_seconds=max_seconds)
             log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
-                     corpus, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
+                     where, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
                      read.normalized)
-            read.data.save(out_dir / "data")
-            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
+            feats, skipped = self._features(read, work, nj)
             t_feats = time.perf_counter()
-            # the features' skipped.tsv names the file of each utterance: the one in the data dir they read
-            skipped = read.skipped + [(u, read.data.wav.get(u, ""), r)
-                                      for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
-            result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
+            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files, str(where))
+            frames, rtf = self._decode_into(feats, work, report, nj)
             t_decode = time.perf_counter()
-            hyps = {u: " ".join(w) for u, w in result.hyps.items()}
-            with atomic_open(out_dir / "text") as f:
-                f.writelines(f"{u} {hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
-            shift = self.fbank.frame_shift_ms / 1000.0
+            if read.refs and report.hyps:
+                unusable = {s[0] for s in skipped}
+                refs = {u: r for u, r in read.refs.items() if u not in unusable}
+                report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, work,
+                                                                       len(read.refs) - len(refs))
+            commit(work, out_dir)
+            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
+                     "%.1f s (search RTF %.4f per core)", len(report.hyps), len(skipped),
+                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
+                     frames * self.fbank.frame_shift_ms / 1000.0 / 3600, t_feats - t0, t_decode - t_feats, rtf)
+        return report
+
+    def _features(self, read: Corpus, out_dir: Path, nj: int) -> tuple[ShardManifest | None,
+                                                                       list[tuple[str, str, str]]]:
+        """Features of ``read``'s usable utterances (None if there is none) and everything skipped so far.
+
+        A path a ``wav.scp`` line cannot hold (a newline, surrounding blanks, bytes that are not UTF-8) is
+        read through a link named after its utterance id in ``out_dir/data/links``.
+        """
+        data = replace(read.data, wav=dict(read.data.wav))
+        for utt, path in data.wav.items():
+            if not path.isprintable() or path != path.strip():
+                link = out_dir / "data" / "links" / f"{utt}{Path(path).suffix.lower()}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(path)
+                data.wav[utt] = str(link)
+        skipped = list(read.skipped)
+        if not data.wav:
+            return None, skipped
+        data.save(out_dir / "data")
+        try:
+            feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
+        except ValueError:
+            if set(read_skipped(out_dir / "fbank" / "skipped.tsv")) != set(data.wav):
+                raise
+            feats = None  # no utterance has usable audio: each is listed with its reason
+        skipped += [(u, read.files.get(u, read.data.wav.get(u, "")), r)
+                    for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
+        return feats, skipped
+
+    def _decode_into(self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport,
+                     nj: int) -> tuple[int, float]:
+        """Decode ``feats`` into ``report.hyps`` and write ``text``, ``ctm``, ``skipped.tsv`` and ``files.tsv``;
+        returns (frames, search RTF)."""
+        frames, rtf, hyps, times = 0, 0.0, {}, {}
+        if feats is not None:
+            result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
+            frames, rtf = result.num_frames, result.rtf
             approx = 0
-            with atomic_open(out_dir / "ctm") as f:
-                for utt in sorted(result.hyps):
-                    times, exact = word_times(result.alignments[utt], result.hyps[utt], self.lang, self.tree)
-                    approx += not exact
-                    for word, (start, end) in zip(result.hyps[utt], times):
-                        f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
+            for utt, words in result.hyps.items():
+                hyps[utt] = words
+                times[utt], exact = word_times(result.alignments[utt], words, self.lang, self.tree)
+                approx += not exact
             if approx:
                 log.warning("%d utterance(s): word times spread evenly (the best path's phones did not match "
                             "the words' pronunciations)", approx)
-            with atomic_open(out_dir / "skipped.tsv") as f:
-                f.write("utt_id\tfile\treason\n")
-                f.writelines(f"{u}\t{p}\t{r}\n" for u, p, r in skipped)
-            report = DecodeReport(out_dir, hyps, skipped, None, {}, 0)
-            if read.refs:
-                unusable = {s[0] for s in skipped}
-                refs = {u: r for u, r in read.refs.items() if u not in unusable}
-                report.wer, report.oov, report.ref_words = self._score(refs, hyps, out_dir, len(read.refs) - len(refs))
-            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
-                     "%.1f s (search RTF %.4f per core)", len(hyps), len(skipped),
-                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "", result.num_frames * shift / 3600,
-                     t_feats - t0, t_decode - t_feats, result.rtf)
-        return report
+        report.hyps = {u: " ".join(w) for u, w in hyps.items()}
+        with atomic_open(out_dir / "text") as f:
+            f.writelines(f"{u} {report.hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
+        shift = self.fbank.frame_shift_ms / 1000.0
+        with atomic_open(out_dir / "ctm") as f:
+            for utt in sorted(hyps):
+                for word, (start, end) in zip(hyps[utt], times[utt]):
+                    f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
+        with atomic_open(out_dir / "skipped.tsv") as f:
+            f.write("utt_id\tfile\treason\n")
+            f.writelines(f"{u}\t{tsv_field(p)}\t{' '.join(r.split())}\n" for u, p, r in report.skipped)
+        outcome = {**{s[0]: "skipped" for s in report.skipped}, **{u: "decoded" for u in report.hyps}}
+        with atomic_open(out_dir / "files.tsv") as f:
+            f.write("file\tutt_id\toutcome\n")
+            f.writelines(f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
+                         for u, p in sorted(report.files.items(), key=lambda kv: tsv_field(kv[1])))
+        return frames, rtf
 
     def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
                unscored: int) -> tuple[float, dict[str, int], int]:
@@ -374,25 +474,22 @@ class System:
         return res.wer, oov, len(tokens)
 
     def transcribe(self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0,
-                   nj: int = 1) -> dict[str, str]:
-        """``{utt: text}`` for a folder (any layout :func:`read_corpus` reads) or a list of audio files
-        (utterance id = file stem). Bad files are skipped with a logged reason."""
+                   nj: int = 1) -> DecodeReport:
+        """Decode a folder (any layout :func:`read_corpus` reads) or a list of audio files.
+
+        Utterance ids follow :func:`~asrdistill.data.corpus.utterance_ids` (the file
+        stem where it is unique); the result's ``hyps`` maps id -> text, ``files`` id ->
+        input file, and ``skipped`` lists ``(id, file, reason)`` for every input not
+        decoded.
+        """
         with tempfile.TemporaryDirectory(prefix="asrdistill-transcribe-") as tmp:
-            if isinstance(audio, (str, Path)) and Path(audio).is_dir():
-                corpus = Path(audio)
-            else:
-                files = [Path(audio)] if isinstance(audio, (str, Path)) else [Path(a) for a in audio]
-                corpus = Path(tmp) / "audio"
-                corpus.mkdir()
-                for i, f in enumerate(files):
-                    if f.suffix.lower() not in AUDIO_SUFFIXES:
+            if not (isinstance(audio, (str, Path)) and Path(audio).is_dir()):
+                audio = [Path(audio)] if isinstance(audio, (str, Path)) else [Path(a) for a in audio]
+                for f in audio:
+                    if not f.name.lower().endswith(AUDIO_SUFFIXES):
                         raise ValueError(f"{f}: not a {'/'.join(AUDIO_SUFFIXES)} file")
-                    if not f.is_file():
-                        raise FileNotFoundError(f"{f}: no such audio file")
-                    (corpus / f"{i:06d}").mkdir()
-                    (corpus / f"{i:06d}" / f.name).symlink_to(f.resolve())
-            return self.decode_corpus(corpus, Path(tmp) / "decode", max_seconds, nj,
-                                      command=f"transcribe({audio!r})").hyps
+            return self.decode_corpus(audio, Path(tmp) / "decode", max_seconds, nj,
+                                      command=f"transcribe({audio!r})")
 
 
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:

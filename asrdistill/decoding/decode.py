@@ -16,6 +16,7 @@ every acoustic scale from one network pass.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,14 +40,37 @@ log = logging.getLogger(__name__)
 FRAME_RATE = 100.0  # frames per second of audio (10 ms shift)
 
 
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _count(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 @dataclass
 class DecodeConfig:
-    beam: float = 13.0
-    max_active: int = 7000
-    min_active: int = 200
-    acoustic_scale: float = 0.1
-    nj: int = 2                                    # decoding processes
-    sweep_scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.1, 0.12, 0.14])
+    """The search's settings; each is checked when the config is made, so a bad one never reaches the decoder."""
+
+    beam: float = 13.0                             # > 0, finite: cost window of the beam search
+    max_active: int = 7000                         # integer >= min_active: most states kept per frame
+    min_active: int = 200                          # integer >= 0
+    acoustic_scale: float = 0.1                    # > 0, finite
+    nj: int = 2                                    # decoding processes, >= 1
+    sweep_scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.1, 0.12, 0.14])  # each > 0, finite
+
+    def __post_init__(self) -> None:
+        _positive("beam", self.beam)
+        _positive("acoustic_scale", self.acoustic_scale)
+        _count("min_active", self.min_active, 0)
+        _count("max_active", self.max_active, max(self.min_active, 1))
+        _count("nj", self.nj, 1)
+        if not isinstance(self.sweep_scales, (list, tuple)):
+            raise ValueError(f"sweep_scales must be a list of positive numbers, got {self.sweep_scales!r}")
+        for i, scale in enumerate(self.sweep_scales):
+            _positive(f"sweep_scales[{i}]", scale)
 
 
 @dataclass
@@ -123,7 +147,15 @@ def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
     path = Path(graph_dir) / "HCLG.fst"
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if _worker.get("graph") != key:  # kept for the next call (sweep then test decode the same graph)
-        _worker["fst"] = kaldifst.StdConstFst.read(str(path))
+        try:
+            fst = kaldifst.StdConstFst.read(str(path))  # None (and a line on stderr) for a file it cannot parse
+        except Exception as e:  # noqa: BLE001 - the binding raises what its C++ code throws
+            fst, reason = None, " ".join(str(e).split()) or type(e).__name__
+        else:
+            reason = "bad header or content"
+        if fst is None:
+            raise ValueError(f"{path}: not a usable decoding graph (an OpenFst const FST): {reason}")
+        _worker["fst"] = fst
         _worker["graph"] = key
     _worker["opts"] = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active,
                                                          min_active=config.min_active)
