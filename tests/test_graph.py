@@ -13,8 +13,9 @@ import pytest
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
 from asrdistill.decoding import hclg
-from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
+from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph
 from asrdistill.data.lang import Lang
+from graph_paths import pdf_sequence
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "B", "K"]
 AA, B = 3, 4

@@ -64,7 +64,7 @@ from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.lexicon import read_pron_probs
 from asrdistill.decoding.lm import arpa_vocabulary, ngram_counts
 
-__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "pdf_sequence", "load_graph_info", "check_labels_match_graph",
+__all__ = ["GraphConfig", "build_graph", "add_lex_disambig", "load_graph_info", "check_labels_match_graph",
            "estimate_graph_memory_gb"]
 
 log = logging.getLogger(__name__)
@@ -795,18 +795,3 @@ def check_labels_match_graph(labels_meta: dict, graph_dir: str | Path, labels_di
                          "from another tree; rebuild the graph from that tree (asrdistill graph) or import the "
                          "alignments with --tree naming the graph's tree")
 
-
-def pdf_sequence(prons: list[tuple[str, ...]], lang: Lang, tree: ContextTree, topo: Topology,
-                 frames_per_state: int = 1) -> np.ndarray:
-    """Senone per frame for phones ``prons`` (words and silences in order), triphone context
-    across word boundaries and 0 at the utterance edges: the path HCLG must accept."""
-    if frames_per_state < 1:
-        raise ValueError(f"frames_per_state must be >= 1, got {frames_per_state}")
-    phones = [lang.phone_id[p] for pron in prons for p in pron]
-    out: list[int] = []
-    for i, c in enumerate(phones):
-        left = phones[i - 1] if i > 0 else 0
-        right = phones[i + 1] if i + 1 < len(phones) else 0
-        for s in range(topo.num_states[c]):
-            out += [tree.pdf(left, c, right, s)] * frames_per_state
-    return np.asarray(out, dtype=np.int64)
