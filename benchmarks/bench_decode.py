@@ -22,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import random
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -32,10 +33,13 @@ import numpy as np
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
 from asrdistill.decoding.decode import FRAME_RATE, DecodeConfig, decode
-from asrdistill.decoding.hclg import GraphConfig, build_graph, pdf_sequence
+from asrdistill.decoding.hclg import GraphConfig, build_graph
 from asrdistill.data.lang import Lang
 from asrdistill.decoding.lm import LmConfig, ngram_counts, train_lm
 from asrdistill.decoding.scoring import wer_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from graph_paths import pdf_sequence  # noqa: E402  (the tests' senone path of a sentence, their oracle)
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "data"
 # Header of 3-gram.pruned.1e-7.arpa (LibriSpeech resources, openslr 11) as commonly quoted;

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.tree import LEFT, RIGHT, STATE, CENTER, ContextTree, TreeNode
+from asrdistill.aligner.tree import CENTER, LEFT, RIGHT, STATE, ContextTree, TreeNode
 from asrdistill.data.lang import Lang
-from asrdistill.decoding.hclg import GraphConfig, build_graph, estimate_graph_memory_gb
+from asrdistill.decoding.graph_memory import estimate_graph_memory_gb
+from asrdistill.decoding.hclg import GraphConfig, build_graph
 
 BIGRAM_SHARE = 2.05 / (2.05 + 1.67)  # of the bigram + trigram count, as in the real 3-gram
 

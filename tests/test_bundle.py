@@ -13,8 +13,8 @@ from asrdistill.data.features import Cmvn, FbankConfig
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 from asrdistill.decoding.bundle import load_system, word_times, write_bundle
 from asrdistill.decoding.decode import DecodeConfig
-from asrdistill.decoding.hclg import pdf_sequence
 from asrdistill.nnet.model import FrameDNN, ModelConfig
+from graph_paths import pdf_sequence
 from test_decode import UTTS
 from test_graph import toy_task
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.decoding.hclg import pdf_sequence
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.data.shards import ShardManifest, write_shard
+from graph_paths import pdf_sequence
 from test_graph import toy_task
 
 

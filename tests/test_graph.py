@@ -9,12 +9,13 @@ import sys
 import kaldifst
 import numpy as np
 import pytest
+from graph_paths import pdf_sequence
 
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
-from asrdistill.decoding import hclg
-from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph, pdf_sequence
 from asrdistill.data.lang import Lang
+from asrdistill.decoding import const_fst, hclg, hclg_writer, hmm_expansion
+from asrdistill.decoding.hclg import GraphConfig, add_lex_disambig, build_graph
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "B", "K"]
 AA, B = 3, 4
@@ -92,7 +93,7 @@ def best_words(hclg, pdfs):
 
 def to_arrays(fst, tmp):
     """The builder's array form of a small FST."""
-    return hclg._read_arrays(hclg._save_const(fst, tmp / "to_arrays.fst"))
+    return const_fst.read_arrays(const_fst.save_const(fst, tmp / "to_arrays.fst"))
 
 
 def read_graph(out):
@@ -102,7 +103,8 @@ def read_graph(out):
 
 
 def test_lex_disambig_homophones_and_prefixes():
-    lex = [("A", ("AH",)), ("AB", ("AH", "B")), ("RED", ("R", "EH", "D")), ("READ", ("R", "EH", "D")), ("X", ("K", "S"))]
+    lex = [("A", ("AH",)), ("AB", ("AH", "B")), ("RED", ("R", "EH", "D")), ("READ", ("R", "EH", "D")),
+           ("X", ("K", "S"))]
     out, max_k = add_lex_disambig(lex)
     assert [k for _, _, k in out] == [1, 0, 1, 2, 0]
     assert max_k == 2
@@ -149,7 +151,8 @@ def test_graph_labels_no_epsilon_cycles_and_info(task):
 def test_no_optional_silence(tmp_path):
     lang, tree, topo, out = toy_task(tmp_path, sil_prob=0.0)
     hclg, words = read_graph(out)
-    assert [words[w] for w in best_words(hclg, pdf_sequence([("B", "AA"), ("K", "AA")], lang, tree, topo))] == ["BA", "KA"]
+    got = best_words(hclg, pdf_sequence([("B", "AA"), ("K", "AA")], lang, tree, topo))
+    assert [words[w] for w in got] == ["BA", "KA"]
     assert best_words(hclg, pdf_sequence([("SIL",), ("B", "AA")], lang, tree, topo)) is None
 
 
@@ -199,7 +202,7 @@ def _reference_self_loops(arcs, finals, start, loop_cost):
 def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorted_arcs(seed, tmp_path, monkeypatch):
     """The streaming writer against the per-arc passes it replaced: self-loops, connect, labels, arcsort;
     states numbered breadth-first."""
-    monkeypatch.setattr(hclg, "_CHUNK", 7)  # several chunks even on these small graphs
+    monkeypatch.setattr(hclg_writer, "_CHUNK", 7)  # several chunks even on these small graphs
     rng = np.random.default_rng(seed)
     num_states, num_labels = int(rng.integers(5, 40)), int(rng.integers(2, 6))
     rows = [(s, int(rng.integers(0, num_labels + 1)), 0, 0.5, s + 1) for s in range(num_states - 1)]  # all reachable
@@ -209,10 +212,10 @@ def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorte
     loop_cost = np.array([math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3)
                                        for _ in range(num_labels)])
     label2pdf = np.array([0] + list(rng.integers(1, 4, num_labels)), dtype=np.int32)  # labels share senones
-    arrays = to_arrays(hclg._make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
-    num, num_arcs = hclg._write_hclg(arrays, loop_cost, label2pdf, tmp_path / "HCLG.fst")
+    arrays = to_arrays(const_fst.make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
+    num, num_arcs = hclg_writer.write_hclg(arrays, loop_cost, label2pdf, tmp_path / "HCLG.fst")
     fst = kaldifst.StdConstFst.read(str(tmp_path / "HCLG.fst"))  # OpenFst reads it
-    got = hclg._read_arrays(tmp_path / "HCLG.fst")
+    got = const_fst.read_arrays(tmp_path / "HCLG.fst")
     assert (len(got.states), len(got.arcs)) == (num, num_arcs)
 
     by_state = [[] for _ in range(num_states)]
@@ -241,10 +244,10 @@ def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorte
 
 
 def test_epsilon_cycle_is_detected(tmp_path):
-    ok = to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
+    ok = to_arrays(const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
                                         tmp_path), tmp_path)
     hclg._check_no_epsilon_cycles(ok)
-    bad = to_arrays(hclg._make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
+    bad = to_arrays(const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
                                          tmp_path), tmp_path)
     with pytest.raises(ValueError, match="cycle of epsilon-input arcs"):
         hclg._check_no_epsilon_cycles(bad)
@@ -285,7 +288,7 @@ def test_pronunciation_probabilities_cost_their_log_in_the_graph(task, tmp_path)
 
 
 def _random_hmms(rng):
-    """Label sequences of random HMMs as ``_hmm_labels`` gives them: per phone one length, sorted, unique."""
+    """Label sequences of random HMMs as ``hmm_labels`` gives them: per phone one length, sorted, unique."""
     rows = set()
     for _ in range(int(rng.integers(3, 12))):
         phone = int(rng.integers(3))
@@ -306,7 +309,7 @@ def _hmm_transducer(seqs, label_cost, tmp):
             num_states += nxt != 0
             rows.append((prev, lab, k if i == 0 else 0, float(label_cost[lab]), nxt))
             prev = nxt
-    fst = hclg._make_fst(num_states, 0, rows, {0: 0.0}, tmp)
+    fst = const_fst.make_fst(num_states, 0, rows, {0: 0.0}, tmp)
     kaldifst.arcsort(fst, sort_type="olabel")
     return fst
 
@@ -323,16 +326,17 @@ def test_expanded_hmms_equal_h_composed_with_d_and_share_prefixes(seed, tmp_path
             rows.append((s, int(k), int(rng.integers(0, 4)), round(float(rng.random()) * 3, 3),
                          int(rng.integers(num_states))))
         if s + 1 < num_states and rng.random() < 0.3:
-            rows.append((s, 0, int(rng.integers(0, 2)), round(float(rng.random()), 3), int(rng.integers(s + 1, num_states))))
+            rows.append((s, 0, int(rng.integers(0, 2)), round(float(rng.random()), 3),
+                         int(rng.integers(s + 1, num_states))))
     finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, num_states // 2, replace=False)}
-    d = hclg._make_fst(num_states, 0, rows, finals, tmp_path)
-    got = hclg._expand_hmm(to_arrays(d, tmp_path), seqs, label_cost)
+    d = const_fst.make_fst(num_states, 0, rows, finals, tmp_path)
+    got = hmm_expansion.expand_hmm(to_arrays(d, tmp_path), seqs, label_cost)
 
     src, il = got.sources(), got.arcs["ilabel"]
     emitting = il > 0
     pairs = src[emitting].astype(np.int64) * 1000 + il[emitting]
     assert len(np.unique(pairs)) == len(pairs)  # a trie: no two arcs of a state share an input label
-    expanded = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(hclg._write_const(got, tmp_path / "got.fst"))))
+    expanded = kaldifst.StdVectorFst(kaldifst.StdConstFst.read(str(const_fst.write_arrays(got, tmp_path / "got.fst"))))
     kaldifst.arcsort(d, sort_type="ilabel")
     want = kaldifst.compose(_hmm_transducer(seqs, label_cost, tmp_path), d)
     by_state = [[r for r in rows if r[0] == s] for s in range(num_states)]
