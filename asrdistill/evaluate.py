@@ -30,7 +30,7 @@ from torch import Tensor
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
 from asrdistill.decoding.hclg import check_labels_match_graph
-from asrdistill.fileio import atomic_path, identity
+from asrdistill.fileio import atomic_path, identity, read_done
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
@@ -40,7 +40,7 @@ from asrdistill.results import COMBINED, SystemResult
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 
-__all__ = ["EvalConfig", "KINDS", "system_kind", "system_models", "evaluate_system"]
+__all__ = ["EvalConfig", "EvalSystem", "load_eval_system", "system_kind", "system_models", "evaluate_system"]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,21 @@ class EvalConfig:
     decode: bool = True         # False: frame accuracy only (no WER)
 
 
-# name prefixes -> kinds; student_from_specialists before student, which it also starts with
-KINDS = ("baseline", "ensemble", "student_from_specialists", "student", "sweep", "fraction_hard", "fraction_soft")
+def system_kind(system_dir: str | Path) -> str:
+    """The results-table kind of a system, as the stage that made it recorded it in its folder.
 
-
-def system_kind(name: str) -> str:
-    """The results-table kind of a system from its folder name (``baseline_seed2`` -> ``baseline``)."""
-    for prefix in KINDS:
-        if name.startswith(prefix):
-            return prefix
+    A trained DNN's ``.train.done`` record holds it (``baseline``, ``student``, ``sweep``, ...; see
+    :func:`asrdistill.nnet.train.run_kind`), an ensemble's ``.ensemble.done`` (``ensemble``) and a specialists
+    folder's ``specialists.json`` (``generalist+specialists``); the folder's name plays no part. A folder none of
+    them made (a checkpoint copied in by hand) is ``other``.
+    """
+    system_dir = Path(system_dir)
+    if is_specialists_dir(system_dir):
+        return COMBINED
+    for stage in ("train", "ensemble"):
+        record = read_done(system_dir, stage)
+        if record is not None and record.get("kind"):
+            return str(record["kind"])
     return "other"
 
 
@@ -74,8 +80,8 @@ PosteriorStream = Callable[[ShardManifest, ShardManifest | None], Iterator[tuple
 
 
 @dataclass
-class System:
-    """What evaluation runs of a system folder."""
+class EvalSystem:
+    """What evaluation runs of a system folder (not a decoding bundle: that is :class:`asrdistill.decoding.System`)."""
 
     kind: str
     models: list[FrameDNN]   # every network it runs: their weights identify it, their parameters are its size
@@ -84,8 +90,8 @@ class System:
     extra: dict              # facts for metrics.json
 
 
-def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
-                specialists: SpecialistConfig, device: str | torch.device) -> System:
+def load_eval_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
+                     specialists: SpecialistConfig, device: str | torch.device) -> EvalSystem:
     """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists.
 
     Public so that benchmarks run a system exactly as evaluation does.
@@ -94,15 +100,15 @@ def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalC
     if is_specialists_dir(system_dir):
         path, generalist, specs = load_combination(system_dir, device)
         top, steps = specialists.top_classes, specialists.combine_steps
-        return System(COMBINED, [generalist, *(s.model for s in specs)],
-                      lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
-                                                              steps, device, bf16),
-                      {"combination": {"top_classes": top, "combine_steps": steps}},
-                      {"generalist": path.parent.name, "specialists": len(specs)})
+        return EvalSystem(COMBINED, [generalist, *(s.model for s in specs)],
+                          lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
+                                                                  steps, device, bf16),
+                          {"combination": {"top_classes": top, "combine_steps": steps}},
+                          {"generalist": path.parent.name, "specialists": len(specs)})
     models = system_models(system_dir, device)
-    return System(system_kind(system_dir.name), models,
-                  lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
-                                                         bf16), {}, {})
+    return EvalSystem(system_kind(system_dir), models,
+                      lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method,
+                                                             device, bf16), {}, {})
 
 
 class _Posteriors:
@@ -155,7 +161,7 @@ class _Posteriors:
 
 
 def _inputs(sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
-            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: System) -> dict:
+            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: EvalSystem) -> dict:
     """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
     :func:`identity`), the graph and every setting; any change means evaluating again."""
     feats_root, labels_root, data_root = roots
@@ -186,7 +192,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     """
     system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
     cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
-    system = load_system(system_dir, cmvn, frames, config, specialists, device)
+    system = load_eval_system(system_dir, cmvn, frames, config, specialists, device)
     inputs = _inputs((train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
                      Path(graph_dir) if graph_dir else None, frames, decode_config, config, system)
     metrics = system_dir / "metrics.json"
@@ -194,6 +200,9 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
         done = SystemResult.load(metrics)
         if done.extra.get("inputs") == json.loads(json.dumps(inputs)):
             log.info("%s: already evaluated with these weights, sets and settings, skipping", system_dir)
+            if done.kind != system.kind:  # the system's own record changed its kind (e.g. now a sweep run)
+                done.kind = system.kind
+                done.save(metrics)
             return done
     num_pdfs = system.models[0].num_classes
     result = SystemResult(system_dir.name, system.kind, params=sum(m.num_params() for m in system.models),

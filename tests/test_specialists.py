@@ -322,7 +322,7 @@ def test_evaluate_scores_a_specialists_folder_through_its_stream(trained, tmp_pa
     feats, labels = sets["dev"]
     expected = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, FRAMES, labels,
                                                  config.top_classes, config.combine_steps))
-    assert comb.kind == COMBINED and gen.kind == "other"
+    assert comb.kind == COMBINED and gen.kind == "baseline"  # from its .train.done, whatever its folder is called
     assert comb.dev_frame_acc == pytest.approx(100 * expected["acc"], abs=1e-9)
     assert comb.dev_frame_acc > gen.dev_frame_acc + 1 and comb.test_frame_acc > gen.test_frame_acc
     assert comb.extra["generalist"] == generalist_path.parent.name and comb.extra["specialists"] == len(groups)

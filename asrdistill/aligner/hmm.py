@@ -40,7 +40,7 @@ import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_graphs
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_utt_graphs
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
@@ -382,8 +382,8 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
     xs = {u: model.transform.apply(feats[u]) for u in utts}
     if realign or equal:
         graphs: dict[str, UttGraph] = {}
-        built = build_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, optional_prob, boundary_silence,
-                             context=model.tree is not None)
+        built = build_utt_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, optional_prob,
+                                 boundary_silence, context=model.tree is not None)
         for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
                 skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "

@@ -360,6 +360,7 @@ def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, de
                        config.method, device, force,
                        extra_meta={t: {"fidelity": r["fidelity"], "min_fidelity": config.min_fidelity}
                                    for t, r in record.items()})
+    mark_done(out_dir, "ensemble", {"kind": "ensemble", "members": rel})  # the system's kind, for evaluation
     return record
 
 

@@ -58,13 +58,14 @@ from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress
+from asrdistill.results import COMBINED
 
-__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train"]
+__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind"]
 
 log = logging.getLogger(__name__)
 
 # fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device"}
+_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device", "kind"}
 
 
 # --------------------------------------------------------------------------- config
@@ -131,6 +132,8 @@ class TrainConfig:
     bf16: bool = True                  # bf16 autocast on CUDA
     compile: bool = False              # torch.compile the model
     progress: bool = True
+    kind: str = ""                     # the run's row in the results table; "": from the config (run_kind), e.g.
+                                       # "sweep" for a distillation setting tried on dev (recorded, not trained on)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.data_fraction <= 1.0:
@@ -381,6 +384,22 @@ def _comparable(config: TrainConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
 
 
+def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
+    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
+
+    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
+    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
+    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
+    """
+    if config.kind:
+        return config.kind
+    if config.data_fraction < 1.0:
+        return "fraction_soft" if config.distill is not None else "fraction_hard"
+    if config.distill is None:
+        return "baseline"
+    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
+
+
 def _start_over(out_dir: Path) -> None:
     for name in ("last.pt", "best.pt", ".train.done"):
         (out_dir / name).unlink(missing_ok=True)
@@ -575,6 +594,9 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     targets = _teacher_identity(config, soft, teachers)
     finished = _finished_run(out_dir, config, targets)
     if finished is not None:
+        if finished.get("kind") != run_kind(config, soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
+            finished["kind"] = run_kind(config, soft)
+            mark_done(out_dir, "train", finished, identity=_data_identity(config))
         return finished
     if rank == 0:
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
@@ -636,7 +658,8 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "train_frames": state.frames,
               "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
               "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
-              "stopped_early": state.stopped, "config": _comparable(config), "targets": targets}
+              "stopped_early": state.stopped, "config": _comparable(config), "targets": targets,
+              "kind": run_kind(config, soft)}
     if rank == 0:
         mark_done(out_dir, "train", result, identity=_data_identity(config))
     _barrier(run)
