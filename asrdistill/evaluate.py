@@ -30,7 +30,7 @@ from torch import Tensor
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
 from asrdistill.decoding.hclg import check_labels_match_graph
-from asrdistill.fileio import atomic_path, identity, read_done
+from asrdistill.fileio import atomic_path, identity, mark_done, read_done, stage_done
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
@@ -196,14 +196,12 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     inputs = _inputs((train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
                      Path(graph_dir) if graph_dir else None, frames, decode_config, config, system)
     metrics = system_dir / "metrics.json"
-    if not force and metrics.is_file():
+    if stage_done(system_dir, "evaluate", inputs, force) is not None and metrics.is_file():
         done = SystemResult.load(metrics)
-        if done.extra.get("inputs") == json.loads(json.dumps(inputs)):
-            log.info("%s: already evaluated with these weights, sets and settings, skipping", system_dir)
-            if done.kind != system.kind:  # the system's own record changed its kind (e.g. now a sweep run)
-                done.kind = system.kind
-                done.save(metrics)
-            return done
+        if done.kind != system.kind:  # the system's own record changed its kind (e.g. now a sweep run)
+            done.kind = system.kind
+            done.save(metrics)
+        return done
     num_pdfs = system.models[0].num_classes
     result = SystemResult(system_dir.name, system.kind, params=sum(m.num_params() for m in system.models),
                           extra={"members": len(system.models), **system.extra})
@@ -241,6 +239,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     result.nn_seconds_per_frame = test.nn_seconds / max(test.num_frames, 1)
     result.extra.update(dev_set=dev_set, test_set=test_set, inputs=inputs)
     result.save(metrics)
+    mark_done(system_dir, "evaluate", {"metrics": metrics.name}, inputs)
     log.info("%s: dev frame acc %.2f%%, test frame acc %.2f%%, dev WER %.2f%%, test WER %.2f%%", system_dir.name,
              result.dev_frame_acc, result.test_frame_acc, result.dev_wer, result.test_wer)
     return result

@@ -59,7 +59,7 @@ from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream, iter_utterances
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, iter_shard, write_shard
-from asrdistill.fileio import atomic_path, clear_done, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import atomic_path, mark_done, stage_done, write_json_atomic
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.ensemble import fingerprint, posterior_stream, stored_target
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
@@ -298,13 +298,13 @@ def group_senones(generalist_path: str | Path, dev_feats: ShardManifest, dev_lab
     info = {"generalist": fingerprint([generalist]), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "context": [frames.left, frames.right], "config": config.group_fields(),
             "phones": tree is not None and lang is not None}
-    if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("info") == info:
-        log.info("%s: up to date", path)
+    if stage_done(out_dir, "groups", info, force) is not None:
         return read_groups(path)[0]
     stats = dev_statistics(generalist, dev_feats, dev_labels, cmvn, frames, device)
     groups = find_groups(stats, config)
     phones = pdf_phones(tree, lang) if info["phones"] else None
     write_groups(path, groups, stats, generalist.num_classes, phones, info)
+    mark_done(out_dir, "groups", {"groups": len(groups)}, info)
     total = int(stats.confusions.sum())
     log.info("%s: %d groups of %s senones cover %d of the generalist's %d dev errors within a group", path,
              len(groups), "/".join(str(len(g.senones)) for g in groups) or "no", sum(g.errors_within for g in groups),
@@ -392,12 +392,9 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManif
     info = {"generalist": fingerprint([generalist]), "senones": group.senones, "feats": str(feats.path),
             "labels": str(labels.path), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "frames": to_dict(frames), "config": config.train_fields()}
-    if not force and is_done(out_dir, "specialist"):
-        done = json.loads((out_dir / ".specialist.done").read_text(encoding="utf-8"))
-        if done.get("info") == info:
-            return done["result"]
-        log.info("%s: inputs changed since it was trained; training again", out_dir)
-    clear_done(out_dir, "specialist")
+    done = stage_done(out_dir, "specialist", info, force)
+    if done is not None:
+        return done["result"]
     torch.manual_seed(config.seed + group.id)
     c = generalist.num_classes
     senones = torch.tensor(group.senones, dtype=torch.int64, device=device)
@@ -459,7 +456,7 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManif
             "generalist": info["generalist"], "result": result}
     with atomic_path(out_dir / "final.pt") as tmp:
         torch.save(ckpt, tmp)
-    mark_done(out_dir, "specialist", {"info": info, "result": result})
+    mark_done(out_dir, "specialist", {"result": result}, info)
     log.info("specialist %d (%d senones): dev accuracy on its frames %.2f%% (generalist %.2f%%) over %d frames",
              group.id, len(senones), 100 * result["dev_acc"], 100 * result["generalist_dev_acc"],
              result["dev_frames"])
@@ -767,12 +764,7 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
     meta = {t: {"temperature": t, "num_classes": c, "source": "generalist+specialists", "feats": str(feats.path),
                 "context": [frames.left, frames.right], "top_classes": config.top_classes,
                 "combine_steps": config.combine_steps, **(info or {})} for t in dirs}
-    todo = {}
-    for t, d in dirs.items():
-        if not force and is_done(d, "soft") and json.loads((d / ".soft.done").read_text(encoding="utf-8")) == meta[t]:
-            continue
-        clear_done(d, "soft")
-        todo[t] = d
+    todo = {t: d for t, d in dirs.items() if stage_done(d, "soft", meta[t], force) is None}
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=meta[t]) for t, d in todo.items()}
     for index, shard in enumerate(feats.shards if todo else []):
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
@@ -789,7 +781,7 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
             manifests[t].shards.append(write_shard(todo[t] / f"{SOFT_PREFIX}-{index:06d}.tar", samples))
     for t, manifest in manifests.items():
         manifest.save()
-        mark_done(todo[t], "soft", meta[t])
+        mark_done(todo[t], "soft", meta[t], meta[t])
         log.info("%s: dense soft targets of generalist + %d specialists at T=%g for %d frames", todo[t],
                  len(specialists), t, manifest.num_frames)
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}

@@ -51,8 +51,8 @@ from torch import Tensor, nn
 from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import ensemble_logprobs, fingerprint, frame_accuracy, load_teachers
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import (atomic_path, clear_done, identity, is_done, json_safe, load_weights, mark_done,
-                               remove_temporaries, write_text_atomic)
+from asrdistill.fileio import (atomic_path, clear_done, json_safe, load_weights, mark_done, remove_temporaries,
+                               stage_done, write_text_atomic)
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
@@ -406,26 +406,17 @@ def _start_over(out_dir: Path) -> None:
     clear_done(out_dir / "subset", "subset")
 
 
-def _finished_run(out_dir: Path, config: TrainConfig, targets: dict) -> dict | None:
-    """The result of a finished run in ``out_dir`` made with this config and these targets; a stale one is cleared."""
-    if not is_done(out_dir, "train"):
-        return None
-    done = json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
-    if (done.get("config") == json.loads(json.dumps(_comparable(config))) and done.get("targets") == targets
-            and done.get("identity") == _data_identity(config)):
-        log.info("%s: already trained", out_dir)
-        return {k: v for k, v in done.items() if k != "identity"}
-    log.warning("%s: finished run was made with another config, other train/dev data or other soft "
-                "targets/teachers; training again", out_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _start_over(out_dir)
-    return None
+def _run_inputs(config: TrainConfig, targets: dict) -> dict:
+    """What a run's result depends on (recorded in ``.train.done``): its config, the train/dev features and labels
+    and the CMVN stats, and its distillation targets."""
+    data = {k: Path(getattr(config, k)) for k in ("train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
+    return {"config": _comparable(config), **data, "targets": targets}
 
 
-def _data_identity(config: TrainConfig) -> str:
-    """Identity of the train/dev features and labels and the CMVN stats (recorded in ``.train.done``)."""
-    return identity(*(Path(p) for p in (config.train_feats, config.train_labels, config.dev_feats,
-                                         config.dev_labels, config.cmvn)))
+def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
+    """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
+    return stage_done(out_dir, "train", _run_inputs(config, targets),
+                      on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None)
 
 
 def _truncate_metrics(run: _Run, state: TrainState) -> None:
@@ -473,9 +464,8 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
     if fraction >= 1.0:
         return labels
-    info = {"source": str(labels.path), "fraction": fraction,
-            "identity": identity(labels.path, labels.shard_paths)}
-    if is_done(out_dir, "subset") and json.loads((out_dir / ".subset.done").read_text()) == info:
+    inputs = {"labels": [labels.path, labels.shard_paths], "fraction": fraction}
+    if stage_done(out_dir, "subset", inputs) is not None:
         return ShardManifest.load(out_dir, PDF_PREFIX)
     subset = ShardManifest(out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
                                                          "data_fraction": fraction})
@@ -487,7 +477,7 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     if subset.num_frames == 0:
         raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
     subset.save()
-    mark_done(out_dir, "subset", info)
+    mark_done(out_dir, "subset", {"source": str(labels.path), "fraction": fraction}, inputs)
     log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
     return subset
 
@@ -592,11 +582,11 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     elif config.distill is not None:
         teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
     targets = _teacher_identity(config, soft, teachers)
-    finished = _finished_run(out_dir, config, targets)
+    finished = _finished_run(out_dir, config, targets, rank)
     if finished is not None:
         if finished.get("kind") != run_kind(config, soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
             finished["kind"] = run_kind(config, soft)
-            mark_done(out_dir, "train", finished, identity=_data_identity(config))
+            mark_done(out_dir, "train", finished, _run_inputs(config, targets))
         return finished
     if rank == 0:
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
@@ -661,7 +651,7 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "stopped_early": state.stopped, "config": _comparable(config), "targets": targets,
               "kind": run_kind(config, soft)}
     if rank == 0:
-        mark_done(out_dir, "train", result, identity=_data_identity(config))
+        mark_done(out_dir, "train", result, _run_inputs(config, targets))
     _barrier(run)
     return result
 
