@@ -13,7 +13,7 @@ import yaml
 
 import asrdistill.nnet.train as train_mod
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import FrameConfig
+from asrdistill.data.frames import FrameConfig, FrameData
 from asrdistill.nnet.model import ModelConfig
 from asrdistill.data.shards import ShardManifest
 from asrdistill import cli
@@ -207,8 +207,9 @@ def test_a_systems_kind_is_its_own_record_not_its_folder_name(data, tmp_path):
     config = _config(data, epochs=1)
 
     def kind(system: Path) -> str:
-        return evaluate_system(system, tmp_path / "fbank", tmp_path / "ali", tmp_path / "data", "train", "dev", "dev",
-                               None, config.frames, DecodeConfig(nj=1), EvalConfig(decode=False)).kind
+        data = FrameData(tmp_path / "fbank", tmp_path / "ali", "train", "dev", "dev", config.frames)
+        return evaluate_system(system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1),
+                               config=EvalConfig(decode=False)).kind
 
     first = train(config, tmp_path / "student_seed1")           # hard labels: a baseline, whatever the folder says
     assert first["kind"] == "baseline" and kind(tmp_path / "student_seed1") == "baseline"
