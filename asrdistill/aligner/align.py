@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_feats, prepare_transcripts, \
+from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, ShardPass, UttAlignment, shard_feats, prepare_transcripts, \
     process_shard
 from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
@@ -84,9 +84,9 @@ def _label_name(feat_name: str, feats_prefix: str, prefix: str) -> str:
 
 def _align_piece(args: tuple) -> tuple[int, dict[str, UttAlignment], dict[str, str]]:
     """Worker: align some utterances of one feature shard; checks every alignment's length against the features."""
-    index, shard, seqs, state, kwargs = args
+    index, shard, seqs, state, how = args
     model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
-    res = process_shard(shard, seqs, model, realign=True, accumulate_stats=False, **kwargs)
+    res = process_shard(shard, seqs, model, how)
     feats = shard_feats(shard, cache=True)
     for utt, a in res.alignments.items():   # never write labels whose length differs from the features
         if not (a.pdf.shape[0] == a.phone.shape[0] == a.state.shape[0] == feats[utt].shape[0]):
@@ -140,15 +140,15 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     pre_seqs, pre_skipped = prepare_transcripts(text, lang, probs)
     oov = oov_counts(text.values(), {w for w, _ in lang.lexicon})
     state = model.state()
-    kwargs = {"optional_prob": config.optional_silence_prob, "boundary_silence": config.boundary_silence,
-              "device": config.device, "max_cells": config.max_cells, "chunk_frames": config.chunk_frames}
+    how = ShardPass(realign=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence,
+                    device=config.device, max_cells=config.max_cells, chunk_frames=config.chunk_frames)
     pieces = max(1, config.nj) if len(feats.shards) < 2 * config.nj else 1
     jobs, waiting = [], []
     for i, info in enumerate(feats.shards):
         mine = [u for u in info.keys if u in pre_seqs]
         parts = [p for p in (mine[k::pieces] for k in range(pieces)) if p]
         waiting.append(len(parts))
-        jobs += [(i, feats.shard_paths[i], {u: pre_seqs[u] for u in p}, state, kwargs) for p in parts]
+        jobs += [(i, feats.shard_paths[i], {u: pre_seqs[u] for u in p}, state, how) for p in parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     got: list[dict[str, UttAlignment]] = [{} for _ in feats.shards]
     results: list = [None] * len(feats.shards)

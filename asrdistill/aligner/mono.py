@@ -19,7 +19,7 @@ import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, ShardRunner, UttAlignment, shard_jobs, \
-    plot_convergence, prepare_transcripts, train_gmm_hmm
+    ShardPass, plot_convergence, prepare_transcripts, train_gmm_hmm
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
@@ -94,9 +94,9 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     # equal alignment (Kaldi align-equal-compiled), then the re-estimation loop
     init_ali: dict[str, UttAlignment] = {}
     with ShardRunner(config.nj, config.device) as runner:
-        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", realign=False, equal=True,
-                              accumulate_stats=False, optional_prob=config.optional_silence_prob,
-                              boundary_silence=config.boundary_silence):
+        flat_start = ShardPass(equal=True, optional_prob=config.optional_silence_prob,
+                               boundary_silence=config.boundary_silence)
+        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", flat_start):
             init_ali.update(res.alignments)
             skipped.update(res.skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})
