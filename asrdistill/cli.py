@@ -282,15 +282,18 @@ def cmd_best_student(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asrdistill.data.frames import FrameData
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig, evaluate_system
     from asrdistill.nnet.specialists import SpecialistConfig
 
-    frames = _train_config(args).frames
+    data = FrameData(Path(args.feats), Path(args.labels), args.train_set, args.dev_set, args.test_set,
+                     _train_config(args).frames)
     decode_cfg = _runtime(_section(args, "decode", DecodeConfig), args)
-    evaluate_system(args.system_dir, args.feats, args.labels, args.data, args.train_set, args.dev_set, args.test_set,
-                    args.graph, frames, decode_cfg, _section(args, "evaluate", EvalConfig), args.device or "cpu",
-                    force=args.force, specialists=_section(args, "specialists", SpecialistConfig))
+    evaluate_system(args.system_dir, data, data_root=args.data, graph_dir=args.graph, decode_config=decode_cfg,
+                    config=_section(args, "evaluate", EvalConfig),
+                    specialists=_section(args, "specialists", SpecialistConfig), device=args.device or "cpu",
+                    force=args.force)
     return 0
 
 
@@ -411,24 +414,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _specialist_inputs(args: argparse.Namespace) -> dict:
-    """What every specialists-* command shares: config, frames (``train.frames``), CMVN, device, the generalist."""
+    """What every specialists-* command shares: config, the data (frames from ``train.frames``), device, the
+    generalist."""
     from asrdistill.config import from_dict, role_section
-    from asrdistill.data.features import Cmvn
-    from asrdistill.data.frames import FrameConfig
+    from asrdistill.data.frames import FrameConfig, FrameData
     from asrdistill.nnet.specialists import SpecialistConfig
 
     frames = from_dict(FrameConfig, role_section(args.config, "train", None, args.set).get("frames") or {},
                        f"{args.config}:train.frames")
-    return {"config": _section(args, "specialists", SpecialistConfig), "frames": frames,
-            "cmvn": Cmvn.load(Path(args.feats) / args.train_set / "cmvn.json"), "device": args.device or "cpu",
-            "generalist": Path(args.generalist) / "best.pt"}
-
-
-def _labelled_set(args: argparse.Namespace, subset: str) -> tuple:
-    from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
-
-    return (ShardManifest.load(Path(args.feats) / subset, FEATS_PREFIX),
-            ShardManifest.load(Path(args.labels) / subset, PDF_PREFIX))
+    return {"config": _section(args, "specialists", SpecialistConfig),
+            "data": FrameData(Path(args.feats), Path(args.labels), args.train_set, args.dev_set, frames=frames),
+            "device": args.device or "cpu", "generalist": Path(args.generalist) / "best.pt"}
 
 
 def cmd_specialists_groups(args: argparse.Namespace) -> int:
@@ -439,8 +435,8 @@ def cmd_specialists_groups(args: argparse.Namespace) -> int:
     s = _specialist_inputs(args)
     tree = ContextTree.load(args.tree) if args.tree else None
     lang = Lang.load(args.lang) if args.lang else None
-    groups = group_senones(s["generalist"], *_labelled_set(args, args.dev_set), s["cmvn"], s["frames"], s["config"],
-                           args.out, tree, lang, s["device"], force=args.force)
+    groups = group_senones(s["generalist"], s["data"], s["config"], args.out, tree=tree, lang=lang, device=s["device"],
+                           force=args.force)
     return 0 if groups else 1
 
 
@@ -448,9 +444,8 @@ def cmd_specialists_train(args: argparse.Namespace) -> int:
     from asrdistill.nnet.specialists import train_specialists
 
     s = _specialist_inputs(args)
-    summary = train_specialists(s["generalist"], *_labelled_set(args, args.train_set),
-                                *_labelled_set(args, args.dev_set), s["cmvn"], s["frames"], s["config"], args.out,
-                                s["device"], force=args.force)
+    summary = train_specialists(s["generalist"], s["data"], s["config"], args.out, device=s["device"],
+                                force=args.force)
     return 0 if summary["trained"] else 1
 
 
@@ -458,20 +453,18 @@ def cmd_specialists_eval(args: argparse.Namespace) -> int:
     from asrdistill.nnet.specialists import evaluate_specialists
 
     s = _specialist_inputs(args)
-    sets = {name: _labelled_set(args, name) for name in (args.dev_set, *args.test_set)}
-    evaluate_specialists(s["generalist"], args.out, sets, s["cmvn"], s["frames"], s["config"], s["device"])
+    evaluate_specialists(s["generalist"], args.out, s["data"], [args.dev_set, *args.test_set], s["config"],
+                         device=s["device"])
     return 0
 
 
 def cmd_specialists_cache(args: argparse.Namespace) -> int:
     """Dense soft targets of generalist + specialists on the training set, for ``asrdistill train --soft``."""
-    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
     from asrdistill.nnet.specialists import cache_specialist_targets
 
     s = _specialist_inputs(args)
-    feats = ShardManifest.load(Path(args.feats) / args.train_set, FEATS_PREFIX)
-    cache_specialist_targets(s["generalist"], args.out, feats, s["cmvn"], s["frames"], args.temperatures, s["config"],
-                             s["device"], force=args.force)
+    cache_specialist_targets(s["generalist"], args.out, s["data"], args.temperatures, s["config"], device=s["device"],
+                             force=args.force)
     return 0
 
 

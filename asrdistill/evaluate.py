@@ -30,17 +30,17 @@ from torch import Tensor
 from asrdistill.data.datadir import DataDir
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
 from asrdistill.decoding.hclg import check_labels_match_graph
-from asrdistill.fileio import atomic_path, identity
+from asrdistill.fileio import atomic_path, identity, mark_done, read_done, stage_done
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import FrameConfig
+from asrdistill.data.frames import FrameConfig, FrameData
 from asrdistill.nnet.model import FrameDNN
 from asrdistill.nnet.specialists import SpecialistConfig, is_specialists_dir, load_combination, specialist_stream
 from asrdistill.results import COMBINED, SystemResult
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+from asrdistill.data.shards import PDF_PREFIX, ShardManifest
 
-__all__ = ["EvalConfig", "KINDS", "system_kind", "system_models", "evaluate_system"]
+__all__ = ["EvalConfig", "EvalSystem", "load_eval_system", "system_kind", "system_models", "evaluate_system"]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,21 @@ class EvalConfig:
     decode: bool = True         # False: frame accuracy only (no WER)
 
 
-# name prefixes -> kinds; student_from_specialists before student, which it also starts with
-KINDS = ("baseline", "ensemble", "student_from_specialists", "student", "sweep", "fraction_hard", "fraction_soft")
+def system_kind(system_dir: str | Path) -> str:
+    """The results-table kind of a system, as the stage that made it recorded it in its folder.
 
-
-def system_kind(name: str) -> str:
-    """The results-table kind of a system from its folder name (``baseline_seed2`` -> ``baseline``)."""
-    for prefix in KINDS:
-        if name.startswith(prefix):
-            return prefix
+    A trained DNN's ``.train.done`` record holds it (``baseline``, ``student``, ``sweep``, ...; see
+    :func:`asrdistill.nnet.train.run_kind`), an ensemble's ``.ensemble.done`` (``ensemble``) and a specialists
+    folder's ``specialists.json`` (``generalist+specialists``); the folder's name plays no part. A folder none of
+    them made (a checkpoint copied in by hand) is ``other``.
+    """
+    system_dir = Path(system_dir)
+    if is_specialists_dir(system_dir):
+        return COMBINED
+    for stage in ("train", "ensemble"):
+        record = read_done(system_dir, stage)
+        if record is not None and record.get("kind"):
+            return str(record["kind"])
     return "other"
 
 
@@ -74,8 +80,8 @@ PosteriorStream = Callable[[ShardManifest, ShardManifest | None], Iterator[tuple
 
 
 @dataclass
-class System:
-    """What evaluation runs of a system folder."""
+class EvalSystem:
+    """What evaluation runs of a system folder (not a decoding bundle: that is :class:`asrdistill.decoding.System`)."""
 
     kind: str
     models: list[FrameDNN]   # every network it runs: their weights identify it, their parameters are its size
@@ -84,8 +90,8 @@ class System:
     extra: dict              # facts for metrics.json
 
 
-def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
-                specialists: SpecialistConfig, device: str | torch.device) -> System:
+def load_eval_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
+                     specialists: SpecialistConfig, device: str | torch.device) -> EvalSystem:
     """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists.
 
     Public so that benchmarks run a system exactly as evaluation does.
@@ -94,15 +100,15 @@ def load_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalC
     if is_specialists_dir(system_dir):
         path, generalist, specs = load_combination(system_dir, device)
         top, steps = specialists.top_classes, specialists.combine_steps
-        return System(COMBINED, [generalist, *(s.model for s in specs)],
-                      lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
-                                                              steps, device, bf16),
-                      {"combination": {"top_classes": top, "combine_steps": steps}},
-                      {"generalist": path.parent.name, "specialists": len(specs)})
+        return EvalSystem(COMBINED, [generalist, *(s.model for s in specs)],
+                          lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
+                                                                  steps, device, bf16),
+                          {"combination": {"top_classes": top, "combine_steps": steps}},
+                          {"generalist": path.parent.name, "specialists": len(specs)})
     models = system_models(system_dir, device)
-    return System(system_kind(system_dir.name), models,
-                  lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device,
-                                                         bf16), {}, {})
+    return EvalSystem(system_kind(system_dir), models,
+                      lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method,
+                                                             device, bf16), {}, {})
 
 
 class _Posteriors:
@@ -154,56 +160,55 @@ class _Posteriors:
                                     labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]))
 
 
-def _inputs(sets: tuple[str, str, str], roots: tuple[Path, Path, Path], graph_dir: Path | None,
-            frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig, system: System) -> dict:
+def _inputs(data: FrameData, data_root: Path, graph_dir: Path | None, decode_config: DecodeConfig,
+            config: EvalConfig, system: EvalSystem) -> dict:
     """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
     :func:`identity`), the graph and every setting; any change means evaluating again."""
-    feats_root, labels_root, data_root = roots
-    train_set, dev_set, test_set = sets
-    data = identity(feats_root / train_set / "cmvn.json", labels_root / train_set / f"{PDF_PREFIX}.manifest.json",
-                    *[p for s in (dev_set, test_set) for p in (feats_root / s, labels_root / s, data_root / s / "text")])
+    train_labels = ShardManifest.manifest_path(data.labels_dir(data.train_set), PDF_PREFIX)
+    sets = identity(data.cmvn_path, train_labels, *[p for s in (data.dev_set, data.test_set)
+                                                    for p in (data.feats_root / s, data.labels_dir(s),
+                                                              data_root / s / "text")])
     graph = None
     if config.decode and graph_dir is not None:
         graph = identity(*[Path(graph_dir) / f for f in ("HCLG.fst", "words.txt", "graph.json")])
-    return {"weights_sha256": fingerprint(system.models), "sets": list(sets), "data": data, "graph": graph,
-            "frames": dataclasses.asdict(frames),
+    return {"weights_sha256": fingerprint(system.models), "sets": list(data.sets), "data": sets, "graph": graph,
+            "frames": dataclasses.asdict(data.frames),
             "decode": {k: v for k, v in dataclasses.asdict(decode_config).items() if k != "nj"},  # nj: speed only
             "evaluate": dataclasses.asdict(config), **system.settings}
 
 
-def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root: str | Path, data_root: str | Path,
-                    train_set: str, dev_set: str, test_set: str, graph_dir: str | Path | None,
-                    frames: FrameConfig, decode_config: DecodeConfig, config: EvalConfig = EvalConfig(),
-                    device: str | torch.device = "cpu", force: bool = False,
-                    specialists: SpecialistConfig = SpecialistConfig()) -> SystemResult:
-    """Frame accuracy and WER of the system in ``system_dir`` on dev and test; writes ``metrics.json``.
+def evaluate_system(system_dir: str | Path, data: FrameData, *, data_root: str | Path,
+                    graph_dir: str | Path | None = None, decode_config: DecodeConfig = DecodeConfig(),
+                    config: EvalConfig = EvalConfig(), specialists: SpecialistConfig = SpecialistConfig(),
+                    device: str | torch.device = "cpu", force: bool = False) -> SystemResult:
+    """Frame accuracy and WER of the system in ``system_dir`` on ``data``'s dev and test sets; writes ``metrics.json``.
 
-    Also ``frames_<dev|test>.npz`` (per-utterance frame counts and decisions) and,
-    with a graph, ``decode_<set>/`` (hypotheses, per-utterance errors). A system
+    ``data_root/<set>/text`` holds the reference transcripts. Also ``frames_<dev|test>.npz`` (per-utterance frame
+    counts and decisions) and, with a graph, ``decode_<set>/`` (hypotheses, per-utterance errors). A system
     whose ``metrics.json`` was computed from the same weights, sets, graph and
     settings is not evaluated again unless ``force``. ``specialists``: how a
     specialists folder combines its models (``top_classes``, ``combine_steps``).
     """
-    system_dir, feats_root, labels_root = Path(system_dir), Path(feats_root), Path(labels_root)
-    cmvn = Cmvn.load(feats_root / train_set / "cmvn.json")
-    system = load_system(system_dir, cmvn, frames, config, specialists, device)
-    inputs = _inputs((train_set, dev_set, test_set), (feats_root, labels_root, Path(data_root)),
-                     Path(graph_dir) if graph_dir else None, frames, decode_config, config, system)
+    if not data.test_set:
+        raise ValueError("evaluate_system: data.test_set is empty (name the set to score)")
+    system_dir, data_root = Path(system_dir), Path(data_root)
+    train_set, dev_set, test_set = data.sets
+    system = load_eval_system(system_dir, data.cmvn(), data.frames, config, specialists, device)
+    inputs = _inputs(data, data_root, Path(graph_dir) if graph_dir else None, decode_config, config, system)
     metrics = system_dir / "metrics.json"
-    if not force and metrics.is_file():
+    if stage_done(system_dir, "evaluate", inputs, force) is not None and metrics.is_file():
         done = SystemResult.load(metrics)
-        if done.extra.get("inputs") == json.loads(json.dumps(inputs)):
-            log.info("%s: already evaluated with these weights, sets and settings, skipping", system_dir)
-            return done
+        if done.kind != system.kind:  # the system's own record changed its kind (e.g. now a sweep run)
+            done.kind = system.kind
+            done.save(metrics)
+        return done
     num_pdfs = system.models[0].num_classes
     result = SystemResult(system_dir.name, system.kind, params=sum(m.num_params() for m in system.models),
                           extra={"members": len(system.models), **system.extra})
     result.extra.update(_training_facts(system_dir))
 
     def stream(subset: str) -> _Posteriors:
-        labels_dir = labels_root / subset
-        labels = ShardManifest.load(labels_dir, PDF_PREFIX) if (labels_dir / f"{PDF_PREFIX}.manifest.json").is_file() else None
-        return _Posteriors(system.stream, ShardManifest.load(feats_root / subset, FEATS_PREFIX), labels)
+        return _Posteriors(system.stream, data.feats(subset), data.labels(subset))
 
     dev, test = stream(dev_set), stream(test_set)
     if not (config.decode and graph_dir):
@@ -211,10 +216,10 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
             for _ in s():
                 pass
     else:
-        train_labels = ShardManifest.load(labels_root / train_set, PDF_PREFIX)
-        check_labels_match_graph(train_labels.meta, graph_dir, labels_root / train_set)
+        train_labels = ShardManifest.load(data.labels_dir(train_set), PDF_PREFIX)
+        check_labels_match_graph(train_labels.meta, graph_dir, data.labels_dir(train_set))
         priors = compute_priors([train_labels], num_pdfs, floor=1e-5)
-        refs = {name: DataDir.load(Path(data_root) / name).text for name in (dev_set, test_set)}
+        refs = {name: DataDir.load(data_root / name).text for name in (dev_set, test_set)}
         swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
         result.dev_wer = swept.results[swept.best_scale].wer
         best = dataclasses.replace(decode_config, acoustic_scale=swept.best_scale)
@@ -232,6 +237,7 @@ def evaluate_system(system_dir: str | Path, feats_root: str | Path, labels_root:
     result.nn_seconds_per_frame = test.nn_seconds / max(test.num_frames, 1)
     result.extra.update(dev_set=dev_set, test_set=test_set, inputs=inputs)
     result.save(metrics)
+    mark_done(system_dir, "evaluate", {"metrics": metrics.name}, inputs)
     log.info("%s: dev frame acc %.2f%%, test frame acc %.2f%%, dev WER %.2f%%, test WER %.2f%%", system_dir.name,
              result.dev_frame_acc, result.test_frame_acc, result.dev_wer, result.test_wer)
     return result

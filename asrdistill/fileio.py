@@ -1,8 +1,10 @@
-"""Atomic writes and stage completion markers.
+"""Atomic writes, stage completion markers and ``skipped.tsv``.
 
 Every stage writes through these helpers so that a killed stage never leaves a
 half-written file that a later stage would trust: data goes to a temporary name
-in the same folder and is renamed into place only once complete.
+in the same folder and is renamed into place only once complete. Every stage
+says "already done" one way: :func:`stage_done` before its work (skip when it
+finished from the same inputs, else redo), :func:`mark_done` after it.
 """
 
 from __future__ import annotations
@@ -11,19 +13,24 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_path",
     "atomic_open",
     "write_text_atomic",
     "write_json_atomic",
+    "SKIPPED_HEADER",
     "read_skipped",
     "write_skipped",
     "json_safe",
@@ -31,6 +38,8 @@ __all__ = [
     "read_done",
     "load_weights",
     "is_done",
+    "fingerprint_inputs",
+    "stage_done",
     "mark_done",
     "clear_done",
     "remove_temporaries",
@@ -108,37 +117,47 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
-def read_skipped(path: str | os.PathLike) -> dict[str, str]:
-    r"""The ``skipped.tsv`` at ``path`` as utterance -> reason ({} if there is no such file).
+SKIPPED_HEADER = ("utt_id", "file", "reason")
+_NOT_IN_A_CELL = re.compile(r"[\t\r\n]+")  # a file name keeps its spaces, but a tab or newline would split the row
 
-    Two forms are written: with a header naming the columns (``utt_id\treason``, or
-    ``utt_id\tfile\treason`` from data preparation and features; the reason is then the
-    ``reason`` column) and, from the aligners and alignment import, ``utt\treason`` rows
-    without one. A row without a reason maps to "".
+
+def write_skipped(path: str | os.PathLike, skipped: Mapping[str, str] | Iterable[tuple[str, str, str]]) -> None:
+    r"""Write ``skipped.tsv``: the utterances a stage left out, one per row, sorted, atomically.
+
+    The one format every stage writes (data preparation, features, aligners, alignment import, decoding) and
+    :func:`read_skipped` reads: a header row ``utt_id\tfile\treason``, then per utterance
+
+    * ``utt_id``: the utterance;
+    * ``file``: its audio file where the stage knows it, else empty;
+    * ``reason``: why it was left out (whitespace runs, tabs and newlines included, become one space).
+
+    ``skipped``: utterance -> reason (no file), or ``(utt_id, file, reason)`` rows.
+    """
+    rows = [(u, "", r) for u, r in skipped.items()] if isinstance(skipped, Mapping) else list(skipped)
+    cells = sorted((u, _NOT_IN_A_CELL.sub(" ", str(f)), " ".join(r.split())) for u, f, r in rows)
+    write_text_atomic(path, "".join("\t".join(row) + "\n" for row in [SKIPPED_HEADER, *cells]))
+
+
+def read_skipped(path: str | os.PathLike) -> dict[str, str]:
+    """The ``skipped.tsv`` at ``path`` (:func:`write_skipped`'s format) as utterance -> reason; {} if there is none.
+
+    A file without that header is an error naming it.
     """
     path = Path(path)
     if not path.is_file():
         return {}
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    column = 1
-    if lines:
-        header = lines[0].split("\t")
-        if header[0] == "utt_id" and "reason" in header:
-            column = header.index("reason")
-            lines = lines[1:]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or tuple(lines[0].split("\t")) != SKIPPED_HEADER:
+        raise ValueError(f"{path}: not a skipped.tsv: its first row must be the header {' '.join(SKIPPED_HEADER)} "
+                         "(tab-separated)")
     out = {}
-    for line in lines:
-        row = line.split("\t", column)
-        out[row[0]] = row[column] if len(row) > column else ""
+    for number, line in enumerate(lines[1:], 2):
+        row = line.split("\t")
+        if len(row) != len(SKIPPED_HEADER):
+            raise ValueError(f"{path}: line {number}: expected {len(SKIPPED_HEADER)} tab-separated columns, "
+                             f"got {len(row)}")
+        out[row[0]] = row[2]
     return out
-
-
-def write_skipped(path: str | os.PathLike, skipped: Mapping[str, str]) -> None:
-    r"""``utt\treason`` per skipped utterance, sorted, written atomically: the header-less form of :func:`read_skipped`.
-
-    Whitespace runs inside a reason (tabs, newlines) become one space, so that each row is one utterance.
-    """
-    write_text_atomic(path, "".join(f"{u}\t{' '.join(r.split())}\n" for u, r in sorted(skipped.items())))
 
 
 # Files up to this size are fingerprinted by content (manifests, configs, transcripts, models of
@@ -210,8 +229,12 @@ def _marker(directory: str | os.PathLike, name: str) -> Path:
     return Path(directory) / f".{name}.done"
 
 
+# keys of a done marker that hold what the stage was made from (the rest is the stage's own record)
+_FINGERPRINT, _INPUTS = "fingerprint", "input_fingerprints"
+
+
 def read_done(directory: str | os.PathLike, name: str = "stage") -> dict | None:
-    """The ``info`` of a done marker (with its ``identity`` if one was recorded), or None if absent or unreadable."""
+    """The record a done marker holds (with its fingerprints, if any), or None if absent or unreadable."""
     try:
         data = json.loads(_marker(directory, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -219,24 +242,59 @@ def read_done(directory: str | os.PathLike, name: str = "stage") -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def is_done(directory: str | os.PathLike, name: str = "stage", identity: str | None = None) -> bool:
-    """True if ``mark_done(directory, name)`` ran after the stage's last success.
+def is_done(directory: str | os.PathLike, name: str = "stage") -> bool:
+    """True if ``mark_done(directory, name)`` ran after the stage's last success, whatever it was made from.
 
-    With ``identity`` (from :func:`identity`), only if the marker records that
-    same identity: a stage whose config or inputs changed is not done.
+    For a marker that only says "this file is complete" (a download); a stage made from inputs asks
+    :func:`stage_done`.
     """
-    if identity is None:
-        return _marker(directory, name).is_file()
-    marker = read_done(directory, name)
-    return marker is not None and marker.get("identity") == identity
+    return _marker(directory, name).is_file()
+
+
+def fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """Each of a stage's inputs by name -> its :func:`identity`: what a done marker records and compares."""
+    return {str(k): identity(v) for k, v in inputs.items()}
+
+
+def stage_done(directory: str | os.PathLike, name: str, inputs: Mapping[str, Any], force: bool = False,
+               on_redo: Callable[[], None] | None = None) -> dict | None:
+    """The one test of "already done": the record of stage ``name`` in ``directory`` if it finished from ``inputs``.
+
+    ``inputs`` names everything the stage's outputs depend on: config (dicts, dataclasses), input files and
+    folders (``Path``: by content, or size and mtime above 1 MiB; see :func:`identity`) and other data. Then
+
+    * finished from the same inputs, not ``force``: skip. Returns the record :func:`mark_done` stored;
+    * finished from other inputs, or ``force``: redo. The log names the inputs that changed; the marker and the
+      temporaries a killed run left are removed and ``on_redo`` (e.g. delete what the old run wrote that a new one
+      would resume from) is called; returns None;
+    * not finished: returns None after removing the temporaries (a resumable stage keeps its other files).
+
+    The stage then does its work and calls ``mark_done(directory, name, record, inputs)`` last.
+    """
+    new = fingerprint_inputs(inputs)
+    record = read_done(directory, name)
+    if record is not None and not force and record.get(_FINGERPRINT) == identity(new):
+        log.info("%s: %s already done from these inputs, skipping (force to redo)", directory, name)
+        return {k: v for k, v in record.items() if k not in (_FINGERPRINT, _INPUTS)}
+    if record is not None:
+        old = record.get(_INPUTS) or {}
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        why = "forced" if force else (f"changed: {', '.join(changed)}" if old else "recorded by an older version")
+        log.info("%s: %s was done from other inputs (%s); doing it again", directory, name, why)
+        if on_redo is not None:
+            on_redo()
+    clear_done(directory, name)
+    return None
 
 
 def mark_done(directory: str | os.PathLike, name: str = "stage", info: dict | None = None,
-              identity: str | None = None) -> None:
-    """Record that a stage finished; ``info`` (e.g. its config) and ``identity`` are stored in the marker."""
+              inputs: Mapping[str, Any] | None = None) -> None:
+    """Record that a stage finished: ``info`` (its config, counts, result) and, for :func:`stage_done`, the
+    fingerprint of each of its ``inputs``. Written last, atomically: a killed stage leaves no marker."""
     data = dict(info or {})
-    if identity is not None:
-        data["identity"] = identity
+    if inputs is not None:
+        fingerprints = fingerprint_inputs(inputs)
+        data.update({_INPUTS: fingerprints, _FINGERPRINT: identity(fingerprints)})
     write_json_atomic(_marker(directory, name), data)
 
 

@@ -192,7 +192,7 @@ def _groups(rows: list[SystemResult]) -> dict[str, list[SystemResult]]:
     """Rows by reported group: the seeded kinds together, every other system on its own."""
     groups: dict[str, list[SystemResult]] = {}
     for r in rows:
-        groups.setdefault(r.kind if r.kind in GROUPED else _label(r), []).append(r)
+        groups.setdefault(r.kind if r.kind in (*GROUPED, INDEPENDENT) else _label(r), []).append(r)
     return groups
 
 

@@ -34,7 +34,7 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.decoding.decode import FRAME_RATE, DecodeConfig, compute_priors, decode
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import wer_report
-from asrdistill.evaluate import EvalConfig, load_system
+from asrdistill.evaluate import EvalConfig, load_eval_system
 from asrdistill.nnet.specialists import SpecialistConfig
 
 
@@ -46,7 +46,7 @@ def test_posteriors(recipe: Path, system: Path, inputs: dict, train_set: str, te
     combination = from_dict(SpecialistConfig, inputs.get("combination", {}), f"{system}/metrics.json combination")
     evaluation = from_dict(EvalConfig, inputs["evaluate"], f"{system}/metrics.json evaluate")
     cmvn = Cmvn.load(recipe / "data" / "fbank" / train_set / "cmvn.json")
-    run = load_system(system, cmvn, frames, evaluation, combination, "cpu")
+    run = load_eval_system(system, cmvn, frames, evaluation, combination, "cpu")
     stream = run.stream(ShardManifest.load(recipe / "data" / "fbank" / test_set, FEATS_PREFIX), None)
     return [(utt, logp.numpy()) for utt, logp, _ in itertools.islice(stream, utts)]
 

@@ -38,7 +38,7 @@ import soundfile as sf
 
 from asrdistill.data.datadir import DataDir
 from asrdistill import logs
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done
+from asrdistill.fileio import clear_done, is_done, mark_done, stage_done, write_skipped
 
 __all__ = [
     "SUBSETS",
@@ -541,12 +541,12 @@ def data_dir_name(subset: str) -> str:
     return subset.replace("-", "_")
 
 
-def _source_identity(src: Path) -> str:
+def _source_inputs(src: Path) -> dict:
     """A subset's folder and its transcripts (every audio file is not fingerprinted: 28k+ files per subset)."""
-    return identity(str(src.resolve()), sorted(src.glob("*/*/*.trans.txt")))
+    return {"source": str(src.resolve()), "transcripts": sorted(src.glob("*/*/*.trans.txt"))}
 
 
-def _prepare_subset(src: Path, out: Path, nj: int, ident: str) -> DataDir:
+def _prepare_subset(src: Path, out: Path, nj: int, inputs: dict) -> DataDir:
     chapters = sorted(c for s in src.iterdir() if s.is_dir() for c in s.iterdir() if c.is_dir())
     if not chapters:
         raise ValueError(f"{src}: no SPEAKER/CHAPTER folders")
@@ -569,15 +569,12 @@ def _prepare_subset(src: Path, out: Path, nj: int, ident: str) -> DataDir:
             data.utt2dur[utt] = res.dur[utt]
     if not data.wav:
         raise ValueError(f"{src}: no usable utterances ({len(skipped)} skipped, e.g. {skipped[:3]})")
-    clear_done(out, "prepare")
     data.save(out)
-    with atomic_open(out / "skipped.tsv") as f:
-        f.write("utt_id\tfile\treason\n")
-        f.writelines(f"{u}\t{p}\t{r}\n" for u, p, r in skipped)
+    write_skipped(out / "skipped.tsv", skipped)
     hours = sum(data.utt2dur.values()) / 3600
     reasons = Counter(r.split(" (")[0] for _, _, r in skipped)
     mark_done(out, "prepare", {"source": str(src), "utterances": len(data.wav), "skipped": len(skipped),
-                               "hours": round(hours, 3)}, identity=ident)
+                               "hours": round(hours, 3)}, inputs)
     log.info("%s -> %s: %d utterances, %d speakers, %.2f h; %d skipped%s", src, out, len(data.wav),
              len(data.spk2utt), hours, len(skipped),
              f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; see {out / 'skipped.tsv'})"
@@ -608,12 +605,9 @@ def prepare_librispeech(
     result: dict[str, DataDir] = {}
     for subset in subsets:
         out = Path(out_dir) / data_dir_name(subset)
-        ident = _source_identity(root / subset)
-        if not force and is_done(out, "prepare", ident):
-            log.info("%s: already prepared", out)
+        inputs = _source_inputs(root / subset)
+        if stage_done(out, "prepare", inputs, force) is not None:
             result[subset] = DataDir.load(out)
             continue
-        if is_done(out, "prepare"):
-            log.info("%s: prepared from another source or other transcripts; preparing again", out)
-        result[subset] = _prepare_subset(root / subset, out, max(1, nj), ident)
+        result[subset] = _prepare_subset(root / subset, out, max(1, nj), inputs)
     return result

@@ -220,7 +220,7 @@ def test_read_corpus_layouts_and_normalisation(tmp_path):
 
 def test_evaluation_is_redone_when_its_data_change(recipe, tmp_path):
     """metrics.json is reused only for the same weights, features, labels, transcripts and graph."""
-    from asrdistill.data.frames import FrameConfig
+    from asrdistill.data.frames import FrameConfig, FrameData
     from asrdistill.evaluate import EvalConfig, evaluate_system
 
     d, task = recipe
@@ -232,8 +232,9 @@ def test_evaluation_is_redone_when_its_data_change(recipe, tmp_path):
     system = _system(tmp_path / "sys", task)
 
     def run():
-        evaluate_system(system, tmp_path / "fbank", tmp_path / "ali", tmp_path / "data", "train", "dev", "test", None,
-                        FrameConfig(left=LEFT, right=RIGHT), DecodeConfig(nj=1), EvalConfig(decode=False))
+        data = FrameData(tmp_path / "fbank", tmp_path / "ali", "train", "dev", "test", FrameConfig(left=LEFT, right=RIGHT))
+        evaluate_system(system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1),
+                        config=EvalConfig(decode=False))
         return (system / "metrics.json").stat().st_mtime_ns
 
     first = run()

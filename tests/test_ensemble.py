@@ -11,6 +11,7 @@ from asrdistill.nnet.ensemble import (EnsembleConfig, build_ensemble, cache_soft
                                       ensemble_logprobs, frame_accuracy, load_teachers, posterior_stream,
                                       read_members, soft_target_fidelity)
 from asrdistill.data.features import Cmvn
+from asrdistill.evaluate import system_kind
 from asrdistill.data.frames import FrameConfig
 from asrdistill.nnet.model import ModelConfig
 from asrdistill.data.shards import ShardManifest, iter_shard
@@ -175,6 +176,8 @@ def test_build_ensemble_measures_fidelity_and_lists_members_relative(problem, tm
         assert ShardManifest.load(tmp_path / f"ens/soft_T{t:g}", "soft").meta["fidelity"] == r["fidelity"]
     assert [p.resolve() for p in read_members(tmp_path / "ens")] == [m.resolve() for m in members]
     assert not any(line.startswith("/") for line in (tmp_path / "ens/members.txt").read_text().splitlines())
+    (tmp_path / "ens").rename(tmp_path / "baseline_x")                    # its kind is its record, not its name
+    assert system_kind(tmp_path / "baseline_x") == "ensemble"
 
 
 def test_a_forced_top_k_below_the_fidelity_floor_warns_loudly(problem, tmp_path, caplog):

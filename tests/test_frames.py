@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import Batch, FrameConfig, FrameStream, context_windows, iter_utterances
+from asrdistill.data.frames import Batch, FrameConfig, FrameData, FrameStream, context_windows, iter_utterances
 from asrdistill.data.shards import ShardManifest, write_shard
 
 D = 4
@@ -240,3 +240,24 @@ def test_context_windows_short_utterance() -> None:
     w = context_windows(f, 3, 2)
     assert w.shape == (2, 6 * D)
     np.testing.assert_array_equal(w[1].numpy(), _naive_window(f.numpy(), 1, 3, 2))
+
+
+def test_frame_data_finds_each_sets_features_labels_and_the_training_cmvn(tmp_path):
+    """FrameData: ``feats_root/<set>``, ``labels_root/<set>``, CMVN of the training set unless given; a set without
+    labels has none (a test set), and asking for its labels anyway names the folder."""
+    rng = np.random.default_rng(0)
+    for name, labelled in (("train", True), ("test", False)):
+        ShardManifest(tmp_path / "fbank" / name, "feats", [write_shard(tmp_path / "fbank" / name / "feats-000000.tar",
+                      [("u", {"feats": rng.standard_normal((4, 3)).astype(np.float16)})])]).save()
+        if labelled:
+            ShardManifest(tmp_path / "ali" / name, "pdf", [write_shard(tmp_path / "ali" / name / "pdf-000000.tar",
+                          [("u", {"pdf": np.zeros(4, dtype=np.int32)})])]).save()
+    Cmvn(np.zeros(3), np.ones(3), 1).save(tmp_path / "fbank" / "train" / "cmvn.json")
+    data = FrameData(str(tmp_path / "fbank"), str(tmp_path / "ali"), "train", "dev", "test")
+    assert data.cmvn_path == tmp_path / "fbank" / "train" / "cmvn.json" and data.cmvn().dim == 3
+    feats, labels = data.labelled("train")
+    assert feats.keys == labels.keys == ["u"] and data.sets == ("train", "dev", "test")
+    assert data.labels("test") is None and data.feats("test").num_frames == 4
+    with pytest.raises(FileNotFoundError, match=r"ali/test/pdf\.manifest\.json"):
+        data.labelled("test")
+    assert FrameData(tmp_path, tmp_path, "a", "b", cmvn_path=tmp_path / "c.json").cmvn_path == tmp_path / "c.json"

@@ -116,11 +116,11 @@ def test_checkpoint_holds_only_plain_data_and_resume_does_not_repeat_metrics(dat
 def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, caplog):
     out = tmp_path / "run"
     first = train(_config(data), out)
-    assert "identity" in read_done(out, "train") and "identity" not in first
+    assert "fingerprint" in read_done(out, "train") and "fingerprint" not in first
     assert train(_config(data, log_every=1), out) == first  # operational field: reused
     caplog.set_level("INFO")
     second = train(_config(data, lr=1e-3), out)
-    assert "training again" in caplog.text
+    assert "train was done from other inputs (changed: config)" in caplog.text
     assert second["steps"] == first["steps"]
     changed = tmp_path / "data2"
     import shutil
@@ -128,7 +128,7 @@ def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, 
     Cmvn(np.ones(3), np.ones(3), 1).save(changed / "cmvn.json")
     caplog.clear()
     train(_config(changed, lr=1e-3, train_feats=str(data / "train/feats")), out)
-    assert "training again" in caplog.text
+    assert "(changed: cmvn, config)" in caplog.text  # config: it names the copied folders
 
 
 def test_identity_changes_with_content_and_ignores_markers(tmp_path):
@@ -141,8 +141,8 @@ def test_identity_changes_with_content_and_ignores_markers(tmp_path):
     assert identity({"x": 2}, d) != base
     (d / "a.json").write_text("2")
     assert identity({"x": 1}, d) != base
-    mark_done(tmp_path, "s", {}, identity=base)
-    assert is_done(tmp_path, "s") and is_done(tmp_path, "s", base) and not is_done(tmp_path, "s", "other")
+    mark_done(tmp_path, "s", {}, {"d": d})
+    assert is_done(tmp_path, "s") and read_done(tmp_path, "s")["input_fingerprints"] == {"d": identity(d)}
 
 
 def test_json_is_strict(tmp_path):
@@ -280,24 +280,24 @@ def test_mono_and_align_redo_when_inputs_change(tmp_path, caplog):
     cfg = _cfg(num_iters=2, realign_iters=[1])
     train_mono(man, text, lang, tmp_path / "exp", cfg)
     train_mono(man, text, lang, tmp_path / "exp", _cfg(num_iters=2, realign_iters=[1], nj=2))  # runtime field
-    assert "already trained" in caplog.text and "training again" not in caplog.text
+    assert "mono already done" in caplog.text and "doing it again" not in caplog.text
     changed = {**text, sorted(text)[0]: "DE"}
     model = train_mono(man, changed, lang, tmp_path / "exp", cfg)
-    assert "training again" in caplog.text
+    assert "mono was done from other inputs (changed: text)" in caplog.text
 
     loaded = HmmModel.load(tmp_path / "exp/final.pt")
     align_subset(man, changed, lang, model, tmp_path / "ali", AlignConfig(nj=1))
     caplog.clear()
     align_subset(man, changed, lang, loaded, tmp_path / "ali", AlignConfig(nj=1))  # the same model, from disk
-    assert "already aligned" in caplog.text
+    assert "align already done" in caplog.text
     align_subset(man, changed, lang, loaded, tmp_path / "ali", AlignConfig(nj=1, optional_silence_prob=0.2))
-    assert "aligning again" in caplog.text
+    assert "(changed: config)" in caplog.text
     caplog.clear()
     feats2 = dict(feats)
     feats2.pop(sorted(feats2)[-1])
     align_subset(_write_feats(tmp_path / "fbank", feats2), changed, lang, loaded, tmp_path / "ali",
                  AlignConfig(nj=1, optional_silence_prob=0.2))
-    assert "aligning again" in caplog.text
+    assert "(changed: feats)" in caplog.text
 
 
 def test_triphone_training_redone_when_the_monophone_alignment_changes(tmp_path, caplog):
@@ -314,13 +314,13 @@ def test_triphone_training_redone_when_the_monophone_alignment_changes(tmp_path,
     cfgs = TreeConfig(num_leaves=20, min_occupancy=20), TriConfig(num_iters=2, max_gaussians=30, realign_iters=[1], nj=1)
     train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
     train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
-    assert "already trained" in caplog.text and "training again" not in caplog.text
+    assert "tri already done" in caplog.text and "doing it again" not in caplog.text
     # rewrite one alignment shard without its first utterance's labels (as a changed mono stage would)
     rows = [(u, s if i else {k: v[:0] for k, v in s.items()}) for i, (u, s) in enumerate(iter_shard(mono_ali.shard_paths[0]))]
     mono_ali.shards[0] = write_shard(mono_ali.shard_paths[0], rows)
     mono_ali.save()
     train_triphone(ShardManifest.load(mono_ali.directory, "ali"), feats, text, lang, mono, tmp_path / "tri", *cfgs)
-    assert "training again" in caplog.text
+    assert "tri was done from other inputs (changed: mono_ali)" in caplog.text
 
 
 # --------------------------------------------------------------------------- input limits
@@ -361,7 +361,8 @@ def test_duration_limits_nan_checks_and_changed_wav_scp(tmp_path, caplog):
     DataDir.save(data, data_dir)
     caplog.clear()
     man = compute_features(data_dir, tmp_path / "fbank", cfg)
-    assert "recomputing" in caplog.text and man.keys == ["1-1-0001", "1-1-0003"]
+    assert "features was done from other inputs (changed: utt2dur, wav.scp)" in caplog.text
+    assert man.keys == ["1-1-0001", "1-1-0003"]
 
     from asrdistill.data.shards import ShardManifest, write_shard
 

@@ -8,7 +8,7 @@ from asrdistill.aligner.align import AlignConfig, align_subset, read_pron_probs
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FeatureTransform, HmmModel
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript, build_graph
+from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript, build_utt_graph
 from asrdistill.aligner.viterbi import viterbi
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
@@ -78,8 +78,8 @@ def test_context_expansion_gives_every_state_its_realised_neighbours():
     def pdf_of(left, center, right, state):
         return left * 1000 + center * 100 + right * 10 + state
 
-    g = build_graph(tr, topo, pdf_of, 0.5, True, context=True)
-    mono = build_graph(tr, topo, MonophonePdfs.from_topology(topo), 0.5, True, context=False)
+    g = build_utt_graph(tr, topo, pdf_of, 0.5, True, context=True)
+    mono = build_utt_graph(tr, topo, MonophonePdfs.from_topology(topo), 0.5, True, context=False)
     assert g.num_states > mono.num_states and g.min_frames == mono.min_frames == 3
     rng = np.random.default_rng(0)
     for trial in range(40):

@@ -185,7 +185,7 @@ def test_agreement_with_the_ensemble_on_a_known_case(tmp_path):
     write("ensemble", "ensemble", 1.0)
     for seed in (1, 2):
         write(f"baseline_seed{seed}", "baseline", 0.70, seed)
-    write("independent_baseline", "other", 0.75, 3)
+    write("independent_baseline", "independent_baseline", 0.75, 3)
     for seed in (1, 2):
         write(f"student_seed{seed}", "student", 0.90, seed)
     out = collect_results(tmp_path, ["baseline_seed1", "baseline_seed2", "ensemble", "independent_baseline",

@@ -11,7 +11,7 @@ import torch
 
 from asrdistill.aligner.tree import ContextTree, TreeNode
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import FrameConfig
+from asrdistill.data.frames import FrameConfig, FrameData
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.nnet.ensemble import posterior_stream
@@ -109,6 +109,16 @@ def problem(tmp_path_factory):
     return root, result["best_checkpoint"], sets, Cmvn.load(root / "cmvn.json")
 
 
+def _data(root: Path) -> FrameData:
+    """``root/<set>/{feats,labels}`` (as make_frame_set writes them) seen as ``fbank/<set>`` and ``ali/<set>``."""
+    for name in ("train", "dev"):
+        for kind, link in (("feats", "fbank"), ("labels", "ali")):
+            (root / link).mkdir(exist_ok=True)
+            if not (root / link / name).exists():
+                (root / link / name).symlink_to(root / name / kind, target_is_directory=True)
+    return FrameData(root / "fbank", root / "ali", "train", "dev", frames=FRAMES, cmvn_path=root / "cmvn.json")
+
+
 def _tree_and_lang() -> tuple[ContextTree, Lang]:
     phones = ["<eps>", "SIL", "SPN", "AA", "AE", "AH", "AO"]
     tree = ContextTree([TreeNode(pdf=0)], C, [[(3 + j // 2, j % 2)] for j in range(C)])  # pdf j: phone 3 + j // 2
@@ -120,7 +130,7 @@ def grouped(problem):
     root, generalist, sets, cmvn = problem
     config = SpecialistConfig(num_groups=6, max_group_size=4, epochs=6, lr=3e-3)
     tree, lang = _tree_and_lang()
-    groups = group_senones(generalist, *sets["dev"], cmvn, FRAMES, config, root / "spec", tree, lang)
+    groups = group_senones(generalist, _data(root), config, root / "spec", tree=tree, lang=lang)
     return root, generalist, sets, cmvn, config, groups
 
 
@@ -138,17 +148,18 @@ def test_groups_hold_the_confusable_pairs(grouped):
     assert read_groups(root / "spec" / "groups.json")[0] == groups
     # unchanged inputs: the file is kept; a changed config clusters again
     mtime = (root / "spec" / "groups.json").stat().st_mtime_ns
-    group_senones(generalist, *sets["dev"], cmvn, FRAMES, config, root / "spec", *_tree_and_lang())
+    tree, lang = _tree_and_lang()
+    group_senones(generalist, _data(root), config, root / "spec", tree=tree, lang=lang)
     assert (root / "spec" / "groups.json").stat().st_mtime_ns == mtime
     other = SpecialistConfig(num_groups=5, max_group_size=4)
-    group_senones(generalist, *sets["dev"], cmvn, FRAMES, other, root / "other", *_tree_and_lang())
+    group_senones(generalist, _data(root), other, root / "other", tree=tree, lang=lang)
     assert json.loads((root / "other" / "groups.json").read_text())["info"]["config"]["num_groups"] == 5
 
 
 @pytest.fixture(scope="module")
 def trained(grouped):
     root, generalist, sets, cmvn, config, groups = grouped
-    summary = train_specialists(generalist, *sets["train"], *sets["dev"], cmvn, FRAMES, config, root / "spec")
+    summary = train_specialists(generalist, _data(root), config, root / "spec")
     return root, generalist, sets, cmvn, config, groups, summary
 
 
@@ -162,7 +173,7 @@ def test_specialists_beat_the_generalist_on_their_groups(trained):
         assert r["dev_acc"] > r["generalist_dev_acc"] + 0.03, r
     # a second run reuses the trained specialists
     mtime = (root / "spec" / "spec_00" / "final.pt").stat().st_mtime_ns
-    train_specialists(generalist, *sets["train"], *sets["dev"], cmvn, FRAMES, config, root / "spec")
+    train_specialists(generalist, _data(root), config, root / "spec")
     assert (root / "spec" / "spec_00" / "final.pt").stat().st_mtime_ns == mtime
 
 
@@ -184,8 +195,8 @@ def test_dustbin_is_corrected_for_oversampling(tmp_path):
             for kind, prefix in (("feats", "feats"), ("labels", "pdf"))]
     cmvn = Cmvn.load(tmp_path / "cmvn.json")
     group = SenoneGroup(0, [0, 1])
-    result = train_specialist(load_model(path), group, *sets, cmvn, FRAMES,
-                              SpecialistConfig(epochs=4, lr=3e-3), tmp_path / "spec")
+    result = train_specialist(load_model(path), group, _data(tmp_path), SpecialistConfig(epochs=4, lr=3e-3),
+                              tmp_path / "spec")
     model = load_specialist(tmp_path / "spec" / "final.pt", generalist=load_model(path)).model
     dustbin = torch.cat([torch.softmax(model(x), -1)[:, -1] for _, x, _ in
                          iter_utterances(sets[2], cmvn, FRAMES, labels=sets[3])])
@@ -200,7 +211,7 @@ def test_soft_targets_from_the_generalist_train_a_specialist(grouped):
     out.mkdir()
     (out / "groups.json").write_bytes((root / "spec" / "groups.json").read_bytes())
     soft = SpecialistConfig(num_groups=6, max_group_size=4, epochs=6, lr=3e-3, targets="soft", hard_weight=0.5)
-    summary = train_specialists(generalist, *sets["train"], *sets["dev"], cmvn, FRAMES, soft, out)
+    summary = train_specialists(generalist, _data(root), soft, out)
     r = summary["trained"]["0"]
     assert r["dev_acc"] > r["generalist_dev_acc"], r
 
@@ -314,15 +325,16 @@ def test_evaluate_scores_a_specialists_folder_through_its_stream(trained, tmp_pa
     roots = _eval_layout(tmp_path, sets, root / "cmvn.json")
 
     def run(system, combination=config):
-        return evaluate_system(system, *roots, "train", "dev", "train", None, FRAMES, DecodeConfig(nj=1),
-                               EvalConfig(decode=False), specialists=combination)
+        data = FrameData(roots[0], roots[1], "train", "dev", "train", FRAMES)
+        return evaluate_system(system, data, data_root=roots[2], decode_config=DecodeConfig(nj=1),
+                               config=EvalConfig(decode=False), specialists=combination)
 
     comb, gen = run(root / "spec"), run(generalist_path.parent)
     generalist, specialists = load_model(generalist_path), load_specialists(root / "spec")
     feats, labels = sets["dev"]
     expected = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, FRAMES, labels,
                                                  config.top_classes, config.combine_steps))
-    assert comb.kind == COMBINED and gen.kind == "other"
+    assert comb.kind == COMBINED and gen.kind == "baseline"  # from its .train.done, whatever its folder is called
     assert comb.dev_frame_acc == pytest.approx(100 * expected["acc"], abs=1e-9)
     assert comb.dev_frame_acc > gen.dev_frame_acc + 1 and comb.test_frame_acc > gen.test_frame_acc
     assert comb.extra["generalist"] == generalist_path.parent.name and comb.extra["specialists"] == len(groups)
@@ -345,7 +357,7 @@ def test_evaluate_decodes_generalist_plus_specialists_through_the_graph(tmp_path
 
     from asrdistill.data.datadir import DataDir
     from asrdistill.decoding.decode import DecodeConfig
-    from asrdistill.evaluate import EvalConfig, evaluate_system
+    from asrdistill.evaluate import evaluate_system
     from test_graph import toy_task
 
     _, tree, _, _ = toy_task(tmp_path / "task")
@@ -369,14 +381,12 @@ def test_evaluate_decodes_generalist_plus_specialists_through_the_graph(tmp_path
                       progress=False)
     generalist = train(cfg, tmp_path / "exp" / "baseline_seed1")["best_checkpoint"]
     config = SpecialistConfig(num_groups=2, max_group_size=8, epochs=1)
-    cmvn = Cmvn.load(feats_root / "train" / "cmvn.json")
-    train_sets = [ShardManifest.load(r / n, p) for n in ("train", "dev") for r, p in ((feats_root, "feats"),
-                                                                                      (labels_root, "pdf"))]
-    group_senones(generalist, *train_sets[2:], cmvn, FRAMES, config, tmp_path / "exp" / "specialists")
-    assert train_specialists(generalist, *train_sets, cmvn, FRAMES, config, tmp_path / "exp" / "specialists")["trained"]
-    result = evaluate_system(tmp_path / "exp" / "specialists", feats_root, labels_root, data_root, "train", "dev",
-                             "test", tmp_path / "task" / "graph", FRAMES, DecodeConfig(nj=1, sweep_scales=[0.1, 0.2]),
-                             EvalConfig(), specialists=config)
+    data = FrameData(feats_root, labels_root, "train", "dev", "test", FRAMES)
+    group_senones(generalist, data, config, tmp_path / "exp" / "specialists")
+    assert train_specialists(generalist, data, config, tmp_path / "exp" / "specialists")["trained"]
+    result = evaluate_system(tmp_path / "exp" / "specialists", data, data_root=data_root,
+                             graph_dir=tmp_path / "task" / "graph",
+                             decode_config=DecodeConfig(nj=1, sweep_scales=[0.1, 0.2]), specialists=config)
     assert all(math.isfinite(v) for v in (result.dev_wer, result.test_wer, result.dev_frame_acc,
                                           result.test_frame_acc, result.decode_rtf))
     assert result.extra["acoustic_scale"] in (0.1, 0.2)

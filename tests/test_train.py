@@ -13,7 +13,7 @@ import yaml
 
 import asrdistill.nnet.train as train_mod
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import FrameConfig
+from asrdistill.data.frames import FrameConfig, FrameData
 from asrdistill.nnet.model import ModelConfig
 from asrdistill.data.shards import ShardManifest
 from asrdistill import cli
@@ -192,6 +192,32 @@ def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
     saved = json.loads((tmp_path / "run/train_config.json").read_text())
     assert result["epochs"] == 1 and result["steps"] == 25      # 800 frames / 32 per batch (role), 1 epoch (--set)
     assert saved["frames"]["left"] == 2 and saved["frames"]["batch_size"] == 32
+
+
+def test_a_systems_kind_is_its_own_record_not_its_folder_name(data, tmp_path):
+    """The results table's kind is what the training recorded (``.train.done``): renaming the folder keeps it, and
+    the recipe's ``train.kind=sweep`` relabels a finished run without training it again."""
+    from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.evaluate import EvalConfig, evaluate_system
+
+    for subset in ("train", "dev"):
+        shutil.copytree(data / subset / "feats", tmp_path / "fbank" / subset)
+        shutil.copytree(data / subset / "labels", tmp_path / "ali" / subset)
+    shutil.copy(data / "cmvn.json", tmp_path / "fbank/train/cmvn.json")
+    config = _config(data, epochs=1)
+
+    def kind(system: Path) -> str:
+        data = FrameData(tmp_path / "fbank", tmp_path / "ali", "train", "dev", "dev", config.frames)
+        return evaluate_system(system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1),
+                               config=EvalConfig(decode=False)).kind
+
+    first = train(config, tmp_path / "student_seed1")           # hard labels: a baseline, whatever the folder says
+    assert first["kind"] == "baseline" and kind(tmp_path / "student_seed1") == "baseline"
+    (tmp_path / "student_seed1").rename(tmp_path / "ensemble")
+    assert kind(tmp_path / "ensemble") == "baseline"
+    again = train(train_mod.dataclasses.replace(config, kind="sweep"), tmp_path / "ensemble")
+    assert again["steps"] == first["steps"] and kind(tmp_path / "ensemble") == "sweep"
+    assert train_mod.run_kind(_config(data, data_fraction=0.5)) == "fraction_hard"
 
 
 @pytest.mark.parametrize("fidelity, warned", [(0.5, True), (None, True), (0.99, False)])

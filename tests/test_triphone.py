@@ -18,6 +18,7 @@ from asrdistill.aligner.tree import ContextTree, TreeConfig
 from asrdistill.aligner.triphone import TriConfig, read_alignment, train_triphone
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.fileio import read_skipped
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "IY", "T", "S", "N"]
 LEXICON = [("TA", ("T", "AA")), ("SIT", ("S", "IY", "T")), ("NAN", ("N", "AA", "N")), ("TIN", ("T", "IY", "N")),
@@ -145,7 +146,7 @@ def test_labels_match_features_and_truth(trained, tmp_path):
                 correct += int((a["phone"] == tru[utt]).sum())
                 total += len(tru[utt])
         assert correct / total > 0.9, f"{name}: frame phone accuracy {correct / total:.3f}"
-        skipped = dict(line.split("\t") for line in (out / "skipped.tsv").read_text().splitlines())
+        skipped = read_skipped(out / "skipped.tsv")
         assert set(skipped) == {f"{name}-short", f"{name}-notext"}
         counts = json.loads((out / "senone_counts.json").read_text())
         assert counts["num_pdfs"] == tri.num_pdfs and sum(counts["counts"]) == res.num_frames

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript, build_graph
+from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript, build_utt_graph
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.viterbi import viterbi, viterbi_batch
 
@@ -36,8 +36,8 @@ def _graph(words, optional_silence, prons=None):
     topo = _topo()
     prons = prons or {"A": [(3,)], "B": [(4, 3)]}
     tr = Transcript(list(words), [prons[w] for w in words], [[0.0] * len(prons[w]) for w in words], 1)
-    return build_graph(tr, topo, MonophonePdfs.from_topology(topo), 0.3 if optional_silence else 0.0,
-                       optional_silence)
+    return build_utt_graph(tr, topo, MonophonePdfs.from_topology(topo), 0.3 if optional_silence else 0.0,
+                           optional_silence)
 
 
 @pytest.mark.parametrize("optional_silence", [False, True])

@@ -17,7 +17,7 @@ from asrdistill._exports import lazy_exports
 
 _EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._exports)
     "AlignConfig": "align", "align_subset": "align", "estimate_pron_probs": "align", "read_pron_probs": "align",
-    "Transcript": "utt_graph", "UttGraph": "utt_graph", "build_graph": "utt_graph",
+    "Transcript": "utt_graph", "UttGraph": "utt_graph", "build_utt_graph": "utt_graph",
     "HmmModel": "hmm", "LoopConfig": "hmm", "train_gmm_hmm": "hmm",
     "import_kaldi_alignments": "kaldi_import",
     "export_alignments": "kaldi_export", "write_ark_scp": "kaldi_export",

@@ -35,12 +35,11 @@ import numpy as np
 import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, UttAlignment, shard_feats, prepare_transcripts, \
+from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, ShardPass, UttAlignment, shard_feats, prepare_transcripts, \
     process_shard
 from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, read_skipped, \
-    write_json_atomic, write_skipped
+from asrdistill.fileio import atomic_open, mark_done, read_skipped, stage_done, write_json_atomic, write_skipped
 from asrdistill.data.lang import UNK, Lang
 from asrdistill.data.lexicon import read_pron_probs
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
@@ -85,9 +84,9 @@ def _label_name(feat_name: str, feats_prefix: str, prefix: str) -> str:
 
 def _align_piece(args: tuple) -> tuple[int, dict[str, UttAlignment], dict[str, str]]:
     """Worker: align some utterances of one feature shard; checks every alignment's length against the features."""
-    index, shard, seqs, state, kwargs = args
+    index, shard, seqs, state, how = args
     model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
-    res = process_shard(shard, seqs, model, realign=True, accumulate_stats=False, **kwargs)
+    res = process_shard(shard, seqs, model, how)
     feats = shard_feats(shard, cache=True)
     for utt, a in res.alignments.items():   # never write labels whose length differs from the features
         if not (a.pdf.shape[0] == a.phone.shape[0] == a.state.shape[0] == feats[utt].shape[0]):
@@ -118,43 +117,38 @@ def _init_worker() -> None:
 
 
 def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, model: HmmModel, out_dir: str | Path,
-                 config: AlignConfig = AlignConfig(), force: bool = False,
-                 marker_identity: str | None = None) -> AlignResult:
+                 config: AlignConfig = AlignConfig(), force: bool = False) -> AlignResult:
     """Viterbi-align every utterance of ``feats`` to its transcript in ``text``; write label shards to ``out_dir``.
 
     Also writes ``skipped.tsv``, ``prons.txt``, ``lexiconp.txt``,
     ``oov_counts.tsv`` (words mapped to ``<UNK>``, with counts) and, with pdf
     shards, ``senone_counts.json``. A finished ``out_dir`` (marker
-    ``.align.done``) is reused unless ``force`` or its identity (config,
-    inputs, model; ``marker_identity`` if the caller gives one) changed.
+    ``.align.done``) is reused unless ``force`` or its config, inputs or
+    model changed.
     """
     out_dir = Path(out_dir)
     write_pdf = model.tree is not None if config.write_pdf is None else config.write_pdf
-    ident = marker_identity or identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang,
-                                        model.to_dict())
-    if is_done(out_dir, "align") and not force:
-        if is_done(out_dir, "align", ident):
-            log.info("%s: already aligned, skipping (force to redo)", out_dir)
-            skipped = read_skipped(out_dir / "skipped.tsv")
-            ali = ShardManifest.load(out_dir, ALI_PREFIX)
-            pdf = ShardManifest.load(out_dir, PDF_PREFIX) if write_pdf else None
-            return AlignResult(ali, pdf, skipped, ali.num_frames, 0.0)
-        log.info("%s: config, inputs or model changed since the alignment; aligning again", out_dir)
-    clear_done(out_dir, "align")
+    inputs = {"config": result_settings(config), "feats": [feats.path, feats.shard_paths], "text": dict(text),
+              "lang": lang, "model": model.to_dict()}
+    if stage_done(out_dir, "align", inputs, force) is not None:
+        skipped = read_skipped(out_dir / "skipped.tsv")
+        ali = ShardManifest.load(out_dir, ALI_PREFIX)
+        pdf = ShardManifest.load(out_dir, PDF_PREFIX) if write_pdf else None
+        return AlignResult(ali, pdf, skipped, ali.num_frames, 0.0)
     t0 = time.time()
     probs = read_pron_probs(config.pron_probs) if config.pron_probs else None
     pre_seqs, pre_skipped = prepare_transcripts(text, lang, probs)
     oov = oov_counts(text.values(), {w for w, _ in lang.lexicon})
     state = model.state()
-    kwargs = {"optional_prob": config.optional_silence_prob, "boundary_silence": config.boundary_silence,
-              "device": config.device, "max_cells": config.max_cells, "chunk_frames": config.chunk_frames}
+    how = ShardPass(realign=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence,
+                    device=config.device, max_cells=config.max_cells, chunk_frames=config.chunk_frames)
     pieces = max(1, config.nj) if len(feats.shards) < 2 * config.nj else 1
     jobs, waiting = [], []
     for i, info in enumerate(feats.shards):
         mine = [u for u in info.keys if u in pre_seqs]
         parts = [p for p in (mine[k::pieces] for k in range(pieces)) if p]
         waiting.append(len(parts))
-        jobs += [(i, feats.shard_paths[i], {u: pre_seqs[u] for u in p}, state, kwargs) for p in parts]
+        jobs += [(i, feats.shard_paths[i], {u: pre_seqs[u] for u in p}, state, how) for p in parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     got: list[dict[str, UttAlignment]] = [{} for _ in feats.shards]
     results: list = [None] * len(feats.shards)
@@ -215,7 +209,7 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         log.warning("%s: %d word token(s) of %d type(s) have no pronunciation and were aligned as %s, e.g. %s",
                     out_dir, sum(oov.values()), len(oov), UNK, oov.most_common(5))
     seconds = time.time() - t0
-    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, identity=ident)
+    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, inputs)
     log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
              frames / max(seconds, 1e-9), len(skipped),
              f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "")

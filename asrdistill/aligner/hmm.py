@@ -40,7 +40,7 @@ import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_graphs
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_utt_graphs
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.aligner.viterbi import viterbi_batch
@@ -61,6 +61,7 @@ __all__ = [
     "prepare_transcripts",
     "equal_alignment",
     "estimate_self_loops",
+    "ShardPass",
     "process_shard",
     "shard_feats",
     "FEATS_CACHE",
@@ -359,21 +360,35 @@ class ShardResult:
     mllt: MlltStats | None = None  # with ``mllt_stats``
 
 
-def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, *, realign: bool,
-                  accumulate_stats: bool, alignment: Mapping[str, UttAlignment] | None = None,
-                  optional_prob: float = 0.5, boundary_silence: bool = True, device: str = "cpu",
-                  max_cells: int = 20_000_000, chunk_frames: int = 20_000, cache: bool = True, equal: bool = False,
-                  mllt_stats: bool = False) -> ShardResult:
-    """Align (Viterbi, or equally with ``equal``) and/or accumulate statistics for one feature shard.
+@dataclass(frozen=True)
+class ShardPass:
+    """What one pass of :func:`process_shard` does over a shard, with which training graphs and search limits."""
+
+    realign: bool = False           # align afresh (else the given alignment supplies the pdfs)
+    equal: bool = False             # flat start: equal alignment along the default path instead of Viterbi
+    accumulate_stats: bool = False  # GMM statistics on the (new or given) alignment
+    mllt_stats: bool = False        # MLLT statistics too
+    optional_prob: float = 0.5      # training graphs: probability of the optional silence between words
+    boundary_silence: bool = True   # ... and optional silence at both ends
+    device: str = "cpu"
+    max_cells: int = 20_000_000     # Viterbi: trellis cells per batch of utterances
+    chunk_frames: int = 20_000      # frames scored per GMM call
+    cache: bool = True              # keep the shard's features in memory for the next pass
+
+
+def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, how: ShardPass,
+                  alignment: Mapping[str, UttAlignment] | None = None) -> ShardResult:
+    """Align (Viterbi, or equally with ``how.equal``) and/or accumulate statistics for one feature shard.
 
     Only utterances in ``seqs`` are used; each is aligned to its full training
     graph (every pronunciation, optional silence; triphone contexts exact for
     a tree model), so pronunciation and silence are decided afresh. Without
-    ``realign`` the given ``alignment`` supplies the pdfs. An utterance whose
+    ``how.realign`` the given ``alignment`` supplies the pdfs. An utterance whose
     frame count cannot fit its graph, or that has no finite path, is reported
-    in ``skipped``. ``mllt_stats`` also accumulates MLLT statistics.
+    in ``skipped``.
     """
-    feats = shard_feats(Path(shard), cache)
+    realign, equal, device = how.realign, how.equal, how.device
+    feats = shard_feats(Path(shard), how.cache)
     gmm = model.gmm.to(device) if model.gmm.device != torch.device(device) else model.gmm
     utts = [u for u in feats if u in seqs]
     skipped: dict[str, str] = {}
@@ -382,8 +397,8 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
     xs = {u: model.transform.apply(feats[u]) for u in utts}
     if realign or equal:
         graphs: dict[str, UttGraph] = {}
-        built = build_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, optional_prob, boundary_silence,
-                             context=model.tree is not None)
+        built = build_utt_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, how.optional_prob,
+                                 how.boundary_silence, context=model.tree is not None)
         for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
                 skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "
@@ -402,7 +417,7 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
         else:
             # score chunks of utterances at once (bigger matmuls), only the pdfs their graphs use
             start = 0
-            budget = max(1000, min(chunk_frames, 20_000_000 // max(1, gmm.num_gauss)))
+            budget = max(1000, min(how.chunk_frames, 20_000_000 // max(1, gmm.num_gauss)))
             while start < len(todo):
                 end, n = start, 0
                 while end < len(todo) and (n == 0 or n + xs[todo[end]].shape[0] <= budget):
@@ -417,7 +432,7 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                     idx = torch.from_numpy(np.searchsorted(pdfs, graphs[u].pdf)).to(ll.device)
                     lls.append(ll[offs:offs + t][:, idx])
                     offs += t
-                paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, max_cells)
+                paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, how.max_cells)
                 for u, path, sc in zip(chunk, paths, scores):
                     if path is None:
                         skipped[u] = "every path through its transcript's graph has zero probability"
@@ -428,9 +443,9 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                 start = end
         alignment = out_ali
     stats, mllt = None, None
-    if accumulate_stats or mllt_stats:
+    if how.accumulate_stats or how.mllt_stats:
         stats = GmmStats.zeros(gmm.num_gauss, gmm.dim)
-        mllt = MlltStats.zeros(gmm.dim) if mllt_stats else None
+        mllt = MlltStats.zeros(gmm.dim) if how.mllt_stats else None
         if alignment:
             used = [u for u in utts if u in alignment and alignment[u].pdf.size]
             for u in used:
@@ -444,7 +459,7 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                 if mllt is not None:
                     accumulate_mllt(gmm, x, pdf, mllt)
         stats = GmmStats(stats.occ.cpu(), stats.x.cpu(), stats.xx.cpu(), stats.loglik, stats.frames)
-        stats = stats if accumulate_stats else None
+        stats = stats if how.accumulate_stats else None
     return ShardResult(stats, out_ali, skipped, score_sum, ali_frames, mllt)
 
 
@@ -453,9 +468,9 @@ def _worker_init() -> None:
 
 
 def _worker(args: tuple) -> ShardResult:
-    shard, seqs, state, alignment, kwargs = args
+    shard, seqs, state, alignment, how = args
     model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
-    return process_shard(shard, seqs, model, alignment=alignment, **kwargs)
+    return process_shard(shard, seqs, model, how, alignment)
 
 
 class ShardRunner:
@@ -467,12 +482,13 @@ class ShardRunner:
         self.executor = Executor(1 if gpu else nj, initializer=None if gpu else _worker_init)
 
     def map(self, jobs: Sequence[tuple[Path, Mapping[str, Transcript]]], model: HmmModel,
-            alignment: Mapping[str, UttAlignment] | None, desc: str, **kwargs) -> Iterable[ShardResult]:
-        """Yield one :class:`ShardResult` per job, in any order, with a progress bar."""
-        kwargs.setdefault("device", self.device)
+            alignment: Mapping[str, UttAlignment] | None, desc: str, how: ShardPass) -> Iterable[ShardResult]:
+        """Yield one :class:`ShardResult` per job (``how`` on this runner's device), in any order, with a progress
+        bar."""
+        how = dataclasses.replace(how, device=self.device)
         state = model.state()
         args = [(p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None,
-                 kwargs) for p, seqs in jobs]
+                 how) for p, seqs in jobs]
         it = self.executor.map(_worker, args, ordered=False)
         yield from progress(it, total=len(args), desc=desc, unit="shard", leave=False)
 
@@ -547,10 +563,10 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Tran
             new_ali: dict[str, UttAlignment] = {}
             skipped = {} if realign else skipped
             score, frames = 0.0, 0
-            for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", realign=realign,
-                                  accumulate_stats=True, optional_prob=config.optional_silence_prob,
-                                  boundary_silence=config.boundary_silence, max_cells=config.max_cells,
-                                  chunk_frames=config.chunk_frames, mllt_stats=mllt):
+            how = ShardPass(realign=realign, accumulate_stats=True, mllt_stats=mllt,
+                            optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence,
+                            max_cells=config.max_cells, chunk_frames=config.chunk_frames)
+            for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", how):
                 stats.add(res.stats)
                 if mllt_acc is not None:
                     mllt_acc.add(res.mllt)

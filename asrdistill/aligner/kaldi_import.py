@@ -31,7 +31,7 @@ import numpy as np
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.datadir import check_pipes
-from asrdistill.fileio import identity, is_done, mark_done, read_skipped, write_skipped
+from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress
 
@@ -100,10 +100,9 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     if ali.suffix == ".scp" and ali.is_file():
         check_pipes(ali, allow_pipes)
     num_pdfs = ContextTree.load(tree).num_pdfs
-    ident = identity(ali, feats.path, feats.shard_paths, tree)
-    if is_done(out_dir, "kaldi_import", ident) and not force:
+    inputs = {"ali": ali, "feats": [feats.path, feats.shard_paths], "tree": tree}
+    if stage_done(out_dir, "kaldi_import", inputs, force) is not None:
         pdf = ShardManifest.load(out_dir, PDF_PREFIX)
-        log.info("%s: already imported, skipping (force to redo)", out_dir)
         return ImportResult(pdf, read_skipped(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
                             pdf.num_frames)
     t0 = time.time()
@@ -139,8 +138,7 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
                                                      "tree_sha256": tree_sha256(tree)})
     pdf.save()
     write_skipped(out_dir / "skipped.tsv", skipped)
-    mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)},
-              identity=ident)
+    mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)}, inputs)
     if skipped:
         log.warning("%s: %d utterance(s) without a usable alignment, e.g. %s (see skipped.tsv)", out_dir,
                     len(skipped), list(skipped.items())[:3])

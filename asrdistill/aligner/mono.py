@@ -19,13 +19,13 @@ import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
 from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, ShardRunner, UttAlignment, shard_jobs, \
-    plot_convergence, prepare_transcripts, train_gmm_hmm
+    ShardPass, plot_convergence, prepare_transcripts, train_gmm_hmm
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.fileio import clear_done, identity, is_done, mark_done, write_skipped
+from asrdistill.fileio import mark_done, stage_done, write_skipped
 from asrdistill.logs import progress
 
 __all__ = ["MonoConfig", "train_mono"]
@@ -63,14 +63,10 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     realignment; the others are trained on) and the ``.mono.done`` marker.
     """
     exp_dir = Path(exp_dir)
-    ident = identity(result_settings(config), feats.path, feats.shard_paths, dict(text), lang)
-    if is_done(exp_dir, "mono") and not force:
-        if is_done(exp_dir, "mono", ident):
-            log.info("%s: monophone model already trained, skipping (force to redo)", exp_dir)
-            return HmmModel.load(exp_dir / "final.pt")
-        log.info("%s: config, features, transcripts or lang changed since the monophone training; training again",
-                 exp_dir)
-    clear_done(exp_dir, "mono")
+    inputs = {"config": result_settings(config), "feats": [feats.path, feats.shard_paths], "text": dict(text),
+              "lang": lang}
+    if stage_done(exp_dir, "mono", inputs, force) is not None:
+        return HmmModel.load(exp_dir / "final.pt")
     if config.silence_states < 1 or config.states < 1:
         raise ValueError("mono: states and silence_states must be >= 1")
     t0 = time.time()
@@ -98,9 +94,9 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     # equal alignment (Kaldi align-equal-compiled), then the re-estimation loop
     init_ali: dict[str, UttAlignment] = {}
     with ShardRunner(config.nj, config.device) as runner:
-        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", realign=False, equal=True,
-                              accumulate_stats=False, optional_prob=config.optional_silence_prob,
-                              boundary_silence=config.boundary_silence):
+        flat_start = ShardPass(equal=True, optional_prob=config.optional_silence_prob,
+                               boundary_silence=config.boundary_silence)
+        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", flat_start):
             init_ali.update(res.alignments)
             skipped.update(res.skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})
@@ -112,7 +108,7 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     write_skipped(exp_dir / "skipped.tsv", skipped)
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "mono", {"config": to_dict(config), "num_utts": len(ali), "skipped": len(skipped),
-                                "seconds": round(time.time() - t0, 1)}, identity=ident)
+                                "seconds": round(time.time() - t0, 1)}, inputs)
     log.info("monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped%s",
              time.time() - t0, model.gmm.num_gauss, model.num_pdfs, len(skipped),
              f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")

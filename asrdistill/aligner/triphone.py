@@ -40,7 +40,7 @@ from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import clear_done, identity, is_done, mark_done, read_skipped, write_skipped
+from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_aligned, iter_shard
 
@@ -165,14 +165,11 @@ def train_triphone(
     finished ``exp_dir`` is loaded, not retrained, unless ``force``.
     """
     exp_dir = Path(exp_dir)
-    ident = identity(result_settings(config), result_settings(tree_config), mono_ali.path, mono_ali.shard_paths,
-                     feats.path, feats.shard_paths, dict(text), lang, mono.to_dict())
-    if is_done(exp_dir, "tri") and not force:
-        if is_done(exp_dir, "tri", ident):
-            log.info("%s: triphone model already trained (force to redo)", exp_dir)
-            return HmmModel.load(exp_dir / "final.pt")
-        log.info("%s: config or inputs changed since the triphone training; training again", exp_dir)
-    clear_done(exp_dir, "tri")
+    inputs = {"config": result_settings(config), "tree_config": result_settings(tree_config),
+              "mono_ali": [mono_ali.path, mono_ali.shard_paths], "feats": [feats.path, feats.shard_paths],
+              "text": dict(text), "lang": lang, "mono": mono.to_dict()}
+    if stage_done(exp_dir, "tri", inputs, force) is not None:
+        return HmmModel.load(exp_dir / "final.pt")
     t0 = time.time()
     if config.feature_transform == "deltas":
         transform = mono.transform
@@ -207,7 +204,7 @@ def train_triphone(
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
     mark_done(exp_dir, "tri", {"config": to_dict(config), "tree_config": to_dict(tree_config),
                                "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss, "skipped": len(skipped),
-                               "seconds": round(time.time() - t0, 1)}, identity=ident)
+                               "seconds": round(time.time() - t0, 1)}, inputs)
     log.info("triphone training done in %.1f s: %d senones, %d Gaussians, %d utterances; %d skipped%s",
              time.time() - t0, tree.num_pdfs, model.gmm.num_gauss, len(final_ali), len(skipped),
              f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")

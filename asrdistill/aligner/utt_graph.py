@@ -36,7 +36,7 @@ import numpy as np
 
 from asrdistill.aligner.topology import Topology
 
-__all__ = ["UttGraph", "Transcript", "MonophonePdfs", "PdfFn", "build_graph", "build_graphs"]
+__all__ = ["UttGraph", "Transcript", "MonophonePdfs", "PdfFn", "build_utt_graph", "build_utt_graphs"]
 
 PdfFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 _NEG_INF = -math.inf
@@ -162,8 +162,8 @@ def _phone_instances(tr: Transcript, sil_prob: float, boundary_silence: bool
     return insts, arcs, init, final
 
 
-def build_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
-                boundary_silence: bool = True, context: bool = False) -> UttGraph:
+def build_utt_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
+                    boundary_silence: bool = True, context: bool = False) -> UttGraph:
     """The training graph of ``transcript``: all pronunciations, optional silence entered with ``sil_prob``.
 
     ``sil_prob`` 0 allows no silence at all, 1 forces it between words.
@@ -262,16 +262,16 @@ def build_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_p
                     final_lp, min_frames, np.asarray(path, dtype=np.int64))
 
 
-def build_graphs(transcripts: Sequence[Transcript], topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
-                 boundary_silence: bool = True, context: bool = False) -> list[UttGraph]:
-    """:func:`build_graph` for many transcripts with a single ``pdf_of`` call (a tree lookup costs per call)."""
+def build_utt_graphs(transcripts: Sequence[Transcript], topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
+                     boundary_silence: bool = True, context: bool = False) -> list[UttGraph]:
+    """:func:`build_utt_graph` for many transcripts with a single ``pdf_of`` call (a tree lookup costs per call)."""
     contexts: list[tuple[np.ndarray, ...]] = []
 
     def record(*ctx: np.ndarray) -> np.ndarray:
         contexts.append(ctx)
         return np.zeros(len(ctx[1]), dtype=np.int64)
 
-    graphs = [build_graph(t, topology, record, sil_prob, boundary_silence, context) for t in transcripts]
+    graphs = [build_utt_graph(t, topology, record, sil_prob, boundary_silence, context) for t in transcripts]
     if graphs:
         pdf = np.asarray(pdf_of(*(np.concatenate(c) for c in zip(*contexts))), dtype=np.int64)
         if (pdf < 0).any():

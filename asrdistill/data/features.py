@@ -31,7 +31,7 @@ import torch
 from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.config import to_dict
 from asrdistill.data.datadir import DataDir
-from asrdistill.fileio import atomic_open, clear_done, identity, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import atomic_open, mark_done, stage_done, write_json_atomic, write_skipped
 from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
 from asrdistill.parallel import Executor
 from asrdistill import logs
@@ -462,17 +462,14 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     stage = "features"
     # the audio files are not fingerprinted (a corpus is not edited in place; statting 280k files
     # costs minutes): their list and durations are
-    ident = identity(config.extraction_dict(), str(data_dir), data_dir / "wav.scp", data_dir / "utt2dur")
-    if not force and is_done(out_dir, stage):
-        if is_done(out_dir, stage, ident):
-            log.info("%s: features already computed (force to recompute)", out_dir)
-            return ShardManifest.load(out_dir, FEATS_PREFIX)
-        log.info("%s: earlier features were computed with other settings or data; recomputing", out_dir)
+    inputs = {"config": config.extraction_dict(), "data_dir": str(data_dir), "wav.scp": data_dir / "wav.scp",
+              "utt2dur": data_dir / "utt2dur"}
+    if stage_done(out_dir, stage, inputs, force) is not None:
+        return ShardManifest.load(out_dir, FEATS_PREFIX)
     data = DataDir.load(data_dir)
     if not data.wav:
         raise ValueError(f"{data_dir}: wav.scp lists no utterances")
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_done(out_dir, stage)
     durs = _durations(data, data_dir)
     excluded = [(u, data.wav[u], f"duration {d:.2f} s outside [{config.min_duration:g}, {config.max_duration:g}] s "
                                  "(features.min_duration/max_duration)")
@@ -512,10 +509,7 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     manifest.shards = [r.info for r in ordered if r.info.keys]
     skipped = excluded + [s for r in ordered for s in r.skipped]
     frames = {u: n for r in ordered for u, n in r.frames.items()}
-    with atomic_open(out_dir / "skipped.tsv") as f:
-        f.write("utt_id\tfile\treason\n")
-        for utt, wav, reason in skipped:
-            f.write(f"{utt}\t{wav}\t{reason}\n")
+    write_skipped(out_dir / "skipped.tsv", skipped)
     if not manifest.shards:
         raise ValueError(f"{data_dir}: no utterance could be read; reasons in {out_dir / 'skipped.tsv'}")
     manifest.meta = {
@@ -531,7 +525,7 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
         for utt in sorted(frames):
             f.write(f"{utt} {frames[utt]}\n")
     manifest.save()
-    mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)}, identity=ident)
+    mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)}, inputs)
     if todo:
         log.info("%s: %.2f h of audio in %.1f s (%.0fx real-time, nj=%d)", out_dir, done_seconds / 3600,
                  elapsed, done_seconds / max(elapsed, 1e-9), nj)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 from asrdistill.data.features import Cmvn
-from asrdistill.data.shards import ShardManifest, iter_aligned
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest, iter_aligned
 
-__all__ = ["FrameConfig", "Batch", "FrameStream", "iter_utterances", "context_windows"]
+__all__ = ["FrameConfig", "FrameData", "Batch", "FrameStream", "iter_utterances", "context_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,54 @@ class FrameConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
+
+@dataclass(frozen=True)
+class FrameData:
+    """A recipe's frame-level data, as every stage after alignment reads it: features and senone labels per set.
+
+    ``feats_root/<set>/feats.manifest.json`` (features), ``labels_root/<set>/pdf.manifest.json`` (the
+    aligner's labels), the CMVN statistics of the training features and how frames are windowed and batched.
+    One object instead of the same six arguments in every evaluation, ensemble and specialists call.
+    """
+
+    feats_root: Path
+    labels_root: Path
+    train_set: str
+    dev_set: str
+    test_set: str = ""                 # "" where a stage reads no test set
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    cmvn_path: Path | None = None      # None: ``feats_root/<train_set>/cmvn.json``
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feats_root", Path(self.feats_root))
+        object.__setattr__(self, "labels_root", Path(self.labels_root))
+        cmvn = self.feats_root / self.train_set / "cmvn.json" if self.cmvn_path is None else Path(self.cmvn_path)
+        object.__setattr__(self, "cmvn_path", cmvn)
+
+    @property
+    def sets(self) -> tuple[str, str, str]:
+        return self.train_set, self.dev_set, self.test_set
+
+    def cmvn(self) -> Cmvn:
+        return Cmvn.load(self.cmvn_path)
+
+    def feats(self, subset: str) -> ShardManifest:
+        """The features of ``subset``."""
+        return ShardManifest.load(self.feats_root / subset, FEATS_PREFIX)
+
+    def labels_dir(self, subset: str) -> Path:
+        return self.labels_root / subset
+
+    def labels(self, subset: str) -> ShardManifest | None:
+        """The senone labels of ``subset``, or None if it has none (a test set without alignments)."""
+        if not ShardManifest.manifest_path(self.labels_dir(subset), PDF_PREFIX).is_file():
+            return None
+        return ShardManifest.load(self.labels_dir(subset), PDF_PREFIX)
+
+    def labelled(self, subset: str) -> tuple[ShardManifest, ShardManifest]:
+        """Features and labels of ``subset``; missing labels are an error naming the folder."""
+        return self.feats(subset), ShardManifest.load(self.labels_dir(subset), PDF_PREFIX)
 
 
 @dataclass

@@ -30,7 +30,7 @@ import soundfile as sf
 from asrdistill.data.corpus import NORMALIZATION, normalize_transcript
 from asrdistill.data.datadir import DataDir, check_pipes, is_pipe, read_kv, write_kv
 from asrdistill.data.shards import FEATS_PREFIX, ShardManifest, plan_shards, write_shard
-from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.fileio import atomic_open, write_json_atomic, write_skipped
 
 __all__ = ["ImportReport", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
 
@@ -109,9 +109,7 @@ def import_data_dir(src: str | Path, out_dir: str | Path, allow_pipes: bool = Fa
     data.save(out_dir)
     write_json_atomic(out_dir / "normalization.json", {"rule": NORMALIZATION, "changed_utterances": report.normalized,
                                                        "source": str(src)})
-    with atomic_open(out_dir / "skipped.tsv") as f:
-        f.write("utt_id\treason\n")
-        f.writelines(f"{u}\t{r}\n" for u, r in report.skipped)
+    write_skipped(out_dir / "skipped.tsv", dict(report.skipped))
     report.utterances = len(data.wav)
     log.info("%s -> %s: %d utterance(s), %d skipped, %d transcript(s) changed by normalisation", src, out_dir,
              report.utterances, len(report.skipped), report.normalized)

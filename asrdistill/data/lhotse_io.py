@@ -26,7 +26,7 @@ import soundfile as sf
 
 from asrdistill.data.corpus import NORMALIZATION, normalize_transcript
 from asrdistill.data.datadir import DataDir, write_kv
-from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.fileio import atomic_open, write_json_atomic, write_skipped
 
 __all__ = ["import_lhotse", "export_lhotse"]
 
@@ -110,9 +110,7 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
         write_kv(out_dir / "text.orig", orig)
     write_json_atomic(out_dir / "normalization.json", {"rule": NORMALIZATION, "changed_utterances": changed,
                                                        "source": [str(m) for m in manifests]})
-    with atomic_open(out_dir / "skipped.tsv") as f:
-        f.write("utt_id\treason\n")
-        f.writelines(f"{u}\t{r}\n" for u, r in skipped)
+    write_skipped(out_dir / "skipped.tsv", dict(skipped))
     log.info("%s -> %s: %d utterance(s), %d skipped", [str(m) for m in manifests], out_dir, len(data.wav), len(skipped))
     return data
 

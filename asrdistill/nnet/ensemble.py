@@ -21,7 +21,6 @@ held-out frames, the share of the exact soft loss a cached form keeps, and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import clear_done, is_done, mark_done, write_json_atomic, write_text_atomic
+from asrdistill.fileio import mark_done, stage_done, write_json_atomic, write_text_atomic
 from asrdistill.data.frames import FrameConfig, iter_utterances
 from asrdistill.nnet.model import FrameDNN, autocast, load_model
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
@@ -315,11 +314,7 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
                 "num_teachers": len(teachers), "teachers_sha256": teachers_id, "feats": str(feats.path),
                 "feats_sha256": feats_id, "context": [frame_config.left, frame_config.right],
                 **((extra_meta or {}).get(t) or {})} for t in dirs}
-    todo = {t: d for t, d in dirs.items() if force or not (is_done(d, "soft") and _marker(d) == info[t])}
-    for t, d in todo.items():
-        if is_done(d, "soft"):
-            log.info("%s: made by other teachers or settings; rebuilding", d)
-        clear_done(d, "soft")
+    todo = {t: d for t, d in dirs.items() if stage_done(d, "soft", info[t], force) is None}
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=info[t]) for t, d in todo.items()}
     bar = progress(total=feats.num_frames, unit="frame", unit_scale=True, desc="soft targets", disable=not todo)
     for index, shard in enumerate(feats.shards):
@@ -341,7 +336,7 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
     bar.close()
     for t, manifest in manifests.items():
         manifest.save()
-        mark_done(todo[t], "soft", info[t])
+        mark_done(todo[t], "soft", info[t], info[t])
         form = f"top-{info[t]['k']}" if info[t]["k"] else "dense"
         log.info("%s: %s soft targets at T=%g for %d frames", todo[t], form, t, manifest.num_frames)
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
@@ -385,6 +380,7 @@ def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, de
                        config.method, device, force,
                        extra_meta={t: {"fidelity": r["fidelity"], "min_fidelity": config.min_fidelity}
                                    for t, r in record.items()})
+    mark_done(out_dir, "ensemble", {"kind": "ensemble", "members": rel})  # the system's kind, for evaluation
     return record
 
 
@@ -410,6 +406,3 @@ def system_checkpoints(system_dir: str | Path) -> list[Path]:
         return [system_dir / "best.pt"]
     raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
 
-
-def _marker(directory: Path) -> dict:
-    return json.loads((directory / ".soft.done").read_text(encoding="utf-8"))

@@ -56,10 +56,10 @@ from torch import Tensor
 from asrdistill.aligner.tree import ContextTree
 from asrdistill.config import to_dict
 from asrdistill.data.features import Cmvn
-from asrdistill.data.frames import Batch, FrameConfig, FrameStream, iter_utterances
+from asrdistill.data.frames import Batch, FrameConfig, FrameData, FrameStream, iter_utterances
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, iter_shard, write_shard
-from asrdistill.fileio import atomic_path, clear_done, is_done, mark_done, write_json_atomic
+from asrdistill.fileio import atomic_path, mark_done, stage_done, write_json_atomic
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.ensemble import fingerprint, posterior_stream, stored_target
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
@@ -288,23 +288,24 @@ def read_groups(path: str | Path) -> tuple[list[SenoneGroup], int]:
     return groups, c
 
 
-def group_senones(generalist_path: str | Path, dev_feats: ShardManifest, dev_labels: ShardManifest, cmvn: Cmvn,
-                  frames: FrameConfig, config: SpecialistConfig, out_dir: str | Path, tree: ContextTree | None = None,
-                  lang: Lang | None = None, device: str | torch.device = "cpu", force: bool = False
-                  ) -> list[SenoneGroup]:
-    """The groups stage: ``out_dir/groups.json`` from the generalist's dev predictions (kept if inputs are unchanged)."""
+def group_senones(generalist_path: str | Path, data: FrameData, config: SpecialistConfig, out_dir: str | Path, *,
+                  tree: ContextTree | None = None, lang: Lang | None = None, device: str | torch.device = "cpu",
+                  force: bool = False) -> list[SenoneGroup]:
+    """The groups stage: ``out_dir/groups.json`` from the generalist's predictions on ``data``'s dev set (kept if
+    inputs are unchanged)."""
     path = Path(out_dir) / GROUPS_FILE
     generalist = load_model(generalist_path, device)
+    (dev_feats, dev_labels), cmvn, frames = data.labelled(data.dev_set), data.cmvn(), data.frames
     info = {"generalist": fingerprint([generalist]), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "context": [frames.left, frames.right], "config": config.group_fields(),
             "phones": tree is not None and lang is not None}
-    if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("info") == info:
-        log.info("%s: up to date", path)
+    if stage_done(out_dir, "groups", info, force) is not None:
         return read_groups(path)[0]
     stats = dev_statistics(generalist, dev_feats, dev_labels, cmvn, frames, device)
     groups = find_groups(stats, config)
     phones = pdf_phones(tree, lang) if info["phones"] else None
     write_groups(path, groups, stats, generalist.num_classes, phones, info)
+    mark_done(out_dir, "groups", {"groups": len(groups)}, info)
     total = int(stats.confusions.sum())
     log.info("%s: %d groups of %s senones cover %d of the generalist's %d dev errors within a group", path,
              len(groups), "/".join(str(len(g.senones)) for g in groups) or "no", sum(g.errors_within for g in groups),
@@ -368,11 +369,10 @@ def _enriched(stream: FrameStream, epoch: int, in_group: Tensor, fraction: float
             yield Batch(torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]), None, None)
 
 
-def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManifest,
-                     labels: ShardManifest, dev_feats: ShardManifest, dev_labels: ShardManifest, cmvn: Cmvn,
-                     frames: FrameConfig, config: SpecialistConfig, out_dir: str | Path,
-                     device: str | torch.device = "cpu", force: bool = False) -> dict:
-    """Train one specialist into ``out_dir/final.pt``; returns its dev metrics (kept when already done).
+def train_specialist(generalist: FrameDNN, group: SenoneGroup, data: FrameData, config: SpecialistConfig,
+                     out_dir: str | Path, *, device: str | torch.device = "cpu", force: bool = False) -> dict:
+    """Train one specialist on ``data``'s train set into ``out_dir/final.pt``; returns its dev metrics (kept when
+    already done).
 
     ``nnet.train.train`` cannot be reused: it builds a fresh model over all
     senones from an unbiased stream; a specialist starts from the generalist
@@ -389,15 +389,14 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManif
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
+    (feats, labels), (dev_feats, dev_labels) = data.labelled(data.train_set), data.labelled(data.dev_set)
+    cmvn, frames = data.cmvn(), data.frames
     info = {"generalist": fingerprint([generalist]), "senones": group.senones, "feats": str(feats.path),
             "labels": str(labels.path), "dev": [str(dev_feats.path), str(dev_labels.path)],
             "frames": to_dict(frames), "config": config.train_fields()}
-    if not force and is_done(out_dir, "specialist"):
-        done = json.loads((out_dir / ".specialist.done").read_text(encoding="utf-8"))
-        if done.get("info") == info:
-            return done["result"]
-        log.info("%s: inputs changed since it was trained; training again", out_dir)
-    clear_done(out_dir, "specialist")
+    done = stage_done(out_dir, "specialist", info, force)
+    if done is not None:
+        return done["result"]
     torch.manual_seed(config.seed + group.id)
     c = generalist.num_classes
     senones = torch.tensor(group.senones, dtype=torch.int64, device=device)
@@ -459,7 +458,7 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, feats: ShardManif
             "generalist": info["generalist"], "result": result}
     with atomic_path(out_dir / "final.pt") as tmp:
         torch.save(ckpt, tmp)
-    mark_done(out_dir, "specialist", {"info": info, "result": result})
+    mark_done(out_dir, "specialist", {"result": result}, info)
     log.info("specialist %d (%d senones): dev accuracy on its frames %.2f%% (generalist %.2f%%) over %d frames",
              group.id, len(senones), 100 * result["dev_acc"], 100 * result["generalist_dev_acc"],
              result["dev_frames"])
@@ -518,10 +517,8 @@ def load_specialist(path: str | Path, device: str | torch.device = "cpu",
     return Specialist(model.to(device).eval().requires_grad_(False), senones.to(device))
 
 
-def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels: ShardManifest,
-                      dev_feats: ShardManifest, dev_labels: ShardManifest, cmvn: Cmvn, frames: FrameConfig,
-                      config: SpecialistConfig, out_dir: str | Path, device: str | torch.device = "cpu",
-                      force: bool = False) -> dict:
+def train_specialists(generalist_path: str | Path, data: FrameData, config: SpecialistConfig, out_dir: str | Path,
+                      *, device: str | torch.device = "cpu", force: bool = False) -> dict:
     """The training stage: one specialist per group of ``out_dir/groups.json`` in ``out_dir/spec_NN``.
 
     A group that cannot be trained (e.g. too few frames) is logged and skipped;
@@ -537,8 +534,8 @@ def train_specialists(generalist_path: str | Path, feats: ShardManifest, labels:
     trained, skipped = {}, {}
     for g in groups:
         try:
-            trained[g.id] = train_specialist(generalist, g, feats, labels, dev_feats, dev_labels,
-                                             cmvn, frames, config, out_dir / f"spec_{g.id:02d}", device, force)
+            trained[g.id] = train_specialist(generalist, g, data, config, out_dir / f"spec_{g.id:02d}",
+                                             device=device, force=force)
         except ValueError as e:
             log.error("specialist %d skipped: %s", g.id, e)
             skipped[g.id] = str(e)
@@ -721,20 +718,21 @@ def stream_accuracy(stream: Iterable[tuple[str, Tensor, Tensor | None]],
             "frames_in_groups": counts["in"], "acc_outside": rate("out"), "frames_outside": counts["out"]}
 
 
-def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, sets: dict[str, tuple[ShardManifest,
-                         ShardManifest]], cmvn: Cmvn, frames: FrameConfig, config: SpecialistConfig,
-                         device: str | torch.device = "cpu") -> dict:
+def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, data: FrameData, subsets: Sequence[str],
+                         config: SpecialistConfig, *, device: str | torch.device = "cpu") -> dict:
     """Frame accuracy of the generalist and of generalist + specialists on each labelled set, in and outside the groups.
 
-    ``sets``: name -> (features, labels). Writes ``out_dir/frame_accuracy.json``.
+    ``subsets``: names of ``data``'s labelled sets. Writes ``out_dir/frame_accuracy.json``.
     """
+    cmvn, frames = data.cmvn(), data.frames
     out_dir = Path(out_dir)
     generalist = load_model(generalist_path, device)
     specialists = load_specialists(out_dir, device, generalist)
     groups = [s.senones.tolist() for s in specialists]
     result = {"specialists": len(specialists), "top_classes": config.top_classes,
               "combine_steps": config.combine_steps, "sets": {}}
-    for name, (feats, labels) in sets.items():
+    for name in subsets:
+        feats, labels = data.labelled(name)
         gen = stream_accuracy(posterior_stream([generalist], feats, cmvn, frames, labels, device=device), groups)
         comb = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, frames, labels,
                                                  config.top_classes, config.combine_steps, device), groups)
@@ -767,12 +765,7 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
     meta = {t: {"temperature": t, "num_classes": c, "source": "generalist+specialists", "feats": str(feats.path),
                 "context": [frames.left, frames.right], "top_classes": config.top_classes,
                 "combine_steps": config.combine_steps, **(info or {})} for t in dirs}
-    todo = {}
-    for t, d in dirs.items():
-        if not force and is_done(d, "soft") and json.loads((d / ".soft.done").read_text(encoding="utf-8")) == meta[t]:
-            continue
-        clear_done(d, "soft")
-        todo[t] = d
+    todo = {t: d for t, d in dirs.items() if stage_done(d, "soft", meta[t], force) is None}
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=meta[t]) for t, d in todo.items()}
     for index, shard in enumerate(feats.shards if todo else []):
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
@@ -789,16 +782,17 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
             manifests[t].shards.append(write_shard(todo[t] / f"{SOFT_PREFIX}-{index:06d}.tar", samples))
     for t, manifest in manifests.items():
         manifest.save()
-        mark_done(todo[t], "soft", meta[t])
+        mark_done(todo[t], "soft", meta[t], meta[t])
         log.info("%s: dense soft targets of generalist + %d specialists at T=%g for %d frames", todo[t],
                  len(specialists), t, manifest.num_frames)
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
 
 
-def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, feats: ShardManifest, cmvn: Cmvn,
-                             frames: FrameConfig, temperatures: Sequence[float], config: SpecialistConfig,
+def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, data: FrameData,
+                             temperatures: Sequence[float], config: SpecialistConfig, *,
                              device: str | torch.device = "cpu", force: bool = False) -> dict[float, ShardManifest]:
-    """The caching stage: :func:`cache_combination_targets` of the trained specialists into ``out_dir/soft_T<t>``.
+    """The caching stage: :func:`cache_combination_targets` of the trained specialists on ``data``'s train set
+    into ``out_dir/soft_T<t>``.
 
     The marker records the weight fingerprints of the generalist and the
     specialists, so retraining any of them makes the cache stale.
@@ -808,4 +802,5 @@ def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, f
     specialists = load_specialists(out_dir, device, generalist)
     info = {"generalist": fingerprint([generalist]), "specialists": fingerprint([s.model for s in specialists])}
     dirs = {float(t): out_dir / f"soft_T{t:g}" for t in temperatures}
-    return cache_combination_targets(generalist, specialists, feats, cmvn, frames, dirs, config, device, info, force)
+    return cache_combination_targets(generalist, specialists, data.feats(data.train_set), data.cmvn(), data.frames,
+                                     dirs, config, device, info, force)

@@ -52,21 +52,22 @@ from asrdistill.config import from_dict, to_dict
 from asrdistill.nnet.ensemble import (ensemble_logprobs, fingerprint, frame_accuracy, load_teachers, read_members,
                                      reference_posteriors, system_checkpoints)
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import (atomic_path, clear_done, identity, is_done, json_safe, load_weights, mark_done,
-                               remove_temporaries, write_text_atomic)
+from asrdistill.fileio import (atomic_path, clear_done, json_safe, load_weights, mark_done, remove_temporaries,
+                               stage_done, write_text_atomic)
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.kd import kd_loss
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.logs import progress
+from asrdistill.results import COMBINED
 
-__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "still_improving"]
+__all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
 
 log = logging.getLogger(__name__)
 
 # fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device", "reference", "monitor_frames",
-                "improve_tol"}
+_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device", "kind", "reference",
+                "monitor_frames", "improve_tol"}
 
 
 # --------------------------------------------------------------------------- config
@@ -138,6 +139,8 @@ class TrainConfig:
     bf16: bool = True                  # bf16 autocast on CUDA
     compile: bool = False              # torch.compile the model
     progress: bool = True
+    kind: str = ""                     # the run's row in the results table; "": from the config (run_kind), e.g.
+                                       # "sweep" for a distillation setting tried on dev (recorded, not trained on)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.data_fraction <= 1.0:
@@ -389,32 +392,39 @@ def _comparable(config: TrainConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
 
 
+def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
+    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
+
+    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
+    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
+    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
+    """
+    if config.kind:
+        return config.kind
+    if config.data_fraction < 1.0:
+        return "fraction_soft" if config.distill is not None else "fraction_hard"
+    if config.distill is None:
+        return "baseline"
+    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
+
+
 def _start_over(out_dir: Path) -> None:
     for name in ("last.pt", "best.pt", ".train.done"):
         (out_dir / name).unlink(missing_ok=True)
     clear_done(out_dir / "subset", "subset")
 
 
-def _finished_run(out_dir: Path, config: TrainConfig, targets: dict) -> dict | None:
-    """The result of a finished run in ``out_dir`` made with this config and these targets; a stale one is cleared."""
-    if not is_done(out_dir, "train"):
-        return None
-    done = json.loads((out_dir / ".train.done").read_text(encoding="utf-8"))
-    if (done.get("config") == json.loads(json.dumps(_comparable(config))) and done.get("targets") == targets
-            and done.get("identity") == _data_identity(config)):
-        log.info("%s: already trained", out_dir)
-        return {k: v for k, v in done.items() if k != "identity"}
-    log.warning("%s: finished run was made with another config, other train/dev data or other soft "
-                "targets/teachers; training again", out_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _start_over(out_dir)
-    return None
+def _run_inputs(config: TrainConfig, targets: dict) -> dict:
+    """What a run's result depends on (recorded in ``.train.done``): its config, the train/dev features and labels
+    and the CMVN stats, and its distillation targets."""
+    data = {k: Path(getattr(config, k)) for k in ("train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
+    return {"config": _comparable(config), **data, "targets": targets}
 
 
-def _data_identity(config: TrainConfig) -> str:
-    """Identity of the train/dev features and labels and the CMVN stats (recorded in ``.train.done``)."""
-    return identity(*(Path(p) for p in (config.train_feats, config.train_labels, config.dev_feats,
-                                         config.dev_labels, config.cmvn)))
+def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
+    """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
+    return stage_done(out_dir, "train", _run_inputs(config, targets),
+                      on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None)
 
 
 def _truncate_metrics(run: _Run, state: TrainState) -> None:
@@ -462,9 +472,8 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
     if fraction >= 1.0:
         return labels
-    info = {"source": str(labels.path), "fraction": fraction,
-            "identity": identity(labels.path, labels.shard_paths)}
-    if is_done(out_dir, "subset") and json.loads((out_dir / ".subset.done").read_text()) == info:
+    inputs = {"labels": [labels.path, labels.shard_paths], "fraction": fraction}
+    if stage_done(out_dir, "subset", inputs) is not None:
         return ShardManifest.load(out_dir, PDF_PREFIX)
     subset = ShardManifest(out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
                                                          "data_fraction": fraction})
@@ -476,7 +485,7 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     if subset.num_frames == 0:
         raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
     subset.save()
-    mark_done(out_dir, "subset", info)
+    mark_done(out_dir, "subset", {"source": str(labels.path), "fraction": fraction}, inputs)
     log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
     return subset
 
@@ -581,8 +590,11 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     elif config.distill is not None:
         teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
     targets = _teacher_identity(config, soft, teachers)
-    finished = _finished_run(out_dir, config, targets)
+    finished = _finished_run(out_dir, config, targets, rank)
     if finished is not None:
+        if finished.get("kind") != run_kind(config, soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
+            finished["kind"] = run_kind(config, soft)
+            mark_done(out_dir, "train", finished, _run_inputs(config, targets))
         return finished
     if rank == 0:
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
@@ -647,12 +659,12 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
               "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
               "stopped_early": state.stopped, "end_reason": state.end_reason, "budget": config.epochs,
               "still_improving": still_improving(state.history, config.improve_tol),
-              "config": _comparable(config), "targets": targets}
+              "config": _comparable(config), "targets": targets, "kind": run_kind(config, soft)}
     if result["still_improving"]:
         log.warning("%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
                     "while improving; a longer budget would change it", out_dir, config.improve_tol, state.end_reason)
     if rank == 0:
-        mark_done(out_dir, "train", result, identity=_data_identity(config))
+        mark_done(out_dir, "train", result, _run_inputs(config, targets))
     _barrier(run)
     return result
 

@@ -200,6 +200,8 @@ if want 8; then begin 8 "ensemble: posteriors averaged, soft-target fidelity on 
     $(for b in $baselines; do echo exp/$b; done)
 end; fi
 
+# sweep runs record kind 'sweep' (train.kind), so the results table tells them from the students by their own
+# metadata, whatever their folders are called
 sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
 independent_seed=$((num_teachers + 1))
 if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
@@ -207,15 +209,15 @@ if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), th
   # with the sweep: an independent baseline (seed N+1, no ensemble member), the fair reference for how often a
   # single model agrees with the ensemble; measured against the ensemble each epoch like the students
   train_jobs stage9_sweep_T < <(for t in $temperatures; do
-    echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$t --temperature $t" \
-      "--hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
+    echo "train $common $data $force --role student --set train.kind=sweep --seed 100 --soft exp/ensemble/soft_T$t" \
+      "--temperature $t --hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
   done
-  echo "train $common $data $force --seed $independent_seed --set train.reference=exp/ensemble" \
-    "--out exp/independent_baseline")
+  echo "train $common $data $force --seed $independent_seed --set train.kind=independent_baseline" \
+    "--set train.reference=exp/ensemble --out exp/independent_baseline")
   read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
   train_jobs stage9_sweep_hw < <(for hw in ${hard_weights#"$hw0"}; do
-    echo "train $common $data $force --role student --seed 100 --soft exp/ensemble/soft_T$best_t" \
-      "--temperature $best_t --hard-weight $hw --out $(sweep_dir "$best_t" "$hw")"
+    echo "train $common $data $force --role student --set train.kind=sweep --seed 100" \
+      "--soft exp/ensemble/soft_T$best_t --temperature $best_t --hard-weight $hw --out $(sweep_dir "$best_t" "$hw")"
   done)
   read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
   train_jobs stage9_students < <(for i in $(seq 1 "$student_seeds"); do
