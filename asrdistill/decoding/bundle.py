@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_jso
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
+
+if TYPE_CHECKING:
+    from asrdistill.decoding.export import ExportedNetwork
 
 __all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "FolderBusy", "write_bundle", "load_system", "word_times"]
 
@@ -299,6 +302,13 @@ class System:
             checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
                       (root / "priors.npy", int(self.log_priors.shape[0]))]
         self.models: list[FrameDNN] = [self._member(m, checks) for m in spec["members"]]
+        self.network: ExportedNetwork | None = None  # an exported bundle's network: scores in the members' place
+        if spec.get("network") is not None:
+            from asrdistill.decoding.export import load_network  # imports onnxruntime: only for exported bundles
+
+            self.network = load_network(root, spec["network"], self.cmvn.dim, checks)
+        elif not self.models:
+            raise ValueError(f"{root / 'system.json'}: no members and no exported network")
         num_pdfs = self.tree.num_pdfs
         for path, n in checks:
             if n != num_pdfs:
@@ -321,6 +331,9 @@ class System:
 
     def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
         """``(utt, log posteriors (T, senones))`` over a feature set, as evaluation computes them."""
+        if self.network is not None:
+            yield from self.network.posteriors(feats, self.log_priors)
+            return
         for utt, logp, _ in posterior_stream(self.models, feats, self.cmvn, self.frames, None, self.method, self.device):
             yield utt, logp.cpu().numpy()
 
@@ -380,8 +393,8 @@ class System:
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
                 log.info("command: %s", command)
-            log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
-                     self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
+            log.info("bundle %s (system %s, %s); decode config %s; max_seconds %g; nj %d", self.root, self.name,
+                     self.network or f"{len(self.models)} member(s)", to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
             if isinstance(corpus, (str, Path)) and needs_import(corpus):
                 import_data_dir(corpus, work / "import", allow_pipes=allow_pipes)
