@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_jso
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
+
+if TYPE_CHECKING:
+    from asrdistill.decoding.export import ExportedNetwork
 
 __all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "FolderBusy", "write_bundle", "load_system", "word_times"]
 
@@ -100,6 +103,45 @@ def _place(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def up_to_date(out_dir: Path, sources: dict) -> bool:
+    """Whether ``out_dir`` holds a bundle of this format made from ``sources`` (then it is kept, and logged so)."""
+    if not (out_dir / MANIFEST).is_file():
+        return False
+    old = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    if old.get("version") == BUNDLE_VERSION and old.get("sources") == sources:
+        log.info("%s: bundle up to date (sources unchanged)", out_dir)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def staged_bundle(out_dir: Path, sources: dict) -> Iterator[Path]:
+    """A folder beside ``out_dir`` to write a bundle into; when the block succeeds, its manifest (``sources``:
+    what it was made from, every file's sha256) is written and it replaces ``out_dir``; when it fails, it is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
+    try:
+        yield tmp
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        write_json_atomic(tmp / MANIFEST, {"format": "asrdistill-bundle", "version": BUNDLE_VERSION,
+                                           "asrdistill": __version__, "sources": sources,
+                                           "files": {f: _sha256(tmp / f) for f in files}})
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
                  tree_dir: str | Path, graph_dir: str | Path, lang_dir: str | Path, decode_config: DecodeConfig,
                  method: str = "arithmetic", force: bool = False) -> Path:
@@ -123,11 +165,8 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
                "lexicon": str(lang_dir / "lexicon.txt"), "metrics": str(system_dir / "metrics.json")}
     hashes = {k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else
                   _sha256(Path(v)) if Path(v).is_file() else None) for k, v in sources.items()}
-    if not force and (out_dir / MANIFEST).is_file():
-        old = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-        if old.get("version") == BUNDLE_VERSION and old.get("sources") == hashes:
-            log.info("%s: bundle up to date (sources unchanged)", out_dir)
-            return out_dir
+    if not force and up_to_date(out_dir, hashes):
+        return out_dir
 
     built_tree = _graph_tree(graph_dir)
     if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != hashes["tree"]:
@@ -145,12 +184,7 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     if metrics.is_file():
         scale = float(json.loads(metrics.read_text(encoding="utf-8")).get("extra", {}).get("acoustic_scale", scale))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
-    try:
+    with staged_bundle(out_dir, hashes) as tmp:
         members, context = [], set()
         for i, ckpt_path in enumerate(checkpoints):
             ckpt = load_weights(ckpt_path)
@@ -180,21 +214,6 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
             "system": system_dir.name, "members": members, "frames": {"left": left, "right": right},
             "fbank": to_dict(fbank), "decode": to_dict(replace(decode_config, acoustic_scale=scale)),
             "method": method, "sources": sources})
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        write_json_atomic(tmp / MANIFEST, {"format": "asrdistill-bundle", "version": BUNDLE_VERSION,
-                                           "asrdistill": __version__, "sources": hashes,
-                                           "files": {f: _sha256(tmp / f) for f in files}})
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: bundle of %s (%d member(s), %d senones, acoustic scale %g)", out_dir, system_dir, len(members),
              tree.num_pdfs, scale)
     return out_dir
@@ -283,6 +302,13 @@ class System:
             checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
                       (root / "priors.npy", int(self.log_priors.shape[0]))]
         self.models: list[FrameDNN] = [self._member(m, checks) for m in spec["members"]]
+        self.network: ExportedNetwork | None = None  # an exported bundle's network: scores in the members' place
+        if spec.get("network") is not None:
+            from asrdistill.decoding.export import load_network  # imports onnxruntime: only for exported bundles
+
+            self.network = load_network(root, spec["network"], self.cmvn.dim, checks)
+        elif not self.models:
+            raise ValueError(f"{root / 'system.json'}: no members and no exported network")
         num_pdfs = self.tree.num_pdfs
         for path, n in checks:
             if n != num_pdfs:
@@ -305,6 +331,9 @@ class System:
 
     def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
         """``(utt, log posteriors (T, senones))`` over a feature set, as evaluation computes them."""
+        if self.network is not None:
+            yield from self.network.posteriors(feats, self.log_priors)
+            return
         for utt, logp, _ in posterior_stream(self.models, feats, self.cmvn, self.frames, None, self.method, self.device):
             yield utt, logp.cpu().numpy()
 
@@ -364,8 +393,8 @@ class System:
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
                 log.info("command: %s", command)
-            log.info("bundle %s (system %s, %d member(s)); decode config %s; max_seconds %g; nj %d", self.root,
-                     self.name, len(self.models), to_dict(self.decode_config), max_seconds, nj)
+            log.info("bundle %s (system %s, %s); decode config %s; max_seconds %g; nj %d", self.root, self.name,
+                     self.network or f"{len(self.models)} member(s)", to_dict(self.decode_config), max_seconds, nj)
             t0 = time.perf_counter()
             if isinstance(corpus, (str, Path)) and needs_import(corpus):
                 import_data_dir(corpus, work / "import", allow_pipes=allow_pipes)
