@@ -71,6 +71,7 @@ def _run_killed(args: list[str], log: Path, out: Path, rng: random.Random, point
     written but not yet renamed, so it happens at the same point of the work whatever the machine's load.
     """
     glob, n = rng.choice([(g, i) for g, indices in points.items() for i in indices])
+    print(f"kill point: {FAULT}={glob}:{n}")  # shown with a failure's report
     status = _run(args, log, {**ENV, FAULT: f"{glob}:{n}"})
     assert status == -signal.SIGKILL, f"{args[3]} was not killed at write {n} of {glob} (exit {status}); see {log}"
     assert [*out.rglob(f".{glob}.*.tmp")], f"no temporary of {glob} left by the kill under {out}"
