@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -59,6 +61,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+_FAULT_WRITES = [0]
+
+
+def _fault_point(path: Path) -> None:
+    """Die as a SIGKILL would (the whole process group, no cleanup) at the write the fault tests name.
+
+    Reached with the data written but not yet renamed: a deterministic kill point at any machine load.
+    """
+    spec = os.environ.get("ASRDISTILL_FAULT_KILL_AT_WRITE", "")  # "GLOB:N": die at the Nth write of a GLOB file
+    if not spec:
+        return
+    pattern, _, n = spec.rpartition(":")
+    if not pattern or not n.isdigit():
+        raise ValueError(f"ASRDISTILL_FAULT_KILL_AT_WRITE={spec!r}: expected GLOB:N (kill at the Nth matching write)")
+    if not fnmatch.fnmatchcase(path.name, pattern):
+        return
+    _FAULT_WRITES[0] += 1
+    if _FAULT_WRITES[0] == int(n):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
@@ -74,6 +97,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         _fsync(tmp_path)
+        _fault_point(path)
         os.replace(tmp_path, path)
         _fsync(path.parent)  # the rename itself
     except BaseException:

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from asrdistill import logs
+from asrdistill.data.espeak import Synthesis, engine
 from asrdistill.fileio import atomic_open, write_text_atomic
 
 SAMPLE_RATE = 16000
@@ -50,6 +51,9 @@ _VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc",
 _MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt3", "john", "max", "michael", "paul", "robert")
 _FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "anika", "linda", "steph", "belinda", "aunty", "klatt4", "andrea")
 _NOISES = ("white", "pink", "brown", "babble")
+SILENCE = "SIL"
+# espeak phonemes that start with a closure (digital silence before the burst); see phone_segments.
+_STOPS = frozenset({"p", "t", "k", "b", "d", "g", "tS", "dZ", "t2", "d2", "t#", "d#", "?"})
 
 _CTM_DOC = """\
 Synthetic LibriSpeech-layout corpus made offline with espeak-ng (data_prep/synthetic.py).
@@ -203,7 +207,6 @@ _BABBLE: dict[int, np.ndarray] = {}
 def _babble_bank(seed: int) -> np.ndarray:
     """~30 s of 5-talker babble from non-corpus espeak voices; identical in every process."""
     if seed not in _BABBLE:
-        from data_prep.espeak import engine
         from data_prep.text import SentenceGenerator
 
         rng = random.Random(f"babble-{seed}")
@@ -226,10 +229,49 @@ def _babble_bank(seed: int) -> np.ndarray:
     return _BABBLE[seed]
 
 
+def phone_segments(syn: Synthesis) -> list[tuple[str, int, int]]:
+    """Turn phoneme events into contiguous (phone, start, end) sample spans covering the whole audio.
+
+    Rules (why): stress marks ``'``/``,`` are dropped (they are not phones); espeak pauses
+    (``_``, ``_:``, ``_!`` ...) and the leading gap become ``SIL`` and adjacent ``SIL`` merge;
+    the ``;`` linking marker is folded into the previous phone (it carries that phone's audio);
+    espeak reports a stop at its burst, leaving the closure (exact digital zeros) on the previous
+    phone, so a stop's start is moved back over that zero run, leaving the previous phone >= 10 ms.
+    """
+    n = len(syn.audio)
+    raw: list[tuple[str, int]] = []
+    for sym, start in syn.phonemes:
+        start = min(max(start, 0), n)
+        sym = sym.lstrip("',")
+        if not sym or sym == ";":
+            continue
+        raw.append((SILENCE if sym.startswith("_") else sym, start))
+    if not raw or raw[0][1] > 0:
+        raw.insert(0, (SILENCE, 0))
+    starts = [int(s) for s in np.maximum.accumulate([s for _, s in raw])]
+    min_keep = syn.sample_rate // 100
+    silent = syn.audio == 0
+    for i in range(1, len(raw)):
+        if raw[i][0] in _STOPS and raw[i - 1][0] != SILENCE:
+            b = starts[i]
+            floor = starts[i - 1] + min_keep
+            while b > floor and silent[b - 1]:
+                b -= 1
+            starts[i] = b
+    segs: list[tuple[str, int, int]] = []
+    for i, (sym, _) in enumerate(raw):
+        start, end = starts[i], (starts[i + 1] if i + 1 < len(raw) else n)
+        if end <= start:
+            continue
+        if segs and segs[-1][0] == sym == SILENCE:
+            segs[-1] = (sym, segs[-1][1], end)
+        else:
+            segs.append((sym, start, end))
+    return segs
+
+
 def render_utterance(job: UtteranceJob, corpus_seed: int) -> tuple[np.ndarray, list[tuple[str, float, float]], dict]:
     """Synthesize one utterance: (int16 audio at 16 kHz, [(phone, start_s, end_s)], condition)."""
-    from data_prep.espeak import engine, phone_segments
-
     spk = job.speaker
     rng = np.random.default_rng(job.seed)
     syn = engine().synthesize(

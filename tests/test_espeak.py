@@ -1,8 +1,10 @@
-"""The ctypes espeak-ng binding: audio, phoneme events, and history-independent output."""
+"""The ctypes espeak-ng binding: audio, phoneme events, and history-independent output; the synthetic
+corpus's phone segments made from them."""
 
 import numpy as np
 
-from data_prep.espeak import SILENCE, engine, phone_segments
+from asrdistill.data.espeak import engine
+from data_prep.synthetic import SILENCE, phone_segments
 
 TEXT = "the old man ate the apple, and then he walked home."
 

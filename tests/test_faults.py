@@ -1,16 +1,21 @@
-"""Fault injection: SIGKILL of a stage's whole process group at a random point, and a full disk.
+"""Fault injection: SIGKILL of a stage's whole process group at a point drawn from a seed, and a full disk.
 
 Each kill case runs the real ``asrdistill`` command as a subprocess in its own
 process group (its worker processes included) on tiny data: once uninterrupted,
-once killed with SIGKILL at a random moment of its run, then once more to
-resume; the resumed outputs must equal the uninterrupted ones (bytes for
-shards, values for checkpoints). The disk-full cases patch a writer to raise
-``OSError(ENOSPC)`` in the middle of a file: no done marker, no partial file
-left where a later stage would trust it, and the rerun matches a clean run.
+once killed with SIGKILL at a point of its work, then once more to resume; the
+resumed outputs must equal the uninterrupted ones (bytes for shards, values for
+checkpoints). The kill point is a write, not a moment: the library's
+``ASRDISTILL_FAULT_KILL_AT_WRITE=GLOB:N`` (``asrdistill.fileio``) makes the
+process group SIGKILL itself once the Nth file matching GLOB is written but not
+yet renamed into place, so the verdict does not depend on the machine's load.
+The disk-full cases patch a writer to raise ``OSError(ENOSPC)`` in the middle
+of a file: no done marker, no partial file left where a later stage would trust
+it, and the rerun matches a clean run.
 
-Kill points come from ``random.Random(FAULT_SEED)`` (environment, default 0), so
-a failure is reproducible. CI (``.ci/run``) runs every case, slow ones included,
-at the default seed; to sample other kill points run
+Kill points (which file, which of its writes) are drawn from
+``random.Random(FAULT_SEED)`` (environment, default 0) among the writes the
+uninterrupted run made, so a failure is reproducible. CI (``.ci/run``) runs
+every case, slow ones included, at the default seed; to sample other kill points run
 ``FAULT_SEED=$RANDOM pytest -q tests/test_faults.py`` (the slow cases alone: ``-m slow``).
 """
 
@@ -23,7 +28,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +39,9 @@ import yaml
 from conftest import make_frame_set
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+FAULT = "ASRDISTILL_FAULT_KILL_AT_WRITE"
+ENV = {**{k: v for k, v in os.environ.items() if k != FAULT}, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
+       "OMP_NUM_THREADS": "1"}
 SEED = int(os.environ.get("FAULT_SEED", "0"))
 torch.set_num_threads(1)
 
@@ -44,39 +50,31 @@ def _cmd(*args: object) -> list[str]:
     return [sys.executable, "-m", "asrdistill.cli", *map(str, args)]
 
 
-def _run(args: list[str], log: Path) -> float:
-    """Run to completion (own process group, like the killed runs); returns its wall time."""
-    t0 = time.monotonic()
+def _run(args: list[str], log: Path, env: dict[str, str] = ENV) -> int:
+    """Run to completion in a process group of its own (a killed run's workers die with it); its exit status."""
     with open(log, "w") as err:
-        proc = subprocess.run(args, env=ENV, stdout=err, stderr=subprocess.STDOUT, start_new_session=True,
-                              timeout=600)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    return time.monotonic() - t0
+        return subprocess.run(args, env=env, stdout=err, stderr=subprocess.STDOUT, start_new_session=True,
+                              timeout=600).returncode
 
 
-def _run_killed(args: list[str], log: Path, seconds: float, rng: random.Random,
-                started: Callable[[], bool] = lambda: True) -> float:
-    """Start ``args``, SIGKILL its process group at a random point of a run of ``seconds``; returns that point.
+def _run_ok(args: list[str], log: Path) -> None:
+    assert _run(args, log) == 0, log.read_text()[-3000:]
 
-    The point is drawn from the part of the run after ``started()`` holds (the
-    work, not the interpreter start); a run that ends first is retried earlier.
+
+def _run_killed(args: list[str], log: Path, out: Path, rng: random.Random, points: dict[str, range]) -> None:
+    """Run ``args`` until it SIGKILLs its process group at a write drawn from ``points``.
+
+    ``points`` maps a file-name glob to the indices (1 = first) of its writes to draw from: writes
+    the uninterrupted run made, so the killed run reaches the one drawn.
+
+    The kill comes from the library (``ASRDISTILL_FAULT_KILL_AT_WRITE``) when that file's data is
+    written but not yet renamed, so it happens at the same point of the work whatever the machine's load.
     """
-    fraction = rng.uniform(0.35, 0.85)
-    for _ in range(4):
-        with open(log, "w") as err:
-            proc = subprocess.Popen(args, env=ENV, stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.monotonic()
-        while not started() and proc.poll() is None:
-            time.sleep(0.01)
-        delay = max(0.0, fraction * seconds - (time.monotonic() - t0))
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return time.monotonic() - t0
-        fraction /= 2  # finished before the kill: it ran faster than the reference
-    pytest.fail(f"{args[3]} always finished before the kill point; see {log}")
+    glob, n = rng.choice([(g, i) for g, indices in points.items() for i in indices])
+    print(f"kill point: {FAULT}={glob}:{n}")  # shown with a failure's report
+    status = _run(args, log, {**ENV, FAULT: f"{glob}:{n}"})
+    assert status == -signal.SIGKILL, f"{args[3]} was not killed at write {n} of {glob} (exit {status}); see {log}"
+    assert [*out.rglob(f".{glob}.*.tmp")], f"no temporary of {glob} left by the kill under {out}"
 
 
 def _same_files(a: Path, b: Path, skip: tuple[str, ...] = ()) -> list[str]:
@@ -160,10 +158,10 @@ def dnn_data(tmp_path_factory) -> Path:
         (root / "mk" / name / "feats").rename(root / "feats" / name)
         (root / "mk" / name / "labels").rename(root / "labels" / name)
     Cmvn(np.zeros(5), np.ones(5), 1).save(root / "feats/train/cmvn.json")
-    train = {"model": {"preset": "tiny", "dropout": 0.2}, "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300,
-                                                      "prefetch": 0},
+    train = {"model": {"preset": "tiny", "dropout": 0.2},
+             "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300, "prefetch": 0},
              "epochs": 3, "optimizer": "adam", "lr": 3e-3, "warmup_steps": 0, "checkpoint_every": 17,
-             "log_every": 10, "progress": False, "patience": 0}
+             "log_every": 5, "progress": False, "patience": 0}  # a record between any two checkpoints
     (root / "conf.yaml").write_text(yaml.safe_dump({"train": train}))
     return root
 
@@ -176,13 +174,28 @@ def _dnn_args(root: Path) -> list[str]:
 # --------------------------------------------------------------------------- SIGKILL and resume
 
 
+def test_the_kill_point_is_the_nth_matching_write(tmp_path):
+    """The hook kills the process group at the Nth write of a matching name (others do not count), before its
+    rename: the earlier content stays, the new data is left in a temporary; a malformed value is an error."""
+    script = ("import sys; from asrdistill.fileio import write_text_atomic as w\n"
+              "for i in range(3):\n    w(sys.argv[1] + '/other.txt', str(i)); w(sys.argv[1] + '/x.txt', str(i))\n")
+    args, log = [sys.executable, "-c", script, str(tmp_path)], tmp_path / "log"
+    assert _run(args, log, {**ENV, FAULT: "x.*:2"}) == -signal.SIGKILL
+    assert (tmp_path / "x.txt").read_text() == "0" and (tmp_path / "other.txt").read_text() == "1"
+    assert [p.read_text() for p in tmp_path.glob(".x.txt.*.tmp")] == ["1"]
+    assert _run(args, log, {**ENV, FAULT: "x.txt"}) == 1
+    assert "ASRDISTILL_FAULT_KILL_AT_WRITE='x.txt': expected GLOB:N" in log.read_text()
+
+
 def test_features_killed_and_resumed_equal_uninterrupted(audio_data, tmp_path):
     rng = random.Random(SEED)
     ref = tmp_path / "ref"
-    seconds = _run(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, ref), tmp_path / "ref.log")
+    _run_ok(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, ref), tmp_path / "ref.log")
     out = tmp_path / "out"
-    _run_killed(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "kill.log", seconds, rng)
-    _run(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "resume.log")
+    shards = len([*ref.glob("feats-*.tar")])  # each written, then its sidecar feats-N.json
+    _run_killed(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "kill.log", out, rng,
+                {"feats-*": range(1, 2 * shards + 1)})
+    _run_ok(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "resume.log")
     assert len(_same_files(ref, out)) > 8
     _assert_no_temporaries(out)
 
@@ -192,11 +205,16 @@ def _mono_args(g: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def mono_ref(gmm_data, tmp_path_factory) -> tuple[Path, float]:
+def mono_ref(gmm_data, tmp_path_factory) -> Path:
     """An uninterrupted monophone run (the reference, and the model the alignment case uses)."""
     out = tmp_path_factory.mktemp("mono_ref")
-    seconds = _run(_cmd("mono", *_mono_args(gmm_data), out / "exp"), out / "ref.log")
-    return out / "exp", seconds
+    _run_ok(_cmd("mono", *_mono_args(gmm_data), out / "exp"), out / "ref.log")
+    return out / "exp"
+
+
+def _label_shards(directory: Path) -> dict[str, range]:
+    """Kill points in an alignment: each ``ali-*.tar`` / ``pdf-*.tar`` label shard the reference wrote."""
+    return {g: range(1, len([*directory.glob(g)]) + 1) for g in ("ali-*.tar", "pdf-*.tar")}
 
 
 @pytest.mark.slow
@@ -204,9 +222,11 @@ def test_monophone_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tm
     from asrdistill.fileio import identity, load_weights
 
     rng = random.Random(SEED + 1)
-    ref, seconds = mono_ref
-    _run_killed(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
-    _run(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "resume.log")
+    ref = mono_ref
+    iterations = len((ref / "log/train.jsonl").read_text().splitlines())  # the log is rewritten every iteration
+    _run_killed(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
+                {"train.jsonl": range(1, iterations + 1), **_label_shards(ref / "ali")})
+    _run_ok(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "resume.log")
     a, b = load_weights(ref / "final.pt"), load_weights(tmp_path / "out/final.pt")
     assert identity(a["gmm"], a["transform"], a["topology"]) == identity(b["gmm"], b["transform"], b["topology"])
     _same_files(ref / "ali", tmp_path / "out/ali")
@@ -217,10 +237,11 @@ def test_monophone_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tm
 def test_alignment_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tmp_path):
     rng = random.Random(SEED + 2)
     g = gmm_data
-    args = ["--config", g / "conf.yaml", "--nj", 1, mono_ref[0], g / "data", g / "lang", g / "fbank"]
-    seconds = _run(_cmd("align", *args, tmp_path / "ref"), tmp_path / "ref.log")
-    _run_killed(_cmd("align", *args, tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
-    _run(_cmd("align", *args, tmp_path / "out"), tmp_path / "resume.log")
+    args = ["--config", g / "conf.yaml", "--nj", 1, mono_ref, g / "data", g / "lang", g / "fbank"]
+    _run_ok(_cmd("align", *args, tmp_path / "ref"), tmp_path / "ref.log")
+    _run_killed(_cmd("align", *args, tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
+                _label_shards(tmp_path / "ref"))
+    _run_ok(_cmd("align", *args, tmp_path / "out"), tmp_path / "resume.log")
     assert len(_same_files(tmp_path / "ref", tmp_path / "out")) >= 5
     _assert_no_temporaries(tmp_path / "out")
 
@@ -229,6 +250,12 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
     from asrdistill.fileio import load_weights
 
     return load_weights(path)["model"]
+
+
+def _state(path: Path) -> dict:
+    from asrdistill.fileio import load_weights
+
+    return load_weights(path)["state"]
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -242,12 +269,17 @@ def _metrics(path: Path) -> list[dict]:
 def test_training_killed_mid_epoch_and_resumed_equals_uninterrupted(dnn_data, tmp_path):
     rng = random.Random(SEED + 3)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    seconds = _run(_cmd("train", *_dnn_args(dnn_data), "--out", ref), tmp_path / "ref.log")
-    log = tmp_path / "kill.log"
-    _run_killed(_cmd("train", *_dnn_args(dnn_data), "--out", out), log, seconds, rng,
-                started=lambda: (out / "last.pt").is_file())
+    _run_ok(_cmd("train", *_dnn_args(dnn_data), "--out", ref), tmp_path / "ref.log")
+    steps = json.loads((ref / "log/metrics.jsonl").read_text().splitlines()[-1])["step"]
+    every = yaml.safe_load((dnn_data / "conf.yaml").read_text())["train"]["checkpoint_every"]
+    # last.pt is written every `every` steps and at each epoch's end; killed at its 2nd write or later,
+    # a last.pt exists and the steps (and metrics records) since it are lost
+    _run_killed(_cmd("train", *_dnn_args(dnn_data), "--out", out), tmp_path / "kill.log", out, rng,
+                {"last.pt": range(2, steps // every + 1)})
     assert not (out / ".train.done").exists()
-    _run(_cmd("train", *_dnn_args(dnn_data), "--out", out), tmp_path / "resume.log")
+    logged = [json.loads(line)["step"] for line in (out / "log/metrics.jsonl").read_text().splitlines()]
+    assert max(logged) > _state(out / "last.pt")["step"], "the kill lost no logged step: nothing for the resume to drop"
+    _run_ok(_cmd("train", *_dnn_args(dnn_data), "--out", out), tmp_path / "resume.log")
     for name in ("last.pt", "best.pt"):
         a, b = _params(ref / name), _params(out / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
@@ -268,9 +300,10 @@ def test_soft_target_caching_killed_and_resumed_equals_uninterrupted(dnn_data, t
         torch.save({**model.describe(), "model": model.state_dict()}, tmp_path / f"t{seed}/best.pt")
         members.append(tmp_path / f"t{seed}")
     args = [*_dnn_args(dnn_data), "--set", "ensemble.topk=3", "--temperatures", 1, 2, 4, "--members", *members]
-    seconds = _run(_cmd("ensemble", *args, "--out", tmp_path / "ref"), tmp_path / "ref.log")
-    _run_killed(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "kill.log", seconds, rng)
-    _run(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "resume.log")
+    _run_ok(_cmd("ensemble", *args, "--out", tmp_path / "ref"), tmp_path / "ref.log")
+    _run_killed(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
+                {"soft-*.tar": range(1, len([*(tmp_path / "ref").rglob("soft-*.tar")]) + 1)})
+    _run_ok(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "resume.log")
     assert len(_same_files(tmp_path / "ref", tmp_path / "out", skip=("members.txt",))) >= 12
     _assert_no_temporaries(tmp_path / "out")
 

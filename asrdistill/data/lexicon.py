@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Mapping
 
-from asrdistill.fileio import atomic_open
+from asrdistill.data.espeak import engine
 from asrdistill.data.lang import SIL, SPN, UNK, Lang
+from asrdistill.fileio import atomic_open
 
 __all__ = [
     "LexiconConfig",
@@ -176,8 +177,6 @@ _VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW
 
 def espeak_pronunciation(word: str, keep_stress: bool = False) -> tuple[Pron | None, list[str]]:
     """``(ARPAbet pronunciation or None, espeak symbols without a mapping)`` of ``word`` from espeak-ng en-us."""
-    from data_prep.espeak import engine
-
     phones: list[str] = []
     unmapped: list[str] = []
     for sym, _ in engine().synthesize(word.lower()).phonemes:

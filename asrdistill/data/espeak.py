@@ -1,13 +1,16 @@
 """ctypes binding to libespeak-ng (from the ``espeakng-loader`` wheel) returning audio plus phoneme timing.
 
+The lexicon's G2P (:func:`asrdistill.data.lexicon.espeak_pronunciation`) reads its phoneme events; the
+synthetic corpus (``asrdistill synth-corpus``) is spoken by the same engine and keeps the audio too.
+
 espeak-ng keeps all synthesis state in process-global variables, so this module holds one
 engine per process (:func:`engine`); parallel synthesis must use separate processes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import _ctypes
+import ctypes
 import threading
 from dataclasses import dataclass
 
@@ -31,10 +34,6 @@ PARAM_VOLUME = 2
 PARAM_PITCH = 3
 PARAM_RANGE = 4
 PARAM_WORDGAP = 7
-
-SILENCE = "SIL"
-# Phonemes that start with a closure (digital silence before the burst); see phone_segments.
-_STOPS = frozenset({"p", "t", "k", "b", "d", "g", "tS", "dZ", "t2", "d2", "t#", "d#", "?"})
 
 
 class _EventId(ctypes.Union):
@@ -179,44 +178,3 @@ def engine() -> Espeak:
     if _ENGINE is None:
         _ENGINE = Espeak()
     return _ENGINE
-
-
-def phone_segments(syn: Synthesis) -> list[tuple[str, int, int]]:
-    """Turn phoneme events into contiguous (phone, start, end) sample spans covering the whole audio.
-
-    Rules (why): stress marks ``'``/``,`` are dropped (they are not phones); espeak pauses
-    (``_``, ``_:``, ``_!`` ...) and the leading gap become ``SIL`` and adjacent ``SIL`` merge;
-    the ``;`` linking marker is folded into the previous phone (it carries that phone's audio);
-    espeak reports a stop at its burst, leaving the closure (exact digital zeros) on the previous
-    phone, so a stop's start is moved back over that zero run, leaving the previous phone >= 10 ms.
-    """
-    n = len(syn.audio)
-    raw: list[tuple[str, int]] = []
-    for sym, start in syn.phonemes:
-        start = min(max(start, 0), n)
-        sym = sym.lstrip("',")
-        if not sym or sym == ";":
-            continue
-        raw.append((SILENCE if sym.startswith("_") else sym, start))
-    if not raw or raw[0][1] > 0:
-        raw.insert(0, (SILENCE, 0))
-    starts = [int(s) for s in np.maximum.accumulate([s for _, s in raw])]
-    min_keep = syn.sample_rate // 100
-    silent = syn.audio == 0
-    for i in range(1, len(raw)):
-        if raw[i][0] in _STOPS and raw[i - 1][0] != SILENCE:
-            b = starts[i]
-            floor = starts[i - 1] + min_keep
-            while b > floor and silent[b - 1]:
-                b -= 1
-            starts[i] = b
-    segs: list[tuple[str, int, int]] = []
-    for i, (sym, _) in enumerate(raw):
-        start, end = starts[i], (starts[i + 1] if i + 1 < len(raw) else n)
-        if end <= start:
-            continue
-        if segs and segs[-1][0] == sym == SILENCE:
-            segs[-1] = (sym, segs[-1][1], end)
-        else:
-            segs.append((sym, start, end))
-    return segs
