@@ -86,7 +86,7 @@ FORCE = Arg("--force", action="store_true", help="redo even if the output is up 
 CONFIG = (Arg("--config", type=Path, exists="file",
               help="recipe YAML (the section this step reads; default: none, the dataclass defaults)"),
           Arg("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-              help="override a config field (repeatable; over the YAML, under the flags typed here)"))
+              help="override a config field (repeatable; over the YAML, under the flags typed here; default: none)"))
 
 
 def threads_arg(has_nj: bool) -> Arg:

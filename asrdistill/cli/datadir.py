@@ -34,8 +34,8 @@ def import_data_dir(args: argparse.Namespace) -> Work:
 
 @command("import-lhotse", "a lhotse CutSet, or RecordingSet + SupervisionSet, as a data dir (one FLAC per "
          "supervision, normalised text)", log_dir="out", args=[
-    Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
     Arg("manifests", nargs="+", type=Path, exists="file", help="lhotse manifests (.jsonl.gz, .json, ...)"),
+    Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
     Arg("--allow-pipes", action="store_true", help="read recordings whose source is a shell command"),
 ])
 def import_lhotse(args: argparse.Namespace) -> Work:

@@ -56,7 +56,8 @@ def results(args: argparse.Namespace) -> Work:
     Arg("--systems", nargs="+", type=Path, required=True, exists="folder",
         help="exp/<system> folders (log/metrics.jsonl; bundle/ for --utt)"),
     Arg("--utt", help="utterance to draw (default: none, the curves only)"),
-    Arg("--feats", type=Path, exists="folder", help="its feature shards (data/fbank/<set>; needed with --utt)"),
+    Arg("--feats", type=Path, exists="folder",
+        help="its feature shards (data/fbank/<set>; default: none, needed with --utt)"),
     Arg("--labels", type=Path, exists="folder", help="its senone alignment (exp/tri_ali/<set>; default: none)"),
     Arg("--top", type=int, default=6, help="senones to draw"),
 ])

@@ -66,7 +66,7 @@ def decode(args: argparse.Namespace) -> Work:
     Arg("--out", type=Path, required=True, help="writes loglikes.{ark,scp} and/or pdf.{ark,scp}"),
     Arg("--model", type=Path, exists="folder", help="a bundle (exp/<system>/bundle; default: no log-likelihoods)"),
     Arg("--feats", type=Path, exists="folder", help="feature shards to score (data/fbank/<set> or <decode "
-        "out>/fbank; needed with --model)"),
+        "out>/fbank; default: none, needed with --model)"),
     Arg("--labels", type=Path, exists="folder", help="senone label shards (exp/tri_ali/<set>; default: no "
         "alignments)"),
     Arg("--device", help="cpu or cuda (default: cpu)"),
