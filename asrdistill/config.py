@@ -11,6 +11,10 @@ and each tool loads its own section into its dataclass, with ``key=value``
 overrides from the command line (``train.epochs=3``, nested ``train.frames.left=10``).
 Unknown sections and keys are errors, so a typo never silently falls back to a
 default.
+
+Precedence, one rule for every command (:func:`with_flags`): the YAML, then
+``--set``, then a command-line flag the user actually typed. A flag left out
+(None) never replaces what the YAML says.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["SECTIONS", "result_settings", "load_section", "role_section", "merge", "from_dict", "to_dict", "parse_overrides",
-           "read_yaml"]
+if TYPE_CHECKING:
+    from asrdistill.nnet.train import TrainConfig
+
+__all__ = ["SECTIONS", "result_settings", "load_section", "role_section", "merge", "from_dict", "to_dict",
+           "parse_overrides", "read_yaml", "with_flags", "train_config"]
 
 T = TypeVar("T")
 
@@ -169,13 +176,32 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def with_flags(data: dict[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (the YAML, ``--set`` applied) with the command-line flags the user typed on top.
+
+    ``flags`` maps a field, dotted for nested ones (``distill.temperature``), to
+    the flag's value; None means the flag was not typed, and then the YAML's
+    value (or the dataclass default) stays: a flag's default never shadows the
+    config.
+    """
+    typed: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        for name in reversed(key.split(".")):
+            value = {name: value}
+        typed = merge(typed, value)
+    return merge(data, typed)
+
+
 def load_section(
     path: str | Path | None,
     section: str,
     cls: type[T],
     overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
 ) -> T:
-    """Load ``section`` of the YAML at ``path`` into ``cls``, then apply overrides.
+    """Load ``section`` of the YAML at ``path`` into ``cls``, then ``--set`` overrides, then typed ``flags``.
 
     A missing file section gives the dataclass defaults; ``path=None`` too.
     """
@@ -187,7 +213,7 @@ def load_section(
             raise ValueError(f"{path}: section {section!r} must be a mapping of key: value, got {full[section]!r}")
         data = dict(full.get(section) or {})
         where = f"{path}:{section}"
-    return from_dict(cls, merge(data, parse_overrides(overrides).get(section, {})), where)
+    return from_dict(cls, with_flags(merge(data, parse_overrides(overrides).get(section, {})), flags or {}), where)
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -210,3 +236,36 @@ def role_section(path: str | Path | None, base: str, role: str | None, overrides
         _check_section(role, f"role {role!r}")
         merged = merge(merged, data.get(role) or {})
     return merge(merged, parse_overrides(overrides).get(base, {}))
+
+
+def train_config(path: str | Path | None, role: str | None, overrides: Sequence[str], *, feats: str | Path,
+                 labels: str | Path, train_set: str, dev_set: str, soft: str | Path | None = None,
+                 online: str | Path | None = None, flags: Mapping[str, Any] | None = None) -> TrainConfig:
+    """One DNN run's :class:`~asrdistill.nnet.train.TrainConfig`.
+
+    Section ``train``, refined by the role's section (``student``, ``fraction``), then ``--set``, then the typed
+    ``flags`` (:func:`with_flags`; e.g. ``{"seed": 3, "distill.temperature": None}``). The data paths come from
+    the feature and label roots (``<root>/<set>``, CMVN of the training set). The teachers: ``soft`` (cached soft
+    targets) or ``online`` (an ensemble folder with members.txt); without either the run learns the hard labels,
+    and the ``distill`` settings (YAML or flags) are dropped.
+    """
+    from asrdistill.nnet.train import TrainConfig
+
+    if soft and online:
+        raise ValueError("give --soft (cached soft targets) or --online (teachers run on each batch), not both")
+    merged = role_section(path, "train", role, overrides)
+    feats, labels = Path(feats), Path(labels)
+    merged.update(train_feats=str(feats / train_set), train_labels=str(labels / train_set),
+                  dev_feats=str(feats / dev_set), dev_labels=str(labels / dev_set),
+                  cmvn=str(feats / train_set / "cmvn.json"))
+    flags = dict(flags or {})
+    if soft or online:
+        from asrdistill.nnet.ensemble import read_members
+
+        teacher = ({"source": "cached", "soft_targets": str(soft)} if soft else
+                   {"source": "online", "teachers": [str(m) for m in read_members(online)]})
+        merged["distill"] = merge(merged.get("distill") or {}, teacher)
+    else:
+        merged.pop("distill", None)
+        flags = {k: v for k, v in flags.items() if not k.startswith("distill.")}
+    return from_dict(TrainConfig, with_flags(merged, flags), f"{path}:train+{role or ''}")

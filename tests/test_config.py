@@ -51,14 +51,11 @@ def test_bad_override_syntax():
 
 def test_shipped_recipe_configs_load_into_their_dataclasses():
     """Every section of every recipe config is valid for the tool that reads it (typos fail here, not mid-run)."""
-    import argparse
-
     from asrdistill.aligner.align import AlignConfig
     from asrdistill.aligner.mono import MonoConfig
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig
-    from asrdistill.cli import _train_config
-    from asrdistill.config import read_yaml
+    from asrdistill.config import read_yaml, train_config
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig
     from asrdistill.nnet.ensemble import EnsembleConfig
@@ -84,10 +81,8 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
             load_section(conf, section, cls)
         budgets = set()
         for role in (None, "student", "fraction"):
-            args = argparse.Namespace(config=conf, role=role, set=[], feats="f", labels="l", train_set="t",
-                                      dev_set="d", seed=1, device=None, fraction=None, soft="s", online=None,
-                                      temperature=2.0, hard_weight=None)
-            cfg = _train_config(args)
+            cfg = train_config(conf, role, [], feats="f", labels="l", train_set="t", dev_set="d", soft="s",
+                               flags={"seed": 1, "distill.temperature": 2.0})
             assert cfg.distill.temperature == 2.0
             budgets.add((cfg.epochs, cfg.patience, cfg.newbob_threshold, cfg.stop_threshold, cfg.schedule))
         assert len(budgets) == 1, (conf, budgets)          # one stopping rule for every DNN of a recipe

@@ -383,8 +383,8 @@ def test_known_sections_cover_what_the_commands_and_recipes_read():
 
     from asrdistill.config import SECTIONS, read_yaml
 
-    src = (REPO / "asrdistill/cli.py").read_text()
-    read = set(re.findall(r'_section\(args, "(\w+)"', src)) | set(re.findall(r'role_section\(args\.config, "(\w+)"', src))
+    src = "".join(p.read_text() for p in sorted((REPO / "asrdistill/cli").glob("*.py")))
+    read = set(re.findall(r'section\(args, "(\w+)"', src)) | set(re.findall(r'role_section\(args\.config, "(\w+)"', src))
     run_sh = (REPO / "recipes/librispeech/run.sh").read_text()
     read |= set(re.findall(r"--role (\w+)", run_sh)) | {"recipe"}
     assert read <= set(SECTIONS), read - set(SECTIONS)

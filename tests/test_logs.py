@@ -53,7 +53,7 @@ def test_command_writes_its_log_with_command_line_config_and_timing(data_dir, tm
     assert proc.returncode == 0, proc.stderr
     text = (out / "log" / "features.log").read_text()
     lines = text.splitlines()
-    argv = [REPO / "asrdistill/cli.py", "features", "--config", conf, "--set", "features.dither=0.0", "--nj", 1,
+    argv = [REPO / "asrdistill/cli/__main__.py", "features", "--config", conf, "--set", "features.dither=0.0", "--nj", 1,
             data_dir, out]  # sys.argv of ``python -m asrdistill.cli ...``
     assert lines[0].endswith(" INFO asrdistill: command: " + shlex.join(map(str, argv)))
     assert f"config {conf} with --set features.dither=0.0; sections read: features, executor" in text

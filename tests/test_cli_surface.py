@@ -1,0 +1,63 @@
+"""``asrdistill --help`` and every ``asrdistill COMMAND --help`` offer the commands, options and positionals listed
+in ``tests/cli_surface.json`` (written from the parser before the CLI became a package), except for the deliberate
+changes in :data:`CHANGES`. A command or option lost in a refactoring fails here, not in a user's script.
+
+After a deliberate change of the surface, add it to :data:`CHANGES` (with the reason), not to the JSON.
+Regenerate the JSON only for a new baseline: ``python tests/test_cli_surface.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+from asrdistill import cli
+
+SNAPSHOT = Path(__file__).with_name("cli_surface.json")
+
+# The surface changes this project made on purpose since the snapshot: (command, field) -> (before, after).
+CHANGES: dict[tuple[str, str], tuple[list[str], list[str]]] = {
+    # issue 23: input before output, as export-lhotse IN OUT and import-data-dir SRC OUT (swapped, the log went
+    # inside the .jsonl.gz path)
+    ("import-lhotse", "positionals"): (["out", "manifests"], ["manifests", "out"]),
+}
+# Commands added since the snapshot: name -> its listing.
+ADDED: dict[str, dict[str, list[str]]] = {
+    # issue 26: a bundle whose network runs in ONNX Runtime, fp32 or int8
+    "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"],
+                      "positionals": ["bundle", "out"]},
+}
+
+
+def _listing(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """Option strings (sorted) and positional names (in their order) of one parser."""
+    actions = [a for a in parser._actions if not isinstance(a, argparse._SubParsersAction)]
+    return {"options": sorted(o for a in actions for o in a.option_strings),
+            "positionals": [a.dest for a in actions if not a.option_strings]}
+
+
+def cli_surface(parser: argparse.ArgumentParser) -> dict:
+    """``{"asrdistill": listing, "commands": {name: listing}}`` of the ``asrdistill`` parser."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"asrdistill": _listing(parser), "commands": {name: _listing(p) for name, p in sorted(sub.choices.items())}}
+
+
+def test_cli_offers_the_snapshot_surface_except_the_listed_changes():
+    expected = copy.deepcopy(json.loads(SNAPSHOT.read_text(encoding="utf-8")))
+    for (command, field), (before, after) in CHANGES.items():
+        assert expected["commands"][command][field] == before, (command, field)  # the change is still a change
+        expected["commands"][command][field] = after
+    for command, listing in ADDED.items():
+        assert command not in expected["commands"], command  # still new
+        expected["commands"][command] = listing
+    actual = cli_surface(cli.build_parser())
+    assert actual["asrdistill"] == expected["asrdistill"]
+    assert sorted(actual["commands"]) == sorted(expected["commands"])
+    for name, listing in expected["commands"].items():
+        assert actual["commands"][name] == listing, name
+
+
+if __name__ == "__main__":
+    SNAPSHOT.write_text(json.dumps(cli_surface(cli.build_parser()), indent=1) + "\n", encoding="utf-8")
