@@ -31,8 +31,19 @@ import yaml
 if TYPE_CHECKING:
     from asrdistill.nnet.train import TrainConfig
 
-__all__ = ["SECTIONS", "result_settings", "load_section", "role_section", "merge", "from_dict", "to_dict",
-           "parse_overrides", "read_yaml", "with_flags", "train_config"]
+__all__ = [
+    "SECTIONS",
+    "result_settings",
+    "load_section",
+    "role_section",
+    "merge",
+    "from_dict",
+    "to_dict",
+    "parse_overrides",
+    "read_yaml",
+    "with_flags",
+    "train_config",
+]
 
 T = TypeVar("T")
 
@@ -50,13 +61,13 @@ SECTIONS: dict[str, str] = {
     "decode": "evaluate, bundle",
     "evaluate": "evaluate, bundle (its method)",
     "train": "train, ensemble, evaluate, specialists-groups, specialists-train, specialists-eval, specialists-cache "
-             "(these four: train.frames)",
+    "(these four: train.frames)",
     "ensemble": "ensemble",
     "student": "train --role student",
     "fraction": "train --role fraction",
     "executor": "every command with worker processes (asrdistill.parallel: local pool or Dask)",
     "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache, evaluate (how a "
-                   "specialists folder combines: top_classes and combine_steps); run.sh stage 11 (if enabled)",
+    "specialists folder combines: top_classes and combine_steps); run.sh stage 11 (if enabled)",
 }
 
 
@@ -104,8 +115,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{where}: not a boolean: {value!r}")
-    if tp in (int, float) and (isinstance(value, bool) or tp is int and isinstance(value, float)
-                               and not value.is_integer()):
+    if tp in (int, float) and (
+        isinstance(value, bool) or tp is int and isinstance(value, float) and not value.is_integer()
+    ):
         raise ValueError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"{where}: expected a boolean (true or false), got {value!r}")
@@ -133,6 +145,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain-data view of a config dataclass (Paths as strings), for JSON/YAML and checkpoints."""
+
     def conv(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)
@@ -141,6 +154,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
         return v
+
     return {k: conv(v) for k, v in dataclasses.asdict(obj).items()}
 
 
@@ -238,9 +252,19 @@ def role_section(path: str | Path | None, base: str, role: str | None, overrides
     return merge(merged, parse_overrides(overrides).get(base, {}))
 
 
-def train_config(path: str | Path | None, role: str | None, overrides: Sequence[str], *, feats: str | Path,
-                 labels: str | Path, train_set: str, dev_set: str, soft: str | Path | None = None,
-                 online: str | Path | None = None, flags: Mapping[str, Any] | None = None) -> TrainConfig:
+def train_config(
+    path: str | Path | None,
+    role: str | None,
+    overrides: Sequence[str],
+    *,
+    feats: str | Path,
+    labels: str | Path,
+    train_set: str,
+    dev_set: str,
+    soft: str | Path | None = None,
+    online: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> TrainConfig:
     """One DNN run's :class:`~asrdistill.nnet.train.TrainConfig`.
 
     Section ``train``, refined by the role's section (``student``, ``fraction``), then ``--set``, then the typed
@@ -255,15 +279,22 @@ def train_config(path: str | Path | None, role: str | None, overrides: Sequence[
         raise ValueError("give --soft (cached soft targets) or --online (teachers run on each batch), not both")
     merged = role_section(path, "train", role, overrides)
     feats, labels = Path(feats), Path(labels)
-    merged.update(train_feats=str(feats / train_set), train_labels=str(labels / train_set),
-                  dev_feats=str(feats / dev_set), dev_labels=str(labels / dev_set),
-                  cmvn=str(feats / train_set / "cmvn.json"))
+    merged.update(
+        train_feats=str(feats / train_set),
+        train_labels=str(labels / train_set),
+        dev_feats=str(feats / dev_set),
+        dev_labels=str(labels / dev_set),
+        cmvn=str(feats / train_set / "cmvn.json"),
+    )
     flags = dict(flags or {})
     if soft or online:
         from asrdistill.nnet.ensemble import read_members
 
-        teacher = ({"source": "cached", "soft_targets": str(soft)} if soft else
-                   {"source": "online", "teachers": [str(m) for m in read_members(online)]})
+        teacher = (
+            {"source": "cached", "soft_targets": str(soft)}
+            if soft
+            else {"source": "online", "teachers": [str(m) for m in read_members(online)]}
+        )
         merged["distill"] = merge(merged.get("distill") or {}, teacher)
     else:
         merged.pop("distill", None)

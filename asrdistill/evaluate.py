@@ -28,17 +28,17 @@ import torch
 from torch import Tensor
 
 from asrdistill.data.datadir import DataDir
-from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.decoding.hclg import check_labels_match_graph
-from asrdistill.fileio import atomic_path, identity, mark_done, read_done, stage_done
-from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig, FrameData
+from asrdistill.data.shards import PDF_PREFIX, ShardManifest
+from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.decoding.hclg import check_labels_match_graph
+from asrdistill.decoding.scoring import wer_report
+from asrdistill.fileio import atomic_path, identity, mark_done, read_done, stage_done
+from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN
 from asrdistill.nnet.specialists import SpecialistConfig, is_specialists_dir, load_combination, specialist_stream
 from asrdistill.results import COMBINED, SystemResult
-from asrdistill.decoding.scoring import wer_report
-from asrdistill.data.shards import PDF_PREFIX, ShardManifest
 
 __all__ = ["EvalConfig", "EvalSystem", "load_eval_system", "system_kind", "system_models", "evaluate_system"]
 
@@ -50,7 +50,7 @@ class EvalConfig:
     """Section ``evaluate``: how systems are scored."""
 
     method: str = "arithmetic"  # ensemble combination of member posteriors
-    decode: bool = True         # False: frame accuracy only (no WER)
+    decode: bool = True  # False: frame accuracy only (no WER)
 
 
 def system_kind(system_dir: str | Path) -> str:
@@ -84,14 +84,20 @@ class EvalSystem:
     """What evaluation runs of a system folder (not a decoding bundle: that is :class:`asrdistill.decoding.System`)."""
 
     kind: str
-    models: list[FrameDNN]   # every network it runs: their weights identify it, their parameters are its size
+    models: list[FrameDNN]  # every network it runs: their weights identify it, their parameters are its size
     stream: PosteriorStream  # (features, labels or None) -> (utt, log posteriors (T, C), labels)
-    settings: dict           # what besides the weights shapes its posteriors (part of its identity)
-    extra: dict              # facts for metrics.json
+    settings: dict  # what besides the weights shapes its posteriors (part of its identity)
+    extra: dict  # facts for metrics.json
 
 
-def load_eval_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: EvalConfig,
-                     specialists: SpecialistConfig, device: str | torch.device) -> EvalSystem:
+def load_eval_system(
+    system_dir: Path,
+    cmvn: Cmvn,
+    frames: FrameConfig,
+    config: EvalConfig,
+    specialists: SpecialistConfig,
+    device: str | torch.device,
+) -> EvalSystem:
     """The system in ``system_dir`` with its posterior stream: one model, an ensemble, or generalist + specialists.
 
     Public so that benchmarks run a system exactly as evaluation does.
@@ -100,15 +106,23 @@ def load_eval_system(system_dir: Path, cmvn: Cmvn, frames: FrameConfig, config: 
     if is_specialists_dir(system_dir):
         path, generalist, specs = load_combination(system_dir, device)
         top, steps = specialists.top_classes, specialists.combine_steps
-        return EvalSystem(COMBINED, [generalist, *(s.model for s in specs)],
-                          lambda feats, labels: specialist_stream(generalist, specs, feats, cmvn, frames, labels, top,
-                                                                  steps, device, bf16),
-                          {"combination": {"top_classes": top, "combine_steps": steps}},
-                          {"generalist": path.parent.name, "specialists": len(specs)})
+        return EvalSystem(
+            COMBINED,
+            [generalist, *(s.model for s in specs)],
+            lambda feats, labels: specialist_stream(
+                generalist, specs, feats, cmvn, frames, labels, top, steps, device, bf16
+            ),
+            {"combination": {"top_classes": top, "combine_steps": steps}},
+            {"generalist": path.parent.name, "specialists": len(specs)},
+        )
     models = system_models(system_dir, device)
-    return EvalSystem(system_kind(system_dir), models,
-                      lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method,
-                                                             device, bf16), {}, {})
+    return EvalSystem(
+        system_kind(system_dir),
+        models,
+        lambda feats, labels: posterior_stream(models, feats, cmvn, frames, labels, config.method, device, bf16),
+        {},
+        {},
+    )
 
 
 class _Posteriors:
@@ -121,8 +135,8 @@ class _Posteriors:
 
     def __init__(self, stream: PosteriorStream, feats: ShardManifest, labels: ShardManifest | None):
         self.stream, self.feats, self.labels = stream, feats, labels
-        self.per_utt: dict[str, list[int]] = {}    # utt -> [correct frames, labelled frames]
-        self.preds: dict[str, np.ndarray] = {}     # utt -> (T,) best senone per frame
+        self.per_utt: dict[str, list[int]] = {}  # utt -> [correct frames, labelled frames]
+        self.preds: dict[str, np.ndarray] = {}  # utt -> (T,) best senone per frame
         self.num_frames = 0
         self.nn_seconds = 0.0
 
@@ -154,33 +168,63 @@ class _Posteriors:
         utts = sorted(self.preds)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, utts=np.array(utts), lengths=np.array([len(self.preds[u]) for u in utts]),
-                                    preds=np.concatenate([self.preds[u] for u in utts]) if utts else np.zeros(0),
-                                    correct=np.array([self.per_utt.get(u, [0, 0])[0] for u in utts]),
-                                    labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]))
+                np.savez_compressed(
+                    f,
+                    utts=np.array(utts),
+                    lengths=np.array([len(self.preds[u]) for u in utts]),
+                    preds=np.concatenate([self.preds[u] for u in utts]) if utts else np.zeros(0),
+                    correct=np.array([self.per_utt.get(u, [0, 0])[0] for u in utts]),
+                    labelled=np.array([self.per_utt.get(u, [0, 0])[1] for u in utts]),
+                )
 
 
-def _inputs(data: FrameData, data_root: Path, graph_dir: Path | None, decode_config: DecodeConfig,
-            config: EvalConfig, system: EvalSystem) -> dict:
+def _inputs(
+    data: FrameData,
+    data_root: Path,
+    graph_dir: Path | None,
+    decode_config: DecodeConfig,
+    config: EvalConfig,
+    system: EvalSystem,
+) -> dict:
     """What a system's metrics were computed from: its weights, the sets' features, labels and transcripts (by
     :func:`identity`), the graph and every setting; any change means evaluating again."""
     train_labels = ShardManifest.manifest_path(data.labels_dir(data.train_set), PDF_PREFIX)
-    sets = identity(data.cmvn_path, train_labels, *[p for s in (data.dev_set, data.test_set)
-                                                    for p in (data.feats_root / s, data.labels_dir(s),
-                                                              data_root / s / "text")])
+    sets = identity(
+        data.cmvn_path,
+        train_labels,
+        *[
+            p
+            for s in (data.dev_set, data.test_set)
+            for p in (data.feats_root / s, data.labels_dir(s), data_root / s / "text")
+        ],
+    )
     graph = None
     if config.decode and graph_dir is not None:
         graph = identity(*[Path(graph_dir) / f for f in ("HCLG.fst", "words.txt", "graph.json")])
-    return {"weights_sha256": fingerprint(system.models), "sets": list(data.sets), "data": sets, "graph": graph,
-            "frames": dataclasses.asdict(data.frames),
-            "decode": {k: v for k, v in dataclasses.asdict(decode_config).items() if k != "nj"},  # nj: speed only
-            "evaluate": dataclasses.asdict(config), **system.settings}
+    return {
+        "weights_sha256": fingerprint(system.models),
+        "sets": list(data.sets),
+        "data": sets,
+        "graph": graph,
+        "frames": dataclasses.asdict(data.frames),
+        "decode": {k: v for k, v in dataclasses.asdict(decode_config).items() if k != "nj"},  # nj: speed only
+        "evaluate": dataclasses.asdict(config),
+        **system.settings,
+    }
 
 
-def evaluate_system(system_dir: str | Path, data: FrameData, *, data_root: str | Path,
-                    graph_dir: str | Path | None = None, decode_config: DecodeConfig = DecodeConfig(),
-                    config: EvalConfig = EvalConfig(), specialists: SpecialistConfig = SpecialistConfig(),
-                    device: str | torch.device = "cpu", force: bool = False) -> SystemResult:
+def evaluate_system(
+    system_dir: str | Path,
+    data: FrameData,
+    *,
+    data_root: str | Path,
+    graph_dir: str | Path | None = None,
+    decode_config: DecodeConfig = DecodeConfig(),
+    config: EvalConfig = EvalConfig(),
+    specialists: SpecialistConfig = SpecialistConfig(),
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> SystemResult:
     """Frame accuracy and WER of the system in ``system_dir`` on ``data``'s dev and test sets; writes ``metrics.json``.
 
     ``data_root/<set>/text`` holds the reference transcripts. Also ``frames_<dev|test>.npz`` (per-utterance frame
@@ -203,8 +247,12 @@ def evaluate_system(system_dir: str | Path, data: FrameData, *, data_root: str |
             done.save(metrics)
         return done
     num_pdfs = system.models[0].num_classes
-    result = SystemResult(system_dir.name, system.kind, params=sum(m.num_params() for m in system.models),
-                          extra={"members": len(system.models), **system.extra})
+    result = SystemResult(
+        system_dir.name,
+        system.kind,
+        params=sum(m.num_params() for m in system.models),
+        extra={"members": len(system.models), **system.extra},
+    )
     result.extra.update(_training_facts(system_dir))
 
     def stream(subset: str) -> _Posteriors:
@@ -238,8 +286,14 @@ def evaluate_system(system_dir: str | Path, data: FrameData, *, data_root: str |
     result.extra.update(dev_set=dev_set, test_set=test_set, inputs=inputs)
     result.save(metrics)
     mark_done(system_dir, "evaluate", {"metrics": metrics.name}, inputs)
-    log.info("%s: dev frame acc %.2f%%, test frame acc %.2f%%, dev WER %.2f%%, test WER %.2f%%", system_dir.name,
-             result.dev_frame_acc, result.test_frame_acc, result.dev_wer, result.test_wer)
+    log.info(
+        "%s: dev frame acc %.2f%%, test frame acc %.2f%%, dev WER %.2f%%, test WER %.2f%%",
+        system_dir.name,
+        result.dev_frame_acc,
+        result.test_frame_acc,
+        result.dev_wer,
+        result.test_wer,
+    )
     return result
 
 
@@ -250,10 +304,20 @@ def _training_facts(system_dir: Path) -> dict:
         return {}
     r = json.loads(result.read_text(encoding="utf-8"))
     c = json.loads(config.read_text(encoding="utf-8"))
-    facts = {"seed": c.get("seed"), "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
-             "max_epochs": c.get("epochs"), "patience": c.get("patience"), "data_fraction": c.get("data_fraction"),
-             "end_reason": r.get("end_reason"), "still_improving": r.get("still_improving")}
+    facts = {
+        "seed": c.get("seed"),
+        "epochs": r.get("epochs"),
+        "best_epoch": r.get("best_epoch"),
+        "max_epochs": c.get("epochs"),
+        "patience": c.get("patience"),
+        "data_fraction": c.get("data_fraction"),
+        "end_reason": r.get("end_reason"),
+        "still_improving": r.get("still_improving"),
+    }
     if c.get("distill"):
-        facts.update(temperature=c["distill"]["temperature"], hard_weight=c["distill"]["hard_weight"],
-                     distill_source=c["distill"]["source"])
+        facts.update(
+            temperature=c["distill"]["temperature"],
+            hard_weight=c["distill"]["hard_weight"],
+            distill_source=c["distill"]["source"],
+        )
     return facts

@@ -172,14 +172,16 @@ def read_skipped(path: str | os.PathLike) -> dict[str, str]:
         return {}
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines or tuple(lines[0].split("\t")) != SKIPPED_HEADER:
-        raise ValueError(f"{path}: not a skipped.tsv: its first row must be the header {' '.join(SKIPPED_HEADER)} "
-                         "(tab-separated)")
+        raise ValueError(
+            f"{path}: not a skipped.tsv: its first row must be the header {' '.join(SKIPPED_HEADER)} (tab-separated)"
+        )
     out = {}
     for number, line in enumerate(lines[1:], 2):
         row = line.split("\t")
         if len(row) != len(SKIPPED_HEADER):
-            raise ValueError(f"{path}: line {number}: expected {len(SKIPPED_HEADER)} tab-separated columns, "
-                             f"got {len(row)}")
+            raise ValueError(
+                f"{path}: line {number}: expected {len(SKIPPED_HEADER)} tab-separated columns, got {len(row)}"
+            )
         out[row[0]] = row[2]
     return out
 
@@ -220,8 +222,11 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
 def _feed_path(h: "hashlib._Hash", path: Path) -> None:
     """A file by content or size+mtime; a folder by each of its files (dot-files: markers, temporaries, skipped)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     elif path.is_file():
         files = [path]
     else:
@@ -280,8 +285,13 @@ def fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): identity(v) for k, v in inputs.items()}
 
 
-def stage_done(directory: str | os.PathLike, name: str, inputs: Mapping[str, Any], force: bool = False,
-               on_redo: Callable[[], None] | None = None) -> dict | None:
+def stage_done(
+    directory: str | os.PathLike,
+    name: str,
+    inputs: Mapping[str, Any],
+    force: bool = False,
+    on_redo: Callable[[], None] | None = None,
+) -> dict | None:
     """The one test of "already done": the record of stage ``name`` in ``directory`` if it finished from ``inputs``.
 
     ``inputs`` names everything the stage's outputs depend on: config (dicts, dataclasses), input files and
@@ -311,8 +321,9 @@ def stage_done(directory: str | os.PathLike, name: str, inputs: Mapping[str, Any
     return None
 
 
-def mark_done(directory: str | os.PathLike, name: str = "stage", info: dict | None = None,
-              inputs: Mapping[str, Any] | None = None) -> None:
+def mark_done(
+    directory: str | os.PathLike, name: str = "stage", info: dict | None = None, inputs: Mapping[str, Any] | None = None
+) -> None:
     """Record that a stage finished: ``info`` (its config, counts, result) and, for :func:`stage_done`, the
     fingerprint of each of its ``inputs``. Written last, atomically: a killed stage leaves no marker."""
     data = dict(info or {})
@@ -356,11 +367,19 @@ def load_weights(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in str(e).splitlines()
-                       if "WeightsUnpickler error:" in line), "")
+        detail = next(
+            (
+                line.split("WeightsUnpickler error:", 1)[1].strip()
+                for line in str(e).splitlines()
+                if "WeightsUnpickler error:" in line
+            ),
+            "",
+        )
         detail = detail.split(" was not an allowed global")[0] or "not a torch.save file of tensors and plain data"
-        raise ValueError(f"{path}: not a usable {what}: refused by weights-only loading ({detail}); a file that "
-                         "needs full unpickling could run code and is never loaded") from e
+        raise ValueError(
+            f"{path}: not a usable {what}: refused by weights-only loading ({detail}); a file that "
+            "needs full unpickling could run code and is never loaded"
+        ) from e
     except (OSError, RuntimeError, EOFError) as e:
         raise ValueError(f"{path}: not a usable {what}: {e}") from e
     if not isinstance(data, dict):

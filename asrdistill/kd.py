@@ -44,7 +44,7 @@ from torch import Tensor, nn
 __all__ = ["kd_loss", "KDLoss"]
 
 _SUM_TOLERANCE = 1e-2  # float16-stored targets sum to 1 within ~1e-3; allow slack
-_TINY = 1e-30          # floor for the student's rest mass (keeps its log and 1 / rest finite)
+_TINY = 1e-30  # floor for the student's rest mass (keeps its log and 1 / rest finite)
 
 SparseTeacher = tuple[Tensor, Tensor]
 
@@ -90,16 +90,27 @@ def kd_loss(
     checks always run.
     """
     # ---- validation
-    given = [n for n, v in (("teacher_logits", teacher_logits), ("teacher_probs", teacher_probs),
-                            ("teacher_topk", teacher_topk)) if v is not None]
+    given = [
+        n
+        for n, v in (
+            ("teacher_logits", teacher_logits),
+            ("teacher_probs", teacher_probs),
+            ("teacher_topk", teacher_topk),
+        )
+        if v is not None
+    ]
     if len(given) != 1:
-        raise ValueError(f"kd_loss: give exactly one of teacher_logits, teacher_probs, teacher_topk; got {given or 'none'}")
+        raise ValueError(
+            f"kd_loss: give exactly one of teacher_logits, teacher_probs, teacher_topk; got {given or 'none'}"
+        )
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"kd_loss: temperature must be > 0, got {temperature!r}")
     if not 0.0 <= hard_weight <= 1.0:
         raise ValueError(f"kd_loss: hard_weight must be in [0, 1], got {hard_weight!r}")
     if student_logits.dim() not in (2, 3):
-        raise ValueError(f"kd_loss: student_logits must be (N, C) or (B, T, C), got shape {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"kd_loss: student_logits must be (N, C) or (B, T, C), got shape {tuple(student_logits.shape)}"
+        )
     num_classes = student_logits.shape[-1]
     frame_shape = student_logits.shape[:-1]
     sparse: SparseTeacher | None = teacher_topk
@@ -110,13 +121,17 @@ def kd_loss(
     dense = teacher_logits if teacher_logits is not None else teacher_probs
     if dense is not None and dense.shape != student_logits.shape:
         name = "teacher_logits" if teacher_logits is not None else "teacher_probs"
-        raise ValueError(f"kd_loss: {name} shape {tuple(dense.shape)} != student_logits shape "
-                         f"{tuple(student_logits.shape)} (class count or frame count mismatch)")
+        raise ValueError(
+            f"kd_loss: {name} shape {tuple(dense.shape)} != student_logits shape "
+            f"{tuple(student_logits.shape)} (class count or frame count mismatch)"
+        )
     if sparse is not None:
         idx, top_p = sparse
         if idx.shape != top_p.shape or idx.shape[:-1] != frame_shape:
-            raise ValueError(f"kd_loss: sparse teacher indices {tuple(idx.shape)} and probs {tuple(top_p.shape)} "
-                             f"must both be {tuple(frame_shape)} + (k,)")
+            raise ValueError(
+                f"kd_loss: sparse teacher indices {tuple(idx.shape)} and probs {tuple(top_p.shape)} "
+                f"must both be {tuple(frame_shape)} + (k,)"
+            )
         if idx.dtype.is_floating_point:
             raise ValueError("kd_loss: sparse teacher indices must be an integer tensor")
     if labels is not None and labels.shape != frame_shape:
@@ -124,14 +139,20 @@ def kd_loss(
     if labels is not None and (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool):
         raise ValueError(f"kd_loss: labels must be an integer tensor of class ids, got {labels.dtype}")
     if labels is None and hard_weight != 0:
-        warnings.warn(f"kd_loss: hard_weight={hard_weight} has no effect without labels (the soft term alone is "
-                      "returned); pass hard_weight=0.0 to say so", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"kd_loss: hard_weight={hard_weight} has no effect without labels (the soft term alone is "
+            "returned); pass hard_weight=0.0 to say so",
+            UserWarning,
+            stacklevel=2,
+        )
     if check_values:
         if labels is not None and labels.numel():
             bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
             if bool(bad.any()):
-                raise ValueError(f"kd_loss: labels outside [0, {num_classes}) that are not ignore_index "
-                                 f"({ignore_index}), e.g. {int(labels[bad][0])} (class count mismatch)")
+                raise ValueError(
+                    f"kd_loss: labels outside [0, {num_classes}) that are not ignore_index "
+                    f"({ignore_index}), e.g. {int(labels[bad][0])} (class count mismatch)"
+                )
         if teacher_probs is not None:
             _check_distribution(teacher_probs.float(), "teacher_probs", exact_sum=True)
         if sparse is not None:
@@ -166,7 +187,7 @@ def kd_loss(
             p = teacher_probs.reshape(-1, num_classes).float()
             kl = (torch.xlogy(p, p) - p * log_qt).sum(-1)
         count = valid.sum().clamp(min=1)
-        soft = torch.where(valid, kl, 0.0).sum() / count * (temperature ** 2)
+        soft = torch.where(valid, kl, 0.0).sum() / count * (temperature**2)
         if labels is None:
             return soft
         target = torch.where(valid, labels, 0).long()
@@ -187,12 +208,20 @@ class _SparseKD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, idx: Tensor, p: Tensor, labels: Tensor | None, valid: Tensor,
-                temperature: float, hard_weight: float) -> Tensor:
+    def forward(
+        ctx,
+        s: Tensor,
+        idx: Tensor,
+        p: Tensor,
+        labels: Tensor | None,
+        valid: Tensor,
+        temperature: float,
+        hard_weight: float,
+    ) -> Tensor:
         t = temperature
         hw = hard_weight if labels is not None else 0.0
         log_q1 = torch.log_softmax(s, dim=-1)
-        log_u_top = log_q1.gather(1, idx)                   # T = 1: log softmax(s) of the k classes
+        log_u_top = log_q1.gather(1, idx)  # T = 1: log softmax(s) of the k classes
         if t != 1:
             log_u_top = log_u_top * (1 / t)
         ce = target = None
@@ -204,11 +233,14 @@ class _SparseKD(torch.autograd.Function):
         u.scatter_(1, idx, 0.0)
         u_rest = u.sum(-1)
         u_sum = u_rest + log_u_top.exp().sum(-1)
-        log_q = log_u_top - u_sum.log()[:, None]            # student log-probs of the k classes at T
-        q_rest = u_rest / u_sum                             # student's mass outside the k classes at T
+        log_q = log_u_top - u_sum.log()[:, None]  # student log-probs of the k classes at T
+        q_rest = u_rest / u_sum  # student's mass outside the k classes at T
         rest_p = (1 - p.sum(-1)).clamp(min=0)
-        kl = ((torch.xlogy(p, p) - p * log_q).sum(-1)
-              + torch.xlogy(rest_p, rest_p) - rest_p * q_rest.clamp(min=_TINY).log())
+        kl = (
+            (torch.xlogy(p, p) - p * log_q).sum(-1)
+            + torch.xlogy(rest_p, rest_p)
+            - rest_p * q_rest.clamp(min=_TINY).log()
+        )
         count = valid.sum().clamp(min=1)
         loss = torch.where(valid, kl, 0.0).sum() / count * (t * t)
         if ce is not None:
@@ -222,13 +254,13 @@ class _SparseKD(torch.autograd.Function):
         u, u_sum, q_rest, rest_p, log_q, idx, p, valid, count, target, q1 = ctx.saved_tensors
         t, hw = ctx.temperature, ctx.hard_weight
         w = valid.float() * (grad_out / count)
-        a = w * hw                                          # hard: a * (softmax(s) - onehot(label))
-        b = w * ((1 - hw) * t)                              # soft: T^2 / T times d KL / d(s / T), which is
+        a = w * hw  # hard: a * (softmax(s) - onehot(label))
+        b = w * ((1 - hw) * t)  # soft: T^2 / T times d KL / d(s / T), which is
         # q - p on the top k and q * (1 - rest_p / q_rest) on the other classes, q = u / u_sum
         q_top = log_q.exp()
         coef = b * (1 - rest_p / q_rest.clamp(min=_TINY)) / u_sum
         top = b[:, None] * (q_top - p)
-        if hw > 0 and t == 1:                               # u is softmax(s) with the top k zeroed
+        if hw > 0 and t == 1:  # u is softmax(s) with the top k zeroed
             coef = coef + a
             top = top + a[:, None] * (q_top * u_sum[:, None])
         grad = u * coef[:, None]
@@ -253,12 +285,25 @@ class KDLoss(nn.Module):
         self.hard_weight = hard_weight
         self.ignore_index = ignore_index
 
-    def forward(self, student_logits: Tensor, *, teacher_logits: Tensor | None = None,
-                teacher_probs: Tensor | SparseTeacher | None = None, teacher_topk: SparseTeacher | None = None,
-                labels: Tensor | None = None) -> Tensor:
-        return kd_loss(student_logits, teacher_logits=teacher_logits, teacher_probs=teacher_probs,
-                       teacher_topk=teacher_topk, labels=labels, temperature=self.temperature,
-                       hard_weight=self.hard_weight, ignore_index=self.ignore_index)
+    def forward(
+        self,
+        student_logits: Tensor,
+        *,
+        teacher_logits: Tensor | None = None,
+        teacher_probs: Tensor | SparseTeacher | None = None,
+        teacher_topk: SparseTeacher | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        return kd_loss(
+            student_logits,
+            teacher_logits=teacher_logits,
+            teacher_probs=teacher_probs,
+            teacher_topk=teacher_topk,
+            labels=labels,
+            temperature=self.temperature,
+            hard_weight=self.hard_weight,
+            ignore_index=self.ignore_index,
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, hard_weight={self.hard_weight}, ignore_index={self.ignore_index}"

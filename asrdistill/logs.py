@@ -71,8 +71,9 @@ def file_log(path: str | os.PathLike) -> Iterator[bool]:
         handler.close()
 
 
-def _to_files(level: int, msg: str, *args: Any, handlers: Iterable[logging.Handler] | None = None,
-              name: str = "asrdistill") -> None:
+def _to_files(
+    level: int, msg: str, *args: Any, handlers: Iterable[logging.Handler] | None = None, name: str = "asrdistill"
+) -> None:
     """A record for the attached log files only (not the terminal: it has the bar, or the one-line error)."""
     record = logging.getLogger(name).makeRecord(name, level, __file__, 0, msg, args, None)
     for handler in list(_active.values()) if handlers is None else handlers:
@@ -93,8 +94,9 @@ class CommandStatus:
     code: int = 0
 
 
-def _config_lines(config: str | os.PathLike | None, overrides: Sequence[str], command: str,
-                  role: str | None) -> list[str]:
+def _config_lines(
+    config: str | os.PathLike | None, overrides: Sequence[str], command: str, role: str | None
+) -> list[str]:
     """One line per config section ``command`` reads (per :data:`asrdistill.config.SECTIONS`), --set applied."""
     if config is None:
         return ["config: none (defaults)" + (f"; --set {' '.join(overrides)}" if overrides else "")]
@@ -127,9 +129,15 @@ def _config_lines(config: str | os.PathLike | None, overrides: Sequence[str], co
 
 
 @contextlib.contextmanager
-def command_log(out: str | os.PathLike | None, command: str, command_line: str | None = None, *,
-                config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                role: str | None = None) -> Iterator[CommandStatus]:
+def command_log(
+    out: str | os.PathLike | None,
+    command: str,
+    command_line: str | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    role: str | None = None,
+) -> Iterator[CommandStatus]:
     """Append one command's run to ``<out>/log/<command>.log`` (``<command>.rank<N>.log`` on a DDP rank > 0).
 
     Starts with the command line (default: ``sys.argv``, shell-quoted), where
@@ -161,8 +169,15 @@ def command_log(out: str | os.PathLike | None, command: str, command_line: str |
         from asrdistill import __version__
 
         note(logging.INFO, "command: %s", command_line or shlex.join(sys.argv))
-        note(logging.INFO, "started in %s on %s, pid %d, asrdistill %s, python %s", os.getcwd(),
-             socket.gethostname(), os.getpid(), __version__, sys.version.split()[0])
+        note(
+            logging.INFO,
+            "started in %s on %s, pid %d, asrdistill %s, python %s",
+            os.getcwd(),
+            socket.gethostname(),
+            os.getpid(),
+            __version__,
+            sys.version.split()[0],
+        )
         if config is not None or overrides:
             for line in _config_lines(config, overrides, command, role):
                 note(logging.INFO, "%s", line)
@@ -172,8 +187,9 @@ def command_log(out: str | os.PathLike | None, command: str, command_line: str |
             t = os.times()
             own = t.user + t.system - cpu0.user - cpu0.system
             kids = t.children_user + t.children_system - cpu0.children_user - cpu0.children_system
-            return (f"wall {time.monotonic() - wall0:.1f} s, CPU {own:.1f} s"
-                    + (f" (+ {kids:.1f} s in child processes)" if kids >= 0.05 else ""))
+            return f"wall {time.monotonic() - wall0:.1f} s, CPU {own:.1f} s" + (
+                f" (+ {kids:.1f} s in child processes)" if kids >= 0.05 else ""
+            )
 
         try:
             yield status
@@ -185,8 +201,14 @@ def command_log(out: str | os.PathLike | None, command: str, command_line: str |
             code = e.code if isinstance(e, SystemExit) else 130 if isinstance(e, KeyboardInterrupt) else 1
             note(logging.ERROR, "%s ended by %s: exit status %s; %s", command, type(e).__name__, code, timing())
             raise
-        note(logging.INFO, "%s ended: exit status %s (%s); %s", command, status.code or 0,
-             "failure" if status.code else "success", timing())
+        note(
+            logging.INFO,
+            "%s ended: exit status %s (%s); %s",
+            command,
+            status.code or 0,
+            "failure" if status.code else "success",
+            timing(),
+        )
 
 
 # --------------------------------------------------------------------------- progress
@@ -207,9 +229,19 @@ class Progress:
     a context manager and iteration over the wrapped iterable.
     """
 
-    def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str | None = None,
-                 unit: str = "it", initial: float = 0, disable: bool = False, unit_scale: bool = False,
-                 leave: bool | None = True, interval: float | None = None, **tqdm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: float | None = None,
+        desc: str | None = None,
+        unit: str = "it",
+        initial: float = 0,
+        disable: bool = False,
+        unit_scale: bool = False,
+        leave: bool | None = True,
+        interval: float | None = None,
+        **tqdm_kwargs: Any,
+    ) -> None:
         if total is None and iterable is not None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]
@@ -227,8 +259,9 @@ class Progress:
         if not disable and sys.stderr is not None and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, unit_scale=unit_scale, leave=leave,
-                            **tqdm_kwargs)
+            self.bar = tqdm(
+                total=total, desc=desc, unit=unit, initial=initial, unit_scale=unit_scale, leave=leave, **tqdm_kwargs
+            )
 
     # -- tqdm's interface
     def update(self, n: float = 1) -> None:
@@ -301,14 +334,19 @@ class Progress:
         rate = (self.n - self.initial) / elapsed
         unit = self.unit.strip()
         done = self._count(self.n) + (f"/{self._count(self.total)}" if self.total else "")
-        parts = [f"{self.desc + ': ' if self.desc else ''}{done} {unit}"
-                 + (f" ({100.0 * self.n / self.total:.0f}%)" if self.total else "")
-                 + f" in {tqdm.format_interval(elapsed)}",
-                 f"{self._count(rate) if self.unit_scale else f'{rate:.3g}'} {unit}/s"]
+        parts = [
+            f"{self.desc + ': ' if self.desc else ''}{done} {unit}"
+            + (f" ({100.0 * self.n / self.total:.0f}%)" if self.total else "")
+            + f" in {tqdm.format_interval(elapsed)}",
+            f"{self._count(rate) if self.unit_scale else f'{rate:.3g}'} {unit}/s",
+        ]
         if self.total and not final and rate > 0 and self.n < self.total:
             parts.append(f"eta {tqdm.format_interval((self.total - self.n) / rate)}")
-        return (", ".join(parts) + (f" [{self.postfix}]" if self.postfix else "")
-                + (" (stopped by an error)" if stopped else ""))
+        return (
+            ", ".join(parts)
+            + (f" [{self.postfix}]" if self.postfix else "")
+            + (" (stopped by an error)" if stopped else "")
+        )
 
     def _emit(self, now: float, final: bool = False, stopped: bool = False) -> None:
         self._lines += 1
@@ -319,8 +357,15 @@ class Progress:
             _to_files(logging.INFO, "%s", text, name=_progress_log.name)
 
 
-def progress(iterable: Iterable | None = None, total: float | None = None, desc: str | None = None,
-             unit: str = "it", initial: float = 0, disable: bool = False, **kwargs: Any) -> Progress:
+def progress(
+    iterable: Iterable | None = None,
+    total: float | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    initial: float = 0,
+    disable: bool = False,
+    **kwargs: Any,
+) -> Progress:
     """``tqdm(...)`` with the same arguments, but a bar only where stderr is a terminal.
 
     Elsewhere (stderr redirected to a file) the progress is one ``logging``

@@ -79,8 +79,14 @@ def plot_training_curves(system_dirs: Sequence[str | Path], out_png: str | Path)
         raise ValueError(f"none of {[str(d) for d in system_dirs]} has log/metrics.jsonl with epoch records")
     from matplotlib.ticker import MaxNLocator
 
-    for ax, title in zip(axes, ("train loss (each system's objective: KD loss for students)",
-                                "dev loss (cross-entropy)", "dev frame accuracy (%)")):
+    for ax, title in zip(
+        axes,
+        (
+            "train loss (each system's objective: KD loss for students)",
+            "dev loss (cross-entropy)",
+            "dev frame accuracy (%)",
+        ),
+    ):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(title)
@@ -102,8 +108,14 @@ def _find(manifest: ShardManifest, utt: str) -> tuple[int, dict]:
     raise ValueError(f"{manifest.path}: no utterance {utt!r}")
 
 
-def plot_utterance(utt: str, feats_dir: str | Path, bundles: dict[str, str | Path], out_png: str | Path,
-                   labels_dir: str | Path | None = None, top: int = 6) -> Path:
+def plot_utterance(
+    utt: str,
+    feats_dir: str | Path,
+    bundles: dict[str, str | Path],
+    out_png: str | Path,
+    labels_dir: str | Path | None = None,
+    top: int = 6,
+) -> Path:
     """Spectrogram + alignment + each system's posteriors of the ``top`` most probable senones of ``utt``.
 
     ``bundles`` maps a label (``baseline``, ``ensemble``, ``student``) to a bundle folder.
@@ -123,7 +135,7 @@ def plot_utterance(utt: str, feats_dir: str | Path, bundles: dict[str, str | Pat
         one = ShardManifest(Path(tmp), feats.prefix, meta=feats.meta)
         one.shards.append(write_shard(Path(tmp) / one.shard_name(0), [(utt, {"feats": sample["feats"]})]))
         for name, system in systems.items():
-            (u, logp), = system.posteriors(one)
+            ((u, logp),) = system.posteriors(one)
             posts[name] = np.exp(logp)  # (T, senones)
     first = next(iter(systems.values()))
     total = sum(p.sum(0) for p in posts.values())
@@ -138,29 +150,47 @@ def plot_utterance(utt: str, feats_dir: str | Path, bundles: dict[str, str | Pat
     shift = first.fbank.frame_shift_ms / 1000.0
     t = np.arange(sample["feats"].shape[0]) * shift
     fig, axes = plt.subplots(1 + len(posts), 1, figsize=(12, 2.6 * (1 + len(posts))), sharex=True)
-    librosa.display.specshow(sample["feats"].astype(np.float32).T, sr=first.fbank.sample_rate,
-                             hop_length=first.fbank.shift_samples, x_axis="time", y_axis="mel", fmin=20.0,
-                             fmax=first.fbank.sample_rate / 2, ax=axes[0], cmap="magma")
+    librosa.display.specshow(
+        sample["feats"].astype(np.float32).T,
+        sr=first.fbank.sample_rate,
+        hop_length=first.fbank.shift_samples,
+        x_axis="time",
+        y_axis="mel",
+        fmin=20.0,
+        fmax=first.fbank.sample_rate / 2,
+        ax=axes[0],
+        cmap="magma",
+    )
     axes[0].set_title(f"{utt}: log-mel filterbank" + (" and the aligner's phones" if pdf is not None else ""))
     if pdf is not None:
         phones = [first.tree.pdf_info[p][0][0] if first.tree.pdf_info[p] else 0 for p in pdf]
         starts = [0] + [i for i in range(1, len(phones)) if phones[i] != phones[i - 1]]
         for s, e in zip(starts, starts[1:] + [len(phones)]):
             axes[0].axvline(s * shift, color="white", lw=0.6, alpha=0.7)
-            axes[0].text((s + e) / 2 * shift, first.fbank.sample_rate / 2 * 0.55, first.lang.phones[phones[s]],
-                         color="white", ha="center", fontsize=7)
+            axes[0].text(
+                (s + e) / 2 * shift,
+                first.fbank.sample_rate / 2 * 0.55,
+                first.lang.phones[phones[s]],
+                color="white",
+                ha="center",
+                fontsize=7,
+            )
     colors = plt.cm.tab10(np.arange(len(best)) % 10)
     for ax, (name, p) in zip(axes[1:], posts.items()):
         for c, s in zip(colors, best):
             ax.plot(t, p[:, s], color=c, lw=1.0, label=f"senone {s}")
         if pdf is not None:
             hit = np.isin(pdf, best)
-            ax.scatter(t[hit], np.full(hit.sum(), 1.03), c=[colors[list(best).index(s)] for s in pdf[hit]], s=2,
-                       marker="s")
+            ax.scatter(
+                t[hit], np.full(hit.sum(), 1.03), c=[colors[list(best).index(s)] for s in pdf[hit]], s=2, marker="s"
+            )
         ax.set_ylim(0, 1.07)
         ax.set_ylabel("posterior")
-        ax.set_title(f"{name}: posteriors of the {len(best)} most probable senones"
-                     + (" (squares on top: the alignment's senone)" if pdf is not None else ""), fontsize=9)
+        ax.set_title(
+            f"{name}: posteriors of the {len(best)} most probable senones"
+            + (" (squares on top: the alignment's senone)" if pdf is not None else ""),
+            fontsize=9,
+        )
     axes[1].legend(fontsize=7, ncol=len(best), loc="upper right")
     axes[-1].set_xlabel("time (s)")
     fig.tight_layout()

@@ -38,8 +38,18 @@ import numpy as np
 
 from asrdistill.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-__all__ = ["SystemResult", "PAPER", "GROUPED", "COMBINED", "FROM_SPECIALISTS", "DIFFERENCES", "kept_share",
-           "best_student", "paired_bootstrap", "collect_results"]
+__all__ = [
+    "SystemResult",
+    "PAPER",
+    "GROUPED",
+    "COMBINED",
+    "FROM_SPECIALISTS",
+    "DIFFERENCES",
+    "kept_share",
+    "best_student",
+    "paired_bootstrap",
+    "collect_results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ PAPER = [
     {"system": "paper: 10x ensemble", "test_frame_acc": 61.1, "test_wer": 10.7},
     {"system": "paper: distilled single model", "test_frame_acc": 60.8, "test_wer": 10.7},
 ]
-GROUPED = ("baseline", "student")   # kinds trained with several seeds
+GROUPED = ("baseline", "student")  # kinds trained with several seeds
 COMBINED = "generalist+specialists"  # the kind (and row name) of a specialists folder's system
 FROM_SPECIALISTS = "student_from_specialists"
 # Differences on test with paired bootstrap intervals: (key prefix in results.json, system, reference). Each is a
@@ -63,8 +73,14 @@ DIFFERENCES = (
 )
 BOOTSTRAP_SAMPLES = 2000
 INDEPENDENT = "independent_baseline"  # a hard-label model with its own seed, not an ensemble member
-COLORS = {"baseline": "tab:blue", "ensemble": "tab:green", "student": "tab:orange", INDEPENDENT: "tab:cyan",
-          COMBINED: "tab:purple", FROM_SPECIALISTS: "tab:brown"}
+COLORS = {
+    "baseline": "tab:blue",
+    "ensemble": "tab:green",
+    "student": "tab:orange",
+    INDEPENDENT: "tab:cyan",
+    COMBINED: "tab:purple",
+    FROM_SPECIALISTS: "tab:brown",
+}
 INTERVAL = "95% paired bootstrap over test utterances and, within each seed group, over its seeds"
 
 
@@ -72,16 +88,16 @@ INTERVAL = "95% paired bootstrap over test utterances and, within each seed grou
 class SystemResult:
     """Figures for one system; accuracies and WERs in percent, NaN when not measured."""
 
-    system: str                     # its folder: "baseline_seed1", "ensemble", "student_seed2", "specialists", ...
-    kind: str                       # baseline | ensemble | student | sweep | fraction_hard | fraction_soft |
-                                    # generalist+specialists | student_from_specialists
-    params: int = 0                 # parameters used at run time (ensemble: all members)
+    system: str  # its folder: "baseline_seed1", "ensemble", "student_seed2", "specialists", ...
+    kind: str  # baseline | ensemble | student | sweep | fraction_hard | fraction_soft |
+    # generalist+specialists | student_from_specialists
+    params: int = 0  # parameters used at run time (ensemble: all members)
     dev_frame_acc: float = math.nan
     test_frame_acc: float = math.nan
     dev_wer: float = math.nan
     test_wer: float = math.nan
     nn_seconds_per_frame: float = math.nan  # network forward cost at decoding time
-    decode_rtf: float = math.nan            # search only, one CPU core
+    decode_rtf: float = math.nan  # search only, one CPU core
     extra: dict = field(default_factory=dict)  # seed, epochs, temperature, members, inputs, ...
 
     def save(self, path: str | Path) -> None:
@@ -114,19 +130,29 @@ def best_student(student_dirs: list[str | Path]) -> dict:
         if not distill:
             raise ValueError(f"{d}: not a distilled student (no distill section in train_config.json)")
         acc = json.loads(result.read_text(encoding="utf-8"))["best_dev_acc"]
-        scores.append({"dir": str(d), "temperature": float(distill["temperature"]),
-                       "hard_weight": float(distill["hard_weight"]), "dev_acc": acc})
+        scores.append(
+            {
+                "dir": str(d),
+                "temperature": float(distill["temperature"]),
+                "hard_weight": float(distill["hard_weight"]),
+                "dev_acc": acc,
+            }
+        )
     if not scores:
         raise ValueError("best_student: no student folders given")
     best = max(scores, key=lambda r: r["dev_acc"])
-    log.info("dev frame accuracy by (T, hard weight): %s -> T=%g, hard weight %g",
-             {f"T={r['temperature']:g},w={r['hard_weight']:g}": round(r["dev_acc"], 4) for r in scores},
-             best["temperature"], best["hard_weight"])
+    log.info(
+        "dev frame accuracy by (T, hard weight): %s -> T=%g, hard weight %g",
+        {f"T={r['temperature']:g},w={r['hard_weight']:g}": round(r["dev_acc"], 4) for r in scores},
+        best["temperature"],
+        best["hard_weight"],
+    )
     return best
 
 
-def paired_bootstrap(stats: dict[str, tuple[np.ndarray, np.ndarray]], samples: int = BOOTSTRAP_SAMPLES,
-                     seed: int = 0) -> dict[str, np.ndarray]:
+def paired_bootstrap(
+    stats: dict[str, tuple[np.ndarray, np.ndarray]], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Rates ``100 * sum(num) / sum(den)`` of each system or seed group over ``samples`` resamplings.
 
     ``stats[name] = (num, den)``: ``den`` has one entry per test utterance, in the
@@ -155,7 +181,7 @@ def paired_bootstrap(stats: dict[str, tuple[np.ndarray, np.ndarray]], samples: i
 
 def _interval(point: float, draws: np.ndarray) -> dict:
     finite = draws[np.isfinite(draws)]
-    low, high = (np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan))
+    low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
     return {"value": point, "ci_low": float(low), "ci_high": float(high)}
 
 
@@ -167,8 +193,10 @@ def _per_utt(exp_dir: Path, system: str, test_set: str) -> dict[str, dict[str, n
     z = np.load(frames, allow_pickle=False)
     utts = [str(u) for u in z["utts"]]
     preds = np.split(z["preds"], np.cumsum(z["lengths"])[:-1]) if utts else []
-    out = {u: {"correct": int(c), "labelled": int(n), "preds": p}
-           for u, c, n, p in zip(utts, z["correct"], z["labelled"], preds)}
+    out = {
+        u: {"correct": int(c), "labelled": int(n), "preds": p}
+        for u, c, n, p in zip(utts, z["correct"], z["labelled"], preds)
+    }
     wer = exp_dir / system / f"decode_{test_set}" / "wer.json"
     if wer.is_file():
         for u, (errors, words) in json.loads(wer.read_text(encoding="utf-8")).get("per_utt", {}).items():
@@ -179,8 +207,11 @@ def _per_utt(exp_dir: Path, system: str, test_set: str) -> dict[str, dict[str, n
 
 def _mean_sd(values: list[float]) -> dict:
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
-    return {"mean": float(v.mean()) if v.size else math.nan, "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
-            "n": int(v.size)}
+    return {
+        "mean": float(v.mean()) if v.size else math.nan,
+        "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+        "n": int(v.size),
+    }
 
 
 def _label(r: SystemResult) -> str:
@@ -208,8 +239,9 @@ def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str
     if generalist in systems:
         members["generalist"] = [systems[generalist]]
     elif generalist is not None:
-        log.warning("results: the specialists' generalist %s is not among the systems; no interval against it",
-                    generalist)
+        log.warning(
+            "results: the specialists' generalist %s is not among the systems; no interval against it", generalist
+        )
     per = {g: [_per_utt(exp_dir, r.system, test_set) for r in rs] for g, rs in members.items()}
     if any(x is None for g in need for x in per[g]):
         log.warning("results: per-utterance counts missing for some system; no intervals")
@@ -218,25 +250,35 @@ def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str
         log.warning("results: per-utterance counts of %s missing; no intervals for it", g)
         del per[g]
     utts = sorted(set.intersection(*(set(x) for xs in per.values() for x in xs)))
-    out: dict = {"test_utterances": len(utts), "interval": INTERVAL,
-                 **({"generalist": generalist} if "generalist" in per else {})}
+    out: dict = {
+        "test_utterances": len(utts),
+        "interval": INTERVAL,
+        **({"generalist": generalist} if "generalist" in per else {}),
+    }
     for metric, (num, den) in {"frame_acc": ("correct", "labelled"), "wer": ("errors", "words")}.items():
         if not all(num in x[utts[0]] for g in need for x in per[g]):
             continue
         have = [g for g in per if all(num in x[utts[0]] for x in per[g])]
-        stats = {g: (np.array([[x[u][num] for u in utts] for x in per[g]], dtype=np.float64),
-                     np.array([per[g][0][u][den] for u in utts], dtype=np.float64)) for g in have}
+        stats = {
+            g: (
+                np.array([[x[u][num] for u in utts] for x in per[g]], dtype=np.float64),
+                np.array([per[g][0][u][den] for u in utts], dtype=np.float64),
+            )
+            for g in have
+        }
         draws = paired_bootstrap(stats)
         point = {g: 100.0 * stats[g][0].mean(0).sum() / max(stats[g][1].sum(), 1e-12) for g in have}
         for prefix, system, reference in DIFFERENCES:
             if system in stats and reference in stats:
-                out[f"{prefix}_test_{metric}"] = _interval(point[system] - point[reference],
-                                                           draws[system] - draws[reference])
+                out[f"{prefix}_test_{metric}"] = _interval(
+                    point[system] - point[reference], draws[system] - draws[reference]
+                )
         if metric == "frame_acc":
             with np.errstate(divide="ignore", invalid="ignore"):
                 shares = (draws["student"] - draws["baseline"]) / (draws["ensemble"] - draws["baseline"])
             out["kept_share_test_frame_acc"] = _interval(
-                kept_share(point["baseline"], point["ensemble"], point["student"]), shares)
+                kept_share(point["baseline"], point["ensemble"], point["student"]), shares
+            )
     out["agreement_with_ensemble_test"] = _agreement(members, per, utts)
     dev = {g: _mean_sd([r.dev_frame_acc for r in groups[g]])["mean"] for g in need}
     out["kept_share_dev_frame_acc"] = kept_share(dev["baseline"], dev["ensemble"], dev["student"])
@@ -255,13 +297,16 @@ def _agreement(members: dict[str, list[SystemResult]], per: dict[str, list[dict]
 
     counts = {g: [agreeing(x) for x in per[g]] for g in per if g not in ("ensemble", "generalist")}
     names = {r.system: counts[g][i] for g in counts for i, r in enumerate(members[g])}
-    stats = {**{f"system:{n}": (a, frames) for n, a in names.items()},
-             **{f"group:{g}": (np.stack(a), frames) for g, a in counts.items()}}
+    stats = {
+        **{f"system:{n}": (a, frames) for n, a in names.items()},
+        **{f"group:{g}": (np.stack(a), frames) for g, a in counts.items()},
+    }
     draws = paired_bootstrap(stats)
     point = {k: 100.0 * np.atleast_2d(num).mean(0).sum() / frames.sum() for k, (num, _) in stats.items()}
-    return {"systems": {n: _interval(point[f"system:{n}"], draws[f"system:{n}"]) for n in names},
-            "groups": {g: {**_interval(point[f"group:{g}"], draws[f"group:{g}"]), "seeds": len(counts[g])}
-                       for g in counts}}
+    return {
+        "systems": {n: _interval(point[f"system:{n}"], draws[f"system:{n}"]) for n in names},
+        "groups": {g: {**_interval(point[f"group:{g}"], draws[f"group:{g}"]), "seeds": len(counts[g])} for g in counts},
+    }
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -275,28 +320,47 @@ def _pm(stat: dict, digits: int = 2) -> str:
 
 
 def _ci(iv: dict, digits: int = 2, scale: float = 1.0) -> str:
-    return (f"{_fmt(scale * iv['value'], digits)} [{_fmt(scale * iv['ci_low'], digits)}, "
-            f"{_fmt(scale * iv['ci_high'], digits)}]")
+    return (
+        f"{_fmt(scale * iv['value'], digits)} [{_fmt(scale * iv['ci_low'], digits)}, "
+        f"{_fmt(scale * iv['ci_high'], digits)}]"
+    )
 
 
-def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results", test_set: str | None = None,
-                    goal_kept_share: float = 0.8) -> dict:
+def collect_results(
+    exp_dir: str | Path,
+    order: list[str],
+    title: str = "Results",
+    test_set: str | None = None,
+    goal_kept_share: float = 0.8,
+) -> dict:
     """Write ``results.json``, ``results.md`` and ``results.png`` in ``exp_dir`` from the systems' metrics."""
     exp_dir = Path(exp_dir)
-    rows = [SystemResult.load(exp_dir / name / "metrics.json") for name in order
-            if (exp_dir / name / "metrics.json").is_file()]
+    rows = [
+        SystemResult.load(exp_dir / name / "metrics.json")
+        for name in order
+        if (exp_dir / name / "metrics.json").is_file()
+    ]
     if not rows:
         raise FileNotFoundError(f"{exp_dir}: no <system>/metrics.json found for {order}")
-    sweep = sorted((r for r in rows if r.kind == "sweep"),  # numerically: T = 2 before T = 10
-                   key=lambda r: (r.extra.get("temperature") or 0, r.extra.get("hard_weight") or 0))
+    sweep = sorted(
+        (r for r in rows if r.kind == "sweep"),  # numerically: T = 2 before T = 10
+        key=lambda r: (r.extra.get("temperature") or 0, r.extra.get("hard_weight") or 0),
+    )
     rows = [r for r in rows if r.kind != "sweep"] + sweep
     test_set = test_set or rows[0].extra.get("test_set", "test")
     groups = _groups(rows)
-    summary = {name: {"members": [r.system for r in g], "seeds": [r.extra.get("seed") for r in g],
-                      "epochs": [r.extra.get("epochs") for r in g],
-                      **{key: _mean_sd([getattr(r, key) for r in g])
-                         for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer")}}
-               for name, g in groups.items()}
+    summary = {
+        name: {
+            "members": [r.system for r in g],
+            "seeds": [r.extra.get("seed") for r in g],
+            "epochs": [r.extra.get("epochs") for r in g],
+            **{
+                key: _mean_sd([getattr(r, key) for r in g])
+                for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer")
+            },
+        }
+        for name, g in groups.items()
+    }
     comparison = _compare(exp_dir, groups, test_set)
     fidelity_path = exp_dir / "ensemble" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.is_file() else {}
@@ -304,11 +368,15 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
     if "kept_share_test_frame_acc" in comparison:
         share, gain = comparison["kept_share_test_frame_acc"], comparison["ensemble_gain_test_frame_acc"]
         agree = comparison["agreement_with_ensemble_test"]
-        singles = [a["value"] for name, a in agree["systems"].items()
-                   if name not in {r.system for r in groups["student"]}]
-        goal = {"kept_share_at_least": goal_kept_share, "kept_share_met": share["value"] >= goal_kept_share,
-                "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0,
-                "student_agrees_most": agree["groups"]["student"]["value"] > max(singles, default=math.inf)}
+        singles = [
+            a["value"] for name, a in agree["systems"].items() if name not in {r.system for r in groups["student"]}
+        ]
+        goal = {
+            "kept_share_at_least": goal_kept_share,
+            "kept_share_met": share["value"] >= goal_kept_share,
+            "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0,
+            "student_agrees_most": agree["groups"]["student"]["value"] > max(singles, default=math.inf),
+        }
     fraction = {}
     if "fraction_hard" in groups and "fraction_soft" in groups:
         fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
@@ -317,14 +385,32 @@ def collect_results(exp_dir: str | Path, order: list[str], title: str = "Results
         path = exp_dir / groups[COMBINED][0].system / "frame_accuracy.json"
         specialists = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
-    write_json_atomic(exp_dir / "results.json", {
-        "systems": [asdict(r) for r in rows], "groups": summary, "comparison": comparison, "goal": goal,
-        "fidelity": fidelity, "fraction": fraction, "specialists": specialists, "paper": PAPER})
-    write_text_atomic(exp_dir / "results.md", _markdown(title, rows, groups, summary, comparison, fidelity, goal,
-                                                        fraction, specialists))
+    write_json_atomic(
+        exp_dir / "results.json",
+        {
+            "systems": [asdict(r) for r in rows],
+            "groups": summary,
+            "comparison": comparison,
+            "goal": goal,
+            "fidelity": fidelity,
+            "fraction": fraction,
+            "specialists": specialists,
+            "paper": PAPER,
+        },
+    )
+    write_text_atomic(
+        exp_dir / "results.md",
+        _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists),
+    )
     _plot(exp_dir, groups, summary, comparison, exp_dir / "results.png")
-    return {"systems": rows, "groups": summary, "comparison": comparison, "goal": goal, "fidelity": fidelity,
-            "specialists": specialists}
+    return {
+        "systems": rows,
+        "groups": summary,
+        "comparison": comparison,
+        "goal": goal,
+        "fidelity": fidelity,
+        "specialists": specialists,
+    }
 
 
 def _difference_label(prefix: str, comparison: dict) -> str:
@@ -345,61 +431,103 @@ def _trained(r: SystemResult) -> str:
 
 def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists) -> str:
     agree = comparison.get("agreement_with_ensemble_test", {"systems": {}, "groups": {}})
-    lines = [f"# {title}", "", "## Systems", "",
-             "Epochs: run / budget (best dev epoch), what ended training. Agreement: test frames where the system's "
-             "best senone is the ensemble's.", "",
-             "| system | seed | epochs | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
-             "| agrees with ensemble % | NN ms / s of audio | search RTF |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        "## Systems",
+        "",
+        "Epochs: run / budget (best dev epoch), what ended training. Agreement: test frames where the system's "
+        "best senone is the ensemble's.",
+        "",
+        "| system | seed | epochs | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
+        "| agrees with ensemble % | NN ms / s of audio | search RTF |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
         a = agree["systems"].get(r.system)
-        lines.append(f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
-                     f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
-                     f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |")
-    lines += ["", "## Over seeds (mean ± sd)", "",
-              "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % | agrees with ensemble % |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
+            f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
+            f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |"
+        )
+    lines += [
+        "",
+        "## Over seeds (mean ± sd)",
+        "",
+        "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % | agrees with ensemble % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name in groups:
         g = summary[name]
         if name in (*GROUPED, "ensemble", INDEPENDENT, COMBINED, FROM_SPECIALISTS):
             a = agree["groups"].get(name)
-            lines.append(f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
-                         f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |")
+            lines.append(
+                f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
+                f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |"
+            )
     for p in PAPER:
         lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - |")
     chosen = _chosen_distillation(groups)
     if chosen:
-        lines += ["", f"Students: T = {chosen[0]:g}, hard weight {chosen[1]:g} (the best dev frame accuracy of the "
-                  "swept settings)."]
+        lines += [
+            "",
+            f"Students: T = {chosen[0]:g}, hard weight {chosen[1]:g} (the best dev frame accuracy of the "
+            "swept settings).",
+        ]
     if comparison:
-        lines += ["", f"## Differences on test, 95% intervals over {comparison['test_utterances']} utterances", "",
-                  f"Intervals: {comparison['interval']}.", "", "| figure | value [95% interval] |", "|---|---:|"]
+        lines += [
+            "",
+            f"## Differences on test, 95% intervals over {comparison['test_utterances']} utterances",
+            "",
+            f"Intervals: {comparison['interval']}.",
+            "",
+            "| figure | value [95% interval] |",
+            "|---|---:|",
+        ]
         for metric, unit, better in (("frame_acc", "frame acc", "higher"), ("wer", "WER", "lower")):
             for prefix, _, _ in DIFFERENCES:
                 if f"{prefix}_test_{metric}" in comparison:
-                    lines.append(f"| {_difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
-                                 f"{_ci(comparison[f'{prefix}_test_{metric}'])} |")
+                    lines.append(
+                        f"| {_difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
+                        f"{_ci(comparison[f'{prefix}_test_{metric}'])} |"
+                    )
         if "kept_share_test_frame_acc" in comparison:
-            lines.append(f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
-                         f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |")
-        lines.append(f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
-                     f"{_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)} |")
+            lines.append(
+                f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
+                f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |"
+            )
+        lines.append(
+            f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
+            f"{_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)} |"
+        )
         lines += ["", f"The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
     if goal:
-        lines.append(f"Goal (kept share >= {100 * goal['kept_share_at_least']:.0f}% with the ensemble's gain interval "
-                     f"excluding zero, and the students agreeing with the ensemble more than any single model): kept "
-                     f"share {'met' if goal['kept_share_met'] else 'NOT met'}; the ensemble's gain interval "
-                     f"{'excludes' if goal['ensemble_gain_ci_excludes_zero'] else 'does NOT exclude'} zero; "
-                     f"agreement {'met' if goal.get('student_agrees_most') else 'NOT met'}.")
+        lines.append(
+            f"Goal (kept share >= {100 * goal['kept_share_at_least']:.0f}% with the ensemble's gain interval "
+            f"excluding zero, and the students agreeing with the ensemble more than any single model): kept "
+            f"share {'met' if goal['kept_share_met'] else 'NOT met'}; the ensemble's gain interval "
+            f"{'excludes' if goal['ensemble_gain_ci_excludes_zero'] else 'does NOT exclude'} zero; "
+            f"agreement {'met' if goal.get('student_agrees_most') else 'NOT met'}."
+        )
     if fidelity:
-        lines += ["", "## Soft targets: share of the exact soft loss the cache keeps (dev)", "",
-                  "| T | stored | fidelity % |", "|---:|---|---:|"]
+        lines += [
+            "",
+            "## Soft targets: share of the exact soft loss the cache keeps (dev)",
+            "",
+            "| T | stored | fidelity % |",
+            "|---:|---|---:|",
+        ]
         for t, r in sorted(fidelity.items(), key=lambda item: float(item[0])):
-            lines.append(f"| {t} | {'top-' + str(r['k']) if r['k'] else 'dense fp16'} | {_fmt(100 * r['fidelity'], 1)} |")
+            lines.append(
+                f"| {t} | {'top-' + str(r['k']) if r['k'] else 'dense fp16'} | {_fmt(100 * r['fidelity'], 1)} |"
+            )
     if fraction:
-        lines += ["", f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(fraction['hard'])}% "
-                  f"vs soft targets {_fmt(fraction['soft'])}% test frame accuracy (paper, 3% of 2,000 h: 44.5% vs 57.0%)."]
+        lines += [
+            "",
+            f"Trained on a fraction of the data (the paper's section 6): hard labels {_fmt(fraction['hard'])}% "
+            f"vs soft targets {_fmt(fraction['soft'])}% test frame accuracy (paper, 3% of 2,000 h: 44.5% vs 57.0%).",
+        ]
     if specialists:
         lines += _specialists_markdown(specialists)
     return "\n".join(lines) + "\n"
@@ -415,17 +543,27 @@ def _chosen_distillation(groups: dict[str, list[SystemResult]]) -> tuple[float, 
 
 def _specialists_markdown(breakdown: dict) -> list[str]:
     """Frame accuracy on the frames labelled with a senone of a specialist's group vs the rest, per set."""
-    lines = ["", "## Specialists: frame accuracy on their groups' frames vs the rest (the paper's Table 4)", "",
-             f"{breakdown['specialists']} specialists; the generalist's top {breakdown['top_classes']} class(es) "
-             "activate them; a frame counts as in the groups when its label is a senone of a group.", "",
-             "| set | frames | frames % | generalist % | generalist+specialists % | change (points) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Specialists: frame accuracy on their groups' frames vs the rest (the paper's Table 4)",
+        "",
+        f"{breakdown['specialists']} specialists; the generalist's top {breakdown['top_classes']} class(es) "
+        "activate them; a frame counts as in the groups when its label is a senone of a group.",
+        "",
+        "| set | frames | frames % | generalist % | generalist+specialists % | change (points) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in breakdown["sets"].items():
         gen, comb = r["generalist"], r[COMBINED]
-        for part, acc, frames in (("in groups", "acc_in_groups", "frames_in_groups"),
-                                  ("outside", "acc_outside", "frames_outside"), ("all", "acc", "frames")):
-            lines.append(f"| {name}, {part} | {gen[frames]:,} | {_fmt(100 * gen[frames] / gen['frames'], 1)} | "
-                         f"{_fmt(100 * gen[acc])} | {_fmt(100 * comb[acc])} | {100 * (comb[acc] - gen[acc]):+.2f} |")
+        for part, acc, frames in (
+            ("in groups", "acc_in_groups", "frames_in_groups"),
+            ("outside", "acc_outside", "frames_outside"),
+            ("all", "acc", "frames"),
+        ):
+            lines.append(
+                f"| {name}, {part} | {gen[frames]:,} | {_fmt(100 * gen[frames] / gen['frames'], 1)} | "
+                f"{_fmt(100 * gen[acc])} | {_fmt(100 * comb[acc])} | {100 * (comb[acc] - gen[acc]):+.2f} |"
+            )
     return lines
 
 
@@ -451,8 +589,10 @@ def _plot(exp_dir: Path, groups: dict, summary: dict, comparison: dict, path: Pa
 
 def _plot_groups(acc_ax, wer_ax, groups: dict, summary: dict) -> None:
     """Bars per group; a group without a WER (e.g. the sweep) is left out of the WER panel, not drawn as 0."""
-    for ax, key, label in ((acc_ax, "test_frame_acc", "test frame accuracy (%), higher is better"),
-                           (wer_ax, "test_wer", "test WER (%), lower is better")):
+    for ax, key, label in (
+        (acc_ax, "test_frame_acc", "test frame accuracy (%), higher is better"),
+        (wer_ax, "test_wer", "test WER (%), lower is better"),
+    ):
         names = [n for n in groups if not math.isnan(summary[n][key]["mean"])]
         means = [summary[n][key]["mean"] for n in names]
         sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
@@ -465,13 +605,22 @@ def _plot_groups(acc_ax, wer_ax, groups: dict, summary: dict) -> None:
 
 def _plot_differences(ax, comparison: dict) -> None:
     """Each difference as a point with its interval, one labelled row each (readable however many there are)."""
-    shown = [(f"{prefix}_test_{metric}", system, f"{_difference_label(prefix, comparison)}, {unit}")
-             for metric, unit in (("frame_acc", "frame acc (> 0 better)"), ("wer", "WER (< 0 better)"))
-             for prefix, system, _ in DIFFERENCES if f"{prefix}_test_{metric}" in comparison]
+    shown = [
+        (f"{prefix}_test_{metric}", system, f"{_difference_label(prefix, comparison)}, {unit}")
+        for metric, unit in (("frame_acc", "frame acc (> 0 better)"), ("wer", "WER (< 0 better)"))
+        for prefix, system, _ in DIFFERENCES
+        if f"{prefix}_test_{metric}" in comparison
+    ]
     for i, (key, system, _) in enumerate(shown):
         iv = comparison[key]
-        ax.errorbar([iv["value"]], [i], xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
-                    fmt="o", capsize=4, color=COLORS.get(system, "tab:gray"))
+        ax.errorbar(
+            [iv["value"]],
+            [i],
+            xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
+            fmt="o",
+            capsize=4,
+            color=COLORS.get(system, "tab:gray"),
+        )
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(shown)), [label for _, _, label in shown], fontsize=8)
     ax.invert_yaxis()
@@ -483,9 +632,14 @@ def _plot_kept_share(ax, comparison: dict) -> None:
     paper = 100 * kept_share(58.9, 61.1, 60.8)
     test = comparison.get("kept_share_test_frame_acc")
     if test is not None and not math.isnan(test["value"]):
-        ax.errorbar([0], [100 * test["value"]], yerr=[[100 * (test["value"] - test["ci_low"])],
-                                                     [100 * (test["ci_high"] - test["value"])]],
-                    fmt="o", capsize=5, color=COLORS["student"])
+        ax.errorbar(
+            [0],
+            [100 * test["value"]],
+            yerr=[[100 * (test["value"] - test["ci_low"])], [100 * (test["ci_high"] - test["value"])]],
+            fmt="o",
+            capsize=5,
+            color=COLORS["student"],
+        )
     dev = comparison.get("kept_share_dev_frame_acc", math.nan)
     if not math.isnan(dev):
         ax.plot([1], [100 * dev], "o", color=COLORS["student"], mfc="white")
@@ -508,8 +662,9 @@ def _plot_curves(acc_ax, kl_ax, exp_dir: Path, groups: dict) -> None:
         color = COLORS.get(group, "tab:gray")
         acc_ax.plot(epochs, [100 * row["dev_acc"] for row in rows], marker="o", ms=3, color=color, label=r.system)
         if any("dev_kl" in row for row in rows):
-            kl_ax.plot(epochs, [row.get("dev_kl", math.nan) for row in rows], marker="o", ms=3, color=color,
-                       label=r.system)
+            kl_ax.plot(
+                epochs, [row.get("dev_kl", math.nan) for row in rows], marker="o", ms=3, color=color, label=r.system
+            )
     if "ensemble" in groups:
         acc_ax.axhline(groups["ensemble"][0].dev_frame_acc, color=COLORS["ensemble"], ls="--", label="ensemble")
     acc_ax.set(xlabel="epoch", ylabel="dev frame accuracy (%)")

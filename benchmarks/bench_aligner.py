@@ -98,7 +98,11 @@ def match_boundaries(ref: list[tuple[str, float]], hyp: list[tuple[str, float]])
     back[1:, 0], back[0, 1:] = 1, 2
     for i in range(1, n + 1):
         for j in range(1, m + 1):
-            options = (cost[i - 1, j - 1] + _sub_cost(ref[i - 1][0], hyp[j - 1][0]), cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+            options = (
+                cost[i - 1, j - 1] + _sub_cost(ref[i - 1][0], hyp[j - 1][0]),
+                cost[i - 1, j] + 1,
+                cost[i, j - 1] + 1,
+            )
             k = int(np.argmin(options))
             cost[i, j], back[i, j] = options[k], k
     path: list[tuple[int, int] | None] = []  # aligned (i, j) for exact-class matches, None for anything else
@@ -142,8 +146,9 @@ def read_truth(subset_dir: Path) -> tuple[dict[str, list[tuple[str, float]]], se
     return truth, clean
 
 
-def frame_phones(phone: np.ndarray, state: np.ndarray, phones: list[str], shift_s: float = 0.01,
-                 length_s: float = 0.025) -> list[tuple[str, float]]:
+def frame_phones(
+    phone: np.ndarray, state: np.ndarray, phones: list[str], shift_s: float = 0.01, length_s: float = 0.025
+) -> list[tuple[str, float]]:
     """``[(class, end_s)]`` of the phone instances of a frame alignment (end midway between frame centres)."""
     from asrdistill.aligner.stats import instance_starts
 
@@ -162,8 +167,9 @@ class UttBoundaries:
     total_ref: int  # true boundaries in the utterance, matched or not
 
 
-def alignment_boundaries(ali_dir: Path, truth: dict[str, list[tuple[str, float]]],
-                         phones: list[str]) -> dict[str, UttBoundaries]:
+def alignment_boundaries(
+    ali_dir: Path, truth: dict[str, list[tuple[str, float]]], phones: list[str]
+) -> dict[str, UttBoundaries]:
     """Boundary errors of the phone-level alignment shards ``ali_dir/ali-*.tar``, per utterance with a truth."""
     from asrdistill.data.shards import ShardManifest, iter_shard
 
@@ -174,8 +180,11 @@ def alignment_boundaries(ali_dir: Path, truth: dict[str, list[tuple[str, float]]
                 continue
             ref = truth[utt]
             matched = match_boundaries(ref, frame_phones(sample["phone"], sample["state"], phones))
-            out[utt] = UttBoundaries(np.array([abs(r - h) for r, h, _ in matched], dtype=float),
-                                     np.array([a for _, _, a in matched], dtype=bool), len(ref) - 1)
+            out[utt] = UttBoundaries(
+                np.array([abs(r - h) for r, h, _ in matched], dtype=float),
+                np.array([a for _, _, a in matched], dtype=bool),
+                len(ref) - 1,
+            )
     return out
 
 
@@ -183,8 +192,10 @@ def alignment_boundaries(ali_dir: Path, truth: dict[str, list[tuple[str, float]]
 class BoundaryScore:
     """Boundary accuracy pooled over utterances (nan where nothing matched)."""
 
-    HEADER: ClassVar[str] = (f"{'subset':<16} {'ali':<5} {'<=20ms':>7} {'|err| ms':>8}   {'matched / true':>15} "
-                             f"{'utts':>5}   {'no l/r/w/j: <=20ms':>18} {'|err| ms':>8}")
+    HEADER: ClassVar[str] = (
+        f"{'subset':<16} {'ali':<5} {'<=20ms':>7} {'|err| ms':>8}   {'matched / true':>15} "
+        f"{'utts':>5}   {'no l/r/w/j: <=20ms':>18} {'|err| ms':>8}"
+    )
 
     utterances: int
     matched: int
@@ -201,14 +212,22 @@ class BoundaryScore:
         e = np.concatenate([b.errors for b in sel]) if sel else np.zeros(0)
         ok = np.concatenate([b.errors[~b.approx] for b in sel]) if sel else np.zeros(0)
         nan = float("nan")
-        return cls(len(sel), len(e), sum(b.total_ref for b in sel),
-                   float((e <= 0.02).mean()) if len(e) else nan, float(e.mean() * 1000) if len(e) else nan,
-                   float((ok <= 0.02).mean()) if len(ok) else nan, float(ok.mean() * 1000) if len(ok) else nan)
+        return cls(
+            len(sel),
+            len(e),
+            sum(b.total_ref for b in sel),
+            float((e <= 0.02).mean()) if len(e) else nan,
+            float(e.mean() * 1000) if len(e) else nan,
+            float((ok <= 0.02).mean()) if len(ok) else nan,
+            float(ok.mean() * 1000) if len(ok) else nan,
+        )
 
     def row(self, subset: str, system: str) -> str:
-        return (f"{subset:<16} {system:<5} {self.within_20ms:7.1%} {self.mean_abs_ms:8.1f}   "
-                f"{self.matched:>6} / {self.total_ref:<6} {self.utterances:>5}   "
-                f"{self.within_20ms_no_approx:18.1%} {self.mean_abs_ms_no_approx:8.1f}")
+        return (
+            f"{subset:<16} {system:<5} {self.within_20ms:7.1%} {self.mean_abs_ms:8.1f}   "
+            f"{self.matched:>6} / {self.total_ref:<6} {self.utterances:>5}   "
+            f"{self.within_20ms_no_approx:18.1%} {self.mean_abs_ms_no_approx:8.1f}"
+        )
 
 
 def print_boundary_tables(corpus: Path, phones: list[str], alignments: list[tuple[str, str, Path]]) -> None:
@@ -226,8 +245,10 @@ def print_boundary_tables(corpus: Path, phones: list[str], alignments: list[tupl
 
 def _peak_rss_mb() -> tuple[float, float]:
     """Peak resident memory (MB) of this process and of its largest finished child (Linux reports KB)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    )
 
 
 def _rate(res) -> str:
@@ -237,8 +258,8 @@ def _rate(res) -> str:
     return f"{res.num_frames / res.seconds:.0f} frames/s ({res.num_frames} frames in {res.seconds:.1f} s)"
 
 
-STAGES = ("mono", "tri1", "tri2")              # each trained from the previous one's alignment
-ALI_NAME = {"mono": "mono", "tri1": "tri", "tri2": "tri2"}   # folders <name>/ and <name>_ali/ under --work
+STAGES = ("mono", "tri1", "tri2")  # each trained from the previous one's alignment
+ALI_NAME = {"mono": "mono", "tri1": "tri", "tri2": "tri2"}  # folders <name>/ and <name>_ali/ under --work
 
 
 def run_pipeline(args: argparse.Namespace) -> None:
@@ -249,9 +270,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig, train_triphone
     from asrdistill.data.features import FbankConfig, compute_features
-    from asrdistill.fileio import is_done
     from asrdistill.data.lang import Lang
     from asrdistill.data.lexicon import build_lang
+    from asrdistill.fileio import is_done
     from data_prep.librispeech import prepare_librispeech
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -267,64 +288,88 @@ def run_pipeline(args: argparse.Namespace) -> None:
     words = [w for d in data.values() for line in d.text.values() for w in line.split()]
     build_lang(words, work / "lang")
     lang = Lang.load(work / "lang")
-    feats = {s: compute_features(work / "data" / s, work / "fbank" / s, FbankConfig(shard_size_mb=args.shard_mb), args.nj)
-             for s in subsets}
+    feats = {
+        s: compute_features(work / "data" / s, work / "fbank" / s, FbankConfig(shard_size_mb=args.shard_mb), args.nj)
+        for s in subsets
+    }
     hours = {s: feats[s].num_frames / 360000 for s in subsets}
     print(f"corpus: {', '.join(f'{s} {h:.2f} h' for s, h in hours.items())}; {lang.num_phones} phones")
 
     # ---- the GMM-HMM stage, timed as a whole, up to --last-stage
     stages = STAGES[: STAGES.index(args.last_stage) + 1]
-    minutes: dict[str, float] = {}   # phase -> wall minutes, in order
+    minutes: dict[str, float] = {}  # phase -> wall minutes, in order
     t0 = time.time()
     if is_done(work / "mono", "mono"):  # reuse a finished monophone system; count its recorded time
         mono = HmmModel.load(work / "mono" / "final.pt")
         t0 -= json.loads((work / "mono" / ".mono.done").read_text())["seconds"]
         print("monophone system reused from an earlier run (its recorded training time is included)")
     else:
-        mono = train_mono(feats["train"], data["train"].text, lang, work / "mono",
-                          MonoConfig(nj=args.nj, max_gaussians=args.mono_gaussians))
+        mono = train_mono(
+            feats["train"],
+            data["train"].text,
+            lang,
+            work / "mono",
+            MonoConfig(nj=args.nj, max_gaussians=args.mono_gaussians),
+        )
     minutes["mono train"] = (time.time() - t0) / 60
     align_cfg = AlignConfig(nj=args.nj)
     t0 = time.time()
     mono_res = {s: align_subset(feats[s], data[s].text, lang, mono, work / "mono_ali" / s, align_cfg) for s in subsets}
     minutes["mono align all subsets"] = (time.time() - t0) / 60
     prev = mono_res
-    for stage in stages[1:]:   # tri1 from the monophone alignment, tri2 from tri1's
+    for stage in stages[1:]:  # tri1 from the monophone alignment, tri2 from tri1's
         t0 = time.time()
         transform = "lda_mllt" if stage == "tri2" else "deltas"
         name = ALI_NAME[stage]
-        model = train_triphone(prev["train"].ali, feats["train"], data["train"].text, lang, mono, work / name,
-                               TreeConfig(num_leaves=args.num_leaves),
-                               TriConfig(nj=args.nj, max_gaussians=args.max_gaussians, feature_transform=transform))
+        model = train_triphone(
+            prev["train"].ali,
+            feats["train"],
+            data["train"].text,
+            lang,
+            mono,
+            work / name,
+            TreeConfig(num_leaves=args.num_leaves),
+            TriConfig(nj=args.nj, max_gaussians=args.max_gaussians, feature_transform=transform),
+        )
         minutes[f"tree + {stage} ({transform}) train"] = (time.time() - t0) / 60
         t0 = time.time()
-        prev = {s: align_subset(feats[s], data[s].text, lang, model, work / f"{name}_ali" / s, align_cfg)
-                for s in subsets}
+        prev = {
+            s: align_subset(feats[s], data[s].text, lang, model, work / f"{name}_ali" / s, align_cfg) for s in subsets
+        }
         minutes[f"{stage} labels"] = (time.time() - t0) / 60
         used = json.loads((work / f"{name}_ali" / "train" / "senone_counts.json").read_text())["num_used"]
-        print(f"{stage}: {model.num_pdfs} senones in the tree, {used} used in the training labels, "
-              f"{model.gmm.num_gauss} Gaussians, {model.transform.dim}-dim features; train label pass "
-              f"{_rate(prev['train'])}")
+        print(
+            f"{stage}: {model.num_pdfs} senones in the tree, {used} used in the training labels, "
+            f"{model.gmm.num_gauss} Gaussians, {model.transform.dim}-dim features; train label pass "
+            f"{_rate(prev['train'])}"
+        )
     rss_self, rss_child = _peak_rss_mb()
 
-    print(f"GMM-HMM stage ({', '.join(stages)}) on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: "
-          f"{sum(minutes.values()):.1f} min ({', '.join(f'{k} {v:.1f}' for k, v in minutes.items())}); "
-          f"peak RSS main {rss_self:.0f} MB, largest worker {rss_child:.0f} MB")
+    print(
+        f"GMM-HMM stage ({', '.join(stages)}) on {hours['train']:.2f} h train (+ dev/test labels), nj={args.nj}: "
+        f"{sum(minutes.values()):.1f} min ({', '.join(f'{k} {v:.1f}' for k, v in minutes.items())}); "
+        f"peak RSS main {rss_self:.0f} MB, largest worker {rss_child:.0f} MB"
+    )
     print(f"monophone alignment of train alone ({mono.gmm.num_gauss} Gaussians): {_rate(mono_res['train'])}")
     names = [ALI_NAME[stage] for stage in stages]
-    print_boundary_tables(corpus / "LibriSpeech", lang.phones,
-                          [(s, name, work / f"{name}_ali" / s) for s in subsets for name in names])
+    print_boundary_tables(
+        corpus / "LibriSpeech", lang.phones, [(s, name, work / f"{name}_ali" / s) for s in subsets for name in names]
+    )
 
 
 def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
     """Score the alignments a recipe run wrote under ``recipe/exp`` against ``recipe/data/corpus``; trains nothing."""
-    from asrdistill.fileio import is_done
     from asrdistill.data.lang import Lang
+    from asrdistill.fileio import is_done
 
     lang = Lang.load(recipe / "data" / "lang")
     candidates = [(train_set, "mono", recipe / "exp" / "mono" / "ali")] if train_set in subsets else []
-    candidates += [(s, name, recipe / "exp" / f"{name}_ali" / s) for s in subsets for name in ("tri", "tri2")
-                   if name == "tri" or (recipe / "exp" / f"{name}_ali" / s).is_dir()]
+    candidates += [
+        (s, name, recipe / "exp" / f"{name}_ali" / s)
+        for s in subsets
+        for name in ("tri", "tri2")
+        if name == "tri" or (recipe / "exp" / f"{name}_ali" / s).is_dir()
+    ]
     alignments = []
     for s, name, ali_dir in candidates:
         if is_done(ali_dir, "align"):
@@ -343,10 +388,14 @@ def score_recipe(recipe: Path, subsets: list[str], train_set: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe-dir", type=Path,
-                    help="score the alignments of this recipe run (e.g. recipes/librispeech) instead of training")
-    ap.add_argument("--subsets", nargs="+", default=["train", "dev", "test"],
-                    help="with --recipe-dir: subsets to score")
+    ap.add_argument(
+        "--recipe-dir",
+        type=Path,
+        help="score the alignments of this recipe run (e.g. recipes/librispeech) instead of training",
+    )
+    ap.add_argument(
+        "--subsets", nargs="+", default=["train", "dev", "test"], help="with --recipe-dir: subsets to score"
+    )
     ap.add_argument("--train-set", default="train", help="with --recipe-dir: the subset exp/mono/ali aligns")
     ap.add_argument("--corpus", type=Path, help="folder holding LibriSpeech/ (synthetic, with .phones.ctm)")
     ap.add_argument("--hours", type=float, default=1.0, help="synthesize this much first when --corpus is not given")
@@ -355,9 +404,15 @@ def main() -> None:
     ap.add_argument("--num-leaves", type=int, default=1000)
     ap.add_argument("--max-gaussians", type=int, default=8000)
     ap.add_argument("--mono-gaussians", type=int, default=1000)
-    ap.add_argument("--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards")
-    ap.add_argument("--last-stage", choices=STAGES, default="tri2",
-                    help="full-pipeline mode: train and time up to this stage (tri1: without LDA+MLLT)")
+    ap.add_argument(
+        "--shard-mb", type=float, default=10.0, help="feature shard size: training parallelises over shards"
+    )
+    ap.add_argument(
+        "--last-stage",
+        choices=STAGES,
+        default="tri2",
+        help="full-pipeline mode: train and time up to this stage (tri1: without LDA+MLLT)",
+    )
     args = ap.parse_args()
     if args.recipe_dir is not None:
         score_recipe(args.recipe_dir, args.subsets, args.train_set)

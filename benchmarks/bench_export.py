@@ -26,8 +26,15 @@ import torch
 
 from asrdistill.data.shards import FEATS_PREFIX, ShardManifest, iter_shard
 from asrdistill.decoding.bundle import load_system
-from asrdistill.decoding.export import (FP32_TOLERANCE, INT8_TOLERANCE, NETWORK_FILES, FrameScorer, cmvn_frames,
-                                        export_bundle, parity)
+from asrdistill.decoding.export import (
+    FP32_TOLERANCE,
+    INT8_TOLERANCE,
+    NETWORK_FILES,
+    FrameScorer,
+    cmvn_frames,
+    export_bundle,
+    parity,
+)
 
 
 def utterances(system, feats: str | None, seconds: float) -> list[tuple[str, np.ndarray]]:
@@ -72,8 +79,10 @@ def main() -> None:
     ref = [(u, y + system.log_priors) for u, y in ref]
     params = sum(p.numel() for p in scorer.parameters())
     source = f"features {args.feats}" if args.feats else "frames drawn from the CMVN statistics"
-    print(f"bundle {args.bundle}: {len(system.models)} member(s), {params:,} parameters; {len(utts)} utterance(s), "
-          f"{audio:.1f} s of audio ({source}); 1 CPU thread")
+    print(
+        f"bundle {args.bundle}: {len(system.models)} member(s), {params:,} parameters; {len(utts)} utterance(s), "
+        f"{audio:.1f} s of audio ({source}); 1 CPU thread"
+    )
     size = sum(p.stat().st_size for p in Path(args.bundle, "members").glob("*.pt")) / 1e3
     print(f"{'variant':<14} {'ms / s audio':>12} {'speed-up':>9} {'file kB':>9}  parity with PyTorch (tolerance)")
     print(f"{'pytorch fp32':<14} {1000 * t_ref / audio:>12.3f} {1.0:>9.2f} {size:>9.1f}  (reference)")
@@ -84,8 +93,10 @@ def main() -> None:
             t, loglikes = timed(network.loglikes, utts)
             result = parity(ref, ((u, y + system.log_priors) for u, y in loglikes))
             size = (out / NETWORK_FILES[precision]).stat().st_size / 1e3
-            print(f"{'onnx ' + precision:<14} {1000 * t / audio:>12.3f} {t_ref / t:>9.2f} {size:>9.1f}  {result} "
-                  f"({'within' if result.within(tol) else 'BEYOND'} {tol})")
+            print(
+                f"{'onnx ' + precision:<14} {1000 * t / audio:>12.3f} {t_ref / t:>9.2f} {size:>9.1f}  {result} "
+                f"({'within' if result.within(tol) else 'BEYOND'} {tol})"
+            )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,10 @@ def _random_labels(feats: ShardManifest, out: Path, num_pdfs: int = 4000) -> Sha
     rng = np.random.default_rng(0)
     labels = ShardManifest(out, "pdf")
     for i, path in enumerate(feats.shard_paths):
-        samples = [(utt, {"pdf": rng.integers(0, num_pdfs, s["feats"].shape[0]).astype(np.int32)})
-                   for utt, s in iter_shard(path)]
+        samples = [
+            (utt, {"pdf": rng.integers(0, num_pdfs, s["feats"].shape[0]).astype(np.int32)})
+            for utt, s in iter_shard(path)
+        ]
         labels.shards.append(write_shard(out / labels.shard_name(i), samples))
     labels.save()
     return labels
@@ -82,7 +84,9 @@ def _maxrss_mb(who: int) -> float:
 
 def _cpu_s() -> float:
     """User+system CPU seconds of this process and its finished children."""
-    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    return sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,12 +135,19 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [
         ("audio", f"{audio_s / 3600:.2f} h, {len(feats.keys)} utterances, {feats.num_frames} frames"),
-        (f"fbank extraction (decode+fbank+shards, nj={args.nj})", f"{extract_s:.1f} s = {audio_s / extract_s:.0f}x real-time"),
-        ("  CPU time; audio s per CPU s; if nj cores were free",
-         f"{extract_cpu:.1f} s; {audio_s / extract_cpu:.0f}x; {args.nj * audio_s / extract_cpu:.0f}x real-time"),
+        (
+            f"fbank extraction (decode+fbank+shards, nj={args.nj})",
+            f"{extract_s:.1f} s = {audio_s / extract_s:.0f}x real-time",
+        ),
+        (
+            "  CPU time; audio s per CPU s; if nj cores were free",
+            f"{extract_cpu:.1f} s; {audio_s / extract_cpu:.0f}x; {args.nj * audio_s / extract_cpu:.0f}x real-time",
+        ),
         ("peak RSS main / largest worker", f"{rss_self:.0f} MB / {rss_child:.0f} MB"),
-        (f"FrameStream {cfg.window}-frame windows, batch {cfg.batch_size}, {args.device}",
-         f"{frames / stream_s:,.0f} frames/s ({batches} batches, first after {first:.2f} s)"),
+        (
+            f"FrameStream {cfg.window}-frame windows, batch {cfg.batch_size}, {args.device}",
+            f"{frames / stream_s:,.0f} frames/s ({batches} batches, first after {first:.2f} s)",
+        ),
         ("  CPU time; frames per CPU s", f"{stream_cpu:.1f} s; {frames / stream_cpu:,.0f}"),
         ("torch threads (main)", str(torch.get_num_threads())),
     ]

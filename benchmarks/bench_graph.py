@@ -45,8 +45,9 @@ def cmudict_lang(out: Path, num_words: int, seed: int) -> Lang:
     lexicon = [(w, tuple(p.rstrip("012") for p in pron)) for w, prons in chosen for pron in prons]
     lexicon = list(dict.fromkeys(lexicon))
     phones = sorted({p for _, pron in lexicon for p in pron})
-    lang = Lang(["<eps>", "SIL", "SPN"] + phones, ["<eps>", "<UNK>"] + [w for w, _ in chosen],
-                [("<UNK>", ("SPN",))] + lexicon)
+    lang = Lang(
+        ["<eps>", "SIL", "SPN"] + phones, ["<eps>", "<UNK>"] + [w for w, _ in chosen], [("<UNK>", ("SPN",))] + lexicon
+    )
     lang.save(out)
     return lang
 
@@ -55,7 +56,7 @@ def synthetic_arpa(path: Path, words: list[str], num_ngrams: int, seed: int) -> 
     """Write a 3-gram ARPA with ``len(words)`` unigrams and ~``num_ngrams`` n-grams; return the counts."""
     rng = np.random.default_rng(seed)
     v = len(words)
-    bos, eos = v, v + 1                        # ids of <s> and </s>
+    bos, eos = v, v + 1  # ids of <s> and </s>
     vocab = words + ["<s>", "</s>"]
     zipf = 1.0 / np.arange(1, v + 1)
     zipf /= zipf.sum()
@@ -86,7 +87,7 @@ def synthetic_arpa(path: Path, words: list[str], num_ngrams: int, seed: int) -> 
         c = b2[first[b] + (rng.random(len(b)) * (first[b + 1] - first[b])).astype(np.int64)]
         tri = np.unique(np.concatenate([tri, (a * (v + 2) + b) * (v + 2) + c]))
     tri = rng.permutation(tri)[:n3]
-    hist3 = np.unique(tri // (v + 2))            # bigrams that are trigram histories get a back-off
+    hist3 = np.unique(tri // (v + 2))  # bigrams that are trigram histories get a back-off
     uni_p = np.log10(zipf)
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"\\data\\\nngram 1={v + 2}\nngram 2={n2}\nngram 3={n3}\n\n\\1-grams:\n")
@@ -97,13 +98,16 @@ def synthetic_arpa(path: Path, words: list[str], num_ngrams: int, seed: int) -> 
         p2 = rng.uniform(-3.0, -0.3, n2)
         has_bow = np.isin(bigrams, hist3)
         bow2 = rng.uniform(-0.6, -0.05, n2)
-        f.writelines(f"{p2[i]:.4f}\t{vocab[a2[i]]} {vocab[b2[i]]}" + (f"\t{bow2[i]:.4f}\n" if has_bow[i] else "\n")
-                     for i in range(n2))
+        f.writelines(
+            f"{p2[i]:.4f}\t{vocab[a2[i]]} {vocab[b2[i]]}" + (f"\t{bow2[i]:.4f}\n" if has_bow[i] else "\n")
+            for i in range(n2)
+        )
         f.write("\n\\3-grams:\n")
         p3 = rng.uniform(-2.5, -0.1, n3)
         ab, c3 = tri // (v + 2), tri % (v + 2)
-        f.writelines(f"{p3[i]:.4f}\t{vocab[ab[i] // (v + 2)]} {vocab[ab[i] % (v + 2)]} {vocab[c3[i]]}\n"
-                     for i in range(n3))
+        f.writelines(
+            f"{p3[i]:.4f}\t{vocab[ab[i] // (v + 2)]} {vocab[ab[i] % (v + 2)]} {vocab[c3[i]]}\n" for i in range(n3)
+        )
         f.write("\n\\end\\\n")
     return [v + 2, n2, n3]
 
@@ -125,8 +129,9 @@ def synthetic_tree(num_phones: int, num_leaves: int, states: int, seed: int) -> 
             return add(TreeNode(pdf=len(info) - 1))
         values = frozenset(int(p) for p in np.flatnonzero(rng.random(num_phones + 1) < 0.5))
         yes = grow(c, s, leaves // 2)
-        return add(TreeNode(pos=int(rng.choice([LEFT, RIGHT])), values=values, yes=yes,
-                            no=grow(c, s, leaves - leaves // 2)))
+        return add(
+            TreeNode(pos=int(rng.choice([LEFT, RIGHT])), values=values, yes=yes, no=grow(c, s, leaves - leaves // 2))
+        )
 
     def phone(c: int) -> int:
         by_state = [grow(c, s, per) for s in range(states)]
@@ -170,11 +175,15 @@ def main() -> None:
         tree = synthetic_tree(lang.num_phones, args.leaves, 3, args.seed)
         tree.save(tmp / "tree.json")
         Topology.uniform(lang.num_phones).save(tmp / "topo.json")
-        print(f"lexicon: {len(lang.words) - 2} words, {len(lang.lexicon)} prons, {lang.num_phones} phones; "
-              f"tree: {tree.num_pdfs} leaves ({time.perf_counter() - t:.0f} s)")
+        print(
+            f"lexicon: {len(lang.words) - 2} words, {len(lang.lexicon)} prons, {lang.num_phones} phones; "
+            f"tree: {tree.num_pdfs} leaves ({time.perf_counter() - t:.0f} s)"
+        )
         print(f"load average at start: {os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
-        print("\nngrams(1/2/3)               est_GB  build_s  cpu_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs"
-              "  HCLG_MB")
+        print(
+            "\nngrams(1/2/3)               est_GB  build_s  cpu_s  peak_RSS_MB  LG_states  HCLG_states  HCLG_arcs"
+            "  HCLG_MB"
+        )
         for n in args.ngrams:
             arpa = tmp / f"lm-{int(n)}.arpa"
             counts = synthetic_arpa(arpa, lang.words[2:], int(n), args.seed)
@@ -182,10 +191,13 @@ def main() -> None:
             est = estimate_graph_memory_gb(sum(counts), phones)
             with mp.get_context("spawn").Pool(1) as pool:
                 info = pool.apply(_build, ((tmp / "lang", tmp / "tree.json", tmp / "topo.json", arpa, tmp / "graph"),))
-            print(f"{'/'.join(map(str, counts)):27s} {est:6.1f} {info['wall_seconds']:8.0f} "
-                  f"{info['build_cpu_seconds']:6.0f} {info['peak_rss_mb']:12.0f} "
-                  f"{info['LG_states']:10d} {info['HCLG_states']:12d} {info['HCLG_arcs']:10d} {info['hclg_mb']:8.0f}"
-                  f"   (load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"{'/'.join(map(str, counts)):27s} {est:6.1f} {info['wall_seconds']:8.0f} "
+                f"{info['build_cpu_seconds']:6.0f} {info['peak_rss_mb']:12.0f} "
+                f"{info['LG_states']:10d} {info['HCLG_states']:12d} {info['HCLG_arcs']:10d} {info['hclg_mb']:8.0f}"
+                f"   (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
             arpa.unlink()
 
 

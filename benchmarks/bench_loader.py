@@ -35,14 +35,17 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardM
 FEAT_DIM = 40
 
 
-def write_corpus(root: Path, frames: int, senones: int, k: int, dense_senones: int, utt_frames: int = 1000,
-                 shards: int = 4) -> None:
+def write_corpus(
+    root: Path, frames: int, senones: int, k: int, dense_senones: int, utt_frames: int = 1000, shards: int = 4
+) -> None:
     """Random fp16 features, int32 labels, top-k and dense soft targets, aligned shard sets under ``root``."""
     rng = np.random.default_rng(0)
     n_utts = max(shards, frames // utt_frames)
     names = {"feats": FEATS_PREFIX, "pdf": PDF_PREFIX, "topk": SOFT_PREFIX, "dense": SOFT_PREFIX}
-    sets = {name: ShardManifest(root / name, prefix, meta={"dim": FEAT_DIM, "num_pdfs": senones})
-            for name, prefix in names.items()}
+    sets = {
+        name: ShardManifest(root / name, prefix, meta={"dim": FEAT_DIM, "num_pdfs": senones})
+        for name, prefix in names.items()
+    }
     utts = [f"s{i:04d}-1-{i:05d}" for i in range(n_utts)]
     for s in range(shards):
         samples: dict[str, list] = {name: [] for name in sets}
@@ -50,8 +53,15 @@ def write_corpus(root: Path, frames: int, senones: int, k: int, dense_senones: i
             samples["feats"].append((u, {"feats": rng.standard_normal((utt_frames, FEAT_DIM)).astype(np.float16)}))
             samples["pdf"].append((u, {"pdf": rng.integers(0, senones, utt_frames).astype(np.int32)}))
             prob = rng.random((utt_frames, k)).astype(np.float32)
-            samples["topk"].append((u, {"topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
-                                        "topk_prob": (prob / prob.sum(1, keepdims=True)).astype(np.float16)}))
+            samples["topk"].append(
+                (
+                    u,
+                    {
+                        "topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
+                        "topk_prob": (prob / prob.sum(1, keepdims=True)).astype(np.float16),
+                    },
+                )
+            )
             logp = -rng.random((utt_frames, dense_senones)).astype(np.float16)
             samples["dense"].append((u, {"soft_logp": logp}))
         for name, manifest in sets.items():
@@ -89,11 +99,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_corpus(root, args.frames, args.senones, args.topk, args.dense_senones)
-        cases = [("host: features + labels", None, False),
-                 (f"host: + top-{args.topk} soft targets", "topk", False),
-                 (f"host: + dense soft targets ({args.dense_senones} classes)", "dense", False),
-                 ("whole epoch on CPU: features + labels", None, True),
-                 (f"whole epoch on CPU: + top-{args.topk}", "topk", True)]
+        cases = [
+            ("host: features + labels", None, False),
+            (f"host: + top-{args.topk} soft targets", "topk", False),
+            (f"host: + dense soft targets ({args.dense_senones} classes)", "dense", False),
+            ("whole epoch on CPU: features + labels", None, True),
+            (f"whole epoch on CPU: + top-{args.topk}", "topk", True),
+        ]
         measure(root, None, False, args.batch_size)  # warm the page cache and the imports
         print(f"{'what':52s} {'frames':>9s} {'CPU s':>7s} {'wall s':>7s} {'frames/CPU-s':>13s}")
         for name, soft, whole in cases:

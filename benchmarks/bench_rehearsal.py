@@ -57,20 +57,31 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_SH = REPO / "recipes" / "librispeech" / "run.sh"
 TARGET_CONFIG = REPO / "recipes" / "librispeech" / "conf" / "librispeech_gpu.yaml"
 # run.sh's stages by the name each begins with (their numbers have moved before): role -> name prefix
-ROLES = {"corpus": "corpus", "lang": "Kaldi data dirs", "fbank": "fbank", "mono": "monophone", "tri": "decision tree",
-         "graph": "language model", "baseline": "baseline DNN", "teachers": "baselines with seeds",
-         "ensemble": "ensemble", "students": "students", "fraction": "section 6", "specialists": "specialists",
-         "evaluate": "decode and score", "results": "results"}
-FRAMES_PER_HOUR = 360_000        # 10 ms frame shift
-SAMPLE_S = 0.5                   # RSS sampling period
+ROLES = {
+    "corpus": "corpus",
+    "lang": "Kaldi data dirs",
+    "fbank": "fbank",
+    "mono": "monophone",
+    "tri": "decision tree",
+    "graph": "language model",
+    "baseline": "baseline DNN",
+    "teachers": "baselines with seeds",
+    "ensemble": "ensemble",
+    "students": "students",
+    "fraction": "section 6",
+    "specialists": "specialists",
+    "evaluate": "decode and score",
+    "results": "results",
+}
+FRAMES_PER_HOUR = 360_000  # 10 ms frame shift
+SAMPLE_S = 0.5  # RSS sampling period
 MEASURES = {
     "wall_s": "wall-clock seconds of run.sh --stage N --stop-stage N",
     "cpu_s": "user + system CPU seconds of the stage's process tree (RUSAGE_CHILDREN of a launcher: every "
-             "waited-for descendant)",
-    "max_rss_mb": "peak RSS of the largest single process of the tree (RUSAGE_CHILDREN ru_maxrss: a max, not a "
-                  "sum)",
+    "waited-for descendant)",
+    "max_rss_mb": "peak RSS of the largest single process of the tree (RUSAGE_CHILDREN ru_maxrss: a max, not a sum)",
     "sum_rss_mb": f"peak of the summed RSS of the tree's live processes, sampled every {SAMPLE_S} s (shared pages "
-                  "counted per process)",
+    "counted per process)",
     "load_1min": "1-minute load average when the stage ended",
 }
 
@@ -81,7 +92,7 @@ class StageRun:
     """One stage's measured cost and the sizes its outputs show (see the module docstring)."""
 
     stage: int
-    role: str          # a key of ROLES
+    role: str  # a key of ROLES
     name: str
     rc: int
     wall_s: float
@@ -133,8 +144,13 @@ def measure(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str] | Non
     stop = threading.Event()
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", _LAUNCHER, str(usage_path), *cmd], cwd=cwd,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _LAUNCHER, str(usage_path), *cmd],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         sampler = threading.Thread(target=_sample_tree_rss, args=(proc.pid, stop, peak), daemon=True)
         sampler.start()
         proc.wait()
@@ -142,8 +158,11 @@ def measure(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str] | Non
         sampler.join()
     if not usage_path.is_file():
         raise RuntimeError(f"{cmd[:3]}...: the launcher ended (rc {proc.returncode}) without its usage record")
-    return json.loads(usage_path.read_text()) | {"wall_s": time.monotonic() - t0, "sum_rss_mb": peak[0],
-                                                 "load_1min": os.getloadavg()[0]}
+    return json.loads(usage_path.read_text()) | {
+        "wall_s": time.monotonic() - t0,
+        "sum_rss_mb": peak[0],
+        "load_1min": os.getloadavg()[0],
+    }
 
 
 def prepare_work(work: Path, config: Path) -> Path:
@@ -162,8 +181,9 @@ def stage_roles(run_sh: Path) -> dict[int, str]:
     for number, name in re.findall(r'begin (\d+) "([^"]*)"', run_sh.read_text()):
         role = next((r for r, prefix in ROLES.items() if name.startswith(prefix)), None)
         if role is None:
-            raise ValueError(f"{run_sh}: stage {number} ({name!r}) is unknown to this benchmark: add it to ROLES "
-                             "and to the estimate")
+            raise ValueError(
+                f"{run_sh}: stage {number} ({name!r}) is unknown to this benchmark: add it to ROLES and to the estimate"
+            )
         roles[int(number)] = role
     return roles
 
@@ -177,8 +197,18 @@ def run_stage(work: Path, config: Path, stage: int, role: str, nj: int) -> Stage
     """``run.sh --stage N --stop-stage N`` in ``work``, with ``asrdistill`` from this interpreter's folder."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     log_path = work / "rehearsal_logs" / f"stage{stage}.log"
-    cmd = ["bash", "run.sh", "--config", str(config.relative_to(work)), "--stage", str(stage),
-           "--stop-stage", str(stage), "--nj", str(nj)]
+    cmd = [
+        "bash",
+        "run.sh",
+        "--config",
+        str(config.relative_to(work)),
+        "--stage",
+        str(stage),
+        "--stop-stage",
+        str(stage),
+        "--nj",
+        str(nj),
+    ]
     m = measure(cmd, work, log_path, env)
     return StageRun(stage=stage, role=role, name=_stage_name(log_path, stage), sizes=read_sizes(work, config), **m)
 
@@ -201,8 +231,12 @@ def _dnn_frames(exp: Path, patterns: list[str]) -> tuple[int, int]:
 
 
 # role -> the exp/ folders its trainings write
-TRAINED = {"baseline": ["baseline_seed1"], "teachers": ["baseline_seed[2-9]", "baseline_seed[1-9][0-9]"],
-           "students": ["sweep_T*", "student_seed*"], "fraction": ["fraction_*"]}
+TRAINED = {
+    "baseline": ["baseline_seed1"],
+    "teachers": ["baseline_seed[2-9]", "baseline_seed[1-9][0-9]"],
+    "students": ["sweep_T*", "student_seed*"],
+    "fraction": ["fraction_*"],
+}
 
 
 def read_sizes(work: Path, config: Path) -> dict[str, float]:
@@ -212,7 +246,7 @@ def read_sizes(work: Path, config: Path) -> dict[str, float]:
     data, exp = work / "data", work / "exp"
     sizes: dict[str, float] = {}
     speakers = data / "corpus" / "LibriSpeech" / "SPEAKERS.TXT"
-    if speakers.is_file():   # minutes per speaker: the synthetic corpus lists only its own talkers
+    if speakers.is_file():  # minutes per speaker: the synthetic corpus lists only its own talkers
         rows = [line.split("|") for line in speakers.read_text().splitlines() if not line.startswith(";")]
         sizes["corpus_hours"] = round(sum(float(r[3]) for r in rows if len(r) > 3) / 60, 3)
     for role, name in sets.items():
@@ -234,8 +268,12 @@ def read_sizes(work: Path, config: Path) -> dict[str, float]:
     if lm := _json(exp / "lm" / "lm.json"):
         sizes["lm_words"], sizes["ngrams"] = lm["ngram_counts"][0], sum(lm["ngram_counts"])
     if graph := _json(exp / "graph" / "graph.json"):
-        sizes |= {"hclg_states": graph["HCLG_states"], "hclg_arcs": graph["HCLG_arcs"],
-                  "graph_cpu_s": graph["build_cpu_seconds"], "graph_peak_rss_mb": graph["peak_rss_mb"]}
+        sizes |= {
+            "hclg_states": graph["HCLG_states"],
+            "hclg_arcs": graph["HCLG_arcs"],
+            "graph_cpu_s": graph["build_cpu_seconds"],
+            "graph_peak_rss_mb": graph["peak_rss_mb"],
+        }
     for role, patterns in TRAINED.items():
         models, frames = _dnn_frames(exp, patterns)
         if models:
@@ -252,13 +290,17 @@ def recipe_counts(config: dict) -> dict[str, int]:
     r, train = config["recipe"], config["train"]
     teachers, seeds = int(r["num_teachers"]), int(r["student_seeds"])
     temps, hws = len(r["temperatures"]), len(r["hard_weights"])
-    systems = teachers + 1 + seeds + 2              # baselines, ensemble, students, fraction hard/soft
+    systems = teachers + 1 + seeds + 2  # baselines, ensemble, students, fraction hard/soft
     return {
-        "models_baseline": 1, "models_teachers": teachers - 1, "models_students": temps + hws - 1 + seeds,
-        "models_fraction": 2, "ensemble_members": teachers, "max_epochs": int(train["epochs"]),
+        "models_baseline": 1,
+        "models_teachers": teachers - 1,
+        "models_students": temps + hws - 1 + seeds,
+        "models_fraction": 2,
+        "ensemble_members": teachers,
+        "max_epochs": int(train["epochs"]),
         "decoded_systems": systems,
-        "network_passes": 2 * teachers + seeds + 2,   # the ensemble runs every member
-        "sweep_networks": temps + hws - 1,             # frame accuracy only
+        "network_passes": 2 * teachers + seeds + 2,  # the ensemble runs every member
+        "sweep_networks": temps + hws - 1,  # frame accuracy only
         "dev_scales": len(from_dict(DecodeConfig, config.get("decode") or {}).sweep_scales),
     }
 
@@ -268,13 +310,13 @@ class Target:
     """train-clean-100 on one machine; the fields marked ASSUMED are not measured in this repository."""
 
     hours: dict[str, float] = field(default_factory=lambda: {"train": 100.6, "dev": 5.4, "test": 5.4})
-    lexicon_words: int = 200_000      # librispeech-lexicon.txt (OpenSLR 11), ~200k words
-    ngrams: float = 3.5e6             # ASSUMED: tgsmall (3-gram.pruned.3e-7): the header of the ARPA gives it
+    lexicon_words: int = 200_000  # librispeech-lexicon.txt (OpenSLR 11), ~200k words
+    ngrams: float = 3.5e6  # ASSUMED: tgsmall (3-gram.pruned.3e-7): the header of the ARPA gives it
     cores: int = 16
-    gpu_train_fps: float = 2.5e5      # ASSUMED: paper DNN (8 x 2560), bf16, batch 1024, frames/s trained
-    gpu_infer_fps: float = 7.5e5      # ASSUMED: the same network's forward pass alone, ~3x training
-    download_gb: float = 7.0          # train-clean-100 6.3 GB + dev/test-clean 0.7 GB + tgsmall and lexicon
-    download_mb_s: float = 50.0       # ASSUMED network + md5 + untar rate
+    gpu_train_fps: float = 2.5e5  # ASSUMED: paper DNN (8 x 2560), bf16, batch 1024, frames/s trained
+    gpu_infer_fps: float = 7.5e5  # ASSUMED: the same network's forward pass alone, ~3x training
+    download_gb: float = 7.0  # train-clean-100 6.3 GB + dev/test-clean 0.7 GB + tgsmall and lexicon
+    download_mb_s: float = 50.0  # ASSUMED network + md5 + untar rate
 
     @property
     def frames(self) -> dict[str, float]:
@@ -299,10 +341,10 @@ class Estimate:
     """``base_s`` x the factors' ratios / ``divisor``: one row of the estimate table."""
 
     stage: str
-    basis: str                    # what base_s is, in words
+    basis: str  # what base_s is, in words
     base_s: float
     factors: tuple[Factor, ...] = ()
-    divisor: float = 1.0          # cores the stage's processes spread over in the target (1: one process)
+    divisor: float = 1.0  # cores the stage's processes spread over in the target (1: one process)
     note: str = ""
 
     @property
@@ -323,8 +365,9 @@ def _fmt_n(x: float) -> str:
 
 
 def _gpu_work(what: str, frames: float, times: int, rate: float, kind: str) -> Estimate:
-    return Estimate(what, f"{frames / 1e6:,.1f}M frames x {times} / {rate:,.0f} frames/s ({kind}, ASSUMED)",
-                    frames * times / rate)
+    return Estimate(
+        what, f"{frames / 1e6:,.1f}M frames x {times} / {rate:,.0f} frames/s ({kind}, ASSUMED)", frames * times / rate
+    )
 
 
 def estimate(runs: dict[str, StageRun], here_cfg: dict, there_cfg: dict, target: Target) -> list[Estimate]:
@@ -349,46 +392,110 @@ def estimate(runs: dict[str, StageRun], here_cfg: dict, there_cfg: dict, target:
         return f"{runs[role].stage} {what}"
 
     rows = [
-        Estimate(label("corpus", "corpus"), f"download {target.download_gb:g} GB at {target.download_mb_s:g} MB/s "
-                 "(ASSUMED)", target.download_gb * 1000 / target.download_mb_s, note="here: synthesis, not comparable"),
-        Estimate(label("lang", "data dirs, lang"), "CPU s here", cpu["lang"],
-                 (Factor("lexicon words", sizes["lexicon_words"], target.lexicon_words),),
-                 note="one process over the lexicon; data dirs are a few seconds"),
-        Estimate(label("fbank", "fbank"), "CPU s here", cpu["fbank"],
-                 (Factor("audio hours", hours_here, sum(target.hours.values())),), cores),
-        Estimate(label("mono", "mono"), "CPU s here", cpu["mono"], (train_f,), cores,
-                 note="the flat start on mono.subset_utts utterances does not grow with the frames"),
-        Estimate(label("tri", "tri + labels"), "CPU s here", cpu["tri"],
-                 (train_f, Factor("alignment passes", len(tri_here.realign_iters) + 1,
-                                  len(tri_there.realign_iters) + 1),
-                  Factor("Gaussians", tri_here.max_gaussians, tri_there.max_gaussians)),
-                 cores, note=f"passes: realignments + the label pass; {tri_here.feature_transform} here, "
-                             f"{tri_there.feature_transform} there; upper bound: as if every Gaussian were scored"),
-        Estimate(label("graph", "LM"), "CPU s here", cpu["graph"] - sizes["graph_cpu_s"], (ngrams,),
-                 note="here: trained (kaldingram); there: the official ARPA read and checked"),
-        Estimate(label("graph", "HCLG"), "graph CPU s here", sizes["graph_cpu_s"], (ngrams,),
-                 note=f"one process; peak RSS {sizes['graph_peak_rss_mb']:,.0f} MB here, ~{graph_gb:,.1f} GB there "
-                      "(linear in n-grams: BENCHMARKS measured x1.75-1.86 per doubling at dd8ec89)"),
+        Estimate(
+            label("corpus", "corpus"),
+            f"download {target.download_gb:g} GB at {target.download_mb_s:g} MB/s (ASSUMED)",
+            target.download_gb * 1000 / target.download_mb_s,
+            note="here: synthesis, not comparable",
+        ),
+        Estimate(
+            label("lang", "data dirs, lang"),
+            "CPU s here",
+            cpu["lang"],
+            (Factor("lexicon words", sizes["lexicon_words"], target.lexicon_words),),
+            note="one process over the lexicon; data dirs are a few seconds",
+        ),
+        Estimate(
+            label("fbank", "fbank"),
+            "CPU s here",
+            cpu["fbank"],
+            (Factor("audio hours", hours_here, sum(target.hours.values())),),
+            cores,
+        ),
+        Estimate(
+            label("mono", "mono"),
+            "CPU s here",
+            cpu["mono"],
+            (train_f,),
+            cores,
+            note="the flat start on mono.subset_utts utterances does not grow with the frames",
+        ),
+        Estimate(
+            label("tri", "tri + labels"),
+            "CPU s here",
+            cpu["tri"],
+            (
+                train_f,
+                Factor("alignment passes", len(tri_here.realign_iters) + 1, len(tri_there.realign_iters) + 1),
+                Factor("Gaussians", tri_here.max_gaussians, tri_there.max_gaussians),
+            ),
+            cores,
+            note=f"passes: realignments + the label pass; {tri_here.feature_transform} here, "
+            f"{tri_there.feature_transform} there; upper bound: as if every Gaussian were scored",
+        ),
+        Estimate(
+            label("graph", "LM"),
+            "CPU s here",
+            cpu["graph"] - sizes["graph_cpu_s"],
+            (ngrams,),
+            note="here: trained (kaldingram); there: the official ARPA read and checked",
+        ),
+        Estimate(
+            label("graph", "HCLG"),
+            "graph CPU s here",
+            sizes["graph_cpu_s"],
+            (ngrams,),
+            note=f"one process; peak RSS {sizes['graph_peak_rss_mb']:,.0f} MB here, ~{graph_gb:,.1f} GB there "
+            "(linear in n-grams: BENCHMARKS measured x1.75-1.86 per doubling at dd8ec89)",
+        ),
     ]
+
     def training(role: str) -> Estimate:
         models = n[f"models_{role}"]
-        row = _gpu_work(label(role, f"{role} (GPU)"), frames["train"], models * n["max_epochs"],
-                        target.gpu_train_fps, f"{models} model(s) x {n['max_epochs']} epochs at most")
+        row = _gpu_work(
+            label(role, f"{role} (GPU)"),
+            frames["train"],
+            models * n["max_epochs"],
+            target.gpu_train_fps,
+            f"{models} model(s) x {n['max_epochs']} epochs at most",
+        )
         return dataclasses.replace(row, note=_cpu_rate_note(sizes, role, cpu[role]))
 
-    rows += [training("baseline"), training("teachers"),
-             _gpu_work(label("ensemble", "ensemble (GPU)"), frames["train"] + frames["dev"], n["ensemble_members"],
-                       target.gpu_infer_fps, f"{n['ensemble_members']} members' forward"),
-             training("students"), training("fraction")]
+    rows += [
+        training("baseline"),
+        training("teachers"),
+        _gpu_work(
+            label("ensemble", "ensemble (GPU)"),
+            frames["train"] + frames["dev"],
+            n["ensemble_members"],
+            target.gpu_infer_fps,
+            f"{n['ensemble_members']} members' forward",
+        ),
+        training("students"),
+        training("fraction"),
+    ]
     decoded_s = n["decoded_systems"] * (frames["dev"] * n["dev_scales"] + frames["test"]) / 100
-    rows.append(Estimate(label("evaluate", "search (CPU)"), "search RTF per core here x decoded audio s there",
-                         sizes["search_rtf_per_core"] * decoded_s, divisor=cores,
-                         note=f"{n['decoded_systems']} systems x (dev x {n['dev_scales']} scales + test); "
-                              f"beam {dec_here.beam:g} / max_active {dec_here.max_active} here, "
-                              f"{dec_there.beam:g} / {dec_there.max_active} there"))
+    rows.append(
+        Estimate(
+            label("evaluate", "search (CPU)"),
+            "search RTF per core here x decoded audio s there",
+            sizes["search_rtf_per_core"] * decoded_s,
+            divisor=cores,
+            note=f"{n['decoded_systems']} systems x (dev x {n['dev_scales']} scales + test); "
+            f"beam {dec_here.beam:g} / max_active {dec_here.max_active} here, "
+            f"{dec_there.beam:g} / {dec_there.max_active} there",
+        )
+    )
     passes = n["network_passes"] + n["sweep_networks"]
-    rows.append(_gpu_work(label("evaluate", "networks (GPU)"), frames["dev"] + frames["test"], passes,
-                          target.gpu_infer_fps, f"{passes} network passes"))
+    rows.append(
+        _gpu_work(
+            label("evaluate", "networks (GPU)"),
+            frames["dev"] + frames["test"],
+            passes,
+            target.gpu_infer_fps,
+            f"{passes} network passes",
+        )
+    )
     rows.append(Estimate(label("results", "results"), "CPU s here", cpu["results"]))
     return rows
 
@@ -407,17 +514,26 @@ def _fmt_s(s: float) -> str:
 
 def stage_row(run: StageRun) -> str:
     driver = ", ".join(f"{k} {v:,.6g}" for k, v in run.sizes.items() if k in _DRIVERS.get(run.role, ()))
-    return (f"| {run.stage} | {run.name} | {run.rc} | {_fmt_s(run.wall_s)} | {_fmt_s(run.cpu_s)} | "
-            f"{run.max_rss_mb:,.0f} | {run.sum_rss_mb:,.0f} | {run.load_1min:.1f} | {driver} |")
+    return (
+        f"| {run.stage} | {run.name} | {run.rc} | {_fmt_s(run.wall_s)} | {_fmt_s(run.cpu_s)} | "
+        f"{run.max_rss_mb:,.0f} | {run.sum_rss_mb:,.0f} | {run.load_1min:.1f} | {driver} |"
+    )
 
 
-_DRIVERS = {"corpus": ("corpus_hours",), "lang": ("lexicon_words", "pronunciations", "utterances_train"),
-            "fbank": ("frames_train", "frames_dev", "frames_test"), "mono": ("frames_train",),
-            "tri": ("senones", "frames_train"), "graph": ("lm_words", "ngrams", "hclg_states", "hclg_arcs"),
-            **{role: (f"models_{role}", f"dnn_frames_{role}") for role in TRAINED},
-            "evaluate": ("search_rtf_per_core",)}
-STAGE_HEADER = ("| stage | name | rc | wall | CPU | largest process MB | sum of processes MB | load | drivers |\n"
-                "|---:|---|---:|---:|---:|---:|---:|---:|---|")
+_DRIVERS = {
+    "corpus": ("corpus_hours",),
+    "lang": ("lexicon_words", "pronunciations", "utterances_train"),
+    "fbank": ("frames_train", "frames_dev", "frames_test"),
+    "mono": ("frames_train",),
+    "tri": ("senones", "frames_train"),
+    "graph": ("lm_words", "ngrams", "hclg_states", "hclg_arcs"),
+    **{role: (f"models_{role}", f"dnn_frames_{role}") for role in TRAINED},
+    "evaluate": ("search_rtf_per_core",),
+}
+STAGE_HEADER = (
+    "| stage | name | rc | wall | CPU | largest process MB | sum of processes MB | load | drivers |\n"
+    "|---:|---|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 def estimate_table(rows: list[Estimate]) -> str:
@@ -464,30 +580,46 @@ def main() -> None:
             ap.error("--config is needed unless --estimate-only")
         config = prepare_work(work, args.config.resolve())
         roles = stage_roles(work / "run.sh")
-        record |= {"config": str(config.relative_to(work)), "commit": _commit(), "measures": MEASURES,
-                   "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}}
+        record |= {
+            "config": str(config.relative_to(work)),
+            "commit": _commit(),
+            "measures": MEASURES,
+            "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        }
         print(STAGE_HEADER, flush=True)
         for stage in args.stages or sorted(roles):
             run = run_stage(work, config, stage, roles[stage], args.nj)
             record["stages"][str(stage)] = dataclasses.asdict(run) | {
-                "ended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                "ended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            }
             record_path.write_text(json.dumps(record, indent=1) + "\n")
             print(stage_row(run), flush=True)
             if run.rc != 0:
                 sys.exit(f"stage {stage} failed (rc {run.rc}): see {work / 'rehearsal_logs' / f'stage{stage}.log'}")
-    runs = {v["role"]: StageRun(**{f.name: v[f.name] for f in dataclasses.fields(StageRun)})
-            for v in record["stages"].values()}
+    runs = {
+        v["role"]: StageRun(**{f.name: v[f.name] for f in dataclasses.fields(StageRun)})
+        for v in record["stages"].values()
+    }
     missing = sorted(set(ROLES) - {"specialists"} - set(runs))
     if missing:
         sys.exit(f"{record_path}: no measurement for the stage(s) of {missing}: no estimate")
-    target = dataclasses.replace(t, ngrams=args.target_ngrams, gpu_train_fps=args.gpu_train_fps,
-                                 gpu_infer_fps=args.gpu_infer_fps, cores=args.cores)
+    target = dataclasses.replace(
+        t,
+        ngrams=args.target_ngrams,
+        gpu_train_fps=args.gpu_train_fps,
+        gpu_infer_fps=args.gpu_infer_fps,
+        cores=args.cores,
+    )
     rows = estimate(runs, read_yaml(work / record["config"]), read_yaml(args.target_config), target)
-    print(f"\nEstimate for train-clean-100 ({sum(target.hours.values()):g} h with dev and test), "
-          f"{target.cores} cores and one GPU, {args.target_config.name}; ASSUMED figures are not measured here:\n")
+    print(
+        f"\nEstimate for train-clean-100 ({sum(target.hours.values()):g} h with dev and test), "
+        f"{target.cores} cores and one GPU, {args.target_config.name}; ASSUMED figures are not measured here:\n"
+    )
     print(estimate_table(rows))
-    record["estimate"] = {"target": dataclasses.asdict(target),
-                          "rows": [dataclasses.asdict(r) | {"seconds": r.seconds, "rule": r.rule} for r in rows]}
+    record["estimate"] = {
+        "target": dataclasses.asdict(target),
+        "rows": [dataclasses.asdict(r) | {"seconds": r.seconds, "rule": r.rule} for r in rows],
+    }
     record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -38,8 +38,9 @@ from asrdistill.evaluate import EvalConfig, load_eval_system
 from asrdistill.nnet.specialists import SpecialistConfig
 
 
-def test_posteriors(recipe: Path, system: Path, inputs: dict, train_set: str, test_set: str,
-                    utts: int) -> list[tuple[str, np.ndarray]]:
+def test_posteriors(
+    recipe: Path, system: Path, inputs: dict, train_set: str, test_set: str, utts: int
+) -> list[tuple[str, np.ndarray]]:
     """Log posteriors of the system on the first ``utts`` utterances of the test set (one network pass), run by
     evaluation's own loader with the settings its ``metrics.json`` was computed under (``inputs``)."""
     frames = from_dict(FrameConfig, inputs["frames"], f"{system}/metrics.json frames")
@@ -66,22 +67,29 @@ def main() -> None:
     recipe = args.recipe_dir
     system, graph = recipe / args.system, recipe / args.graph
 
-    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+    )
     info = load_graph_info(graph)
     metrics = json.loads((system / "metrics.json").read_text())
     scale = float(metrics["extra"]["acoustic_scale"])
-    print(f"graph {graph}: {info['HCLG_states']:,} states, {info['HCLG_arcs']:,} arcs, {info['num_pdfs']} senones; "
-          f"system {system.name} (dev-chosen acoustic scale {scale:g})")
+    print(
+        f"graph {graph}: {info['HCLG_states']:,} states, {info['HCLG_arcs']:,} arcs, {info['num_pdfs']} senones; "
+        f"system {system.name} (dev-chosen acoustic scale {scale:g})"
+    )
 
     t0 = time.perf_counter()
     posts = test_posteriors(recipe, system, metrics["extra"]["inputs"], args.train_set, args.test_set, args.utts)
     seconds = sum(len(p) for _, p in posts) / FRAME_RATE
     print(f"network: {len(posts)} utterances, {seconds:.0f} s of audio ({time.perf_counter() - t0:.0f} s)")
-    priors = compute_priors([ShardManifest.load(recipe / "exp" / "tri_ali" / args.train_set, PDF_PREFIX)],
-                            int(info["num_pdfs"]), floor=1e-5)
+    priors = compute_priors(
+        [ShardManifest.load(recipe / "exp" / "tri_ali" / args.train_set, PDF_PREFIX)], int(info["num_pdfs"]), floor=1e-5
+    )
     refs = DataDir.load(recipe / "data" / args.test_set).text
     refs = {u: refs[u] for u, _ in posts}
 

@@ -26,8 +26,10 @@ def main() -> None:
         ls_dir = synthesize_corpus(Path(tmp), args.hours, nj=args.nj, lm_sentences=args.lm_sentences)
         wall = time.monotonic() - t0
         audio = sum(sf.info(p).frames for p in ls_dir.rglob("*.flac")) / 16000
-    print(f"{audio / 3600:.3f} h of audio in {wall:.1f} s with nj={args.nj}: {audio / wall:.0f}x real time; "
-          f"5 h would take ~{5 * 3600 / (audio / wall) / 60:.1f} min")
+    print(
+        f"{audio / 3600:.3f} h of audio in {wall:.1f} s with nj={args.nj}: {audio / wall:.0f}x real time; "
+        f"5 h would take ~{5 * 3600 / (audio / wall) / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asrdistill.nnet.ensemble import ensemble_logprobs
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import Batch, FrameConfig
-from asrdistill.kd import kd_loss
-from asrdistill.nnet.model import FrameDNN, ModelConfig
 from asrdistill.data.shards import ShardManifest, write_shard
+from asrdistill.kd import kd_loss
+from asrdistill.nnet.ensemble import ensemble_logprobs
+from asrdistill.nnet.model import FrameDNN, ModelConfig
 from asrdistill.nnet.train import DistillConfig, TrainConfig, train, train_step
 
 FEAT_DIM = 40
@@ -101,8 +101,9 @@ def trainer_step(args, device, kd: bool) -> float:
     batch = Batch(x, y, None if idx is None else idx.to(device), None if prob is None else prob.to(device))
     distill = DistillConfig(soft_targets="(synthetic)") if kd else None
     check = device.type != "cuda"
-    return args.batch_size / _timed(lambda: train_step(net, opt, batch, distill, (), device.type == "cuda", check),
-                                    args.steps, args.warmup, device)
+    return args.batch_size / _timed(
+        lambda: train_step(net, opt, batch, distill, (), device.type == "cuda", check), args.steps, args.warmup, device
+    )
 
 
 def loss_only(args, device, kd: bool) -> float:
@@ -115,8 +116,11 @@ def loss_only(args, device, kd: bool) -> float:
 
     def step():
         logits.grad = None
-        loss = (kd_loss(logits, teacher_topk=(idx, prob), labels=y, temperature=2.0, check_values=check) if kd
-                else F.cross_entropy(logits, y))
+        loss = (
+            kd_loss(logits, teacher_topk=(idx, prob), labels=y, temperature=2.0, check_values=check)
+            if kd
+            else F.cross_entropy(logits, y)
+        )
         loss.backward()
 
     return args.batch_size / _timed(step, args.steps, args.warmup, device)
@@ -127,9 +131,14 @@ def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int
     rng = np.random.default_rng(0)
     for subset, n_frames in (("train", frames), ("dev", 4 * utt_frames)):
         n_utts = max(shards, n_frames // utt_frames)
-        sets = {name: ShardManifest(root / subset / name, "soft" if name == "dense" else name, meta={"dim": FEAT_DIM, "num_pdfs": senones,
-                                                                         "temperature": 2.0, "k": k})
-                for name in ("feats", "pdf", "soft", "dense")}
+        sets = {
+            name: ShardManifest(
+                root / subset / name,
+                "soft" if name == "dense" else name,
+                meta={"dim": FEAT_DIM, "num_pdfs": senones, "temperature": 2.0, "k": k},
+            )
+            for name in ("feats", "pdf", "soft", "dense")
+        }
         utts = [f"s{i:04d}-1-{i:05d}" for i in range(n_utts)]
         for s in range(shards):
             samples = {"feats": [], "pdf": [], "soft": [], "dense": []}
@@ -137,13 +146,22 @@ def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int
                 samples["feats"].append((u, {"feats": rng.standard_normal((utt_frames, FEAT_DIM)).astype(np.float16)}))
                 samples["pdf"].append((u, {"pdf": rng.integers(0, senones, utt_frames).astype(np.int32)}))
                 prob = rng.random((utt_frames, k)).astype(np.float32)
-                samples["soft"].append((u, {"topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
-                                            "topk_prob": (prob / prob.sum(1, keepdims=True) * 0.95).astype(np.float16)}))
+                samples["soft"].append(
+                    (
+                        u,
+                        {
+                            "topk_idx": rng.integers(0, senones, (utt_frames, k)).astype(np.int32),
+                            "topk_prob": (prob / prob.sum(1, keepdims=True) * 0.95).astype(np.float16),
+                        },
+                    )
+                )
                 logits = rng.standard_normal((utt_frames, senones)).astype(np.float32)
                 logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
                 samples["dense"].append((u, {"soft_logp": logp.astype(np.float16)}))
             for name, manifest in sets.items():
-                manifest.shards.append(write_shard(manifest.directory / f"{manifest.prefix}-{s:06d}.tar", samples[name]))
+                manifest.shards.append(
+                    write_shard(manifest.directory / f"{manifest.prefix}-{s:06d}.tar", samples[name])
+                )
         for manifest in sets.values():
             manifest.save()
     Cmvn(np.zeros(FEAT_DIM), np.ones(FEAT_DIM), 1).save(root / "cmvn.json")
@@ -153,8 +171,9 @@ def full_loop(args, device, root: Path, kd: str = "") -> float:
     """Frames/s of one epoch of ``train``: ``kd`` is "" (hard labels), "topk", "dense" or "online"."""
     distill = None
     if kd in ("topk", "dense"):
-        distill = DistillConfig(soft_targets=str(root / "train" / ("soft" if kd == "topk" else "dense")),
-                                min_fidelity=0.0)
+        distill = DistillConfig(
+            soft_targets=str(root / "train" / ("soft" if kd == "topk" else "dense")), min_fidelity=0.0
+        )
     elif kd == "online":
         teachers = []
         for i in range(args.teachers):
@@ -164,12 +183,24 @@ def full_loop(args, device, root: Path, kd: str = "") -> float:
             teachers.append(str(path))
         distill = DistillConfig(source="online", teachers=teachers)
     config = TrainConfig(
-        train_feats=str(root / "train/feats"), train_labels=str(root / "train/pdf"),
-        dev_feats=str(root / "dev/feats"), dev_labels=str(root / "dev/pdf"), cmvn=str(root / "cmvn.json"),
-        model=ModelConfig(args.preset), frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
+        train_feats=str(root / "train/feats"),
+        train_labels=str(root / "train/pdf"),
+        dev_feats=str(root / "dev/feats"),
+        dev_labels=str(root / "dev/pdf"),
+        cmvn=str(root / "cmvn.json"),
+        model=ModelConfig(args.preset),
+        frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
         distill=distill,
-        epochs=1, lr=1e-3, warmup_steps=0, schedule="constant", device=device.type, compile=args.compile,
-        checkpoint_every=10 ** 9, log_every=50, progress=False)
+        epochs=1,
+        lr=1e-3,
+        warmup_steps=0,
+        schedule="constant",
+        device=device.type,
+        compile=args.compile,
+        checkpoint_every=10**9,
+        log_every=50,
+        progress=False,
+    )
     result = train(config, root / f"exp-{kd or 'hard'}")
     return result["train_frames_per_sec"]
 
@@ -205,12 +236,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; preset {args.preset}, {args.senones} senones, batch {args.batch_size}, "
-          f"k={args.k}, bf16={cuda}, compile={args.compile}")
+    print(
+        f"device: {name}; preset {args.preset}, {args.senones} senones, batch {args.batch_size}, "
+        f"k={args.k}, bf16={cuda}, compile={args.compile}"
+    )
 
-    rows = {"(a) bare loop, synthetic": bare_loop(args, device),
-            "(b) trainer step, hard": trainer_step(args, device, kd=False),
-            "(b) trainer step, KD top-k": trainer_step(args, device, kd=True)}
+    rows = {
+        "(a) bare loop, synthetic": bare_loop(args, device),
+        "(b) trainer step, hard": trainer_step(args, device, kd=False),
+        "(b) trainer step, KD top-k": trainer_step(args, device, kd=True),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         _write_corpus(Path(tmp), args.frames, args.senones, args.k)
         rows["(c) full loop, hard"] = full_loop(args, device, Path(tmp))
@@ -226,17 +261,25 @@ def main() -> None:
         print(f"{label:32s} {fps:12,.0f} frames/s")
     bare = rows["(a) bare loop, synthetic"]
     print(f"trainer step / bare       hard {rows['(b) trainer step, hard'] / bare:.3f}")
-    print(f"full loop / bare          hard {rows['(c) full loop, hard'] / bare:.3f}   "
-          f"(goal: >= 0.9 on GPU; CPU preset within 1.5x, i.e. >= 0.667)")
+    print(
+        f"full loop / bare          hard {rows['(c) full loop, hard'] / bare:.3f}   "
+        f"(goal: >= 0.9 on GPU; CPU preset within 1.5x, i.e. >= 0.667)"
+    )
     print(f"full loop / trainer step  hard {rows['(c) full loop, hard'] / rows['(b) trainer step, hard']:.3f}")
-    print(f"KD / hard   trainer step {rows['(b) trainer step, KD top-k'] / rows['(b) trainer step, hard']:.3f}   "
-          f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   "
-          f"loss alone {rows['(e) loss fwd+bwd, KD top-k'] / rows['(e) loss fwd+bwd, hard']:.3f}   (goal: >= 0.9)")
+    print(
+        f"KD / hard   trainer step {rows['(b) trainer step, KD top-k'] / rows['(b) trainer step, hard']:.3f}   "
+        f"full loop {rows['(c) full loop, KD top-k'] / rows['(c) full loop, hard']:.3f}   "
+        f"loss alone {rows['(e) loss fwd+bwd, KD top-k'] / rows['(e) loss fwd+bwd, hard']:.3f}   (goal: >= 0.9)"
+    )
     hard = rows["(c) full loop, hard"]
-    print(f"full loop / hard          KD dense cache {rows['(c) full loop, KD dense cache'] / hard:.3f}   "
-          f"KD online x{args.teachers} {rows[f'(c) full loop, KD online x{args.teachers}'] / hard:.3f}")
-    print(f"ensemble of {args.teachers} / 1 model inference "
-          f"{rows[f'(d) inference, {args.teachers} models'] / rows['(d) inference, 1 model']:.3f}")
+    print(
+        f"full loop / hard          KD dense cache {rows['(c) full loop, KD dense cache'] / hard:.3f}   "
+        f"KD online x{args.teachers} {rows[f'(c) full loop, KD online x{args.teachers}'] / hard:.3f}"
+    )
+    print(
+        f"ensemble of {args.teachers} / 1 model inference "
+        f"{rows[f'(d) inference, {args.teachers} models'] / rows['(d) inference, 1 model']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,11 +38,24 @@ FRAMES_PER_HOUR = 360_000
 
 def _train_fps(args, device: torch.device, root: Path, name: str, distill: DistillConfig | None) -> float:
     config = TrainConfig(
-        train_feats=str(root / "train/feats"), train_labels=str(root / "train/pdf"),
-        dev_feats=str(root / "dev/feats"), dev_labels=str(root / "dev/pdf"), cmvn=str(root / "cmvn.json"),
-        model=ModelConfig(args.preset), frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
-        distill=distill, epochs=1, lr=1e-3, warmup_steps=0, schedule="constant", device=device.type,
-        compile=args.compile, checkpoint_every=10 ** 9, log_every=50, progress=False)
+        train_feats=str(root / "train/feats"),
+        train_labels=str(root / "train/pdf"),
+        dev_feats=str(root / "dev/feats"),
+        dev_labels=str(root / "dev/pdf"),
+        cmvn=str(root / "cmvn.json"),
+        model=ModelConfig(args.preset),
+        frames=FrameConfig(batch_size=args.batch_size, buffer_frames=args.buffer_frames),
+        distill=distill,
+        epochs=1,
+        lr=1e-3,
+        warmup_steps=0,
+        schedule="constant",
+        device=device.type,
+        compile=args.compile,
+        checkpoint_every=10**9,
+        log_every=50,
+        progress=False,
+    )
     return float(train(config, root / name)["train_frames_per_sec"])
 
 
@@ -79,19 +92,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.cpu_smoke:
         device = torch.device("cpu")
         torch.set_num_threads(1)
-        sizes = dict(preset="tiny", senones=50, batch_size=256, steps=5, warmup=1, k=5, teachers=2,
-                     frames=8_000, buffer_frames=4_000)
+        sizes = dict(
+            preset="tiny",
+            senones=50,
+            batch_size=256,
+            steps=5,
+            warmup=1,
+            k=5,
+            teachers=2,
+            frames=8_000,
+            buffer_frames=4_000,
+        )
     else:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_check: no CUDA device (use --cpu-smoke to check the script on a CPU)")
         device = torch.device("cuda")
-        sizes = dict(preset="paper", senones=14_000, batch_size=1024, steps=200, warmup=20, k=20, teachers=10,
-                     frames=2_000_000, buffer_frames=500_000)
+        sizes = dict(
+            preset="paper",
+            senones=14_000,
+            batch_size=1024,
+            steps=200,
+            warmup=20,
+            k=20,
+            teachers=10,
+            frames=2_000_000,
+            buffer_frames=500_000,
+        )
     for key, value in sizes.items():
         setattr(args, key, value)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke sizes)"
-    print(f"device: {name}; preset {args.preset}, {args.senones} senones, batch {args.batch_size}, "
-          f"top-{args.k}, {args.teachers} teachers, bf16={device.type == 'cuda'}, compile={args.compile}", flush=True)
+    print(
+        f"device: {name}; preset {args.preset}, {args.senones} senones, batch {args.batch_size}, "
+        f"top-{args.k}, {args.teachers} teachers, bf16={device.type == 'cuda'}, compile={args.compile}",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     rows: dict[str, float] = {}
@@ -107,14 +141,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         _write_corpus(root, args.frames, args.senones, args.k)
         teachers = _teachers(args, device, root)
         row("trainer on shards, hard labels", _train_fps(args, device, root, "hard", None))
-        row("trainer on shards, KD cached top-k",
-            _train_fps(args, device, root, "cached", DistillConfig(soft_targets=str(root / "train/soft"))))
-        row(f"trainer on shards, KD online ({args.teachers} teachers)",
-            _train_fps(args, device, root, "online", DistillConfig(source="online", teachers=teachers)))
+        row(
+            "trainer on shards, KD cached top-k",
+            _train_fps(args, device, root, "cached", DistillConfig(soft_targets=str(root / "train/soft"))),
+        )
+        row(
+            f"trainer on shards, KD online ({args.teachers} teachers)",
+            _train_fps(args, device, root, "online", DistillConfig(source="online", teachers=teachers)),
+        )
         row(f"ensemble inference ({args.teachers} models)", ensemble_inference(args, device, args.teachers))
         seconds_per_hour = _eval_seconds_per_hour(args, device, root)
-        print(f"{'evaluation (frame posteriors + accuracy, no decoding)':52s} {seconds_per_hour:14.2f} s per hour of "
-              "audio", flush=True)
+        print(
+            f"{'evaluation (frame posteriors + accuracy, no decoding)':52s} {seconds_per_hour:14.2f} s per hour of "
+            "audio",
+            flush=True,
+        )
     ceiling, hard = rows["ceiling: bare loop, synthetic in-memory"], rows["trainer on shards, hard labels"]
     cached = rows["trainer on shards, KD cached top-k"]
     print(f"real-data training / ceiling: {hard / ceiling:.3f} (goal >= 0.9)")

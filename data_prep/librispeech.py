@@ -36,8 +36,8 @@ from typing import Sequence
 
 import soundfile as sf
 
-from asrdistill.data.datadir import DataDir
 from asrdistill import logs
+from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import clear_done, is_done, mark_done, stage_done, write_skipped
 
 __all__ = [
@@ -63,15 +63,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUBSETS = (
-    "train-clean-100", "train-clean-360", "train-other-500",
-    "dev-clean", "dev-other", "test-clean", "test-other",
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
 )
 LEXICON_FILE = "librispeech-lexicon.txt"
 VOCAB_FILE = "librispeech-vocab.txt"
 # tgsmall, tgmed, tglarge, fglarge and the LM training text (OpenSLR 11)
 LM_FILES = (
-    "3-gram.pruned.3e-7.arpa.gz", "3-gram.pruned.1e-7.arpa.gz", "3-gram.arpa.gz",
-    "4-gram.arpa.gz", "librispeech-lm-norm.txt.gz",
+    "3-gram.pruned.3e-7.arpa.gz",
+    "3-gram.pruned.1e-7.arpa.gz",
+    "3-gram.arpa.gz",
+    "4-gram.arpa.gz",
+    "librispeech-lm-norm.txt.gz",
 )
 # Official md5 sums (OpenSLR md5sum.txt, as also quoted by the Kaldi/icefall/PaddleSpeech recipes).
 MD5 = {
@@ -117,9 +125,9 @@ class LibriSpeechConfig:
 
     subsets: list[str] = field(default_factory=lambda: ["train-clean-100", "dev-clean", "test-clean"])
     base_url: list[str] = field(default_factory=lambda: [DEFAULT_BASE_URL])  # URLs or MIRRORS names, tried in order
-    lm: bool = True                   # also fetch the official LMs and LM text (lexicon and vocabulary always)
-    remove_archives: bool = False     # delete each .tar.gz once unpacked
-    nj: int = 4                       # processes for preparation
+    lm: bool = True  # also fetch the official LMs and LM text (lexicon and vocabulary always)
+    remove_archives: bool = False  # delete each .tar.gz once unpacked
+    nj: int = 4  # processes for preparation
 
 
 # ----------------------------------------------------------------------------- download
@@ -167,10 +175,18 @@ def _fetch(url: str, part: Path, timeout: float) -> str:
             h, mode, have = hashlib.md5(), "wb", 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, mode) as f, logs.progress(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"), leave=False,
-        ) as bar:
+        with (
+            open(part, mode) as f,
+            logs.progress(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: resp.read(_CHUNK), b""):
                 f.write(block)
                 h.update(block)
@@ -226,8 +242,10 @@ def download_file(
             if digest is not None:
                 break
         if digest is None:
-            raise OSError(f"{dest}: download failed from every URL ({'; '.join(errors)}); "
-                          f"any partial file {part} is kept and will be resumed")
+            raise OSError(
+                f"{dest}: download failed from every URL ({'; '.join(errors)}); "
+                f"any partial file {part} is kept and will be resumed"
+            )
         os.replace(part, dest)
     if md5 is None:
         log.warning("%s: no known checksum, not verified (md5 %s)", dest, digest)
@@ -275,7 +293,10 @@ def extract_archive(archive: Path, dest_dir: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        with tarfile.open(archive, "r:*") as tf, logs.progress(unit=" files", desc=f"unpack {archive.name}", leave=False) as bar:
+        with (
+            tarfile.open(archive, "r:*") as tf,
+            logs.progress(unit=" files", desc=f"unpack {archive.name}", leave=False) as bar,
+        ):
             for member in tf:
                 _check_member(member, archive)
                 try:
@@ -375,8 +396,10 @@ def link_librispeech(corpus_dir: Path, target_dir: Path, subsets: Sequence[str])
         raise ValueError(f"unknown LibriSpeech subset(s) {unknown}; known: {list(SUBSETS)}")
     missing = [s for s in subsets if not (root / s).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root}: subset folder(s) not found: {missing} "
-                                f"(download them with 'asrdistill download' without --corpus-dir)")
+        raise FileNotFoundError(
+            f"{root}: subset folder(s) not found: {missing} "
+            f"(download them with 'asrdistill download' without --corpus-dir)"
+        )
     target = Path(target_dir) / "LibriSpeech"
     if target.is_dir() and not target.is_symlink():
         if target.resolve() == root:
@@ -475,8 +498,9 @@ def _read_transcripts(path: Path, out: _Chapter) -> dict[str, str]:
         if not _UTT_ID.match(utt):
             out.skipped.append((utt, f"{path}:{lineno}", "bad utterance id"))
         elif utt in texts:  # a conflict: neither line is trusted
-            out.skipped.append((utt, f"{path}:{lineno}", f"duplicate utterance id (also on line {lines[utt]}); "
-                                                         "both left out"))
+            out.skipped.append(
+                (utt, f"{path}:{lineno}", f"duplicate utterance id (also on line {lines[utt]}); both left out")
+            )
             texts[utt] = ""
         elif not words:
             out.skipped.append((utt, f"{path}:{lineno}", "empty transcript"))
@@ -573,12 +597,22 @@ def _prepare_subset(src: Path, out: Path, nj: int, inputs: dict) -> DataDir:
     write_skipped(out / "skipped.tsv", skipped)
     hours = sum(data.utt2dur.values()) / 3600
     reasons = Counter(r.split(" (")[0] for _, _, r in skipped)
-    mark_done(out, "prepare", {"source": str(src), "utterances": len(data.wav), "skipped": len(skipped),
-                               "hours": round(hours, 3)}, inputs)
-    log.info("%s -> %s: %d utterances, %d speakers, %.2f h; %d skipped%s", src, out, len(data.wav),
-             len(data.spk2utt), hours, len(skipped),
-             f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; see {out / 'skipped.tsv'})"
-             if skipped else "")
+    mark_done(
+        out,
+        "prepare",
+        {"source": str(src), "utterances": len(data.wav), "skipped": len(skipped), "hours": round(hours, 3)},
+        inputs,
+    )
+    log.info(
+        "%s -> %s: %d utterances, %d speakers, %.2f h; %d skipped%s",
+        src,
+        out,
+        len(data.wav),
+        len(data.spk2utt),
+        hours,
+        len(skipped),
+        f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; see {out / 'skipped.tsv'})" if skipped else "",
+    )
     for u, p, r in skipped[:10]:
         log.warning("skipped %s: %s: %s", u, p, r)
     return data

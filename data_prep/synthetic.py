@@ -48,7 +48,23 @@ MARKER = ".synthetic.done"
 _EST_UTT_SECONDS = 3.5
 
 _VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-_MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt3", "john", "max", "michael", "paul", "robert")
+_MALE_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "klatt",
+    "klatt3",
+    "john",
+    "max",
+    "michael",
+    "paul",
+    "robert",
+)
 _FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "anika", "linda", "steph", "belinda", "aunty", "klatt4", "andrea")
 _NOISES = ("white", "pink", "brown", "babble")
 SILENCE = "SIL"
@@ -99,8 +115,10 @@ class Speaker:
 
     @property
     def description(self) -> str:
-        return (f"espeak {self.voice}+{self.variant} pitch {self.pitch} range {self.pitch_range} "
-                f"rate {self.rate} vtl {self.warp:.3f}")
+        return (
+            f"espeak {self.voice}+{self.variant} pitch {self.pitch} range {self.pitch_range} "
+            f"rate {self.rate} vtl {self.warp:.3f}"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,12 +132,26 @@ class UtteranceJob:
     seed: int
 
 
-def _params(hours: float, seed: int, num_speakers: int, dev_fraction: float, test_fraction: float,
-            lm_sentences: int, vocab_size: int) -> dict:
+def _params(
+    hours: float,
+    seed: int,
+    num_speakers: int,
+    dev_fraction: float,
+    test_fraction: float,
+    lm_sentences: int,
+    vocab_size: int,
+) -> dict:
     """The marker's identity of a corpus; ``vocab_size`` only when set, so corpora made before it had
     the option keep their marker."""
-    params = {"format": FORMAT_VERSION, "hours": hours, "seed": seed, "num_speakers": num_speakers,
-              "dev_fraction": dev_fraction, "test_fraction": test_fraction, "lm_sentences": lm_sentences}
+    params = {
+        "format": FORMAT_VERSION,
+        "hours": hours,
+        "seed": seed,
+        "num_speakers": num_speakers,
+        "dev_fraction": dev_fraction,
+        "test_fraction": test_fraction,
+        "lm_sentences": lm_sentences,
+    }
     return params | ({"vocab_size": vocab_size} if vocab_size else {})
 
 
@@ -159,11 +191,19 @@ def make_speakers(seed: int, num_speakers: int, dev_fraction: float, test_fracti
             if subset != "train":
                 held_out.add((voice, variant))
             break
-        speakers.append(Speaker(
-            speaker_id=ids[i], sex=sex, subset=subset, voice=voice, variant=variant,
-            pitch=rng.randint(30, 70), pitch_range=rng.randint(30, 90), rate=rng.randint(140, 195),
-            source_rate=int(round(22050 * warp / 50)) * 50,
-        ))
+        speakers.append(
+            Speaker(
+                speaker_id=ids[i],
+                sex=sex,
+                subset=subset,
+                voice=voice,
+                variant=variant,
+                pitch=rng.randint(30, 70),
+                pitch_range=rng.randint(30, 90),
+                rate=rng.randint(140, 195),
+                source_rate=int(round(22050 * warp / 50)) * 50,
+            )
+        )
     return speakers
 
 
@@ -218,8 +258,9 @@ def _babble_bank(seed: int) -> np.ndarray:
             stream = []
             total = 0
             while total < length:
-                syn = engine().synthesize(gen.sentence(rng)[1], voice, rate=rng.randint(150, 200),
-                                          pitch=rng.randint(25, 75), seed=talker)
+                syn = engine().synthesize(
+                    gen.sentence(rng)[1], voice, rate=rng.randint(150, 200), pitch=rng.randint(25, 75), seed=talker
+                )
                 x = _resample(syn.audio / 32768.0, syn.sample_rate)
                 x /= np.sqrt(np.mean(x**2)) + 1e-12
                 stream.append(x)
@@ -275,9 +316,12 @@ def render_utterance(job: UtteranceJob, corpus_seed: int) -> tuple[np.ndarray, l
     spk = job.speaker
     rng = np.random.default_rng(job.seed)
     syn = engine().synthesize(
-        job.spoken, f"{spk.voice}+{spk.variant}",
-        rate=int(spk.rate * rng.uniform(0.92, 1.08)), pitch=int(np.clip(spk.pitch + rng.integers(-4, 5), 0, 99)),
-        pitch_range=spk.pitch_range, seed=job.seed,
+        job.spoken,
+        f"{spk.voice}+{spk.variant}",
+        rate=int(spk.rate * rng.uniform(0.92, 1.08)),
+        pitch=int(np.clip(spk.pitch + rng.integers(-4, 5), 0, 99)),
+        pitch_range=spk.pitch_range,
+        seed=job.seed,
     )
     segs = phone_segments(syn)
     speech = _resample(syn.audio / 32768.0, spk.source_rate)
@@ -320,15 +364,19 @@ def render_utterance(job: UtteranceJob, corpus_seed: int) -> tuple[np.ndarray, l
         else:
             noise = _colored_noise(rng, len(x), noise_kind)
         x = x + noise * math.sqrt(power / 10 ** (snr / 10))
-    x = x + rng.standard_normal(len(x)) * math.sqrt(power / 10 ** 5.5)  # -55 dB floor
+    x = x + rng.standard_normal(len(x)) * math.sqrt(power / 10**5.5)  # -55 dB floor
     level = 10 ** (rng.uniform(-30.0, -18.0) / 20)
     x *= level / math.sqrt(power)
     peak = np.max(np.abs(x))
     if peak > 0.97:
         x *= 0.97 / peak
     audio = np.round(x * 32767).astype(np.int16)
-    cond = {"condition": condition, "noise": noise_kind,
-            "snr_db": "-" if snr is None else f"{snr:.1f}", "rt60_s": "-" if rt60 is None else f"{rt60:.2f}"}
+    cond = {
+        "condition": condition,
+        "noise": noise_kind,
+        "snr_db": "-" if snr is None else f"{snr:.1f}",
+        "rt60_s": "-" if rt60 is None else f"{rt60:.2f}",
+    }
     return audio, phones, cond
 
 
@@ -363,9 +411,15 @@ def _format_ctm(utt_id: str, phones: Sequence[tuple[str, float, float]]) -> list
     return lines
 
 
-def _plan(ls_dir: Path, speakers: list[Speaker], hours: float, seed: int, dev_fraction: float,
-          test_fraction: float, vocab_size: int) -> tuple[list[UtteranceJob], dict[str, str],
-                                                          dict[str, tuple[str, str, str]]]:
+def _plan(
+    ls_dir: Path,
+    speakers: list[Speaker],
+    hours: float,
+    seed: int,
+    dev_fraction: float,
+    test_fraction: float,
+    vocab_size: int,
+) -> tuple[list[UtteranceJob], dict[str, str], dict[str, tuple[str, str, str]]]:
     """Decide every utterance: its speaker, chapter, id, path and sentence (all from ``seed``)."""
     from data_prep.text import SentenceGenerator
 
@@ -396,8 +450,15 @@ def _plan(ls_dir: Path, speakers: list[Speaker], hours: float, seed: int, dev_fr
                         break
                 used_sentences.add(transcript)
                 folder = ls_dir / subset / str(spk.speaker_id) / str(ch)
-                jobs.append(UtteranceJob(utt_id=utt_id, path=str(folder / f"{utt_id}.flac"), spoken=spoken,
-                                 speaker=spk, seed=int(np.random.SeedSequence([seed, len(jobs)]).generate_state(1)[0])))
+                jobs.append(
+                    UtteranceJob(
+                        utt_id=utt_id,
+                        path=str(folder / f"{utt_id}.flac"),
+                        spoken=spoken,
+                        speaker=spk,
+                        seed=int(np.random.SeedSequence([seed, len(jobs)]).generate_state(1)[0]),
+                    )
+                )
                 transcripts[utt_id] = transcript
                 where[utt_id] = (subset, str(spk.speaker_id), str(ch))
     return jobs, transcripts, where
@@ -441,8 +502,15 @@ def synthesize_corpus(
     out_dir = Path(out_dir)
     ls_dir = out_dir / "LibriSpeech"
     marker = out_dir / MARKER
-    params = _params(float(hours), int(seed), int(num_speakers), float(dev_fraction), float(test_fraction),
-                     int(lm_sentences), int(vocab_size))
+    params = _params(
+        float(hours),
+        int(seed),
+        int(num_speakers),
+        float(dev_fraction),
+        float(test_fraction),
+        int(lm_sentences),
+        int(vocab_size),
+    )
     if marker.exists():
         old = json.loads(marker.read_text())
         if old == params:
@@ -471,8 +539,9 @@ def synthesize_corpus(
     started = time.monotonic()
     audio_s = 0.0
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(logs.progress(total=len(jobs), unit="utt", desc="synthesize", disable=not progress,
-                                       dynamic_ncols=True))
+        bar = stack.enter_context(
+            logs.progress(total=len(jobs), unit="utt", desc="synthesize", disable=not progress, dynamic_ncols=True)
+        )
         if nj <= 1:
             _init_worker(seed)
             outputs: Iterable = map(_run_job, jobs)
@@ -483,7 +552,9 @@ def synthesize_corpus(
             results[utt_id] = (dur, phones, cond)
             audio_s += dur
             bar.update(1)
-            bar.set_postfix(audio_h=f"{audio_s / 3600:.2f}", xRT=f"{audio_s / max(time.monotonic() - started, 1e-9):.0f}")
+            bar.set_postfix(
+                audio_h=f"{audio_s / 3600:.2f}", xRT=f"{audio_s / max(time.monotonic() - started, 1e-9):.0f}"
+            )
 
     _write_metadata(ls_dir, speakers, transcripts, where, results)
     lm_dir = out_dir / "lm"
@@ -495,8 +566,13 @@ def synthesize_corpus(
     return ls_dir
 
 
-def _write_metadata(ls_dir: Path, speakers: list[Speaker], transcripts: dict[str, str],
-                    where: dict[str, tuple[str, str, str]], results: dict[str, tuple[float, list, dict]]) -> None:
+def _write_metadata(
+    ls_dir: Path,
+    speakers: list[Speaker],
+    transcripts: dict[str, str],
+    where: dict[str, tuple[str, str, str]],
+    results: dict[str, tuple[float, list, dict]],
+) -> None:
     """trans.txt, phones.ctm, conditions.tsv and SPEAKERS.TXT (sorted, deterministic)."""
     chapters: dict[tuple[str, str, str], list[str]] = {}
     for utt_id in sorted(where):
@@ -515,10 +591,14 @@ def _write_metadata(ls_dir: Path, speakers: list[Speaker], transcripts: dict[str
             rows.append(f"{utt_id}\t{c['condition']}\t{c['noise']}\t{c['snr_db']}\t{c['rt60_s']}\n")
         (ls_dir / subset).mkdir(parents=True, exist_ok=True)
         write_text_atomic(ls_dir / subset / "conditions.tsv", "".join(rows))
-    lines = ["; Synthetic speakers (espeak-ng), in the format of LibriSpeech's SPEAKERS.TXT\n",
-             ";ID  |SEX| SUBSET           |MINUTES| NAME\n"]
+    lines = [
+        "; Synthetic speakers (espeak-ng), in the format of LibriSpeech's SPEAKERS.TXT\n",
+        ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
+    ]
     for spk in sorted(speakers, key=lambda s: s.speaker_id):
         if str(spk.speaker_id) in minutes:
-            lines.append(f"{spk.speaker_id:<5}| {spk.sex} | {spk.subset:<16} | {minutes[str(spk.speaker_id)]:5.2f} | "
-                         f"{spk.description}\n")
+            lines.append(
+                f"{spk.speaker_id:<5}| {spk.sex} | {spk.subset:<16} | {minutes[str(spk.speaker_id)]:5.2f} | "
+                f"{spk.description}\n"
+            )
     write_text_atomic(ls_dir / "SPEAKERS.TXT", "".join(lines))

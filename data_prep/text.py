@@ -49,11 +49,28 @@ elephant monkey snake frog fly bee spider eagle owl crow swan
 """.split()
 
 _IRREGULAR_PLURALS = {
-    "man": "men", "woman": "women", "child": "children", "foot": "feet", "tooth": "teeth",
-    "mouse": "mice", "wife": "wives", "knife": "knives", "leaf": "leaves", "wolf": "wolves",
-    "life": "lives", "sheep": "sheep", "fish": "fish", "deer": "deer", "goose": "geese",
-    "thief": "thieves", "half": "halves", "shelf": "shelves", "people": "", "gentleman": "gentlemen",
-    "policeman": "policemen", "fisherman": "fishermen",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "foot": "feet",
+    "tooth": "teeth",
+    "mouse": "mice",
+    "wife": "wives",
+    "knife": "knives",
+    "leaf": "leaves",
+    "wolf": "wolves",
+    "life": "lives",
+    "sheep": "sheep",
+    "fish": "fish",
+    "deer": "deer",
+    "goose": "geese",
+    "thief": "thieves",
+    "half": "halves",
+    "shelf": "shelves",
+    "people": "",
+    "gentleman": "gentlemen",
+    "policeman": "policemen",
+    "fisherman": "fishermen",
 }
 
 # (base, past) for transitive verbs.
@@ -106,12 +123,37 @@ away home there here outside inside together alone already still
 """.split()
 
 _TIME_PHRASES = [
-    "that morning", "that evening", "that night", "the next day", "at last", "at once",
-    "at night", "in the morning", "in the evening", "after dinner", "before dawn",
-    "after a while", "for a moment", "for a long time", "that winter", "last summer",
-    "in those days", "the following week", "every day", "on sunday", "on monday",
-    "on friday", "in june", "in october", "in december", "yesterday", "today", "soon",
-    "afterwards", "meanwhile", "later",
+    "that morning",
+    "that evening",
+    "that night",
+    "the next day",
+    "at last",
+    "at once",
+    "at night",
+    "in the morning",
+    "in the evening",
+    "after dinner",
+    "before dawn",
+    "after a while",
+    "for a moment",
+    "for a long time",
+    "that winter",
+    "last summer",
+    "in those days",
+    "the following week",
+    "every day",
+    "on sunday",
+    "on monday",
+    "on friday",
+    "in june",
+    "in october",
+    "in december",
+    "yesterday",
+    "today",
+    "soon",
+    "afterwards",
+    "meanwhile",
+    "later",
 ]
 
 _MALE_NAMES = """
@@ -146,8 +188,13 @@ two three four five six seven eight nine ten eleven twelve fifteen twenty thirty
 hundred
 """.split()
 
-_PRONOUNS = [("he", "his", "him"), ("she", "her", "her"), ("they", "their", "them"),
-             ("i", "my", "me"), ("we", "our", "us")]
+_PRONOUNS = [
+    ("he", "his", "him"),
+    ("she", "her", "her"),
+    ("they", "their", "them"),
+    ("i", "my", "me"),
+    ("we", "our", "us"),
+]
 
 _CONJUNCTIONS = ["and", "but", "and then", "so", "or", "yet"]
 _SUBORDINATORS = ["when", "while", "because", "although", "before", "after", "as soon as", "until", "if"]
@@ -171,8 +218,15 @@ def _cmu() -> dict[str, list[list[str]]]:
 def _extra_candidates() -> tuple[str, ...]:
     """CMUdict's ASCII alphabetic words of 3-12 letters with a vowel letter and no letter tripled, in one
     fixed seeded order (independent of the corpus seed, so vocabularies of different sizes are nested)."""
-    words = sorted(w for w in _cmu() if w.isascii() and w.isalpha() and len(w) in _EXTRA_LETTERS
-                   and any(c in "aeiouy" for c in w) and not any(a == b == c for a, b, c in zip(w, w[1:], w[2:])))
+    words = sorted(
+        w
+        for w in _cmu()
+        if w.isascii()
+        and w.isalpha()
+        and len(w) in _EXTRA_LETTERS
+        and any(c in "aeiouy" for c in w)
+        and not any(a == b == c for a, b, c in zip(w, w[1:], w[2:]))
+    )
     random.Random("extra-vocabulary").shuffle(words)
     return tuple(words)
 
@@ -234,7 +288,9 @@ class SentenceGenerator:
         plurals = [(n, _plural(n)) for n in nouns]
         self.plurals = _Zipf([p for _, p in plurals if p])
         self.trans = _Zipf([tuple(v.split(":")) for v in dict.fromkeys(_TRANSITIVE) if all(map(_known, v.split(":")))])
-        self.intrans = _Zipf([tuple(v.split(":")) for v in dict.fromkeys(_INTRANSITIVE) if all(map(_known, v.split(":")))])
+        self.intrans = _Zipf(
+            [tuple(v.split(":")) for v in dict.fromkeys(_INTRANSITIVE) if all(map(_known, v.split(":")))]
+        )
         self.say = _Zipf(_uniq(_SAY_VERBS))
         self.adjs = _Zipf(_uniq(_ADJECTIVES))
         self.advs = _Zipf(_uniq(_ADVERBS))
@@ -263,8 +319,11 @@ class SentenceGenerator:
         words = extra_words(vocab_size, {w.lower() for w in self.vocabulary()})
         adjs = [w for w in words if w.endswith(_ADJECTIVE_SUFFIXES)]
         rest = [w for w in words if not w.endswith(_ADJECTIVE_SUFFIXES)]
-        for slot, extra in (("nouns", [w for i, w in enumerate(rest) if i % 3 != 2]), ("adjs", adjs),
-                            ("names", rest[2::3])):
+        for slot, extra in (
+            ("nouns", [w for i, w in enumerate(rest) if i % 3 != 2]),
+            ("adjs", adjs),
+            ("names", rest[2::3]),
+        ):
             old = getattr(self, slot)
             setattr(self, slot, _Zipf(old.items + extra, s=old.s))
 
@@ -345,8 +404,12 @@ class SentenceGenerator:
         elif r < 0.93:
             out = ["there", "was", *self.noun_phrase(rng), *self._pp(rng)]
         else:
-            out = [rng.choice(["where", "why", "how", "when"]), rng.choice(["did", "could", "would"]),
-                   *self._subject(rng), self.intrans(rng)[0]]
+            out = [
+                rng.choice(["where", "why", "how", "when"]),
+                rng.choice(["did", "could", "would"]),
+                *self._subject(rng),
+                self.intrans(rng)[0],
+            ]
         return out
 
     def sentence(self, rng: random.Random, max_words: int = 24) -> tuple[str, str]:
@@ -362,8 +425,21 @@ class SentenceGenerator:
     def vocabulary(self) -> list[str]:
         """Every word the grammar can emit, uppercase and sorted."""
         words: set[str] = set()
-        for z in (self.nouns, self.plurals, self.say, self.adjs, self.advs, self.names, self.surnames,
-                  self.places, self.preps, self.preps_with, self.dets, self.pl_dets, self.numbers):
+        for z in (
+            self.nouns,
+            self.plurals,
+            self.say,
+            self.adjs,
+            self.advs,
+            self.names,
+            self.surnames,
+            self.places,
+            self.preps,
+            self.preps_with,
+            self.dets,
+            self.pl_dets,
+            self.numbers,
+        ):
             words.update(z.items)
         for z in (self.trans, self.intrans):
             for forms in z.items:
@@ -373,7 +449,38 @@ class SentenceGenerator:
                 words.update(phrase.split())
         for p in self.pronouns.items:
             words.update(p)
-        words.update(["mister", "of", "in", "to", "from", "near", "was", "seemed", "looked", "became",
-                      "felt", "an", "very", "quite", "rather", "too", "so", "stood", "sat", "lived", "stayed",
-                      "that", "there", "where", "why", "how", "when", "did", "could", "would"])
+        words.update(
+            [
+                "mister",
+                "of",
+                "in",
+                "to",
+                "from",
+                "near",
+                "was",
+                "seemed",
+                "looked",
+                "became",
+                "felt",
+                "an",
+                "very",
+                "quite",
+                "rather",
+                "too",
+                "so",
+                "stood",
+                "sat",
+                "lived",
+                "stayed",
+                "that",
+                "there",
+                "where",
+                "why",
+                "how",
+                "when",
+                "did",
+                "could",
+                "would",
+            ]
+        )
         return sorted(w.upper() for w in words)

@@ -9,8 +9,15 @@ import numpy as np
 from asrdistill.data.shards import ShardManifest, write_shard
 
 
-def make_frame_set(root: Path, rng: np.random.Generator, means: np.ndarray, n_utts: int, frames: int = 40,
-                   shards: int = 2, noise: float = 0.0) -> None:
+def make_frame_set(
+    root: Path,
+    rng: np.random.Generator,
+    means: np.ndarray,
+    n_utts: int,
+    frames: int = 40,
+    shards: int = 2,
+    noise: float = 0.0,
+) -> None:
     """Tiny aligned feature + label shard sets: frame = class mean + unit noise.
 
     ``noise`` is the fraction of labels replaced by random classes (hard labels

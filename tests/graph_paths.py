@@ -13,8 +13,9 @@ from asrdistill.aligner.tree import ContextTree
 from asrdistill.data.lang import Lang
 
 
-def pdf_sequence(prons: list[tuple[str, ...]], lang: Lang, tree: ContextTree, topo: Topology,
-                 frames_per_state: int = 1) -> np.ndarray:
+def pdf_sequence(
+    prons: list[tuple[str, ...]], lang: Lang, tree: ContextTree, topo: Topology, frames_per_state: int = 1
+) -> np.ndarray:
     """Senone per frame for phones ``prons`` (words and silences in order), triphone context
     across word boundaries and 0 at the utterance edges: the path HCLG must accept."""
     if frames_per_state < 1:

@@ -10,7 +10,8 @@ import pytest
 from asrdistill.data.shards import ShardManifest, write_shard
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_aligner", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_aligner.py")
+    "bench_aligner", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_aligner.py"
+)
 bench = sys.modules["bench_aligner"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
 _spec.loader.exec_module(bench)
 
@@ -28,8 +29,9 @@ def test_clean_and_all_condition_scores(tmp_path, capsys):
     subset = tmp_path / "LibriSpeech" / "dev"
     (subset / "1" / "2").mkdir(parents=True)
     truth = [("SIL", 0.0, 0.1), ("t", 0.1, 0.1), ("A:", 0.2, 0.15), ("l", 0.35, 0.1), ("SIL", 0.45, 0.15)]
-    (subset / "1" / "2" / "1-2.phones.ctm").write_text("".join(
-        f"{u} 1 {s:.3f} {d:.3f} {p}\n" for u in ("1-2-0000", "1-2-0001", "1-2-0002") for p, s, d in truth))
+    (subset / "1" / "2" / "1-2.phones.ctm").write_text(
+        "".join(f"{u} 1 {s:.3f} {d:.3f} {p}\n" for u in ("1-2-0000", "1-2-0001", "1-2-0002") for p, s, d in truth)
+    )
     (subset / "conditions.tsv").write_text("utt_id\tcondition\n1-2-0000\tclean\n1-2-0001\tnoise\n1-2-0002\tclean\n")
     ali = tmp_path / "ali"
     ali.mkdir()

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from graph_paths import pdf_sequence
+from test_decode import UTTS
+from test_graph import toy_task
 
 from asrdistill.data.corpus import normalize_transcript, read_corpus
 from asrdistill.data.features import Cmvn, FbankConfig
@@ -14,9 +17,6 @@ from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 from asrdistill.decoding.bundle import load_system, word_times, write_bundle
 from asrdistill.decoding.decode import DecodeConfig
 from asrdistill.nnet.model import FrameDNN, ModelConfig
-from graph_paths import pdf_sequence
-from test_decode import UTTS
-from test_graph import toy_task
 
 SR = 16000
 LEFT = RIGHT = 1
@@ -28,8 +28,17 @@ def _system(d, task, num_classes=None, seed=0):
     torch.manual_seed(seed)
     model = FrameDNN(ModelConfig(preset="tiny"), (LEFT + 1 + RIGHT) * 40, num_classes or tree.num_pdfs)
     d.mkdir(parents=True, exist_ok=True)
-    torch.save({**model.describe(), "model": model.state_dict(), "config": {"frames": {"left": LEFT, "right": RIGHT}},
-                "epoch": 1, "step": 1, "dev": {}}, d / "best.pt")
+    torch.save(
+        {
+            **model.describe(),
+            "model": model.state_dict(),
+            "config": {"frames": {"left": LEFT, "right": RIGHT}},
+            "epoch": 1,
+            "step": 1,
+            "dev": {},
+        },
+        d / "best.pt",
+    )
     return d
 
 
@@ -41,13 +50,15 @@ def recipe(tmp_path_factory):
     _, tree, _, _ = task
     rng = np.random.default_rng(0)
     feats = ShardManifest(d / "fbank", "feats", meta={"dim": 40, "config": FbankConfig().extraction_dict()})
-    feats.shards.append(write_shard(d / "fbank" / "feats-000000.tar",
-                                    [("a", {"feats": rng.normal(size=(50, 40)).astype(np.float16)})]))
+    feats.shards.append(
+        write_shard(d / "fbank" / "feats-000000.tar", [("a", {"feats": rng.normal(size=(50, 40)).astype(np.float16)})])
+    )
     feats.save()
     Cmvn(mean=np.zeros(40), var=np.ones(40), count=50).save(d / "fbank" / "cmvn.json")
     labels = ShardManifest(d / "ali", "pdf")
-    labels.shards.append(write_shard(d / "ali" / "pdf-000000.tar",
-                                     [("a", {"pdf": rng.integers(0, tree.num_pdfs, 50).astype(np.int32)})]))
+    labels.shards.append(
+        write_shard(d / "ali" / "pdf-000000.tar", [("a", {"pdf": rng.integers(0, tree.num_pdfs, 50).astype(np.int32)})])
+    )
     labels.save()
     (d / "exp").mkdir()
     shutil.copy(d / "tree.json", d / "exp" / "tree.json")
@@ -57,8 +68,17 @@ def recipe(tmp_path_factory):
 
 def _bundle(recipe, system, out, **kw):
     d, _ = recipe
-    return write_bundle(system, out, feats_dir=d / "fbank", labels_dir=d / "ali", tree_dir=d / "exp",
-                        graph_dir=d / "graph", lang_dir=d / "lang", decode_config=DecodeConfig(nj=1), **kw)
+    return write_bundle(
+        system,
+        out,
+        feats_dir=d / "fbank",
+        labels_dir=d / "ali",
+        tree_dir=d / "exp",
+        graph_dir=d / "graph",
+        lang_dir=d / "lang",
+        decode_config=DecodeConfig(nj=1),
+        **kw,
+    )
 
 
 def _tone(seconds, freq=440.0, sr=SR):
@@ -70,20 +90,30 @@ def test_bundle_decodes_a_folder_with_bad_files_and_scores_references(recipe, tm
     d, task = recipe
     bundle = _bundle(recipe, _system(tmp_path / "student", task), tmp_path / "student" / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert {"members/0.pt", "cmvn.json", "priors.npy", "tree.json", "topo.json", "graph/HCLG.fst", "graph/words.txt",
-            "lang/lexicon.txt", "system.json"} <= set(manifest["files"])
+    assert {
+        "members/0.pt",
+        "cmvn.json",
+        "priors.npy",
+        "tree.json",
+        "topo.json",
+        "graph/HCLG.fst",
+        "graph/words.txt",
+        "lang/lexicon.txt",
+        "system.json",
+    } <= set(manifest["files"])
 
     corpus = tmp_path / "corpus" / "spk" / "ch"
     corpus.mkdir(parents=True)
     x = _tone(1.0)
     sf.write(corpus / "spk-ch-0001.flac", x, SR)
-    sf.write(corpus / "spk-ch-0002.flac", np.stack([x, x], 1), SR)       # stereo: downmixed
-    sf.write(corpus / "spk-ch-0003.wav", _tone(1.0)[::2], SR // 2)        # 8 kHz: resampled
-    sf.write(corpus / "spk-ch-0004.wav", np.zeros(0, np.float32), SR)     # empty
-    sf.write(corpus / "spk-ch-0005.flac", _tone(3.0), SR)                 # longer than max_seconds
+    sf.write(corpus / "spk-ch-0002.flac", np.stack([x, x], 1), SR)  # stereo: downmixed
+    sf.write(corpus / "spk-ch-0003.wav", _tone(1.0)[::2], SR // 2)  # 8 kHz: resampled
+    sf.write(corpus / "spk-ch-0004.wav", np.zeros(0, np.float32), SR)  # empty
+    sf.write(corpus / "spk-ch-0005.flac", _tone(3.0), SR)  # longer than max_seconds
     (corpus / "spk-ch-0006.flac").write_bytes(b"not audio")
-    (corpus / "spk-ch.trans.txt").write_text("spk-ch-0001 ba, ka!\nspk-ch-0002 Ka ZORK\nspk-ch-0003 ab\n"
-                                             "spk-ch-0004 ba\nspk-ch-0005 ba\nspk-ch-0006 ba\n")
+    (corpus / "spk-ch.trans.txt").write_text(
+        "spk-ch-0001 ba, ka!\nspk-ch-0002 Ka ZORK\nspk-ch-0003 ab\nspk-ch-0004 ba\nspk-ch-0005 ba\nspk-ch-0006 ba\n"
+    )
     out = tmp_path / "decode"
     report = load_system(bundle).decode_corpus(tmp_path / "corpus", out, max_seconds=2.0)
 
@@ -99,7 +129,9 @@ def test_bundle_decodes_a_folder_with_bad_files_and_scores_references(recipe, tm
     assert len(ctm) == sum(len(t.split()) for t in text.values())
     assert all(r[1] == "1" and float(r[2]) >= 0 and float(r[3]) > 0 for r in ctm)
     lines = (out / "report.txt").read_text().splitlines()
-    assert lines[0].startswith("%WER ") and "/ 5," in lines[0]  # BA KA | KA ZORK | AB: lower case and punctuation normalised
+    assert (
+        lines[0].startswith("%WER ") and "/ 5," in lines[0]
+    )  # BA KA | KA ZORK | AB: lower case and punctuation normalised
     assert lines[2].startswith("OOV 1 of 5 reference words") and report.oov == {"ZORK": 1}
     assert lines[3].startswith("3 utterance(s) with references not scored")
     log = (out / "log" / "decode.log").read_text()
@@ -136,8 +168,10 @@ def test_ensemble_members_are_copied_in(recipe, tmp_path):
     bundle = _bundle(recipe, exp / "ensemble", tmp_path / "bundle")
     shutil.rmtree(exp)  # the bundle needs nothing outside itself
     system = load_system(bundle)
-    assert len(system.models) == 2 and system.models[0].state_dict()["output.bias"].ne(
-        system.models[1].state_dict()["output.bias"]).any()
+    assert (
+        len(system.models) == 2
+        and system.models[0].state_dict()["output.bias"].ne(system.models[1].state_dict()["output.bias"]).any()
+    )
 
 
 def test_load_rejects_a_changed_file_another_version_and_a_mismatched_tree(recipe, tmp_path):
@@ -168,8 +202,16 @@ def test_bundle_refuses_a_graph_built_from_another_tree(recipe, tmp_path):
     (other / "tree.json").write_text(json.dumps(tree))
     shutil.copy(d / "topo.json", other / "topo.json")
     with pytest.raises(ValueError, match=r"graph: built from .*tree.json, whose content differs from .*other_tree"):
-        write_bundle(_system(tmp_path / "s", task), tmp_path / "b", feats_dir=d / "fbank", labels_dir=d / "ali",
-                     tree_dir=other, graph_dir=d / "graph", lang_dir=d / "lang", decode_config=DecodeConfig(nj=1))
+        write_bundle(
+            _system(tmp_path / "s", task),
+            tmp_path / "b",
+            feats_dir=d / "fbank",
+            labels_dir=d / "ali",
+            tree_dir=other,
+            graph_dir=d / "graph",
+            lang_dir=d / "lang",
+            decode_config=DecodeConfig(nj=1),
+        )
 
 
 def test_rewrite_is_skipped_while_sources_are_unchanged(recipe, tmp_path):
@@ -186,8 +228,16 @@ def test_rewrite_is_skipped_while_sources_are_unchanged(recipe, tmp_path):
     ali = tmp_path / "ali"  # realigned: the same utterances and frame counts, other senones
     shutil.copytree(d / "ali", ali)
     write_shard(ali / "pdf-000000.tar", [("a", {"pdf": np.zeros(50, np.int32)})])
-    write_bundle(system, bundle, feats_dir=d / "fbank", labels_dir=ali, tree_dir=d / "exp", graph_dir=d / "graph",
-                 lang_dir=d / "lang", decode_config=DecodeConfig(nj=1))
+    write_bundle(
+        system,
+        bundle,
+        feats_dir=d / "fbank",
+        labels_dir=ali,
+        tree_dir=d / "exp",
+        graph_dir=d / "graph",
+        lang_dir=d / "lang",
+        decode_config=DecodeConfig(nj=1),
+    )
     assert (bundle / "manifest.json").stat().st_mtime_ns != before
     assert np.argmax(np.load(bundle / "priors.npy")) == 0
 
@@ -232,28 +282,34 @@ def test_evaluation_is_redone_when_its_data_change(recipe, tmp_path):
     system = _system(tmp_path / "sys", task)
 
     def run():
-        data = FrameData(tmp_path / "fbank", tmp_path / "ali", "train", "dev", "test", FrameConfig(left=LEFT, right=RIGHT))
-        evaluate_system(system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1),
-                        config=EvalConfig(decode=False))
+        data = FrameData(
+            tmp_path / "fbank", tmp_path / "ali", "train", "dev", "test", FrameConfig(left=LEFT, right=RIGHT)
+        )
+        evaluate_system(
+            system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1), config=EvalConfig(decode=False)
+        )
         return (system / "metrics.json").stat().st_mtime_ns
 
     first = run()
-    assert run() == first                                   # nothing changed: reused
+    assert run() == first  # nothing changed: reused
     (tmp_path / "data/test/text").write_text("a THE\n")
     second = run()
-    assert second != first                                  # other reference text: evaluated again
+    assert second != first  # other reference text: evaluated again
     path = tmp_path / "ali/dev/pdf-000000.tar"
-    (utt, sample), = list(iter_shard(path))
+    ((utt, sample),) = list(iter_shard(path))
     write_shard(path, [(utt, {"pdf": (sample["pdf"] + 1) % task[1].num_pdfs})])
-    assert run() != second                                  # realigned dev labels: evaluated again
+    assert run() != second  # realigned dev labels: evaluated again
 
 
 def test_bundle_files_are_copies_not_links_to_the_experiment(recipe, tmp_path):
     d, task = recipe
     bundle = _bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b")
-    for name, source in (("tree.json", d / "exp" / "tree.json"), ("topo.json", d / "exp" / "topo.json"),
-                         ("graph/HCLG.fst", d / "graph" / "HCLG.fst"),
-                         ("lang/lexicon.txt", d / "lang" / "lexicon.txt")):
+    for name, source in (
+        ("tree.json", d / "exp" / "tree.json"),
+        ("topo.json", d / "exp" / "topo.json"),
+        ("graph/HCLG.fst", d / "graph" / "HCLG.fst"),
+        ("lang/lexicon.txt", d / "lang" / "lexicon.txt"),
+    ):
         assert (bundle / name).stat().st_nlink == 1 and not (bundle / name).samefile(source), name
     before = (d / "exp" / "tree.json").read_bytes()
     with open(bundle / "tree.json", "ab") as f:  # an in-place edit of the bundle
@@ -289,8 +345,10 @@ def test_every_load_failure_names_the_file_and_never_advises_turning_a_safety_of
     marker = tmp_path / "PWNED"
     cases = {
         "members/0.pt": (lambda p: torch.save({"model": _Payload(marker)}, p), "not a usable bundle member .*refused"),
-        "priors.npy": (lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
-                       "not a usable senone prior file .*Object arrays"),
+        "priors.npy": (
+            lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+            "not a usable senone prior file .*Object arrays",
+        ),
         "tree.json": (lambda p: p.write_text("{not json"), "not a usable senone tree"),
         "graph/graph.json": (lambda p: p.write_text("{}"), "not a usable graph description: missing field 'num_pdfs'"),
         "system.json": (lambda p: p.write_text('{"system": "s"}'), "not a usable bundle description: missing field"),
@@ -300,7 +358,8 @@ def test_every_load_failure_names_the_file_and_never_advises_turning_a_safety_of
         with pytest.raises(ValueError, match=rf"{bad / name}: {message}") as e:
             load_system(bad)
         assert "weights_only" not in str(e.value) and "allow_pickle" not in str(e.value).replace(
-            "Object arrays cannot be loaded when allow_pickle=False", "")
+            "Object arrays cannot be loaded when allow_pickle=False", ""
+        )
         assert "trust" not in str(e.value) and "add_safe_globals" not in str(e.value)
     assert not marker.exists()
     system = load_system(_tampered(bundle, tmp_path / "badfst", "graph/HCLG.fst", lambda p: p.write_bytes(b"junk")))

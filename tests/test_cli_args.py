@@ -28,12 +28,44 @@ def _train_cfg(tmp_path, field: str, yaml_value, argv: list[str]):
     value = {key: yaml_value}
     conf = tmp_path / "c.yaml"
     conf.write_text("train:\n  " + (f"{section}: {value}" if section else f"{key}: {yaml_value}") + "\n")
-    args = cli.build_parser().parse_args(["train", "--config", str(conf), "--feats", "f", "--labels", "l",
-                                          "--train-set", "t", "--dev-set", "d", "--soft", "s", "--out", "o", *argv])
-    flags = {"seed": args.seed, "device": args.device, "data_fraction": args.fraction,
-             "distill.temperature": args.temperature, "distill.hard_weight": args.hard_weight}
-    cfg = train_config(args.config, args.role, args.set, feats=args.feats, labels=args.labels,
-                       train_set=args.train_set, dev_set=args.dev_set, soft=args.soft, flags=flags)
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            str(conf),
+            "--feats",
+            "f",
+            "--labels",
+            "l",
+            "--train-set",
+            "t",
+            "--dev-set",
+            "d",
+            "--soft",
+            "s",
+            "--out",
+            "o",
+            *argv,
+        ]
+    )
+    flags = {
+        "seed": args.seed,
+        "device": args.device,
+        "data_fraction": args.fraction,
+        "distill.temperature": args.temperature,
+        "distill.hard_weight": args.hard_weight,
+    }
+    cfg = train_config(
+        args.config,
+        args.role,
+        args.set,
+        feats=args.feats,
+        labels=args.labels,
+        train_set=args.train_set,
+        dev_set=args.dev_set,
+        soft=args.soft,
+        flags=flags,
+    )
     for name in field.split("."):
         cfg = getattr(cfg, name)
     return cfg
@@ -57,8 +89,9 @@ def test_set_replaces_the_yaml_when_no_flag_is_typed(tmp_path):
 
 @pytest.mark.parametrize("command,section", [("mono", "mono"), ("tri", "tri"), ("align", "align")])
 @pytest.mark.parametrize("flag,field,value,yaml_value", [("--nj", "nj", "3", 5), ("--device", "device", "cpu", "x")])
-def test_aligner_runtime_flags_replace_the_config_only_when_typed(command, section, flag, field, value, yaml_value,
-                                                                  tmp_path):
+def test_aligner_runtime_flags_replace_the_config_only_when_typed(
+    command, section, flag, field, value, yaml_value, tmp_path
+):
     from asrdistill.aligner.align import AlignConfig
     from asrdistill.aligner.mono import MonoConfig
     from asrdistill.aligner.triphone import TriConfig
@@ -82,8 +115,24 @@ def test_evaluate_nj_replaces_decode_nj_only_when_typed(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("decode:\n  nj: 5\n")
     parser = cli.build_parser()
-    base = ["evaluate", "--config", str(conf), "--feats", "f", "--labels", "l", "--train-set", "t", "--dev-set", "d",
-            "--test-set", "e", "--data", "x", "sys"]
+    base = [
+        "evaluate",
+        "--config",
+        str(conf),
+        "--feats",
+        "f",
+        "--labels",
+        "l",
+        "--train-set",
+        "t",
+        "--dev-set",
+        "d",
+        "--test-set",
+        "e",
+        "--data",
+        "x",
+        "sys",
+    ]
     for argv, expected in (([], 5), (["--nj", "3"], 3)):
         args = parser.parse_args([*base, *argv])
         assert load_section(conf, "decode", DecodeConfig, args.set, flags={"nj": args.nj}).nj == expected
@@ -95,8 +144,11 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_import_lhotse_takes_input_before_output_like_its_siblings():
-    for command, first, last in (("import-lhotse", "manifests", "out"), ("export-lhotse", "data_dir", "out"),
-                                 ("import-data-dir", "src", "out")):
+    for command, first, last in (
+        ("import-lhotse", "manifests", "out"),
+        ("export-lhotse", "data_dir", "out"),
+        ("import-data-dir", "src", "out"),
+    ):
         positionals = [a.dest for a in _subparsers()[command]._actions if not a.option_strings]
         assert positionals[0] == first and positionals[-1] == last, command
 
@@ -122,14 +174,19 @@ def test_top_description_is_plain_text_and_plot_threads_names_no_nj():
     assert "--nj" in {a.dest: a.help for a in _subparsers()["decode"]._actions}["threads"]
 
 
-@pytest.mark.parametrize("argv,missing", [
-    (["decode", "--model", "{tmp}/nonexistent", "--corpus", "{tmp}", "--out", "{tmp}/dec"],
-     "folder: {tmp}/nonexistent"),
-    (["features", "{tmp}/nodata", "{tmp}/fbank"], "folder: {tmp}/nodata"),
-    (["export-lhotse", "{tmp}/nodata", "{tmp}/m"], "folder: {tmp}/nodata"),
-    (["import-lhotse", "{tmp}/cuts.jsonl.gz", "{tmp}/data"], "file: {tmp}/cuts.jsonl.gz"),
-    (["features", "--config", "{tmp}/missing.yaml", "{tmp}", "{tmp}/fbank"], "file: {tmp}/missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv,missing",
+    [
+        (
+            ["decode", "--model", "{tmp}/nonexistent", "--corpus", "{tmp}", "--out", "{tmp}/dec"],
+            "folder: {tmp}/nonexistent",
+        ),
+        (["features", "{tmp}/nodata", "{tmp}/fbank"], "folder: {tmp}/nodata"),
+        (["export-lhotse", "{tmp}/nodata", "{tmp}/m"], "folder: {tmp}/nodata"),
+        (["import-lhotse", "{tmp}/cuts.jsonl.gz", "{tmp}/data"], "file: {tmp}/cuts.jsonl.gz"),
+        (["features", "--config", "{tmp}/missing.yaml", "{tmp}", "{tmp}/fbank"], "file: {tmp}/missing.yaml"),
+    ],
+)
 def test_a_missing_input_is_named_and_nothing_is_written(argv, missing, tmp_path, caplog):
     before = set(tmp_path.rglob("*"))
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 1

@@ -26,16 +26,17 @@ CHANGES: dict[tuple[str, str], tuple[list[str], list[str]]] = {
 # Commands added since the snapshot: name -> its listing.
 ADDED: dict[str, dict[str, list[str]]] = {
     # issue 26: a bundle whose network runs in ONNX Runtime, fp32 or int8
-    "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"],
-                      "positionals": ["bundle", "out"]},
+    "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"], "positionals": ["bundle", "out"]},
 }
 
 
 def _listing(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     """Option strings (sorted) and positional names (in their order) of one parser."""
     actions = [a for a in parser._actions if not isinstance(a, argparse._SubParsersAction)]
-    return {"options": sorted(o for a in actions for o in a.option_strings),
-            "positionals": [a.dest for a in actions if not a.option_strings]}
+    return {
+        "options": sorted(o for a in actions for o in a.option_strings),
+        "positionals": [a.dest for a in actions if not a.option_strings],
+    }
 
 
 def cli_surface(parser: argparse.ArgumentParser) -> dict:

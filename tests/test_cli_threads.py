@@ -13,8 +13,21 @@ import torch
 from asrdistill import cli
 
 # commands whose work runs torch in their own process (mono, tri and align set one thread themselves)
-TORCH_COMMANDS = ["features", "cmvn", "train", "ensemble", "evaluate", "bundle", "decode", "export-ark", "plot",
-                  "specialists-groups", "specialists-train", "specialists-eval", "specialists-cache"]
+TORCH_COMMANDS = [
+    "features",
+    "cmvn",
+    "train",
+    "ensemble",
+    "evaluate",
+    "bundle",
+    "decode",
+    "export-ark",
+    "plot",
+    "specialists-groups",
+    "specialists-train",
+    "specialists-eval",
+    "specialists-cache",
+]
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -28,17 +41,25 @@ def test_torch_commands_take_threads(command):
     assert "--threads" in options
 
 
-@pytest.mark.parametrize("command,argv", [
-    ("decode", ["--model", "m", "--corpus", "c", "--out", "o"]),
-    ("export-ark", ["--out", "o"]),
-    ("specialists-eval", ["--feats", "f", "--labels", "l", "--train-set", "t", "--dev-set", "d", "--generalist", "g",
-                          "--out", "o"]),
-])
+@pytest.mark.parametrize(
+    "command,argv",
+    [
+        ("decode", ["--model", "m", "--corpus", "c", "--out", "o"]),
+        ("export-ark", ["--out", "o"]),
+        (
+            "specialists-eval",
+            ["--feats", "f", "--labels", "l", "--train-set", "t", "--dev-set", "d", "--generalist", "g", "--out", "o"],
+        ),
+    ],
+)
 def test_main_sets_the_thread_count_before_the_command_runs(command, argv, monkeypatch, tmp_path):
     seen = []
     spec = cli.COMMANDS[command]
-    monkeypatch.setitem(cli.COMMANDS, command, dataclasses.replace(
-        spec, handler=lambda args: lambda: seen.append(torch.get_num_threads())))
+    monkeypatch.setitem(
+        cli.COMMANDS,
+        command,
+        dataclasses.replace(spec, handler=lambda args: lambda: seen.append(torch.get_num_threads())),
+    )
     monkeypatch.chdir(tmp_path)
     for folder in ("m", "c", "f", "l", "g"):  # the inputs must exist
         (tmp_path / folder).mkdir()

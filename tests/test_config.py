@@ -56,33 +56,67 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig
     from asrdistill.config import read_yaml, train_config
+    from asrdistill.data.features import FbankConfig
+    from asrdistill.data.lexicon import LexiconConfig
     from asrdistill.decoding.decode import DecodeConfig
+    from asrdistill.decoding.hclg import GraphConfig
+    from asrdistill.decoding.lm import LmConfig
     from asrdistill.evaluate import EvalConfig
     from asrdistill.nnet.ensemble import EnsembleConfig
-    from asrdistill.data.features import FbankConfig
-    from asrdistill.decoding.hclg import GraphConfig
-    from asrdistill.data.lexicon import LexiconConfig
-    from asrdistill.decoding.lm import LmConfig
     from asrdistill.nnet.specialists import SpecialistConfig
 
-    tools = {"features": FbankConfig, "lexicon": LexiconConfig, "mono": MonoConfig, "align": AlignConfig,
-             "tree": TreeConfig, "tri": TriConfig, "lm": LmConfig, "graph": GraphConfig, "decode": DecodeConfig,
-             "evaluate": EvalConfig, "ensemble": EnsembleConfig, "specialists": SpecialistConfig}
-    recipe_keys = {"corpus_subsets", "train_set", "dev_set", "test_set", "num_teachers", "student_seeds",
-                   "temperatures", "hard_weights", "fraction", "hours", "corpus_seed", "num_speakers",
-                   "dev_fraction", "test_fraction", "lm_sentences"}
+    tools = {
+        "features": FbankConfig,
+        "lexicon": LexiconConfig,
+        "mono": MonoConfig,
+        "align": AlignConfig,
+        "tree": TreeConfig,
+        "tri": TriConfig,
+        "lm": LmConfig,
+        "graph": GraphConfig,
+        "decode": DecodeConfig,
+        "evaluate": EvalConfig,
+        "ensemble": EnsembleConfig,
+        "specialists": SpecialistConfig,
+    }
+    recipe_keys = {
+        "corpus_subsets",
+        "train_set",
+        "dev_set",
+        "test_set",
+        "num_teachers",
+        "student_seeds",
+        "temperatures",
+        "hard_weights",
+        "fraction",
+        "hours",
+        "corpus_seed",
+        "num_speakers",
+        "dev_fraction",
+        "test_fraction",
+        "lm_sentences",
+    }
     confs = sorted((Path(__file__).parents[1] / "recipes").glob("*/conf/*.yaml"))
     assert len(confs) >= 3
     for conf in confs:
         data = read_yaml(conf)
         assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction"}, conf
-        assert recipe_keys <= set(data["recipe"]) <= recipe_keys | {"vocab_size"}, conf   # vocab_size: optional
+        assert recipe_keys <= set(data["recipe"]) <= recipe_keys | {"vocab_size"}, conf  # vocab_size: optional
         for section, cls in tools.items():
             load_section(conf, section, cls)
         budgets = set()
         for role in (None, "student", "fraction"):
-            cfg = train_config(conf, role, [], feats="f", labels="l", train_set="t", dev_set="d", soft="s",
-                               flags={"seed": 1, "distill.temperature": 2.0})
+            cfg = train_config(
+                conf,
+                role,
+                [],
+                feats="f",
+                labels="l",
+                train_set="t",
+                dev_set="d",
+                soft="s",
+                flags={"seed": 1, "distill.temperature": 2.0},
+            )
             assert cfg.distill.temperature == 2.0
             budgets.add((cfg.epochs, cfg.patience, cfg.newbob_threshold, cfg.stop_threshold, cfg.schedule))
-        assert len(budgets) == 1, (conf, budgets)          # one stopping rule for every DNN of a recipe
+        assert len(budgets) == 1, (conf, budgets)  # one stopping rule for every DNN of a recipe

@@ -31,7 +31,9 @@ def test_duplicate_key_names_file_and_line(tmp_path):
 
 
 def test_lang_round_trip_and_validation(tmp_path):
-    lang = Lang(["<eps>", "SIL", "SPN", "AH", "K"], ["<eps>", "<UNK>", "CAT"], [("<UNK>", ("SPN",)), ("CAT", ("K", "AH"))])
+    lang = Lang(
+        ["<eps>", "SIL", "SPN", "AH", "K"], ["<eps>", "<UNK>", "CAT"], [("<UNK>", ("SPN",)), ("CAT", ("K", "AH"))]
+    )
     lang.save(tmp_path)
     assert Lang.load(tmp_path) == lang
     assert lang.phone_id["K"] == 4 and lang.pronunciations()["CAT"] == [("K", "AH")]

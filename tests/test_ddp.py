@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as tmp_mp
+from conftest import make_frame_set
 
 import asrdistill.nnet.train as train_mod
 from asrdistill.config import to_dict
@@ -21,8 +22,7 @@ from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
 from asrdistill.data.shards import ShardManifest
 from asrdistill.nnet.model import ModelConfig
-from asrdistill.nnet.train import TrainConfig, train
-from conftest import make_frame_set
+from asrdistill.nnet.train import TrainConfig
 
 C, D = 6, 5
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech"
@@ -41,12 +41,24 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(data: Path) -> dict:
-    return to_dict(TrainConfig(
-        train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
-        dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
-        model=ModelConfig("tiny", dropout=0.2),
-        frames=FrameConfig(left=2, right=1, batch_size=16, buffer_frames=150, prefetch=0),
-        epochs=3, optimizer="adam", lr=3e-3, warmup_steps=5, checkpoint_every=9, log_every=5, progress=False))
+    return to_dict(
+        TrainConfig(
+            train_feats=str(data / "train/feats"),
+            train_labels=str(data / "train/labels"),
+            dev_feats=str(data / "dev/feats"),
+            dev_labels=str(data / "dev/labels"),
+            cmvn=str(data / "cmvn.json"),
+            model=ModelConfig("tiny", dropout=0.2),
+            frames=FrameConfig(left=2, right=1, batch_size=16, buffer_frames=150, prefetch=0),
+            epochs=3,
+            optimizer="adam",
+            lr=3e-3,
+            warmup_steps=5,
+            checkpoint_every=9,
+            log_every=5,
+            progress=False,
+        )
+    )
 
 
 def _free_port() -> int:
@@ -57,8 +69,14 @@ def _free_port() -> int:
 
 def _rank(rank: int, world_size: int, port: int, config: dict, out: str, die_at: int) -> None:
     """One DDP rank: train, saving this rank's parameters beside each checkpoint; raise at call ``die_at``."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+    )
     torch.set_num_threads(1)
     real_loss, real_save = train_mod.compute_loss, train_mod._save_checkpoint
     calls = {"n": 0}
@@ -115,8 +133,9 @@ def test_two_ranks_agree_cover_the_epoch_and_resume_exactly(data, tmp_path):
     for name, value in ref_last.items():
         assert torch.equal(value, run_last[name]), name
     resumed = json.loads((tmp_path / "run/result_rank0.json").read_text())
-    assert {k: resumed[k] for k in ("best_dev_acc", "steps", "train_frames")} == \
-        {k: ref[k] for k in ("best_dev_acc", "steps", "train_frames")}
+    assert {k: resumed[k] for k in ("best_dev_acc", "steps", "train_frames")} == {
+        k: ref[k] for k in ("best_dev_acc", "steps", "train_frames")
+    }
 
 
 def test_run_sh_gpus_2_launches_two_ranks(data, tmp_path):
@@ -127,11 +146,21 @@ def test_run_sh_gpus_2_launches_two_ranks(data, tmp_path):
         shutil.copytree(data / split / "feats", tmp_path / "data/fbank" / name)
         shutil.copytree(data / split / "labels", tmp_path / "exp/tri_ali" / name)
     shutil.copy(data / "cmvn.json", tmp_path / "data/fbank/train/cmvn.json")
-    env = {**os.environ, "ASRDISTILL_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(["bash", "run.sh", "--config", "conf/tiny.yaml", "--stage", "6", "--stop-stage", "6",
-                           "--gpus", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "ASRDISTILL_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        ["bash", "run.sh", "--config", "conf/tiny.yaml", "--stage", "6", "--stop-stage", "6", "--gpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cpu x2" in proc.stderr  # the trainer's log line: device x world size
     ckpt = torch.load(tmp_path / "exp/baseline_seed1/last.pt", map_location="cpu", weights_only=True)

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
-from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
-from asrdistill.decoding.scoring import wer_report
-from asrdistill.data.shards import ShardManifest, write_shard
 from graph_paths import pdf_sequence
 from test_graph import toy_task
+
+from asrdistill.data.shards import ShardManifest, write_shard
+from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, sweep
+from asrdistill.decoding.scoring import wer_report
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,10 @@ UTTS = {
 
 def utterances(task):
     lang, tree, topo, _ = task
-    return [(u, posteriors(pdf_sequence(p, lang, tree, topo, 3), tree.num_pdfs, seed=i))
-            for i, (u, (p, _)) in enumerate(UTTS.items())]
+    return [
+        (u, posteriors(pdf_sequence(p, lang, tree, topo, 3), tree.num_pdfs, seed=i))
+        for i, (u, (p, _)) in enumerate(UTTS.items())
+    ]
 
 
 @pytest.mark.parametrize("nj", [1, 2])
@@ -71,8 +73,10 @@ def test_width_mismatch_names_both_numbers(task):
 
 
 def test_compute_priors_floors_unseen(tmp_path):
-    info = write_shard(tmp_path / "pdf-000000.tar", [("a", {"pdf": np.array([0, 0, 1, 3], np.int32)}),
-                                                     ("skipped", {"pdf": np.zeros(0, np.int32)})])
+    info = write_shard(
+        tmp_path / "pdf-000000.tar",
+        [("a", {"pdf": np.array([0, 0, 1, 3], np.int32)}), ("skipped", {"pdf": np.zeros(0, np.int32)})],
+    )
     m = ShardManifest(tmp_path, "pdf", [info])
     logp = compute_priors([m], 4, floor=1e-8)
     assert np.all(np.isfinite(logp))
@@ -108,13 +112,13 @@ def test_hybrid_scores_divide_by_the_priors(task):
     ba = pdf_sequence([("B", "AA")], lang, tree, topo, 3)
     ka = pdf_sequence([("K", "AA")], lang, tree, topo, 3)
     priors = np.full(tree.num_pdfs, 1e-3)
-    priors[np.setdiff1d(ka, ba)] = 0.3                      # K's (and its AA context's) senones are common
+    priors[np.setdiff1d(ka, ba)] = 0.3  # K's (and its AA context's) senones are common
     log_priors = np.log(priors / priors.sum()).astype(np.float32)
     post = _two_way(ba, ka, tree.num_pdfs)
     res = decode(graph, [("u", post)], log_priors, DecodeConfig(nj=1, acoustic_scale=1.0))
     assert res.hyps["u"] == ["BA"]
     flipped = decode(graph, [("u", post)], -log_priors, DecodeConfig(nj=1, acoustic_scale=1.0))
-    assert flipped.hyps["u"] == ["KA"]                      # the test can tell the signs apart
+    assert flipped.hyps["u"] == ["KA"]  # the test can tell the signs apart
 
 
 def test_hmm_transition_costs_choose_between_equal_acoustics(tmp_path):
@@ -123,9 +127,10 @@ def test_hmm_transition_costs_choose_between_equal_acoustics(tmp_path):
     would follow the LM."""
     import math
 
+    from test_graph import PHONES, toy_task
+
     from asrdistill.aligner.topology import Topology
     from asrdistill.decoding.hclg import GraphConfig, build_graph
-    from test_graph import PHONES, toy_task
 
     lang, tree, _, _ = toy_task(tmp_path / "base")
     topo = Topology.uniform(len(PHONES) - 1)
@@ -135,18 +140,29 @@ def test_hmm_transition_costs_choose_between_equal_acoustics(tmp_path):
     lm = {"BA": 0.2, "KA": 0.6, "</s>": 0.2}
     lines = "".join(f"{math.log10(p)} {w}\n" for w, p in lm.items())
     (tmp_path / "lm.arpa").write_text(f"\\data\\\nngram 1=4\n\n\\1-grams:\n-99 <s>\n{lines}\n\\end\\\n")
-    graph = build_graph(tmp_path / "base/lang", tmp_path / "base/tree.json", tmp_path / "topo.json",
-                        tmp_path / "lm.arpa", tmp_path / "graph", GraphConfig(sil_prob=0.5))
+    graph = build_graph(
+        tmp_path / "base/lang",
+        tmp_path / "base/tree.json",
+        tmp_path / "topo.json",
+        tmp_path / "lm.arpa",
+        tmp_path / "graph",
+        GraphConfig(sil_prob=0.5),
+    )
     ba = pdf_sequence([("B", "AA")], lang, tree, topo, 12)
     ka = pdf_sequence([("K", "AA")], lang, tree, topo, 12)
     post = _two_way(ba, ka, tree.num_pdfs)
     res = decode(graph, [("u", post)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0))
     assert res.hyps["u"] == ["BA"]
     # and the LM alone (no duration evidence: one frame per state) picks KA
-    short = _two_way(pdf_sequence([("B", "AA")], lang, tree, topo, 1), pdf_sequence([("K", "AA")], lang, tree, topo, 1),
-                     tree.num_pdfs)
-    assert decode(graph, [("u", short)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0)
-                  ).hyps["u"] == ["KA"]
+    short = _two_way(
+        pdf_sequence([("B", "AA")], lang, tree, topo, 1),
+        pdf_sequence([("K", "AA")], lang, tree, topo, 1),
+        tree.num_pdfs,
+    )
+    assert decode(graph, [("u", short)], flat_priors(tree.num_pdfs), DecodeConfig(nj=1, acoustic_scale=1.0)).hyps[
+        "u"
+    ] == ["KA"]
+
 
 def test_sweep_reads_posteriors_once_and_matches_decode_per_scale(task, tmp_path):
     _, tree, _, graph = task
@@ -191,17 +207,20 @@ def test_workers_share_the_graph_loaded_once(task, monkeypatch):
     assert len(reads) == 1  # kept for the next call on the same graph
 
 
-@pytest.mark.parametrize("body, message", [
-    ("beam: -5", r"decode: beam must be a positive finite number, got -5"),
-    ("beam: .nan", r"decode: beam must be a positive finite number, got nan"),
-    ("beam: yes", r"decode.beam: expected a number, got True"),
-    ("max_active: 0", r"decode: max_active must be an integer >= 200, got 0"),
-    ("max_active: 2.9", r"decode.max_active: expected an integer, got 2.9"),
-    ("max_active: 100", r"decode: max_active must be an integer >= 200, got 100"),
-    ("min_active: -1", r"decode: min_active must be an integer >= 0, got -1"),
-    ("acoustic_scale: 0", r"decode: acoustic_scale must be a positive finite number, got 0"),
-    ("sweep_scales: [0.1, .inf]", r"decode: sweep_scales\[1\] must be a positive finite number, got inf"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("beam: -5", r"decode: beam must be a positive finite number, got -5"),
+        ("beam: .nan", r"decode: beam must be a positive finite number, got nan"),
+        ("beam: yes", r"decode.beam: expected a number, got True"),
+        ("max_active: 0", r"decode: max_active must be an integer >= 200, got 0"),
+        ("max_active: 2.9", r"decode.max_active: expected an integer, got 2.9"),
+        ("max_active: 100", r"decode: max_active must be an integer >= 200, got 100"),
+        ("min_active: -1", r"decode: min_active must be an integer >= 0, got -1"),
+        ("acoustic_scale: 0", r"decode: acoustic_scale must be a positive finite number, got 0"),
+        ("sweep_scales: [0.1, .inf]", r"decode: sweep_scales\[1\] must be a positive finite number, got inf"),
+    ],
+)
 def test_decode_settings_are_checked_naming_file_section_key_and_range(tmp_path, body, message):
     from asrdistill.config import load_section
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_frame_set
 
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig
@@ -21,7 +22,6 @@ from asrdistill.data.shards import ShardManifest
 from asrdistill.nnet.ensemble import EnsembleConfig, build_ensemble, frame_accuracy, reference_posteriors
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 from asrdistill.nnet.train import DistillConfig, TrainConfig, still_improving, train
-from conftest import make_frame_set
 
 torch.set_num_threads(1)
 C, D = 6, 5
@@ -40,10 +40,24 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw) -> TrainConfig:
-    d = dict(train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
-             dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
-             model=ModelConfig("tiny"), frames=FRAMES, epochs=2, optimizer="adam", lr=3e-3, warmup_steps=5,
-             schedule="cosine", patience=0, checkpoint_every=1000, log_every=1000, progress=False)
+    d = dict(
+        train_feats=str(data / "train/feats"),
+        train_labels=str(data / "train/labels"),
+        dev_feats=str(data / "dev/feats"),
+        dev_labels=str(data / "dev/labels"),
+        cmvn=str(data / "cmvn.json"),
+        model=ModelConfig("tiny"),
+        frames=FRAMES,
+        epochs=2,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=5,
+        schedule="cosine",
+        patience=0,
+        checkpoint_every=1000,
+        log_every=1000,
+        progress=False,
+    )
     d.update(kw)
     return TrainConfig(**d)
 
@@ -92,8 +106,17 @@ def test_still_improving_flags_a_run_whose_last_epoch_was_still_gaining():
 def test_a_stop_rule_that_ends_a_still_improving_run_is_caught(data, tmp_path):
     """newbob with a huge stop threshold stops after its second halving epoch whatever the gain: if the run was
     still gaining there, the result says so, and the last epoch's record names the rule that ended it."""
-    config = _config(data, schedule="newbob", epochs=6, optimizer="sgd", lr=0.02, warmup_steps=0,
-                     newbob_threshold=1.0, stop_threshold=1.0, patience=0)
+    config = _config(
+        data,
+        schedule="newbob",
+        epochs=6,
+        optimizer="sgd",
+        lr=0.02,
+        warmup_steps=0,
+        newbob_threshold=1.0,
+        stop_threshold=1.0,
+        patience=0,
+    )
     result = train(config, tmp_path / "cut")
     epochs = _epochs(tmp_path / "cut")
     assert result["end_reason"] == "newbob_stop" and epochs[-1]["end"] == "newbob_stop"
@@ -110,10 +133,20 @@ def test_every_distilled_run_records_its_closeness_to_the_ensemble_each_epoch(da
     one without logs none. The budget, not a stop rule, ended both."""
     members = [train(_config(data, seed=s, epochs=1), tmp_path / f"t{s}")["best_checkpoint"] for s in (1, 2)]
     (train_feats, _), (dev_feats, _) = _sets(data, "train"), _sets(data, "dev")
-    build_ensemble(members, train_feats, dev_feats, Cmvn.load(data / "cmvn.json"), FRAMES, [2.0],
-                   tmp_path / "ensemble", EnsembleConfig(topk=0))
-    student = train(_config(data, seed=3, distill=DistillConfig(temperature=2.0, soft_targets=str(
-        tmp_path / "ensemble/soft_T2"))), tmp_path / "student")
+    build_ensemble(
+        members,
+        train_feats,
+        dev_feats,
+        Cmvn.load(data / "cmvn.json"),
+        FRAMES,
+        [2.0],
+        tmp_path / "ensemble",
+        EnsembleConfig(topk=0),
+    )
+    student = train(
+        _config(data, seed=3, distill=DistillConfig(temperature=2.0, soft_targets=str(tmp_path / "ensemble/soft_T2"))),
+        tmp_path / "student",
+    )
     independent = train(_config(data, seed=4, reference=str(tmp_path / "ensemble")), tmp_path / "independent")
     alone = train(_config(data, seed=5), tmp_path / "alone")
     keys = {"dev_kl", "dev_agree", "train_kl", "train_agree", "train_acc"}

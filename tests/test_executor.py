@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_features import LENGTHS, _write_corpus
 
 from asrdistill.data.features import FbankConfig, compute_features
 from asrdistill.data.shards import iter_shard
 from asrdistill.parallel import Executor, ExecutorConfig, configure
-from test_features import LENGTHS, _write_corpus
 
 DASK = ExecutorConfig(backend="dask", cluster="local", workers=2)
 
@@ -91,8 +91,23 @@ def test_run_jobs_on_a_dask_cluster_equals_the_local_backend(tmp_path, monkeypat
         (tmp_path / f"{backend}.txt").write_text("\n".join(lines) + "\n")
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="asrdistill"):
-            assert cli.main(["run-jobs", "--config", "c.yaml", "--set", f"executor.backend={backend}",
-                             "--set", "executor.workers=2", "--nj", "2", f"{backend}.txt"]) == 0
+            assert (
+                cli.main(
+                    [
+                        "run-jobs",
+                        "--config",
+                        "c.yaml",
+                        "--set",
+                        f"executor.backend={backend}",
+                        "--set",
+                        "executor.workers=2",
+                        "--nj",
+                        "2",
+                        f"{backend}.txt",
+                    ]
+                )
+                == 0
+            )
         assert ("dask executor:" in caplog.text) == (backend == "dask")  # the jobs ran on the cluster's workers
         out[backend] = {job: ShardManifest.load(tmp_path / backend / job, FEATS_PREFIX) for job in ("a", "b")}
     for job in ("a", "b"):

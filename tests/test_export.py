@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from onnx import numpy_helper
+from test_graph import toy_task
 
 from asrdistill.data.features import FbankConfig, compute_cmvn, fbank
 from asrdistill.data.frames import context_windows
@@ -21,7 +22,6 @@ from asrdistill.decoding.decode import DecodeConfig
 from asrdistill.decoding.export import FP32_TOLERANCE, INT8_TOLERANCE, export_bundle, parity
 from asrdistill.decoding.hclg import pdf_sequence
 from asrdistill.nnet.model import FrameDNN, ModelConfig
-from test_graph import toy_task
 
 SR = 16000
 LEFT, RIGHT = 2, 1
@@ -40,16 +40,16 @@ def _sound(i: int, seconds: float = 1.2) -> np.ndarray:
 
 def _alignment(words: str, frames: int, lang, tree, topo) -> np.ndarray:
     """Senones of SIL, ``words``, SIL spread over the pause, the chirp and the pause of :func:`_sound`'s frames."""
-    seq = pdf_sequence([("SIL",), *(lang.pronunciations()[w][0] for w in words.split()), ("SIL",)], lang, tree,
-                       topo)
+    seq = pdf_sequence([("SIL",), *(lang.pronunciations()[w][0] for w in words.split()), ("SIL",)], lang, tree, topo)
     sil = topo.num_states[lang.phone_id["SIL"]]
     start, end = 20, frames - 23  # the chirp's frames (10 ms shift)
 
     def stretch(part: np.ndarray, n: int) -> np.ndarray:
         return part[np.linspace(0, len(part) - 1, n).round().astype(int)]
 
-    return np.concatenate([stretch(seq[:sil], start), stretch(seq[sil:-sil], end - start),
-                           stretch(seq[-sil:], frames - end)]).astype(np.int32)
+    return np.concatenate(
+        [stretch(seq[:sil], start), stretch(seq[sil:-sil], end - start), stretch(seq[-sil:], frames - end)]
+    ).astype(np.int32)
 
 
 def _trained(rows, pdfs, cmvn, num_pdfs: int) -> FrameDNN:
@@ -94,15 +94,37 @@ def made(tmp_path_factory):
     for name in ("tree.json", "topo.json"):
         shutil.copy(d / name, d / "exp" / name)
     model = _trained(rows, pdfs, compute_cmvn(feats), tree.num_pdfs)
-    torch.save({**model.describe(), "model": model.state_dict(), "config": {"frames": {"left": LEFT, "right": RIGHT}},
-                "epoch": 1, "step": 1, "dev": {}}, d / "exp" / "student" / "best.pt")
-    bundle = write_bundle(d / "exp" / "student", d / "exp" / "student" / "bundle", feats_dir=d / "fbank",
-                          labels_dir=d / "ali", tree_dir=d / "exp", graph_dir=d / "graph", lang_dir=d / "lang",
-                          decode_config=DecodeConfig(nj=1))
-    return SimpleNamespace(d=d, feats=feats, corpus=d / "corpus", bundle=bundle,
-                           exported={"fp32": export_bundle(bundle, d / "exp" / "student" / "bundle_fp32"),
-                                     "int8": export_bundle(bundle, d / "exp" / "student" / "bundle_int8",
-                                                           quantize=True)})
+    torch.save(
+        {
+            **model.describe(),
+            "model": model.state_dict(),
+            "config": {"frames": {"left": LEFT, "right": RIGHT}},
+            "epoch": 1,
+            "step": 1,
+            "dev": {},
+        },
+        d / "exp" / "student" / "best.pt",
+    )
+    bundle = write_bundle(
+        d / "exp" / "student",
+        d / "exp" / "student" / "bundle",
+        feats_dir=d / "fbank",
+        labels_dir=d / "ali",
+        tree_dir=d / "exp",
+        graph_dir=d / "graph",
+        lang_dir=d / "lang",
+        decode_config=DecodeConfig(nj=1),
+    )
+    return SimpleNamespace(
+        d=d,
+        feats=feats,
+        corpus=d / "corpus",
+        bundle=bundle,
+        exported={
+            "fp32": export_bundle(bundle, d / "exp" / "student" / "bundle_fp32"),
+            "int8": export_bundle(bundle, d / "exp" / "student" / "bundle_int8", quantize=True),
+        },
+    )
 
 
 def _parity(made, bundle):
@@ -161,8 +183,10 @@ def test_exported_and_int8_bundles_decode_like_pytorch(made, tmp_path):
     for precision, bundle in made.exported.items():
         wer_x, text_x, ctm_x = _decoded(bundle, made.corpus, tmp_path / precision)
         assert abs(wer_x - wer) <= 0.1 and text_x == text and ctm_x == ctm, precision
-        assert f"{export.NETWORK_FILES[precision]} (onnx {precision})" in (tmp_path / precision / "log" /
-                                                                             "decode.log").read_text()
+        assert (
+            f"{export.NETWORK_FILES[precision]} (onnx {precision})"
+            in (tmp_path / precision / "log" / "decode.log").read_text()
+        )
 
 
 @pytest.mark.parametrize("fault", ["transposed weight", "no CMVN", "no priors"])
@@ -175,8 +199,10 @@ def test_a_wrong_graph_fails_parity_and_changes_the_decode(made, tmp_path, preci
     result = _parity(made, bad)
     assert not result.within(TOLERANCE[precision]), (fault, result)
     if fault != "no priors":
-        assert _decoded(bad, made.corpus, tmp_path / "bad_decode")[1:] != _decoded(made.bundle, made.corpus,
-                                                                                    tmp_path / "decode")[1:]
+        assert (
+            _decoded(bad, made.corpus, tmp_path / "bad_decode")[1:]
+            != _decoded(made.bundle, made.corpus, tmp_path / "decode")[1:]
+        )
 
 
 def test_export_refuses_a_graph_that_differs_from_pytorch(made, tmp_path, monkeypatch):
@@ -185,7 +211,7 @@ def test_export_refuses_a_graph_that_differs_from_pytorch(made, tmp_path, monkey
     def without_priors(scorer, dim, path):  # an exporter that loses the priors
         real(scorer, dim, path)
         model = onnx.load(path)
-        prior, = [i for i in model.graph.initializer if i.name == "log_priors"]
+        (prior,) = [i for i in model.graph.initializer if i.name == "log_priors"]
         prior.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(prior)), "log_priors"))
         onnx.save(model, path)
 

@@ -35,13 +35,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import make_frame_set
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT = "ASRDISTILL_FAULT_KILL_AT_WRITE"
-ENV = {**{k: v for k, v in os.environ.items() if k != FAULT}, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != FAULT},
+    "PYTHONPATH": str(REPO),
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+}
 SEED = int(os.environ.get("FAULT_SEED", "0"))
 torch.set_num_threads(1)
 
@@ -53,8 +56,9 @@ def _cmd(*args: object) -> list[str]:
 def _run(args: list[str], log: Path, env: dict[str, str] = ENV) -> int:
     """Run to completion in a process group of its own (a killed run's workers die with it); its exit status."""
     with open(log, "w") as err:
-        return subprocess.run(args, env=env, stdout=err, stderr=subprocess.STDOUT, start_new_session=True,
-                              timeout=600).returncode
+        return subprocess.run(
+            args, env=env, stdout=err, stderr=subprocess.STDOUT, start_new_session=True, timeout=600
+        ).returncode
 
 
 def _run_ok(args: list[str], log: Path) -> None:
@@ -83,8 +87,11 @@ def _same_files(a: Path, b: Path, skip: tuple[str, ...] = ()) -> list[str]:
     Command logs (``<out>/log/<command>.log``: times, and the killed run's lines) are left out."""
 
     def files(root: Path) -> list[str]:
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                      and not (p.parent.name == "log" and p.suffix == ".log"))
+        return sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and not (p.parent.name == "log" and p.suffix == ".log")
+        )
 
     names = files(a)
     assert names == files(b)
@@ -158,17 +165,37 @@ def dnn_data(tmp_path_factory) -> Path:
         (root / "mk" / name / "feats").rename(root / "feats" / name)
         (root / "mk" / name / "labels").rename(root / "labels" / name)
     Cmvn(np.zeros(5), np.ones(5), 1).save(root / "feats/train/cmvn.json")
-    train = {"model": {"preset": "tiny", "dropout": 0.2},
-             "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300, "prefetch": 0},
-             "epochs": 3, "optimizer": "adam", "lr": 3e-3, "warmup_steps": 0, "checkpoint_every": 17,
-             "log_every": 5, "progress": False, "patience": 0}  # a record between any two checkpoints
+    train = {
+        "model": {"preset": "tiny", "dropout": 0.2},
+        "frames": {"left": 2, "right": 1, "batch_size": 16, "buffer_frames": 300, "prefetch": 0},
+        "epochs": 3,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "warmup_steps": 0,
+        "checkpoint_every": 17,
+        "log_every": 5,
+        "progress": False,
+        "patience": 0,
+    }  # a record between any two checkpoints
     (root / "conf.yaml").write_text(yaml.safe_dump({"train": train}))
     return root
 
 
 def _dnn_args(root: Path) -> list[str]:
-    return ["--config", str(root / "conf.yaml"), "--feats", str(root / "feats"), "--labels", str(root / "labels"),
-            "--train-set", "train", "--dev-set", "dev", "--device", "cpu"]
+    return [
+        "--config",
+        str(root / "conf.yaml"),
+        "--feats",
+        str(root / "feats"),
+        "--labels",
+        str(root / "labels"),
+        "--train-set",
+        "train",
+        "--dev-set",
+        "dev",
+        "--device",
+        "cpu",
+    ]
 
 
 # --------------------------------------------------------------------------- SIGKILL and resume
@@ -177,8 +204,10 @@ def _dnn_args(root: Path) -> list[str]:
 def test_the_kill_point_is_the_nth_matching_write(tmp_path):
     """The hook kills the process group at the Nth write of a matching name (others do not count), before its
     rename: the earlier content stays, the new data is left in a temporary; a malformed value is an error."""
-    script = ("import sys; from asrdistill.fileio import write_text_atomic as w\n"
-              "for i in range(3):\n    w(sys.argv[1] + '/other.txt', str(i)); w(sys.argv[1] + '/x.txt', str(i))\n")
+    script = (
+        "import sys; from asrdistill.fileio import write_text_atomic as w\n"
+        "for i in range(3):\n    w(sys.argv[1] + '/other.txt', str(i)); w(sys.argv[1] + '/x.txt', str(i))\n"
+    )
     args, log = [sys.executable, "-c", script, str(tmp_path)], tmp_path / "log"
     assert _run(args, log, {**ENV, FAULT: "x.*:2"}) == -signal.SIGKILL
     assert (tmp_path / "x.txt").read_text() == "0" and (tmp_path / "other.txt").read_text() == "1"
@@ -193,8 +222,13 @@ def test_features_killed_and_resumed_equal_uninterrupted(audio_data, tmp_path):
     _run_ok(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, ref), tmp_path / "ref.log")
     out = tmp_path / "out"
     shards = len([*ref.glob("feats-*.tar")])  # each written, then its sidecar feats-N.json
-    _run_killed(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "kill.log", out, rng,
-                {"feats-*": range(1, 2 * shards + 1)})
+    _run_killed(
+        _cmd("features", *FEATS_SET, "--nj", 2, audio_data, out),
+        tmp_path / "kill.log",
+        out,
+        rng,
+        {"feats-*": range(1, 2 * shards + 1)},
+    )
     _run_ok(_cmd("features", *FEATS_SET, "--nj", 2, audio_data, out), tmp_path / "resume.log")
     assert len(_same_files(ref, out)) > 8
     _assert_no_temporaries(out)
@@ -224,8 +258,13 @@ def test_monophone_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tm
     rng = random.Random(SEED + 1)
     ref = mono_ref
     iterations = len((ref / "log/train.jsonl").read_text().splitlines())  # the log is rewritten every iteration
-    _run_killed(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
-                {"train.jsonl": range(1, iterations + 1), **_label_shards(ref / "ali")})
+    _run_killed(
+        _cmd("mono", *_mono_args(gmm_data), tmp_path / "out"),
+        tmp_path / "kill.log",
+        tmp_path / "out",
+        rng,
+        {"train.jsonl": range(1, iterations + 1), **_label_shards(ref / "ali")},
+    )
     _run_ok(_cmd("mono", *_mono_args(gmm_data), tmp_path / "out"), tmp_path / "resume.log")
     a, b = load_weights(ref / "final.pt"), load_weights(tmp_path / "out/final.pt")
     assert identity(a["gmm"], a["transform"], a["topology"]) == identity(b["gmm"], b["transform"], b["topology"])
@@ -239,8 +278,13 @@ def test_alignment_killed_and_resumed_equal_uninterrupted(gmm_data, mono_ref, tm
     g = gmm_data
     args = ["--config", g / "conf.yaml", "--nj", 1, mono_ref, g / "data", g / "lang", g / "fbank"]
     _run_ok(_cmd("align", *args, tmp_path / "ref"), tmp_path / "ref.log")
-    _run_killed(_cmd("align", *args, tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
-                _label_shards(tmp_path / "ref"))
+    _run_killed(
+        _cmd("align", *args, tmp_path / "out"),
+        tmp_path / "kill.log",
+        tmp_path / "out",
+        rng,
+        _label_shards(tmp_path / "ref"),
+    )
     _run_ok(_cmd("align", *args, tmp_path / "out"), tmp_path / "resume.log")
     assert len(_same_files(tmp_path / "ref", tmp_path / "out")) >= 5
     _assert_no_temporaries(tmp_path / "out")
@@ -262,8 +306,9 @@ def _metrics(path: Path) -> list[dict]:
     """Each record's step, and the epoch records' values (a train record's windowed loss after a resume
     covers only the steps since the checkpoint; timings differ)."""
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "per_sec" not in k} if "dev_acc" in r else {"step": r["step"]}
-            for r in records]
+    return [
+        {k: v for k, v in r.items() if "per_sec" not in k} if "dev_acc" in r else {"step": r["step"]} for r in records
+    ]
 
 
 def test_training_killed_mid_epoch_and_resumed_equals_uninterrupted(dnn_data, tmp_path):
@@ -274,8 +319,13 @@ def test_training_killed_mid_epoch_and_resumed_equals_uninterrupted(dnn_data, tm
     every = yaml.safe_load((dnn_data / "conf.yaml").read_text())["train"]["checkpoint_every"]
     # last.pt is written every `every` steps and at each epoch's end; killed at its 2nd write or later,
     # a last.pt exists and the steps (and metrics records) since it are lost
-    _run_killed(_cmd("train", *_dnn_args(dnn_data), "--out", out), tmp_path / "kill.log", out, rng,
-                {"last.pt": range(2, steps // every + 1)})
+    _run_killed(
+        _cmd("train", *_dnn_args(dnn_data), "--out", out),
+        tmp_path / "kill.log",
+        out,
+        rng,
+        {"last.pt": range(2, steps // every + 1)},
+    )
     assert not (out / ".train.done").exists()
     logged = [json.loads(line)["step"] for line in (out / "log/metrics.jsonl").read_text().splitlines()]
     assert max(logged) > _state(out / "last.pt")["step"], "the kill lost no logged step: nothing for the resume to drop"
@@ -301,8 +351,13 @@ def test_soft_target_caching_killed_and_resumed_equals_uninterrupted(dnn_data, t
         members.append(tmp_path / f"t{seed}")
     args = [*_dnn_args(dnn_data), "--set", "ensemble.topk=3", "--temperatures", 1, 2, 4, "--members", *members]
     _run_ok(_cmd("ensemble", *args, "--out", tmp_path / "ref"), tmp_path / "ref.log")
-    _run_killed(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "kill.log", tmp_path / "out", rng,
-                {"soft-*.tar": range(1, len([*(tmp_path / "ref").rglob("soft-*.tar")]) + 1)})
+    _run_killed(
+        _cmd("ensemble", *args, "--out", tmp_path / "out"),
+        tmp_path / "kill.log",
+        tmp_path / "out",
+        rng,
+        {"soft-*.tar": range(1, len([*(tmp_path / "ref").rglob("soft-*.tar")]) + 1)},
+    )
     _run_ok(_cmd("ensemble", *args, "--out", tmp_path / "out"), tmp_path / "resume.log")
     assert len(_same_files(tmp_path / "ref", tmp_path / "out", skip=("members.txt",))) >= 12
     _assert_no_temporaries(tmp_path / "out")
@@ -350,8 +405,13 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(dnn_data, 
     from asrdistill.config import from_dict, merge
 
     raw = yaml.safe_load((dnn_data / "conf.yaml").read_text())["train"]
-    paths = {"train_feats": "feats/train", "train_labels": "labels/train", "dev_feats": "feats/dev",
-             "dev_labels": "labels/dev", "cmvn": "feats/train/cmvn.json"}
+    paths = {
+        "train_feats": "feats/train",
+        "train_labels": "labels/train",
+        "dev_feats": "feats/dev",
+        "dev_labels": "labels/dev",
+        "cmvn": "feats/train/cmvn.json",
+    }
     config = from_dict(train_mod.TrainConfig, merge(raw, {k: str(dnn_data / v) for k, v in paths.items()}))
     train_mod.train(config, tmp_path / "ref")
     real_save = torch.save

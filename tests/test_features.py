@@ -76,8 +76,9 @@ def test_shards_match_direct_fbank_and_audio_length(corpus, tmp_path: Path) -> N
             assert feats.dtype == np.float16 and feats.shape == (1 + (n - 400) // 160, 40)
             assert int(utt2frames[utt]) == feats.shape[0]
             audio, _ = sf.read(data.wav[utt], dtype="float32")
-            ref = kaldi.fbank(torch.from_numpy(audio * 32768.0)[None], num_mel_bins=40, dither=0.0,
-                              energy_floor=0.0).numpy()
+            ref = kaldi.fbank(
+                torch.from_numpy(audio * 32768.0)[None], num_mel_bins=40, dither=0.0, energy_floor=0.0
+            ).numpy()
             np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-2)
             seen += 1
     assert seen == len(LENGTHS)
@@ -190,15 +191,23 @@ def test_manifest_meta_records_config(corpus, tmp_path: Path) -> None:
     assert len(manifest.shards) == 1
 
 
-@pytest.mark.parametrize("n, bins, shift, length", [(16000 * 3 + 77, 40, 10.0, 25.0), (4321, 23, 10.0, 25.0),
-                                                    (400, 40, 10.0, 25.0), (9000, 80, 12.5, 30.0)])
+@pytest.mark.parametrize(
+    "n, bins, shift, length",
+    [(16000 * 3 + 77, 40, 10.0, 25.0), (4321, 23, 10.0, 25.0), (400, 40, 10.0, 25.0), (9000, 80, 12.5, 30.0)],
+)
 def test_fbank_equals_torchaudio_kaldi_fbank(n: int, bins: int, shift: float, length: float) -> None:
     rng = np.random.default_rng(n)
     audio = (0.3 * np.sin(np.arange(n) / 7.0) + 0.05 * rng.standard_normal(n)).astype(np.float32)
     audio[: n // 4] = 0.0  # digital silence hits the log floor the same way
     cfg = FbankConfig(num_mel_bins=bins, frame_shift_ms=shift, frame_length_ms=length)
-    ref = kaldi.fbank(torch.from_numpy(audio * 32768.0)[None], num_mel_bins=bins, frame_shift=shift,
-                      frame_length=length, dither=0.0, energy_floor=0.0).numpy()
+    ref = kaldi.fbank(
+        torch.from_numpy(audio * 32768.0)[None],
+        num_mel_bins=bins,
+        frame_shift=shift,
+        frame_length=length,
+        dither=0.0,
+        energy_floor=0.0,
+    ).numpy()
     got = fbank(audio, cfg)
     assert got.shape == ref.shape == (num_frames(n, cfg), bins)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-3)

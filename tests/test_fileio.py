@@ -50,17 +50,22 @@ def test_clear_done_removes_what_a_killed_run_left_half_written(tmp_path):
 def test_skipped_tsv_has_one_format_written_and_read_by_one_pair(tmp_path):
     """Every stage's skipped.tsv: header utt_id/file/reason, one row per utterance, sorted; the file column empty
     where the stage does not know it; tabs and newlines in a reason never split a row."""
-    write_skipped(tmp_path / "feats.tsv", [("u2", "/a/u 2.flac", "duration 0.01 s\toutside [0.1, 30] s"),
-                                           ("u1", "/a/u1.flac", "cannot\ndecode")])
+    write_skipped(
+        tmp_path / "feats.tsv",
+        [("u2", "/a/u 2.flac", "duration 0.01 s\toutside [0.1, 30] s"), ("u1", "/a/u1.flac", "cannot\ndecode")],
+    )
     assert (tmp_path / "feats.tsv").read_text().splitlines() == [
-        "utt_id\tfile\treason", "u1\t/a/u1.flac\tcannot decode", "u2\t/a/u 2.flac\tduration 0.01 s outside [0.1, 30] s"]
+        "utt_id\tfile\treason",
+        "u1\t/a/u1.flac\tcannot decode",
+        "u2\t/a/u 2.flac\tduration 0.01 s outside [0.1, 30] s",
+    ]
     assert read_skipped(tmp_path / "feats.tsv") == {"u1": "cannot decode", "u2": "duration 0.01 s outside [0.1, 30] s"}
     write_skipped(tmp_path / "ali.tsv", {"u5": "alignment has 3 frames", "u4": "empty transcript"})
     assert (tmp_path / "ali.tsv").read_text().splitlines()[1] == "u4\t\tempty transcript"
     assert read_skipped(tmp_path / "ali.tsv") == {"u4": "empty transcript", "u5": "alignment has 3 frames"}
     write_skipped(tmp_path / "none.tsv", {})
     assert read_skipped(tmp_path / "none.tsv") == {} and read_skipped(tmp_path / "missing.tsv") == {}
-    (tmp_path / "old.tsv").write_text("u4\tempty transcript\n", encoding="utf-8")   # no header: not this format
+    (tmp_path / "old.tsv").write_text("u4\tempty transcript\n", encoding="utf-8")  # no header: not this format
     with pytest.raises(ValueError, match=r"old\.tsv: not a skipped\.tsv"):
         read_skipped(tmp_path / "old.tsv")
     (tmp_path / "short.tsv").write_text("utt_id\tfile\treason\nu1\tno file column\n", encoding="utf-8")
@@ -75,14 +80,14 @@ def test_stage_done_skips_redoes_on_changed_inputs_and_when_forced(tmp_path, cap
     src.write_text("a")
     out = tmp_path / "out"
     inputs = {"config": {"n": 1}, "src": src}
-    assert stage_done(out, "stage", inputs) is None                     # never done
+    assert stage_done(out, "stage", inputs) is None  # never done
     mark_done(out, "stage", {"frames": 7}, inputs)
-    assert stage_done(out, "stage", inputs) == {"frames": 7}            # skip: the stage's own record
+    assert stage_done(out, "stage", inputs) == {"frames": 7}  # skip: the stage's own record
     assert stage_done(out, "stage", {"config": {"n": 1}, "src": src}) == {"frames": 7}
     redone = []
     caplog.set_level("INFO")
-    src.write_text("b")                                                 # an input file changed
-    (out / ".x.abc.tmp").write_text("half")                             # what a killed redo would leave
+    src.write_text("b")  # an input file changed
+    (out / ".x.abc.tmp").write_text("half")  # what a killed redo would leave
     assert stage_done(out, "stage", inputs, on_redo=lambda: redone.append(1)) is None
     assert "changed: src" in caplog.text and redone == [1]
     assert not is_done(out, "stage") and not (out / ".x.abc.tmp").exists()
@@ -90,7 +95,7 @@ def test_stage_done_skips_redoes_on_changed_inputs_and_when_forced(tmp_path, cap
     assert stage_done(out, "stage", {**inputs, "config": {"n": 2}}) is None and "changed: config" in caplog.text
     mark_done(out, "stage", {"frames": 8}, inputs)
     assert stage_done(out, "stage", inputs, force=True) is None and "forced" in caplog.text
-    mark_done(out, "stage", {"frames": 8})                              # a marker without fingerprints: redone
+    mark_done(out, "stage", {"frames": 8})  # a marker without fingerprints: redone
     assert stage_done(out, "stage", inputs) is None
 
 
@@ -112,8 +117,9 @@ def test_writers_use_temporaries_that_remove_temporaries_finds(tmp_path, monkeyp
     audio = (np.sin(np.arange(1600) / 5) * 8000).astype(np.int16)
     synthetic._write_flac(tmp_path / "a.flac", audio)
     assert np.array_equal(sf.read(tmp_path / "a.flac", dtype="int16")[0], audio)
-    sups = lhotse.SupervisionSet.from_segments([lhotse.SupervisionSegment(id="ü", recording_id="ü", start=0.0,
-                                                                          duration=0.1, text="héllo")])
+    sups = lhotse.SupervisionSet.from_segments(
+        [lhotse.SupervisionSegment(id="ü", recording_id="ü", start=0.0, duration=0.1, text="héllo")]
+    )
     lhotse_io._save(sups, tmp_path / "supervisions.jsonl.gz")
     assert lhotse.load_manifest(tmp_path / "supervisions.jsonl.gz")[0].text == "héllo"
     assert len(renamed) == 2 and all(fnmatch.fnmatch(n, ".*.tmp") for n in renamed), renamed

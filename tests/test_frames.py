@@ -33,8 +33,9 @@ def _label(u: int, t: np.ndarray | int) -> np.ndarray:
     return (u * 1000 + np.asarray(t)).astype(np.int32)
 
 
-def _make_sets(root: Path, shard_lens: list[list[int]], empty: set[int] = frozenset(), soft: bool = False,
-               bad: int | None = None) -> tuple[ShardManifest, ShardManifest, ShardManifest | None]:
+def _make_sets(
+    root: Path, shard_lens: list[list[int]], empty: set[int] = frozenset(), soft: bool = False, bad: int | None = None
+) -> tuple[ShardManifest, ShardManifest, ShardManifest | None]:
     """Feature/label(/soft) shard sets; utterance numbers in ``empty`` are unaligned, ``bad`` mislabelled."""
     fm, lm, sm = ShardManifest(root, "feats", meta={"dim": D}), ShardManifest(root, "pdf"), ShardManifest(root, "soft")
     u = 0
@@ -123,7 +124,7 @@ def test_an_epoch_of_several_passes_covers_every_frame_that_many_times(tmp_path:
     ids = [fid for b in batches for fid in _frame_ids(b, 3)]
     assert Counter(ids) == Counter({fid: 3 for fid in once})
     assert len(batches) == stream.num_batches(0) == -(-3 * len(once) // 16)
-    assert ids[len(once):2 * len(once)] != once
+    assert ids[len(once) : 2 * len(once)] != once
     for k in (0, 5, len(batches) - 1):  # resumable like any epoch
         assert _same(_collect(stream, 0, skip=k), batches[k:]), k
 
@@ -208,15 +209,19 @@ def test_cmvn_applied_globally_and_per_speaker(tmp_path: Path) -> None:
     cfg = FrameConfig(left=0, right=0, batch_size=64, buffer_frames=100)
     keys = fm.keys
     glob = Cmvn(mean=np.array([1.0, 2.0, 0.5, -1.0]), var=np.array([4.0, 1.0, 0.25, 9.0]), count=10)
-    spk = Cmvn(mean=glob.mean, var=glob.var, count=10,
-               spk_mean={"spk0": np.full(D, 3.0), "spk1": np.zeros(D)},
-               spk_var={"spk0": np.full(D, 4.0), "spk1": np.ones(D)},
-               utt2spk={k: k.split("-")[0] for k in keys})
+    spk = Cmvn(
+        mean=glob.mean,
+        var=glob.var,
+        count=10,
+        spk_mean={"spk0": np.full(D, 3.0), "spk1": np.zeros(D)},
+        spk_var={"spk0": np.full(D, 4.0), "spk1": np.ones(D)},
+        utt2spk={k: k.split("-")[0] for k in keys},
+    )
     for cmvn in (glob, spk):
         for b in FrameStream(fm, lm, cmvn, cfg, seed=0).epoch(0):
             for row, y in zip(b.x, b.y.tolist()):
                 u, t = divmod(y, 1000)
-                ref = cmvn.apply(_feats(u, [n for s in SHARDS for n in s][u])[t:t + 1], utt=keys[u])[0]
+                ref = cmvn.apply(_feats(u, [n for s in SHARDS for n in s][u])[t : t + 1], utt=keys[u])[0]
                 np.testing.assert_allclose(row.numpy(), ref, rtol=1e-5, atol=1e-5)
     # iter_utterances applies the same statistics
     for utt, x, _ in iter_utterances(fm, spk, cfg):
@@ -247,11 +252,26 @@ def test_frame_data_finds_each_sets_features_labels_and_the_training_cmvn(tmp_pa
     labels has none (a test set), and asking for its labels anyway names the folder."""
     rng = np.random.default_rng(0)
     for name, labelled in (("train", True), ("test", False)):
-        ShardManifest(tmp_path / "fbank" / name, "feats", [write_shard(tmp_path / "fbank" / name / "feats-000000.tar",
-                      [("u", {"feats": rng.standard_normal((4, 3)).astype(np.float16)})])]).save()
+        ShardManifest(
+            tmp_path / "fbank" / name,
+            "feats",
+            [
+                write_shard(
+                    tmp_path / "fbank" / name / "feats-000000.tar",
+                    [("u", {"feats": rng.standard_normal((4, 3)).astype(np.float16)})],
+                )
+            ],
+        ).save()
         if labelled:
-            ShardManifest(tmp_path / "ali" / name, "pdf", [write_shard(tmp_path / "ali" / name / "pdf-000000.tar",
-                          [("u", {"pdf": np.zeros(4, dtype=np.int32)})])]).save()
+            ShardManifest(
+                tmp_path / "ali" / name,
+                "pdf",
+                [
+                    write_shard(
+                        tmp_path / "ali" / name / "pdf-000000.tar", [("u", {"pdf": np.zeros(4, dtype=np.int32)})]
+                    )
+                ],
+            ).save()
     Cmvn(np.zeros(3), np.ones(3), 1).save(tmp_path / "fbank" / "train" / "cmvn.json")
     data = FrameData(str(tmp_path / "fbank"), str(tmp_path / "ali"), "train", "dev", "test")
     assert data.cmvn_path == tmp_path / "fbank" / "train" / "cmvn.json" and data.cmvn().dim == 3

@@ -24,8 +24,9 @@ def _random_gmm(seed=0, pdfs=4, dim=5):
     counts = [1, 3, 2, 4][:pdfs]
     c2p = torch.repeat_interleave(torch.arange(pdfs), torch.tensor(counts))
     n = int(c2p.numel())
-    return DiagGmmSet(torch.randn(n, dim, generator=g), torch.rand(n, dim, generator=g) + 0.3,
-                      torch.randn(n, generator=g), c2p, pdfs).normalized()
+    return DiagGmmSet(
+        torch.randn(n, dim, generator=g), torch.rand(n, dim, generator=g) + 0.3, torch.randn(n, generator=g), c2p, pdfs
+    ).normalized()
 
 
 def test_loglik_matches_direct_and_subset():
@@ -75,7 +76,7 @@ def test_two_component_mixture_is_recovered_by_splitting_and_em():
         stats = accumulate(gmm, x, pdf, GmmStats.zeros(gmm.num_gauss, 2))
         gmm = DiagGmmSet.from_stats(stats, gmm)
     lls.append(accumulate(gmm, x, pdf, GmmStats.zeros(gmm.num_gauss, 2)).loglik_per_frame)
-    assert lls[1] > lls[0] + 0.3                      # splitting + EM raised the likelihood
+    assert lls[1] > lls[0] + 0.3  # splitting + EM raised the likelihood
     got = gmm.means[gmm.means[:, 0].argsort()]
     assert torch.allclose(got, means, atol=0.05)
     assert torch.allclose(gmm.log_weights.exp(), torch.full((2,), 0.5), atol=0.02)
@@ -85,24 +86,26 @@ def test_split_allocates_by_occupancy_and_never_shrinks():
     gmm = DiagGmmSet.single(torch.zeros(3, 2), torch.ones(3, 2))
     out = gmm.split(30, torch.tensor([1000.0, 10.0, 0.0]), power=1.0)
     counts = out.gauss_per_pdf().tolist()
-    assert counts[0] > counts[1] >= 1 and counts[2] == 1 and 28 <= out.num_gauss <= 30 + 3  # floor per pdf, but at least one each
+    assert (
+        counts[0] > counts[1] >= 1 and counts[2] == 1 and 28 <= out.num_gauss <= 30 + 3
+    )  # floor per pdf, but at least one each
     assert out.split(5, torch.tensor([1.0, 1.0, 1.0])).num_gauss == out.num_gauss
 
 
 def test_starved_components_are_dropped_and_unseen_pdfs_kept():
     gmm = _random_gmm(pdfs=3)
     x = torch.randn(200, 5)
-    pdf = torch.zeros(200, dtype=torch.long)           # only pdf 0 (one component) sees data
+    pdf = torch.zeros(200, dtype=torch.long)  # only pdf 0 (one component) sees data
     stats = accumulate(gmm, x, pdf, GmmStats.zeros(gmm.num_gauss, 5))
     new = DiagGmmSet.from_stats(stats, gmm, min_count=3.0)
-    assert new.num_gauss == gmm.num_gauss             # unseen pdfs keep every component as it was
+    assert new.num_gauss == gmm.num_gauss  # unseen pdfs keep every component as it was
     assert torch.equal(new.means[1:], gmm.means[1:])
     stats.occ[1:] = 0.5
     stats.occ[1] = 20.0
     stats.x[1:] = 0.0
     stats.xx[1:] = 1.0
     pruned = DiagGmmSet.from_stats(stats, gmm, min_count=3.0)
-    assert pruned.gauss_per_pdf().tolist() == [1, 1, 1]   # keeps each pdf's heaviest component
+    assert pruned.gauss_per_pdf().tolist() == [1, 1, 1]  # keeps each pdf's heaviest component
 
 
 def test_state_dict_roundtrip_and_validation():

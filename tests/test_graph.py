@@ -58,19 +58,23 @@ def toy_tree() -> ContextTree:
 
 def toy_task(d, sil_prob=0.5):
     """lang/, tree.json, topo.json, lm.arpa (with a word the lexicon lacks) under ``d``."""
-    lang = Lang(PHONES, ["<eps>", "<UNK>", "AB", "BA", "KA", "KAB"],
-                [("<UNK>", ("SPN",)), ("BA", ("B", "AA")), ("KA", ("K", "AA")), ("AB", ("AA", "B")),
-                 ("KAB", ("K", "AA", "B"))])
+    lang = Lang(
+        PHONES,
+        ["<eps>", "<UNK>", "AB", "BA", "KA", "KAB"],
+        [("<UNK>", ("SPN",)), ("BA", ("B", "AA")), ("KA", ("K", "AA")), ("AB", ("AA", "B")), ("KAB", ("K", "AA", "B"))],
+    )
     lang.save(d / "lang")
     tree = toy_tree()
     tree.save(d / "tree.json")
     topo = Topology.uniform(len(PHONES) - 1)
     topo.save(d / "topo.json")
     lp = math.log10(1 / 4)  # BA KA AB </s> equally likely; KAB and ZZ absent from the LM or lexicon
-    (d / "lm.arpa").write_text(f"\\data\\\nngram 1=6\n\n\\1-grams:\n-99 <s>\n{lp} </s>\n{lp} BA\n{lp} KA\n"
-                               f"{lp} AB\n-2 ZZ\n\n\\end\\\n")
-    out = build_graph(d / "lang", d / "tree.json", d / "topo.json", d / "lm.arpa", d / "graph",
-                      GraphConfig(sil_prob=sil_prob))
+    (d / "lm.arpa").write_text(
+        f"\\data\\\nngram 1=6\n\n\\1-grams:\n-99 <s>\n{lp} </s>\n{lp} BA\n{lp} KA\n{lp} AB\n-2 ZZ\n\n\\end\\\n"
+    )
+    out = build_graph(
+        d / "lang", d / "tree.json", d / "topo.json", d / "lm.arpa", d / "graph", GraphConfig(sil_prob=sil_prob)
+    )
     return lang, tree, topo, out
 
 
@@ -103,18 +107,26 @@ def read_graph(out):
 
 
 def test_lex_disambig_homophones_and_prefixes():
-    lex = [("A", ("AH",)), ("AB", ("AH", "B")), ("RED", ("R", "EH", "D")), ("READ", ("R", "EH", "D")),
-           ("X", ("K", "S"))]
+    lex = [
+        ("A", ("AH",)),
+        ("AB", ("AH", "B")),
+        ("RED", ("R", "EH", "D")),
+        ("READ", ("R", "EH", "D")),
+        ("X", ("K", "S")),
+    ]
     out, max_k = add_lex_disambig(lex)
     assert [k for _, _, k in out] == [1, 0, 1, 2, 0]
     assert max_k == 2
 
 
-@pytest.mark.parametrize("prons,expected", [
-    ([("SIL",), ("B", "AA"), ("K", "AA"), ("AA", "B"), ("SIL",)], ["BA", "KA", "AB"]),
-    ([("K", "AA")], ["KA"]),
-    ([("AA", "B"), ("SIL",), ("B", "AA")], ["AB", "BA"]),
-])
+@pytest.mark.parametrize(
+    "prons,expected",
+    [
+        ([("SIL",), ("B", "AA"), ("K", "AA"), ("AA", "B"), ("SIL",)], ["BA", "KA", "AB"]),
+        ([("K", "AA")], ["KA"]),
+        ([("AA", "B"), ("SIL",), ("B", "AA")], ["AB", "BA"]),
+    ],
+)
 def test_hclg_accepts_word_senones_and_outputs_words(task, prons, expected):
     lang, tree, topo, out = task
     hclg, words = read_graph(out)
@@ -130,7 +142,7 @@ def test_hclg_rejects_wrong_context_skipped_state_and_unlisted_word(task):
     ka = pdf_sequence([("K", "AA")], lang, tree, topo)
     assert ba[4] != ka[4]  # AA's middle state depends on the left context
     assert best_words(hclg, np.r_[ka[:4], ba[4], ka[5]]) is None  # K AA with the after-B senone
-    assert best_words(hclg, np.delete(ka, 1)) is None             # a state skipped
+    assert best_words(hclg, np.delete(ka, 1)) is None  # a state skipped
     # KAB is in the lexicon but not in the LM: the graph cannot output it
     assert best_words(hclg, pdf_sequence([("K", "AA", "B")], lang, tree, topo)) is None
 
@@ -160,8 +172,14 @@ def test_topology_must_cover_phones(tmp_path):
     toy_task(tmp_path)
     Topology.uniform(3).save(tmp_path / "topo.json")
     with pytest.raises(ValueError, match="topology covers 3 phones"):
-        build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
-                    tmp_path / "g2", GraphConfig())
+        build_graph(
+            tmp_path / "lang",
+            tmp_path / "tree.json",
+            tmp_path / "topo.json",
+            tmp_path / "lm.arpa",
+            tmp_path / "g2",
+            GraphConfig(),
+        )
 
 
 def _reference_self_loops(arcs, finals, start, loop_cost):
@@ -206,11 +224,20 @@ def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorte
     rng = np.random.default_rng(seed)
     num_states, num_labels = int(rng.integers(5, 40)), int(rng.integers(2, 6))
     rows = [(s, int(rng.integers(0, num_labels + 1)), 0, 0.5, s + 1) for s in range(num_states - 1)]  # all reachable
-    rows += [(int(rng.integers(num_states)), int(rng.integers(0, num_labels + 1)), int(rng.integers(0, 3)),
-              round(float(rng.random()), 3), int(rng.integers(num_states))) for _ in range(int(rng.integers(5, 120)))]
+    rows += [
+        (
+            int(rng.integers(num_states)),
+            int(rng.integers(0, num_labels + 1)),
+            int(rng.integers(0, 3)),
+            round(float(rng.random()), 3),
+            int(rng.integers(num_states)),
+        )
+        for _ in range(int(rng.integers(5, 120)))
+    ]
     finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, 3, replace=False)}
-    loop_cost = np.array([math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3)
-                                       for _ in range(num_labels)])
+    loop_cost = np.array(
+        [math.inf] + [math.inf if rng.random() < 0.3 else round(float(rng.random()), 3) for _ in range(num_labels)]
+    )
     label2pdf = np.array([0] + list(rng.integers(1, 4, num_labels)), dtype=np.int32)  # labels share senones
     arrays = to_arrays(const_fst.make_fst(num_states, 0, rows, finals, tmp_path), tmp_path)
     num, num_arcs = hclg_writer.write_hclg(arrays, loop_cost, label2pdf, tmp_path / "HCLG.fst")
@@ -232,23 +259,39 @@ def test_written_graph_matches_per_arc_self_loops_breadth_first_states_and_sorte
     assert got.start == 0 and len(got.states) == len(reach)
     src, il = got.sources(), got.arcs["ilabel"]
     assert np.all((src[1:] != src[:-1]) | (il[1:] >= il[:-1]))  # sorted by input label within each state
-    got_rows = sorted(zip(src.tolist(), il.tolist(), got.arcs["olabel"].tolist(),
-                          [round(float(w), 3) for w in got.arcs["weight"]], got.arcs["nextstate"].tolist()))
-    want_rows = sorted((new_id[q], int(label2pdf[il]), ol, round(float(w), 3), new_id[d])
-                       for q, out in enumerate(want_arcs) if q in reach for il, ol, w, d in out)
+    got_rows = sorted(
+        zip(
+            src.tolist(),
+            il.tolist(),
+            got.arcs["olabel"].tolist(),
+            [round(float(w), 3) for w in got.arcs["weight"]],
+            got.arcs["nextstate"].tolist(),
+        )
+    )
+    want_rows = sorted(
+        (new_id[q], int(label2pdf[il]), ol, round(float(w), 3), new_id[d])
+        for q, out in enumerate(want_arcs)
+        if q in reach
+        for il, ol, w, d in out
+    )
     assert got_rows == want_rows
     final = {q: round(float(w), 3) for q, w in enumerate(got.states["final"]) if np.isfinite(w)}
     assert final == {new_id[q]: round(w, 3) for q, w in want_finals.items() if q in reach}
-    assert [sum(1 for a in kaldifst.ArcIterator(fst, q) if a.olabel == 0) for q in range(num)] == \
-        got.states["noepsilons"].tolist()
+    assert [sum(1 for a in kaldifst.ArcIterator(fst, q) if a.olabel == 0) for q in range(num)] == got.states[
+        "noepsilons"
+    ].tolist()
 
 
 def test_epsilon_cycle_is_detected(tmp_path):
-    ok = to_arrays(const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0},
-                                        tmp_path), tmp_path)
+    ok = to_arrays(
+        const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (0, 1, 0, 0.0, 0)], {2: 0.0}, tmp_path),
+        tmp_path,
+    )
     hclg._check_no_epsilon_cycles(ok)
-    bad = to_arrays(const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0},
-                                         tmp_path), tmp_path)
+    bad = to_arrays(
+        const_fst.make_fst(3, 0, [(0, 0, 0, 0.0, 1), (1, 0, 0, 0.0, 2), (2, 0, 3, 0.0, 1)], {2: 0.0}, tmp_path),
+        tmp_path,
+    )
     with pytest.raises(ValueError, match="cycle of epsilon-input arcs"):
         hclg._check_no_epsilon_cycles(bad)
 
@@ -256,8 +299,14 @@ def test_epsilon_cycle_is_detected(tmp_path):
 def test_memory_estimate_above_limit_is_a_clear_error(tmp_path):
     toy_task(tmp_path)
     with pytest.raises(MemoryError, match=r"lm.arpa: building HCLG for 6 n-grams .* more than the 0.0 GB allowed"):
-        build_graph(tmp_path / "lang", tmp_path / "tree.json", tmp_path / "topo.json", tmp_path / "lm.arpa",
-                    tmp_path / "g2", GraphConfig(max_memory_gb=1e-6))
+        build_graph(
+            tmp_path / "lang",
+            tmp_path / "tree.json",
+            tmp_path / "topo.json",
+            tmp_path / "lm.arpa",
+            tmp_path / "g2",
+            GraphConfig(max_memory_gb=1e-6),
+        )
     assert not (tmp_path / "g2" / "HCLG.fst").exists()
 
 
@@ -274,8 +323,14 @@ def test_pronunciation_probabilities_cost_their_log_in_the_graph(task, tmp_path)
     lexiconp = tmp_path / "lexiconp.txt"
     probs = {"BA": 0.1, "AB": 0.5}
     lexiconp.write_text("".join(f"{w} {probs.get(w, 1.0)} {' '.join(p)}\n" for w, p in lang.lexicon))
-    weighted = build_graph(out.parent / "lang", out.parent / "tree.json", out.parent / "topo.json",
-                           out.parent / "lm.arpa", tmp_path / "graph", GraphConfig(pron_probs=str(lexiconp)))
+    weighted = build_graph(
+        out.parent / "lang",
+        out.parent / "tree.json",
+        out.parent / "topo.json",
+        out.parent / "lm.arpa",
+        tmp_path / "graph",
+        GraphConfig(pron_probs=str(lexiconp)),
+    )
     plain, _ = read_graph(out)
     costly, words = read_graph(weighted)
     for prons, extra in (([("B", "AA")], -math.log(0.1)), ([("AA", "B")], -math.log(0.5)), ([("K", "AA")], 0.0)):
@@ -283,8 +338,14 @@ def test_pronunciation_probabilities_cost_their_log_in_the_graph(task, tmp_path)
         assert _path_cost(costly, pdfs) - _path_cost(plain, pdfs) == pytest.approx(extra, abs=1e-3), prons
     lexiconp.write_text("".join(f"{w} 1.0 {' '.join(p)}\n" for w, p in lang.lexicon if w != "KA"))
     with pytest.raises(ValueError, match="no probability for 1 lexicon entries, e.g. KA K AA"):
-        build_graph(out.parent / "lang", out.parent / "tree.json", out.parent / "topo.json", out.parent / "lm.arpa",
-                    tmp_path / "graph2", GraphConfig(pron_probs=str(lexiconp)))
+        build_graph(
+            out.parent / "lang",
+            out.parent / "tree.json",
+            out.parent / "topo.json",
+            out.parent / "lm.arpa",
+            tmp_path / "graph2",
+            GraphConfig(pron_probs=str(lexiconp)),
+        )
 
 
 def _random_hmms(rng):
@@ -323,11 +384,13 @@ def test_expanded_hmms_equal_h_composed_with_d_and_share_prefixes(seed, tmp_path
     rows = []
     for s in range(num_states):  # deterministic on HMM ids, plus epsilon-input arcs to later states
         for k in rng.choice(np.arange(1, len(seqs)), int(rng.integers(1, len(seqs))), replace=False):
-            rows.append((s, int(k), int(rng.integers(0, 4)), round(float(rng.random()) * 3, 3),
-                         int(rng.integers(num_states))))
+            rows.append(
+                (s, int(k), int(rng.integers(0, 4)), round(float(rng.random()) * 3, 3), int(rng.integers(num_states)))
+            )
         if s + 1 < num_states and rng.random() < 0.3:
-            rows.append((s, 0, int(rng.integers(0, 2)), round(float(rng.random()), 3),
-                         int(rng.integers(s + 1, num_states))))
+            rows.append(
+                (s, 0, int(rng.integers(0, 2)), round(float(rng.random()), 3), int(rng.integers(s + 1, num_states)))
+            )
     finals = {int(q): round(float(rng.random()), 3) for q in rng.choice(num_states, num_states // 2, replace=False)}
     d = const_fst.make_fst(num_states, 0, rows, finals, tmp_path)
     got = hmm_expansion.expand_hmm(to_arrays(d, tmp_path), seqs, label_cost)
@@ -364,6 +427,8 @@ def test_expanded_hmms_equal_h_composed_with_d_and_share_prefixes(seed, tmp_path
 
 def test_graph_builder_and_cli_import_without_torch():
     """A graph build's peak memory is its own: torch's ~0.5 GB resident would add to it (asrdistill._exports)."""
-    code = ("import sys, asrdistill.cli, asrdistill.decoding.hclg, asrdistill.aligner.tree, asrdistill.data.lang; "
-            "assert 'torch' not in sys.modules, [m for m in sys.modules if 'torch' in m or 'webdataset' in m][:3]")
+    code = (
+        "import sys, asrdistill.cli, asrdistill.decoding.hclg, asrdistill.aligner.tree, asrdistill.data.lang; "
+        "assert 'torch' not in sys.modules, [m for m in sys.modules if 'torch' in m or 'webdataset' in m][:3]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_frame_set
 
 from asrdistill import cli
 from asrdistill.config import load_section, parse_overrides, role_section
@@ -20,7 +21,6 @@ from asrdistill.data.frames import FrameConfig
 from asrdistill.fileio import identity, is_done, mark_done, read_done, write_json_atomic
 from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
 from asrdistill.nnet.train import TrainConfig, train
-from conftest import make_frame_set
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +71,22 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw) -> TrainConfig:
-    d = dict(train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
-             dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
-             model=ModelConfig("tiny"), frames=FrameConfig(left=1, right=1, batch_size=16, buffer_frames=100,
-                                                            prefetch=0),
-             epochs=2, optimizer="adam", lr=3e-3, warmup_steps=0, checkpoint_every=3, log_every=2, progress=False)
+    d = dict(
+        train_feats=str(data / "train/feats"),
+        train_labels=str(data / "train/labels"),
+        dev_feats=str(data / "dev/feats"),
+        dev_labels=str(data / "dev/labels"),
+        cmvn=str(data / "cmvn.json"),
+        model=ModelConfig("tiny"),
+        frames=FrameConfig(left=1, right=1, batch_size=16, buffer_frames=100, prefetch=0),
+        epochs=2,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=0,
+        checkpoint_every=3,
+        log_every=2,
+        progress=False,
+    )
     d.update(kw)
     return TrainConfig(**d)
 
@@ -95,7 +106,7 @@ def test_checkpoint_holds_only_plain_data_and_resume_does_not_repeat_metrics(dat
     ref = tmp_path / "ref"
     train(config, ref)
     ckpt = torch.load(ref / "last.pt", map_location="cpu", weights_only=True)  # RNG states as tensors
-    assert isinstance(ckpt["rng"][0]["numpy"][1], torch.Tensor)    # rank 0: numpy MT keys
+    assert isinstance(ckpt["rng"][0]["numpy"][1], torch.Tensor)  # rank 0: numpy MT keys
     ref_lines = (ref / "log/metrics.jsonl").read_text().splitlines()
     # a run killed after step 7 was logged but before step 9's checkpoint, then resumed from step 6's
     run = tmp_path / "run"
@@ -124,6 +135,7 @@ def test_finished_training_is_redone_when_config_or_data_change(data, tmp_path, 
     assert second["steps"] == first["steps"]
     changed = tmp_path / "data2"
     import shutil
+
     shutil.copytree(data, changed)
     Cmvn(np.ones(3), np.ones(3), 1).save(changed / "cmvn.json")
     caplog.clear()
@@ -177,8 +189,9 @@ def test_dotted_nested_override(tmp_path):
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "asrdistill.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "asrdistill.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, cause: str) -> None:
@@ -194,10 +207,13 @@ def test_cli_errors_are_one_line(tmp_path):
     conf.write_text("trian: {}\n")
     _one_error_line(_cli("config-get", "--config", str(conf), "recipe.x"), "unknown section 'trian'")
     # every command reads the executor section first: a bad config is one line there too
-    _one_error_line(_cli("features", "--config", str(conf), str(tmp_path / "d"), str(tmp_path / "f"), cwd=tmp_path),
-                    "unknown section 'trian'")
-    _one_error_line(_cli("features", "--config", str(tmp_path / "missing.yaml"), "d", "f", cwd=tmp_path),
-                    "missing.yaml")
+    _one_error_line(
+        _cli("features", "--config", str(conf), str(tmp_path / "d"), str(tmp_path / "f"), cwd=tmp_path),
+        "unknown section 'trian'",
+    )
+    _one_error_line(
+        _cli("features", "--config", str(tmp_path / "missing.yaml"), "d", "f", cwd=tmp_path), "missing.yaml"
+    )
     if not torch.cuda.is_available():
         _one_error_line(_cli("mono", "--device", "cuda", "d", "l", "f", "e"), "no CUDA GPU is available")
     proc = _cli("--debug", "config-get", "recipe.train_set")
@@ -208,8 +224,9 @@ def _kaldi_feats(directory: Path):
     from asrdistill.data.shards import ShardManifest, write_shard
 
     man = ShardManifest(directory, "feats")
-    man.shards.append(write_shard(directory / man.shard_name(0),
-                                  [("utt1", {"feats": np.zeros((5, 4), dtype=np.float16)})]))
+    man.shards.append(
+        write_shard(directory / man.shard_name(0), [("utt1", {"feats": np.zeros((5, 4), dtype=np.float16)})])
+    )
     man.save()
     return man
 
@@ -226,21 +243,22 @@ def test_scp_pipe_is_not_run_without_opt_in(tmp_path):
     assert not (tmp_path / "PWNED").exists()
     assert "--allow-pipes" in _cli("import-ali", "--help").stdout
     # with the opt-in the command runs (and its output is no alignment: a clear error, not exit 0)
-    proc = _cli("import-ali", *tree, "--allow-pipes", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"),
-                cwd=tmp_path)
+    proc = _cli(
+        "import-ali", *tree, "--allow-pipes", str(scp), str(tmp_path / "fbank"), str(tmp_path / "ali"), cwd=tmp_path
+    )
     assert (tmp_path / "PWNED").exists() and proc.returncode != 0
 
 
 def test_import_with_every_length_wrong_or_without_a_tree_fails(tmp_path):
     import kaldiio
-
     from test_kaldi_import import _tree
 
     _kaldi_feats(tmp_path / "fbank")
     kaldiio.save_ark(str(tmp_path / "pdf.ark"), {"utt1": np.zeros(3, dtype=np.int32)})
     args = [str(tmp_path / "pdf.ark"), str(tmp_path / "fbank"), str(tmp_path / "ali")]
-    _one_error_line(_cli("import-ali", "--tree", str(_tree(tmp_path / "tree.json", 4)), *args),
-                    "no alignment matches the features")
+    _one_error_line(
+        _cli("import-ali", "--tree", str(_tree(tmp_path / "tree.json", 4)), *args), "no alignment matches the features"
+    )
     _one_error_line(_cli("import-ali", *args), "import-ali needs --tree")
 
 
@@ -259,8 +277,12 @@ def test_every_skipping_command_accepts_force_and_run_sh_passes_it():
 def test_run_sh_help_and_caller_relative_paths(tmp_path):
     proc = subprocess.run(["bash", "recipes/librispeech/run.sh", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "--force-stage" in proc.stdout
-    proc = subprocess.run(["bash", str(REPO / "recipes/librispeech/run.sh"), "--config", "mine.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes/librispeech/run.sh"), "--config", "mine.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and f"no config {tmp_path / 'mine.yaml'}" in proc.stderr
 
 
@@ -295,8 +317,14 @@ def test_mono_and_align_redo_when_inputs_change(tmp_path, caplog):
     caplog.clear()
     feats2 = dict(feats)
     feats2.pop(sorted(feats2)[-1])
-    align_subset(_write_feats(tmp_path / "fbank", feats2), changed, lang, loaded, tmp_path / "ali",
-                 AlignConfig(nj=1, optional_silence_prob=0.2))
+    align_subset(
+        _write_feats(tmp_path / "fbank", feats2),
+        changed,
+        lang,
+        loaded,
+        tmp_path / "ali",
+        AlignConfig(nj=1, optional_silence_prob=0.2),
+    )
     assert "(changed: feats)" in caplog.text
 
 
@@ -311,12 +339,18 @@ def test_triphone_training_redone_when_the_monophone_alignment_changes(tmp_path,
     lang = _lang()
     feats, text, _, mono_ali = _corpus(tmp_path, "train", 16, seed=1)
     mono = _mono_stand_in(feats)
-    cfgs = TreeConfig(num_leaves=20, min_occupancy=20), TriConfig(num_iters=2, max_gaussians=30, realign_iters=[1], nj=1)
+    cfgs = (
+        TreeConfig(num_leaves=20, min_occupancy=20),
+        TriConfig(num_iters=2, max_gaussians=30, realign_iters=[1], nj=1),
+    )
     train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
     train_triphone(mono_ali, feats, text, lang, mono, tmp_path / "tri", *cfgs)
     assert "tri already done" in caplog.text and "doing it again" not in caplog.text
     # rewrite one alignment shard without its first utterance's labels (as a changed mono stage would)
-    rows = [(u, s if i else {k: v[:0] for k, v in s.items()}) for i, (u, s) in enumerate(iter_shard(mono_ali.shard_paths[0]))]
+    rows = [
+        (u, s if i else {k: v[:0] for k, v in s.items()})
+        for i, (u, s) in enumerate(iter_shard(mono_ali.shard_paths[0]))
+    ]
     mono_ali.shards[0] = write_shard(mono_ali.shard_paths[0], rows)
     mono_ali.save()
     train_triphone(ShardManifest.load(mono_ali.directory, "ali"), feats, text, lang, mono, tmp_path / "tri", *cfgs)
@@ -384,7 +418,9 @@ def test_known_sections_cover_what_the_commands_and_recipes_read():
     from asrdistill.config import SECTIONS, read_yaml
 
     src = "".join(p.read_text() for p in sorted((REPO / "asrdistill/cli").glob("*.py")))
-    read = set(re.findall(r'section\(args, "(\w+)"', src)) | set(re.findall(r'role_section\(args\.config, "(\w+)"', src))
+    read = set(re.findall(r'section\(args, "(\w+)"', src)) | set(
+        re.findall(r'role_section\(args\.config, "(\w+)"', src)
+    )
     run_sh = (REPO / "recipes/librispeech/run.sh").read_text()
     read |= set(re.findall(r"--role (\w+)", run_sh)) | {"recipe"}
     assert read <= set(SECTIONS), read - set(SECTIONS)

@@ -6,6 +6,7 @@ import kaldiio
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe: the shared fixture
 
 from asrdistill.aligner.kaldi_export import export_alignments
 from asrdistill.aligner.kaldi_import import import_kaldi_alignments
@@ -14,7 +15,6 @@ from asrdistill.data.features import compute_features
 from asrdistill.data.kaldi_dir import fix_data_dir, import_data_dir, import_feats, split_data_dir, validate_data_dir
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 from asrdistill.decoding.bundle import load_system
-from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe: the shared fixture
 
 
 def _kaldi_dir(tmp_path):
@@ -35,8 +35,9 @@ def _kaldi_dir(tmp_path):
 
 def test_import_reads_segments_and_pipes_only_when_allowed_and_normalises_text(tmp_path):
     d = _kaldi_dir(tmp_path)
-    assert validate_data_dir(d) == [f"warning: {d / 'text'}: 2 transcript(s) not upper case (e.g. s1-a-0); "
-                                    "import-data-dir normalises them"]
+    assert validate_data_dir(d) == [
+        f"warning: {d / 'text'}: 2 transcript(s) not upper case (e.g. s1-a-0); import-data-dir normalises them"
+    ]
     with pytest.raises(ValueError, match=r"wav.scp: 1 entries are shell commands \(e.g. s2-b\).*opt-in"):
         import_data_dir(d, tmp_path / "out")
     report = import_data_dir(d, tmp_path / "out", allow_pipes=True)
@@ -73,8 +74,8 @@ def test_decode_of_an_inconsistent_kaldi_dir_names_the_bad_lines_and_decodes_the
     for utt in ("u1", "u2"):
         sf.write(d / f"{utt}.wav", _tone(0.8), SR)
     (d / "wav.scp").write_text(f"u1 {d / 'u1.wav'}\nu2 {d / 'u2.wav'}\n")
-    (d / "text").write_text("u1 a\nu2 a\nu3 a\n")        # u3: no audio
-    (d / "utt2spk").write_text("u1 s1\nghost s1\n")       # u2 missing, ghost: no audio
+    (d / "text").write_text("u1 a\nu2 a\nu3 a\n")  # u3: no audio
+    (d / "utt2spk").write_text("u1 s1\nghost s1\n")  # u2 missing, ghost: no audio
     _, task = recipe
     system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
     report = system.decode_corpus(d, tmp_path / "decode")
@@ -139,18 +140,21 @@ def test_exported_arks_are_read_back_by_kaldiio(recipe, tmp_path):
     feats = ShardManifest.load(d / "fbank", "feats")
     ark, scp, n = system.export_loglikes(feats, tmp_path / "ark")
     loglikes = kaldiio.load_scp(str(scp))
-    (utt, logpost), = list(system.posteriors(feats))
+    ((utt, logpost),) = list(system.posteriors(feats))
     assert n == 1 and list(loglikes) == [utt]
     np.testing.assert_allclose(loglikes[utt], logpost - system.log_priors, rtol=1e-6)
 
     labels = ShardManifest(tmp_path / "ali", "pdf")
     pdfs = np.random.default_rng(0).integers(0, tree.num_pdfs, 50).astype(np.int32)
-    labels.shards.append(write_shard(tmp_path / "ali" / "pdf-000000.tar", [(utt, {"pdf": pdfs}),
-                                                                          ("unaligned", {"pdf": np.zeros(0, np.int32)})]))
+    labels.shards.append(
+        write_shard(
+            tmp_path / "ali" / "pdf-000000.tar", [(utt, {"pdf": pdfs}), ("unaligned", {"pdf": np.zeros(0, np.int32)})]
+        )
+    )
     _, pdf_scp, _ = export_alignments(labels, tmp_path / "ark")
     np.testing.assert_array_equal(kaldiio.load_scp(str(pdf_scp))[utt], pdfs)
     assert (tmp_path / "ark" / "unaligned.txt").read_text() == "unaligned\n"
     tree.save(tmp_path / "tree.json")
     back = import_kaldi_alignments(pdf_scp, feats, tmp_path / "reimported", tmp_path / "tree.json")
-    (_, sample), = list(iter_shard(back.pdf.shard_paths[0]))
+    ((_, sample),) = list(iter_shard(back.pdf.shard_paths[0]))
     np.testing.assert_array_equal(sample["pdf"], pdfs)  # import-ali reads what export-ark wrote

@@ -5,18 +5,20 @@ import numpy as np
 import pytest
 
 from asrdistill.aligner.kaldi_import import import_kaldi_alignments, read_kaldi_int_vectors
-from asrdistill.fileio import read_skipped
 from asrdistill.aligner.tree import ContextTree, TreeNode, tree_sha256
 from asrdistill.data.shards import ShardManifest, iter_aligned, write_shard
 from asrdistill.decoding.hclg import check_labels_match_graph
+from asrdistill.fileio import read_skipped
 
 
 def _tree(path, num_pdfs):
     """A tree with ``num_pdfs`` leaves (a chain of questions on the centre phone)."""
     nodes = []
     for pdf in range(num_pdfs - 1):
-        nodes += [TreeNode(pos=1, values=frozenset({pdf + 1}), yes=len(nodes) + 1, no=len(nodes) + 2),
-                  TreeNode(pdf=pdf)]
+        nodes += [
+            TreeNode(pos=1, values=frozenset({pdf + 1}), yes=len(nodes) + 1, no=len(nodes) + 2),
+            TreeNode(pdf=pdf),
+        ]
     nodes.append(TreeNode(pdf=num_pdfs - 1))
     ContextTree(nodes, num_pdfs, [[(p + 1, 0)] for p in range(num_pdfs)]).save(path)
     return path
@@ -27,8 +29,12 @@ def _feats(directory):
     lengths = {"u1": 5, "u2": 7, "u3": 4, "u4": 6}
     man = ShardManifest(directory, "feats")
     for i, keys in enumerate([["u1", "u2"], ["u3", "u4"]]):
-        man.shards.append(write_shard(directory / man.shard_name(i),
-                                      ((k, {"feats": rng.normal(size=(lengths[k], 40)).astype(np.float16)}) for k in keys)))
+        man.shards.append(
+            write_shard(
+                directory / man.shard_name(i),
+                ((k, {"feats": rng.normal(size=(lengths[k], 40)).astype(np.float16)}) for k in keys),
+            )
+        )
     man.save()
     return man, lengths
 
@@ -38,10 +44,10 @@ def test_import_checks_frames_and_keeps_shards_aligned(tmp_path, form):
     man, lengths = _feats(tmp_path / "fbank")
     alis = {
         "u1": np.array([0, 0, 3, 3, 5], dtype=np.int32),
-        "u2": np.array([1, 2, 2], dtype=np.int32),                 # 3 frames for 7: mismatch
+        "u2": np.array([1, 2, 2], dtype=np.int32),  # 3 frames for 7: mismatch
         "u4": np.arange(6, dtype=np.int32),
-        "zz": np.array([9], dtype=np.int32),                      # not in the features
-    }                                                             # u3: no alignment
+        "zz": np.array([9], dtype=np.int32),  # not in the features
+    }  # u3: no alignment
     ark = tmp_path / "pdf.ark"
     kaldiio.save_ark(str(ark), alis, scp=str(tmp_path / "pdf.scp"))
     src = tmp_path / f"pdf.{form}"

@@ -18,10 +18,10 @@ def _reference(s, p_teacher, labels, temperature, hard_weight, ignore_index=-100
     log_q = torch.log_softmax(s / temperature, -1)
     kl = torch.stack([sum(pi * (torch.log(pi) - lq) for pi, lq in zip(pr, qr) if pi > 0) for pr, qr in zip(p, log_q)])
     if labels is None:
-        return temperature ** 2 * kl.mean()
+        return temperature**2 * kl.mean()
     labels = labels.reshape(-1)
     valid = labels != ignore_index
-    soft = temperature ** 2 * kl[valid].mean()
+    soft = temperature**2 * kl[valid].mean()
     hard = F.cross_entropy(s[valid], labels[valid])
     return (1 - hard_weight) * soft + hard_weight * hard
 
@@ -59,7 +59,7 @@ def test_t_squared_scaling_and_weights():
     for temperature in (1.0, 3.0):
         kl = F.kl_div(torch.log_softmax(s / temperature, -1), torch.softmax(t / temperature, -1), reduction="batchmean")
         soft = kd_loss(s, teacher_logits=t, temperature=temperature)  # labels=None: soft term only
-        torch.testing.assert_close(soft.double(), temperature ** 2 * kl, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(soft.double(), temperature**2 * kl, rtol=1e-5, atol=1e-7)
     hard_only = kd_loss(s, teacher_logits=t, labels=y, hard_weight=1.0)
     torch.testing.assert_close(hard_only.double(), F.cross_entropy(s, y), rtol=1e-5, atol=1e-7)
     # the T^2 factor keeps the soft gradient's size roughly constant as T grows (paper, section 2)
@@ -103,7 +103,7 @@ def _coarsened_reference(s, idx, top_p, temperature):
         p_full = torch.cat([p, (1 - p.sum()).reshape(1)])
         q_full = torch.cat([q_top, (1 - q_top.sum()).reshape(1)])
         out.append(sum(a * (torch.log(a) - torch.log(b)) for a, b in zip(p_full, q_full) if a > 0))
-    return temperature ** 2 * torch.stack(out).mean()
+    return temperature**2 * torch.stack(out).mean()
 
 
 @pytest.mark.parametrize("form", ["tuple", "keyword"])
@@ -123,8 +123,12 @@ def test_sparse_topk_teacher(form):
     # k = C is exactly the dense loss; with labels and (B, T, k) shapes too
     top_p, idx = p.topk(30, -1)
     dense = kd_loss(s, teacher_probs=p, labels=y, temperature=temperature)
-    full = kd_loss(s.reshape(2, 5, 30), teacher_topk=(idx.reshape(2, 5, 30), top_p.reshape(2, 5, 30).half()),
-                   labels=y.reshape(2, 5), temperature=temperature)
+    full = kd_loss(
+        s.reshape(2, 5, 30),
+        teacher_topk=(idx.reshape(2, 5, 30), top_p.reshape(2, 5, 30).half()),
+        labels=y.reshape(2, 5),
+        temperature=temperature,
+    )
     torch.testing.assert_close(full, dense, rtol=2e-3, atol=1e-3)
 
 
@@ -187,27 +191,31 @@ def test_autocast_computes_in_float32():
 def test_module_twin():
     s, t, y = _inputs()
     module = KDLoss(temperature=3.0, hard_weight=0.2)
-    torch.testing.assert_close(module(s, teacher_logits=t, labels=y),
-                               kd_loss(s, teacher_logits=t, labels=y, temperature=3.0, hard_weight=0.2))
+    torch.testing.assert_close(
+        module(s, teacher_logits=t, labels=y), kd_loss(s, teacher_logits=t, labels=y, temperature=3.0, hard_weight=0.2)
+    )
     with pytest.raises(ValueError, match="temperature"):
         KDLoss(temperature=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(), "exactly one.*none"),
-    (dict(teacher_logits="T", teacher_probs="P"), "exactly one.*teacher_logits.*teacher_probs"),
-    (dict(teacher_logits="T", temperature=0.0), "temperature must be > 0"),
-    (dict(teacher_logits="T", temperature=-1.0), "temperature must be > 0"),
-    (dict(teacher_logits="T", hard_weight=1.5), r"hard_weight must be in \[0, 1\]"),
-    (dict(teacher_logits="T", hard_weight=-0.1), r"hard_weight must be in \[0, 1\]"),
-    (dict(teacher_logits="T8"), "teacher_logits shape .*class count"),
-    (dict(teacher_probs="P_bad"), "teacher_probs rows must sum to 1"),
-    (dict(teacher_probs="P_neg"), "negative"),
-    (dict(teacher_topk="K_big"), "sum to at most 1"),
-    (dict(teacher_topk="K_idx"), "class ids outside"),
-    (dict(teacher_topk="K_shape"), "sparse teacher"),
-    (dict(teacher_logits="T", labels="Y_shape"), "labels shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(), "exactly one.*none"),
+        (dict(teacher_logits="T", teacher_probs="P"), "exactly one.*teacher_logits.*teacher_probs"),
+        (dict(teacher_logits="T", temperature=0.0), "temperature must be > 0"),
+        (dict(teacher_logits="T", temperature=-1.0), "temperature must be > 0"),
+        (dict(teacher_logits="T", hard_weight=1.5), r"hard_weight must be in \[0, 1\]"),
+        (dict(teacher_logits="T", hard_weight=-0.1), r"hard_weight must be in \[0, 1\]"),
+        (dict(teacher_logits="T8"), "teacher_logits shape .*class count"),
+        (dict(teacher_probs="P_bad"), "teacher_probs rows must sum to 1"),
+        (dict(teacher_probs="P_neg"), "negative"),
+        (dict(teacher_topk="K_big"), "sum to at most 1"),
+        (dict(teacher_topk="K_idx"), "class ids outside"),
+        (dict(teacher_topk="K_shape"), "sparse teacher"),
+        (dict(teacher_logits="T", labels="Y_shape"), "labels shape"),
+    ],
+)
 def test_errors_say_which(kwargs, message):
     s, t, y = _inputs()
     p = torch.softmax(t, -1)
@@ -215,9 +223,17 @@ def test_errors_say_which(kwargs, message):
     p_neg = p.clone()
     p_neg[0, 1] += p_neg[0, 0] + 0.1
     p_neg[0, 0] = -0.1  # still sums to 1
-    values = {"T": t, "P": p, "T8": torch.randn(12, 8), "P_bad": p * 1.2, "P_neg": p_neg,
-              "K_big": (idx, top_p * 3), "K_idx": (idx + 7, top_p), "K_shape": (idx[:5], top_p[:5]),
-              "Y_shape": y[:5]}
+    values = {
+        "T": t,
+        "P": p,
+        "T8": torch.randn(12, 8),
+        "P_bad": p * 1.2,
+        "P_neg": p_neg,
+        "K_big": (idx, top_p * 3),
+        "K_idx": (idx + 7, top_p),
+        "K_shape": (idx[:5], top_p[:5]),
+        "Y_shape": y[:5],
+    }
     kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     with pytest.raises(ValueError, match=message):
         kd_loss(s, **kwargs)

@@ -33,8 +33,11 @@ def data_prep_imports(path: Path) -> list[str]:
 
 
 def test_library_modules_do_not_import_data_prep() -> None:
-    offenders = {str(p.relative_to(PACKAGE.parent)): hits for p in sorted(PACKAGE.rglob("*.py"))
-                 if not _is_cli(p) and (hits := data_prep_imports(p))}
+    offenders = {
+        str(p.relative_to(PACKAGE.parent)): hits
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if not _is_cli(p) and (hits := data_prep_imports(p))
+    }
     assert not offenders, f"library modules import data_prep (move what they need into asrdistill/): {offenders}"
 
 
@@ -42,7 +45,8 @@ def test_the_check_sees_the_cli_imports(tmp_path: Path) -> None:
     """The scanner finds the CLI's lazy imports and every import form, so the check above is not vacuous."""
     assert any(data_prep_imports(p) for p in PACKAGE.rglob("*.py") if _is_cli(p))
     src = tmp_path / "m.py"
-    src.write_text("import data_prep\nimport os, data_prep.text as t\nfrom data_prep.espeak_x import y\n"
-                   "def f():\n    from data_prep import synthetic\nfrom .data_prep import z\nimport data_prepx\n")
-    assert data_prep_imports(src) == ["1: data_prep", "2: data_prep.text", "3: data_prep.espeak_x",
-                                      "5: data_prep"]
+    src.write_text(
+        "import data_prep\nimport os, data_prep.text as t\nfrom data_prep.espeak_x import y\n"
+        "def f():\n    from data_prep import synthetic\nfrom .data_prep import z\nimport data_prepx\n"
+    )
+    assert data_prep_imports(src) == ["1: data_prep", "2: data_prep.text", "3: data_prep.espeak_x", "5: data_prep"]

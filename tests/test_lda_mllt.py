@@ -11,7 +11,7 @@ from asrdistill.aligner.lda_mllt import LdaStats, MlltStats, accumulate_mllt, es
 def test_lda_keeps_the_class_directions_and_whitens_within_class():
     rng = np.random.default_rng(0)
     means = np.zeros((4, 6))
-    means[:, :2] = rng.normal(scale=5.0, size=(4, 2))      # classes differ only in dims 0 and 1
+    means[:, :2] = rng.normal(scale=5.0, size=(4, 2))  # classes differ only in dims 0 and 1
     cls = rng.integers(0, 4, size=20000)
     x = means[cls] + rng.normal(size=(20000, 6)) * np.array([2.0, 0.5, 3.0, 3.0, 3.0, 3.0])
     stats = LdaStats.zeros(6, 4)
@@ -23,21 +23,22 @@ def test_lda_keeps_the_class_directions_and_whitens_within_class():
     within = sum(np.cov(y[cls == c].T) * (cls == c).sum() for c in range(4)) / len(cls)
     assert np.allclose(within, np.eye(2), atol=0.05)
     with pytest.raises(ValueError, match="classes"):
-        estimate_lda(stats, 4)                               # 4 classes cannot give 4 dimensions
+        estimate_lda(stats, 4)  # 4 classes cannot give 4 dimensions
 
 
 def test_mllt_diagonalises_correlated_data():
     rng = np.random.default_rng(1)
     d = 5
     rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    x = (rng.normal(size=(30000, d)) * np.array([4.0, 2.0, 1.0, 0.5, 0.3])) @ rot.T   # full covariance
+    x = (rng.normal(size=(30000, d)) * np.array([4.0, 2.0, 1.0, 0.5, 0.3])) @ rot.T  # full covariance
     pdf = torch.zeros(len(x), dtype=torch.int64)
     total = np.eye(d)
     gains = []
-    for _ in range(4):                                       # MLLT, re-fit the diagonal Gaussian, repeat
+    for _ in range(4):  # MLLT, re-fit the diagonal Gaussian, repeat
         y = x @ total.T
-        gmm = DiagGmmSet.single(torch.tensor(y.mean(0)[None], dtype=torch.float32),
-                                torch.tensor(y.var(0)[None], dtype=torch.float32))
+        gmm = DiagGmmSet.single(
+            torch.tensor(y.mean(0)[None], dtype=torch.float32), torch.tensor(y.var(0)[None], dtype=torch.float32)
+        )
         acc = accumulate_mllt(gmm, torch.tensor(y, dtype=torch.float32), pdf, MlltStats.zeros(d))
         assert acc.count == pytest.approx(len(x), rel=1e-6)
         a, gain = estimate_mllt(acc)

@@ -51,9 +51,9 @@ def test_librispeech_lexicon_file(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     lex.write_bytes(
         b"<UNK>\tSPN\n"
         b"ABBOT\tAE1 B AH0 T\n"
-        b"ABBOT\tAE1 B AH2 T\n"            # same pronunciation once stress is removed
-        b"CAF\xe9\tK AE1 F\n"              # Latin-1, not UTF-8
-        b"LONELY\n"                        # no phones
+        b"ABBOT\tAE1 B AH2 T\n"  # same pronunciation once stress is removed
+        b"CAF\xe9\tK AE1 F\n"  # Latin-1, not UTF-8
+        b"LONELY\n"  # no phones
         b"ZYGOTE\tZ AY1 G OW0 T\n"
         b"\n"
     )
@@ -65,7 +65,10 @@ def test_librispeech_lexicon_file(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     # inventory is the whole file's phones (stress removed), independent of the corpus words
     assert lang.nonsilence_phones == ["AE", "AH", "AY", "B", "G", "OW", "T", "Z"]  # not K, F of the bad line
     assert lang.pronunciations() == {
-        "<UNK>": [("SPN",)], "ABBOT": [("AE", "B", "AH", "T")], "ZYGOTE": [("Z", "AY", "G", "OW", "T")]}
+        "<UNK>": [("SPN",)],
+        "ABBOT": [("AE", "B", "AH", "T")],
+        "ZYGOTE": [("Z", "AY", "G", "OW", "T")],
+    }
     assert report.oov == {"HELLO": 1}  # in CMUdict, but this source does not have it
     assert report.source == "librispeech"
 
@@ -88,8 +91,9 @@ def test_map_oov() -> None:
 
 
 def test_corpus_vocabulary(tmp_path: Path) -> None:
-    DataDir(wav={"u1": "/a.flac", "u2": "/b.flac"}, text={"u1": "THE CAT", "u2": "THE DOG"},
-            utt2spk={"u1": "s", "u2": "s"}).save(tmp_path / "train")
+    DataDir(
+        wav={"u1": "/a.flac", "u2": "/b.flac"}, text={"u1": "THE CAT", "u2": "THE DOG"}, utt2spk={"u1": "s", "u2": "s"}
+    ).save(tmp_path / "train")
     with gzip.open(tmp_path / "lm.txt.gz", "wb") as f:
         f.write(b"the bird\n\xff\xfe BAD LINE\nCAT\n")
     counts = corpus_vocabulary([tmp_path / "train"], [tmp_path / "lm.txt.gz"])

@@ -5,13 +5,13 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 from lhotse.audio import AudioSource
+from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe: the shared fixture
 
 from asrdistill.data.datadir import DataDir
 from asrdistill.data.features import compute_features
 from asrdistill.data.lhotse_io import export_lhotse, import_lhotse
 from asrdistill.data.shards import iter_shard
 from asrdistill.decoding.bundle import load_system
-from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe: the shared fixture
 
 
 def _lhotse_corpus(tmp_path):
@@ -19,9 +19,12 @@ def _lhotse_corpus(tmp_path):
     x = _tone(2.0)
     sf.write(tmp_path / "rec.wav", np.stack([x, x], 1), SR)
     rec = Recording.from_file(tmp_path / "rec.wav", recording_id="rec")
-    sups = SupervisionSet.from_segments([
-        SupervisionSegment("rec-0", "rec", 0.0, 0.8, channel=[0, 1], text="ba, ka!", speaker="spk"),
-        SupervisionSegment("rec-1", "rec", 1.0, 0.9, channel=[0, 1], text="ab", speaker="spk")])
+    sups = SupervisionSet.from_segments(
+        [
+            SupervisionSegment("rec-0", "rec", 0.0, 0.8, channel=[0, 1], text="ba, ka!", speaker="spk"),
+            SupervisionSegment("rec-1", "rec", 1.0, 0.9, channel=[0, 1], text="ab", speaker="spk"),
+        ]
+    )
     recs = RecordingSet.from_recordings([rec])
     recs.to_file(tmp_path / "recordings.jsonl.gz")
     sups.to_file(tmp_path / "supervisions.jsonl.gz")
@@ -51,8 +54,11 @@ def test_export_round_trips_through_lhotse(tmp_path):
     for i in range(2):
         sf.write(tmp_path / f"{i}.flac", _tone(0.5 + i * 0.25), SR)
     d = tmp_path / "d"
-    DataDir(wav={f"s-{i}": str(tmp_path / f"{i}.flac") for i in range(2)}, text={"s-0": "BA", "s-1": "KA AB"},
-            utt2spk={"s-0": "s", "s-1": "s"}).save(d)
+    DataDir(
+        wav={f"s-{i}": str(tmp_path / f"{i}.flac") for i in range(2)},
+        text={"s-0": "BA", "s-1": "KA AB"},
+        utt2spk={"s-0": "s", "s-1": "s"},
+    ).save(d)
     paths = export_lhotse(d, tmp_path / "lhotse")
     cuts = load_manifest(paths["cuts"])
     assert sorted(c.id for c in cuts) == ["s-0", "s-1"]
@@ -64,8 +70,13 @@ def test_export_round_trips_through_lhotse(tmp_path):
 
 def test_command_sources_need_the_opt_in(tmp_path):
     _lhotse_corpus(tmp_path)
-    rec = Recording(id="cmd", sources=[AudioSource("command", [0], f"cat {tmp_path / 'rec.wav'}")],
-                    sampling_rate=SR, num_samples=2 * SR, duration=2.0)
+    rec = Recording(
+        id="cmd",
+        sources=[AudioSource("command", [0], f"cat {tmp_path / 'rec.wav'}")],
+        sampling_rate=SR,
+        num_samples=2 * SR,
+        duration=2.0,
+    )
     RecordingSet.from_recordings([rec]).to_file(tmp_path / "cmd.jsonl.gz")
     with pytest.raises(ValueError, match=r"recording cmd is read by the shell command .*opt-in"):
         import_lhotse([tmp_path / "cmd.jsonl.gz"], tmp_path / "out")

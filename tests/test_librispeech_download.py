@@ -94,8 +94,12 @@ def _librispeech_tar(subset: str) -> bytes:
         t = np.arange(4000 + 800 * i) / 16000
         sf.write(audio, (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000, format="FLAC")
         members.append(_file(f"LibriSpeech/{subset}/1272/128104/1272-128104-{i:04d}.flac", audio.getvalue()))
-    members.append(_file(f"LibriSpeech/{subset}/1272/128104/1272-128104.trans.txt",
-                         b"1272-128104-0000 MISTER QUILTER\n1272-128104-0001 IS THE APOSTLE\n"))
+    members.append(
+        _file(
+            f"LibriSpeech/{subset}/1272/128104/1272-128104.trans.txt",
+            b"1272-128104-0000 MISTER QUILTER\n1272-128104-0001 IS THE APOSTLE\n",
+        )
+    )
     return _tar(members)
 
 
@@ -106,8 +110,11 @@ def _tree(root: Path) -> set[str]:
 def test_full_download_unpack_and_skip(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _librispeech_tar("dev-clean")
     lexicon = b"MISTER\tM IH1 S T ER0\n"
-    server.files = {"/res/12/dev-clean.tar.gz": archive, "/res/11/librispeech-lexicon.txt": lexicon,
-                    "/res/11/librispeech-vocab.txt": b"MISTER\n"}
+    server.files = {
+        "/res/12/dev-clean.tar.gz": archive,
+        "/res/11/librispeech-lexicon.txt": lexicon,
+        "/res/11/librispeech-vocab.txt": b"MISTER\n",
+    }
     monkeypatch.setitem(lsp.MD5, "dev-clean.tar.gz", _md5(archive))
     monkeypatch.setitem(lsp.MD5, "librispeech-vocab.txt", _md5(b"MISTER\n"))
     monkeypatch.setitem(lsp.MD5, "librispeech-lexicon.txt", _md5(lexicon))
@@ -116,7 +123,10 @@ def test_full_download_unpack_and_skip(server, tmp_path: Path, monkeypatch: pyte
     assert lsp.download_librispeech(target, ["dev-clean"], base_url=server.url + "/res", lm=False) == target
     chapter = target / "LibriSpeech" / "dev-clean" / "1272" / "128104"
     assert sorted(p.name for p in chapter.iterdir()) == [
-        "1272-128104-0000.flac", "1272-128104-0001.flac", "1272-128104.trans.txt"]
+        "1272-128104-0000.flac",
+        "1272-128104-0001.flac",
+        "1272-128104.trans.txt",
+    ]
     assert (target / "LibriSpeech" / "README.TXT").read_text() == "readme\n"
     assert (target / "lm" / "librispeech-lexicon.txt").read_bytes() == lexicon
     assert is_done(target / "LibriSpeech", "dev-clean")
@@ -208,13 +218,20 @@ GOOD = _file("LibriSpeech/dev-clean/1/2/1-2.trans.txt", b"1-2-0000 A\n")
 MALICIOUS = {
     "absolute path": [GOOD, _file("/tmp/asrdistill-evil.txt", b"evil")],
     "dotdot": [GOOD, _file("LibriSpeech/dev-clean/../../../evil.txt", b"evil")],
-    "symlink escaping": [GOOD, _symlink("LibriSpeech/dev-clean/esc", "../../.."),
-                         _file("LibriSpeech/dev-clean/esc/evil.txt", b"evil")],
+    "symlink escaping": [
+        GOOD,
+        _symlink("LibriSpeech/dev-clean/esc", "../../.."),
+        _file("LibriSpeech/dev-clean/esc/evil.txt", b"evil"),
+    ],
     "absolute symlink": [GOOD, _symlink("LibriSpeech/dev-clean/esc", "/tmp")],
     "hardlink outside": [GOOD, _symlink("LibriSpeech/dev-clean/h", "../outside.txt", hard=True)],
     # each link looks inside on paper; on disk the second resolves through the first to outside
-    "symlink chain": [GOOD, _symlink("LibriSpeech/up", ".."), _symlink("LibriSpeech/up/esc", ".."),
-                      _file("LibriSpeech/up/esc/evil.txt", b"evil")],
+    "symlink chain": [
+        GOOD,
+        _symlink("LibriSpeech/up", ".."),
+        _symlink("LibriSpeech/up/esc", ".."),
+        _file("LibriSpeech/up/esc/evil.txt", b"evil"),
+    ],
     "device file": [GOOD, _device("LibriSpeech/dev-clean/null")],
 }
 
@@ -255,13 +272,27 @@ def test_unknown_subset(tmp_path: Path) -> None:
 
 def test_cli_download(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _librispeech_tar("test-clean")
-    server.files = {"/r/12/test-clean.tar.gz": archive, "/r/11/librispeech-lexicon.txt": b"A\tAH0\n",
-                    "/r/11/librispeech-vocab.txt": b"A\n"}
+    server.files = {
+        "/r/12/test-clean.tar.gz": archive,
+        "/r/11/librispeech-lexicon.txt": b"A\tAH0\n",
+        "/r/11/librispeech-vocab.txt": b"A\n",
+    }
     monkeypatch.setitem(lsp.MD5, "test-clean.tar.gz", _md5(archive))
     monkeypatch.setitem(lsp.MD5, "librispeech-vocab.txt", _md5(b"A\n"))
     monkeypatch.setitem(lsp.MD5, "librispeech-lexicon.txt", _md5(b"A\tAH0\n"))
-    argv = ["download", "--target", str(tmp_path), "--subsets", "test-clean", "--no-lm", "--remove-archives",
-            "--base-url", server.url + "/missing", "--base-url", server.url + "/r"]
+    argv = [
+        "download",
+        "--target",
+        str(tmp_path),
+        "--subsets",
+        "test-clean",
+        "--no-lm",
+        "--remove-archives",
+        "--base-url",
+        server.url + "/missing",
+        "--base-url",
+        server.url + "/r",
+    ]
     assert cli.main(argv) == 0
     assert is_done(tmp_path / "LibriSpeech", "test-clean") and not (tmp_path / "test-clean.tar.gz").exists()
     assert not is_done(tmp_path, "download-test-clean.tar.gz")
@@ -299,12 +330,23 @@ def lm_server(server, monkeypatch: pytest.MonkeyPatch):
 def test_corpus_dir_links_subsets_and_fetches_lexicon_and_lm(lm_server, tmp_path: Path) -> None:
     user = _existing_corpus(tmp_path / "user", ["dev-clean", "test-clean"])
     target = tmp_path / "corpus"
-    argv = ["download", "--target", str(target), "--subsets", "dev-clean", "test-clean",
-            "--corpus-dir", str(user), "--base-url", lm_server.url + "/res"]
+    argv = [
+        "download",
+        "--target",
+        str(target),
+        "--subsets",
+        "dev-clean",
+        "test-clean",
+        "--corpus-dir",
+        str(user),
+        "--base-url",
+        lm_server.url + "/res",
+    ]
     assert cli.main(argv) == 0
     assert (target / "LibriSpeech").resolve() == (user / "LibriSpeech").resolve()
-    assert sorted(p for p, _ in lm_server.requests) == sorted(f"/res/11/{n}" for n in
-                                                             (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL))
+    assert sorted(p for p, _ in lm_server.requests) == sorted(
+        f"/res/11/{n}" for n in (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL)
+    )
     assert (target / "lm" / lsp.LEXICON_FILE).read_bytes() == LEXICON
     assert (target / "lm" / TGSMALL).read_bytes() == ARPA
     d = lsp.prepare_librispeech(target, ["dev-clean", "test-clean"], tmp_path / "data", nj=1)
@@ -321,8 +363,14 @@ def test_corpus_dir_with_lm_dir_and_own_lexicon(lm_server, tmp_path: Path) -> No
     (lm_dir / TGSMALL).write_bytes(ARPA)
     own = tmp_path / "my-lexicon.txt"
     own.write_bytes(b"MISTER M IH S T ER\n")  # not the official file: used as given
-    lsp.download_librispeech(tmp_path / "corpus", ["dev-clean"], base_url=lm_server.url + "/res",
-                             corpus_dir=user / "LibriSpeech", lexicon=own, lm_dir=lm_dir)
+    lsp.download_librispeech(
+        tmp_path / "corpus",
+        ["dev-clean"],
+        base_url=lm_server.url + "/res",
+        corpus_dir=user / "LibriSpeech",
+        lexicon=own,
+        lm_dir=lm_dir,
+    )
     lm = tmp_path / "corpus" / "lm"
     assert (lm / TGSMALL).resolve() == (lm_dir / TGSMALL).resolve() and is_done(lm, f"download-{TGSMALL}")
     assert (lm / lsp.LEXICON_FILE).read_bytes() == own.read_bytes()
@@ -337,8 +385,12 @@ def test_corpus_dir_with_lm_dir_and_own_lexicon(lm_server, tmp_path: Path) -> No
 def test_corpus_dir_missing_subset_or_resources_named(lm_server, tmp_path: Path) -> None:
     user = _existing_corpus(tmp_path / "user", ["dev-clean"])
     with pytest.raises(FileNotFoundError, match=r"subset folder\(s\) not found: \['train-clean-100', 'test-clean'\]"):
-        lsp.download_librispeech(tmp_path / "c", ["train-clean-100", "dev-clean", "test-clean"],
-                                 base_url=lm_server.url + "/res", corpus_dir=user)
+        lsp.download_librispeech(
+            tmp_path / "c",
+            ["train-clean-100", "dev-clean", "test-clean"],
+            base_url=lm_server.url + "/res",
+            corpus_dir=user,
+        )
     assert not (tmp_path / "c" / "LibriSpeech").exists()
     del lm_server.files[f"/res/11/{lsp.LEXICON_FILE}"]
     with pytest.raises(OSError, match=r"librispeech-lexicon.txt: download failed from every URL"):
@@ -359,10 +411,22 @@ def test_only_the_configured_lm_is_fetched(lm_server, monkeypatch: pytest.Monkey
     """A recipe decoding with tgsmall fetches tgsmall, not the other ~4 GB of OpenSLR 11."""
     monkeypatch.setattr(lsp, "LM_FILES", (TGSMALL, "3-gram.pruned.1e-7.arpa.gz", "4-gram.arpa.gz"))
     user = _existing_corpus(tmp_path / "user", ["dev-clean"])
-    argv = ["download", "--target", str(tmp_path / "corpus"), "--subsets", "dev-clean", "--corpus-dir", str(user),
-            "--base-url", lm_server.url + "/res", "--lm-files", TGSMALL]
+    argv = [
+        "download",
+        "--target",
+        str(tmp_path / "corpus"),
+        "--subsets",
+        "dev-clean",
+        "--corpus-dir",
+        str(user),
+        "--base-url",
+        lm_server.url + "/res",
+        "--lm-files",
+        TGSMALL,
+    ]
     assert cli.main(argv) == 0
-    assert sorted(p for p, _ in lm_server.requests) == sorted(f"/res/11/{n}" for n in
-                                                             (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL))
+    assert sorted(p for p, _ in lm_server.requests) == sorted(
+        f"/res/11/{n}" for n in (lsp.LEXICON_FILE, lsp.VOCAB_FILE, TGSMALL)
+    )
     with pytest.raises(ValueError, match=r"unknown OpenSLR 11 LM file\(s\) \['3-gram.pruned.9e-9.arpa.gz'\]"):
         lsp.download_lm_resources(tmp_path / "lm", lm_server.url + "/res", lm_files=["3-gram.pruned.9e-9.arpa.gz"])

@@ -24,8 +24,9 @@ def arpa(tmp_path):
     return Arpa(res.arpa)
 
 
-@pytest.mark.parametrize("history", [("<s>",), ("THE",), ("<s>", "THE"), ("THE", "CAT"), ("SAW", "A"),
-                                     ("MAT", "LOG"), ()])
+@pytest.mark.parametrize(
+    "history", [("<s>",), ("THE",), ("<s>", "THE"), ("THE", "CAT"), ("SAW", "A"), ("MAT", "LOG"), ()]
+)
 def test_probabilities_sum_to_one(arpa, history):
     vocab = arpa.vocab - {"<s>"}
     total = sum(10 ** arpa.log10_prob(w, history) for w in vocab)
@@ -47,8 +48,10 @@ def test_words_missing_from_lexicon_skip_sentences(tmp_path):
 
 def test_perplexity_hand_computed_with_oov_and_gzip(tmp_path):
     # unigram model: P(A) = 0.5, P(B) = 0.25, P(</s>) = 0.25
-    text = ("\\data\\\nngram 1=4\n\n\\1-grams:\n-99 <s>\n"
-            f"{math.log10(0.5)} A\n{math.log10(0.25)} B\n{math.log10(0.25)} </s>\n\n\\end\\\n")
+    text = (
+        "\\data\\\nngram 1=4\n\n\\1-grams:\n-99 <s>\n"
+        f"{math.log10(0.5)} A\n{math.log10(0.25)} B\n{math.log10(0.25)} </s>\n\n\\end\\\n"
+    )
     (tmp_path / "u.arpa").write_text(text)
     with gzip.open(tmp_path / "u.arpa.gz", "wt") as f:
         f.write(text)
@@ -64,14 +67,23 @@ def test_prepare_lm_prefers_official_arpa(tmp_path, arpa):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "lm-text.txt").write_text(TEXT)
-    res = prepare_lm(corpus, set(TEXT.split()), tmp_path / "exp", LmConfig(order=2),
-                     eval_sentences={"dev": ["THE CAT SAT ON THE LOG", "A ZEBRA"]})
+    res = prepare_lm(
+        corpus,
+        set(TEXT.split()),
+        tmp_path / "exp",
+        LmConfig(order=2),
+        eval_sentences={"dev": ["THE CAT SAT ON THE LOG", "A ZEBRA"]},
+    )
     assert res.source == "trained" and (tmp_path / "exp" / "lm.json").is_file()
     assert res.perplexity["dev"]["oov"] == 1 and 1.0 < res.perplexity["dev"]["ppl"] < 12
     with open(arpa.path, "rb") as src, gzip.open(corpus / "3-gram.pruned.1e-7.arpa.gz", "wb") as dst:
         dst.write(src.read())
-    res = prepare_lm(corpus, set(TEXT.split()) - {"LOG", "MAT"}, tmp_path / "exp2",
-                     LmConfig(official_arpa="3-gram.pruned.1e-7.arpa.gz"))
+    res = prepare_lm(
+        corpus,
+        set(TEXT.split()) - {"LOG", "MAT"},
+        tmp_path / "exp2",
+        LmConfig(official_arpa="3-gram.pruned.1e-7.arpa.gz"),
+    )
     assert res.source == "official" and res.arpa.endswith(".arpa.gz") and res.ngram_counts[0] > 0
     assert res.missing_words == 2  # LOG and MAT: in the LM, not in the lexicon
 

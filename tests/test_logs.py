@@ -24,8 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_N
 def _cli(*args: object, interval: float = 30.0) -> subprocess.CompletedProcess:
     """``asrdistill ...`` as a subprocess whose stderr is a pipe (not a terminal), like a redirected run."""
     env = {**ENV, "ASRDISTILL_PROGRESS_INTERVAL": str(interval)}
-    proc = subprocess.run([sys.executable, "-m", "asrdistill.cli", *map(str, args)], capture_output=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asrdistill.cli", *map(str, args)], capture_output=True, env=env, timeout=300
+    )
     # decoded by hand: text=True would turn a bar's carriage returns into newlines
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
@@ -53,8 +54,18 @@ def test_command_writes_its_log_with_command_line_config_and_timing(data_dir, tm
     assert proc.returncode == 0, proc.stderr
     text = (out / "log" / "features.log").read_text()
     lines = text.splitlines()
-    argv = [REPO / "asrdistill/cli/__main__.py", "features", "--config", conf, "--set", "features.dither=0.0", "--nj", 1,
-            data_dir, out]  # sys.argv of ``python -m asrdistill.cli ...``
+    argv = [
+        REPO / "asrdistill/cli/__main__.py",
+        "features",
+        "--config",
+        conf,
+        "--set",
+        "features.dither=0.0",
+        "--nj",
+        1,
+        data_dir,
+        out,
+    ]  # sys.argv of ``python -m asrdistill.cli ...``
     assert lines[0].endswith(" INFO asrdistill: command: " + shlex.join(map(str, argv)))
     assert f"config {conf} with --set features.dither=0.0; sections read: features, executor" in text
     assert 'config [features] {"dither": 0.0, "num_mel_bins": 23}' in text
@@ -110,8 +121,9 @@ def test_progress_is_periodic_log_lines_when_stderr_is_not_a_terminal(file_recor
         bar.set_postfix_str("3x real-time")
     assert isinstance(bar, logs.Progress) and bar.bar is None
     assert sys.stderr.getvalue() == ""  # nothing drawn (and the test's stderr has no handler)
-    lines = [line.split(": ", 1)[1] for line in file_record.read_text().splitlines()
-             if " asrdistill.progress: " in line]
+    lines = [
+        line.split(": ", 1)[1] for line in file_record.read_text().splitlines() if " asrdistill.progress: " in line
+    ]
     assert 5 <= len(lines) <= 9, lines  # every >= 12 s over 100 s, plus the final line, not one per update
     assert lines[0].startswith("work: ") and "/40 utt (" in lines[0] and "utt/s" in lines[0] and "eta " in lines[0]
     assert lines[-1].startswith("work: 40/40 utt (100%) in ") and lines[-1].endswith("[3x real-time]")

@@ -19,7 +19,10 @@ def test_paper_preset_has_84_4m_parameters():
 
 def test_presets_and_overrides():
     assert (ModelConfig().hidden_layers, ModelConfig().hidden_dim) == (3, 512)
-    assert (ModelConfig("paper", hidden_dim=1024).hidden_layers, ModelConfig("paper", hidden_dim=1024).hidden_dim) == (8, 1024)
+    assert (ModelConfig("paper", hidden_dim=1024).hidden_layers, ModelConfig("paper", hidden_dim=1024).hidden_dim) == (
+        8,
+        1024,
+    )
     with pytest.raises(ValueError, match="preset must be one of"):
         ModelConfig("huge")
     with pytest.raises(ValueError, match="dropout"):

@@ -13,12 +13,17 @@ from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import TreeConfig
 from asrdistill.aligner.triphone import TriConfig, train_triphone
 from asrdistill.data.lang import Lang
-from asrdistill.fileio import read_done, read_skipped
 from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
+from asrdistill.fileio import read_done, read_skipped
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "BB", "CC", "DD", "EE"]
-LEXICON = [("<UNK>", ("SPN",)), ("ABC", ("AA", "BB", "CC")), ("DE", ("DD", "EE")), ("CAD", ("CC", "AA", "DD")),
-           ("EB", ("EE", "BB"))]
+LEXICON = [
+    ("<UNK>", ("SPN",)),
+    ("ABC", ("AA", "BB", "CC")),
+    ("DE", ("DD", "EE")),
+    ("CAD", ("CC", "AA", "DD")),
+    ("EB", ("EE", "BB")),
+]
 WORDS = ["ABC", "DE", "CAD", "EB"]
 DIM = 6
 
@@ -51,7 +56,7 @@ def _make_corpus(tmp_path, n_utts=80, seed=0):
                 frames.append(centers[pid[ph], s] + rng.normal(scale=0.7, size=(d, DIM)))
                 labels += [pid[ph]] * d
         utt = f"spk-ch-{i:04d}"
-        feats[utt] = np.concatenate(frames).astype(np.float16) + 10.0   # raw, un-normalised
+        feats[utt] = np.concatenate(frames).astype(np.float16) + 10.0  # raw, un-normalised
         text[utt] = " ".join(words)
         truth[utt] = np.asarray(labels)
     return lang, feats, text, truth
@@ -61,15 +66,25 @@ def _write_feats(directory, feats, per_shard=30) -> ShardManifest:
     keys = sorted(feats)
     man = ShardManifest(directory, "feats", meta={"dim": DIM})
     for i in range(0, len(keys), per_shard):
-        info = write_shard(directory / man.shard_name(i // per_shard), ((k, {"feats": feats[k]}) for k in keys[i:i + per_shard]))
+        info = write_shard(
+            directory / man.shard_name(i // per_shard), ((k, {"feats": feats[k]}) for k in keys[i : i + per_shard])
+        )
         man.shards.append(info)
     man.save()
     return man
 
 
 def _cfg(**kw) -> MonoConfig:
-    base = dict(num_iters=8, realign_iters=[1, 2, 3, 5], max_gaussians=60, max_iter_inc=5, nj=1, subset_utts=None,
-                silence_states=3, min_gaussian_occ=3.0)
+    base = dict(
+        num_iters=8,
+        realign_iters=[1, 2, 3, 5],
+        max_gaussians=60,
+        max_iter_inc=5,
+        nj=1,
+        subset_utts=None,
+        silence_states=3,
+        min_gaussian_occ=3.0,
+    )
     base.update(kw)
     return MonoConfig(**base)
 
@@ -110,10 +125,10 @@ def test_bad_inputs_are_skipped_and_reported(trained, tmp_path):
     feats = dict(feats)
     text = dict(text)
     keys = sorted(feats)
-    feats["spk-ch-short"] = feats[keys[0]][:4]                  # 4 frames for >= 9 states
+    feats["spk-ch-short"] = feats[keys[0]][:4]  # 4 frames for >= 9 states
     text["spk-ch-short"] = "ABC"
-    feats["spk-ch-notext"] = feats[keys[1]]                     # no transcript line at all
-    text["spk-ch-oov"] = "ABC ZZZ"                              # OOV -> <UNK> -> SPN: aligned
+    feats["spk-ch-notext"] = feats[keys[1]]  # no transcript line at all
+    text["spk-ch-oov"] = "ABC ZZZ"  # OOV -> <UNK> -> SPN: aligned
     feats["spk-ch-oov"] = np.concatenate([feats[keys[2]], feats[keys[2]]])
     fm = _write_feats(tmp_path / "fbank", feats, per_shard=40)
     res = align_subset(fm, text, lang, model, tmp_path / "ali", AlignConfig(nj=2), force=True)
@@ -133,7 +148,7 @@ def test_bad_inputs_are_skipped_and_reported(trained, tmp_path):
             if utt == "spk-ch-oov":
                 assert spn in s["phone"]
     assert ShardManifest.load(tmp_path / "ali", "ali").keys == fm.keys
-    assert res.pdf is None                                       # monophone model: no pdf shards unless asked
+    assert res.pdf is None  # monophone model: no pdf shards unless asked
 
 
 def test_every_pass_lists_an_utterance_too_short_for_its_transcript_and_aligns_the_rest(tmp_path):
@@ -145,14 +160,21 @@ def test_every_pass_lists_an_utterance_too_short_for_its_transcript_and_aligns_t
     lang, feats, text, _ = _make_corpus(tmp_path, n_utts=40, seed=3)
     short, grown = "spk-ch-short", sorted(feats)[1]
     feats[short] = feats[sorted(feats)[0]][:4]
-    text[short] = "ABC DE"                                       # 5 phones x 3 states: at least 15 frames
+    text[short] = "ABC DE"  # 5 phones x 3 states: at least 15 frames
     man = _write_feats(tmp_path / "fbank", feats)
     mono = train_mono(man, text, lang, tmp_path / "mono", _cfg(num_iters=4, realign_iters=[1, 2]))
     mono_ali = align_subset(man, text, lang, mono, tmp_path / "mono/ali", AlignConfig(nj=1))
-    tri_text = {**text, grown: " ".join(WORDS * 10)}              # 100 phones: 300 states
-    tri = train_triphone(mono_ali.ali, man, tri_text, lang, mono, tmp_path / "tri",
-                         TreeConfig(num_leaves=20, min_occupancy=20),
-                         TriConfig(num_iters=3, realign_iters=[1], max_gaussians=40, max_iter_inc=2, nj=1))
+    tri_text = {**text, grown: " ".join(WORDS * 10)}  # 100 phones: 300 states
+    tri = train_triphone(
+        mono_ali.ali,
+        man,
+        tri_text,
+        lang,
+        mono,
+        tmp_path / "tri",
+        TreeConfig(num_leaves=20, min_occupancy=20),
+        TriConfig(num_iters=3, realign_iters=[1], max_gaussians=40, max_iter_inc=2, nj=1),
+    )
     tri_ali = align_subset(man, tri_text, lang, tri, tmp_path / "tri_ali", AlignConfig(nj=1))
 
     too_short = "4 frames, fewer than the 15 HMM states on the shortest path through its transcript's graph"
@@ -167,7 +189,7 @@ def test_every_pass_lists_an_utterance_too_short_for_its_transcript_and_aligns_t
     assert tri_skipped[grown].startswith(too_long) and read_done(tmp_path / "tri", "tri")["skipped"] == 2
     assert read_skipped(tmp_path / "tri_ali/skipped.tsv") == tri_ali.skipped
     assert tri_ali.skipped[short].startswith(too_short) and tri_ali.skipped[grown].startswith(too_long)
-    for res in (mono_ali, tri_ali):                              # everything else has labels, frame for frame
+    for res in (mono_ali, tri_ali):  # everything else has labels, frame for frame
         for path in res.ali.shard_paths:
             for utt, s in iter_shard(path):
                 assert s["phone"].shape[0] == (0 if utt in res.skipped else feats[utt].shape[0]), utt

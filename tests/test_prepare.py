@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from asrdistill import cli
 from asrdistill.data.datadir import DataDir
 from asrdistill.fileio import is_done
-from asrdistill import cli
 from data_prep.librispeech import data_dir_name, prepare_librispeech
 
 SR = 16000
@@ -46,28 +46,31 @@ def corpus(tmp_path: Path) -> Path:
     _good_chapter(sub, "1272", "128104", 3)
     _good_chapter(sub, "2277", "149896", 2)
     bad = sub / "84" / "121123"
-    _flac(bad / "84-121123-0000.flac", 0.3)                        # good
+    _flac(bad / "84-121123-0000.flac", 0.3)  # good
     (bad / "84-121123-0001.flac").write_bytes((bad / "84-121123-0000.flac").read_bytes()[:20])  # truncated
-    (bad / "84-121123-0002.flac").write_bytes(np.random.default_rng(0).bytes(3000))           # corrupt
-    (bad / "84-121123-0003.flac").write_bytes(b"")                 # zero-length
-    _flac(bad / "84-121123-0004.flac", 0.3)                        # no transcript line
-    _flac(bad / "84-121123-0005.flac", 0.3)                        # empty transcript
-    _flac(bad / "84-121123-0006.flac", 0.3)                        # duplicate id: a conflict, both lines out
-    _flac(bad / "84-121123-0007.flac", 0.3)                        # non-UTF-8 transcript line
-    _flac(bad / "84-121123-0008.flac", 0.3)                        # good, after the bad line
-    _trans(bad / "84-121123.trans.txt", [
-        b"84-121123-0000 GOOD ONE",
-        b"84-121123-0001 TRUNCATED",
-        b"84-121123-0002 CORRUPT",
-        b"84-121123-0003 EMPTY AUDIO",
-        b"84-121123-0005",
-        b"84-121123-0006 FIRST VERSION",
-        b"84-121123-0006 SECOND VERSION",
-        b"84-121123-0007 CAF\xc9 AU LAIT",
-        b"84-121123-0008 after   the bad line",
-        b"84-121123-0009 NO AUDIO FOR THIS",
-        b"",
-    ])
+    (bad / "84-121123-0002.flac").write_bytes(np.random.default_rng(0).bytes(3000))  # corrupt
+    (bad / "84-121123-0003.flac").write_bytes(b"")  # zero-length
+    _flac(bad / "84-121123-0004.flac", 0.3)  # no transcript line
+    _flac(bad / "84-121123-0005.flac", 0.3)  # empty transcript
+    _flac(bad / "84-121123-0006.flac", 0.3)  # duplicate id: a conflict, both lines out
+    _flac(bad / "84-121123-0007.flac", 0.3)  # non-UTF-8 transcript line
+    _flac(bad / "84-121123-0008.flac", 0.3)  # good, after the bad line
+    _trans(
+        bad / "84-121123.trans.txt",
+        [
+            b"84-121123-0000 GOOD ONE",
+            b"84-121123-0001 TRUNCATED",
+            b"84-121123-0002 CORRUPT",
+            b"84-121123-0003 EMPTY AUDIO",
+            b"84-121123-0005",
+            b"84-121123-0006 FIRST VERSION",
+            b"84-121123-0006 SECOND VERSION",
+            b"84-121123-0007 CAF\xc9 AU LAIT",
+            b"84-121123-0008 after   the bad line",
+            b"84-121123-0009 NO AUDIO FOR THIS",
+            b"",
+        ],
+    )
     # a transcript line whose id belongs to another chapter
     _flac(sub / "1272" / "128104" / "84-121123-0010.flac", 0.3)
     with open(sub / "1272" / "128104" / "1272-128104.trans.txt", "ab") as f:
@@ -105,11 +108,16 @@ def test_prepare_with_bad_input(corpus: Path, tmp_path: Path, caplog: pytest.Log
     assert data_dir_name("train-clean-100") == "train_clean_100"
     assert is_done(ddir, "prepare")
     assert d.utt_ids == [
-        "1272-128104-0000", "1272-128104-0001", "1272-128104-0002", "2277-149896-0000", "2277-149896-0001",
-        "84-121123-0000", "84-121123-0008",
+        "1272-128104-0000",
+        "1272-128104-0001",
+        "1272-128104-0002",
+        "2277-149896-0000",
+        "2277-149896-0001",
+        "84-121123-0000",
+        "84-121123-0008",
     ]
     assert "84-121123-0006" not in d.text  # conflicting lines: neither version is trusted
-    assert d.text["84-121123-0008"] == "AFTER THE BAD LINE"   # rest of the file after a non-UTF-8 line
+    assert d.text["84-121123-0008"] == "AFTER THE BAD LINE"  # rest of the file after a non-UTF-8 line
     assert d.text["1272-128104-0002"] == "HELLO WORLD NUMBER 2"
     assert d.utt2spk["1272-128104-0001"] == "1272" and d.utt2spk["84-121123-0000"] == "84"
     assert d.utt2dur["1272-128104-0002"] == pytest.approx(0.35)
@@ -122,11 +130,12 @@ def test_prepare_with_bad_input(corpus: Path, tmp_path: Path, caplog: pytest.Log
     assert (ddir / "spk2utt").read_text().splitlines()[0] == "1272 1272-128104-0000 1272-128104-0001 1272-128104-0002"
 
     skips = _skips(ddir)
-    assert {(s["utt_id"], next((r for _, r in EXPECTED_SKIPS if s["reason"].startswith(r)), s["reason"])) for s in skips} \
-        == EXPECTED_SKIPS
+    assert {
+        (s["utt_id"], next((r for _, r in EXPECTED_SKIPS if s["reason"].startswith(r)), s["reason"])) for s in skips
+    } == EXPECTED_SKIPS
     assert len(skips) == len(EXPECTED_SKIPS)
     non_utf8 = next(s for s in skips if s["utt_id"] == "84-121123-0007")
-    assert non_utf8["file"].endswith("84-121123.trans.txt:8")   # file:line of the bad line
+    assert non_utf8["file"].endswith("84-121123.trans.txt:8")  # file:line of the bad line
     assert "11 skipped" in caplog.text and "2 unreadable audio" in caplog.text
 
 
@@ -134,8 +143,9 @@ def test_parallel_matches_serial_and_done_marker(corpus: Path, tmp_path: Path) -
     serial = prepare_librispeech(corpus / "LibriSpeech", ["dev-clean"], tmp_path / "a", nj=1)["dev-clean"]
     parallel = prepare_librispeech(corpus, ["dev-clean"], tmp_path / "b", nj=2)["dev-clean"]
     assert parallel == serial
-    assert (tmp_path / "a" / "dev_clean" / "skipped.tsv").read_text() == \
-        (tmp_path / "b" / "dev_clean" / "skipped.tsv").read_text()
+    assert (tmp_path / "a" / "dev_clean" / "skipped.tsv").read_text() == (
+        tmp_path / "b" / "dev_clean" / "skipped.tsv"
+    ).read_text()
 
     # a finished subset is loaded, not redone; force redoes it
     text = tmp_path / "a" / "dev_clean" / "text"
@@ -170,6 +180,10 @@ def test_missing_subset_and_nothing_usable(corpus: Path, tmp_path: Path) -> None
 
 
 def test_cli_prepare(corpus: Path, tmp_path: Path) -> None:
-    assert cli.main(["prepare", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--subsets", "dev-clean",
-                     "--nj", "1"]) == 0
+    assert (
+        cli.main(
+            ["prepare", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--subsets", "dev-clean", "--nj", "1"]
+        )
+        == 0
+    )
     assert len(DataDir.load(tmp_path / "data" / "dev_clean").wav) == 7

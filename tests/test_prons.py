@@ -26,27 +26,37 @@ def setup(tmp_path):
     topo = Topology.uniform(lang.num_phones, 3, 3, (1, 2), 0.6)
     pdfs = MonophonePdfs.from_topology(topo)
     means = np.random.default_rng(0).normal(scale=4.0, size=(pdfs.num_pdfs, DIM))
-    model = HmmModel(DiagGmmSet.single(torch.tensor(means, dtype=torch.float32), torch.ones(pdfs.num_pdfs, DIM)), topo,
-                     FeatureTransform(np.zeros(DIM), np.ones(DIM), use_deltas=False))
+    model = HmmModel(
+        DiagGmmSet.single(torch.tensor(means, dtype=torch.float32), torch.ones(pdfs.num_pdfs, DIM)),
+        topo,
+        FeatureTransform(np.zeros(DIM), np.ones(DIM), use_deltas=False),
+    )
     rng = np.random.default_rng(1)
     pid = lang.phone_id
 
     def speak(phones):
-        frames = [means[pdfs.offsets[pid[p]] + s] + rng.normal(scale=0.5, size=(4, DIM)) for p in phones for s in range(3)]
+        frames = [
+            means[pdfs.offsets[pid[p]] + s] + rng.normal(scale=0.5, size=(4, DIM)) for p in phones for s in range(3)
+        ]
         return np.concatenate(frames).astype(np.float16)
 
-    utts = {"u1": ("TOMATO", ["SIL", "AA", "DD", "CC", "SIL"]),                # second pronunciation
-            "u2": ("TOMATO EE", ["SIL", "AA", "DD", "CC", "SIL", "EE", "SIL"]),  # silence between the words
-            "u3": ("EE TOMATO", ["SIL", "EE", "AA", "DD", "CC", "SIL"])}         # none between them
+    utts = {
+        "u1": ("TOMATO", ["SIL", "AA", "DD", "CC", "SIL"]),  # second pronunciation
+        "u2": ("TOMATO EE", ["SIL", "AA", "DD", "CC", "SIL", "EE", "SIL"]),  # silence between the words
+        "u3": ("EE TOMATO", ["SIL", "EE", "AA", "DD", "CC", "SIL"]),
+    }  # none between them
     man = ShardManifest(tmp_path / "fbank", "feats")
-    man.shards.append(write_shard(man.directory / man.shard_name(0), [(u, {"feats": speak(p)}) for u, (_, p) in
-                                                                     sorted(utts.items())]))
+    man.shards.append(
+        write_shard(man.directory / man.shard_name(0), [(u, {"feats": speak(p)}) for u, (_, p) in sorted(utts.items())])
+    )
     man.save()
     return lang, model, man, {u: t for u, (t, _) in utts.items()}, {u: p for u, (_, p) in utts.items()}
 
 
 def _realised(phones, states, names):
-    starts = np.flatnonzero(np.concatenate([[True], (states[1:] == 0) & ((phones[1:] != phones[:-1]) | (states[:-1] != 0))]))
+    starts = np.flatnonzero(
+        np.concatenate([[True], (states[1:] == 0) & ((phones[1:] != phones[:-1]) | (states[:-1] != 0))])
+    )
     return [names[p] for p in phones[starts]]
 
 
@@ -59,13 +69,14 @@ def test_aligner_picks_the_spoken_pronunciation_and_silence(setup, tmp_path):
     prons = (tmp_path / "ali" / "prons.txt").read_text().splitlines()
     assert sorted(line.split(" ", 3)[3] for line in prons if " TOMATO " in line) == ["TOMATO AA DD CC"] * 3
     first = [line.split() for line in prons if line.startswith("u1 ")][0]
-    assert first[1:3] == ["12", "36"]                 # after the silence (3 states x 4 frames), 9 states x 4 frames
+    assert first[1:3] == ["12", "36"]  # after the silence (3 states x 4 frames), 9 states x 4 frames
     probs = read_pron_probs(tmp_path / "ali" / "lexiconp.txt")
     assert probs[("TOMATO", ("AA", "DD", "CC"))] == 1.0
-    assert probs[("TOMATO", ("AA", "BB", "CC"))] == pytest.approx(1 / 4)   # (0 + 1) / (3 + 1)
+    assert probs[("TOMATO", ("AA", "BB", "CC"))] == pytest.approx(1 / 4)  # (0 + 1) / (3 + 1)
     # with those probabilities the first pronunciation is still possible, only dearer
-    res2 = align_subset(man, text, lang, model, tmp_path / "ali2",
-                        AlignConfig(nj=1, pron_probs=str(tmp_path / "ali" / "lexiconp.txt")))
+    res2 = align_subset(
+        man, text, lang, model, tmp_path / "ali2", AlignConfig(nj=1, pron_probs=str(tmp_path / "ali" / "lexiconp.txt"))
+    )
     got2 = {u: _realised(s["phone"], s["state"], PHONES) for u, s in iter_shard(res2.ali.shard_paths[0])}
     assert got2 == spoken
 
@@ -97,4 +108,4 @@ def test_context_expansion_gives_every_state_its_realised_neighbours():
             assert center == seq[i]
             assert left == (seq[i - 1] if i > 0 else 0) and right == (seq[i + 1] if i + 1 < len(seq) else 0)
         seen[tuple(seq)] = True
-    assert len(seen) > 5          # many pronunciation/silence combinations were exercised
+    assert len(seen) > 5  # many pronunciation/silence combinations were exercised

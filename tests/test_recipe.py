@@ -17,8 +17,9 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech"
 def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's `asrdistill`
-    return subprocess.run(["bash", str(workdir / "run.sh"), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=1500)
+    return subprocess.run(
+        ["bash", str(workdir / "run.sh"), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=1500
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,37 @@ def test_every_stage_leaves_its_outputs(recipe_run):
         assert f"Stage {n}:" in proc.stdout
     assert "Stage 11: specialists skipped (specialists.enabled is not true" in proc.stdout  # tiny.yaml: off
     expected = [
-        "data/corpus/LibriSpeech/train", "data/train/wav.scp", "data/lang/phones.txt",
-        "data/fbank/train/feats.manifest.json", "data/fbank/train/cmvn.json",
-        "exp/mono/final.pt", "exp/mono/ali/ali.manifest.json", "exp/tri/tree.json", "exp/tri/topo.json",
-        "exp/tri_ali/train/pdf.manifest.json", "exp/tri_ali/dev/pdf.manifest.json", "exp/tri_ali/test/pdf.manifest.json",
-        "exp/lm/lm.json", "exp/graph/HCLG.fst", "exp/baseline_seed1/best.pt", "exp/baseline_seed2/best.pt",
-        "exp/ensemble/members.txt", "exp/ensemble/fidelity.json", "exp/ensemble/soft_T1/soft.manifest.json",
-        "exp/ensemble/soft_T2/soft.manifest.json", "exp/sweep_T1_hw0.333/best.pt", "exp/sweep_T2_hw0.333/best.pt",
-        "exp/student_seed1/best.pt", "exp/student_seed2/best.pt", "exp/fraction_hard/best.pt",
-        "exp/fraction_soft/best.pt", "exp/student_seed1/frames_test.npz", "exp/student_seed1/decode_test/wer.json",
-        "exp/results.md", "exp/results.json", "exp/results.png",
+        "data/corpus/LibriSpeech/train",
+        "data/train/wav.scp",
+        "data/lang/phones.txt",
+        "data/fbank/train/feats.manifest.json",
+        "data/fbank/train/cmvn.json",
+        "exp/mono/final.pt",
+        "exp/mono/ali/ali.manifest.json",
+        "exp/tri/tree.json",
+        "exp/tri/topo.json",
+        "exp/tri_ali/train/pdf.manifest.json",
+        "exp/tri_ali/dev/pdf.manifest.json",
+        "exp/tri_ali/test/pdf.manifest.json",
+        "exp/lm/lm.json",
+        "exp/graph/HCLG.fst",
+        "exp/baseline_seed1/best.pt",
+        "exp/baseline_seed2/best.pt",
+        "exp/ensemble/members.txt",
+        "exp/ensemble/fidelity.json",
+        "exp/ensemble/soft_T1/soft.manifest.json",
+        "exp/ensemble/soft_T2/soft.manifest.json",
+        "exp/sweep_T1_hw0.333/best.pt",
+        "exp/sweep_T2_hw0.333/best.pt",
+        "exp/student_seed1/best.pt",
+        "exp/student_seed2/best.pt",
+        "exp/fraction_hard/best.pt",
+        "exp/fraction_soft/best.pt",
+        "exp/student_seed1/frames_test.npz",
+        "exp/student_seed1/decode_test/wer.json",
+        "exp/results.md",
+        "exp/results.json",
+        "exp/results.png",
     ]
     missing = [p for p in expected if not (work / p).exists()]
     assert not missing
@@ -56,10 +78,19 @@ def test_results_table_has_every_system_with_finite_numbers(recipe_run):
     work, _ = recipe_run
     data = json.loads((work / "exp/results.json").read_text(), parse_constant=lambda c: pytest.fail(f"JSON {c}"))
     systems = {s["system"]: s for s in data["systems"]}
-    decoded = {"baseline_seed1", "baseline_seed2", "ensemble", "student_seed1", "student_seed2",
-               "fraction_hard", "fraction_soft"}
-    assert decoded <= set(systems) and {s for s in systems if s.startswith("sweep_T")} >= {"sweep_T1_hw0.333",
-                                                                                           "sweep_T2_hw0.333"}
+    decoded = {
+        "baseline_seed1",
+        "baseline_seed2",
+        "ensemble",
+        "student_seed1",
+        "student_seed2",
+        "fraction_hard",
+        "fraction_soft",
+    }
+    assert decoded <= set(systems) and {s for s in systems if s.startswith("sweep_T")} >= {
+        "sweep_T1_hw0.333",
+        "sweep_T2_hw0.333",
+    }
     for name in decoded:
         for key in ("dev_frame_acc", "test_frame_acc", "dev_wer", "test_wer"):
             assert math.isfinite(systems[name][key]), (name, key)
@@ -69,7 +100,7 @@ def test_results_table_has_every_system_with_finite_numbers(recipe_run):
     for key in ("ensemble_gain_test_frame_acc", "kept_share_test_frame_acc", "student_gain_test_wer"):
         assert {"value", "ci_low", "ci_high"} <= set(data["comparison"][key]), key
     assert set(data["fidelity"]) == {"1", "2"}
-    assert all(r["fidelity"] >= 0.97 for r in data["fidelity"].values())   # auto k or dense: the student sees T
+    assert all(r["fidelity"] >= 0.97 for r in data["fidelity"].values())  # auto k or dense: the student sees T
     assert "paper: 10x ensemble" in (work / "exp/results.md").read_text()
 
 
@@ -98,15 +129,31 @@ def test_bundles_decode_new_audio_as_evaluation_did(recipe_run, tmp_path):
     evaluation's test hypotheses; the LibriSpeech folder itself also gets a %WER report."""
     work, _ = recipe_run
     decoded = {p.parent.name for p in (work / "exp").glob("*/decode_test")} - {"specialists"}  # no bundle: below
-    assert "ensemble" in decoded and decoded == {p.parent.parent.name for p in (work / "exp").glob("*/bundle/manifest.json")}
+    assert "ensemble" in decoded and decoded == {
+        p.parent.parent.name for p in (work / "exp").glob("*/bundle/manifest.json")
+    }
     mine = tmp_path / "mine"
     mine.mkdir()
     for flac in (work / "data/corpus/LibriSpeech/test").rglob("*.flac"):
         shutil.copy(flac, mine / flac.name)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for corpus, out in ((mine, tmp_path / "dec"), (work / "data/corpus/LibriSpeech/test", tmp_path / "dec_ref")):
-        proc = subprocess.run(["asrdistill", "decode", "--model", str(work / "exp/ensemble/bundle"), "--corpus",
-                               str(corpus), "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                "asrdistill",
+                "decode",
+                "--model",
+                str(work / "exp/ensemble/bundle"),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     hyp = (work / "exp/ensemble/decode_test/hyp.txt").read_text().splitlines()
     assert sorted((tmp_path / "dec/text").read_text().splitlines()) == sorted(hyp)
@@ -134,8 +181,10 @@ def specialists_run(recipe_run):
 
 def test_specialists_stage_runs_before_decoding_and_adds_two_systems(specialists_run):
     work, proc, before = specialists_run
-    starts = [proc.stdout.index(f"Stage {n}: {what}") for n, what in
-              ((11, "specialists for confusable senones"), (12, "decode and score"), (13, "results"))]
+    starts = [
+        proc.stdout.index(f"Stage {n}: {what}")
+        for n, what in ((11, "specialists for confusable senones"), (12, "decode and score"), (13, "results"))
+    ]
     assert starts == sorted(starts)
     jobs = {name: (work / f"exp/jobs/stage12_{name}.txt").read_text().splitlines() for name in ("evaluate", "bundle")}
     evaluated = {line.split(" --threads")[0].split()[-1] for line in jobs["evaluate"]}

@@ -14,6 +14,7 @@ from asrdistill.results import SystemResult, collect_results, kept_share, paired
 def _strict_load(path: Path):
     def no_constant(name):
         raise ValueError(f"{path}: non-standard JSON constant {name}")
+
     return json.loads(path.read_text(), parse_constant=no_constant)
 
 
@@ -27,15 +28,24 @@ def test_paired_bootstrap_is_paired_and_covers_the_truth():
     den = rng.integers(50, 150, 500).astype(float)
     a = rng.binomial(den.astype(int), 0.6).astype(float)
     draws = paired_bootstrap({"a": (a, den), "b": (a, den)}, samples=500)
-    assert np.all(draws["a"] == draws["b"])                            # same utterances for every system
+    assert np.all(draws["a"] == draws["b"])  # same utterances for every system
     spread = np.percentile(draws["a"], [2.5, 97.5])
     assert spread[0] < 100 * a.sum() / den.sum() < spread[1] and spread[1] - spread[0] < 2.0
     with pytest.raises(ValueError, match="same non-empty utterance list"):
         paired_bootstrap({"a": (a, den), "b": (a[:-1], den[:-1])})
 
 
-def _system(root: Path, name: str, kind: str, acc: float, wer: float, rng: np.random.Generator, seed=None,
-            dev_acc=None, utts: int = 300) -> None:
+def _system(
+    root: Path,
+    name: str,
+    kind: str,
+    acc: float,
+    wer: float,
+    rng: np.random.Generator,
+    seed=None,
+    dev_acc=None,
+    utts: int = 300,
+) -> None:
     """A system with per-utterance frame and word counts drawn at the given rates."""
     ids = [f"u{i:04d}" for i in range(utts)]
     lengths = np.full(utts, 100)
@@ -43,15 +53,28 @@ def _system(root: Path, name: str, kind: str, acc: float, wer: float, rng: np.ra
     truth = np.zeros(100 * utts, dtype=np.int32)
     preds = np.where(rng.random(100 * utts) < acc / 100, truth, 1).astype(np.int32)
     (root / name).mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(root / name / "frames_test.npz", utts=np.array(ids), lengths=lengths, preds=preds,
-                        correct=correct, labelled=lengths)
+    np.savez_compressed(
+        root / name / "frames_test.npz",
+        utts=np.array(ids),
+        lengths=lengths,
+        preds=preds,
+        correct=correct,
+        labelled=lengths,
+    )
     errors = rng.binomial(10, wer / 100, utts)
-    write_json_atomic(root / name / "decode_test" / "wer.json",
-                      {"per_utt": {u: [int(e), 10] for u, e in zip(ids, errors)}})
-    SystemResult(name, kind, 100, dev_acc if dev_acc is not None else acc, 100 * correct.sum() / lengths.sum(),
-                 wer, 100 * errors.sum() / (10 * utts), extra={"seed": seed, "epochs": 8, "max_epochs": 12,
-                                                                "best_epoch": 6, "test_set": "test"}
-                 ).save(root / name / "metrics.json")
+    write_json_atomic(
+        root / name / "decode_test" / "wer.json", {"per_utt": {u: [int(e), 10] for u, e in zip(ids, errors)}}
+    )
+    SystemResult(
+        name,
+        kind,
+        100,
+        dev_acc if dev_acc is not None else acc,
+        100 * correct.sum() / lengths.sum(),
+        wer,
+        100 * errors.sum() / (10 * utts),
+        extra={"seed": seed, "epochs": 8, "max_epochs": 12, "best_epoch": 6, "test_set": "test"},
+    ).save(root / name / "metrics.json")
 
 
 def test_collect_results_groups_seeds_gives_intervals_and_strict_json(tmp_path):
@@ -68,7 +91,9 @@ def test_collect_results_groups_seeds_gives_intervals_and_strict_json(tmp_path):
     names += ["ensemble", "fraction_hard", "not_run"]
     write_json_atomic(tmp_path / "ensemble/fidelity.json", {"2": {"k": 0, "fidelity": 0.9999, "candidates": {}}})
     out = collect_results(tmp_path, names)
-    assert out["groups"]["baseline"]["test_frame_acc"]["n"] == 3 and out["groups"]["baseline"]["test_frame_acc"]["std"] > 0
+    assert (
+        out["groups"]["baseline"]["test_frame_acc"]["n"] == 3 and out["groups"]["baseline"]["test_frame_acc"]["std"] > 0
+    )
     comp = out["comparison"]
     gain = comp["ensemble_gain_test_frame_acc"]
     assert gain["ci_low"] > 0 and gain["ci_low"] < gain["value"] < gain["ci_high"]
@@ -76,9 +101,13 @@ def test_collect_results_groups_seeds_gives_intervals_and_strict_json(tmp_path):
     assert 0.6 < share["value"] < 0.9 and share["ci_low"] < share["value"] < share["ci_high"]
     agree = comp["agreement_with_ensemble_test"]
     assert agree["groups"]["student"]["value"] > agree["groups"]["baseline"]["value"]
-    assert agree["groups"]["student"]["seeds"] == 3 and set(agree["systems"]) == set(names) - {"fraction_hard", "ensemble", "not_run"}
-    assert comp["ensemble_gain_test_wer"]["value"] < 0                   # fewer errors
-    data = _strict_load(tmp_path / "results.json")                      # NaN written as null
+    assert agree["groups"]["student"]["seeds"] == 3 and set(agree["systems"]) == set(names) - {
+        "fraction_hard",
+        "ensemble",
+        "not_run",
+    }
+    assert comp["ensemble_gain_test_wer"]["value"] < 0  # fewer errors
+    data = _strict_load(tmp_path / "results.json")  # NaN written as null
     assert data["fidelity"]["2"]["fidelity"] == 0.9999 and data["goal"]["ensemble_gain_ci_excludes_zero"]
     assert data["comparison"]["kept_share_test_frame_acc"]["ci_high"] == share["ci_high"]
     assert any(s["dev_wer"] is None for s in data["systems"])
@@ -94,7 +123,7 @@ def test_identical_systems_have_a_zero_width_difference(tmp_path):
     comp = collect_results(tmp_path, ["baseline_seed1", "ensemble", "student_seed1"])["comparison"]
     iv = comp["ensemble_gain_test_frame_acc"]
     assert iv["value"] == iv["ci_low"] == iv["ci_high"] == 0.0
-    assert math.isnan(comp["kept_share_test_frame_acc"]["value"])        # no gain: no share
+    assert math.isnan(comp["kept_share_test_frame_acc"]["value"])  # no gain: no share
 
 
 def test_specialists_rows_get_intervals_and_their_groups_breakdown(tmp_path):
@@ -117,11 +146,23 @@ def test_specialists_rows_get_intervals_and_their_groups_breakdown(tmp_path):
     r = SystemResult.load(tmp_path / "specialists/metrics.json")
     r.extra = {"test_set": "test", "generalist": "baseline_seed1", "specialists": 3}  # as evaluate writes it
     r.save(tmp_path / "specialists/metrics.json")
-    part = {"acc": 0.6, "frames": 1000, "acc_in_groups": 0.5, "frames_in_groups": 400, "acc_outside": 0.667,
-            "frames_outside": 600}
-    write_json_atomic(tmp_path / "specialists/frame_accuracy.json", {
-        "specialists": 3, "top_classes": 1, "combine_steps": 10,
-        "sets": {"test": {"generalist": part, COMBINED: {**part, "acc": 0.62, "acc_in_groups": 0.55}}}})
+    part = {
+        "acc": 0.6,
+        "frames": 1000,
+        "acc_in_groups": 0.5,
+        "frames_in_groups": 400,
+        "acc_outside": 0.667,
+        "frames_outside": 600,
+    }
+    write_json_atomic(
+        tmp_path / "specialists/frame_accuracy.json",
+        {
+            "specialists": 3,
+            "top_classes": 1,
+            "combine_steps": 10,
+            "sets": {"test": {"generalist": part, COMBINED: {**part, "acc": 0.62, "acc_in_groups": 0.55}}},
+        },
+    )
     out = collect_results(tmp_path, [*names, "ensemble", "specialists", "student_from_specialists"])
     comp = out["comparison"]
     assert comp["generalist"] == "baseline_seed1"
@@ -130,17 +171,31 @@ def test_specialists_rows_get_intervals_and_their_groups_breakdown(tmp_path):
             iv = comp[f"{prefix}_test_{metric}"]
             assert iv["ci_low"] < iv["value"] < iv["ci_high"], (prefix, metric, iv)
     # against its own generalist (baseline_seed1), not the mean of the baselines
-    point = {n: SystemResult.load(tmp_path / n / "metrics.json").test_frame_acc for n in ("specialists", "baseline_seed1")}
-    assert comp["specialists_gain_test_frame_acc"]["value"] == pytest.approx(point["specialists"] - point["baseline_seed1"])
-    assert comp["student_from_specialists_vs_student_test_frame_acc"]["value"] < 0 < comp[
-        "specialists_gain_test_frame_acc"]["ci_low"]
-    assert set(out["groups"]) >= {COMBINED, "student_from_specialists"} and out["groups"]["student"]["test_wer"]["n"] == 2
+    point = {
+        n: SystemResult.load(tmp_path / n / "metrics.json").test_frame_acc for n in ("specialists", "baseline_seed1")
+    }
+    assert comp["specialists_gain_test_frame_acc"]["value"] == pytest.approx(
+        point["specialists"] - point["baseline_seed1"]
+    )
+    assert (
+        comp["student_from_specialists_vs_student_test_frame_acc"]["value"]
+        < 0
+        < comp["specialists_gain_test_frame_acc"]["ci_low"]
+    )
+    assert (
+        set(out["groups"]) >= {COMBINED, "student_from_specialists"} and out["groups"]["student"]["test_wer"]["n"] == 2
+    )
     md = (tmp_path / "results.md").read_text()
-    for row in ("| generalist+specialists | - |", "| student_from_specialists | 101 |",   # systems
-                "| generalist+specialists | 1 |", "| student_from_specialists | 1 |",     # groups
-                "| generalist+specialists - baseline_seed1 (its generalist), frame acc (points; higher is better) |",
-                "| student_from_specialists - student, WER (points; lower is better) |",
-                "| test, in groups | 400 | 40.0 | 50.00 | 55.00 | +5.00 |", "| test, all | 1,000 |"):
+    for row in (
+        "| generalist+specialists | - |",
+        "| student_from_specialists | 101 |",  # systems
+        "| generalist+specialists | 1 |",
+        "| student_from_specialists | 1 |",  # groups
+        "| generalist+specialists - baseline_seed1 (its generalist), frame acc (points; higher is better) |",
+        "| student_from_specialists - student, WER (points; lower is better) |",
+        "| test, in groups | 400 | 40.0 | 50.00 | 55.00 | +5.00 |",
+        "| test, all | 1,000 |",
+    ):
         assert row in md, row
     assert _strict_load(tmp_path / "results.json")["specialists"]["sets"]["test"][COMBINED]["acc"] == 0.62
     # without the specialists the table is what it was
@@ -156,8 +211,12 @@ def test_seed_groups_are_resampled_so_training_randomness_widens_the_interval():
     den = rng.integers(50, 150, 400).astype(float)
     seeds = np.stack([rng.binomial(den.astype(int), p).astype(float) for p in (0.55, 0.60, 0.65)])
     width = {}
-    for name, num in (("seeds", seeds), ("averaged", seeds.mean(0)), ("alike", np.stack([seeds[1]] * 3)),
-                      ("one", seeds[1])):
+    for name, num in (
+        ("seeds", seeds),
+        ("averaged", seeds.mean(0)),
+        ("alike", np.stack([seeds[1]] * 3)),
+        ("one", seeds[1]),
+    ):
         low, high = np.percentile(paired_bootstrap({name: (num, den)}, samples=1000)[name], [2.5, 97.5])
         width[name] = high - low
     assert width["seeds"] > 2 * width["averaged"]
@@ -176,11 +235,17 @@ def test_agreement_with_the_ensemble_on_a_known_case(tmp_path):
         differ = np.arange(preds.size) % frames >= round(share * frames)  # the same count in every utterance
         preds[differ] = (preds[differ] + 1) % 7
         (tmp_path / name).mkdir()
-        np.savez_compressed(tmp_path / name / "frames_test.npz", utts=np.array([f"u{i:03d}" for i in range(utts)]),
-                            lengths=np.full(utts, frames), preds=preds, correct=np.full(utts, 50),
-                            labelled=np.full(utts, frames))
+        np.savez_compressed(
+            tmp_path / name / "frames_test.npz",
+            utts=np.array([f"u{i:03d}" for i in range(utts)]),
+            lengths=np.full(utts, frames),
+            preds=preds,
+            correct=np.full(utts, 50),
+            labelled=np.full(utts, frames),
+        )
         SystemResult(name, kind, 1, 50.0, 50.0 + share, extra={"seed": seed, "test_set": "test"}).save(
-            tmp_path / name / "metrics.json")
+            tmp_path / name / "metrics.json"
+        )
 
     write("ensemble", "ensemble", 1.0)
     for seed in (1, 2):
@@ -188,13 +253,19 @@ def test_agreement_with_the_ensemble_on_a_known_case(tmp_path):
     write("independent_baseline", "independent_baseline", 0.75, 3)
     for seed in (1, 2):
         write(f"student_seed{seed}", "student", 0.90, seed)
-    out = collect_results(tmp_path, ["baseline_seed1", "baseline_seed2", "ensemble", "independent_baseline",
-                                     "student_seed1", "student_seed2"])
+    out = collect_results(
+        tmp_path,
+        ["baseline_seed1", "baseline_seed2", "ensemble", "independent_baseline", "student_seed1", "student_seed2"],
+    )
     agree = out["comparison"]["agreement_with_ensemble_test"]
     assert agree["systems"]["baseline_seed1"]["value"] == pytest.approx(70.0)
     assert agree["systems"]["independent_baseline"]["value"] == pytest.approx(75.0)
-    assert agree["groups"]["student"] == {"value": pytest.approx(90.0), "ci_low": pytest.approx(90.0),
-                                          "ci_high": pytest.approx(90.0), "seeds": 2}
+    assert agree["groups"]["student"] == {
+        "value": pytest.approx(90.0),
+        "ci_low": pytest.approx(90.0),
+        "ci_high": pytest.approx(90.0),
+        "seeds": 2,
+    }
     assert out["goal"]["student_agrees_most"]
     md = (tmp_path / "results.md").read_text()
     assert "| independent_baseline | 3 |" in md and "75.00 [75.00, 75.00]" in md

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from test_ddp import RECIPE, data  # noqa: F401 - the module-scoped frame set (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +30,21 @@ def _recipe(data: Path, work: Path) -> Path:
 
 
 def _run(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(["bash", "run.sh", "--config", "conf/tiny.yaml", "--stage", "7", "--stop-stage", "7", *args],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        ["bash", "run.sh", "--config", "conf/tiny.yaml", "--stage", "7", "--stop-stage", "7", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_stage_7_runs_its_trainings_through_run_jobs(data, tmp_path):  # noqa: F811

@@ -30,10 +30,14 @@ def test_manifest_with_missing_shard_is_an_error(tmp_path):
 
 def test_aligned_iteration_checks_keys(tmp_path):
     a = write_shard(tmp_path / "feats-000000.tar", _feats(2))
-    b = write_shard(tmp_path / "pdf-000000.tar", [("u0", {"pdf": np.zeros(3, np.int32)}), ("u1", {"pdf": np.ones(4, np.int32)})])
+    b = write_shard(
+        tmp_path / "pdf-000000.tar", [("u0", {"pdf": np.zeros(3, np.int32)}), ("u1", {"pdf": np.ones(4, np.int32)})]
+    )
     merged = list(iter_aligned([tmp_path / a.name, tmp_path / b.name]))
     assert [sorted(s) for _, s in merged] == [["feats", "pdf"], ["feats", "pdf"]]
-    write_shard(tmp_path / "bad-000000.tar", [("u0", {"pdf": np.zeros(3, np.int32)}), ("zz", {"pdf": np.zeros(4, np.int32)})])
+    write_shard(
+        tmp_path / "bad-000000.tar", [("u0", {"pdf": np.zeros(3, np.int32)}), ("zz", {"pdf": np.zeros(4, np.int32)})]
+    )
     with pytest.raises(ValueError, match="not aligned"):
         list(iter_aligned([tmp_path / a.name, tmp_path / "bad-000000.tar"]))
     write_shard(tmp_path / "short-000000.tar", [("u0", {"pdf": np.zeros(3, np.int32)})])
@@ -60,8 +64,13 @@ def test_shards_are_webdataset_shards(tmp_path):
     import webdataset as wds
 
     feats = np.arange(12, dtype=np.float16).reshape(3, 4)
-    write_shard(tmp_path / "feats-000000.tar", [("u1", {"feats": feats, "pdf": np.array([1, 2, 3], np.int32)}),
-                                                ("u2", {"feats": feats[:1], "pdf": np.array([4], np.int32)})])
+    write_shard(
+        tmp_path / "feats-000000.tar",
+        [
+            ("u1", {"feats": feats, "pdf": np.array([1, 2, 3], np.int32)}),
+            ("u2", {"feats": feats[:1], "pdf": np.array([4], np.int32)}),
+        ],
+    )
     samples = list(wds.WebDataset(str(tmp_path / "feats-000000.tar"), shardshuffle=False).decode())
     assert [s["__key__"] for s in samples] == ["u1", "u2"]
     np.testing.assert_array_equal(samples[0]["feats.npy"], feats)

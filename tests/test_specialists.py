@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_frame_set
 
 from asrdistill.aligner.tree import ContextTree, TreeNode
 from asrdistill.data.features import Cmvn
@@ -16,11 +17,18 @@ from asrdistill.data.lang import Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.nnet.ensemble import posterior_stream
 from asrdistill.nnet.model import ModelConfig, load_model
-from asrdistill.nnet.specialists import (SpecialistConfig, cache_combination_targets, combine, group_senones,
-                                         load_specialists, read_groups, specialist_stream, stream_accuracy,
-                                         train_specialists)
+from asrdistill.nnet.specialists import (
+    SpecialistConfig,
+    cache_combination_targets,
+    combine,
+    group_senones,
+    load_specialists,
+    read_groups,
+    specialist_stream,
+    stream_accuracy,
+    train_specialists,
+)
 from asrdistill.nnet.train import TrainConfig, train
-from conftest import make_frame_set
 
 torch.set_num_threads(1)
 C, D = 8, 8
@@ -29,6 +37,7 @@ FRAMES = FrameConfig(left=0, right=0, batch_size=32, buffer_frames=500, prefetch
 
 
 # --------------------------------------------------------------------------- combination: closed forms
+
 
 def _random_logp(n: int, c: int, seed: int) -> torch.Tensor:
     return torch.log_softmax(2 * torch.randn(n, c, generator=torch.Generator().manual_seed(seed)), dim=-1)
@@ -62,8 +71,10 @@ def _objective(logq: torch.Tensor, p_g: torch.Tensor, outputs) -> torch.Tensor:
 def test_combination_with_dustbins_is_the_minimiser():
     n = 5
     p_g = _random_logp(n, C, 2)
-    outputs = [(torch.tensor([0, 1]), torch.tensor([0, 1, 2]), _random_logp(3, 3, 3)),
-               (torch.tensor([1, 4, 6]), torch.tensor([1, 3, 4]), _random_logp(3, 4, 4))]
+    outputs = [
+        (torch.tensor([0, 1]), torch.tensor([0, 1, 2]), _random_logp(3, 3, 3)),
+        (torch.tensor([1, 4, 6]), torch.tensor([1, 3, 4]), _random_logp(3, 4, 4)),
+    ]
     logq = combine(p_g, outputs, steps=200)
     torch.testing.assert_close(logq.exp().sum(-1), torch.ones(n))
     # stationary: the gradient of the objective over q's logits vanishes
@@ -87,6 +98,7 @@ def test_combination_with_dustbins_is_the_minimiser():
 
 # --------------------------------------------------------------------------- groups and specialists
 
+
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
     """8 classes, two pairs with close means; a generalist trained briefly (it confuses the pairs)."""
@@ -98,14 +110,27 @@ def problem(tmp_path_factory):
     for name, utts in (("train", 40), ("dev", 20)):
         make_frame_set(root / name, rng, means, utts, frames=50)
     Cmvn(np.zeros(D), np.ones(D), 1).save(root / "cmvn.json")
-    cfg = TrainConfig(train_feats=str(root / "train/feats"), train_labels=str(root / "train/labels"),
-                      dev_feats=str(root / "dev/feats"), dev_labels=str(root / "dev/labels"),
-                      cmvn=str(root / "cmvn.json"), model=ModelConfig("tiny", hidden_dim=32), frames=FRAMES,
-                      epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant", patience=0,
-                      progress=False)
+    cfg = TrainConfig(
+        train_feats=str(root / "train/feats"),
+        train_labels=str(root / "train/labels"),
+        dev_feats=str(root / "dev/feats"),
+        dev_labels=str(root / "dev/labels"),
+        cmvn=str(root / "cmvn.json"),
+        model=ModelConfig("tiny", hidden_dim=32),
+        frames=FRAMES,
+        epochs=1,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=0,
+        schedule="constant",
+        patience=0,
+        progress=False,
+    )
     result = train(cfg, root / "generalist")
-    sets = {name: (ShardManifest.load(root / name / "feats", "feats"),
-                   ShardManifest.load(root / name / "labels", "pdf")) for name in ("train", "dev")}
+    sets = {
+        name: (ShardManifest.load(root / name / "feats", "feats"), ShardManifest.load(root / name / "labels", "pdf"))
+        for name in ("train", "dev")
+    }
     return root, result["best_checkpoint"], sets, Cmvn.load(root / "cmvn.json")
 
 
@@ -186,20 +211,36 @@ def test_dustbin_is_corrected_for_oversampling(tmp_path):
     for name, utts in (("train", 20), ("dev", 10)):
         make_frame_set(tmp_path / name, rng, np.zeros((C, D)), utts, frames=50)
     Cmvn(np.zeros(D), np.ones(D), 1).save(tmp_path / "cmvn.json")
-    cfg = TrainConfig(train_feats=str(tmp_path / "train/feats"), train_labels=str(tmp_path / "train/labels"),
-                      dev_feats=str(tmp_path / "dev/feats"), dev_labels=str(tmp_path / "dev/labels"),
-                      cmvn=str(tmp_path / "cmvn.json"), model=ModelConfig("tiny", hidden_dim=16), frames=FRAMES,
-                      epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant", progress=False)
+    cfg = TrainConfig(
+        train_feats=str(tmp_path / "train/feats"),
+        train_labels=str(tmp_path / "train/labels"),
+        dev_feats=str(tmp_path / "dev/feats"),
+        dev_labels=str(tmp_path / "dev/labels"),
+        cmvn=str(tmp_path / "cmvn.json"),
+        model=ModelConfig("tiny", hidden_dim=16),
+        frames=FRAMES,
+        epochs=1,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=0,
+        schedule="constant",
+        progress=False,
+    )
     path = train(cfg, tmp_path / "generalist")["best_checkpoint"]
-    sets = [ShardManifest.load(tmp_path / n / kind, prefix) for n in ("train", "dev")
-            for kind, prefix in (("feats", "feats"), ("labels", "pdf"))]
+    sets = [
+        ShardManifest.load(tmp_path / n / kind, prefix)
+        for n in ("train", "dev")
+        for kind, prefix in (("feats", "feats"), ("labels", "pdf"))
+    ]
     cmvn = Cmvn.load(tmp_path / "cmvn.json")
     group = SenoneGroup(0, [0, 1])
-    result = train_specialist(load_model(path), group, _data(tmp_path), SpecialistConfig(epochs=4, lr=3e-3),
-                              tmp_path / "spec")
+    result = train_specialist(
+        load_model(path), group, _data(tmp_path), SpecialistConfig(epochs=4, lr=3e-3), tmp_path / "spec"
+    )
     model = load_specialist(tmp_path / "spec" / "final.pt", generalist=load_model(path)).model
-    dustbin = torch.cat([torch.softmax(model(x), -1)[:, -1] for _, x, _ in
-                         iter_utterances(sets[2], cmvn, FRAMES, labels=sets[3])])
+    dustbin = torch.cat(
+        [torch.softmax(model(x), -1)[:, -1] for _, x, _ in iter_utterances(sets[2], cmvn, FRAMES, labels=sets[3])]
+    )
     share = 1 - result["train_group_share"]
     assert 0.7 < share < 0.8
     assert float(dustbin.mean()) == pytest.approx(share, abs=0.05)
@@ -223,8 +264,11 @@ def test_combination_is_a_system_like_any_other(trained):
     feats, labels = sets["dev"]
     pairs = [g.senones for g in groups]
     base = stream_accuracy(posterior_stream([generalist], feats, cmvn, FRAMES, labels), pairs)
-    stream = list(specialist_stream(generalist, specialists, feats, cmvn, FRAMES, labels, config.top_classes,
-                                    config.combine_steps))
+    stream = list(
+        specialist_stream(
+            generalist, specialists, feats, cmvn, FRAMES, labels, config.top_classes, config.combine_steps
+        )
+    )
     comb = stream_accuracy(stream, pairs)
     assert comb["frames"] == base["frames"] == 1000
     assert comb["acc_in_groups"] > base["acc_in_groups"] + 0.03, (base, comb)
@@ -245,9 +289,12 @@ def test_combination_targets_cache_for_the_student(trained):
     manifest = out[2.0]
     assert manifest.meta["temperature"] == 2.0 and manifest.meta["num_classes"] == C
     assert manifest.num_frames == feats.num_frames
-    expected = {u: torch.log_softmax(lq / 2, -1) for u, lq, _ in
-                specialist_stream(generalist, specialists, feats, cmvn, FRAMES, top_classes=config.top_classes,
-                                  steps=config.combine_steps)}
+    expected = {
+        u: torch.log_softmax(lq / 2, -1)
+        for u, lq, _ in specialist_stream(
+            generalist, specialists, feats, cmvn, FRAMES, top_classes=config.top_classes, steps=config.combine_steps
+        )
+    }
     for path in manifest.shard_paths:
         for utt, sample in iter_shard(path):
             assert sample["soft_logp"].dtype == np.float16 and sample["soft_logp"].shape == (50, C)
@@ -255,6 +302,7 @@ def test_combination_targets_cache_for_the_student(trained):
 
 
 # --------------------------------------------------------------------------- the commands, end to end
+
 
 def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
     import shutil
@@ -272,17 +320,52 @@ def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
     tree.save(tmp_path / "tree.json")
     lang.save(tmp_path / "lang")
     frames = {"left": 0, "right": 0, "batch_size": 32, "buffer_frames": 500, "prefetch": 0}
-    config = {"train": {"frames": frames, "model": {"preset": "tiny", "hidden_dim": 32}, "epochs": 1,
-                        "optimizer": "adam", "lr": 3e-3, "warmup_steps": 0, "schedule": "constant", "patience": 0,
-                        "progress": False, "device": "cpu"},
-              "specialists": {"num_groups": 6, "max_group_size": 4, "epochs": 6, "lr": 3e-3}}
+    config = {
+        "train": {
+            "frames": frames,
+            "model": {"preset": "tiny", "hidden_dim": 32},
+            "epochs": 1,
+            "optimizer": "adam",
+            "lr": 3e-3,
+            "warmup_steps": 0,
+            "schedule": "constant",
+            "patience": 0,
+            "progress": False,
+            "device": "cpu",
+        },
+        "specialists": {"num_groups": 6, "max_group_size": 4, "epochs": 6, "lr": 3e-3},
+    }
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(config))
-    data = ["--config", str(tmp_path / "conf.yaml"), "--feats", str(tmp_path / "fbank"), "--labels",
-            str(tmp_path / "ali"), "--train-set", "train", "--dev-set", "dev", "--device", "cpu"]
+    data = [
+        "--config",
+        str(tmp_path / "conf.yaml"),
+        "--feats",
+        str(tmp_path / "fbank"),
+        "--labels",
+        str(tmp_path / "ali"),
+        "--train-set",
+        "train",
+        "--dev-set",
+        "dev",
+        "--device",
+        "cpu",
+    ]
     spec = ["--generalist", str(tmp_path / "baseline"), "--out", str(tmp_path / "specialists")]
     assert main(["train", *data, "--out", str(tmp_path / "baseline")]) == 0
-    assert main(["specialists-groups", *data, *spec, "--tree", str(tmp_path / "tree.json"),
-                 "--lang", str(tmp_path / "lang")]) == 0
+    assert (
+        main(
+            [
+                "specialists-groups",
+                *data,
+                *spec,
+                "--tree",
+                str(tmp_path / "tree.json"),
+                "--lang",
+                str(tmp_path / "lang"),
+            ]
+        )
+        == 0
+    )
     assert main(["specialists-train", *data, *spec]) == 0
     assert main(["specialists-eval", *data, *spec, "--test-set", "train"]) == 0
     metrics = json.loads((tmp_path / "specialists" / "frame_accuracy.json").read_text())
@@ -299,6 +382,7 @@ def test_commands_from_groups_to_a_distilled_student(problem, tmp_path):
 
 
 # --------------------------------------------------------------------------- evaluation: a system like any other
+
 
 def _eval_layout(root, sets: dict, cmvn_path) -> tuple:
     """``fbank/<set>``, ``ali/<set>`` and ``data/<set>/text`` as ``asrdistill evaluate`` reads them."""
@@ -326,20 +410,29 @@ def test_evaluate_scores_a_specialists_folder_through_its_stream(trained, tmp_pa
 
     def run(system, combination=config):
         data = FrameData(roots[0], roots[1], "train", "dev", "train", FRAMES)
-        return evaluate_system(system, data, data_root=roots[2], decode_config=DecodeConfig(nj=1),
-                               config=EvalConfig(decode=False), specialists=combination)
+        return evaluate_system(
+            system,
+            data,
+            data_root=roots[2],
+            decode_config=DecodeConfig(nj=1),
+            config=EvalConfig(decode=False),
+            specialists=combination,
+        )
 
     comb, gen = run(root / "spec"), run(generalist_path.parent)
     generalist, specialists = load_model(generalist_path), load_specialists(root / "spec")
     feats, labels = sets["dev"]
-    expected = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, FRAMES, labels,
-                                                 config.top_classes, config.combine_steps))
+    expected = stream_accuracy(
+        specialist_stream(
+            generalist, specialists, feats, cmvn, FRAMES, labels, config.top_classes, config.combine_steps
+        )
+    )
     assert comb.kind == COMBINED and gen.kind == "baseline"  # from its .train.done, whatever its folder is called
     assert comb.dev_frame_acc == pytest.approx(100 * expected["acc"], abs=1e-9)
     assert comb.dev_frame_acc > gen.dev_frame_acc + 1 and comb.test_frame_acc > gen.test_frame_acc
     assert comb.extra["generalist"] == generalist_path.parent.name and comb.extra["specialists"] == len(groups)
     assert comb.params == generalist.num_params() + sum(s.model.num_params() for s in specialists)
-    with np.load(root / "spec" / "frames_dev.npz") as z:   # the per-utterance counts the results' intervals read
+    with np.load(root / "spec" / "frames_dev.npz") as z:  # the per-utterance counts the results' intervals read
         assert int(z["labelled"].sum()) == 1000 and 100 * z["correct"].sum() / 1000 == pytest.approx(comb.dev_frame_acc)
     # the combination's settings are part of its identity: the same ones reuse metrics.json, others evaluate again
     mtime = (root / "spec" / "metrics.json").stat().st_mtime_ns
@@ -355,10 +448,11 @@ def test_evaluate_decodes_generalist_plus_specialists_through_the_graph(tmp_path
     (dev acoustic-scale sweep, test decode, per-utterance errors for the intervals)."""
     import math
 
+    from test_graph import toy_task
+
     from asrdistill.data.datadir import DataDir
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import evaluate_system
-    from test_graph import toy_task
 
     _, tree, _, _ = toy_task(tmp_path / "task")
     rng = np.random.default_rng(3)
@@ -367,28 +461,53 @@ def test_evaluate_decodes_generalist_plus_specialists_through_the_graph(tmp_path
     for name, utts in (("train", 24), ("dev", 8), ("test", 8)):
         make_frame_set(tmp_path / "sets" / name, rng, means, utts, frames=40)
     Cmvn(np.zeros(d), np.ones(d), 1).save(tmp_path / "cmvn.json")
-    sets = {name: (ShardManifest.load(tmp_path / "sets" / name / "feats", "feats"),
-                   ShardManifest.load(tmp_path / "sets" / name / "labels", "pdf")) for name in ("train", "dev", "test")}
+    sets = {
+        name: (
+            ShardManifest.load(tmp_path / "sets" / name / "feats", "feats"),
+            ShardManifest.load(tmp_path / "sets" / name / "labels", "pdf"),
+        )
+        for name in ("train", "dev", "test")
+    }
     feats_root, labels_root, data_root = _eval_layout(tmp_path, sets, tmp_path / "cmvn.json")
     for name in ("dev", "test"):  # references: the toy lexicon's words
         utts = sets[name][0].keys
-        DataDir(wav={u: f"{u}.flac" for u in utts}, text={u: "BA KA" for u in utts},
-                utt2spk={u: u.split("-")[0] for u in utts}).save(data_root / name)
-    cfg = TrainConfig(train_feats=str(feats_root / "train"), train_labels=str(labels_root / "train"),
-                      dev_feats=str(feats_root / "dev"), dev_labels=str(labels_root / "dev"),
-                      cmvn=str(feats_root / "train" / "cmvn.json"), model=ModelConfig("tiny", hidden_dim=16),
-                      frames=FRAMES, epochs=1, optimizer="adam", lr=3e-3, warmup_steps=0, schedule="constant",
-                      progress=False)
+        DataDir(
+            wav={u: f"{u}.flac" for u in utts},
+            text={u: "BA KA" for u in utts},
+            utt2spk={u: u.split("-")[0] for u in utts},
+        ).save(data_root / name)
+    cfg = TrainConfig(
+        train_feats=str(feats_root / "train"),
+        train_labels=str(labels_root / "train"),
+        dev_feats=str(feats_root / "dev"),
+        dev_labels=str(labels_root / "dev"),
+        cmvn=str(feats_root / "train" / "cmvn.json"),
+        model=ModelConfig("tiny", hidden_dim=16),
+        frames=FRAMES,
+        epochs=1,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=0,
+        schedule="constant",
+        progress=False,
+    )
     generalist = train(cfg, tmp_path / "exp" / "baseline_seed1")["best_checkpoint"]
     config = SpecialistConfig(num_groups=2, max_group_size=8, epochs=1)
     data = FrameData(feats_root, labels_root, "train", "dev", "test", FRAMES)
     group_senones(generalist, data, config, tmp_path / "exp" / "specialists")
     assert train_specialists(generalist, data, config, tmp_path / "exp" / "specialists")["trained"]
-    result = evaluate_system(tmp_path / "exp" / "specialists", data, data_root=data_root,
-                             graph_dir=tmp_path / "task" / "graph",
-                             decode_config=DecodeConfig(nj=1, sweep_scales=[0.1, 0.2]), specialists=config)
-    assert all(math.isfinite(v) for v in (result.dev_wer, result.test_wer, result.dev_frame_acc,
-                                          result.test_frame_acc, result.decode_rtf))
+    result = evaluate_system(
+        tmp_path / "exp" / "specialists",
+        data,
+        data_root=data_root,
+        graph_dir=tmp_path / "task" / "graph",
+        decode_config=DecodeConfig(nj=1, sweep_scales=[0.1, 0.2]),
+        specialists=config,
+    )
+    assert all(
+        math.isfinite(v)
+        for v in (result.dev_wer, result.test_wer, result.dev_frame_acc, result.test_frame_acc, result.decode_rtf)
+    )
     assert result.extra["acoustic_scale"] in (0.1, 0.2)
     per_utt = json.loads((tmp_path / "exp" / "specialists" / "decode_test" / "wer.json").read_text())["per_utt"]
     assert set(per_utt) == set(sets["test"][0].keys)

@@ -65,8 +65,11 @@ def test_librispeech_layout(corpus: Path):
 def test_speakers_disjoint_and_listed(corpus: Path):
     by_subset = {s: {p.name for p in (corpus / s).iterdir() if p.is_dir()} for s in SUBSETS}
     assert all(by_subset.values())
-    assert not (by_subset["train"] & by_subset["dev"] or by_subset["train"] & by_subset["test"]
-                or by_subset["dev"] & by_subset["test"])
+    assert not (
+        by_subset["train"] & by_subset["dev"]
+        or by_subset["train"] & by_subset["test"]
+        or by_subset["dev"] & by_subset["test"]
+    )
     rows = [line.split("|") for line in (corpus / "SPEAKERS.TXT").read_text().splitlines() if not line.startswith(";")]
     listed = {r[0].strip(): r[2].strip() for r in rows}
     assert listed == {spk: s for s, spks in by_subset.items() for spk in spks}
@@ -81,7 +84,7 @@ def test_dev_and_test_voices_are_never_heard_in_training(seed: int):
     held_out = [voice(s) for s in speakers if s.subset != "train"]
     assert sum(s.subset == "test" for s in speakers) >= 10
     assert not train & set(held_out)
-    assert len(held_out) == len(set(held_out))            # one voice per held-out talker
+    assert len(held_out) == len(set(held_out))  # one voice per held-out talker
 
 
 def test_words_in_cmudict_and_vocabulary_size(corpus: Path):
@@ -143,8 +146,9 @@ def test_same_seed_identical_across_nj_other_seed_differs(corpus: Path, tmp_path
         assert (corpus / rel).read_bytes() == (again / rel).read_bytes(), rel
     assert (corpus.parent / "lm" / "lm-text.txt").read_bytes() == (again.parent / "lm" / "lm-text.txt").read_bytes()
 
-    other = synthesize_corpus(tmp_path / "c", seed=2, nj=1, progress=False, hours=0.005, num_speakers=3,
-                              lm_sentences=100)
+    other = synthesize_corpus(
+        tmp_path / "c", seed=2, nj=1, progress=False, hours=0.005, num_speakers=3, lm_sentences=100
+    )
     mine = {p.read_bytes() for p in corpus.rglob("*.flac")}
     assert not mine & {p.read_bytes() for p in other.rglob("*.flac")}
 
@@ -160,8 +164,10 @@ def test_marker_reuse_refusal_and_force(tmp_path: Path):
     assert flac.stat().st_mtime_ns == mtime, "same parameters must be a no-op"
     with pytest.raises(FileExistsError, match="force"):
         synthesize_corpus(tmp_path, seed=5, **tiny)
-    assert cli.main(["synth-corpus", "--out", str(tmp_path), "--hours", "0.005", "--seed", "5",
-                     "--num-speakers", "3"]) == 1                                  # the CLI: one line, no traceback
+    assert (
+        cli.main(["synth-corpus", "--out", str(tmp_path), "--hours", "0.005", "--seed", "5", "--num-speakers", "3"])
+        == 1
+    )  # the CLI: one line, no traceback
     synthesize_corpus(tmp_path, seed=5, force=True, **tiny)
     assert json.loads(marker.read_text())["seed"] == 5
 
@@ -220,22 +226,23 @@ def test_vocab_size_adds_a_long_tail_of_cmudict_words():
     base = set(SentenceGenerator().vocabulary())
     small, large = SentenceGenerator(2000), SentenceGenerator(6000)
     added = set(large.vocabulary()) - base
-    assert len(added) == 6000 and set(small.vocabulary()) - base < added        # nested: a larger size only adds
+    assert len(added) == 6000 and set(small.vocabulary()) - base < added  # nested: a larger size only adds
     assert all(w.isalpha() and 3 <= len(w) <= 12 and w.lower() in cmu for w in added)
     rng = random.Random("tail")
     counts = collections.Counter(w for _ in range(20000) for w in large.sentence(rng)[0].split())
     extra = {w: n for w, n in counts.items() if w in added}
     share = sum(extra.values()) / sum(counts.values())
-    assert 0.05 < share < 0.2                                  # the grammar's words still dominate
-    assert len(extra) > 3000                                   # a long tail is reached...
-    assert sum(n == 1 for n in extra.values()) > 0.3 * len(extra)   # ...many of it seen once, as in real text
+    assert 0.05 < share < 0.2  # the grammar's words still dominate
+    assert len(extra) > 3000  # a long tail is reached...
+    assert sum(n == 1 for n in extra.values()) > 0.3 * len(extra)  # ...many of it seen once, as in real text
     rng_a, rng_b = random.Random("again"), random.Random("again")
     assert [large.sentence(rng_a) for _ in range(50)] == [SentenceGenerator(6000).sentence(rng_b) for _ in range(50)]
 
 
 def test_vocab_size_reaches_the_corpus_and_its_marker(tmp_path: Path):
-    ls_dir = synthesize_corpus(tmp_path, seed=0, hours=0.005, num_speakers=3, lm_sentences=400, vocab_size=3000,
-                               progress=False, nj=1)
+    ls_dir = synthesize_corpus(
+        tmp_path, seed=0, hours=0.005, num_speakers=3, lm_sentences=400, vocab_size=3000, progress=False, nj=1
+    )
     assert json.loads((tmp_path / MARKER).read_text())["vocab_size"] == 3000
     base = set(SentenceGenerator().vocabulary())
     lm_words = set((tmp_path / "lm" / "lm-text.txt").read_text().split())

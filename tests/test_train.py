@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_frame_set
 
 import asrdistill.nnet.train as train_mod
+from asrdistill import cli
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig, FrameData
-from asrdistill.nnet.model import ModelConfig
 from asrdistill.data.shards import ShardManifest
-from asrdistill import cli
+from asrdistill.nnet.model import ModelConfig
 from asrdistill.nnet.train import DistillConfig, TrainConfig, train
-from conftest import make_frame_set
 
 torch.set_num_threads(1)
 C, D = 6, 5
@@ -36,12 +36,23 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw) -> TrainConfig:
-    d = dict(train_feats=str(data / "train/feats"), train_labels=str(data / "train/labels"),
-             dev_feats=str(data / "dev/feats"), dev_labels=str(data / "dev/labels"), cmvn=str(data / "cmvn.json"),
-             model=ModelConfig("tiny", dropout=0.2),
-             frames=FrameConfig(left=2, right=1, batch_size=16, buffer_frames=200, prefetch=0),
-             epochs=3, optimizer="adam", lr=3e-3, warmup_steps=5, schedule="newbob",
-             checkpoint_every=7, log_every=5, progress=False)
+    d = dict(
+        train_feats=str(data / "train/feats"),
+        train_labels=str(data / "train/labels"),
+        dev_feats=str(data / "dev/feats"),
+        dev_labels=str(data / "dev/labels"),
+        cmvn=str(data / "cmvn.json"),
+        model=ModelConfig("tiny", dropout=0.2),
+        frames=FrameConfig(left=2, right=1, batch_size=16, buffer_frames=200, prefetch=0),
+        epochs=3,
+        optimizer="adam",
+        lr=3e-3,
+        warmup_steps=5,
+        schedule="newbob",
+        checkpoint_every=7,
+        log_every=5,
+        progress=False,
+    )
     d.update(kw)
     return TrainConfig(**d)
 
@@ -131,13 +142,20 @@ def test_soft_target_mismatches_are_named(data, tmp_path):
 
 def test_online_distillation_and_teacher_mismatch(data, tmp_path):
     teacher = train(_config(data, epochs=1), tmp_path / "teacher")["best_checkpoint"]
-    student = train(_config(data, epochs=2, model=ModelConfig("tiny", hidden_dim=16),
-                            distill=DistillConfig(source="online", teachers=[teacher], hard_weight=0.3)),
-                    tmp_path / "student")
+    student = train(
+        _config(
+            data,
+            epochs=2,
+            model=ModelConfig("tiny", hidden_dim=16),
+            distill=DistillConfig(source="online", teachers=[teacher], hard_weight=0.3),
+        ),
+        tmp_path / "student",
+    )
     assert student["best_dev_acc"] > 0.5
     with pytest.raises(ValueError, match=r"teacher.*best\.pt.*6 senones, but the student has 20 / 9"):
-        train(_config(data, num_classes=9, distill=DistillConfig(source="online", teachers=[teacher])),
-              tmp_path / "bad")
+        train(
+            _config(data, num_classes=9, distill=DistillConfig(source="online", teachers=[teacher])), tmp_path / "bad"
+        )
 
 
 def test_data_fraction_is_a_fixed_subset_of_utterances(data, tmp_path):
@@ -178,19 +196,38 @@ def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
         shutil.copytree(data / subset / "feats", tmp_path / "fbank" / subset)
         shutil.copytree(data / subset / "labels", tmp_path / "ali" / subset)
     shutil.copy(data / "cmvn.json", tmp_path / "fbank/train/cmvn.json")
-    section = {k: v for k, v in train_mod.to_dict(_config(data)).items()
-               if k not in ("model", "frames", "train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
+    section = {
+        k: v
+        for k, v in train_mod.to_dict(_config(data)).items()
+        if k not in ("model", "frames", "train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")
+    }
     section["frames"] = {"left": 2, "right": 1, "batch_size": 64}
     section["model"] = {"preset": "tiny"}
     path = tmp_path / "conf.yaml"
     path.write_text(yaml.safe_dump({"train": section, "student": {"epochs": 5, "frames": {"batch_size": 32}}}))
-    argv = ["train", "--config", str(path), "--feats", str(tmp_path / "fbank"), "--labels", str(tmp_path / "ali"),
-            "--train-set", "train", "--dev-set", "dev", "--role", "student", "--set", "train.epochs=1",
-            "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--config",
+        str(path),
+        "--feats",
+        str(tmp_path / "fbank"),
+        "--labels",
+        str(tmp_path / "ali"),
+        "--train-set",
+        "train",
+        "--dev-set",
+        "dev",
+        "--role",
+        "student",
+        "--set",
+        "train.epochs=1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli.main(argv) == 0
     result = json.loads((tmp_path / "run/train_result.json").read_text())
     saved = json.loads((tmp_path / "run/train_config.json").read_text())
-    assert result["epochs"] == 1 and result["steps"] == 25      # 800 frames / 32 per batch (role), 1 epoch (--set)
+    assert result["epochs"] == 1 and result["steps"] == 25  # 800 frames / 32 per batch (role), 1 epoch (--set)
     assert saved["frames"]["left"] == 2 and saved["frames"]["batch_size"] == 32
 
 
@@ -208,10 +245,11 @@ def test_a_systems_kind_is_its_own_record_not_its_folder_name(data, tmp_path):
 
     def kind(system: Path) -> str:
         data = FrameData(tmp_path / "fbank", tmp_path / "ali", "train", "dev", "dev", config.frames)
-        return evaluate_system(system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1),
-                               config=EvalConfig(decode=False)).kind
+        return evaluate_system(
+            system, data, data_root=tmp_path / "data", decode_config=DecodeConfig(nj=1), config=EvalConfig(decode=False)
+        ).kind
 
-    first = train(config, tmp_path / "student_seed1")           # hard labels: a baseline, whatever the folder says
+    first = train(config, tmp_path / "student_seed1")  # hard labels: a baseline, whatever the folder says
     assert first["kind"] == "baseline" and kind(tmp_path / "student_seed1") == "baseline"
     (tmp_path / "student_seed1").rename(tmp_path / "ensemble")
     assert kind(tmp_path / "ensemble") == "baseline"

@@ -116,7 +116,7 @@ def test_every_context_maps_to_a_leaf_and_pdfs_are_contiguous(tmp_path):
     grid = np.array([(l, c, r, s) for l, c, r in itertools.product(ids, range(1, len(PHONES)), ids) for s in range(3)])
     pdfs = tree.pdfs(*grid.T)
     assert pdfs.min() >= 0 and pdfs.max() < tree.num_pdfs
-    np.testing.assert_array_equal(pdfs, [tree.pdf(*map(int, row)) for row in grid])   # vectorised == scalar walk
+    np.testing.assert_array_equal(pdfs, [tree.pdf(*map(int, row)) for row in grid])  # vectorised == scalar walk
     # pdf_info lists exactly the (phone, state) pairs reaching each senone
     reached = {p: set() for p in range(tree.num_pdfs)}
     for (l, c, r, s), p in zip(grid, pdfs):
@@ -124,7 +124,10 @@ def test_every_context_maps_to_a_leaf_and_pdfs_are_contiguous(tmp_path):
     assert all(reached[p] == set(tree.pdf_info[p]) for p in range(tree.num_pdfs))
     # an untrained phone (SPN) still has senones; so do ids beyond the phone set (scalar == vectorised)
     assert 0 <= tree.pdf(0, PID["SPN"], 0, 1) < tree.num_pdfs
-    assert tree.pdf(99, PID["T"], 99, 2) == tree.pdfs(np.array([99]), np.array([PID["T"]]), np.array([99]), np.array([2]))[0]
+    assert (
+        tree.pdf(99, PID["T"], 99, 2)
+        == tree.pdfs(np.array([99]), np.array([PID["T"]]), np.array([99]), np.array([2]))[0]
+    )
     # save/load round trip keeps every mapping
     tree.save(tmp_path / "tree.json")
     again = ContextTree.load(tmp_path / "tree.json")
@@ -156,8 +159,8 @@ def test_cluster_questions_recover_phone_groups():
 def test_arpabet_questions_ignore_stress_and_unknown_phones():
     phones = ["<eps>", "SIL", "SPN", "AA1", "IY0", "T", "ZZ"]
     qs = arpabet_questions(phones)
-    assert frozenset([3, 4]) in qs           # vowels, stress stripped
-    assert frozenset([6]) in qs              # ZZ only as a singleton
+    assert frozenset([3, 4]) in qs  # vowels, stress stripped
+    assert frozenset([6]) in qs  # ZZ only as a singleton
     assert all(6 not in q or len(q) == 1 for q in qs)
 
 
@@ -166,20 +169,36 @@ def test_accumulate_from_shards_skips_unaligned_and_names_bad_shard(tmp_path):
     utts = [_utterance(rng, _means, n_phones=3) for _ in range(3)]
     feats = ShardManifest(tmp_path, "feats")
     ali = ShardManifest(tmp_path, "ali")
-    feats.shards.append(write_shard(tmp_path / feats.shard_name(0),
-                                    [(f"u{i}", {"feats": x.astype(np.float16)}) for i, (_, _, x) in enumerate(utts)]))
+    feats.shards.append(
+        write_shard(
+            tmp_path / feats.shard_name(0),
+            [(f"u{i}", {"feats": x.astype(np.float16)}) for i, (_, _, x) in enumerate(utts)],
+        )
+    )
     empty = np.zeros(0, np.int32)
-    ali.shards.append(write_shard(tmp_path / ali.shard_name(0), [
-        ("u0", {"phone": utts[0][0].astype(np.int32), "state": utts[0][1].astype(np.int32)}),
-        ("u1", {"phone": empty, "state": empty}),
-        ("u2", {"phone": utts[2][0].astype(np.int32), "state": utts[2][1].astype(np.int32)}),
-    ]))
+    ali.shards.append(
+        write_shard(
+            tmp_path / ali.shard_name(0),
+            [
+                ("u0", {"phone": utts[0][0].astype(np.int32), "state": utts[0][1].astype(np.int32)}),
+                ("u1", {"phone": empty, "state": empty}),
+                ("u2", {"phone": utts[2][0].astype(np.int32), "state": utts[2][1].astype(np.int32)}),
+            ],
+        )
+    )
     stats = accumulate_triphone_stats(ali, feats, len(PHONES) - 1, 3, lambda utt, x: x.astype(np.float64) * 2)
     assert stats.num_frames == len(utts[0][0]) + len(utts[2][0])
-    total = utts[0][2].astype(np.float16).astype(np.float64).sum() + utts[2][2].astype(np.float16).astype(np.float64).sum()
+    total = (
+        utts[0][2].astype(np.float16).astype(np.float64).sum() + utts[2][2].astype(np.float16).astype(np.float64).sum()
+    )
     np.testing.assert_allclose(stats.sum.sum(), 2 * total, rtol=1e-9)
 
-    ali.shards[0] = write_shard(tmp_path / ali.shard_name(0), [
-        (f"u{i}", {"phone": p[:-1].astype(np.int32), "state": s[:-1].astype(np.int32)}) for i, (p, s, _) in enumerate(utts)])
+    ali.shards[0] = write_shard(
+        tmp_path / ali.shard_name(0),
+        [
+            (f"u{i}", {"phone": p[:-1].astype(np.int32), "state": s[:-1].astype(np.int32)})
+            for i, (p, s, _) in enumerate(utts)
+        ],
+    )
     with pytest.raises(ValueError, match="ali-000000.tar: u0 has"):
         accumulate_triphone_stats(ali, feats, len(PHONES) - 1, 3, lambda utt, x: x)

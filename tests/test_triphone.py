@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 import torch
 
 from asrdistill.aligner.align import AlignConfig, align_subset
@@ -21,8 +20,13 @@ from asrdistill.data.shards import ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import read_skipped
 
 PHONES = ["<eps>", "SIL", "SPN", "AA", "IY", "T", "S", "N"]
-LEXICON = [("TA", ("T", "AA")), ("SIT", ("S", "IY", "T")), ("NAN", ("N", "AA", "N")), ("TIN", ("T", "IY", "N")),
-           ("<UNK>", ("SPN",))]
+LEXICON = [
+    ("TA", ("T", "AA")),
+    ("SIT", ("S", "IY", "T")),
+    ("NAN", ("N", "AA", "N")),
+    ("TIN", ("T", "IY", "N")),
+    ("<UNK>", ("SPN",)),
+]
 DIM = 40
 
 
@@ -166,10 +170,27 @@ def test_mono_alignment_maps_through_tree(trained):
 def test_lda_mllt_stage_trains_and_aligns(trained, tmp_path):
     """tri.feature_transform=lda_mllt: spliced frames, LDA, MLLT on schedule; labels as good as the deltas stage's."""
     tmp, lang, feats, text, truth, mono_ali, _ = trained
-    cfg = TriConfig(num_iters=5, max_gaussians=80, max_iter_inc=4, realign_iters=[2, 4], nj=1,
-                    feature_transform="lda_mllt", splice=2, lda_dim=12, mllt_iters=[1, 3])
-    tri = train_triphone(mono_ali, feats, text, lang, _mono_stand_in(feats), tmp_path / "tri2",
-                         TreeConfig(num_leaves=40, min_occupancy=30, questions="both"), cfg)
+    cfg = TriConfig(
+        num_iters=5,
+        max_gaussians=80,
+        max_iter_inc=4,
+        realign_iters=[2, 4],
+        nj=1,
+        feature_transform="lda_mllt",
+        splice=2,
+        lda_dim=12,
+        mllt_iters=[1, 3],
+    )
+    tri = train_triphone(
+        mono_ali,
+        feats,
+        text,
+        lang,
+        _mono_stand_in(feats),
+        tmp_path / "tri2",
+        TreeConfig(num_leaves=40, min_occupancy=30, questions="both"),
+        cfg,
+    )
     assert tri.transform.dim == 12 and tri.transform.splice == 2 and tri.transform.matrix.shape == (12, 5 * DIM)
     loaded = HmmModel.load(tmp_path / "tri2" / "final.pt")
     assert np.array_equal(loaded.transform.matrix, tri.transform.matrix)
@@ -192,8 +213,8 @@ def test_realignment_redecides_silence_the_prior_alignment_lacked(trained, tmp_p
         phone, state = a.phone.copy(), a.state.copy()
         speech = np.flatnonzero(phone != sil)
         inner = np.zeros(len(phone), bool)
-        inner[speech[0]:speech[-1]] = phone[speech[0]:speech[-1]] == sil
-        for t in np.flatnonzero(inner):          # the silence between words becomes more of the phone before it
+        inner[speech[0] : speech[-1]] = phone[speech[0] : speech[-1]] == sil
+        for t in np.flatnonzero(inner):  # the silence between words becomes more of the phone before it
             phone[t], state[t] = phone[t - 1], state[t - 1]
         prior[utt] = UttAlignment(tri.tree.pdfs(*frame_contexts(phone, state)).astype(np.int32), phone, state)
         inner_truth[utt] = inner

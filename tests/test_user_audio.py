@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe is a fixture
 
 from asrdistill.decoding.bundle import load_system
-from test_bundle import SR, _bundle, _system, _tone, recipe  # noqa: F401 - recipe is a fixture
 
 MAX_SECONDS = 2.0
 
@@ -20,7 +20,7 @@ def _unescape(field: str) -> bytes:
         if field[i] == "\\":
             nxt = field[i + 1]
             if nxt == "x":
-                out.append(int(field[i + 2:i + 4], 16))
+                out.append(int(field[i + 2 : i + 4], 16))
                 i += 4
                 continue
             out += {"\\": b"\\", "t": b"\t", "n": b"\n", "r": b"\r"}[nxt]
@@ -35,19 +35,38 @@ def awkward_folder(root: Path) -> set[bytes]:
     """At least 30 inputs named like audio, of every awkward kind; returns their paths (bytes)."""
     root.mkdir()
     good = _tone(0.8)
-    for name in ("good.wav", "x.wav", "x.flac", "a b.flac", "a_b.flac", "new\nline.wav", "tab\tname.wav",
-                 " lead.wav", "trail .wav", "UPPER.WAV", ".wav", "émoji🎤.flac", "sub-x.wav.flac", "back\\slash.wav",
-                 "a:b.wav", "pipe|.wav", "-dash.wav", "cr\r.wav", "sep\u2028.wav", "unreadable.wav"):
+    for name in (
+        "good.wav",
+        "x.wav",
+        "x.flac",
+        "a b.flac",
+        "a_b.flac",
+        "new\nline.wav",
+        "tab\tname.wav",
+        " lead.wav",
+        "trail .wav",
+        "UPPER.WAV",
+        ".wav",
+        "émoji🎤.flac",
+        "sub-x.wav.flac",
+        "back\\slash.wav",
+        "a:b.wav",
+        "pipe|.wav",
+        "-dash.wav",
+        "cr\r.wav",
+        "sep\u2028.wav",
+        "unreadable.wav",
+    ):
         sf.write(root / name, good, SR, format="WAV" if name.lower().endswith(".wav") else "FLAC")
     (root / "sub").mkdir()
-    sf.write(root / "sub" / "x.wav", good, SR)                    # a third stem x, and sub-x.wav.flac collides
+    sf.write(root / "sub" / "x.wav", good, SR)  # a third stem x, and sub-x.wav.flac collides
     with open(os.fsencode(root) + b"/caf\xe9.wav", "wb") as f:  # a name that is not UTF-8
         f.write((root / "good.wav").read_bytes())
     (root / "unreadable.wav").chmod(0)
     (root / "loop.wav").symlink_to(root / "loop.wav")
     (root / "dangling.flac").symlink_to(root / "nowhere.flac")
     (root / "link.wav").symlink_to(root / "good.wav")
-    (root / "loopdir").symlink_to(root)                             # a folder loop, not followed
+    (root / "loopdir").symlink_to(root)  # a folder loop, not followed
     (root / "folder.wav").mkdir()
     sf.write(root / "folder.wav" / "inner.wav", good, SR)
     os.mkfifo(root / "fifo.wav")
@@ -62,8 +81,12 @@ def awkward_folder(root: Path) -> set[bytes]:
     sf.write(root / "short.wav", good[:160], SR)
     sf.write(root / "24bit.wav", good, SR, subtype="PCM_24")
     (root / "notes.txt").write_text("not an input")
-    inputs = {os.fsencode(Path(d) / n) for d, dirs, files in os.walk(root) for n in dirs + files
-              if n.lower().endswith((".wav", ".flac"))}
+    inputs = {
+        os.fsencode(Path(d) / n)
+        for d, dirs, files in os.walk(root)
+        for n in dirs + files
+        if n.lower().endswith((".wav", ".flac"))
+    }
     assert len(inputs) >= 30
     return inputs
 
@@ -97,13 +120,26 @@ def test_every_awkward_input_is_decoded_or_skipped_exactly_once(recipe, tmp_path
     def id_of(name: str) -> str:
         return ids[os.fsencode(root / name)]
 
-    assert id_of("x.wav") == "x_wav" and id_of("x.flac") == "x_flac"   # stems repeat: the relative path
+    assert id_of("x.wav") == "x_wav" and id_of("x.flac") == "x_flac"  # stems repeat: the relative path
     # sub/x.wav's relative path equals sub-x.wav.flac's stem: both get a hash
     assert id_of("sub/x.wav").startswith("sub-x_wav-") and id_of("sub-x.wav.flac").startswith("sub-x_wav_flac-")
     assert id_of("a b.flac") != id_of("a_b.flac") and id_of("a b.flac").startswith("a_b_flac-")
     assert id_of("good.wav") == "good" and id_of("new\nline.wav") == "new_line"
-    for name in ("x.wav", "x.flac", "a b.flac", "a_b.flac", "new\nline.wav", "tab\tname.wav", " lead.wav",
-                 "cr\r.wav", "sep\u2028.wav", "link.wav", "folder.wav/inner.wav", "émoji🎤.flac", "back\\slash.wav"):
+    for name in (
+        "x.wav",
+        "x.flac",
+        "a b.flac",
+        "a_b.flac",
+        "new\nline.wav",
+        "tab\tname.wav",
+        " lead.wav",
+        "cr\r.wav",
+        "sep\u2028.wav",
+        "link.wav",
+        "folder.wav/inner.wav",
+        "émoji🎤.flac",
+        "back\\slash.wav",
+    ):
         assert id_of(name) in text, name
     assert ids[os.fsencode(root) + b"/caf\xe9.wav"] in text
     for name in ("loop.wav", "dangling.flac", "folder.wav", "fifo.wav", "empty.wav", "junk.flac", "long.flac"):
@@ -128,8 +164,9 @@ def test_transcribe_keeps_stems_and_returns_what_it_skipped(recipe, tmp_path):  
         (tmp_path / name).parent.mkdir(exist_ok=True)
         sf.write(tmp_path / name, _tone(0.8), SR)
     (tmp_path / "bad.wav").write_bytes(b"junk")
-    result = system.transcribe([tmp_path / "one/same.wav", tmp_path / "two/same.wav", tmp_path / "solo.flac",
-                                tmp_path / "bad.wav"])
+    result = system.transcribe(
+        [tmp_path / "one/same.wav", tmp_path / "two/same.wav", tmp_path / "solo.flac", tmp_path / "bad.wav"]
+    )
     assert set(result.hyps) == {"one-same_wav", "two-same_wav", "solo"}
     assert [(u, f) for u, f, _ in result.skipped] == [("bad", str(tmp_path / "bad.wav"))]
     assert result.files["solo"] == str(tmp_path / "solo.flac")
@@ -148,7 +185,9 @@ def test_a_kaldi_dir_with_ids_shards_cannot_hold_decodes_the_rest(recipe, tmp_pa
     report = system.decode_corpus(k, tmp_path / "out")
     assert set(report.hyps) == {"good"}
     assert {u: r.split(",")[0] for u, _, r in report.skipped} == {
-        "u.1": "the utterance id holds '.' or '/'", "u/2": "the utterance id holds '.' or '/'"}
+        "u.1": "the utterance id holds '.' or '/'",
+        "u/2": "the utterance id holds '.' or '/'",
+    }
     check_invariant(tmp_path / "out", {os.fsencode(k / f"{name}.wav") for name in ("good", "u1", "u2")})
 
 
@@ -196,16 +235,18 @@ def test_two_concurrent_decodes_into_one_folder_and_a_failed_one_keep_a_whole_re
     sf.write(second / "other.wav", _tone(0.6, 300.0), SR)
     out = tmp_path / "out"
     started, go = tmp_path / "started", tmp_path / "go"
-    child = multiprocessing.get_context("fork").Process(target=_held_decode,
-                                                        args=(system, first, out, started, go))
+    child = multiprocessing.get_context("fork").Process(target=_held_decode, args=(system, first, out, started, go))
     child.start()
     try:
         deadline = time.monotonic() + 60
         while not started.exists():
             assert child.is_alive() and time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(FolderBusy, match=rf"another decode is writing this folder \(pid {child.pid}: "
-                                             r"first-decode --out here\)"):
+        with pytest.raises(
+            FolderBusy,
+            match=rf"another decode is writing this folder \(pid {child.pid}: "
+            r"first-decode --out here\)",
+        ):
             system.decode_corpus(second, out)
     finally:
         go.touch()
@@ -223,9 +264,9 @@ def test_two_concurrent_decodes_into_one_folder_and_a_failed_one_keep_a_whole_re
     (bad / "wav.scp").write_text("u1 sox x.wav -t wav - |\n")
     with pytest.raises(ValueError, match="pipes"):
         system.decode_corpus(bad, out)
-    assert {name: (out / name).read_bytes() for name in before} == before   # a failed run keeps the earlier results
+    assert {name: (out / name).read_bytes() for name in before} == before  # a failed run keeps the earlier results
     assert not (out / ".staging").exists()
-    system.decode_corpus(second, out)   # a successful one replaces them, data and features included
+    system.decode_corpus(second, out)  # a successful one replaces them, data and features included
     assert (out / "text").read_text().split()[0] == "other" and len((out / "files.tsv").read_text().splitlines()) == 2
     assert [line.split()[0] for line in (out / "data" / "wav.scp").read_text().splitlines()] == ["other"]
 

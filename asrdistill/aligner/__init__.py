@@ -16,14 +16,26 @@ there is no beam to widen and retry with.
 from asrdistill._exports import lazy_exports
 
 _EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._exports)
-    "AlignConfig": "align", "align_subset": "align", "estimate_pron_probs": "align", "read_pron_probs": "align",
-    "Transcript": "utt_graph", "UttGraph": "utt_graph", "build_utt_graph": "utt_graph",
-    "HmmModel": "hmm", "LoopConfig": "hmm", "train_gmm_hmm": "hmm",
+    "AlignConfig": "align",
+    "align_subset": "align",
+    "estimate_pron_probs": "align",
+    "read_pron_probs": "align",
+    "Transcript": "utt_graph",
+    "UttGraph": "utt_graph",
+    "build_utt_graph": "utt_graph",
+    "HmmModel": "hmm",
+    "LoopConfig": "hmm",
+    "train_gmm_hmm": "hmm",
     "import_kaldi_alignments": "kaldi_import",
-    "export_alignments": "kaldi_export", "write_ark_scp": "kaldi_export",
-    "MonoConfig": "mono", "train_mono": "mono",
-    "ContextTree": "tree", "TreeConfig": "tree", "build_tree": "tree",
-    "TriConfig": "triphone", "train_triphone": "triphone",
+    "export_alignments": "kaldi_export",
+    "write_ark_scp": "kaldi_export",
+    "MonoConfig": "mono",
+    "train_mono": "mono",
+    "ContextTree": "tree",
+    "TreeConfig": "tree",
+    "build_tree": "tree",
+    "TriConfig": "triphone",
+    "train_triphone": "triphone",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

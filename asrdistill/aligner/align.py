@@ -35,22 +35,35 @@ import numpy as np
 import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FEATS_CACHE, HmmModel, ShardPass, UttAlignment, shard_feats, prepare_transcripts, \
-    process_shard
+from asrdistill.aligner.hmm import (
+    FEATS_CACHE,
+    HmmModel,
+    ShardPass,
+    UttAlignment,
+    prepare_transcripts,
+    process_shard,
+    shard_feats,
+)
 from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import atomic_open, mark_done, read_skipped, stage_done, write_json_atomic, write_skipped
 from asrdistill.data.lang import UNK, Lang
 from asrdistill.data.lexicon import read_pron_probs
 from asrdistill.data.shards import ALI_PREFIX, PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
-from asrdistill.parallel import Executor
+from asrdistill.fileio import atomic_open, mark_done, read_skipped, stage_done, write_json_atomic, write_skipped
 from asrdistill.logs import progress
+from asrdistill.parallel import Executor
 
-__all__ = ["AlignConfig", "AlignResult", "align_subset", "pron_records", "estimate_pron_probs", "write_lexiconp",
-           "senone_counts"]
+__all__ = [
+    "AlignConfig",
+    "AlignResult",
+    "align_subset",
+    "pron_records",
+    "estimate_pron_probs",
+    "write_lexiconp",
+    "senone_counts",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -61,10 +74,10 @@ class AlignConfig:
     boundary_silence: bool = True
     nj: int = 2
     device: str = "cpu"
-    write_pdf: bool | None = None   # None: only for tree (triphone) models
+    write_pdf: bool | None = None  # None: only for tree (triphone) models
     max_cells: int = 20_000_000
     chunk_frames: int = 20_000
-    pron_probs: str | None = None   # a lexiconp.txt weighting the pronunciations (None: all equally allowed)
+    pron_probs: str | None = None  # a lexiconp.txt weighting the pronunciations (None: all equally allowed)
 
 
 @dataclass
@@ -72,14 +85,14 @@ class AlignResult:
     ali: ShardManifest
     pdf: ShardManifest | None
     skipped: dict[str, str]
-    num_frames: int        # frames that received labels
+    num_frames: int  # frames that received labels
     seconds: float
 
 
 def _label_name(feat_name: str, feats_prefix: str, prefix: str) -> str:
     if not feat_name.startswith(feats_prefix):
         raise ValueError(f"feature shard {feat_name!r} does not start with the manifest prefix {feats_prefix!r}")
-    return prefix + feat_name[len(feats_prefix):]
+    return prefix + feat_name[len(feats_prefix) :]
 
 
 def _align_piece(args: tuple) -> tuple[int, dict[str, UttAlignment], dict[str, str]]:
@@ -88,14 +101,20 @@ def _align_piece(args: tuple) -> tuple[int, dict[str, UttAlignment], dict[str, s
     model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
     res = process_shard(shard, seqs, model, how)
     feats = shard_feats(shard, cache=True)
-    for utt, a in res.alignments.items():   # never write labels whose length differs from the features
+    for utt, a in res.alignments.items():  # never write labels whose length differs from the features
         if not (a.pdf.shape[0] == a.phone.shape[0] == a.state.shape[0] == feats[utt].shape[0]):
             raise RuntimeError(f"{shard}: {utt}: alignment has {a.pdf.shape[0]} frames, features {feats[utt].shape[0]}")
     return index, res.alignments, res.skipped
 
 
-def _write_labels(out_dir: Path, keys: list[str], ali_name: str, pdf_name: str | None,
-                  alignments: dict[str, UttAlignment], skipped: dict[str, str]) -> tuple[ShardInfo, ShardInfo | None, int]:
+def _write_labels(
+    out_dir: Path,
+    keys: list[str],
+    ali_name: str,
+    pdf_name: str | None,
+    alignments: dict[str, UttAlignment],
+    skipped: dict[str, str],
+) -> tuple[ShardInfo, ShardInfo | None, int]:
     empty = np.zeros(0, dtype=np.int32)
     ali_rows, pdf_rows, frames = [], [], 0
     for utt in keys:
@@ -116,8 +135,15 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, model: HmmModel, out_dir: str | Path,
-                 config: AlignConfig = AlignConfig(), force: bool = False) -> AlignResult:
+def align_subset(
+    feats: ShardManifest,
+    text: Mapping[str, str],
+    lang: Lang,
+    model: HmmModel,
+    out_dir: str | Path,
+    config: AlignConfig = AlignConfig(),
+    force: bool = False,
+) -> AlignResult:
     """Viterbi-align every utterance of ``feats`` to its transcript in ``text``; write label shards to ``out_dir``.
 
     Also writes ``skipped.tsv``, ``prons.txt``, ``lexiconp.txt``,
@@ -128,8 +154,13 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     """
     out_dir = Path(out_dir)
     write_pdf = model.tree is not None if config.write_pdf is None else config.write_pdf
-    inputs = {"config": result_settings(config), "feats": [feats.path, feats.shard_paths], "text": dict(text),
-              "lang": lang, "model": model.to_dict()}
+    inputs = {
+        "config": result_settings(config),
+        "feats": [feats.path, feats.shard_paths],
+        "text": dict(text),
+        "lang": lang,
+        "model": model.to_dict(),
+    }
     if stage_done(out_dir, "align", inputs, force) is not None:
         skipped = read_skipped(out_dir / "skipped.tsv")
         ali = ShardManifest.load(out_dir, ALI_PREFIX)
@@ -140,8 +171,14 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     pre_seqs, pre_skipped = prepare_transcripts(text, lang, probs)
     oov = oov_counts(text.values(), {w for w, _ in lang.lexicon})
     state = model.state()
-    how = ShardPass(realign=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence,
-                    device=config.device, max_cells=config.max_cells, chunk_frames=config.chunk_frames)
+    how = ShardPass(
+        realign=True,
+        optional_prob=config.optional_silence_prob,
+        boundary_silence=config.boundary_silence,
+        device=config.device,
+        max_cells=config.max_cells,
+        chunk_frames=config.chunk_frames,
+    )
     pieces = max(1, config.nj) if len(feats.shards) < 2 * config.nj else 1
     jobs, waiting = [], []
     for i, info in enumerate(feats.shards):
@@ -159,8 +196,12 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     def finish(i: int) -> None:
         nonlocal frames
         info = feats.shards[i]
-        prons.extend(line for utt in info.keys if utt in got[i]
-                     for line in pron_records(utt, got[i][utt], pre_seqs[utt], lang.phones))
+        prons.extend(
+            line
+            for utt in info.keys
+            if utt in got[i]
+            for line in pron_records(utt, got[i][utt], pre_seqs[utt], lang.phones)
+        )
         for utt in info.keys:
             if utt not in got[i]:
                 skipped[utt] = skipped.get(utt) or pre_skipped.get(utt) or "no transcript"
@@ -197,8 +238,10 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
         pdf = ShardManifest(out_dir, PDF_PREFIX, [r[1] for r in results], meta)
         pdf.save()
         counts = senone_counts(pdf, model.num_pdfs)
-        write_json_atomic(out_dir / "senone_counts.json", {
-            "num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()})
+        write_json_atomic(
+            out_dir / "senone_counts.json",
+            {"num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()},
+        )
     write_skipped(out_dir / "skipped.tsv", skipped)
     with atomic_open(out_dir / "prons.txt") as f:
         f.writelines(prons)
@@ -206,13 +249,25 @@ def align_subset(feats: ShardManifest, text: Mapping[str, str], lang: Lang, mode
     with atomic_open(out_dir / "oov_counts.tsv") as f:
         f.writelines(f"{w}\t{n}\n" for w, n in oov.most_common())
     if oov:
-        log.warning("%s: %d word token(s) of %d type(s) have no pronunciation and were aligned as %s, e.g. %s",
-                    out_dir, sum(oov.values()), len(oov), UNK, oov.most_common(5))
+        log.warning(
+            "%s: %d word token(s) of %d type(s) have no pronunciation and were aligned as %s, e.g. %s",
+            out_dir,
+            sum(oov.values()),
+            len(oov),
+            UNK,
+            oov.most_common(5),
+        )
     seconds = time.time() - t0
     mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, inputs)
-    log.info("%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s", out_dir, frames, seconds,
-             frames / max(seconds, 1e-9), len(skipped),
-             f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "")
+    log.info(
+        "%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s",
+        out_dir,
+        frames,
+        seconds,
+        frames / max(seconds, 1e-9),
+        len(skipped),
+        f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "",
+    )
     return AlignResult(ali, pdf, skipped, frames, seconds)
 
 
@@ -235,8 +290,9 @@ def pron_records(utt: str, ali: UttAlignment, transcript: Transcript, phones: li
     return out
 
 
-def estimate_pron_probs(prons: Iterable[str], lang: Lang, smoothing: float = 1.0
-                        ) -> dict[tuple[str, tuple[str, ...]], float]:
+def estimate_pron_probs(
+    prons: Iterable[str], lang: Lang, smoothing: float = 1.0
+) -> dict[tuple[str, tuple[str, ...]], float]:
     """Pronunciation probabilities from ``prons`` lines: (count + smoothing), divided by the word's largest.
 
     Kaldi's ``dict_dir_add_pronprobs.sh`` (max-normalised, so the commonest

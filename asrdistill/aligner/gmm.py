@@ -32,17 +32,20 @@ _LOG_2PI = math.log(2 * math.pi)
 class GmmStats:
     """Per-component sufficient statistics (float64) plus the data log-likelihood they were taken under."""
 
-    occ: Tensor   # (G,) zeroth order (soft frame counts)
-    x: Tensor     # (G, D) first order
-    xx: Tensor    # (G, D) second order (diagonal)
-    loglik: float = 0.0   # total log-likelihood of the accumulated frames under the model used
+    occ: Tensor  # (G,) zeroth order (soft frame counts)
+    x: Tensor  # (G, D) first order
+    xx: Tensor  # (G, D) second order (diagonal)
+    loglik: float = 0.0  # total log-likelihood of the accumulated frames under the model used
     frames: int = 0
 
     @classmethod
     def zeros(cls, num_gauss: int, dim: int) -> "GmmStats":
         z = torch.zeros
-        return cls(z(num_gauss, dtype=torch.float64), z(num_gauss, dim, dtype=torch.float64),
-                   z(num_gauss, dim, dtype=torch.float64))
+        return cls(
+            z(num_gauss, dtype=torch.float64),
+            z(num_gauss, dim, dtype=torch.float64),
+            z(num_gauss, dim, dtype=torch.float64),
+        )
 
     def add(self, other: "GmmStats") -> "GmmStats":
         """In-place sum (e.g. merging the statistics of parallel jobs); returns ``self``."""
@@ -64,10 +67,10 @@ class GmmStats:
 class DiagGmmSet:
     """All Gaussians of ``num_pdfs`` GMMs; ``comp2pdf`` is sorted so each pdf's components are contiguous."""
 
-    means: Tensor        # (G, D) float32
-    vars: Tensor         # (G, D) float32
+    means: Tensor  # (G, D) float32
+    vars: Tensor  # (G, D) float32
     log_weights: Tensor  # (G,) float32, logsumexp over each pdf's components is 0
-    comp2pdf: Tensor     # (G,) int64, non-decreasing, every pdf in 0..num_pdfs-1 has >= 1 component
+    comp2pdf: Tensor  # (G,) int64, non-decreasing, every pdf in 0..num_pdfs-1 has >= 1 component
     num_pdfs: int
 
     def __post_init__(self) -> None:
@@ -75,7 +78,11 @@ class DiagGmmSet:
         if self.vars.shape != self.means.shape or self.log_weights.shape != (g,) or self.comp2pdf.shape != (g,):
             raise ValueError("DiagGmmSet: means/vars (G, D), log_weights and comp2pdf (G,) must agree")
         counts = torch.bincount(self.comp2pdf.cpu(), minlength=self.num_pdfs)
-        if counts.numel() != self.num_pdfs or bool((counts == 0).any()) or bool((self.comp2pdf[1:] < self.comp2pdf[:-1]).any()):
+        if (
+            counts.numel() != self.num_pdfs
+            or bool((counts == 0).any())
+            or bool((self.comp2pdf[1:] < self.comp2pdf[:-1]).any())
+        ):
             raise ValueError("DiagGmmSet: comp2pdf must be sorted and give every pdf at least one component")
         self._cache: dict = {}
 
@@ -97,8 +104,13 @@ class DiagGmmSet:
         return torch.bincount(self.comp2pdf, minlength=self.num_pdfs)
 
     def to(self, device: str | torch.device) -> "DiagGmmSet":
-        return DiagGmmSet(self.means.to(device), self.vars.to(device), self.log_weights.to(device),
-                          self.comp2pdf.to(device), self.num_pdfs)
+        return DiagGmmSet(
+            self.means.to(device),
+            self.vars.to(device),
+            self.log_weights.to(device),
+            self.comp2pdf.to(device),
+            self.num_pdfs,
+        )
 
     # ------------------------------------------------------------- creation
     @classmethod
@@ -108,8 +120,9 @@ class DiagGmmSet:
         return cls(means.float().clone(), vars.float().clone(), torch.zeros(p), torch.arange(p), p)
 
     @classmethod
-    def from_stats(cls, stats: GmmStats, prev: "DiagGmmSet", var_floor: float = 0.01,
-                   min_count: float = 3.0) -> "DiagGmmSet":
+    def from_stats(
+        cls, stats: GmmStats, prev: "DiagGmmSet", var_floor: float = 0.01, min_count: float = 3.0
+    ) -> "DiagGmmSet":
         """Maximum-likelihood update of ``prev`` from Viterbi statistics (Kaldi ``gmm-est``).
 
         Variances are floored at ``var_floor`` times the pooled variance of all
@@ -154,8 +167,9 @@ class DiagGmmSet:
         logw = self.log_weights - lse[self.comp2pdf] - tot.log()[self.comp2pdf]
         return DiagGmmSet(self.means, self.vars, logw, self.comp2pdf, self.num_pdfs)
 
-    def split(self, target_total: int, pdf_occ: Tensor, power: float = 0.2, perturb: float = 0.2,
-              seed: int = 0) -> "DiagGmmSet":
+    def split(
+        self, target_total: int, pdf_occ: Tensor, power: float = 0.2, perturb: float = 0.2, seed: int = 0
+    ) -> "DiagGmmSet":
         """Grow towards ``target_total`` Gaussians (Kaldi ``gmm-mixup``): never shrinks a pdf.
 
         Pdf ``p`` is allotted Gaussians in proportion to ``pdf_occ[p] ** power``;
@@ -177,7 +191,7 @@ class DiagGmmSet:
         new_m, new_v, new_w, new_p = [], [], [], []
         for p in range(self.num_pdfs):
             s, k = int(starts[p]), int(counts[p])
-            m, v, w = means[s:s + k].clone(), vars_[s:s + k].clone(), logw[s:s + k].clone()
+            m, v, w = means[s : s + k].clone(), vars_[s : s + k].clone(), logw[s : s + k].clone()
             need = int(alloc[p]) - k
             while need > 0:
                 # split the heaviest components first, up to doubling per round
@@ -201,8 +215,9 @@ class DiagGmmSet:
             inv = 1.0 / self.vars
             a = -0.5 * inv
             b = self.means * inv
-            gconst = self.log_weights - 0.5 * (self.dim * _LOG_2PI + self.vars.log().sum(1)
-                                               + (self.means**2 * inv).sum(1))
+            gconst = self.log_weights - 0.5 * (
+                self.dim * _LOG_2PI + self.vars.log().sum(1) + (self.means**2 * inv).sum(1)
+            )
             counts = self.gauss_per_pdf()
             kmax = int(counts.max())
             starts = torch.cumsum(counts, 0) - counts
@@ -235,7 +250,7 @@ class DiagGmmSet:
             lut[pdfs] = torch.arange(len(pdfs), device=self.device)
             comps = torch.nonzero(lut[self.comp2pdf] >= 0).squeeze(1)
             col, num = lut[self.comp2pdf[comps]], len(pdfs)
-        cl = self.component_loglik(x, comps)                                  # (T, C)
+        cl = self.component_loglik(x, comps)  # (T, C)
         t = cl.shape[0]
         top = cl.new_full((t, num), -math.inf).scatter_reduce_(1, col.expand(t, -1), cl, "amax")
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -249,15 +264,20 @@ class DiagGmmSet:
         pad = lambda t, v: torch.cat([t, t.new_full((1,) + tuple(t.shape[1:]), v)])  # noqa: E731
         a, b, gconst = pad(a, 0.0), pad(b, 0.0), pad(gconst, -math.inf)
         x = x.to(self.device, torch.float32)
-        comps = table[pdf.to(self.device)]                                  # (N, K)
+        comps = table[pdf.to(self.device)]  # (N, K)
         cl = torch.einsum("nd,nkd->nk", x * x, a[comps]) + torch.einsum("nd,nkd->nk", x, b[comps]) + gconst[comps]
-        ll = torch.logsumexp(cl, -1)                                        # (N,)
-        return comps, (cl - ll[:, None]).exp(), ll                          # post 0 on padding
+        ll = torch.logsumexp(cl, -1)  # (N,)
+        return comps, (cl - ll[:, None]).exp(), ll  # post 0 on padding
 
     # ------------------------------------------------------------ save/load
     def state_dict(self) -> dict:
-        return {"means": self.means.cpu(), "vars": self.vars.cpu(), "log_weights": self.log_weights.cpu(),
-                "comp2pdf": self.comp2pdf.cpu(), "num_pdfs": self.num_pdfs}
+        return {
+            "means": self.means.cpu(),
+            "vars": self.vars.cpu(),
+            "log_weights": self.log_weights.cpu(),
+            "comp2pdf": self.comp2pdf.cpu(),
+            "num_pdfs": self.num_pdfs,
+        }
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "DiagGmmSet":
@@ -274,8 +294,8 @@ def accumulate(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: GmmStats, chunk: 
     g = gmm.num_gauss
     dev = stats.occ.device
     for s in range(0, x.shape[0], chunk):
-        xc = x[s:s + chunk].to(gmm.device, torch.float32)
-        comps, post, ll = gmm.frame_posteriors(xc, pdf[s:s + chunk])
+        xc = x[s : s + chunk].to(gmm.device, torch.float32)
+        comps, post, ll = gmm.frame_posteriors(xc, pdf[s : s + chunk])
         occ = torch.zeros(g + 1, dtype=torch.float64, device=dev)
         sx = torch.zeros(g + 1, xc.shape[1], dtype=torch.float64, device=dev)
         sxx = torch.zeros_like(sx)
@@ -283,7 +303,7 @@ def accumulate(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: GmmStats, chunk: 
         xx = xd * xd
         post, comps = post.double().to(dev), comps.to(dev)
         for k in range(comps.shape[1]):
-            w = post[:, k:k + 1]
+            w = post[:, k : k + 1]
             occ.index_add_(0, comps[:, k], w[:, 0])
             sx.index_add_(0, comps[:, k], xd * w)
             sxx.index_add_(0, comps[:, k], xx * w)

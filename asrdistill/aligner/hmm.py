@@ -5,8 +5,8 @@ torch: features are globally mean/variance normalised (statistics kept in the
 model) plus deltas and delta-deltas (or spliced frames and an LDA+MLLT matrix,
 :mod:`asrdistill.aligner.lda_mllt`); each iteration (optionally) re-aligns with
 Viterbi against each utterance's full training graph (every pronunciation,
-optional silence: :mod:`asrdistill.aligner.utt_graph`), accumulates Viterbi GMM statistics, re-estimates, and splits mixtures
-towards ``max_gaussians``. Self-loop probabilities are re-estimated from the
+optional silence: :mod:`asrdistill.aligner.utt_graph`), accumulates Viterbi GMM statistics, re-estimates, and
+splits mixtures towards ``max_gaussians``. Self-loop probabilities are re-estimated from the
 alignment.
 
 The loop (:func:`train_gmm_hmm`) is generic over the pdf map: a
@@ -40,16 +40,16 @@ import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
 from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_utt_graphs
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
+from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_utt_graphs
 from asrdistill.aligner.viterbi import viterbi_batch
-from asrdistill.fileio import atomic_path, json_safe, load_weights, write_text_atomic
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.parallel import Executor
+from asrdistill.fileio import atomic_path, json_safe, load_weights, write_text_atomic
 from asrdistill.logs import progress
+from asrdistill.parallel import Executor
 
 __all__ = [
     "LoopConfig",
@@ -86,19 +86,19 @@ class LoopConfig:
 
     num_iters: int = 40
     max_gaussians: int = 1000
-    max_iter_inc: int = 30          # Gaussians grow linearly until this iteration
+    max_iter_inc: int = 30  # Gaussians grow linearly until this iteration
     realign_iters: list[int] = field(default_factory=_kaldi_realign_iters)
-    optional_silence_prob: float = 0.5   # Kaldi's sil_prob: silence between words (0: none, 1: always)
-    boundary_silence: bool = True    # optional silence before the first / after the last word
+    optional_silence_prob: float = 0.5  # Kaldi's sil_prob: silence between words (0: none, 1: always)
+    boundary_silence: bool = True  # optional silence before the first / after the last word
     mllt_iters: list[int] = field(default_factory=list)  # re-estimate the MLLT rotation (LDA+MLLT models only)
-    var_floor: float = 0.01          # fraction of the global variance
-    min_gaussian_occ: float = 10.0   # components with fewer frames are dropped
-    mixup_power: float = 0.2         # Gaussians per pdf ~ occupancy ** power
-    self_loop_floor: float = 0.05    # self-loop probabilities stay in [floor, 1 - floor]
-    nj: int = 2                      # CPU worker processes (ignored on a GPU)
+    var_floor: float = 0.01  # fraction of the global variance
+    min_gaussian_occ: float = 10.0  # components with fewer frames are dropped
+    mixup_power: float = 0.2  # Gaussians per pdf ~ occupancy ** power
+    self_loop_floor: float = 0.05  # self-loop probabilities stay in [floor, 1 - floor]
+    nj: int = 2  # CPU worker processes (ignored on a GPU)
     device: str = "cpu"
-    max_cells: int = 20_000_000      # Viterbi batch size in (utterances x frames x states)
-    chunk_frames: int = 20_000       # frames scored per GMM evaluation
+    max_cells: int = 20_000_000  # Viterbi batch size in (utterances x frames x states)
+    chunk_frames: int = 20_000  # frames scored per GMM evaluation
 
 
 # ------------------------------------------------------------------------- features
@@ -106,6 +106,7 @@ class LoopConfig:
 
 def add_deltas(x: torch.Tensor, window: int = 2) -> torch.Tensor:
     """Append deltas and delta-deltas (Kaldi ``add-deltas``: regression over +-``window`` frames, edges repeated)."""
+
     def delta(y: torch.Tensor) -> torch.Tensor:
         t = y.shape[0]
         idx = torch.arange(t)
@@ -122,7 +123,7 @@ def splice_frames(x: torch.Tensor, context: int) -> torch.Tensor:
     """Each frame with its +-``context`` neighbours side by side (Kaldi ``splice-feats``, edges repeated)."""
     t = x.shape[0]
     idx = (torch.arange(t)[:, None] + torch.arange(-context, context + 1)[None, :]).clamp(0, max(t - 1, 0))
-    return x[idx].reshape(t, -1)   # (T, (2 * context + 1) * D)
+    return x[idx].reshape(t, -1)  # (T, (2 * context + 1) * D)
 
 
 @dataclass
@@ -133,11 +134,11 @@ class FeatureTransform:
     ``matrix`` (LDA+MLLT, :mod:`asrdistill.aligner.lda_mllt`) projects last.
     """
 
-    mean: np.ndarray   # (D,) float64
-    var: np.ndarray    # (D,)
+    mean: np.ndarray  # (D,) float64
+    var: np.ndarray  # (D,)
     use_deltas: bool = True
     splice: int = 0
-    matrix: np.ndarray | None = None   # (out_dim, in_dim) float64
+    matrix: np.ndarray | None = None  # (out_dim, in_dim) float64
 
     @property
     def base_dim(self) -> int:
@@ -171,14 +172,24 @@ class FeatureTransform:
         return cls(mean, np.maximum(ss / n - mean**2, 1e-8), use_deltas)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "use_deltas": self.use_deltas,
-                "splice": self.splice, "matrix": None if self.matrix is None else self.matrix.tolist()}
+        return {
+            "mean": self.mean.tolist(),
+            "var": self.var.tolist(),
+            "use_deltas": self.use_deltas,
+            "splice": self.splice,
+            "matrix": None if self.matrix is None else self.matrix.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureTransform":
         matrix = d.get("matrix")
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["var"], dtype=np.float64), bool(d["use_deltas"]),
-                   int(d.get("splice", 0)), None if matrix is None else np.asarray(matrix, dtype=np.float64))
+        return cls(
+            np.asarray(d["mean"], dtype=np.float64),
+            np.asarray(d["var"], dtype=np.float64),
+            bool(d["use_deltas"]),
+            int(d.get("splice", 0)),
+            None if matrix is None else np.asarray(matrix, dtype=np.float64),
+        )
 
 
 # ---------------------------------------------------------------------------- model
@@ -226,10 +237,13 @@ class HmmModel:
     def load(cls, path: str | Path) -> "HmmModel":
         d = load_weights(path, "GMM-HMM model")
         try:
-            return cls(DiagGmmSet.from_state_dict(d["gmm"]),
-                       Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
-                       FeatureTransform.from_dict(d["transform"]),
-                       ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None, dict(d["meta"]))
+            return cls(
+                DiagGmmSet.from_state_dict(d["gmm"]),
+                Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
+                FeatureTransform.from_dict(d["transform"]),
+                ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None,
+                dict(d["meta"]),
+            )
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
 
@@ -254,16 +268,21 @@ class UttAlignment:
 
     @classmethod
     def from_path(cls, graph: UttGraph, path: np.ndarray) -> "UttAlignment":
-        return cls(graph.pdf[path].astype(np.int32), graph.phone[path], graph.hmm_state[path], graph.word[path],
-                   graph.pron[path])
+        return cls(
+            graph.pdf[path].astype(np.int32),
+            graph.phone[path],
+            graph.hmm_state[path],
+            graph.word[path],
+            graph.pron[path],
+        )
 
 
 # ---------------------------------------------------------------------- transcripts
 
 
-def prepare_transcripts(text: Mapping[str, str], lang: Lang,
-                        pron_probs: Mapping[tuple[str, tuple[str, ...]], float] | None = None
-                        ) -> tuple[dict[str, Transcript], dict[str, str]]:
+def prepare_transcripts(
+    text: Mapping[str, str], lang: Lang, pron_probs: Mapping[tuple[str, tuple[str, ...]], float] | None = None
+) -> tuple[dict[str, Transcript], dict[str, str]]:
     """Every transcript with all pronunciations of its words; OOV words become ``<UNK>``.
 
     ``pron_probs`` ((word, phones) -> probability, e.g. a ``lexiconp.txt``
@@ -330,7 +349,7 @@ def estimate_self_loops(alignments: Iterable[UttAlignment], topology: Topology, 
 # ---------------------------------------------------------------- per-shard worker
 
 FEATS_CACHE: "OrderedDict[str, dict[str, np.ndarray]]" = OrderedDict()
-_CACHE_BYTES = 1 << 30   # per process: re-reading a shard each iteration is the fallback, not an error
+_CACHE_BYTES = 1 << 30  # per process: re-reading a shard each iteration is the fallback, not an error
 
 
 def shard_feats(path: Path, cache: bool) -> dict[str, np.ndarray]:
@@ -355,8 +374,8 @@ class ShardResult:
     stats: GmmStats | None
     alignments: dict[str, UttAlignment]
     skipped: dict[str, str]
-    viterbi_score: float = 0.0     # summed best-path scores of the aligned utterances
-    frames: int = 0                # frames of the aligned utterances
+    viterbi_score: float = 0.0  # summed best-path scores of the aligned utterances
+    frames: int = 0  # frames of the aligned utterances
     mllt: MlltStats | None = None  # with ``mllt_stats``
 
 
@@ -364,20 +383,25 @@ class ShardResult:
 class ShardPass:
     """What one pass of :func:`process_shard` does over a shard, with which training graphs and search limits."""
 
-    realign: bool = False           # align afresh (else the given alignment supplies the pdfs)
-    equal: bool = False             # flat start: equal alignment along the default path instead of Viterbi
+    realign: bool = False  # align afresh (else the given alignment supplies the pdfs)
+    equal: bool = False  # flat start: equal alignment along the default path instead of Viterbi
     accumulate_stats: bool = False  # GMM statistics on the (new or given) alignment
-    mllt_stats: bool = False        # MLLT statistics too
-    optional_prob: float = 0.5      # training graphs: probability of the optional silence between words
-    boundary_silence: bool = True   # ... and optional silence at both ends
+    mllt_stats: bool = False  # MLLT statistics too
+    optional_prob: float = 0.5  # training graphs: probability of the optional silence between words
+    boundary_silence: bool = True  # ... and optional silence at both ends
     device: str = "cpu"
-    max_cells: int = 20_000_000     # Viterbi: trellis cells per batch of utterances
-    chunk_frames: int = 20_000      # frames scored per GMM call
-    cache: bool = True              # keep the shard's features in memory for the next pass
+    max_cells: int = 20_000_000  # Viterbi: trellis cells per batch of utterances
+    chunk_frames: int = 20_000  # frames scored per GMM call
+    cache: bool = True  # keep the shard's features in memory for the next pass
 
 
-def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, how: ShardPass,
-                  alignment: Mapping[str, UttAlignment] | None = None) -> ShardResult:
+def process_shard(
+    shard: Path,
+    seqs: Mapping[str, Transcript],
+    model: HmmModel,
+    how: ShardPass,
+    alignment: Mapping[str, UttAlignment] | None = None,
+) -> ShardResult:
     """Align (Viterbi, or equally with ``how.equal``) and/or accumulate statistics for one feature shard.
 
     Only utterances in ``seqs`` are used; each is aligned to its full training
@@ -397,12 +421,20 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
     xs = {u: model.transform.apply(feats[u]) for u in utts}
     if realign or equal:
         graphs: dict[str, UttGraph] = {}
-        built = build_utt_graphs([seqs[u] for u in utts], model.topology, model.pdf_of, how.optional_prob,
-                                 how.boundary_silence, context=model.tree is not None)
+        built = build_utt_graphs(
+            [seqs[u] for u in utts],
+            model.topology,
+            model.pdf_of,
+            how.optional_prob,
+            how.boundary_silence,
+            context=model.tree is not None,
+        )
         for u, g in zip(utts, built):
             if xs[u].shape[0] < g.min_frames:
-                skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "
-                              "path through its transcript's graph (one frame per state at least)")
+                skipped[u] = (
+                    f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "
+                    "path through its transcript's graph (one frame per state at least)"
+                )
             else:
                 graphs[u] = g
         todo = list(graphs)
@@ -410,8 +442,10 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
             for u in todo:
                 path = equal_alignment(graphs[u], xs[u].shape[0])
                 if path is None:
-                    skipped[u] = (f"{xs[u].shape[0]} frames, fewer than the {len(graphs[u].default_path)} HMM "
-                                  "states of the flat-start path (first pronunciations, silence at both ends)")
+                    skipped[u] = (
+                        f"{xs[u].shape[0]} frames, fewer than the {len(graphs[u].default_path)} HMM "
+                        "states of the flat-start path (first pronunciations, silence at both ends)"
+                    )
                     continue
                 out_ali[u] = UttAlignment.from_path(graphs[u], path)
         else:
@@ -430,7 +464,7 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
                 for u in chunk:
                     t = xs[u].shape[0]
                     idx = torch.from_numpy(np.searchsorted(pdfs, graphs[u].pdf)).to(ll.device)
-                    lls.append(ll[offs:offs + t][:, idx])
+                    lls.append(ll[offs : offs + t][:, idx])
                     offs += t
                 paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, how.max_cells)
                 for u, path, sc in zip(chunk, paths, scores):
@@ -450,8 +484,9 @@ def process_shard(shard: Path, seqs: Mapping[str, Transcript], model: HmmModel, 
             used = [u for u in utts if u in alignment and alignment[u].pdf.size]
             for u in used:
                 if alignment[u].pdf.shape[0] != xs[u].shape[0]:
-                    raise ValueError(f"{shard}: {u}: alignment has {alignment[u].pdf.shape[0]} frames, "
-                                     f"features {xs[u].shape[0]}")
+                    raise ValueError(
+                        f"{shard}: {u}: alignment has {alignment[u].pdf.shape[0]} frames, features {xs[u].shape[0]}"
+                    )
             if used:
                 x = torch.cat([xs[u] for u in used])
                 pdf = torch.from_numpy(np.concatenate([alignment[u].pdf for u in used]).astype(np.int64))
@@ -481,14 +516,22 @@ class ShardRunner:
         gpu = str(device).startswith("cuda")
         self.executor = Executor(1 if gpu else nj, initializer=None if gpu else _worker_init)
 
-    def map(self, jobs: Sequence[tuple[Path, Mapping[str, Transcript]]], model: HmmModel,
-            alignment: Mapping[str, UttAlignment] | None, desc: str, how: ShardPass) -> Iterable[ShardResult]:
+    def map(
+        self,
+        jobs: Sequence[tuple[Path, Mapping[str, Transcript]]],
+        model: HmmModel,
+        alignment: Mapping[str, UttAlignment] | None,
+        desc: str,
+        how: ShardPass,
+    ) -> Iterable[ShardResult]:
         """Yield one :class:`ShardResult` per job (``how`` on this runner's device), in any order, with a progress
         bar."""
         how = dataclasses.replace(how, device=self.device)
         state = model.state()
-        args = [(p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None,
-                 how) for p, seqs in jobs]
+        args = [
+            (p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None, how)
+            for p, seqs in jobs
+        ]
         it = self.executor.map(_worker, args, ordered=False)
         yield from progress(it, total=len(args), desc=desc, unit="shard", leave=False)
 
@@ -505,8 +548,9 @@ class ShardRunner:
 # -------------------------------------------------------------------------- training
 
 
-def shard_jobs(feats: ShardManifest, seqs: Mapping[str, Transcript], pieces: int = 1
-               ) -> list[tuple[Path, dict[str, Transcript]]]:
+def shard_jobs(
+    feats: ShardManifest, seqs: Mapping[str, Transcript], pieces: int = 1
+) -> list[tuple[Path, dict[str, Transcript]]]:
     """(shard, utterances) work items; each shard's utterances are dealt into ``pieces`` items.
 
     Splitting within shards keeps ``nj`` workers busy when the corpus has
@@ -526,9 +570,15 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(json_safe(r), sort_keys=True, allow_nan=False) + "\n" for r in records))
 
 
-def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Transcript], config: LoopConfig,
-                  exp_dir: str | Path, alignment: Mapping[str, UttAlignment] | None = None,
-                  log_name: str = "train") -> tuple[HmmModel, dict[str, UttAlignment], dict[str, str]]:
+def train_gmm_hmm(
+    model: HmmModel,
+    feats: ShardManifest,
+    seqs: Mapping[str, Transcript],
+    config: LoopConfig,
+    exp_dir: str | Path,
+    alignment: Mapping[str, UttAlignment] | None = None,
+    log_name: str = "train",
+) -> tuple[HmmModel, dict[str, UttAlignment], dict[str, str]]:
     """Iterate Viterbi re-estimation (Kaldi ``train_mono.sh`` / ``train_deltas.sh`` loop) from ``model``.
 
     Iteration ``i`` (0-based) re-aligns when ``i in config.realign_iters`` or
@@ -563,9 +613,15 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Tran
             new_ali: dict[str, UttAlignment] = {}
             skipped = {} if realign else skipped
             score, frames = 0.0, 0
-            how = ShardPass(realign=realign, accumulate_stats=True, mllt_stats=mllt,
-                            optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence,
-                            max_cells=config.max_cells, chunk_frames=config.chunk_frames)
+            how = ShardPass(
+                realign=realign,
+                accumulate_stats=True,
+                mllt_stats=mllt,
+                optional_prob=config.optional_silence_prob,
+                boundary_silence=config.boundary_silence,
+                max_cells=config.max_cells,
+                chunk_frames=config.chunk_frames,
+            )
             for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", how):
                 stats.add(res.stats)
                 if mllt_acc is not None:
@@ -576,34 +632,53 @@ def train_gmm_hmm(model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Tran
             if realign:
                 ali = new_ali
             if stats.frames == 0:
-                raise ValueError(f"iteration {it}: no utterance could be aligned ({len(skipped)} skipped, e.g. "
-                                 f"{next(iter(skipped.items()), None)})")
+                raise ValueError(
+                    f"iteration {it}: no utterance could be aligned ({len(skipped)} skipped, e.g. "
+                    f"{next(iter(skipped.items()), None)})"
+                )
             gmm = DiagGmmSet.from_stats(stats, model.gmm, config.var_floor, config.min_gaussian_occ)
             transform = model.transform
-            if mllt_acc is not None:   # rotate the space the new Gaussians live in (Kaldi est-mllt, gmm-transform-means)
+            if mllt_acc is not None:  # rotate the space the new Gaussians live in (Kaldi est-mllt, gmm-transform-means)
                 rot, gain = estimate_mllt(mllt_acc)
                 transform = dataclasses.replace(transform, matrix=rot @ transform.matrix)
-                gmm = DiagGmmSet(gmm.means @ torch.from_numpy(rot.T).float(), gmm.vars, gmm.log_weights, gmm.comp2pdf,
-                                 gmm.num_pdfs)
+                gmm = DiagGmmSet(
+                    gmm.means @ torch.from_numpy(rot.T).float(), gmm.vars, gmm.log_weights, gmm.comp2pdf, gmm.num_pdfs
+                )
                 log.info("iter %d: MLLT objective gain %.4f per frame", it, gain)
             target = int(min(config.max_gaussians, start_gauss + inc * (it + 1)))
             pdf_occ = torch.zeros(gmm.num_pdfs, dtype=torch.float64).index_add_(0, model.gmm.comp2pdf.cpu(), stats.occ)
             gmm = gmm.split(target, pdf_occ, config.mixup_power)
             topo = estimate_self_loops(ali.values(), model.topology, config.self_loop_floor)
             model = HmmModel(gmm, topo, transform, model.tree, model.meta)
-            rec = {"iter": it, "loglik_per_frame": stats.loglik_per_frame, "frames": stats.frames,
-                   "num_gauss": gmm.num_gauss, "realigned": realign, "skipped": len(skipped),
-                   "seconds": round(time.time() - t0, 2)}
+            rec = {
+                "iter": it,
+                "loglik_per_frame": stats.loglik_per_frame,
+                "frames": stats.frames,
+                "num_gauss": gmm.num_gauss,
+                "realigned": realign,
+                "skipped": len(skipped),
+                "seconds": round(time.time() - t0, 2),
+            }
             if realign and frames:
                 rec["viterbi_per_frame"] = score / frames
             records.append(rec)
             _write_jsonl(log_path, records)
-            log.info("iter %d: loglik/frame %.3f over %d frames, %d Gaussians%s (%.1f s)", it, rec["loglik_per_frame"],
-                     stats.frames, gmm.num_gauss, ", realigned" if realign else "", rec["seconds"])
+            log.info(
+                "iter %d: loglik/frame %.3f over %d frames, %d Gaussians%s (%.1f s)",
+                it,
+                rec["loglik_per_frame"],
+                stats.frames,
+                gmm.num_gauss,
+                ", realigned" if realign else "",
+                rec["seconds"],
+            )
     FEATS_CACHE.clear()
     if skipped:
-        log.warning("%d utterance(s) could not be aligned in the last alignment pass, e.g. %s",
-                    len(skipped), list(skipped.items())[:3])
+        log.warning(
+            "%d utterance(s) could not be aligned in the last alignment pass, e.g. %s",
+            len(skipped),
+            list(skipped.items())[:3],
+        )
     return model, ali, skipped
 
 

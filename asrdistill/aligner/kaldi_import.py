@@ -31,8 +31,8 @@ import numpy as np
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.datadir import check_pipes
-from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.logs import progress
 
 __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
@@ -40,12 +40,11 @@ __all__ = ["ImportResult", "read_kaldi_int_vectors", "import_kaldi_alignments"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ImportResult:
     pdf: ShardManifest
-    skipped: dict[str, str]   # utt -> reason (features without a usable alignment)
-    unused: list[str]         # alignments for utterances that are not in the features
+    skipped: dict[str, str]  # utt -> reason (features without a usable alignment)
+    unused: list[str]  # alignments for utterances that are not in the features
     num_pdfs: int
     num_frames: int
 
@@ -62,8 +61,9 @@ def read_kaldi_int_vectors(path: str | Path) -> dict[str, np.ndarray]:
     for utt, arr in _kaldi_items(path):
         arr = np.asarray(arr)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{path}: {utt}: expected an int vector (ali-to-pdf output), got "
-                             f"{arr.dtype} array of shape {arr.shape}")
+            raise ValueError(
+                f"{path}: {utt}: expected an int vector (ali-to-pdf output), got {arr.dtype} array of shape {arr.shape}"
+            )
         if arr.size and arr.min() < 0:
             raise ValueError(f"{path}: {utt}: negative pdf id {int(arr.min())}")
         if utt in out:
@@ -82,8 +82,14 @@ def _kaldi_items(path: Path):
         raise ValueError(f"{path}: cannot read Kaldi alignments: {e}") from e
 
 
-def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str | Path, tree: str | Path,
-                            force: bool = False, allow_pipes: bool = False) -> ImportResult:
+def import_kaldi_alignments(
+    ali: str | Path,
+    feats: ShardManifest,
+    out_dir: str | Path,
+    tree: str | Path,
+    force: bool = False,
+    allow_pipes: bool = False,
+) -> ImportResult:
     """Write ``pdf-NNNNNN.tar`` shards (``<utt>.pdf.npy``) for ``feats`` from Kaldi pdf alignments.
 
     ``tree``: the ``tree.json`` (or a folder holding it) whose senones the ids
@@ -95,23 +101,27 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
     if tree.is_dir():
         tree = tree / "tree.json"
     if not tree.is_file():
-        raise FileNotFoundError(f"{tree}: no tree.json; give the asrdistill tree whose senones the alignment ids "
-                                "are (e.g. exp/tri)")
+        raise FileNotFoundError(
+            f"{tree}: no tree.json; give the asrdistill tree whose senones the alignment ids are (e.g. exp/tri)"
+        )
     if ali.suffix == ".scp" and ali.is_file():
         check_pipes(ali, allow_pipes)
     num_pdfs = ContextTree.load(tree).num_pdfs
     inputs = {"ali": ali, "feats": [feats.path, feats.shard_paths], "tree": tree}
     if stage_done(out_dir, "kaldi_import", inputs, force) is not None:
         pdf = ShardManifest.load(out_dir, PDF_PREFIX)
-        return ImportResult(pdf, read_skipped(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)),
-                            pdf.num_frames)
+        return ImportResult(
+            pdf, read_skipped(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)), pdf.num_frames
+        )
     t0 = time.time()
     alis = read_kaldi_int_vectors(ali)
     top = max((int(a.max()) for a in alis.values() if a.size), default=-1) + 1
     if top > num_pdfs:
         bad = next(u for u, a in alis.items() if a.size and a.max() >= num_pdfs)
-        raise ValueError(f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= {num_pdfs}, the senone count of {tree}: "
-                         "these alignments were made with another tree")
+        raise ValueError(
+            f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= {num_pdfs}, the senone count of {tree}: "
+            "these alignments were made with another tree"
+        )
     skipped: dict[str, str] = {}
     infos = []
     frames = 0
@@ -131,17 +141,25 @@ def import_kaldi_alignments(ali: str | Path, feats: ShardManifest, out_dir: str 
             rows.append((utt, {"pdf": a}))
         if not info.name.startswith(feats.prefix):
             raise ValueError(f"{feats.path}: shard {info.name!r} does not start with prefix {feats.prefix!r}")
-        infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix):]), rows, frames_field="pdf"))
+        infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix) :]), rows, frames_field="pdf"))
     known = set(feats.keys)
     unused = sorted(u for u in alis if u not in known)
-    pdf = ShardManifest(out_dir, PDF_PREFIX, infos, {"num_pdfs": num_pdfs, "source": str(ali), "tree": str(tree),
-                                                     "tree_sha256": tree_sha256(tree)})
+    pdf = ShardManifest(
+        out_dir,
+        PDF_PREFIX,
+        infos,
+        {"num_pdfs": num_pdfs, "source": str(ali), "tree": str(tree), "tree_sha256": tree_sha256(tree)},
+    )
     pdf.save()
     write_skipped(out_dir / "skipped.tsv", skipped)
     mark_done(out_dir, "kaldi_import", {"source": str(ali), "num_pdfs": num_pdfs, "skipped": len(skipped)}, inputs)
     if skipped:
-        log.warning("%s: %d utterance(s) without a usable alignment, e.g. %s (see skipped.tsv)", out_dir,
-                    len(skipped), list(skipped.items())[:3])
+        log.warning(
+            "%s: %d utterance(s) without a usable alignment, e.g. %s (see skipped.tsv)",
+            out_dir,
+            len(skipped),
+            list(skipped.items())[:3],
+        )
     if unused:
         log.warning("%s: %d alignment(s) for utterances not in the features, e.g. %s", ali, len(unused), unused[:3])
     log.info("imported %d frames, %d pdfs in %.1f s", frames, num_pdfs, time.time() - t0)

@@ -34,8 +34,8 @@ __all__ = ["LdaStats", "estimate_lda", "MlltStats", "accumulate_mllt", "estimate
 class LdaStats:
     """Class counts and sums plus the total scatter of the (spliced) frames, float64."""
 
-    count: np.ndarray    # (C,)
-    sum: np.ndarray      # (C, D)
+    count: np.ndarray  # (C,)
+    sum: np.ndarray  # (C, D)
     scatter: np.ndarray  # (D, D) sum of x x^T over all frames
 
     @classmethod
@@ -61,18 +61,20 @@ def estimate_lda(stats: LdaStats, dim: int) -> np.ndarray:
     used = stats.count > 0
     d = stats.sum.shape[1]
     if int(used.sum()) <= dim or d < dim:
-        raise ValueError(f"LDA to {dim} dimensions needs more than {dim} classes with data and >= {dim} inputs; "
-                         f"have {int(used.sum())} classes, {d} inputs")
+        raise ValueError(
+            f"LDA to {dim} dimensions needs more than {dim} classes with data and >= {dim} inputs; "
+            f"have {int(used.sum())} classes, {d} inputs"
+        )
     mean = stats.sum.sum(0) / n
     total = stats.scatter / n - np.outer(mean, mean)
     cm = stats.sum[used] / stats.count[used, None] - mean
     between = (cm * stats.count[used, None]).T @ cm / n
     within = total - between
-    within += np.eye(d) * 1e-6 * np.trace(within) / d      # spliced frames are nearly collinear
+    within += np.eye(d) * 1e-6 * np.trace(within) / d  # spliced frames are nearly collinear
     chol = np.linalg.cholesky(within)
     inv_l = np.linalg.inv(chol)
     vals, vecs = np.linalg.eigh(inv_l @ between @ inv_l.T)
-    top = vecs[:, np.argsort(vals)[::-1][:dim]]            # (D, dim)
+    top = vecs[:, np.argsort(vals)[::-1][:dim]]  # (D, dim)
     return top.T @ inv_l
 
 
@@ -80,7 +82,7 @@ def estimate_lda(stats: LdaStats, dim: int) -> np.ndarray:
 class MlltStats:
     """``G[i]`` (D, D) for each output dimension ``i`` and the frame count (Kaldi ``MlltAccs``)."""
 
-    G: np.ndarray    # (D, D, D) float64
+    G: np.ndarray  # (D, D, D) float64
     count: float
 
     @classmethod
@@ -92,8 +94,9 @@ class MlltStats:
         self.count += other.count
 
 
-def accumulate_mllt(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: MlltStats, chunk: int = 4096,
-                    min_post: float = 1e-3) -> MlltStats:
+def accumulate_mllt(
+    gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: MlltStats, chunk: int = 4096, min_post: float = 1e-3
+) -> MlltStats:
     """Add MLLT statistics of frames ``x`` (T, D) assigned to ``pdf`` (T,) under ``gmm``; returns ``stats``.
 
     Per Gaussian the full scatter around its mean is gathered first (only
@@ -105,8 +108,8 @@ def accumulate_mllt(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: MlltStats, c
     first = torch.zeros(num_g, d, dtype=torch.float64)
     occ = torch.zeros(num_g, dtype=torch.float64)
     for s in range(0, x.shape[0], chunk):
-        xc = x[s:s + chunk].double().cpu()
-        comps, post, _ = gmm.frame_posteriors(x[s:s + chunk], pdf[s:s + chunk])
+        xc = x[s : s + chunk].double().cpu()
+        comps, post, _ = gmm.frame_posteriors(x[s : s + chunk], pdf[s : s + chunk])
         comps, post = comps.cpu(), post.double().cpu()
         rows, slot = torch.nonzero(post > min_post, as_tuple=True)
         w = post[rows, slot]
@@ -117,8 +120,12 @@ def accumulate_mllt(gmm: DiagGmmSet, x: Tensor, pdf: Tensor, stats: MlltStats, c
         full.index_add_(0, c, (xr[:, :, None] * xr[:, None, :]).reshape(-1, d * d) * w[:, None])
     mu = gmm.means.double().cpu()
     # scatter around the mean: sum w (x - mu)(x - mu)^T = XX - f mu^T - mu f^T + n mu mu^T
-    cov = (full.view(num_g, d, d) - first[:, :, None] * mu[:, None, :] - mu[:, :, None] * first[:, None, :]
-           + occ[:, None, None] * mu[:, :, None] * mu[:, None, :])
+    cov = (
+        full.view(num_g, d, d)
+        - first[:, :, None] * mu[:, None, :]
+        - mu[:, :, None] * first[:, None, :]
+        + occ[:, None, None] * mu[:, :, None] * mu[:, None, :]
+    )
     inv_var = 1.0 / gmm.vars.double().cpu()
     stats.G += torch.einsum("mi,mjk->ijk", inv_var, cov).numpy()
     stats.count += float(occ.sum())
@@ -139,7 +146,7 @@ def estimate_mllt(stats: MlltStats, iters: int = 10) -> tuple[np.ndarray, float]
     before = _objective(a, stats.G, stats.count)
     for _ in range(iters):
         for i in range(d):
-            c = np.linalg.inv(a).T[i]                         # cofactor row up to a scale, which cancels
+            c = np.linalg.inv(a).T[i]  # cofactor row up to a scale, which cancels
             cg = c @ g_inv[i]
             a[i] = cg * math.sqrt(stats.count / float(cg @ c))
     return a, (_objective(a, stats.G, stats.count) - before) / stats.count

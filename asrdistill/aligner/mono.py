@@ -18,8 +18,18 @@ from typing import Mapping
 import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, ShardRunner, UttAlignment, shard_jobs, \
-    ShardPass, plot_convergence, prepare_transcripts, train_gmm_hmm
+from asrdistill.aligner.hmm import (
+    FeatureTransform,
+    HmmModel,
+    LoopConfig,
+    ShardPass,
+    ShardRunner,
+    UttAlignment,
+    plot_convergence,
+    prepare_transcripts,
+    shard_jobs,
+    train_gmm_hmm,
+)
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
@@ -37,12 +47,11 @@ log = logging.getLogger(__name__)
 class MonoConfig(LoopConfig):
     """Flat-start monophone training (section ``mono``)."""
 
-    subset_utts: int | None = 1000   # train on the shortest N utterances (None: all)
+    subset_utts: int | None = 1000  # train on the shortest N utterances (None: all)
     states: int = 3
-    silence_states: int = 5          # SIL and SPN (Kaldi's default)
-    use_deltas: bool = True          # +delta +delta-delta (120 dims from 40)
+    silence_states: int = 5  # SIL and SPN (Kaldi's default)
+    use_deltas: bool = True  # +delta +delta-delta (120 dims from 40)
     initial_self_loop: float = 0.75
-
 
 
 def _utt_frames(feats: ShardManifest) -> dict[str, int]:
@@ -53,8 +62,14 @@ def _utt_frames(feats: ShardManifest) -> dict[str, int]:
     return out
 
 
-def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_dir: str | Path,
-               config: MonoConfig = MonoConfig(), force: bool = False) -> HmmModel:
+def train_mono(
+    feats: ShardManifest,
+    text: Mapping[str, str],
+    lang: Lang,
+    exp_dir: str | Path,
+    config: MonoConfig = MonoConfig(),
+    force: bool = False,
+) -> HmmModel:
     """Flat-start monophone training on the shortest ``config.subset_utts`` utterances.
 
     Writes ``<exp_dir>/final.pt`` (:class:`HmmModel`), ``topo.json``,
@@ -63,8 +78,12 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     realignment; the others are trained on) and the ``.mono.done`` marker.
     """
     exp_dir = Path(exp_dir)
-    inputs = {"config": result_settings(config), "feats": [feats.path, feats.shard_paths], "text": dict(text),
-              "lang": lang}
+    inputs = {
+        "config": result_settings(config),
+        "feats": [feats.path, feats.shard_paths],
+        "text": dict(text),
+        "lang": lang,
+    }
     if stage_done(exp_dir, "mono", inputs, force) is not None:
         return HmmModel.load(exp_dir / "final.pt")
     if config.silence_states < 1 or config.states < 1:
@@ -82,9 +101,15 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     log.info("monophone flat start on %d utterances (%.2f h)", len(seqs), sum(n for n, _ in candidates) / 360000)
 
     transform = FeatureTransform.fit(
-        (s["feats"] for p in feats.shard_paths for u, s in iter_shard(p) if u in chosen), config.use_deltas)
-    topology = Topology.uniform(lang.num_phones, config.states, config.silence_states,
-                                (lang.phone_id[SIL], lang.phone_id["SPN"]), config.initial_self_loop)
+        (s["feats"] for p in feats.shard_paths for u, s in iter_shard(p) if u in chosen), config.use_deltas
+    )
+    topology = Topology.uniform(
+        lang.num_phones,
+        config.states,
+        config.silence_states,
+        (lang.phone_id[SIL], lang.phone_id["SPN"]),
+        config.initial_self_loop,
+    )
     pdfs = MonophonePdfs.from_topology(topology)
     d = transform.dim
     # flat start: every pdf at the global mean/variance (zero and one after normalisation, deltas near zero)
@@ -94,24 +119,38 @@ def train_mono(feats: ShardManifest, text: Mapping[str, str], lang: Lang, exp_di
     # equal alignment (Kaldi align-equal-compiled), then the re-estimation loop
     init_ali: dict[str, UttAlignment] = {}
     with ShardRunner(config.nj, config.device) as runner:
-        flat_start = ShardPass(equal=True, optional_prob=config.optional_silence_prob,
-                               boundary_silence=config.boundary_silence)
+        flat_start = ShardPass(
+            equal=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence
+        )
         for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", flat_start):
             init_ali.update(res.alignments)
             skipped.update(res.skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})
-    model, ali, lost = train_gmm_hmm(model, feats, {u: seqs[u] for u in init_ali}, loop_cfg, exp_dir,
-                                     alignment=init_ali)
+    model, ali, lost = train_gmm_hmm(
+        model, feats, {u: seqs[u] for u in init_ali}, loop_cfg, exp_dir, alignment=init_ali
+    )
     skipped.update(lost)
     model.save(exp_dir / "final.pt")
     model.topology.save(exp_dir / "topo.json")
     write_skipped(exp_dir / "skipped.tsv", skipped)
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
-    mark_done(exp_dir, "mono", {"config": to_dict(config), "num_utts": len(ali), "skipped": len(skipped),
-                                "seconds": round(time.time() - t0, 1)}, inputs)
-    log.info("monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped%s",
-             time.time() - t0, model.gmm.num_gauss, model.num_pdfs, len(skipped),
-             f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")
+    mark_done(
+        exp_dir,
+        "mono",
+        {
+            "config": to_dict(config),
+            "num_utts": len(ali),
+            "skipped": len(skipped),
+            "seconds": round(time.time() - t0, 1),
+        },
+        inputs,
+    )
+    log.info(
+        "monophone training done in %.1f s: %d Gaussians, %d pdfs, %d utterance(s) skipped%s",
+        time.time() - t0,
+        model.gmm.num_gauss,
+        model.num_pdfs,
+        len(skipped),
+        f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "",
+    )
     return model
-
-

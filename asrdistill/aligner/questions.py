@@ -93,8 +93,10 @@ def arpabet_questions(phones: list[str]) -> list[frozenset[int]]:
     Classes with no member in the phone set are dropped, so a non-ARPAbet phone
     set simply gets the singletons and silence sets.
     """
-    classes = [frozenset(i for i, p in enumerate(phones) if i > 0 and _base(p) in members)
-               for members in ARPABET_CLASSES.values()]
+    classes = [
+        frozenset(i for i, p in enumerate(phones) if i > 0 and _base(p) in members)
+        for members in ARPABET_CLASSES.values()
+    ]
     return _dedup(_basic(phones) + classes)
 
 
@@ -145,7 +147,9 @@ def cluster_questions(stats: TriphoneStats, phones: list[str], var_floor: float 
     return _dedup(_basic(phones) + formed)
 
 
-def phone_questions(kind: str, phones: list[str], stats: TriphoneStats, var_floor: float = 0.01) -> list[frozenset[int]]:
+def phone_questions(
+    kind: str, phones: list[str], stats: TriphoneStats, var_floor: float = 0.01
+) -> list[frozenset[int]]:
     """Questions of ``kind`` ``'arpabet'``, ``'auto'`` or ``'both'``."""
     if kind == "arpabet":
         return arpabet_questions(phones)

@@ -41,9 +41,9 @@ class TriphoneStats:
     """Sufficient statistics per distinct context; rows sorted by context."""
 
     contexts: np.ndarray  # (N, 4) int64: left, center, right, state
-    count: np.ndarray     # (N,) float64 frames
-    sum: np.ndarray       # (N, D) float64
-    sumsq: np.ndarray     # (N, D) float64
+    count: np.ndarray  # (N,) float64 frames
+    sum: np.ndarray  # (N, D) float64
+    sumsq: np.ndarray  # (N, D) float64
 
     @property
     def dim(self) -> int:
@@ -94,7 +94,7 @@ def frame_contexts(phone: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np
     if phone.shape[0] == 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e, e, e
-    inst = np.cumsum(start) - 1                      # instance index per frame
+    inst = np.cumsum(start) - 1  # instance index per frame
     inst_phone = phone[start]
     padded = np.concatenate([[0], inst_phone, [0]])
     return padded[inst], phone, padded[inst + 2], state
@@ -145,8 +145,12 @@ class StatsAccumulator:
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        return (keys[starts], np.add.reduceat(count[order], starts),
-                np.add.reduceat(sum_[order], starts, axis=0), np.add.reduceat(sumsq[order], starts, axis=0))
+        return (
+            keys[starts],
+            np.add.reduceat(count[order], starts),
+            np.add.reduceat(sum_[order], starts, axis=0),
+            np.add.reduceat(sumsq[order], starts, axis=0),
+        )
 
     def _flush(self) -> None:
         if not self._keys:
@@ -208,6 +212,11 @@ def accumulate_triphone_stats(
     if acc is None:
         raise ValueError(f"{ali.path}: no aligned utterance to accumulate tree statistics from")
     stats = acc.result()
-    log.info("tree stats: %d frames, %d distinct contexts, %d unaligned utterances skipped (%.1fs)",
-             stats.num_frames, len(stats), skipped, time.time() - t0)
+    log.info(
+        "tree stats: %d frames, %d distinct contexts, %d unaligned utterances skipped (%.1fs)",
+        stats.num_frames,
+        len(stats),
+        skipped,
+        time.time() - t0,
+    )
     return stats

@@ -27,8 +27,14 @@ class Topology:
     self_loop: list[list[float]]
 
     @classmethod
-    def uniform(cls, num_phones: int, states: int = 3, silence_states: int = 3,
-                silence_ids: tuple[int, ...] = (1, 2), self_loop: float = 0.75) -> "Topology":
+    def uniform(
+        cls,
+        num_phones: int,
+        states: int = 3,
+        silence_states: int = 3,
+        silence_ids: tuple[int, ...] = (1, 2),
+        self_loop: float = 0.75,
+    ) -> "Topology":
         """Initial topology for ``num_phones`` real phones (ids 1..num_phones)."""
         n = [0] + [silence_states if p in silence_ids else states for p in range(1, num_phones + 1)]
         return cls(n, [[self_loop] * k for k in n])

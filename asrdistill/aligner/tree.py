@@ -33,8 +33,8 @@ from asrdistill.aligner.questions import phone_questions
 from asrdistill.aligner.stats import TriphoneStats, accumulate_triphone_stats, gaussian_loglike
 from asrdistill.aligner.topology import Topology
 from asrdistill.config import to_dict
-from asrdistill.fileio import write_json_atomic
 from asrdistill.data.lang import Lang
+from asrdistill.fileio import write_json_atomic
 
 if TYPE_CHECKING:  # shards import webdataset, which imports torch: not needed to read or walk a tree
     from asrdistill.data.shards import ShardManifest
@@ -121,7 +121,9 @@ class ContextTree:
     @classmethod
     def from_dict(cls, data: dict) -> "ContextTree":
         nodes = [
-            TreeNode(pdf=n["pdf"]) if "pdf" in n else TreeNode(pos=n["pos"], values=frozenset(n["values"]), yes=n["yes"], no=n["no"])
+            TreeNode(pdf=n["pdf"])
+            if "pdf" in n
+            else TreeNode(pos=n["pos"], values=frozenset(n["values"]), yes=n["yes"], no=n["no"])
             for n in data["nodes"]
         ]
         info = [[(int(p), int(s)) for p, s in pairs] for pairs in data["pdf_info"]]
@@ -139,20 +141,20 @@ class ContextTree:
 class TreeConfig:
     """Decision-tree building; ``num_leaves`` is the target number of senones."""
 
-    num_leaves: int = 1000          # Kaldi LibriSpeech-100: 2000-5000; paper: 14000 on 2000 h
-    min_occupancy: float = 100.0    # frames each leaf must keep (Kaldi --cluster-thresh analogue)
-    questions: str = "both"         # 'arpabet' | 'auto' (clustered phones) | 'both'
-    min_gain: float = 0.0           # stop splitting a leaf below this log-likelihood gain
-    var_floor: float = 0.01         # variance floor of the tree's single Gaussians
+    num_leaves: int = 1000  # Kaldi LibriSpeech-100: 2000-5000; paper: 14000 on 2000 h
+    min_occupancy: float = 100.0  # frames each leaf must keep (Kaldi --cluster-thresh analogue)
+    questions: str = "both"  # 'arpabet' | 'auto' (clustered phones) | 'both'
+    min_gain: float = 0.0  # stop splitting a leaf below this log-likelihood gain
+    var_floor: float = 0.01  # variance floor of the tree's single Gaussians
 
 
 @dataclass
 class _Grow:
     """A node of the tree being grown under one phone root."""
 
-    rows: np.ndarray                     # indices into the stats' contexts
-    states: frozenset[int]               # HMM states that can reach it
-    gain: float = 0.0                    # best split found for it (if any)
+    rows: np.ndarray  # indices into the stats' contexts
+    states: frozenset[int]  # HMM states that can reach it
+    gain: float = 0.0  # best split found for it (if any)
     split: tuple[int, frozenset[int]] | None = None
     children: tuple["_Grow", "_Grow"] | None = None
     question: tuple[int, frozenset[int]] | None = None
@@ -169,7 +171,7 @@ class _Splitter:
     """
 
     stats: TriphoneStats
-    questions: dict[int, list[frozenset[int]]]      # position -> candidate sets
+    questions: dict[int, list[frozenset[int]]]  # position -> candidate sets
     config: TreeConfig
     member: dict[int, np.ndarray] = field(init=False)  # position -> (Q, num_values) 0/1
 
@@ -190,7 +192,7 @@ class _Splitter:
         rows = node.rows
         packed = self.packed[rows]
         tot = packed.sum(0)
-        tc, t1, t2 = tot[0], tot[1:d + 1], tot[d + 1:]
+        tc, t1, t2 = tot[0], tot[1 : d + 1], tot[d + 1 :]
         node.objf = float(gaussian_loglike(tc, t1, t2, cfg.var_floor))
         node.gain, node.split = -np.inf, None
         if tc < 2 * cfg.min_occupancy:
@@ -204,15 +206,18 @@ class _Splitter:
                 continue
             used = sorted_vals[starts]
             per_value = np.add.reduceat(packed[order], starts, axis=0)  # (values, 1 + 2D); no BLAS threads
-            y = member[:, used] @ per_value                # (Q, 1 + 2D) pooled "yes" statistics
-            yc, y1, y2 = y[:, 0], y[:, 1:d + 1], y[:, d + 1:]
+            y = member[:, used] @ per_value  # (Q, 1 + 2D) pooled "yes" statistics
+            yc, y1, y2 = y[:, 0], y[:, 1 : d + 1], y[:, d + 1 :]
             nc = tc - yc
             ok = (yc >= cfg.min_occupancy) & (nc >= cfg.min_occupancy)
             if not ok.any():
                 continue
             yc, y1, y2, nc = yc[ok], y1[ok], y2[ok], nc[ok]
-            gain = (gaussian_loglike(yc, y1, y2, cfg.var_floor) + gaussian_loglike(nc, t1 - y1, t2 - y2, cfg.var_floor)
-                    - node.objf)
+            gain = (
+                gaussian_loglike(yc, y1, y2, cfg.var_floor)
+                + gaussian_loglike(nc, t1 - y1, t2 - y2, cfg.var_floor)
+                - node.objf
+            )
             q = int(np.argmax(gain))
             if gain[q] > node.gain:
                 node.gain, node.split = float(gain[q]), (pos, self.questions[pos][int(np.flatnonzero(ok)[q])])
@@ -224,8 +229,9 @@ def _state_questions(max_states: int) -> list[frozenset[int]]:
     return list(dict.fromkeys(qs))
 
 
-def grow_tree(stats: TriphoneStats, num_states: list[int], questions: list[frozenset[int]],
-              config: TreeConfig) -> ContextTree:
+def grow_tree(
+    stats: TriphoneStats, num_states: list[int], questions: list[frozenset[int]], config: TreeConfig
+) -> ContextTree:
     """Grow the tree greedily, best gain first, until ``config.num_leaves`` leaves or no valid split.
 
     ``num_states[p]`` is phone ``p``'s state count (index 0 unused);
@@ -241,7 +247,7 @@ def grow_tree(stats: TriphoneStats, num_states: list[int], questions: list[froze
     heap: list[tuple[float, int, _Grow]] = []
     tick = 0
     for p in range(1, num_phones + 1):
-        rows = order[bounds[p]:bounds[p + 1]]
+        rows = order[bounds[p] : bounds[p + 1]]
         roots[p] = node = _Grow(rows, frozenset(range(num_states[p])))
         if len(rows):
             splitter.best(node)
@@ -266,16 +272,28 @@ def grow_tree(stats: TriphoneStats, num_states: list[int], questions: list[froze
         num_leaves += 1
         gained -= neg_gain
     if num_leaves < config.num_leaves:
-        log.warning("tree: stopped at %d leaves of the %d requested: no further split keeps >= %g frames on "
-                    "both sides with gain > %g (%d frames, %d contexts in total)", num_leaves, config.num_leaves,
-                    config.min_occupancy, config.min_gain, stats.num_frames, len(stats))
+        log.warning(
+            "tree: stopped at %d leaves of the %d requested: no further split keeps >= %g frames on "
+            "both sides with gain > %g (%d frames, %d contexts in total)",
+            num_leaves,
+            config.num_leaves,
+            config.min_occupancy,
+            config.min_gain,
+            stats.num_frames,
+            len(stats),
+        )
     unseen = [p for p in range(1, num_phones + 1) if len(roots[p].rows) == 0]
     if unseen:
         log.warning("tree: phone ids %s have no training frames; each gets one untrained leaf", unseen)
     tree = _assemble(roots, num_phones)
-    log.info("tree: %d leaves, log-likelihood %.4g -> %.4g per frame (+%.4g), %.1fs", tree.num_pdfs,
-             start_objf / max(stats.num_frames, 1), (start_objf + gained) / max(stats.num_frames, 1),
-             gained / max(stats.num_frames, 1), time.time() - t0)
+    log.info(
+        "tree: %d leaves, log-likelihood %.4g -> %.4g per frame (+%.4g), %.1fs",
+        tree.num_pdfs,
+        start_objf / max(stats.num_frames, 1),
+        (start_objf + gained) / max(stats.num_frames, 1),
+        gained / max(stats.num_frames, 1),
+        time.time() - t0,
+    )
     return tree
 
 
@@ -343,10 +361,16 @@ def build_tree(
     questions = phone_questions(config.questions, lang.phones, stats, config.var_floor)
     tree = grow_tree(stats, topo.num_states, questions, config)
     tree.save(out_dir / "tree.json")
-    write_json_atomic(out_dir / "tree_info.json", {
-        "config": to_dict(config), "num_pdfs": tree.num_pdfs, "num_frames": stats.num_frames,
-        "num_contexts": len(stats), "questions": [[lang.phones[i] if i else "<edge>" for i in sorted(q)] for q in questions],
-    })
+    write_json_atomic(
+        out_dir / "tree_info.json",
+        {
+            "config": to_dict(config),
+            "num_pdfs": tree.num_pdfs,
+            "num_frames": stats.num_frames,
+            "num_contexts": len(stats),
+            "questions": [[lang.phones[i] if i else "<edge>" for i in sorted(q)] for q in questions],
+        },
+    )
     return tree, stats
 
 

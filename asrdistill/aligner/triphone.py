@@ -33,16 +33,23 @@ import numpy as np
 import torch
 
 from asrdistill.aligner.gmm import DiagGmmSet
-from asrdistill.aligner.hmm import FeatureTransform, HmmModel, LoopConfig, UttAlignment, plot_convergence, \
-    prepare_transcripts, train_gmm_hmm
+from asrdistill.aligner.hmm import (
+    FeatureTransform,
+    HmmModel,
+    LoopConfig,
+    UttAlignment,
+    plot_convergence,
+    prepare_transcripts,
+    train_gmm_hmm,
+)
 from asrdistill.aligner.lda_mllt import LdaStats, estimate_lda
 from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
 from asrdistill.aligner.utt_graph import MonophonePdfs
 from asrdistill.config import result_settings, to_dict
-from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_aligned, iter_shard
+from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 
 __all__ = ["TriConfig", "read_alignment", "train_triphone", "fit_lda"]
 
@@ -65,9 +72,9 @@ class TriConfig(LoopConfig):
     max_gaussians: int = 8000
     max_iter_inc: int = 25
     realign_iters: list[int] = field(default_factory=_tri_realign_iters)
-    feature_transform: str = "deltas"   # deltas (Kaldi tri1) | lda_mllt (tri2b: spliced frames, LDA, MLLT)
-    splice: int = 4                     # lda_mllt: +-frames spliced
-    lda_dim: int = 40                   # lda_mllt: output dimension
+    feature_transform: str = "deltas"  # deltas (Kaldi tri1) | lda_mllt (tri2b: spliced frames, LDA, MLLT)
+    splice: int = 4  # lda_mllt: +-frames spliced
+    lda_dim: int = 40  # lda_mllt: output dimension
     mllt_iters: list[int] = field(default_factory=_tri_mllt_iters)  # lda_mllt: MLLT re-estimation
 
 
@@ -95,8 +102,9 @@ def read_alignment(ali: ShardManifest, tree: ContextTree | None = None) -> dict[
     return out
 
 
-def fit_lda(ali: ShardManifest, feats: ShardManifest, lang: Lang, prev: HmmModel, config: TriConfig
-            ) -> FeatureTransform:
+def fit_lda(
+    ali: ShardManifest, feats: ShardManifest, lang: Lang, prev: HmmModel, config: TriConfig
+) -> FeatureTransform:
     """Spliced-frame LDA transform from the alignment ``ali`` (silence frames left out, as Kaldi does).
 
     Classes are the senones of ``ali``'s pdf shards when the folder has them
@@ -117,8 +125,13 @@ def fit_lda(ali: ShardManifest, feats: ShardManifest, lang: Lang, prev: HmmModel
             cls = s["pdf"] if pdf_dir is not None else mono_pdfs.pdfs(0, s["phone"], 0, s["state"])
             keep = ~np.isin(s["phone"], silence)
             stats.add(base.apply(s["feats"]).numpy()[keep], np.asarray(cls, dtype=np.int64)[keep])
-    log.info("LDA: %d frames, %d classes with data, %d -> %d dims", int(stats.count.sum()),
-             int((stats.count > 0).sum()), base.base_dim, config.lda_dim)
+    log.info(
+        "LDA: %d frames, %d classes with data, %d -> %d dims",
+        int(stats.count.sum()),
+        int((stats.count > 0).sum()),
+        base.base_dim,
+        config.lda_dim,
+    )
     return dataclasses.replace(base, matrix=estimate_lda(stats, config.lda_dim))
 
 
@@ -133,12 +146,14 @@ def _initial_gmm(tree: ContextTree, counts: np.ndarray, s1: np.ndarray, s2: np.n
     return DiagGmmSet.single(torch.from_numpy(mean).float(), torch.from_numpy(var).float())
 
 
-def _unaligned(text: Mapping[str, str], alignment: Mapping[str, UttAlignment], prior: ShardManifest
-               ) -> dict[str, str]:
+def _unaligned(text: Mapping[str, str], alignment: Mapping[str, UttAlignment], prior: ShardManifest) -> dict[str, str]:
     """Transcribed utterances the prior alignment lacks -> reason, with the prior pass's own reason when it gave one."""
     reasons = read_skipped(prior.directory / "skipped.tsv")
-    return {u: f"not aligned in {prior.directory}" + (f": {reasons[u]}" if reasons.get(u) else "")
-            for u in text if u not in alignment}
+    return {
+        u: f"not aligned in {prior.directory}" + (f": {reasons[u]}" if reasons.get(u) else "")
+        for u in text
+        if u not in alignment
+    }
 
 
 def train_triphone(
@@ -165,9 +180,15 @@ def train_triphone(
     finished ``exp_dir`` is loaded, not retrained, unless ``force``.
     """
     exp_dir = Path(exp_dir)
-    inputs = {"config": result_settings(config), "tree_config": result_settings(tree_config),
-              "mono_ali": [mono_ali.path, mono_ali.shard_paths], "feats": [feats.path, feats.shard_paths],
-              "text": dict(text), "lang": lang, "mono": mono.to_dict()}
+    inputs = {
+        "config": result_settings(config),
+        "tree_config": result_settings(tree_config),
+        "mono_ali": [mono_ali.path, mono_ali.shard_paths],
+        "feats": [feats.path, feats.shard_paths],
+        "text": dict(text),
+        "lang": lang,
+        "mono": mono.to_dict(),
+    }
     if stage_done(exp_dir, "tri", inputs, force) is not None:
         return HmmModel.load(exp_dir / "final.pt")
     t0 = time.time()
@@ -186,15 +207,25 @@ def train_triphone(
     tree, stats = build_tree(mono_ali, feats, lang, mono.topology, tree_config, exp_dir, gmm_features)
     counts, s1, s2 = pdf_stats(tree, stats)
     gmm = _initial_gmm(tree, counts, s1, s2, config.var_floor)
-    model = HmmModel(gmm, mono.topology, transform, tree,
-                     {"stage": "tri", "config": to_dict(config), "tree_config": to_dict(tree_config)})
+    model = HmmModel(
+        gmm,
+        mono.topology,
+        transform,
+        tree,
+        {"stage": "tri", "config": to_dict(config), "tree_config": to_dict(tree_config)},
+    )
     alignment = read_alignment(mono_ali, tree)
     skipped = _unaligned(text, alignment, mono_ali)
     seqs, bad = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
     skipped.update(bad)
     alignment = {u: a for u, a in alignment.items() if u in seqs}
-    log.info("triphone training: %d senones (%d with data), %d utterances, up to %d Gaussians",
-             tree.num_pdfs, int((counts > 0).sum()), len(seqs), config.max_gaussians)
+    log.info(
+        "triphone training: %d senones (%d with data), %d utterances, up to %d Gaussians",
+        tree.num_pdfs,
+        int((counts > 0).sum()),
+        len(seqs),
+        config.max_gaussians,
+    )
     model, final_ali, lost = train_gmm_hmm(model, feats, seqs, config, exp_dir, alignment=alignment)
     skipped.update(lost)
     model.meta["num_utts"] = len(final_ali)
@@ -202,10 +233,26 @@ def train_triphone(
     model.topology.save(exp_dir / "topo.json")
     write_skipped(exp_dir / "skipped.tsv", skipped)
     plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
-    mark_done(exp_dir, "tri", {"config": to_dict(config), "tree_config": to_dict(tree_config),
-                               "num_pdfs": tree.num_pdfs, "num_gauss": model.gmm.num_gauss, "skipped": len(skipped),
-                               "seconds": round(time.time() - t0, 1)}, inputs)
-    log.info("triphone training done in %.1f s: %d senones, %d Gaussians, %d utterances; %d skipped%s",
-             time.time() - t0, tree.num_pdfs, model.gmm.num_gauss, len(final_ali), len(skipped),
-             f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "")
+    mark_done(
+        exp_dir,
+        "tri",
+        {
+            "config": to_dict(config),
+            "tree_config": to_dict(tree_config),
+            "num_pdfs": tree.num_pdfs,
+            "num_gauss": model.gmm.num_gauss,
+            "skipped": len(skipped),
+            "seconds": round(time.time() - t0, 1),
+        },
+        inputs,
+    )
+    log.info(
+        "triphone training done in %.1f s: %d senones, %d Gaussians, %d utterances; %d skipped%s",
+        time.time() - t0,
+        tree.num_pdfs,
+        model.gmm.num_gauss,
+        len(final_ali),
+        len(skipped),
+        f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "",
+    )
     return model

@@ -76,9 +76,9 @@ class Transcript:
     """A word sequence with every pronunciation of each word (phone ids) and its log probability."""
 
     words: list[str]
-    prons: list[list[tuple[int, ...]]]   # per word: alternative phone-id sequences
-    pron_logp: list[list[float]]         # per word: log P(pronunciation), 0.0 when all are equally allowed
-    silence: int                         # phone id of the optional silence
+    prons: list[list[tuple[int, ...]]]  # per word: alternative phone-id sequences
+    pron_logp: list[list[float]]  # per word: log P(pronunciation), 0.0 when all are equally allowed
+    silence: int  # phone id of the optional silence
 
     def __post_init__(self) -> None:
         if not (len(self.words) == len(self.prons) == len(self.pron_logp)):
@@ -92,16 +92,16 @@ class Transcript:
 class UttGraph:
     """States of one utterance's graph; all log-probabilities are natural logs (-inf: impossible)."""
 
-    pdf: np.ndarray        # (S,) int64 pdf of each state
-    phone: np.ndarray      # (S,) int32 phone id
+    pdf: np.ndarray  # (S,) int64 pdf of each state
+    phone: np.ndarray  # (S,) int32 phone id
     hmm_state: np.ndarray  # (S,) int32 state index within its phone
-    word: np.ndarray       # (S,) int32 position of the state's word in the transcript (-1: optional silence)
-    pron: np.ndarray       # (S,) int32 index of the pronunciation the state belongs to (-1: optional silence)
-    pred: np.ndarray       # (S, K) int64 predecessor states (padding: 0 with -inf)
+    word: np.ndarray  # (S,) int32 position of the state's word in the transcript (-1: optional silence)
+    pron: np.ndarray  # (S,) int32 index of the pronunciation the state belongs to (-1: optional silence)
+    pred: np.ndarray  # (S, K) int64 predecessor states (padding: 0 with -inf)
     pred_logp: np.ndarray  # (S, K) log P(pred -> s); the self-loop is one of them
     init_logp: np.ndarray  # (S,) log P(start in s)
     final_logp: np.ndarray  # (S,) log P(end in s)
-    min_frames: int         # states on the shortest path: fewer frames cannot be aligned
+    min_frames: int  # states on the shortest path: fewer frames cannot be aligned
     default_path: np.ndarray  # states through first pronunciations, silence at the edges only (flat start)
 
     @property
@@ -112,18 +112,19 @@ class UttGraph:
 @dataclass
 class _Inst:
     phone: int
-    word: int            # -1: optional silence
+    word: int  # -1: optional silence
     pron: int
-    default: bool        # on the flat-start path
+    default: bool  # on the flat-start path
 
 
-def _phone_instances(tr: Transcript, sil_prob: float, boundary_silence: bool
-                     ) -> tuple[list[_Inst], dict[tuple[int, int], float], dict[int, float], dict[int, float]]:
+def _phone_instances(
+    tr: Transcript, sil_prob: float, boundary_silence: bool
+) -> tuple[list[_Inst], dict[tuple[int, int], float], dict[int, float], dict[int, float]]:
     """Layer 1: phone instances (in topological order), arcs ``(i, j) -> logp``, initial and final weights."""
     insts: list[_Inst] = []
     arcs: dict[tuple[int, int], float] = {}
     init: dict[int, float] = {}
-    frontier: list[tuple[int, float]] = [(-1, 0.0)]           # -1: the start
+    frontier: list[tuple[int, float]] = [(-1, 0.0)]  # -1: the start
     lp_sil, lp_nosil = (math.log(sil_prob), math.log1p(-sil_prob)) if 0 < sil_prob < 1 else (0.0, 0.0)
 
     def link(src: int, dst: int, lp: float) -> None:
@@ -162,8 +163,14 @@ def _phone_instances(tr: Transcript, sil_prob: float, boundary_silence: bool
     return insts, arcs, init, final
 
 
-def build_utt_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
-                    boundary_silence: bool = True, context: bool = False) -> UttGraph:
+def build_utt_graph(
+    transcript: Transcript,
+    topology: Topology,
+    pdf_of: PdfFn,
+    sil_prob: float = 0.5,
+    boundary_silence: bool = True,
+    context: bool = False,
+) -> UttGraph:
     """The training graph of ``transcript``: all pronunciations, optional silence entered with ``sil_prob``.
 
     ``sil_prob`` 0 allows no silence at all, 1 forces it between words.
@@ -219,7 +226,7 @@ def build_utt_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, s
         in_arcs[s].append((int(s - 1), float(leave[s - 1])))
     init_lp = np.full(total, _NEG_INF)
     final_lp = np.full(total, _NEG_INF)
-    into: dict[tuple[int, int], list[int]] = {}     # (instance, its successor) -> copies with that right context
+    into: dict[tuple[int, int], list[int]] = {}  # (instance, its successor) -> copies with that right context
     for c, (i, _, b) in enumerate(copies):
         into.setdefault((i, b), []).append(c)
     for c, (i, a, b) in enumerate(copies):
@@ -228,7 +235,7 @@ def build_utt_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, s
         if b == -1 or (not context and i in final):
             final_lp[last[c]] = final[i]
         if context:
-            if a >= 0:      # from every copy of the predecessor whose right context is this instance
+            if a >= 0:  # from every copy of the predecessor whose right context is this instance
                 for c2 in into[(a, i)]:
                     in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + arcs[(a, i)])))
         else:
@@ -258,12 +265,29 @@ def build_utt_graph(transcript: Transcript, topology: Topology, pdf_of: PdfFn, s
         path += list(range(first[c], last[c] + 1))
     word = np.array([insts[i].word for i in c_inst], dtype=np.int32)[owner]
     pron = np.array([insts[i].pron for i in c_inst], dtype=np.int32)[owner]
-    return UttGraph(pdf, phone.astype(np.int32), hmm_state.astype(np.int32), word, pron, pred, pred_lp, init_lp,
-                    final_lp, min_frames, np.asarray(path, dtype=np.int64))
+    return UttGraph(
+        pdf,
+        phone.astype(np.int32),
+        hmm_state.astype(np.int32),
+        word,
+        pron,
+        pred,
+        pred_lp,
+        init_lp,
+        final_lp,
+        min_frames,
+        np.asarray(path, dtype=np.int64),
+    )
 
 
-def build_utt_graphs(transcripts: Sequence[Transcript], topology: Topology, pdf_of: PdfFn, sil_prob: float = 0.5,
-                     boundary_silence: bool = True, context: bool = False) -> list[UttGraph]:
+def build_utt_graphs(
+    transcripts: Sequence[Transcript],
+    topology: Topology,
+    pdf_of: PdfFn,
+    sil_prob: float = 0.5,
+    boundary_silence: bool = True,
+    context: bool = False,
+) -> list[UttGraph]:
     """:func:`build_utt_graph` for many transcripts with a single ``pdf_of`` call (a tree lookup costs per call)."""
     contexts: list[tuple[np.ndarray, ...]] = []
 

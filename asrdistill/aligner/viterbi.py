@@ -36,8 +36,9 @@ def _pad(rows: Sequence[np.ndarray], width: int, fill: float, dtype: torch.dtype
     return out.to(device)
 
 
-def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str | torch.device | None = None
-            ) -> tuple[list[np.ndarray | None], list[float]]:
+def viterbi(
+    logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str | torch.device | None = None
+) -> tuple[list[np.ndarray | None], list[float]]:
     """Best state path of each utterance, all in one padded batch.
 
     ``logliks[b]`` is (T_b, S_b): the score of each frame in each state of
@@ -85,7 +86,7 @@ def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str |
     delta = init + am[:, 0]
     for t in range(T):
         if t > 0:
-            cand = delta.gather(1, flat_pred).view(B, S, K) + pred_lp   # (B, S, K)
+            cand = delta.gather(1, flat_pred).view(B, S, K) + pred_lp  # (B, S, K)
             best, choice = cand.max(2)
             delta = best + am[:, t]
             bp[t] = choice.to(torch.int8)
@@ -113,8 +114,12 @@ def viterbi(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str |
     return out, score_list
 
 
-def viterbi_batch(logliks: Sequence[Tensor], graphs: Sequence[UttGraph], device: str | torch.device | None = None,
-                  max_cells: int = 20_000_000) -> tuple[list[np.ndarray | None], list[float]]:
+def viterbi_batch(
+    logliks: Sequence[Tensor],
+    graphs: Sequence[UttGraph],
+    device: str | torch.device | None = None,
+    max_cells: int = 20_000_000,
+) -> tuple[list[np.ndarray | None], list[float]]:
     """:func:`viterbi` over any number of utterances, batched by similar length.
 
     Batches are cut so that ``B * T_max * S_max`` stays under ``max_cells``

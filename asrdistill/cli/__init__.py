@@ -23,10 +23,12 @@ log = logging.getLogger("asrdistill")
 
 STAGES = (corpus, features, aligner, graph, nnet, evaluate, inference, datadir, specialists, tools)  # help's order
 
-DESCRIPTION = ("asrdistill: knowledge distillation for speech acoustic models, one subcommand per pipeline step. "
-               "Each subcommand is a thin wrapper over a library function; those that take --config read their own "
-               "section of the recipe YAML, and --set SECTION.KEY=VALUE overrides a field. A command that writes a "
-               "folder logs its command line, config and timing to FOLDER/log/COMMAND.log.")
+DESCRIPTION = (
+    "asrdistill: knowledge distillation for speech acoustic models, one subcommand per pipeline step. "
+    "Each subcommand is a thin wrapper over a library function; those that take --config read their own "
+    "section of the recipe YAML, and --set SECTION.KEY=VALUE overrides a field. A command that writes a "
+    "folder logs its command line, config and timing to FOLDER/log/COMMAND.log."
+)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -35,8 +37,9 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        shown = not (default is None or default is False or default is argparse.SUPPRESS or default == []
-                     or action.required)
+        shown = not (
+            default is None or default is False or default is argparse.SUPPRESS or default == [] or action.required
+        )
         if shown and "default" not in text and (action.option_strings or action.nargs in ("?", "*")):
             text += " (default: %(default)s)"
         return text
@@ -45,10 +48,15 @@ class HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asrdistill", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--debug", action="store_true",
-                   help="on an error, show the traceback (else one line naming the cause)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           help="the step to run; asrdistill COMMAND --help tells its arguments")
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback (else one line naming the cause)"
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="the step to run; asrdistill COMMAND --help tells its arguments",
+    )
     for stage in STAGES:
         for cmd in COMMANDS.values():
             if cmd.stage == stage.__name__:
@@ -93,9 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         work = _prepare(cmd, args)  # a command that fails on its arguments writes nothing, not even its log
         out = getattr(args, cmd.log_dir) if cmd.log_dir else None
-        with command_log(out, cmd.name, shlex.join(sys.argv if argv is None else ["asrdistill", *argv]),
-                         config=getattr(args, "config", None), overrides=getattr(args, "set", None) or (),
-                         role=getattr(args, "role", None)) as status:
+        with command_log(
+            out,
+            cmd.name,
+            shlex.join(sys.argv if argv is None else ["asrdistill", *argv]),
+            config=getattr(args, "config", None),
+            overrides=getattr(args, "set", None) or (),
+            role=getattr(args, "role", None),
+        ) as status:
             status.code = work() or 0
         return status.code
     except Exception as e:  # noqa: BLE001 - one line naming the cause; --debug shows the traceback

@@ -9,18 +9,26 @@ from asrdistill.cli.common import FORCE, Arg, Work, command, runtime_flags, sect
 
 NJ = Arg("--nj", type=int, help="worker processes (default: the config's nj)")
 DEVICE = Arg("--device", help="cpu or cuda (default: the config's device)")
-DATA = (Arg("data_dir", type=Path, exists="folder", help="Kaldi data dir with the transcripts (data/<set>)"),
-        Arg("lang_dir", type=Path, exists="folder", help="data/lang"),
-        Arg("feats_dir", type=Path, exists="folder", help="its feature shards (data/fbank/<set>)"))
+DATA = (
+    Arg("data_dir", type=Path, exists="folder", help="Kaldi data dir with the transcripts (data/<set>)"),
+    Arg("lang_dir", type=Path, exists="folder", help="data/lang"),
+    Arg("feats_dir", type=Path, exists="folder", help="its feature shards (data/fbank/<set>)"),
+)
 
 
-@command("mono", "flat-start monophone GMM-HMM training, then alignment of the training set", log_dir="exp_dir",
-         config=True, args=[
-    *DATA,
-    Arg("exp_dir", type=Path, help="e.g. exp/mono; alignments go to <exp_dir>/ali"),
-    NJ, DEVICE,
-    Arg("--force", action="store_true", help="train and align again even if done"),
-])
+@command(
+    "mono",
+    "flat-start monophone GMM-HMM training, then alignment of the training set",
+    log_dir="exp_dir",
+    config=True,
+    args=[
+        *DATA,
+        Arg("exp_dir", type=Path, help="e.g. exp/mono; alignments go to <exp_dir>/ali"),
+        NJ,
+        DEVICE,
+        Arg("--force", action="store_true", help="train and align again even if done"),
+    ],
+)
 def mono(args: argparse.Namespace) -> Work:
     import torch
 
@@ -39,19 +47,31 @@ def mono(args: argparse.Namespace) -> Work:
         torch.set_num_threads(1)
         model = train_mono(feats, text, lang, args.exp_dir, cfg, force=args.force)
         align_subset(feats, text, lang, model, Path(args.exp_dir) / "ali", align_cfg, force=args.force)
+
     return run
 
 
-@command("tri", "decision tree (senones) from the monophone alignment, tied-state triphone training",
-         log_dir="exp_dir", config=True, args=[
-    *DATA,
-    Arg("mono_dir", type=Path, exists="folder", help="exp/mono (final.pt and ali/): normalisation and topology"),
-    Arg("exp_dir", type=Path, help="the triphone system, e.g. exp/tri"),
-    Arg("--ali-dir", type=Path, exists="folder", help="alignment to start from (default <mono_dir>/ali; e.g. "
-        "exp/tri_ali/train for an LDA+MLLT stage, tri.feature_transform=lda_mllt)"),
-    NJ, DEVICE,
-    Arg("--force", action="store_true", help="train again even if done"),
-])
+@command(
+    "tri",
+    "decision tree (senones) from the monophone alignment, tied-state triphone training",
+    log_dir="exp_dir",
+    config=True,
+    args=[
+        *DATA,
+        Arg("mono_dir", type=Path, exists="folder", help="exp/mono (final.pt and ali/): normalisation and topology"),
+        Arg("exp_dir", type=Path, help="the triphone system, e.g. exp/tri"),
+        Arg(
+            "--ali-dir",
+            type=Path,
+            exists="folder",
+            help="alignment to start from (default <mono_dir>/ali; e.g. "
+            "exp/tri_ali/train for an LDA+MLLT stage, tri.feature_transform=lda_mllt)",
+        ),
+        NJ,
+        DEVICE,
+        Arg("--force", action="store_true", help="train again even if done"),
+    ],
+)
 def tri(args: argparse.Namespace) -> Work:
     import torch
 
@@ -66,22 +86,33 @@ def tri(args: argparse.Namespace) -> Work:
     mono_dir = Path(args.mono_dir)
     ali = ShardManifest.load(args.ali_dir or mono_dir / "ali", ALI_PREFIX)
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
-    text, lang, mono_model = DataDir.load(args.data_dir).text, Lang.load(args.lang_dir), HmmModel.load(
-        mono_dir / "final.pt")
+    text, lang, mono_model = (
+        DataDir.load(args.data_dir).text,
+        Lang.load(args.lang_dir),
+        HmmModel.load(mono_dir / "final.pt"),
+    )
 
     def run() -> None:
         torch.set_num_threads(1)  # workers do the parallel work; small in-process ops slow down with more threads
         train_triphone(ali, feats, text, lang, mono_model, args.exp_dir, tree_cfg, cfg, force=args.force)
+
     return run
 
 
-@command("align", "Viterbi-align a data set with a trained GMM-HMM (senone labels with a tree)", log_dir="out_dir",
-         config=True, args=[
-    Arg("model_dir", type=Path, exists="folder", help="holds final.pt (exp/mono or exp/tri)"),
-    *DATA,
-    Arg("out_dir", type=Path, help="the alignment, e.g. exp/tri_ali/<set>"),
-    NJ, DEVICE, FORCE,
-])
+@command(
+    "align",
+    "Viterbi-align a data set with a trained GMM-HMM (senone labels with a tree)",
+    log_dir="out_dir",
+    config=True,
+    args=[
+        Arg("model_dir", type=Path, exists="folder", help="holds final.pt (exp/mono or exp/tri)"),
+        *DATA,
+        Arg("out_dir", type=Path, help="the alignment, e.g. exp/tri_ali/<set>"),
+        NJ,
+        DEVICE,
+        FORCE,
+    ],
+)
 def align(args: argparse.Namespace) -> Work:
     import torch
 
@@ -100,36 +131,59 @@ def align(args: argparse.Namespace) -> Work:
         torch.set_num_threads(1)
         result = align_subset(feats, text, lang, model, args.out_dir, cfg, force=args.force)
         if result.num_frames == 0:
-            raise ValueError(f"{args.feats_dir}: no utterance could be aligned ({len(result.skipped)} skipped; "
-                             f"reasons in {Path(args.out_dir) / 'skipped.tsv'})")
+            raise ValueError(
+                f"{args.feats_dir}: no utterance could be aligned ({len(result.skipped)} skipped; "
+                f"reasons in {Path(args.out_dir) / 'skipped.tsv'})"
+            )
+
     return run
 
 
-@command("import-ali", "senone labels from Kaldi pdf alignments (ali-to-pdf ark/scp)", log_dir="out_dir", args=[
-    Arg("ali", type=Path, exists="file", help="ark or scp of int vectors, e.g. ali-to-pdf output"),
-    Arg("feats_dir", type=Path, exists="folder", help="the feature shards the alignment is of (data/fbank/<set>)"),
-    Arg("out_dir", type=Path, help="e.g. exp/kaldi_ali/<set> (use it as --labels root)"),
-    Arg("--tree", type=Path, exists="path", help="required: the asrdistill tree (exp/tri or its tree.json) whose "
-        "senones the ids are; recorded in the labels, checked by graph-using stages (default: none, an error)"),
-    Arg("--allow-pipes", action="store_true", help="let .scp entries be shell commands ('cmd |'). RISK: the file "
-        "then runs any command it names with your rights; only for files you wrote yourself"),
-    FORCE,
-])
+@command(
+    "import-ali",
+    "senone labels from Kaldi pdf alignments (ali-to-pdf ark/scp)",
+    log_dir="out_dir",
+    args=[
+        Arg("ali", type=Path, exists="file", help="ark or scp of int vectors, e.g. ali-to-pdf output"),
+        Arg("feats_dir", type=Path, exists="folder", help="the feature shards the alignment is of (data/fbank/<set>)"),
+        Arg("out_dir", type=Path, help="e.g. exp/kaldi_ali/<set> (use it as --labels root)"),
+        Arg(
+            "--tree",
+            type=Path,
+            exists="path",
+            help="required: the asrdistill tree (exp/tri or its tree.json) whose "
+            "senones the ids are; recorded in the labels, checked by graph-using stages (default: none, an error)",
+        ),
+        Arg(
+            "--allow-pipes",
+            action="store_true",
+            help="let .scp entries be shell commands ('cmd |'). RISK: the file "
+            "then runs any command it names with your rights; only for files you wrote yourself",
+        ),
+        FORCE,
+    ],
+)
 def import_ali(args: argparse.Namespace) -> Work:
     from asrdistill.aligner.kaldi_import import import_kaldi_alignments
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 
     if args.tree is None:
-        raise ValueError("import-ali needs --tree: the asrdistill tree (exp/tri or its tree.json) whose senones the "
-                         "alignment ids are; priors, graph and bundles are built from it. A Kaldi tree cannot be "
-                         "read: with Kaldi's tree, decode with Kaldi's graph from our log-likelihoods (export-ark)")
+        raise ValueError(
+            "import-ali needs --tree: the asrdistill tree (exp/tri or its tree.json) whose senones the "
+            "alignment ids are; priors, graph and bundles are built from it. A Kaldi tree cannot be "
+            "read: with Kaldi's tree, decode with Kaldi's graph from our log-likelihoods (export-ark)"
+        )
     feats = ShardManifest.load(args.feats_dir, FEATS_PREFIX)
 
     def run() -> None:
-        result = import_kaldi_alignments(args.ali, feats, args.out_dir, args.tree, force=args.force,
-                                         allow_pipes=args.allow_pipes)
+        result = import_kaldi_alignments(
+            args.ali, feats, args.out_dir, args.tree, force=args.force, allow_pipes=args.allow_pipes
+        )
         if result.num_frames == 0:
-            raise ValueError(f"{args.ali}: no alignment matches the features in {args.feats_dir} "
-                             f"({len(result.skipped)} utterance(s) skipped; reasons in "
-                             f"{Path(args.out_dir) / 'skipped.tsv'})")
+            raise ValueError(
+                f"{args.ali}: no alignment matches the features in {args.feats_dir} "
+                f"({len(result.skipped)} utterance(s) skipped; reasons in "
+                f"{Path(args.out_dir) / 'skipped.tsv'})"
+            )
+
     return run

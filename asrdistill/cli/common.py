@@ -69,33 +69,58 @@ class Command:
 COMMANDS: dict[str, Command] = {}  # in registration order: the order of ``asrdistill --help``
 
 
-def command(name: str, help: str, *, args: Sequence[Arg] = (), log_dir: str | None = None, config: bool = False,
-            threads: bool = False, query: bool = False) -> Callable[[Handler], Handler]:
+def command(
+    name: str,
+    help: str,
+    *,
+    args: Sequence[Arg] = (),
+    log_dir: str | None = None,
+    config: bool = False,
+    threads: bool = False,
+    query: bool = False,
+) -> Callable[[Handler], Handler]:
     """Register the decorated handler as ``asrdistill NAME`` with these arguments."""
+
     def register(handler: Handler) -> Handler:
         if name in COMMANDS:
-            raise ValueError(f"command {name!r} registered twice ({COMMANDS[name].handler.__module__}, "
-                             f"{handler.__module__})")
-        COMMANDS[name] = Command(name, help, handler, tuple(args), log_dir, config, threads, query,
-                                 handler.__module__)
+            raise ValueError(
+                f"command {name!r} registered twice ({COMMANDS[name].handler.__module__}, {handler.__module__})"
+            )
+        COMMANDS[name] = Command(name, help, handler, tuple(args), log_dir, config, threads, query, handler.__module__)
         return handler
+
     return register
 
 
 FORCE = Arg("--force", action="store_true", help="redo even if the output is up to date")
-CONFIG = (Arg("--config", type=Path, exists="file",
-              help="recipe YAML (the section this step reads; default: none, the dataclass defaults)"),
-          Arg("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-              help="override a config field (repeatable; over the YAML, under the flags typed here; default: none)"))
+CONFIG = (
+    Arg(
+        "--config",
+        type=Path,
+        exists="file",
+        help="recipe YAML (the section this step reads; default: none, the dataclass defaults)",
+    ),
+    Arg(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field (repeatable; over the YAML, under the flags typed here; default: none)",
+    ),
+)
 
 
 def threads_arg(has_nj: bool) -> Arg:
     """``--threads``, whose default (see ``_set_threads`` in ``asrdistill.cli``) depends on ``--nj`` where there is
     one."""
-    shared = "the cores shared among --nj workers or the node's torchrun ranks" if has_nj else \
-        "the cores, shared among the node's torchrun ranks if any"
-    return Arg("--threads", type=int, default=0, metavar="N",
-               help=f"torch threads of this process (default: 0, {shared})")
+    shared = (
+        "the cores shared among --nj workers or the node's torchrun ranks"
+        if has_nj
+        else "the cores, shared among the node's torchrun ranks if any"
+    )
+    return Arg(
+        "--threads", type=int, default=0, metavar="N", help=f"torch threads of this process (default: 0, {shared})"
+    )
 
 
 def add_to(sub: argparse._SubParsersAction, cmd: Command, formatter: type[argparse.HelpFormatter]) -> None:
@@ -135,8 +160,10 @@ def check_device(device: str | None, where: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"{where}: {device!r} asked for, but no CUDA GPU is available "
-                             "(torch.cuda.is_available() is False); use cpu")
+            raise ValueError(
+                f"{where}: {device!r} asked for, but no CUDA GPU is available "
+                "(torch.cuda.is_available() is False); use cpu"
+            )
 
 
 def section(args: argparse.Namespace, name: str, cls: type, flags: Mapping[str, Any] | None = None) -> Any:

@@ -13,13 +13,18 @@ from asrdistill.cli.common import Arg, Work, command
 DATA_DIR = Arg("data_dir", type=Path, exists="folder", help="an asrdistill (Kaldi-layout) data dir")
 
 
-@command("import-data-dir", "a Kaldi data dir (pipes, ark offsets, segments, feats.scp) as an asrdistill data dir "
-         "with one FLAC per utterance and normalised text", log_dir="out", args=[
-    Arg("src", type=Path, exists="folder", help="the Kaldi data dir"),
-    Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
-    Arg("--allow-pipes", action="store_true", help="run the shell commands in wav.scp (trusted data only)"),
-    Arg("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder (default: no)"),
-])
+@command(
+    "import-data-dir",
+    "a Kaldi data dir (pipes, ark offsets, segments, feats.scp) as an asrdistill data dir "
+    "with one FLAC per utterance and normalised text",
+    log_dir="out",
+    args=[
+        Arg("src", type=Path, exists="folder", help="the Kaldi data dir"),
+        Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
+        Arg("--allow-pipes", action="store_true", help="run the shell commands in wav.scp (trusted data only)"),
+        Arg("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder (default: no)"),
+    ],
+)
 def import_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import import_data_dir as import_dir
     from asrdistill.data.kaldi_dir import import_feats
@@ -29,33 +34,45 @@ def import_data_dir(args: argparse.Namespace) -> Work:
             import_dir(args.src, args.out, allow_pipes=args.allow_pipes)
         if args.feats_out:
             import_feats(args.src, args.feats_out)
+
     return run
 
 
-@command("import-lhotse", "a lhotse CutSet, or RecordingSet + SupervisionSet, as a data dir (one FLAC per "
-         "supervision, normalised text)", log_dir="out", args=[
-    Arg("manifests", nargs="+", type=Path, exists="file", help="lhotse manifests (.jsonl.gz, .json, ...)"),
-    Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
-    Arg("--allow-pipes", action="store_true", help="read recordings whose source is a shell command"),
-])
+@command(
+    "import-lhotse",
+    "a lhotse CutSet, or RecordingSet + SupervisionSet, as a data dir (one FLAC per supervision, normalised text)",
+    log_dir="out",
+    args=[
+        Arg("manifests", nargs="+", type=Path, exists="file", help="lhotse manifests (.jsonl.gz, .json, ...)"),
+        Arg("out", type=Path, help="the new data dir (audio in <out>/audio)"),
+        Arg("--allow-pipes", action="store_true", help="read recordings whose source is a shell command"),
+    ],
+)
 def import_lhotse(args: argparse.Namespace) -> Work:
     from asrdistill.data.lhotse_io import import_lhotse as import_manifests
 
     def run() -> None:
         import_manifests(args.manifests, args.out, allow_pipes=args.allow_pipes)
+
     return run
 
 
-@command("export-lhotse", "a data dir as lhotse recordings/supervisions/cuts manifests", log_dir="out", args=[
-    DATA_DIR,
-    Arg("out", type=Path, help="folder for the manifests"),
-])
+@command(
+    "export-lhotse",
+    "a data dir as lhotse recordings/supervisions/cuts manifests",
+    log_dir="out",
+    args=[
+        DATA_DIR,
+        Arg("out", type=Path, help="folder for the manifests"),
+    ],
+)
 def export_lhotse(args: argparse.Namespace) -> Work:
     from asrdistill.data.lhotse_io import export_lhotse as export_manifests
 
     def run() -> None:
         for path in export_manifests(args.data_dir, args.out).values():
             print(path)
+
     return run
 
 
@@ -68,30 +85,44 @@ def validate_data_dir(args: argparse.Namespace) -> Work:
         for p in problems:
             print(p)
         errors = [p for p in problems if not p.startswith("warning:")]
-        print(f"{args.data_dir}: {'invalid, ' + str(len(errors)) + ' problem(s)' if errors else 'valid'}"
-              f"{', ' + str(len(problems) - len(errors)) + ' warning(s)' if len(problems) > len(errors) else ''}")
+        print(
+            f"{args.data_dir}: {'invalid, ' + str(len(errors)) + ' problem(s)' if errors else 'valid'}"
+            f"{', ' + str(len(problems) - len(errors)) + ' warning(s)' if len(problems) > len(errors) else ''}"
+        )
         return 1 if errors else 0
+
     return run
 
 
-@command("fix-data-dir", "keep the utterances all files share, sort, rewrite spk2utt (originals in .backup/)",
-         log_dir="data_dir", args=[DATA_DIR])
+@command(
+    "fix-data-dir",
+    "keep the utterances all files share, sort, rewrite spk2utt (originals in .backup/)",
+    log_dir="data_dir",
+    args=[DATA_DIR],
+)
 def fix_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import fix_data_dir as fix
 
     def run() -> None:
         fix(args.data_dir)
+
     return run
 
 
-@command("split-data-dir", "split a data dir by speaker into <dir>/split<N>/<1..N>", log_dir="data_dir", args=[
-    DATA_DIR,
-    Arg("num_jobs", type=int, help="parts N"),
-])
+@command(
+    "split-data-dir",
+    "split a data dir by speaker into <dir>/split<N>/<1..N>",
+    log_dir="data_dir",
+    args=[
+        DATA_DIR,
+        Arg("num_jobs", type=int, help="parts N"),
+    ],
+)
 def split_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import split_data_dir as split
 
     def run() -> None:
         for d in split(args.data_dir, args.num_jobs):
             print(d)
+
     return run

@@ -8,14 +8,24 @@ from pathlib import Path
 from asrdistill.cli.common import Arg, Work, command, section
 
 
-@command("lm", "n-gram LM: the official ARPA if present, else trained on the corpus LM text", log_dir="out_dir",
-         config=True, args=[
-    Arg("corpus_lm_dir", type=Path, exists="folder", help="the corpus's LM folder, e.g. data/corpus/lm"),
-    Arg("lang_dir", type=Path, exists="folder", help="data/lang (its words are the LM's vocabulary)"),
-    Arg("eval_dirs", nargs="*", type=Path, exists="folder", help="data dirs whose text gets a perplexity "
-        "(default: none)"),
-    Arg("out_dir", type=Path, help="the LM folder (lm.json, the ARPA), e.g. exp/lm"),
-])
+@command(
+    "lm",
+    "n-gram LM: the official ARPA if present, else trained on the corpus LM text",
+    log_dir="out_dir",
+    config=True,
+    args=[
+        Arg("corpus_lm_dir", type=Path, exists="folder", help="the corpus's LM folder, e.g. data/corpus/lm"),
+        Arg("lang_dir", type=Path, exists="folder", help="data/lang (its words are the LM's vocabulary)"),
+        Arg(
+            "eval_dirs",
+            nargs="*",
+            type=Path,
+            exists="folder",
+            help="data dirs whose text gets a perplexity (default: none)",
+        ),
+        Arg("out_dir", type=Path, help="the LM folder (lm.json, the ARPA), e.g. exp/lm"),
+    ],
+)
 def lm(args: argparse.Namespace) -> Work:
     from asrdistill.data.datadir import DataDir
     from asrdistill.data.lang import Lang
@@ -27,16 +37,22 @@ def lm(args: argparse.Namespace) -> Work:
 
     def run() -> None:
         prepare_lm(args.corpus_lm_dir, words, args.out_dir, cfg, evals)
+
     return run
 
 
-@command("graph", "HCLG decoding graph from lang, the senone tree, topology and the LM", log_dir="out_dir",
-         config=True, args=[
-    Arg("lang_dir", type=Path, exists="folder", help="data/lang"),
-    Arg("tri_dir", type=Path, exists="folder", help="holds tree.json and topo.json"),
-    Arg("lm_dir", type=Path, exists="folder", help="holds lm.json (from 'asrdistill lm')"),
-    Arg("out_dir", type=Path, help="the graph folder, e.g. exp/graph"),
-])
+@command(
+    "graph",
+    "HCLG decoding graph from lang, the senone tree, topology and the LM",
+    log_dir="out_dir",
+    config=True,
+    args=[
+        Arg("lang_dir", type=Path, exists="folder", help="data/lang"),
+        Arg("tri_dir", type=Path, exists="folder", help="holds tree.json and topo.json"),
+        Arg("lm_dir", type=Path, exists="folder", help="holds lm.json (from 'asrdistill lm')"),
+        Arg("out_dir", type=Path, help="the graph folder, e.g. exp/graph"),
+    ],
+)
 def graph(args: argparse.Namespace) -> Work:
     import json
 
@@ -48,4 +64,5 @@ def graph(args: argparse.Namespace) -> Work:
 
     def run() -> None:
         build_graph(args.lang_dir, tri / "tree.json", tri / "topo.json", arpa, args.out_dir, cfg)
+
     return run

@@ -21,16 +21,35 @@ TRAIN_DATA = (
     Arg("--device", help="cpu or cuda (default: train: the config's train.device, 'auto'; other commands: cpu)"),
     Arg("--seed", type=int, help="model init and data order (default: the config's train.seed, 0)"),
     Arg("--role", help="config section refining 'train', e.g. student or fraction (default: none)"),
-    Arg("--fraction", type=float, help="train on this fraction of the utterances (default: the config's "
-        "train.data_fraction, 1)"),
-    Arg("--soft", type=Path, exists="folder", help="cached soft targets (exp/ensemble/soft_T2): distill (default: "
-        "hard labels)"),
-    Arg("--online", type=Path, exists="folder", metavar="ENSEMBLE_DIR", help="distill from the teachers of "
-        "ENSEMBLE_DIR/members.txt run on each batch (exact at any T; default: hard labels)"),
-    Arg("--temperature", type=float, help="distillation temperature (default: the config's "
-        "train.distill.temperature, 2)"),
-    Arg("--hard-weight", type=float, help="weight of the hard-label term (default: the config's "
-        "train.distill.hard_weight, 0.5)"),
+    Arg(
+        "--fraction",
+        type=float,
+        help="train on this fraction of the utterances (default: the config's train.data_fraction, 1)",
+    ),
+    Arg(
+        "--soft",
+        type=Path,
+        exists="folder",
+        help="cached soft targets (exp/ensemble/soft_T2): distill (default: hard labels)",
+    ),
+    Arg(
+        "--online",
+        type=Path,
+        exists="folder",
+        metavar="ENSEMBLE_DIR",
+        help="distill from the teachers of "
+        "ENSEMBLE_DIR/members.txt run on each batch (exact at any T; default: hard labels)",
+    ),
+    Arg(
+        "--temperature",
+        type=float,
+        help="distillation temperature (default: the config's train.distill.temperature, 2)",
+    ),
+    Arg(
+        "--hard-weight",
+        type=float,
+        help="weight of the hard-label term (default: the config's train.distill.hard_weight, 0.5)",
+    ),
 )
 
 
@@ -39,20 +58,41 @@ def train_config(args: argparse.Namespace) -> Any:
     :func:`asrdistill.config.train_config` for the precedence); its device is checked."""
     from asrdistill.config import train_config as build
 
-    flags = {"seed": args.seed, "device": args.device, "data_fraction": args.fraction,
-             "distill.temperature": args.temperature, "distill.hard_weight": args.hard_weight}
-    cfg = build(args.config, args.role, args.set, feats=args.feats, labels=args.labels, train_set=args.train_set,
-                dev_set=args.dev_set, soft=args.soft, online=args.online, flags=flags)
+    flags = {
+        "seed": args.seed,
+        "device": args.device,
+        "data_fraction": args.fraction,
+        "distill.temperature": args.temperature,
+        "distill.hard_weight": args.hard_weight,
+    }
+    cfg = build(
+        args.config,
+        args.role,
+        args.set,
+        feats=args.feats,
+        labels=args.labels,
+        train_set=args.train_set,
+        dev_set=args.dev_set,
+        soft=args.soft,
+        online=args.online,
+        flags=flags,
+    )
     check_device(cfg.device, "train.device")
     return cfg
 
 
-@command("train", "train a frame DNN: hard labels, or distillation with --soft", log_dir="out", config=True,
-         threads=True, args=[
-    *TRAIN_DATA,
-    Arg("--out", type=Path, required=True, help="the experiment folder, e.g. exp/baseline_seed1"),
-    Arg("--force", action="store_true", help="train again even if done"),
-])
+@command(
+    "train",
+    "train a frame DNN: hard labels, or distillation with --soft",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *TRAIN_DATA,
+        Arg("--out", type=Path, required=True, help="the experiment folder, e.g. exp/baseline_seed1"),
+        Arg("--force", action="store_true", help="train again even if done"),
+    ],
+)
 def train(args: argparse.Namespace) -> Work:
     from asrdistill.config import to_dict
     from asrdistill.fileio import write_json_atomic
@@ -64,18 +104,31 @@ def train(args: argparse.Namespace) -> Work:
         write_json_atomic(Path(args.out) / "train_config.json", to_dict(cfg))
         result = train_dnn(cfg, args.out, force=args.force)
         write_json_atomic(Path(args.out) / "train_result.json", result)
+
     return run
 
 
-@command("ensemble", "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity "
-         "measured on dev)", log_dir="out", config=True, threads=True, args=[
-    *TRAIN_DATA,
-    Arg("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/"),
-    Arg("--temperatures", type=float, nargs="+", required=True, help="one cache per temperature"),
-    Arg("--members", nargs="+", type=Path, required=True, exists="folder",
-        help="teacher experiment dirs (with best.pt)"),
-    Arg("--force", action="store_true", help="rebuild the soft targets even if up to date"),
-])
+@command(
+    "ensemble",
+    "cache the teacher ensemble's soft targets at each temperature (dense or top-k, fidelity measured on dev)",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *TRAIN_DATA,
+        Arg("--out", type=Path, required=True, help="e.g. exp/ensemble; soft targets in soft_T<t>/"),
+        Arg("--temperatures", type=float, nargs="+", required=True, help="one cache per temperature"),
+        Arg(
+            "--members",
+            nargs="+",
+            type=Path,
+            required=True,
+            exists="folder",
+            help="teacher experiment dirs (with best.pt)",
+        ),
+        Arg("--force", action="store_true", help="rebuild the soft targets even if up to date"),
+    ],
+)
 def ensemble(args: argparse.Namespace) -> Work:
     """The ensemble folder, the fidelity of its soft-target cache on dev, and the cache on the training set."""
     from asrdistill.data.features import Cmvn
@@ -90,14 +143,29 @@ def ensemble(args: argparse.Namespace) -> Work:
     cmvn = Cmvn.load(feats / args.train_set / "cmvn.json")
 
     def run() -> None:
-        build_ensemble([Path(m) / "best.pt" for m in args.members], train_feats, dev_feats, cmvn, frames,
-                       args.temperatures, args.out, cfg, args.device or "cpu", args.force)
+        build_ensemble(
+            [Path(m) / "best.pt" for m in args.members],
+            train_feats,
+            dev_feats,
+            cmvn,
+            frames,
+            args.temperatures,
+            args.out,
+            cfg,
+            args.device or "cpu",
+            args.force,
+        )
+
     return run
 
 
-@command("best-student", "print 'T hard_weight' of the swept student with the best dev frame accuracy", args=[
-    Arg("student_dirs", nargs="+", type=Path, exists="folder", help="the swept students' experiment folders"),
-])
+@command(
+    "best-student",
+    "print 'T hard_weight' of the swept student with the best dev frame accuracy",
+    args=[
+        Arg("student_dirs", nargs="+", type=Path, exists="folder", help="the swept students' experiment folders"),
+    ],
+)
 def best_student(args: argparse.Namespace) -> Work:
     """Print ``T hard_weight`` of the swept student with the best dev frame accuracy (model selection on dev)."""
     from asrdistill.results import best_student as best_of
@@ -105,4 +173,5 @@ def best_student(args: argparse.Namespace) -> Work:
     def run() -> None:
         best = best_of(args.student_dirs)
         print(f"{best['temperature']:g} {best['hard_weight']:g}")
+
     return run

@@ -16,8 +16,13 @@ SHARED = (
     Arg("--train-set", required=True, help="name of the training set under --feats and --labels"),
     Arg("--dev-set", required=True, help="name of the dev set under --feats and --labels"),
     Arg("--device", help="cpu or cuda (default: cpu)"),
-    Arg("--generalist", type=Path, required=True, exists="folder",
-        help="exp/<system> with best.pt (e.g. exp/baseline_seed1)"),
+    Arg(
+        "--generalist",
+        type=Path,
+        required=True,
+        exists="folder",
+        help="exp/<system> with best.pt (e.g. exp/baseline_seed1)",
+    ),
     Arg("--out", type=Path, required=True, help="e.g. exp/specialists (groups.json, spec_NN/)"),
 )
 
@@ -29,20 +34,34 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     from asrdistill.data.frames import FrameConfig, FrameData
     from asrdistill.nnet.specialists import SpecialistConfig
 
-    frames = from_dict(FrameConfig, role_section(args.config, "train", None, args.set).get("frames") or {},
-                       f"{args.config}:train.frames")
-    return {"config": section(args, "specialists", SpecialistConfig),
-            "data": FrameData(Path(args.feats), Path(args.labels), args.train_set, args.dev_set, frames=frames),
-            "device": args.device or "cpu", "generalist": Path(args.generalist) / "best.pt"}
+    frames = from_dict(
+        FrameConfig,
+        role_section(args.config, "train", None, args.set).get("frames") or {},
+        f"{args.config}:train.frames",
+    )
+    return {
+        "config": section(args, "specialists", SpecialistConfig),
+        "data": FrameData(Path(args.feats), Path(args.labels), args.train_set, args.dev_set, frames=frames),
+        "device": args.device or "cpu",
+        "generalist": Path(args.generalist) / "best.pt",
+    }
 
 
-@command("specialists-groups", "confusable senone groups from the generalist's dev predictions (groups.json)",
-         log_dir="out", config=True, threads=True, args=[
-    *SHARED,
-    Arg("--tree", type=Path, exists="file", help="exp/tri/tree.json, for the senones' centre phones (default: none)"),
-    Arg("--lang", type=Path, exists="folder", help="data/lang, for the phone names (default: none)"),
-    FORCE,
-])
+@command(
+    "specialists-groups",
+    "confusable senone groups from the generalist's dev predictions (groups.json)",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *SHARED,
+        Arg(
+            "--tree", type=Path, exists="file", help="exp/tri/tree.json, for the senones' centre phones (default: none)"
+        ),
+        Arg("--lang", type=Path, exists="folder", help="data/lang, for the phone names (default: none)"),
+        FORCE,
+    ],
+)
 def groups(args: argparse.Namespace) -> Work:
     from asrdistill.aligner.tree import ContextTree
     from asrdistill.data.lang import Lang
@@ -53,48 +72,79 @@ def groups(args: argparse.Namespace) -> Work:
     lang = Lang.load(args.lang) if args.lang else None
 
     def run() -> int:
-        found = group_senones(s["generalist"], s["data"], s["config"], args.out, tree=tree, lang=lang,
-                              device=s["device"], force=args.force)
+        found = group_senones(
+            s["generalist"],
+            s["data"],
+            s["config"],
+            args.out,
+            tree=tree,
+            lang=lang,
+            device=s["device"],
+            force=args.force,
+        )
         return 0 if found else 1
+
     return run
 
 
-@command("specialists-train", "one specialist (group + dustbin) per group of groups.json, from the generalist",
-         log_dir="out", config=True, threads=True, args=[*SHARED, FORCE])
+@command(
+    "specialists-train",
+    "one specialist (group + dustbin) per group of groups.json, from the generalist",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[*SHARED, FORCE],
+)
 def train(args: argparse.Namespace) -> Work:
     from asrdistill.nnet.specialists import train_specialists
 
     s = _inputs(args)
 
     def run() -> int:
-        summary = train_specialists(s["generalist"], s["data"], s["config"], args.out, device=s["device"],
-                                    force=args.force)
+        summary = train_specialists(
+            s["generalist"], s["data"], s["config"], args.out, device=s["device"], force=args.force
+        )
         return 0 if summary["trained"] else 1
+
     return run
 
 
-@command("specialists-eval", "frame accuracy of the generalist alone and with its specialists "
-         "(frame_accuracy.json)", log_dir="out", config=True, threads=True, args=[
-    *SHARED,
-    Arg("--test-set", nargs="*", default=[], help="further labelled sets to score (default: none)"),
-])
+@command(
+    "specialists-eval",
+    "frame accuracy of the generalist alone and with its specialists (frame_accuracy.json)",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *SHARED,
+        Arg("--test-set", nargs="*", default=[], help="further labelled sets to score (default: none)"),
+    ],
+)
 def evaluate(args: argparse.Namespace) -> Work:
     from asrdistill.nnet.specialists import evaluate_specialists
 
     s = _inputs(args)
 
     def run() -> None:
-        evaluate_specialists(s["generalist"], args.out, s["data"], [args.dev_set, *args.test_set], s["config"],
-                             device=s["device"])
+        evaluate_specialists(
+            s["generalist"], args.out, s["data"], [args.dev_set, *args.test_set], s["config"], device=s["device"]
+        )
+
     return run
 
 
-@command("specialists-cache", "dense soft targets of generalist + specialists (soft_T<t>/) for 'train --soft'",
-         log_dir="out", config=True, threads=True, args=[
-    *SHARED,
-    Arg("--temperatures", type=float, nargs="+", required=True, help="one cache per temperature"),
-    FORCE,
-])
+@command(
+    "specialists-cache",
+    "dense soft targets of generalist + specialists (soft_T<t>/) for 'train --soft'",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *SHARED,
+        Arg("--temperatures", type=float, nargs="+", required=True, help="one cache per temperature"),
+        FORCE,
+    ],
+)
 def cache(args: argparse.Namespace) -> Work:
     """Dense soft targets of generalist + specialists on the training set, for ``asrdistill train --soft``."""
     from asrdistill.nnet.specialists import cache_specialist_targets
@@ -102,6 +152,8 @@ def cache(args: argparse.Namespace) -> Work:
     s = _inputs(args)
 
     def run() -> None:
-        cache_specialist_targets(s["generalist"], args.out, s["data"], args.temperatures, s["config"],
-                                 device=s["device"], force=args.force)
+        cache_specialist_targets(
+            s["generalist"], args.out, s["data"], args.temperatures, s["config"], device=s["device"], force=args.force
+        )
+
     return run

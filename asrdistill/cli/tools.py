@@ -22,10 +22,15 @@ def _run_job(job: tuple[list[str], str]) -> tuple[list[str], int]:
     return argv, subprocess.run([sys.executable, "-m", "asrdistill.cli", *argv], cwd=cwd, check=False).returncode
 
 
-@command("run-jobs", "run independent asrdistill command lines in parallel (local or Dask)", config=True, args=[
-    Arg("jobs", type=Path, help="file with one command line per line (without 'asrdistill'); - = stdin"),
-    Arg("--nj", type=int, default=2, help="jobs at a time (give each job --threads to share the cores)"),
-])
+@command(
+    "run-jobs",
+    "run independent asrdistill command lines in parallel (local or Dask)",
+    config=True,
+    args=[
+        Arg("jobs", type=Path, help="file with one command line per line (without 'asrdistill'); - = stdin"),
+        Arg("--nj", type=int, default=2, help="jobs at a time (give each job --threads to share the cores)"),
+    ],
+)
 def run_jobs(args: argparse.Namespace) -> Work:
     """Run independent asrdistill command lines (teachers, students, evaluations) through the executor."""
     from asrdistill.parallel import Executor
@@ -46,12 +51,19 @@ def run_jobs(args: argparse.Namespace) -> Work:
             log.error("%d of %d job(s) failed: %s", len(failed), len(jobs), "; ".join(failed))
             return 1
         return 0
+
     return run
 
 
-@command("config-get", "print a value of a recipe config (section.key)", config=True, query=True, args=[
-    Arg("key", help="section.key, e.g. recipe.train_set"),
-])
+@command(
+    "config-get",
+    "print a value of a recipe config (section.key)",
+    config=True,
+    query=True,
+    args=[
+        Arg("key", help="section.key, e.g. recipe.train_set"),
+    ],
+)
 def config_get(args: argparse.Namespace) -> Work:
     """Print one value of a recipe config (for loops in run.sh)."""
     from asrdistill.config import merge, parse_overrides, read_yaml
@@ -68,4 +80,5 @@ def config_get(args: argparse.Namespace) -> Work:
         value = data[section][key]
         print(" ".join(str(v) for v in value) if isinstance(value, list) else value)
         return 0
+
     return run

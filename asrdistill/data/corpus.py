@@ -44,11 +44,11 @@ def normalize_transcript(text: str) -> str:
 class Corpus:
     """A corpus read into a data dir, what was skipped and why, and how references were normalised."""
 
-    data: DataDir                                 # wav.scp, utt2spk, utt2dur of the usable utterances
-    layout: str                                   # "librispeech", "kaldi" or "audio"
+    data: DataDir  # wav.scp, utt2spk, utt2dur of the usable utterances
+    layout: str  # "librispeech", "kaldi" or "audio"
     refs: dict[str, str] = field(default_factory=dict)  # normalised references (of skipped utterances too)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (utt, file, reason)
-    normalized: int = 0                           # reference utterances the normalisation changed
+    normalized: int = 0  # reference utterances the normalisation changed
     files: dict[str, str] = field(default_factory=dict)  # utt -> its input (file as found, or wav.scp entry)
 
 
@@ -64,7 +64,7 @@ def kaldi_safe(name: str) -> str:
 
 def _audio_stem(path: Path) -> str:
     name = path.name
-    return name[:-len(next(s for s in AUDIO_SUFFIXES if name.lower().endswith(s)))]
+    return name[: -len(next(s for s in AUDIO_SUFFIXES if name.lower().endswith(s)))]
 
 
 def _repeated(ids: dict[Path, str]) -> list[Path]:
@@ -124,8 +124,9 @@ def _not_audio_file(path: Path) -> str | None:
     return None
 
 
-def _from_files(root: Path, files: Sequence[Path] | None,
-                skipped: list[tuple[str, str, str]]) -> tuple[dict[str, str], dict[str, str], dict[str, str], str]:
+def _from_files(
+    root: Path, files: Sequence[Path] | None, skipped: list[tuple[str, str, str]]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str], str]:
     """(wav, text, input file per utterance, layout) of an audio folder, or of ``files`` below their common folder."""
     if files is None:
         paths, others = _audio_inputs(root)
@@ -159,8 +160,9 @@ def _from_files(root: Path, files: Sequence[Path] | None,
     if trans:
         missing = sorted(set(text) - set(wav))
         if missing:
-            log.warning("%s: %d transcribed utterances have no audio file (e.g. %s); not scored",
-                        root, len(missing), missing[0])
+            log.warning(
+                "%s: %d transcribed utterances have no audio file (e.g. %s); not scored", root, len(missing), missing[0]
+            )
         text = {u: t for u, t in text.items() if u in wav}
     return wav, text, inputs, "librispeech" if trans and trans[0].name != "text" else "audio"
 
@@ -179,10 +181,17 @@ def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> DataDir:
             skipped.append((utt, str(root / name), f"listed in {name} but not in wav.scp"))
     no_spk = sorted(set(wav) - set(tables["utt2spk"]))
     if tables["utt2spk"] and no_spk:
-        log.warning("%s: %d utterances missing from utt2spk (e.g. %s): each is its own speaker",
-                    root / "utt2spk", len(no_spk), no_spk[0])
-    return DataDir(wav=wav, text={u: t for u, t in tables["text"].items() if u in wav},
-                   utt2spk={u: tables["utt2spk"].get(u, u) for u in wav})
+        log.warning(
+            "%s: %d utterances missing from utt2spk (e.g. %s): each is its own speaker",
+            root / "utt2spk",
+            len(no_spk),
+            no_spk[0],
+        )
+    return DataDir(
+        wav=wav,
+        text={u: t for u, t in tables["text"].items() if u in wav},
+        utt2spk={u: tables["utt2spk"].get(u, u) for u in wav},
+    )
 
 
 def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = float("inf")) -> Corpus:
@@ -224,8 +233,14 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
             corpus.refs[utt] = ref
         path = data.wav[utt]
         if kaldi_safe(utt) != utt:  # a Kaldi dir's own id: whitespace cannot occur, '.' and '/' can
-            corpus.skipped.append((utt, path, "the utterance id holds '.' or '/', which feature shards cannot "
-                                              f"hold in a key (rename it, e.g. {kaldi_safe(utt)})"))
+            corpus.skipped.append(
+                (
+                    utt,
+                    path,
+                    "the utterance id holds '.' or '/', which feature shards cannot "
+                    f"hold in a key (rename it, e.g. {kaldi_safe(utt)})",
+                )
+            )
             continue
         try:
             with open(path, "rb") as f:  # a file object: soundfile cannot encode a name that is not UTF-8
@@ -235,8 +250,9 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
             corpus.skipped.append((utt, inputs.get(utt, path), f"cannot read the audio header ({reason})"))
             continue
         if info.duration > max_seconds:
-            corpus.skipped.append((utt, inputs.get(utt, path),
-                                   f"{info.duration:.1f} s is longer than the maximum {max_seconds:g} s"))
+            corpus.skipped.append(
+                (utt, inputs.get(utt, path), f"{info.duration:.1f} s is longer than the maximum {max_seconds:g} s")
+            )
             continue
         corpus.data.wav[utt] = path
         corpus.data.utt2spk[utt] = data.utt2spk.get(utt, utt)
@@ -247,6 +263,7 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
         log.error("%s: none of its %d input(s) can be used (reasons above)", root, len(inputs))
     unref = sorted(set(corpus.data.wav) - set(corpus.refs))
     if corpus.refs and unref:
-        log.warning("%s: %d utterances have no reference (e.g. %s); only the others are scored",
-                    root, len(unref), unref[0])
+        log.warning(
+            "%s: %d utterances have no reference (e.g. %s); only the others are scored", root, len(unref), unref[0]
+        )
     return corpus

@@ -28,8 +28,10 @@ def check_pipes(path: str | Path, allow_pipes: bool) -> None:
     path = Path(path)
     pipes = [k for k, v in read_kv(path).items() if is_pipe(v)]
     if pipes and not allow_pipes:
-        raise ValueError(f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
-                         "program named by the data, so it needs an explicit opt-in (--allow-pipes)")
+        raise ValueError(
+            f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
+            "program named by the data, so it needs an explicit opt-in (--allow-pipes)"
+        )
 
 
 def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
@@ -59,9 +61,9 @@ def write_kv(path: Path, items: dict[str, str]) -> None:
 class DataDir:
     """One subset's Kaldi data directory held in memory (small: text and paths only)."""
 
-    wav: dict[str, str] = field(default_factory=dict)        # utt -> audio path
-    text: dict[str, str] = field(default_factory=dict)       # utt -> "WORD WORD ..."
-    utt2spk: dict[str, str] = field(default_factory=dict)    # utt -> speaker
+    wav: dict[str, str] = field(default_factory=dict)  # utt -> audio path
+    text: dict[str, str] = field(default_factory=dict)  # utt -> "WORD WORD ..."
+    utt2spk: dict[str, str] = field(default_factory=dict)  # utt -> speaker
     utt2dur: dict[str, float] = field(default_factory=dict)  # utt -> seconds
 
     @property

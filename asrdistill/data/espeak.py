@@ -112,8 +112,14 @@ class Espeak:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
@@ -152,8 +158,11 @@ class Espeak:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"unknown espeak voice {voice!r}")
             for param, value in (
-                (PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range),
-                (PARAM_WORDGAP, word_gap), (PARAM_VOLUME, 100),
+                (PARAM_RATE, rate),
+                (PARAM_PITCH, pitch),
+                (PARAM_RANGE, pitch_range),
+                (PARAM_WORDGAP, word_gap),
+                (PARAM_VOLUME, 100),
             ):
                 self._lib.espeak_SetParameter(param, int(value), 0)
             self._lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)

@@ -28,13 +28,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from asrdistill.data.audio import AudioError, load_audio
-from asrdistill.config import to_dict
-from asrdistill.data.datadir import DataDir
-from asrdistill.fileio import atomic_open, mark_done, stage_done, write_json_atomic, write_skipped
-from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
-from asrdistill.parallel import Executor
 from asrdistill import logs
+from asrdistill.config import to_dict
+from asrdistill.data.audio import AudioError, load_audio
+from asrdistill.data.datadir import DataDir
+from asrdistill.data.shards import FEATS_PREFIX, ShardInfo, ShardManifest, iter_shard, plan_shards, write_shard
+from asrdistill.fileio import atomic_open, mark_done, stage_done, write_json_atomic, write_skipped
+from asrdistill.parallel import Executor
 
 __all__ = [
     "FbankConfig",
@@ -57,10 +57,10 @@ class FbankConfig:
     num_mel_bins: int = 40
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
-    dither: float = 0.0          # 0 keeps features bit-reproducible; Kaldi's default is 1.0
+    dither: float = 0.0  # 0 keeps features bit-reproducible; Kaldi's default is 1.0
     sample_rate: int = 16000
     shard_size_mb: float = 200.0
-    cmvn: str = "global"         # "global" or "speaker" (per-speaker stats; needs utt2spk)
+    cmvn: str = "global"  # "global" or "speaker" (per-speaker stats; needs utt2spk)
     # Utterances outside [min_duration, max_duration] seconds are left out (listed in skipped.tsv):
     # LibriSpeech was cut into segments of at most 35 s, so anything longer is a wrong or unsegmented
     # file (one 40-minute file would outweigh the whole corpus in the CMVN statistics and the
@@ -74,8 +74,9 @@ class FbankConfig:
         if self.num_mel_bins <= 0 or self.frame_shift_ms <= 0 or self.frame_length_ms <= 0:
             raise ValueError("features: num_mel_bins, frame_length_ms and frame_shift_ms must be positive")
         if not 0 <= self.min_duration < self.max_duration:
-            raise ValueError(f"features: need 0 <= min_duration < max_duration, got {self.min_duration}, "
-                             f"{self.max_duration}")
+            raise ValueError(
+                f"features: need 0 <= min_duration < max_duration, got {self.min_duration}, {self.max_duration}"
+            )
 
     @property
     def window_samples(self) -> int:
@@ -86,7 +87,8 @@ class FbankConfig:
         return int(self.sample_rate * self.frame_shift_ms / 1000)
 
     def extraction_dict(self) -> dict:
-        """The settings that change the features' values or which utterances they cover (not shard size or CMVN mode)."""
+        """The settings that change the features' values or which utterances they cover (not shard size or CMVN
+        mode)."""
         d = to_dict(self)
         d.pop("shard_size_mb")
         d.pop("cmvn")
@@ -107,9 +109,9 @@ class Cmvn:
     reader never needs to know which mode was chosen.
     """
 
-    mean: np.ndarray                      # (D,) float64
-    var: np.ndarray                       # (D,) float64
-    count: int                            # frames the global stats were computed on
+    mean: np.ndarray  # (D,) float64
+    var: np.ndarray  # (D,) float64
+    count: int  # frames the global stats were computed on
     spk_mean: dict[str, np.ndarray] = field(default_factory=dict)
     spk_var: dict[str, np.ndarray] = field(default_factory=dict)
     utt2spk: dict[str, str] = field(default_factory=dict)
@@ -129,8 +131,9 @@ class Cmvn:
             return spk, self.spk_mean[spk], self.spk_var[spk]
         return "", self.mean, self.var
 
-    def shift_scale(self, utt: str | None = None, device: str | torch.device | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def shift_scale(
+        self, utt: str | None = None, device: str | torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-mean, 1/std)`` as float32 tensors on ``device`` (cached), for ``(x + shift) * scale``."""
         key, mean, var = self._stats(utt)
         dev = torch.device(device or "cpu")
@@ -244,8 +247,7 @@ def compute_cmvn(manifest: ShardManifest, utt2spk: dict[str, str] | None = None)
     if total is None or total.n == 0:
         raise ValueError(f"{manifest.path}: no feature frames to compute CMVN from")
     if missing:
-        raise ValueError(f"{manifest.path}: {len(missing)} utterance(s) have no speaker in utt2spk, "
-                         f"e.g. {missing[:3]}")
+        raise ValueError(f"{manifest.path}: {len(missing)} utterance(s) have no speaker in utt2spk, e.g. {missing[:3]}")
     mean, var = total.mean_var()
     cmvn = Cmvn(mean=mean, var=var, count=total.n)
     if utt2spk is not None:
@@ -322,7 +324,7 @@ def fbank(samples: np.ndarray, config: FbankConfig) -> np.ndarray:
 class _ShardJob:
     index: int
     path: Path
-    utts: list[tuple[str, str]]      # (utt, audio path), in shard order
+    utts: list[tuple[str, str]]  # (utt, audio path), in shard order
     config: FbankConfig
 
 
@@ -332,7 +334,7 @@ class _ShardResult:
     info: ShardInfo
     frames: dict[str, int]
     skipped: list[tuple[str, str, str]]  # (utt, audio path, reason)
-    seconds: float                        # audio seconds decoded
+    seconds: float  # audio seconds decoded
 
 
 _CHUNK = 8  # utterances per worker task: ~100 s of audio, small enough to keep both workers busy
@@ -358,8 +360,13 @@ def _load_finished(job: _ShardJob) -> _ShardResult | None:
     if {"planned": d.get("planned"), "config": d.get("config")} != _sidecar_key(job):
         return None
     s = d["shard"]
-    return _ShardResult(job.index, ShardInfo(s["name"], s["keys"], s["num_frames"]), d["frames"],
-                        [tuple(x) for x in d["skipped"]], float(d["seconds"]))
+    return _ShardResult(
+        job.index,
+        ShardInfo(s["name"], s["keys"], s["num_frames"]),
+        d["frames"],
+        [tuple(x) for x in d["skipped"]],
+        float(d["seconds"]),
+    )
 
 
 def _init_worker() -> None:
@@ -419,8 +426,13 @@ def _write_shards(jobs: list[_ShardJob], nj: int, progress: Callable[[int, float
             info = write_shard(job.path, samples())
             write_json_atomic(
                 _sidecar_path(job.path),
-                {**_sidecar_key(job), "shard": {"name": info.name, "keys": info.keys, "num_frames": info.num_frames},
-                 "frames": frames, "skipped": [list(x) for x in skipped], "seconds": seconds},
+                {
+                    **_sidecar_key(job),
+                    "shard": {"name": info.name, "keys": info.keys, "num_frames": info.num_frames},
+                    "frames": frames,
+                    "skipped": [list(x) for x in skipped],
+                    "seconds": seconds,
+                },
             )
             yield _ShardResult(job.index, info, frames, skipped, seconds)
     finally:
@@ -448,8 +460,9 @@ def _durations(data: DataDir, data_dir: Path) -> dict[str, float]:
     return durs
 
 
-def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int = 1, force: bool = False
-                     ) -> ShardManifest:
+def compute_features(
+    data_dir: Path, out_dir: Path, config: FbankConfig, nj: int = 1, force: bool = False
+) -> ShardManifest:
     """Compute fbank shards for the Kaldi data dir ``data_dir`` into ``out_dir``.
 
     Writes ``feats-NNNNNN.tar`` (members ``<utt>.feats.npy``, (T, D) float16
@@ -462,8 +475,12 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     stage = "features"
     # the audio files are not fingerprinted (a corpus is not edited in place; statting 280k files
     # costs minutes): their list and durations are
-    inputs = {"config": config.extraction_dict(), "data_dir": str(data_dir), "wav.scp": data_dir / "wav.scp",
-              "utt2dur": data_dir / "utt2dur"}
+    inputs = {
+        "config": config.extraction_dict(),
+        "data_dir": str(data_dir),
+        "wav.scp": data_dir / "wav.scp",
+        "utt2dur": data_dir / "utt2dur",
+    }
     if stage_done(out_dir, stage, inputs, force) is not None:
         return ShardManifest.load(out_dir, FEATS_PREFIX)
     data = DataDir.load(data_dir)
@@ -471,16 +488,27 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
         raise ValueError(f"{data_dir}: wav.scp lists no utterances")
     out_dir.mkdir(parents=True, exist_ok=True)
     durs = _durations(data, data_dir)
-    excluded = [(u, data.wav[u], f"duration {d:.2f} s outside [{config.min_duration:g}, {config.max_duration:g}] s "
-                                 "(features.min_duration/max_duration)")
-                for u, d in sorted(durs.items()) if d > config.max_duration or 0 < d < config.min_duration]
+    excluded = [
+        (
+            u,
+            data.wav[u],
+            f"duration {d:.2f} s outside [{config.min_duration:g}, {config.max_duration:g}] s "
+            "(features.min_duration/max_duration)",
+        )
+        for u, d in sorted(durs.items())
+        if d > config.max_duration or 0 < d < config.min_duration
+    ]
     if excluded:
-        log.warning("%s: %d utterance(s) left out for their duration, e.g. %s", data_dir, len(excluded), excluded[0][:2])
+        log.warning(
+            "%s: %d utterance(s) left out for their duration, e.g. %s", data_dir, len(excluded), excluded[0][:2]
+        )
     kept = {u: d for u, d in durs.items() if u not in {e[0] for e in excluded}}
     groups = plan_shards({u: _shard_bytes(d, config) for u, d in kept.items()}, config.shard_size_mb * 1e6)
     manifest = ShardManifest(out_dir, FEATS_PREFIX)
-    jobs = [_ShardJob(i, out_dir / manifest.shard_name(i), [(u, data.wav[u]) for u in g], config)
-            for i, g in enumerate(groups)]
+    jobs = [
+        _ShardJob(i, out_dir / manifest.shard_name(i), [(u, data.wav[u]) for u in g], config)
+        for i, g in enumerate(groups)
+    ]
 
     results: dict[int, _ShardResult] = {}
     if not force:
@@ -492,8 +520,9 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
         log.info("%s: reusing %d finished shard(s), computing %d", out_dir, len(results), len(todo))
     start = time.monotonic()
     done_seconds = 0.0
-    with logs.progress(total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt",
-                       dynamic_ncols=True) as bar:
+    with logs.progress(
+        total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt", dynamic_ncols=True
+    ) as bar:
 
         def progress(n: int, seconds: float) -> None:
             nonlocal done_seconds
@@ -527,9 +556,21 @@ def compute_features(data_dir: Path, out_dir: Path, config: FbankConfig, nj: int
     manifest.save()
     mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)}, inputs)
     if todo:
-        log.info("%s: %.2f h of audio in %.1f s (%.0fx real-time, nj=%d)", out_dir, done_seconds / 3600,
-                 elapsed, done_seconds / max(elapsed, 1e-9), nj)
-    log.info("%s: %d utterance(s) in %d shard(s), %d frames; %d skipped%s", out_dir, len(frames),
-             len(manifest.shards), manifest.num_frames, len(skipped),
-             f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "")
+        log.info(
+            "%s: %.2f h of audio in %.1f s (%.0fx real-time, nj=%d)",
+            out_dir,
+            done_seconds / 3600,
+            elapsed,
+            done_seconds / max(elapsed, 1e-9),
+            nj,
+        )
+    log.info(
+        "%s: %d utterance(s) in %d shard(s), %d frames; %d skipped%s",
+        out_dir,
+        len(frames),
+        len(manifest.shards),
+        manifest.num_frames,
+        len(skipped),
+        f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
+    )
     return manifest

@@ -50,13 +50,13 @@ log = logging.getLogger(__name__)
 class FrameConfig:
     """Context window and minibatch settings (section ``frames`` of a recipe config)."""
 
-    left: int = 20                # past context frames (paper: 20)
-    right: int = 5                # future context frames (paper: 5)
-    batch_size: int = 1024        # frames per minibatch
+    left: int = 20  # past context frames (paper: 20)
+    right: int = 5  # future context frames (paper: 5)
+    batch_size: int = 1024  # frames per minibatch
     buffer_frames: int = 500_000  # shuffle buffer, in frames
-    open_shards: int = 4          # shards read interleaved, so a buffer mixes speakers and chapters
-    dtype: str = "float32"        # device buffer and ``Batch.x`` dtype: "float32" or "bfloat16"
-    prefetch: int = 1             # host buffers prepared ahead in a background thread (0: none)
+    open_shards: int = 4  # shards read interleaved, so a buffer mixes speakers and chapters
+    dtype: str = "float32"  # device buffer and ``Batch.x`` dtype: "float32" or "bfloat16"
+    prefetch: int = 1  # host buffers prepared ahead in a background thread (0: none)
 
     def __post_init__(self) -> None:
         if self.left < 0 or self.right < 0:
@@ -90,9 +90,9 @@ class FrameData:
     labels_root: Path
     train_set: str
     dev_set: str
-    test_set: str = ""                 # "" where a stage reads no test set
+    test_set: str = ""  # "" where a stage reads no test set
     frames: FrameConfig = field(default_factory=FrameConfig)
-    cmvn_path: Path | None = None      # None: ``feats_root/<train_set>/cmvn.json``
+    cmvn_path: Path | None = None  # None: ``feats_root/<train_set>/cmvn.json``
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feats_root", Path(self.feats_root))
@@ -127,9 +127,9 @@ class FrameData:
 
 @dataclass
 class Batch:
-    x: Tensor                 # (B, (left + 1 + right) * feat_dim) float32 (or bf16), CMVN applied
-    y: Tensor                 # (B,) int64 senone ids
-    soft_idx: Tensor | None   # (B, k) int64  top-k teacher classes (sparse cache)
+    x: Tensor  # (B, (left + 1 + right) * feat_dim) float32 (or bf16), CMVN applied
+    y: Tensor  # (B,) int64 senone ids
+    soft_idx: Tensor | None  # (B, k) int64  top-k teacher classes (sparse cache)
     soft_prob: Tensor | None  # (B, k) float32 their probabilities
     soft_logp: Tensor | None = None  # (B, C) float32 the teachers' full log-distribution at T (dense cache)
 
@@ -158,8 +158,10 @@ def _check_lengths(utt: str, sample: dict[str, np.ndarray], paths: list[Path]) -
         raise ValueError(f"{paths[1]}: utterance {utt!r} has {n} labels but {t} feature frames in {paths[0]}")
     for name in SOFT_FIELDS:
         if len(paths) > 2 and name in sample and sample[name].shape[0] != t:
-            raise ValueError(f"{paths[2]}: utterance {utt!r} has {sample[name].shape[0]} soft-target "
-                             f"frames but {t} feature frames in {paths[0]}")
+            raise ValueError(
+                f"{paths[2]}: utterance {utt!r} has {sample[name].shape[0]} soft-target "
+                f"frames but {t} feature frames in {paths[0]}"
+            )
     return True
 
 
@@ -168,22 +170,24 @@ def _check_aligned(feats: ShardManifest, other: ShardManifest) -> None:
         raise ValueError(f"{other.path}: {len(other.shards)} shards but {feats.path} has {len(feats.shards)}")
     for a, b in zip(feats.shards, other.shards):
         if a.keys != b.keys:
-            raise ValueError(f"{other.directory / b.name}: keys differ from {feats.directory / a.name} "
-                             "(shards not aligned; stale labels?)")
+            raise ValueError(
+                f"{other.directory / b.name}: keys differ from {feats.directory / a.name} "
+                "(shards not aligned; stale labels?)"
+            )
 
 
 @dataclass
 class _HostBuffer:
     """One shuffle buffer prepared on the host; ``padded`` is None when all its batches are skipped."""
 
-    n: int                           # labelled frames
-    padded: Tensor | None = None     # (rows, D) float16 edge-padded features of its utterances
-    row_utt: Tensor | None = None    # (rows,) utterance index of each row (speaker CMVN only)
-    shift: Tensor | None = None      # (U, D) per-utterance CMVN shift (speaker CMVN only)
+    n: int  # labelled frames
+    padded: Tensor | None = None  # (rows, D) float16 edge-padded features of its utterances
+    row_utt: Tensor | None = None  # (rows,) utterance index of each row (speaker CMVN only)
+    shift: Tensor | None = None  # (U, D) per-utterance CMVN shift (speaker CMVN only)
     scale: Tensor | None = None
-    pos: Tensor | None = None        # (n,) window start row of each frame, in draw order
-    y: Tensor | None = None          # (n,) senone ids as stored (int32), in draw order: widened on the device
-    soft_idx: Tensor | None = None   # (n,) as stored (int32): widened on the device
+    pos: Tensor | None = None  # (n,) window start row of each frame, in draw order
+    y: Tensor | None = None  # (n,) senone ids as stored (int32), in draw order: widened on the device
+    soft_idx: Tensor | None = None  # (n,) as stored (int32): widened on the device
     soft_prob: Tensor | None = None  # float16 as stored
     soft_logp: Tensor | None = None  # float16 as stored
 
@@ -196,8 +200,8 @@ class _Skipper:
 
     def __init__(self, batch_size: int, skip: int):
         self.b, self.skip = batch_size, skip
-        self.done = 0    # full batches completed before the current buffer
-        self.carry = 0   # frames carried into the next batch
+        self.done = 0  # full batches completed before the current buffer
+        self.carry = 0  # frames carried into the next batch
 
     def wholly_skipped(self, n: int) -> bool:
         # the carry out of this buffer lands in batch done + full; everything before it is skipped too
@@ -218,9 +222,19 @@ class FrameStream:
     stream from batch ``k`` on (for resuming a checkpoint mid-epoch).
     """
 
-    def __init__(self, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn, config: FrameConfig,
-                 soft: ShardManifest | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu", passes: int = 1):
+    def __init__(
+        self,
+        feats: ShardManifest,
+        labels: ShardManifest,
+        cmvn: Cmvn,
+        config: FrameConfig,
+        soft: ShardManifest | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        passes: int = 1,
+    ):
         _check_aligned(feats, labels)
         if soft is not None:
             _check_aligned(feats, soft)
@@ -244,8 +258,12 @@ class FrameStream:
         utterances count 0).
         """
         n_shards = len(self.feats.shards)
-        order = np.concatenate([np.random.default_rng([self.seed, epoch] + ([p] if p else [])).permutation(n_shards)
-                                for p in range(self.passes)])
+        order = np.concatenate(
+            [
+                np.random.default_rng([self.seed, epoch] + ([p] if p else [])).permutation(n_shards)
+                for p in range(self.passes)
+            ]
+        )
         total = self.labels.num_frames * self.passes
         lo, hi = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
         out, start = [], 0
@@ -416,8 +434,9 @@ class FrameStream:
 
     # ------------------------------------------------------------------ device side
 
-    def _to_device(self, host: _HostBuffer) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None,
-                                                     Tensor | None]:
+    def _to_device(
+        self, host: _HostBuffer
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         dev = self.device
         move = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
         buf = move(host.padded).float()
@@ -429,8 +448,14 @@ class FrameStream:
             buf.add_(shift).mul_(scale)
         buf = buf.to(self.config.torch_dtype)
         widen = lambda t, dtype: None if t is None else move(t).to(dtype)  # noqa: E731
-        return (buf, move(host.pos), widen(host.y, torch.int64), widen(host.soft_idx, torch.int64),
-                widen(host.soft_prob, torch.float32), widen(host.soft_logp, torch.float32))
+        return (
+            buf,
+            move(host.pos),
+            widen(host.y, torch.int64),
+            widen(host.soft_idx, torch.int64),
+            widen(host.soft_prob, torch.float32),
+            widen(host.soft_logp, torch.float32),
+        )
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
         """Minibatches of ``epoch``, deterministic given (seed, epoch, rank, world_size), from ``skip_batches`` on."""
@@ -469,13 +494,24 @@ def _concat(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
     cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-    return Batch(cat([p.x for p in parts]), cat([p.y for p in parts]), cat([p.soft_idx for p in parts]),
-                 cat([p.soft_prob for p in parts]), cat([p.soft_logp for p in parts]))
+    return Batch(
+        cat([p.x for p in parts]),
+        cat([p.y for p in parts]),
+        cat([p.soft_idx for p in parts]),
+        cat([p.soft_prob for p in parts]),
+        cat([p.soft_logp for p in parts]),
+    )
 
 
-def iter_utterances(feats: ShardManifest, cmvn: Cmvn, config: FrameConfig, labels: ShardManifest | None = None,
-                    device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1
-                    ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+def iter_utterances(
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    config: FrameConfig,
+    labels: ShardManifest | None = None,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[str, Tensor, Tensor | None]]:
     """(utt_id, windows (T, (left+1+right)*feat_dim) float32, labels (T,) int64 or None), in shard order.
 
     With ``labels``, unaligned utterances (empty ``pdf``) are skipped and a

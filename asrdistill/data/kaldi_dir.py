@@ -32,7 +32,15 @@ from asrdistill.data.datadir import DataDir, check_pipes, is_pipe, read_kv, writ
 from asrdistill.data.shards import FEATS_PREFIX, ShardManifest, plan_shards, write_shard
 from asrdistill.fileio import atomic_open, write_json_atomic, write_skipped
 
-__all__ = ["ImportReport", "needs_import", "import_data_dir", "import_feats", "validate_data_dir", "fix_data_dir", "split_data_dir"]
+__all__ = [
+    "ImportReport",
+    "needs_import",
+    "import_data_dir",
+    "import_feats",
+    "validate_data_dir",
+    "fix_data_dir",
+    "split_data_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +72,17 @@ def import_data_dir(src: str | Path, out_dir: str | Path, allow_pipes: bool = Fa
     ``out_dir/skipped.tsv``; ``text`` is normalised (original in ``text.orig``).
     """
     src, out_dir = Path(src), Path(out_dir)
-    problems = [p for p in validate_data_dir(src)  # order and spk2utt do not matter here: both are rewritten
-                if not p.startswith("warning:") and "not sorted" not in p and "spk2utt" not in p]
+    problems = [
+        p
+        for p in validate_data_dir(src)  # order and spk2utt do not matter here: both are rewritten
+        if not p.startswith("warning:") and "not sorted" not in p and "spk2utt" not in p
+    ]
     if problems:
-        raise ValueError(f"{src}: not a consistent data dir: " + "; ".join(problems[:5]) +
-                         " (asrdistill fix-data-dir repairs most of these)")
+        raise ValueError(
+            f"{src}: not a consistent data dir: "
+            + "; ".join(problems[:5])
+            + " (asrdistill fix-data-dir repairs most of these)"
+        )
     check_pipes(src / "wav.scp", allow_pipes)
     segments = src / "segments"
     table = kaldiio.load_scp(str(src / "wav.scp"), segments=str(segments) if segments.is_file() else None)
@@ -107,12 +121,20 @@ def import_data_dir(src: str | Path, out_dir: str | Path, allow_pipes: bool = Fa
             raise ValueError(f"{src / 'text'}: no transcript for {len(missing)} utterances (e.g. {missing[0]})")
         write_kv(out_dir / "text.orig", {u: text[u] for u in data.wav})
     data.save(out_dir)
-    write_json_atomic(out_dir / "normalization.json", {"rule": NORMALIZATION, "changed_utterances": report.normalized,
-                                                       "source": str(src)})
+    write_json_atomic(
+        out_dir / "normalization.json",
+        {"rule": NORMALIZATION, "changed_utterances": report.normalized, "source": str(src)},
+    )
     write_skipped(out_dir / "skipped.tsv", dict(report.skipped))
     report.utterances = len(data.wav)
-    log.info("%s -> %s: %d utterance(s), %d skipped, %d transcript(s) changed by normalisation", src, out_dir,
-             report.utterances, len(report.skipped), report.normalized)
+    log.info(
+        "%s -> %s: %d utterance(s), %d skipped, %d transcript(s) changed by normalisation",
+        src,
+        out_dir,
+        report.utterances,
+        len(report.skipped),
+        report.normalized,
+    )
     return report
 
 
@@ -133,8 +155,11 @@ def import_feats(src: str | Path, out_dir: str | Path, shard_size_mb: float = 20
         raise ValueError(f"{scp}: matrices must all be (frames, dim) with one dim, got dims {sorted(dims)}")
     (dim,) = dims
     groups = plan_shards({k: shapes[k][0] * dim * 2 + 1024 for k in keys}, shard_size_mb * 1e6)
-    manifest = ShardManifest(out_dir, FEATS_PREFIX, meta={"dim": dim, "dtype": "float16", "source": str(scp),
-                                                          "num_utterances": len(keys), "num_skipped": 0})
+    manifest = ShardManifest(
+        out_dir,
+        FEATS_PREFIX,
+        meta={"dim": dim, "dtype": "float16", "source": str(scp), "num_utterances": len(keys), "num_skipped": 0},
+    )
     for i, group in enumerate(groups):
         samples = ((k, {"feats": np.asarray(table[k], dtype=np.float32).astype(np.float16)}) for k in group)
         manifest.shards.append(write_shard(out_dir / manifest.shard_name(i), samples))
@@ -148,7 +173,9 @@ def _read(directory: Path, name: str) -> dict[str, str] | None:
 
 
 def _sorted_problem(directory: Path, name: str) -> str | None:
-    keys = [line.split(" ", 1)[0] for line in (directory / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = [
+        line.split(" ", 1)[0] for line in (directory / name).read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     if keys != sorted(keys):
         return f"{directory / name}: not sorted by key (C locale)"
     return None
@@ -192,11 +219,16 @@ def validate_data_dir(directory: str | Path) -> list[str]:
                     problems.append(f"{d / 'segments'}: {utt}: expected '<recording> <start> <end>' with start < end")
                     break
         elif recordings != utts:
-            problems.append(f"{d / 'wav.scp'}: utterances differ from utt2spk "
-                            f"(missing {sorted(utts - recordings)[:3]}, extra {sorted(recordings - utts)[:3]})")
+            problems.append(
+                f"{d / 'wav.scp'}: utterances differ from utt2spk "
+                f"(missing {sorted(utts - recordings)[:3]}, extra {sorted(recordings - utts)[:3]})"
+            )
         else:
-            absent = [v for v in tables["wav.scp"].values() if not is_pipe(v) and ":" not in Path(v).name
-                      and not Path(v).is_file()]
+            absent = [
+                v
+                for v in tables["wav.scp"].values()
+                if not is_pipe(v) and ":" not in Path(v).name and not Path(v).is_file()
+            ]
             if absent:
                 problems.append(f"{d / 'wav.scp'}: {len(absent)} audio file(s) do not exist (e.g. {absent[0]})")
     if tables["spk2utt"] is not None:
@@ -212,12 +244,16 @@ def validate_data_dir(directory: str | Path) -> list[str]:
             problems.append(f"warning: {d / 'text'}: {len(empty)} empty transcript(s) (e.g. {empty[0]})")
         lower = [u for u, t in tables["text"].items() if t != t.upper()]
         if lower:
-            problems.append(f"warning: {d / 'text'}: {len(lower)} transcript(s) not upper case (e.g. {lower[0]}); "
-                            "import-data-dir normalises them")
+            problems.append(
+                f"warning: {d / 'text'}: {len(lower)} transcript(s) not upper case (e.g. {lower[0]}); "
+                "import-data-dir normalises them"
+            )
     bad_prefix = [u for u, s in tables["utt2spk"].items() if not u.startswith(s)]
     if bad_prefix:
-        problems.append(f"warning: {d / 'utt2spk'}: {len(bad_prefix)} utterance ids do not start with their speaker "
-                        f"id (e.g. {bad_prefix[0]}); Kaldi's sorting assumptions need that prefix")
+        problems.append(
+            f"warning: {d / 'utt2spk'}: {len(bad_prefix)} utterance ids do not start with their speaker "
+            f"id (e.g. {bad_prefix[0]}); Kaldi's sorting assumptions need that prefix"
+        )
     return problems
 
 
@@ -258,8 +294,13 @@ def fix_data_dir(directory: str | Path) -> dict[str, int]:
             write_kv(d / name, {s: v for s, v in t.items() if s in speakers})
     spk2utt = DataDir(wav={u: "" for u in keep}, utt2spk=kept_utt2spk).spk2utt
     write_kv(d / "spk2utt", {s: " ".join(u) for s, u in spk2utt.items()})
-    log.info("%s: kept %d utterance(s); removed %s (originals in %s)", d, len(keep),
-             {k: v for k, v in removed.items() if v} or "nothing", backup)
+    log.info(
+        "%s: kept %d utterance(s); removed %s (originals in %s)",
+        d,
+        len(keep),
+        {k: v for k, v in removed.items() if v} or "nothing",
+        backup,
+    )
     return removed
 
 
@@ -301,6 +342,7 @@ def split_data_dir(directory: str | Path, num_jobs: int) -> list[Path]:
             if (t := _read(d, name)) is not None:
                 write_kv(sub / name, {s: t[s] for s in speakers if s in t})
         out.append(sub)
-    log.info("%s: split into %d part(s) of %s utterance(s)", d, num_jobs,
-             [sum(len(spk2utt[s]) for s in p) for p in parts])
+    log.info(
+        "%s: split into %d part(s) of %s utterance(s)", d, num_jobs, [sum(len(spk2utt[s]) for s in p) for p in parts]
+    )
     return out

@@ -32,8 +32,8 @@ UNK = "<UNK>"
 class Lang:
     """Phone inventory and lexicon; symbol ids follow the list order (``<eps>`` is 0)."""
 
-    phones: list[str]                          # ["<eps>", "SIL", "SPN", "AA", ...]
-    words: list[str]                           # ["<eps>", "<UNK>", "A", ...]
+    phones: list[str]  # ["<eps>", "SIL", "SPN", "AA", ...]
+    words: list[str]  # ["<eps>", "<UNK>", "A", ...]
     lexicon: list[tuple[str, tuple[str, ...]]]  # [(word, (phone, ...)), ...]
 
     def __post_init__(self) -> None:
@@ -99,7 +99,9 @@ class Lang:
         directory = Path(directory)
 
         def table(name: str) -> list[str]:
-            rows = [line.split() for line in (directory / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [
+                line.split() for line in (directory / name).read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
             symbols = [r[0] for r in sorted(rows, key=lambda r: int(r[1]))]
             if [int(r[1]) for r in sorted(rows, key=lambda r: int(r[1]))] != list(range(len(rows))):
                 raise ValueError(f"{directory / name}: ids must be 0..N-1 without gaps")

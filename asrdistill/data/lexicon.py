@@ -55,10 +55,10 @@ _STRESS = re.compile(r"(?<=[A-Z])[0-2]$")
 class LexiconConfig:
     """``lexicon`` section of a recipe config."""
 
-    source: str = "cmudict"           # "cmudict" (offline) or "librispeech" (needs lexicon_path)
+    source: str = "cmudict"  # "cmudict" (offline) or "librispeech" (needs lexicon_path)
     lexicon_path: Path | None = None  # librispeech-lexicon.txt, or any "WORD PH1 PH2 ..." file
-    keep_stress: bool = False         # False: 39 ARPAbet phones; True: vowels carry stress 0/1/2
-    g2p: str | None = "espeak"        # pronunciations for words the dictionary lacks: "espeak" or None (-> <UNK>)
+    keep_stress: bool = False  # False: 39 ARPAbet phones; True: vowels carry stress 0/1/2
+    g2p: str | None = "espeak"  # pronunciations for words the dictionary lacks: "espeak" or None (-> <UNK>)
 
 
 @dataclass
@@ -67,9 +67,9 @@ class LexiconReport:
 
     lang_dir: Path
     source: str
-    num_words: int                    # words with a pronunciation (excluding <eps> and <UNK>)
-    num_prons: int                    # lexicon lines (excluding <UNK>)
-    num_phones: int                   # real phones, SIL and SPN included
+    num_words: int  # words with a pronunciation (excluding <eps> and <UNK>)
+    num_prons: int  # lexicon lines (excluding <UNK>)
+    num_phones: int  # real phones, SIL and SPN included
     oov: dict[str, int] = field(default_factory=dict)
     g2p: dict[str, int] = field(default_factory=dict)  # words pronounced by the G2P, with their counts
 
@@ -159,18 +159,82 @@ def load_dictionary(
 # espeak-ng en-us phoneme mnemonics (stress marks removed) -> ARPAbet. Syllabic consonants and
 # r-coloured diphthongs become two phones, as CMUdict writes them (BUTTON B AH T AH N).
 ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
-    "p": ("P",), "b": ("B",), "t": ("T",), "d": ("D",), "k": ("K",), "g": ("G",), "t#": ("T",), "d#": ("D",),
-    "t2": ("T",), "d2": ("D",), "?": ("T",), "tS": ("CH",), "dZ": ("JH",), "f": ("F",), "v": ("V",),
-    "T": ("TH",), "D": ("DH",), "s": ("S",), "z": ("Z",), "S": ("SH",), "Z": ("ZH",), "h": ("HH",),
-    "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",), "r-": ("R",), "j": ("Y",), "w": ("W",),
-    "x": ("K",), "@-": ("AH",), "n-": ("AH", "N"), "m-": ("AH", "M"), "l-": ("AH", "L"), "@L": ("AH", "L"),
-    "@": ("AH",), "@2": ("AH",), "@5": ("AH",), "V": ("AH",), "a#": ("AH",), "3": ("ER",), "3:": ("ER",),
-    "a": ("AE",), "aa": ("AE",), "A:": ("AA",), "A": ("AA",), "0": ("AA",), "A@": ("AA", "R"),
-    "O:": ("AO",), "O": ("AO",), "O2": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"), "OI": ("OY",),
-    "aI": ("AY",), "aI3": ("AY", "ER"), "aI@": ("AY", "ER"), "aU": ("AW",), "aU@": ("AW", "ER"),
-    "E": ("EH",), "e@": ("EH", "R"), "eI": ("EY",), "I": ("IH",), "I2": ("IH",), "I#": ("IH",),
-    "i": ("IY",), "i:": ("IY",), "i@": ("IY", "AH"), "i@3": ("IY", "ER"), "oU": ("OW",), "oU#": ("OW",),
-    "U": ("UH",), "U@": ("UH", "R"), "u:": ("UW",), "u": ("UW",),
+    "p": ("P",),
+    "b": ("B",),
+    "t": ("T",),
+    "d": ("D",),
+    "k": ("K",),
+    "g": ("G",),
+    "t#": ("T",),
+    "d#": ("D",),
+    "t2": ("T",),
+    "d2": ("D",),
+    "?": ("T",),
+    "tS": ("CH",),
+    "dZ": ("JH",),
+    "f": ("F",),
+    "v": ("V",),
+    "T": ("TH",),
+    "D": ("DH",),
+    "s": ("S",),
+    "z": ("Z",),
+    "S": ("SH",),
+    "Z": ("ZH",),
+    "h": ("HH",),
+    "m": ("M",),
+    "n": ("N",),
+    "N": ("NG",),
+    "l": ("L",),
+    "r": ("R",),
+    "r-": ("R",),
+    "j": ("Y",),
+    "w": ("W",),
+    "x": ("K",),
+    "@-": ("AH",),
+    "n-": ("AH", "N"),
+    "m-": ("AH", "M"),
+    "l-": ("AH", "L"),
+    "@L": ("AH", "L"),
+    "@": ("AH",),
+    "@2": ("AH",),
+    "@5": ("AH",),
+    "V": ("AH",),
+    "a#": ("AH",),
+    "3": ("ER",),
+    "3:": ("ER",),
+    "a": ("AE",),
+    "aa": ("AE",),
+    "A:": ("AA",),
+    "A": ("AA",),
+    "0": ("AA",),
+    "A@": ("AA", "R"),
+    "O:": ("AO",),
+    "O": ("AO",),
+    "O2": ("AO",),
+    "O@": ("AO", "R"),
+    "o@": ("AO", "R"),
+    "OI": ("OY",),
+    "aI": ("AY",),
+    "aI3": ("AY", "ER"),
+    "aI@": ("AY", "ER"),
+    "aU": ("AW",),
+    "aU@": ("AW", "ER"),
+    "E": ("EH",),
+    "e@": ("EH", "R"),
+    "eI": ("EY",),
+    "I": ("IH",),
+    "I2": ("IH",),
+    "I#": ("IH",),
+    "i": ("IY",),
+    "i:": ("IY",),
+    "i@": ("IY", "AH"),
+    "i@3": ("IY", "ER"),
+    "oU": ("OW",),
+    "oU#": ("OW",),
+    "U": ("UH",),
+    "U@": ("UH", "R"),
+    "u:": ("UW",),
+    "u": ("UW",),
 }
 _VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
 
@@ -275,13 +339,25 @@ def build_lang(
     total = sum(counts[w] for w in vocab)
     log.info(
         "lang %s (%s): %d words, %d pronunciations, %d phones; %d OOV word types (%d of %d tokens, %.2f%%) -> %s%s",
-        out_dir, source, report.num_words, report.num_prons, report.num_phones, report.num_oov,
-        report.oov_tokens, total, 100.0 * report.oov_tokens / total, UNK,
+        out_dir,
+        source,
+        report.num_words,
+        report.num_prons,
+        report.num_phones,
+        report.num_oov,
+        report.oov_tokens,
+        total,
+        100.0 * report.oov_tokens / total,
+        UNK,
         f", e.g. {list(oov)[:10]}" if oov else "",
     )
     if guessed:
-        log.info("lang %s: %d word type(s) pronounced by espeak-ng (listed in g2p.txt), e.g. %s", out_dir,
-                 len(guessed), [f"{w} {' '.join(guessed[w])}" for w in list(g2p_counts)[:5]])
+        log.info(
+            "lang %s: %d word type(s) pronounced by espeak-ng (listed in g2p.txt), e.g. %s",
+            out_dir,
+            len(guessed),
+            [f"{w} {' '.join(guessed[w])}" for w in list(g2p_counts)[:5]],
+        )
     return report
 
 

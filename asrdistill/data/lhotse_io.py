@@ -49,9 +49,10 @@ def _load_cuts(manifests: Sequence[str | Path]):
     if cuts:
         cutset = CutSet.from_cuts(c for cs in cuts for c in cs)
     elif recs:
-        cutset = CutSet.from_manifests(recordings=RecordingSet.from_recordings(r for rs in recs for r in rs),
-                                       supervisions=SupervisionSet.from_segments(s for ss in sups for s in ss)
-                                       if sups else None)
+        cutset = CutSet.from_manifests(
+            recordings=RecordingSet.from_recordings(r for rs in recs for r in rs),
+            supervisions=SupervisionSet.from_segments(s for ss in sups for s in ss) if sups else None,
+        )
     else:
         raise ValueError(f"{manifests}: supervisions without recordings")
     if any(len(c.supervisions) > 0 for c in cutset):
@@ -79,8 +80,10 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
         utt = (sup.id if sup is not None else cut.recording_id if whole else cut.id).replace(" ", "_")
         commands = [s for s in cut.recording.sources if s.type == "command"] if cut.has_recording else []
         if commands and not allow_pipes:
-            raise ValueError(f"{manifests}: recording {cut.recording.id} is read by the shell command "
-                             f"{commands[0].source!r}; that needs an explicit opt-in (--allow-pipes)")
+            raise ValueError(
+                f"{manifests}: recording {cut.recording.id} is read by the shell command "
+                f"{commands[0].source!r}; that needs an explicit opt-in (--allow-pipes)"
+            )
         try:
             samples = np.asarray(cut.load_audio(), dtype=np.float32)  # (channels, samples)
             if samples.size == 0:
@@ -93,7 +96,7 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
         with atomic_open(path, "wb") as f:
             sf.write(f, samples.mean(axis=0), int(cut.sampling_rate), format="FLAC")
         data.wav[utt] = str(path.resolve())
-        data.utt2spk[utt] = (sup.speaker if sup is not None and sup.speaker else utt)
+        data.utt2spk[utt] = sup.speaker if sup is not None and sup.speaker else utt
         data.utt2dur[utt] = samples.shape[1] / float(cut.sampling_rate)
         if sup is not None and sup.text is not None:
             text = " ".join(" ".join(s.text for s in cut.supervisions if s.text).split())
@@ -108,8 +111,10 @@ def import_lhotse(manifests: Sequence[str | Path], out_dir: str | Path, allow_pi
     data.save(out_dir)
     if orig:
         write_kv(out_dir / "text.orig", orig)
-    write_json_atomic(out_dir / "normalization.json", {"rule": NORMALIZATION, "changed_utterances": changed,
-                                                       "source": [str(m) for m in manifests]})
+    write_json_atomic(
+        out_dir / "normalization.json",
+        {"rule": NORMALIZATION, "changed_utterances": changed, "source": [str(m) for m in manifests]},
+    )
     write_skipped(out_dir / "skipped.tsv", dict(skipped))
     log.info("%s -> %s: %d utterance(s), %d skipped", [str(m) for m in manifests], out_dir, len(data.wav), len(skipped))
     return data
@@ -121,8 +126,11 @@ def _save(manifest, path: Path) -> None:
     does not end in, so the format is written here)."""
     if not path.name.endswith(".jsonl.gz"):
         raise ValueError(f"{path}: lhotse manifests are written as .jsonl.gz")
-    with atomic_open(path, "wb") as raw, gzip.GzipFile(path.name, "wb", fileobj=raw) as gz, \
-            io.TextIOWrapper(gz, encoding="utf-8") as f:
+    with (
+        atomic_open(path, "wb") as raw,
+        gzip.GzipFile(path.name, "wb", fileobj=raw) as gz,
+        io.TextIOWrapper(gz, encoding="utf-8") as f,
+    ):
         for item in manifest.to_dicts():
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
 
@@ -140,8 +148,16 @@ def export_lhotse(data_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         except Exception as e:  # noqa: BLE001 - any unreadable file: name it
             raise ValueError(f"{data.wav[utt]}: cannot describe {utt} as a lhotse recording ({e})") from e
         recordings.append(rec)
-        supervisions.append(SupervisionSegment(id=utt, recording_id=utt, start=0.0, duration=rec.duration,
-                                               text=data.text.get(utt), speaker=data.utt2spk.get(utt)))
+        supervisions.append(
+            SupervisionSegment(
+                id=utt,
+                recording_id=utt,
+                start=0.0,
+                duration=rec.duration,
+                text=data.text.get(utt),
+                speaker=data.utt2spk.get(utt),
+            )
+        )
     recs, sups = RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions)
     validate_recordings_and_supervisions(recs, sups)
     out_dir = Path(out_dir)
@@ -149,7 +165,12 @@ def export_lhotse(data_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     paths = {name: out_dir / f"{name}.jsonl.gz" for name in ("recordings", "supervisions", "cuts")}
     _save(recs, paths["recordings"])
     _save(sups, paths["supervisions"])
-    _save(CutSet.from_cuts(MonoCut(id=s.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=[s])
-                           for r, s in zip(recordings, supervisions)), paths["cuts"])
+    _save(
+        CutSet.from_cuts(
+            MonoCut(id=s.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=[s])
+            for r, s in zip(recordings, supervisions)
+        ),
+        paths["cuts"],
+    )
     log.info("%s -> %s: %d recording(s) and supervision(s)", data_dir, out_dir, len(recordings))
     return paths

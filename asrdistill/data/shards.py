@@ -48,10 +48,10 @@ __all__ = [
 Sample = dict[str, np.ndarray]
 
 # The shard sets of the pipeline, by file prefix (``<prefix>-NNNNNN.tar``, ``<prefix>.manifest.json``).
-FEATS_PREFIX = "feats"   # fbank features, written by asrdistill.data.features
-ALI_PREFIX = "ali"       # transition-level alignments, written by the aligner
-PDF_PREFIX = "pdf"       # senone (pdf) frame labels: the DNNs' hard targets
-SOFT_PREFIX = "soft"     # the ensemble's soft targets, written by asrdistill.nnet.ensemble
+FEATS_PREFIX = "feats"  # fbank features, written by asrdistill.data.features
+ALI_PREFIX = "ali"  # transition-level alignments, written by the aligner
+PDF_PREFIX = "pdf"  # senone (pdf) frame labels: the DNNs' hard targets
+SOFT_PREFIX = "soft"  # the ensemble's soft targets, written by asrdistill.nnet.ensemble
 
 
 @dataclass
@@ -134,8 +134,11 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, Sample]], frames_
     path = Path(path)
     keys: list[str] = []
     frames = 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as f, wds.TarWriter(f, user="", group="", mode=0o644, encoder=False,
-                                                                              mtime=0) as tar:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as f,
+        wds.TarWriter(f, user="", group="", mode=0o644, encoder=False, mtime=0) as tar,
+    ):
         for key, sample in samples:
             if "." in key or "/" in key:
                 raise ValueError(f"{path}: sample key {key!r} may not contain '.' or '/'")
@@ -151,8 +154,9 @@ def iter_shard(path: str | Path) -> Iterator[tuple[str, Sample]]:
     path = Path(path)
     try:
         with tarfile.open(path, "r") as tar:  # random access: ~25% faster than webdataset's streaming tar reader
-            files = ({"fname": m.name, "data": tar.extractfile(m).read(), "__url__": str(path)}
-                     for m in tar if m.isfile())
+            files = (
+                {"fname": m.name, "data": tar.extractfile(m).read(), "__url__": str(path)} for m in tar if m.isfile()
+            )
             for sample in group_by_keys(files, lcase=False):
                 fields = {k[: -len(".npy")]: v for k, v in sample.items() if k.endswith(".npy")}
                 yield sample["__key__"], {k: np.load(io.BytesIO(v), allow_pickle=False) for k, v in fields.items()}

@@ -71,8 +71,14 @@ log = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
-LANG_FILES = ("phones.txt", "words.txt", "lexicon.txt", "silence_phones.txt", "nonsilence_phones.txt",
-              "optional_silence.txt")
+LANG_FILES = (
+    "phones.txt",
+    "words.txt",
+    "lexicon.txt",
+    "silence_phones.txt",
+    "nonsilence_phones.txt",
+    "optional_silence.txt",
+)
 
 
 def _sha256(path: Path) -> str:
@@ -126,9 +132,16 @@ def staged_bundle(out_dir: Path, sources: dict) -> Iterator[Path]:
     try:
         yield tmp
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        write_json_atomic(tmp / MANIFEST, {"format": "asrdistill-bundle", "version": BUNDLE_VERSION,
-                                           "asrdistill": __version__, "sources": sources,
-                                           "files": {f: _sha256(tmp / f) for f in files}})
+        write_json_atomic(
+            tmp / MANIFEST,
+            {
+                "format": "asrdistill-bundle",
+                "version": BUNDLE_VERSION,
+                "asrdistill": __version__,
+                "sources": sources,
+                "files": {f: _sha256(tmp / f) for f in files},
+            },
+        )
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -142,9 +155,19 @@ def staged_bundle(out_dir: Path, sources: dict) -> Iterator[Path]:
         raise
 
 
-def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str | Path, labels_dir: str | Path,
-                 tree_dir: str | Path, graph_dir: str | Path, lang_dir: str | Path, decode_config: DecodeConfig,
-                 method: str = "arithmetic", force: bool = False) -> Path:
+def write_bundle(
+    system_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    feats_dir: str | Path,
+    labels_dir: str | Path,
+    tree_dir: str | Path,
+    graph_dir: str | Path,
+    lang_dir: str | Path,
+    decode_config: DecodeConfig,
+    method: str = "arithmetic",
+    force: bool = False,
+) -> Path:
     """Write the bundle of the system in ``system_dir`` to ``out_dir`` (atomically: built beside it, then renamed).
 
     ``feats_dir``: the training features (``cmvn.json``, and the fbank settings in
@@ -158,25 +181,37 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
     graph_dir, lang_dir = Path(graph_dir), Path(lang_dir)
     checkpoints = system_checkpoints(system_dir)
     labels = ShardManifest.load(labels_dir, PDF_PREFIX)
-    sources = {"members": [str(p) for p in checkpoints], "cmvn": str(feats_dir / "cmvn.json"),
-               "feats": str(ShardManifest.manifest_path(feats_dir, FEATS_PREFIX)),
-               "labels": [str(p) for p in labels.shard_paths], "tree": str(tree_dir / "tree.json"),
-               "topo": str(tree_dir / "topo.json"), "graph": str(graph_dir / "HCLG.fst"),
-               "lexicon": str(lang_dir / "lexicon.txt"), "metrics": str(system_dir / "metrics.json")}
-    hashes = {k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else
-                  _sha256(Path(v)) if Path(v).is_file() else None) for k, v in sources.items()}
+    sources = {
+        "members": [str(p) for p in checkpoints],
+        "cmvn": str(feats_dir / "cmvn.json"),
+        "feats": str(ShardManifest.manifest_path(feats_dir, FEATS_PREFIX)),
+        "labels": [str(p) for p in labels.shard_paths],
+        "tree": str(tree_dir / "tree.json"),
+        "topo": str(tree_dir / "topo.json"),
+        "graph": str(graph_dir / "HCLG.fst"),
+        "lexicon": str(lang_dir / "lexicon.txt"),
+        "metrics": str(system_dir / "metrics.json"),
+    }
+    hashes = {
+        k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else _sha256(Path(v)) if Path(v).is_file() else None)
+        for k, v in sources.items()
+    }
     if not force and up_to_date(out_dir, hashes):
         return out_dir
 
     built_tree = _graph_tree(graph_dir)
     if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != hashes["tree"]:
-        raise ValueError(f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
-                         "(rebuild the graph with this tree)")
+        raise ValueError(
+            f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
+            "(rebuild the graph with this tree)"
+        )
     check_labels_match_graph(labels.meta, graph_dir, labels_dir)
     tree = ContextTree.load(tree_dir / "tree.json")
     num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
     if num_pdfs != tree.num_pdfs:
-        raise ValueError(f"{graph_dir / 'graph.json'}: {num_pdfs} senones, but {tree_dir / 'tree.json'} has {tree.num_pdfs}")
+        raise ValueError(
+            f"{graph_dir / 'graph.json'}: {num_pdfs} senones, but {tree_dir / 'tree.json'} has {tree.num_pdfs}"
+        )
     feats = ShardManifest.load(feats_dir, FEATS_PREFIX)
     fbank = FbankConfig(**feats.meta["config"])
     scale = decode_config.acoustic_scale
@@ -189,17 +224,26 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
         for i, ckpt_path in enumerate(checkpoints):
             ckpt = load_weights(ckpt_path)
             if int(ckpt["num_classes"]) != tree.num_pdfs:
-                raise ValueError(f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
-                                 f"has {tree.num_pdfs} (trained on another tree's labels?)")
+                raise ValueError(
+                    f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
+                    f"has {tree.num_pdfs} (trained on another tree's labels?)"
+                )
             frames = ckpt["config"]["frames"]
             context.add((int(frames["left"]), int(frames["right"])))
             (tmp / "members").mkdir(exist_ok=True)
             torch.save({"model": ckpt["model"]}, tmp / "members" / f"{i}.pt")
-            members.append({"file": f"members/{i}.pt", "from": str(ckpt_path), "model_config": ckpt["model_config"],
-                            "input_dim": int(ckpt["input_dim"]), "num_classes": int(ckpt["num_classes"])})
+            members.append(
+                {
+                    "file": f"members/{i}.pt",
+                    "from": str(ckpt_path),
+                    "model_config": ckpt["model_config"],
+                    "input_dim": int(ckpt["input_dim"]),
+                    "num_classes": int(ckpt["num_classes"]),
+                }
+            )
         if len(context) != 1:
             raise ValueError(f"{system_dir}: members use different frame contexts {sorted(context)}")
-        (left, right), = context
+        ((left, right),) = context
         priors = compute_priors([labels], tree.num_pdfs, floor=1e-5)
         np.save(tmp / "priors.npy", priors, allow_pickle=False)
         cmvn = Cmvn.load(feats_dir / "cmvn.json")
@@ -210,12 +254,26 @@ def write_bundle(system_dir: str | Path, out_dir: str | Path, *, feats_dir: str 
             _place(graph_dir / name, tmp / "graph" / name)
         for name in LANG_FILES:
             _place(lang_dir / name, tmp / "lang" / name)
-        write_json_atomic(tmp / "system.json", {
-            "system": system_dir.name, "members": members, "frames": {"left": left, "right": right},
-            "fbank": to_dict(fbank), "decode": to_dict(replace(decode_config, acoustic_scale=scale)),
-            "method": method, "sources": sources})
-    log.info("%s: bundle of %s (%d member(s), %d senones, acoustic scale %g)", out_dir, system_dir, len(members),
-             tree.num_pdfs, scale)
+        write_json_atomic(
+            tmp / "system.json",
+            {
+                "system": system_dir.name,
+                "members": members,
+                "frames": {"left": left, "right": right},
+                "fbank": to_dict(fbank),
+                "decode": to_dict(replace(decode_config, acoustic_scale=scale)),
+                "method": method,
+                "sources": sources,
+            },
+        )
+    log.info(
+        "%s: bundle of %s (%d member(s), %d senones, acoustic scale %g)",
+        out_dir,
+        system_dir,
+        len(members),
+        tree.num_pdfs,
+        scale,
+    )
     return out_dir
 
 
@@ -241,9 +299,11 @@ def _verify(root: Path) -> dict:
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if manifest.get("format") != "asrdistill-bundle" or manifest.get("version") != BUNDLE_VERSION:
-        raise ValueError(f"{path}: bundle format {manifest.get('format')!r} version {manifest.get('version')!r} "
-                         f"(written by asrdistill {manifest.get('asrdistill')}); this asrdistill {__version__} reads "
-                         f"version {BUNDLE_VERSION}: re-export it with `asrdistill bundle`")
+        raise ValueError(
+            f"{path}: bundle format {manifest.get('format')!r} version {manifest.get('version')!r} "
+            f"(written by asrdistill {manifest.get('asrdistill')}); this asrdistill {__version__} reads "
+            f"version {BUNDLE_VERSION}: re-export it with `asrdistill bundle`"
+        )
     for name, digest in manifest["files"].items():
         f = root / name
         if not f.is_file():
@@ -265,7 +325,7 @@ class DecodeReport:
     oov: dict[str, int]
     ref_words: int
     files: dict[str, str] = field(default_factory=dict)  # utt -> its input file (or wav.scp entry)
-    corpus: str = ""                                      # what was decoded (a folder, or "N audio file(s)")
+    corpus: str = ""  # what was decoded (a folder, or "N audio file(s)")
 
 
 class System:
@@ -296,11 +356,16 @@ class System:
             if self.log_priors.ndim != 1 or not np.issubdtype(self.log_priors.dtype, np.floating):
                 raise ValueError(f"a {self.log_priors.dtype} array of shape {self.log_priors.shape}")
         with _reading(self.graph_dir / "words.txt", "word list"):
-            self.words = {line.split()[0] for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8")
-                          .splitlines() if line.strip()}
+            self.words = {
+                line.split()[0]
+                for line in (self.graph_dir / "words.txt").read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            }
         with _reading(self.graph_dir / "graph.json", "graph description"):
-            checks = [(self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
-                      (root / "priors.npy", int(self.log_priors.shape[0]))]
+            checks = [
+                (self.graph_dir / "graph.json", int(load_graph_info(self.graph_dir)["num_pdfs"])),
+                (root / "priors.npy", int(self.log_priors.shape[0])),
+            ]
         self.models: list[FrameDNN] = [self._member(m, checks) for m in spec["members"]]
         self.network: ExportedNetwork | None = None  # an exported bundle's network: scores in the members' place
         if spec.get("network") is not None:
@@ -312,8 +377,10 @@ class System:
         num_pdfs = self.tree.num_pdfs
         for path, n in checks:
             if n != num_pdfs:
-                raise ValueError(f"{path}: {n} senones, but the bundle's tree {root / 'tree.json'} has {num_pdfs} "
-                                 "(mismatched tree: re-export the bundle)")
+                raise ValueError(
+                    f"{path}: {n} senones, but the bundle's tree {root / 'tree.json'} has {num_pdfs} "
+                    "(mismatched tree: re-export the bundle)"
+                )
 
     def _member(self, m: dict, checks: list[tuple[Path, int]]) -> FrameDNN:
         """One member network, loaded with weights-only unpickling; ``checks`` gets its senone count."""
@@ -325,8 +392,10 @@ class System:
         checks.append((path, model.num_classes))
         want = self.frames.window * self.cmvn.dim
         if model.input_dim != want:
-            raise ValueError(f"{path}: {model.input_dim} inputs, but the frame context "
-                             f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}")
+            raise ValueError(
+                f"{path}: {model.input_dim} inputs, but the frame context "
+                f"{self.frames.left}+1+{self.frames.right} of {self.cmvn.dim}-dim features gives {want}"
+            )
         return model.to(self.device).eval().requires_grad_(False)
 
     def posteriors(self, feats: ShardManifest) -> Iterator[tuple[str, np.ndarray]]:
@@ -334,7 +403,9 @@ class System:
         if self.network is not None:
             yield from self.network.posteriors(feats, self.log_priors)
             return
-        for utt, logp, _ in posterior_stream(self.models, feats, self.cmvn, self.frames, None, self.method, self.device):
+        for utt, logp, _ in posterior_stream(
+            self.models, feats, self.cmvn, self.frames, None, self.method, self.device
+        ):
             yield utt, logp.cpu().numpy()
 
     def export_loglikes(self, feats: ShardManifest, out_dir: str | Path) -> tuple[Path, Path, int]:
@@ -345,9 +416,15 @@ class System:
         log.info("%s: log-likelihoods of %d utterance(s), %d senones", ark, n, self.tree.num_pdfs)
         return ark, scp, n
 
-    def decode_corpus(self, corpus: str | Path | Sequence[str | Path], out_dir: str | Path,
-                      max_seconds: float = 120.0, nj: int = 1, command: str | None = None,
-                      allow_pipes: bool = False) -> DecodeReport:
+    def decode_corpus(
+        self,
+        corpus: str | Path | Sequence[str | Path],
+        out_dir: str | Path,
+        max_seconds: float = 120.0,
+        nj: int = 1,
+        command: str | None = None,
+        allow_pipes: bool = False,
+    ) -> DecodeReport:
         r"""Decode every usable utterance of ``corpus`` (a folder or a list of audio files) into ``out_dir``.
 
         Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
@@ -374,18 +451,29 @@ class System:
         command = command or shlex.join(sys.argv)
         with sole_writer(out_dir, command):
             try:
-                report = self._decode_staged(corpus, out_dir, out_dir / ".staging", max_seconds, nj, command,
-                                             allow_pipes)
+                report = self._decode_staged(
+                    corpus, out_dir, out_dir / ".staging", max_seconds, nj, command, allow_pipes
+                )
             finally:
                 shutil.rmtree(out_dir / ".staging", ignore_errors=True)
         if not report.hyps:
             reasons = "; ".join(f"{tsv_field(f)}: {r}" for _, f, r in report.skipped[:3])
-            raise ValueError(f"{report.corpus}: none of its {len(report.files)} input(s) could be decoded "
-                             f"({reasons}; all listed in {out_dir / 'skipped.tsv'})")
+            raise ValueError(
+                f"{report.corpus}: none of its {len(report.files)} input(s) could be decoded "
+                f"({reasons}; all listed in {out_dir / 'skipped.tsv'})"
+            )
         return report
 
-    def _decode_staged(self, corpus: str | Path | Sequence[str | Path], out_dir: Path, work: Path,
-                       max_seconds: float, nj: int, command: str, allow_pipes: bool) -> DecodeReport:
+    def _decode_staged(
+        self,
+        corpus: str | Path | Sequence[str | Path],
+        out_dir: Path,
+        work: Path,
+        max_seconds: float,
+        nj: int,
+        command: str,
+        allow_pipes: bool,
+    ) -> DecodeReport:
         """:meth:`decode_corpus` into ``work``, whose outputs replace ``out_dir``'s only once all are written."""
         shutil.rmtree(work, ignore_errors=True)  # a killed run's leftovers (the lock is ours)
         work.mkdir(parents=True)
@@ -393,16 +481,30 @@ class System:
         with file_log(out_dir / "log" / "decode.log") as fresh:
             if fresh:  # else the command's log (asrdistill decode) already starts with its command line
                 log.info("command: %s", command)
-            log.info("bundle %s (system %s, %s); decode config %s; max_seconds %g; nj %d", self.root, self.name,
-                     self.network or f"{len(self.models)} member(s)", to_dict(self.decode_config), max_seconds, nj)
+            log.info(
+                "bundle %s (system %s, %s); decode config %s; max_seconds %g; nj %d",
+                self.root,
+                self.name,
+                self.network or f"{len(self.models)} member(s)",
+                to_dict(self.decode_config),
+                max_seconds,
+                nj,
+            )
             t0 = time.perf_counter()
             if isinstance(corpus, (str, Path)) and needs_import(corpus):
                 import_data_dir(corpus, work / "import", allow_pipes=allow_pipes)
                 corpus = work / "import"
             read = read_corpus(corpus, max_seconds=max_seconds)
-            log.info("%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
-                     where, read.layout, len(read.data.wav), len(read.skipped), len(read.refs), NORMALIZATION,
-                     read.normalized)
+            log.info(
+                "%s: %s layout, %d utterance(s), %d skipped; references: %d (normalised: %s; %d changed)",
+                where,
+                read.layout,
+                len(read.data.wav),
+                len(read.skipped),
+                len(read.refs),
+                NORMALIZATION,
+                read.normalized,
+            )
             feats, skipped = self._features(read, work, nj)
             t_feats = time.perf_counter()
             report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files, str(where))
@@ -411,17 +513,26 @@ class System:
             if read.refs and report.hyps:
                 unusable = {s[0] for s in skipped}
                 refs = {u: r for u, r in read.refs.items() if u not in unusable}
-                report.wer, report.oov, report.ref_words = self._score(refs, report.hyps, work,
-                                                                       len(read.refs) - len(refs))
+                report.wer, report.oov, report.ref_words = self._score(
+                    refs, report.hyps, work, len(read.refs) - len(refs)
+                )
             commit(work, out_dir)
-            log.info("%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
-                     "%.1f s (search RTF %.4f per core)", len(report.hyps), len(skipped),
-                     f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
-                     frames * self.fbank.frame_shift_ms / 1000.0 / 3600, t_feats - t0, t_decode - t_feats, rtf)
+            log.info(
+                "%d utterance(s) decoded, %d skipped%s; %.2f h of audio; features %.1f s, network + search "
+                "%.1f s (search RTF %.4f per core)",
+                len(report.hyps),
+                len(skipped),
+                f" (listed in {out_dir / 'skipped.tsv'})" if skipped else "",
+                frames * self.fbank.frame_shift_ms / 1000.0 / 3600,
+                t_feats - t0,
+                t_decode - t_feats,
+                rtf,
+            )
         return report
 
-    def _features(self, read: Corpus, out_dir: Path, nj: int) -> tuple[ShardManifest | None,
-                                                                       list[tuple[str, str, str]]]:
+    def _features(
+        self, read: Corpus, out_dir: Path, nj: int
+    ) -> tuple[ShardManifest | None, list[tuple[str, str, str]]]:
         """Features of ``read``'s usable utterances (None if there is none) and everything skipped so far.
 
         A path a ``wav.scp`` line cannot hold (a newline, surrounding blanks, bytes that are not UTF-8) is
@@ -445,12 +556,15 @@ class System:
             if set(read_skipped(out_dir / "fbank" / "skipped.tsv")) != set(data.wav):
                 raise
             feats = None  # no utterance has usable audio: each is listed with its reason
-        skipped += [(u, read.files.get(u, read.data.wav.get(u, "")), r)
-                    for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()]
+        skipped += [
+            (u, read.files.get(u, read.data.wav.get(u, "")), r)
+            for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()
+        ]
         return feats, skipped
 
-    def _decode_into(self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport,
-                     nj: int) -> tuple[int, float]:
+    def _decode_into(
+        self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport, nj: int
+    ) -> tuple[int, float]:
         """Decode ``feats`` into ``report.hyps`` and write ``text``, ``ctm``, ``skipped.tsv`` and ``files.tsv``;
         returns (frames, search RTF)."""
         frames, rtf, hyps, times = 0, 0.0, {}, {}
@@ -463,8 +577,11 @@ class System:
                 times[utt], exact = word_times(result.alignments[utt], words, self.lang, self.tree)
                 approx += not exact
             if approx:
-                log.warning("%d utterance(s): word times spread evenly (the best path's phones did not match "
-                            "the words' pronunciations)", approx)
+                log.warning(
+                    "%d utterance(s): word times spread evenly (the best path's phones did not match "
+                    "the words' pronunciations)",
+                    approx,
+                )
         report.hyps = {u: " ".join(w) for u, w in hyps.items()}
         with atomic_open(out_dir / "text") as f:
             f.writelines(f"{u} {report.hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
@@ -479,12 +596,15 @@ class System:
         outcome = {**{s[0]: "skipped" for s in report.skipped}, **{u: "decoded" for u in report.hyps}}
         with atomic_open(out_dir / "files.tsv") as f:
             f.write("file\tutt_id\toutcome\n")
-            f.writelines(f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
-                         for u, p in sorted(report.files.items(), key=lambda kv: tsv_field(kv[1])))
+            f.writelines(
+                f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
+                for u, p in sorted(report.files.items(), key=lambda kv: tsv_field(kv[1]))
+            )
         return frames, rtf
 
-    def _score(self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path,
-               unscored: int) -> tuple[float, dict[str, int], int]:
+    def _score(
+        self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path, unscored: int
+    ) -> tuple[float, dict[str, int], int]:
         """WER of the decoded utterances (those skipped for unusable audio are counted, not scored) and OOV counts."""
         res = wer_report(refs, hyps, out_dir)
         tokens = [w for r in refs.values() for w in r.split()]
@@ -492,18 +612,23 @@ class System:
         n_oov = sum(oov.values())
         with atomic_open(out_dir / "oov.txt") as f:
             f.writelines(f"{w} {c}\n" for w, c in oov.items())
-        oov_line = (f"OOV {n_oov} of {len(tokens)} reference words ({100.0 * n_oov / max(len(tokens), 1):.2f}%), "
-                    f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)")
+        oov_line = (
+            f"OOV {n_oov} of {len(tokens)} reference words ({100.0 * n_oov / max(len(tokens), 1):.2f}%), "
+            f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)"
+        )
         with atomic_open(out_dir / "report.txt") as f:
             f.write(f"{res.summary()}\n%SER {res.ser:.2f} [ {res.sentence_errors} / {res.num_utts} ]\n{oov_line}\n")
             if unscored:
-                f.write(f"{unscored} utterance(s) with references not scored: their audio was unusable "
-                        "(listed in skipped.tsv)\n")
+                f.write(
+                    f"{unscored} utterance(s) with references not scored: their audio was unusable "
+                    "(listed in skipped.tsv)\n"
+                )
         log.info("%s; %s", res.summary(), oov_line)
         return res.wer, oov, len(tokens)
 
-    def transcribe(self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0,
-                   nj: int = 1) -> DecodeReport:
+    def transcribe(
+        self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0, nj: int = 1
+    ) -> DecodeReport:
         """Decode a folder (any layout :func:`read_corpus` reads) or a list of audio files.
 
         Utterance ids follow :func:`~asrdistill.data.corpus.utterance_ids` (the file
@@ -517,8 +642,7 @@ class System:
                 for f in audio:
                     if not f.name.lower().endswith(AUDIO_SUFFIXES):
                         raise ValueError(f"{f}: not a {'/'.join(AUDIO_SUFFIXES)} file")
-            return self.decode_corpus(audio, Path(tmp) / "decode", max_seconds, nj,
-                                      command=f"transcribe({audio!r})")
+            return self.decode_corpus(audio, Path(tmp) / "decode", max_seconds, nj, command=f"transcribe({audio!r})")
 
 
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:
@@ -544,7 +668,9 @@ def _phone_segments(ali: np.ndarray, tree: ContextTree) -> list[tuple[int, int, 
     return segs
 
 
-def word_times(ali: np.ndarray, words: Sequence[str], lang: Lang, tree: ContextTree) -> tuple[list[tuple[int, int]], bool]:
+def word_times(
+    ali: np.ndarray, words: Sequence[str], lang: Lang, tree: ContextTree
+) -> tuple[list[tuple[int, int]], bool]:
     """``([(start_frame, end_frame)] per word, exact)`` from the best path's senone alignment.
 
     The alignment's phone runs are matched to the words' pronunciations in order
@@ -566,7 +692,7 @@ def word_times(ali: np.ndarray, words: Sequence[str], lang: Lang, tree: ContextT
         match = None
         for pron in sorted(prons.get(w, []), key=len, reverse=True):
             ids = [pid[p] for p in pron]
-            if [s[0] for s in segs[i:i + len(ids)]] == ids:
+            if [s[0] for s in segs[i : i + len(ids)]] == ids:
                 match = len(ids)
                 break
         if match is None:

@@ -17,8 +17,19 @@ from pathlib import Path
 import kaldifst
 import numpy as np
 
-__all__ = ["STATE", "ARC", "FstArrays", "const_header", "save_const", "read_arrays", "write_arrays", "read_vector",
-           "vector_from_arrays", "make_arrays", "make_fst"]
+__all__ = [
+    "STATE",
+    "ARC",
+    "FstArrays",
+    "const_header",
+    "save_const",
+    "read_arrays",
+    "write_arrays",
+    "read_vector",
+    "vector_from_arrays",
+    "make_arrays",
+    "make_fst",
+]
 
 STATE = np.dtype([("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsilons", "<u4"), ("noepsilons", "<u4")])
 ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("weight", "<f4"), ("nextstate", "<i4")])
@@ -32,7 +43,7 @@ class FstArrays:
 
     start: int
     states: np.ndarray  # (S,) STATE; final = inf for non-final states
-    arcs: np.ndarray    # (A,) ARC
+    arcs: np.ndarray  # (A,) ARC
 
     def sources(self) -> np.ndarray:
         """(A,) source state of every arc."""
@@ -41,8 +52,16 @@ class FstArrays:
 
 def const_header(start: int, num_states: int, num_arcs: int) -> bytes:
     """The header of a ConstFst file (standard arcs, unaligned), as kaldifst writes it."""
-    return b"".join([struct.pack("<i", _MAGIC), struct.pack("<i", 5), b"const", struct.pack("<i", 8), b"standard",
-                     struct.pack("<iiQqqq", 2, 0, _EXPANDED, start, num_states, num_arcs)])
+    return b"".join(
+        [
+            struct.pack("<i", _MAGIC),
+            struct.pack("<i", 5),
+            b"const",
+            struct.pack("<i", 8),
+            b"standard",
+            struct.pack("<iiQqqq", 2, 0, _EXPANDED, start, num_states, num_arcs),
+        ]
+    )
 
 
 def save_const(fst: kaldifst.StdFst, path: Path) -> Path:
@@ -92,8 +111,16 @@ def vector_from_arrays(fst: FstArrays, tmp: Path) -> kaldifst.StdVectorFst:
     return read_vector(write_arrays(fst, tmp / "from_arrays.fst"))
 
 
-def make_arrays(num_states: int, start: int, src: np.ndarray, ilabel: np.ndarray, olabel: np.ndarray,
-                weight: np.ndarray, dst: np.ndarray, final: np.ndarray) -> FstArrays:
+def make_arrays(
+    num_states: int,
+    start: int,
+    src: np.ndarray,
+    ilabel: np.ndarray,
+    olabel: np.ndarray,
+    weight: np.ndarray,
+    dst: np.ndarray,
+    final: np.ndarray,
+) -> FstArrays:
     """Arrays from per-arc columns in any order (sorted by source, stably) and (S,) final weights."""
     src = np.asarray(src)
     order = np.argsort(src, kind="stable") if len(src) and np.any(src[1:] < src[:-1]) else None
@@ -111,8 +138,13 @@ def make_arrays(num_states: int, start: int, src: np.ndarray, ilabel: np.ndarray
     return FstArrays(start, states, arcs)
 
 
-def make_fst(num_states: int, start: int, arcs: list[tuple[int, int, int, float, int]] | np.ndarray,
-             finals: dict[int, float], tmp: Path) -> kaldifst.StdVectorFst:
+def make_fst(
+    num_states: int,
+    start: int,
+    arcs: list[tuple[int, int, int, float, int]] | np.ndarray,
+    finals: dict[int, float],
+    tmp: Path,
+) -> kaldifst.StdVectorFst:
     """A VectorFst from ``(src, ilabel, olabel, cost, dst)`` rows."""
     a = np.asarray(arcs, dtype=np.float64).reshape(-1, 5)
     final = np.full(num_states, np.inf, dtype=np.float32)

@@ -26,12 +26,12 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from asrdistill.fileio import atomic_open, write_json_atomic
+from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import WerResult, wer_report
-from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.parallel import Executor
+from asrdistill.fileio import atomic_open, write_json_atomic
 from asrdistill.logs import progress
+from asrdistill.parallel import Executor
 
 __all__ = ["DecodeConfig", "DecodeResult", "SweepResult", "compute_priors", "decode", "sweep", "FRAME_RATE"]
 
@@ -54,11 +54,11 @@ def _count(name: str, value: object, low: int) -> None:
 class DecodeConfig:
     """The search's settings; each is checked when the config is made, so a bad one never reaches the decoder."""
 
-    beam: float = 13.0                             # > 0, finite: cost window of the beam search
-    max_active: int = 7000                         # integer >= min_active: most states kept per frame
-    min_active: int = 200                          # integer >= 0
-    acoustic_scale: float = 0.1                    # > 0, finite
-    nj: int = 2                                    # decoding processes, >= 1
+    beam: float = 13.0  # > 0, finite: cost window of the beam search
+    max_active: int = 7000  # integer >= min_active: most states kept per frame
+    min_active: int = 200  # integer >= 0
+    acoustic_scale: float = 0.1  # > 0, finite
+    nj: int = 2  # decoding processes, >= 1
     sweep_scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.1, 0.12, 0.14])  # each > 0, finite
 
     def __post_init__(self) -> None:
@@ -78,12 +78,14 @@ class DecodeResult:
     """Word hypotheses plus the figures a run report needs."""
 
     hyps: dict[str, list[str]]
-    partial: list[str]           # utterances that reached no final state (best partial path kept)
+    partial: list[str]  # utterances that reached no final state (best partial path kept)
     num_frames: int
-    decode_seconds: float        # decoder CPU time summed over workers (excludes the network)
+    decode_seconds: float  # decoder CPU time summed over workers (excludes the network)
     wall_seconds: float
     acoustic_scale: float
-    alignments: dict[str, np.ndarray] = field(default_factory=dict)  # utt -> (T,) int32 senone per frame of the best path
+    alignments: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # utt -> (T,) int32 senone per frame of the best path
 
     @property
     def rtf(self) -> float:
@@ -97,17 +99,24 @@ class DecodeResult:
             f.writelines(f"{u} {' '.join(w)}".rstrip() + "\n" for u, w in sorted(self.hyps.items()))
         with atomic_open(out_dir / "partial.txt") as f:
             f.writelines(f"{u}\n" for u in self.partial)
-        write_json_atomic(out_dir / "decode.json", {
-            "utterances": len(self.hyps), "partial": len(self.partial), "num_frames": self.num_frames,
-            "decode_seconds": round(self.decode_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
-            "rtf_per_core": round(self.rtf, 5), "acoustic_scale": self.acoustic_scale,
-        })
+        write_json_atomic(
+            out_dir / "decode.json",
+            {
+                "utterances": len(self.hyps),
+                "partial": len(self.partial),
+                "num_frames": self.num_frames,
+                "decode_seconds": round(self.decode_seconds, 3),
+                "wall_seconds": round(self.wall_seconds, 3),
+                "rtf_per_core": round(self.rtf, 5),
+                "acoustic_scale": self.acoustic_scale,
+            },
+        )
 
 
 @dataclass
 class SweepResult:
     best_scale: float
-    wer: dict[float, float]         # dev %WER per acoustic scale
+    wer: dict[float, float]  # dev %WER per acoustic scale
     results: dict[float, WerResult]
 
 
@@ -125,8 +134,9 @@ def compute_priors(pdf_manifests: Sequence[ShardManifest], num_pdfs: int, floor:
                 raise ValueError(f"{path}: sample {utt!r} has no pdf.npy")
             pdf = sample["pdf"]
             if pdf.size and (pdf.min() < 0 or pdf.max() >= num_pdfs):
-                raise ValueError(f"{path}: {utt} has senone ids in [{pdf.min()}, {pdf.max()}], "
-                                 f"outside 0..{num_pdfs - 1}")
+                raise ValueError(
+                    f"{path}: {utt} has senone ids in [{pdf.min()}, {pdf.max()}], outside 0..{num_pdfs - 1}"
+                )
             counts += np.bincount(pdf, minlength=num_pdfs)
     total = counts.sum()
     if total == 0:
@@ -157,12 +167,14 @@ def _load_graph(graph_dir: str, config: DecodeConfig) -> None:
             raise ValueError(f"{path}: not a usable decoding graph (an OpenFst const FST): {reason}")
         _worker["fst"] = fst
         _worker["graph"] = key
-    _worker["opts"] = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active,
-                                                         min_active=config.min_active)
+    _worker["opts"] = kaldi_decoder.FasterDecoderOptions(
+        beam=config.beam, max_active=config.max_active, min_active=config.min_active
+    )
 
 
-def _decode_one(item: tuple[str, np.ndarray, tuple[float, ...]]
-                ) -> tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]:
+def _decode_one(
+    item: tuple[str, np.ndarray, tuple[float, ...]],
+) -> tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]:
     """(utt, per acoustic scale (word ids, reached a final state, decoder seconds, alignment), frames).
 
     ``item`` carries the unscaled log-likelihoods (log posterior - log prior), so one
@@ -197,18 +209,30 @@ def _load_words(graph_dir: Path) -> list[str]:
     return words
 
 
-def _unscaled(posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray, num_pdfs: int,
-              scales: tuple[float, ...], graph_dir: Path) -> Iterator[tuple[str, np.ndarray, tuple[float, ...]]]:
+def _unscaled(
+    posteriors: Iterable[tuple[str, np.ndarray]],
+    log_priors: np.ndarray,
+    num_pdfs: int,
+    scales: tuple[float, ...],
+    graph_dir: Path,
+) -> Iterator[tuple[str, np.ndarray, tuple[float, ...]]]:
     for utt, logpost in posteriors:
         logpost = np.asarray(logpost)
         if logpost.ndim != 2 or logpost.shape[1] != num_pdfs:
-            raise ValueError(f"{utt}: posterior matrix has shape {logpost.shape}, but the graph {graph_dir} "
-                             f"has {num_pdfs} senones (width must be {num_pdfs})")
+            raise ValueError(
+                f"{utt}: posterior matrix has shape {logpost.shape}, but the graph {graph_dir} "
+                f"has {num_pdfs} senones (width must be {num_pdfs})"
+            )
         yield utt, np.ascontiguousarray(logpost - log_priors, dtype=np.float32), scales
 
 
-def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray,
-                   config: DecodeConfig, scales: Sequence[float]) -> dict[float, DecodeResult]:
+def _decode_scales(
+    graph_dir: Path,
+    posteriors: Iterable[tuple[str, np.ndarray]],
+    log_priors: np.ndarray,
+    config: DecodeConfig,
+    scales: Sequence[float],
+) -> dict[float, DecodeResult]:
     """Decode every utterance once per acoustic scale, reading the posteriors once."""
     num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
     if log_priors.shape != (num_pdfs,):
@@ -222,8 +246,11 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
     seconds = [0.0] * len(scales)
     frames = 0
     t0 = time.perf_counter()
-    bar = progress(desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
-                   unit="utt", mininterval=1.0)
+    bar = progress(
+        desc=f"decode (scale{'s' if len(scales) > 1 else ''} {' '.join(f'{x:g}' for x in scales)})",
+        unit="utt",
+        mininterval=1.0,
+    )
 
     def collect(results: Iterable[tuple[str, list[tuple[list[int], bool, float, np.ndarray]], int]]) -> None:
         nonlocal frames
@@ -242,34 +269,48 @@ def _decode_scales(graph_dir: Path, posteriors: Iterable[tuple[str, np.ndarray]]
 
     _load_graph(str(graph_dir), config)
     # forked local workers find the graph already loaded (its pages shared); Dask workers load their own
-    with Executor(config.nj, initializer=_load_graph, initargs=(str(graph_dir), config),
-                  start_method="fork") as executor:
+    with Executor(
+        config.nj, initializer=_load_graph, initargs=(str(graph_dir), config), start_method="fork"
+    ) as executor:
         collect(executor.map(_decode_one, items))
     bar.close()
     wall = time.perf_counter() - t0
     out = {}
     for k, scale in enumerate(scales):
         if partial[k]:
-            log.warning("scale %g: %d of %d utterances reached no final state; their best partial hypotheses "
-                        "are kept (e.g. %s)", scale, len(partial[k]), len(hyps[k]), partial[k][0])
+            log.warning(
+                "scale %g: %d of %d utterances reached no final state; their best partial hypotheses "
+                "are kept (e.g. %s)",
+                scale,
+                len(partial[k]),
+                len(hyps[k]),
+                partial[k][0],
+            )
         out[scale] = DecodeResult(hyps[k], partial[k], frames, seconds[k], wall, scale, alignments[k])
     return out
 
 
-def decode(graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray,
-           config: DecodeConfig) -> DecodeResult:
+def decode(
+    graph_dir: str | Path, posteriors: Iterable[tuple[str, np.ndarray]], log_priors: np.ndarray, config: DecodeConfig
+) -> DecodeResult:
     """Decode every utterance; one whose search reaches no final state keeps its best partial path.
 
     A posterior matrix whose width is not the graph's senone count raises a
     ``ValueError`` naming both.
     """
-    return _decode_scales(Path(graph_dir), posteriors, log_priors, config,
-                          [config.acoustic_scale])[config.acoustic_scale]
+    return _decode_scales(Path(graph_dir), posteriors, log_priors, config, [config.acoustic_scale])[
+        config.acoustic_scale
+    ]
 
 
-def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str, np.ndarray]]],
-          log_priors: np.ndarray, dev_refs: dict[str, str], config: DecodeConfig,
-          out_dir: str | Path) -> SweepResult:
+def sweep(
+    graph_dir: str | Path,
+    dev_posteriors: Callable[[], Iterable[tuple[str, np.ndarray]]],
+    log_priors: np.ndarray,
+    dev_refs: dict[str, str],
+    config: DecodeConfig,
+    out_dir: str | Path,
+) -> SweepResult:
     """Decode dev at each of ``config.sweep_scales``; the lowest-WER scale wins (ties: the first).
 
     ``dev_posteriors`` is called once: each utterance's posteriors (one network
@@ -289,6 +330,12 @@ def sweep(graph_dir: str | Path, dev_posteriors: Callable[[], Iterable[tuple[str
         log.info("acoustic scale %g: %s (%d partial)", scale, results[scale].summary(), len(res.partial))
     best = min(config.sweep_scales, key=lambda s: results[s].wer)
     wer = {s: r.wer for s, r in results.items()}
-    write_json_atomic(out_dir / "sweep.json", {"best_scale": best, "wer": {f"{s:g}": w for s, w in wer.items()},
-                                               "results": {f"{s:g}": asdict(r) for s, r in results.items()}})
+    write_json_atomic(
+        out_dir / "sweep.json",
+        {
+            "best_scale": best,
+            "wer": {f"{s:g}": w for s, w in wer.items()},
+            "results": {f"{s:g}": asdict(r) for s, r in results.items()},
+        },
+    )
     return SweepResult(best, wer, results)

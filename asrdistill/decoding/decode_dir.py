@@ -46,8 +46,10 @@ def sole_writer(out_dir: Path, command: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise FolderBusy(f"{out_dir}: another decode is writing this folder ({holder}); wait for it to "
-                             "finish or give another output folder") from None
+            raise FolderBusy(
+                f"{out_dir}: another decode is writing this folder ({holder}); wait for it to "
+                "finish or give another output folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join(command.split())}\n".encode("utf-8", "backslashreplace"), 0)
         yield
@@ -60,8 +62,13 @@ def commit(work: Path, out_dir: Path) -> None:
     those this run did not write); the data dirs' ``wav.scp`` paths into ``work`` are rewritten to the new place."""
     for table in (work / "data" / "wav.scp", work / "import" / "wav.scp"):
         if table.is_file():
-            write_kv(table, {u: str(out_dir / p[len(str(work)) + 1:]) if p.startswith(f"{work}/") else p
-                             for u, p in read_kv(table).items()})
+            write_kv(
+                table,
+                {
+                    u: str(out_dir / p[len(str(work)) + 1 :]) if p.startswith(f"{work}/") else p
+                    for u, p in read_kv(table).items()
+                },
+            )
     for name in (*DECODE_OUTPUTS, *DECODE_FOLDERS):
         src, dst = work / name, out_dir / name
         if dst.is_dir() and not dst.is_symlink():

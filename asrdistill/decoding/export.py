@@ -58,8 +58,19 @@ from asrdistill.decoding.bundle import MANIFEST, System, _sha256, load_system, s
 from asrdistill.fileio import write_json_atomic
 from asrdistill.nnet.ensemble import combine_logits
 
-__all__ = ["FORMAT", "FP32_TOLERANCE", "INT8_TOLERANCE", "FrameScorer", "ExportedNetwork", "Parity", "Tolerance",
-           "cmvn_frames", "export_bundle", "load_network", "parity"]
+__all__ = [
+    "FORMAT",
+    "FP32_TOLERANCE",
+    "INT8_TOLERANCE",
+    "FrameScorer",
+    "ExportedNetwork",
+    "Parity",
+    "Tolerance",
+    "cmvn_frames",
+    "export_bundle",
+    "load_network",
+    "parity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +84,8 @@ class Tolerance:
     """How far an exported network's log posteriors may be from PyTorch's on the same frames."""
 
     max_abs_logp: float  # largest |difference| of a log posterior, over all frames and senones (nats)
-    mean_kl: float       # mean KL(PyTorch || exported) per frame (nats)
-    agree: float         # least share of frames whose best senone is the same
+    mean_kl: float  # mean KL(PyTorch || exported) per frame (nats)
+    agree: float  # least share of frames whose best senone is the same
 
 
 # fp32: the same arithmetic in another order (float32 rounding is ~1e-6 here; 1e-3 leaves room for deep nets).
@@ -98,8 +109,10 @@ class Parity:
         return self.max_abs_logp <= tol.max_abs_logp and self.mean_kl <= tol.mean_kl and self.agree >= tol.agree
 
     def __str__(self) -> str:
-        return (f"{self.frames} frames: max |d log p| {self.max_abs_logp:.2e}, mean KL {self.mean_kl:.2e} nats, "
-                f"same best senone {100 * self.agree:.2f}%")
+        return (
+            f"{self.frames} frames: max |d log p| {self.max_abs_logp:.2e}, mean KL {self.mean_kl:.2e} nats, "
+            f"same best senone {100 * self.agree:.2f}%"
+        )
 
 
 def parity(reference: Iterable[tuple[str, np.ndarray]], other: Iterable[tuple[str, np.ndarray]]) -> Parity:
@@ -126,8 +139,9 @@ class FrameScorer(nn.Module):
     not copied), with the priors subtracted.
     """
 
-    def __init__(self, members: Sequence[nn.Module], cmvn: Cmvn, frames: FrameConfig, log_priors: np.ndarray,
-                 method: str):
+    def __init__(
+        self, members: Sequence[nn.Module], cmvn: Cmvn, frames: FrameConfig, log_priors: np.ndarray, method: str
+    ):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.left, self.right, self.method = frames.left, frames.right, method
@@ -139,13 +153,15 @@ class FrameScorer(nn.Module):
     @classmethod
     def of(cls, system: System) -> FrameScorer:
         if system.network is not None:
-            raise ValueError(f"{system.root}: already an exported bundle ({system.network}); "
-                             "export from the PyTorch bundle it was made from")
+            raise ValueError(
+                f"{system.root}: already an exported bundle ({system.network}); "
+                "export from the PyTorch bundle it was made from"
+            )
         return cls(system.models, system.cmvn, system.frames, system.log_priors, system.method).eval()
 
     def forward(self, feats: Tensor) -> Tensor:
-        x = (feats + self.cmvn_shift) * self.cmvn_scale          # (T, D)
-        windows = context_windows(x, self.left, self.right)      # (T, (left + 1 + right) * D)
+        x = (feats + self.cmvn_shift) * self.cmvn_scale  # (T, D)
+        windows = context_windows(x, self.left, self.right)  # (T, (left + 1 + right) * D)
         logp = combine_logits([m(windows) for m in self.members], 1.0, self.method)  # (T, C)
         return logp - self.log_priors
 
@@ -170,9 +186,18 @@ def _export_onnx(scorer: FrameScorer, dim: int, path: Path) -> None:
     """``scorer`` as an ONNX graph with a variable frame count (torch.export, then ONNX opset :data:`OPSET`)."""
     example = torch.zeros(max(8, scorer.left + scorer.right + 2), dim)
     with _quiet("torch.onnx"):
-        torch.onnx.export(scorer, (example,), path, input_names=["feats"], output_names=["loglikes"],
-                          dynamic_shapes={"feats": {0: torch.export.Dim("frames", min=1)}}, opset_version=OPSET,
-                          dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            scorer,
+            (example,),
+            path,
+            input_names=["feats"],
+            output_names=["loglikes"],
+            dynamic_shapes={"feats": {0: torch.export.Dim("frames", min=1)}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def _quantize(fp32: Path, int8: Path) -> None:
@@ -180,8 +205,9 @@ def _quantize(fp32: Path, int8: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet(""):  # the quantizer logs to the root logger
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(
+            fp32, int8, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
+        )
 
 
 class ExportedNetwork:
@@ -199,8 +225,10 @@ class ExportedNetwork:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             (inp,), (out,) = self.session.get_inputs(), self.session.get_outputs()
             if (inp.name, out.name) != ("feats", "loglikes") or len(inp.shape) != 2 or len(out.shape) != 2:
-                raise ValueError(f"input {inp.name} {inp.shape}, output {out.name} {out.shape}; "
-                                 "expected feats (frames, dim) -> loglikes (frames, senones)")
+                raise ValueError(
+                    f"input {inp.name} {inp.shape}, output {out.name} {out.shape}; "
+                    "expected feats (frames, dim) -> loglikes (frames, senones)"
+                )
         except Exception as e:  # onnxruntime's own errors are not ValueError/RuntimeError subclasses
             raise ValueError(f"{path}: not a usable exported network: {' '.join(str(e).split())}") from e
         self.input_dim, self.num_classes = inp.shape[1], out.shape[1]
@@ -228,8 +256,10 @@ def load_network(root: Path, spec: dict, feat_dim: int, checks: list[tuple[Path,
     except (KeyError, TypeError) as e:
         raise ValueError(f"{where}: not a usable network entry {spec!r} (needs format, precision, file)") from e
     if fmt != FORMAT or precision not in NETWORK_FILES:
-        raise ValueError(f"{where}: network format {fmt!r} precision {precision!r}; this asrdistill "
-                         f"{__version__} runs {FORMAT} {' or '.join(NETWORK_FILES)}")
+        raise ValueError(
+            f"{where}: network format {fmt!r} precision {precision!r}; this asrdistill "
+            f"{__version__} runs {FORMAT} {' or '.join(NETWORK_FILES)}"
+        )
     network = ExportedNetwork(path, precision, torch.get_num_threads())
     if network.input_dim != feat_dim:
         raise ValueError(f"{path}: reads {network.input_dim}-dim features, but the bundle's CMVN is {feat_dim}-dim")
@@ -242,8 +272,10 @@ def cmvn_frames(cmvn: Cmvn, utts: int = 4, frames: int = 200, seed: int = 0) -> 
     on, for the export's own parity check (no features need to travel with a bundle)."""
     rng = np.random.default_rng(seed)
     std = np.sqrt(np.maximum(cmvn.var, 1e-10))
-    return [(f"check{i}", (cmvn.mean + std * rng.standard_normal((frames, cmvn.dim))).astype(np.float32))
-            for i in range(utts)]
+    return [
+        (f"check{i}", (cmvn.mean + std * rng.standard_normal((frames, cmvn.dim))).astype(np.float32))
+        for i in range(utts)
+    ]
 
 
 def _check(scorer: FrameScorer, network: ExportedNetwork, cmvn: Cmvn, log_priors: np.ndarray) -> Parity:
@@ -254,16 +286,22 @@ def _check(scorer: FrameScorer, network: ExportedNetwork, cmvn: Cmvn, log_priors
         ref = [(u, scorer(torch.from_numpy(x)).numpy() + log_priors) for u, x in utts]
     result = parity(ref, ((u, network.loglikes(x) + log_priors) for u, x in utts))
     if network.precision == "fp32" and not result.within(FP32_TOLERANCE):
-        raise ValueError(f"{network.path}: the exported graph's posteriors differ from PyTorch's ({result}; "
-                         f"tolerance {FP32_TOLERANCE}): not written")
+        raise ValueError(
+            f"{network.path}: the exported graph's posteriors differ from PyTorch's ({result}; "
+            f"tolerance {FP32_TOLERANCE}): not written"
+        )
     if network.precision == "int8" and not result.within(INT8_TOLERANCE):
-        log.warning("%s: int8 posteriors beyond %s on frames drawn from the CMVN statistics (%s): measure it on "
-                    "real data before shipping it", network.path, INT8_TOLERANCE, result)
+        log.warning(
+            "%s: int8 posteriors beyond %s on frames drawn from the CMVN statistics (%s): measure it on "
+            "real data before shipping it",
+            network.path,
+            INT8_TOLERANCE,
+            result,
+        )
     return result
 
 
-def export_bundle(bundle_dir: str | Path, out_dir: str | Path, *, quantize: bool = False,
-                  force: bool = False) -> Path:
+def export_bundle(bundle_dir: str | Path, out_dir: str | Path, *, quantize: bool = False, force: bool = False) -> Path:
     """Write ``out_dir``: the bundle in ``bundle_dir`` with its network exported to ONNX (int8 if ``quantize``).
 
     Everything but ``members/`` is copied; ``network.onnx`` / ``network.int8.onnx``
@@ -293,15 +331,36 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path, *, quantize: bool
         if quantize:
             _quantize(tmp / NETWORK_FILES["fp32"], path)
             (tmp / NETWORK_FILES["fp32"]).unlink()
-        result = _check(scorer, ExportedNetwork(path, precision, torch.get_num_threads()), system.cmvn,
-                        system.log_priors)
-        write_json_atomic(tmp / "system.json", {
-            **spec, "members": [],
-            "network": {"file": path.name, "format": FORMAT, "precision": precision, "opset": OPSET,
-                        "inputs": "feats (frames, dim): raw fbank", "outputs": "loglikes (frames, senones)",
-                        "parity": {**asdict(result), "on": "frames drawn from the CMVN statistics"}},
-            "exported_from": {"bundle": str(bundle_dir), "manifest_sha256": sources["bundle"],
-                              "members": [{k: v for k, v in m.items() if k != "file"} for m in spec["members"]]}})
-    log.info("%s: %s of %s (%.1f kB; parity with PyTorch: %s)", out_dir, NETWORK_FILES[precision], bundle_dir,
-             (out_dir / NETWORK_FILES[precision]).stat().st_size / 1e3, result)
+        result = _check(
+            scorer, ExportedNetwork(path, precision, torch.get_num_threads()), system.cmvn, system.log_priors
+        )
+        write_json_atomic(
+            tmp / "system.json",
+            {
+                **spec,
+                "members": [],
+                "network": {
+                    "file": path.name,
+                    "format": FORMAT,
+                    "precision": precision,
+                    "opset": OPSET,
+                    "inputs": "feats (frames, dim): raw fbank",
+                    "outputs": "loglikes (frames, senones)",
+                    "parity": {**asdict(result), "on": "frames drawn from the CMVN statistics"},
+                },
+                "exported_from": {
+                    "bundle": str(bundle_dir),
+                    "manifest_sha256": sources["bundle"],
+                    "members": [{k: v for k, v in m.items() if k != "file"} for m in spec["members"]],
+                },
+            },
+        )
+    log.info(
+        "%s: %s of %s (%.1f kB; parity with PyTorch: %s)",
+        out_dir,
+        NETWORK_FILES[precision],
+        bundle_dir,
+        (out_dir / NETWORK_FILES[precision]).stat().st_size / 1e3,
+        result,
+    )
     return out_dir

@@ -83,16 +83,22 @@ GRAPH_EXTRA_WORDS = ["#0", "<s>", "</s>"]  # appended to words.txt for G (never 
 
 @dataclass
 class GraphConfig:
-    sil_prob: float = 0.5          # optional silence between words (0: none)
-    self_loop_scale: float = 0.1   # scale of HMM transition log-probs (Kaldi's hybrid default)
-    arpa_warnings: int = 5         # kaldilm warnings shown for n-grams with unknown words
-    max_memory_gb: float = 0.0     # refuse to build when the estimated peak is above this (0: memory available now)
-    pron_probs: str = ""           # a lexiconp.txt (the aligner writes one per set): -log prob on each pronunciation
-                                   # ("": every pronunciation free, as in a plain lexicon.txt)
+    sil_prob: float = 0.5  # optional silence between words (0: none)
+    self_loop_scale: float = 0.1  # scale of HMM transition log-probs (Kaldi's hybrid default)
+    arpa_warnings: int = 5  # kaldilm warnings shown for n-grams with unknown words
+    max_memory_gb: float = 0.0  # refuse to build when the estimated peak is above this (0: memory available now)
+    pron_probs: str = ""  # a lexiconp.txt (the aligner writes one per set): -log prob on each pronunciation
+    # ("": every pronunciation free, as in a plain lexicon.txt)
 
 
-def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Path, arpa_path: str | Path,
-                out_dir: str | Path, config: GraphConfig) -> Path:
+def build_graph(
+    lang_dir: str | Path,
+    tree_path: str | Path,
+    topo_path: str | Path,
+    arpa_path: str | Path,
+    out_dir: str | Path,
+    config: GraphConfig,
+) -> Path:
     """Build ``out_dir/HCLG.fst`` (input labels senone + 1, output labels word ids).
 
     The steps hand each other files, not graphs: each reads its input back and
@@ -109,9 +115,15 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
     disambig = list(range(len(lang.phones), len(lang.phones) + max_disambig + 1))  # phone ids of #0, #1, ...
     words = lang.words + GRAPH_EXTRA_WORDS
     ngrams, lm_words, missing, estimate_gb = _check_lm(lang, tree, arpa_path, config)
-    stats: dict[str, object] = {"config": to_dict(config), "num_pdfs": tree.num_pdfs, "lm_ngrams": ngrams,
-                                "lm_words": lm_words, "lm_words_missing_from_lexicon": missing,
-                                "max_disambig": max_disambig, "estimated_peak_gb": round(estimate_gb, 2)}
+    stats: dict[str, object] = {
+        "config": to_dict(config),
+        "num_pdfs": tree.num_pdfs,
+        "lm_ngrams": ngrams,
+        "lm_words": lm_words,
+        "lm_words_missing_from_lexicon": missing,
+        "max_disambig": max_disambig,
+        "estimated_peak_gb": round(estimate_gb, 2),
+    }
     with tempfile.TemporaryDirectory(prefix="asrdistill-graph-") as tmp_name:
         tmp = Path(tmp_name)
         lg = _compose_lg(lang, entries, words, disambig, arpa_path, config, tmp, stats)
@@ -120,29 +132,44 @@ def build_graph(lang_dir: str | Path, tree_path: str | Path, topo_path: str | Pa
         d = _determinise_over_hmms(clg, hmms.first_disambig, tmp, stats)
         num_states, num_arcs = _write(_expand_h(d, hmms), hmms, topo, config, out_dir)  # freed once written
 
-    stats.update({"HCLG_states": num_states, "HCLG_arcs": num_arcs, "hmm_labels": len(hmms.triples),
-                  "tree_sha256": tree_sha256(tree_path),
-                  "build_seconds": round(time.perf_counter() - t0, 3),
-                  "build_cpu_seconds": round(cpu_seconds() - c0, 3),
-                  "peak_rss_mb": round(peak_rss_mb(), 1)})
+    stats.update(
+        {
+            "HCLG_states": num_states,
+            "HCLG_arcs": num_arcs,
+            "hmm_labels": len(hmms.triples),
+            "tree_sha256": tree_sha256(tree_path),
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "build_cpu_seconds": round(cpu_seconds() - c0, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
+    )
     with atomic_open(out_dir / "words.txt") as f:
         f.writelines(f"{w} {i}\n" for i, w in enumerate(words))
     write_json_atomic(out_dir / "graph.json", stats)
     mark_done(out_dir, "graph", {"lang": str(lang_dir), "tree": str(tree_path), "arpa": str(arpa_path)})
-    log.info("HCLG: %d states, %d arcs, built in %.1f s (%.1f s CPU), peak RSS %.0f MB", num_states, num_arcs,
-             stats["build_seconds"], stats["build_cpu_seconds"], stats["peak_rss_mb"])
+    log.info(
+        "HCLG: %d states, %d arcs, built in %.1f s (%.1f s CPU), peak RSS %.0f MB",
+        num_states,
+        num_arcs,
+        stats["build_seconds"],
+        stats["build_cpu_seconds"],
+        stats["peak_rss_mb"],
+    )
     return out_dir
 
 
-def _load_inputs(lang_dir: Path, tree_path: str | Path, topo_path: str | Path,
-                 arpa_path: Path) -> tuple[Lang, ContextTree, Topology]:
+def _load_inputs(
+    lang_dir: Path, tree_path: str | Path, topo_path: str | Path, arpa_path: Path
+) -> tuple[Lang, ContextTree, Topology]:
     """The lang, tree and topology, checked against each other and the LM's path before any work is done."""
     lang = Lang.load(lang_dir)
     tree = ContextTree.load(tree_path)
     topo = Topology.load(topo_path)
     if len(topo.num_states) != len(lang.phones):
-        raise ValueError(f"{topo_path}: topology covers {len(topo.num_states) - 1} phones, "
-                         f"{lang_dir}/phones.txt has {lang.num_phones}")
+        raise ValueError(
+            f"{topo_path}: topology covers {len(topo.num_states) - 1} phones, "
+            f"{lang_dir}/phones.txt has {lang.num_phones}"
+        )
     if not arpa_path.is_file():
         raise FileNotFoundError(f"{arpa_path}: ARPA language model not found")
     for extra in GRAPH_EXTRA_WORDS:
@@ -162,19 +189,33 @@ def _check_lm(lang: Lang, tree: ContextTree, arpa_path: Path, config: GraphConfi
     lm_words = arpa_vocabulary(arpa_path) - {"<s>", "</s>"}
     missing = sorted(lm_words - lex_words)
     if missing:
-        log.warning("%s: %d of %d LM words are not in the lexicon; their n-grams are skipped (e.g. %s)",
-                    arpa_path, len(missing), len(lm_words), missing[0])
+        log.warning(
+            "%s: %d of %d LM words are not in the lexicon; their n-grams are skipped (e.g. %s)",
+            arpa_path,
+            len(missing),
+            len(lm_words),
+            missing[0],
+        )
 
     ngrams = sum(ngram_counts(arpa_path))
     estimate_gb = estimate_graph_memory_gb(ngrams, sum(len(p) for _, p in lang.lexicon))
     limit_gb = config.max_memory_gb or available_memory_gb()
-    log.info("%s: %d n-grams, %d pronunciations, %d senones: estimated peak memory %.1f GB (limit %.1f GB)",
-             arpa_path, ngrams, len(lang.lexicon), tree.num_pdfs, estimate_gb, limit_gb)
+    log.info(
+        "%s: %d n-grams, %d pronunciations, %d senones: estimated peak memory %.1f GB (limit %.1f GB)",
+        arpa_path,
+        ngrams,
+        len(lang.lexicon),
+        tree.num_pdfs,
+        estimate_gb,
+        limit_gb,
+    )
     if estimate_gb > limit_gb:
-        raise MemoryError(f"{arpa_path}: building HCLG for {ngrams:,} n-grams and {len(lang.lexicon):,} "
-                          f"pronunciations needs about {estimate_gb:.1f} GB, more than the {limit_gb:.1f} GB "
-                          f"{'allowed (graph.max_memory_gb)' if config.max_memory_gb else 'available'}; "
-                          f"use a pruned LM or raise graph.max_memory_gb")
+        raise MemoryError(
+            f"{arpa_path}: building HCLG for {ngrams:,} n-grams and {len(lang.lexicon):,} "
+            f"pronunciations needs about {estimate_gb:.1f} GB, more than the {limit_gb:.1f} GB "
+            f"{'allowed (graph.max_memory_gb)' if config.max_memory_gb else 'available'}; "
+            f"use a pruned LM or raise graph.max_memory_gb"
+        )
     return ngrams, len(lm_words), len(missing), estimate_gb
 
 
@@ -183,8 +224,16 @@ def _log_step(t: float, message: str, *args: object) -> None:
     log.info(message + " (%.1f s, peak RSS %.0f MB)", *args, time.perf_counter() - t, peak_rss_mb())
 
 
-def _compose_lg(lang: Lang, entries: list[tuple[str, tuple[str, ...], int]], words: list[str], disambig: list[int],
-                arpa_path: Path, config: GraphConfig, tmp: Path, stats: dict[str, object]) -> Path:
+def _compose_lg(
+    lang: Lang,
+    entries: list[tuple[str, tuple[str, ...], int]],
+    words: list[str],
+    disambig: list[int],
+    arpa_path: Path,
+    config: GraphConfig,
+    tmp: Path,
+    stats: dict[str, object],
+) -> Path:
     """L o G, written to ``tmp``; L and G are freed here, once composed.
 
     ``#0`` on L's word loop (phone ``disambig[0]``, word ``#0``) passes G's
@@ -195,8 +244,16 @@ def _compose_lg(lang: Lang, entries: list[tuple[str, tuple[str, ...], int]], wor
     word_id = {w: i for i, w in enumerate(words)}
     words_txt = tmp / "words.txt"
     words_txt.write_text("".join(f"{w} {i}\n" for i, w in enumerate(words)), encoding="utf-8")
-    L = _lexicon_fst(entries, lang.phone_id, word_id, disambig[0], word_id["#0"], config.sil_prob, tmp,
-                     _pron_costs(entries, config.pron_probs))
+    L = _lexicon_fst(
+        entries,
+        lang.phone_id,
+        word_id,
+        disambig[0],
+        word_id["#0"],
+        config.sil_prob,
+        tmp,
+        _pron_costs(entries, config.pron_probs),
+    )
     G = _grammar_fst(arpa_path, words_txt, tmp, config.arpa_warnings)
     stats["G_states"] = G.num_states
     LG = kaldifst.compose(L, G)
@@ -223,8 +280,16 @@ def _determinise_lg(lg: Path, tmp: Path, stats: dict[str, object]) -> Path:
     return save_const(LG, tmp / "LG_min.fst")
 
 
-def _add_context(lg: Path, lang: Lang, tree: ContextTree, topo: Topology, disambig: list[int], config: GraphConfig,
-                 tmp: Path, stats: dict[str, object]) -> tuple[Path, HmmLabels]:
+def _add_context(
+    lg: Path,
+    lang: Lang,
+    tree: ContextTree,
+    topo: Topology,
+    disambig: list[int],
+    config: GraphConfig,
+    tmp: Path,
+    stats: dict[str, object],
+) -> tuple[Path, HmmLabels]:
     """C o LG with each context window replaced by its HMM id, written to ``tmp``; and what the ids stand for.
 
     Windows that the tree gives the same senones share an HMM id, so determinising
@@ -245,7 +310,7 @@ def _add_context(lg: Path, lang: Lang, tree: ContextTree, topo: Topology, disamb
     arrays = read_arrays(save_const(CLG, tmp / "CLG.fst"))
     del CLG
     trim_heap()
-    arrays.arcs["ilabel"] = hmms.window_id[arrays.arcs["ilabel"]]           # windows -> HMM ids
+    arrays.arcs["ilabel"] = hmms.window_id[arrays.arcs["ilabel"]]  # windows -> HMM ids
     path = write_arrays(arrays, tmp / "CLG_hmm.fst")
     del arrays
     return path, hmms
@@ -264,7 +329,7 @@ def _determinise_over_hmms(clg: Path, first_disambig: int, tmp: Path, stats: dic
     arrays = read_arrays(save_const(D, tmp / "D_det.fst"))
     del D
     trim_heap()
-    arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0   # disambiguation symbols -> epsilon
+    arrays.arcs["ilabel"][arrays.arcs["ilabel"] >= first_disambig] = 0  # disambiguation symbols -> epsilon
     path = write_arrays(arrays, tmp / "D_nodisambig.fst")
     del arrays
     D = reload(path)
@@ -291,9 +356,13 @@ def _write(hclg: FstArrays, hmms: HmmLabels, topo: Topology, config: GraphConfig
     t = time.perf_counter()
     trim_heap()
     _check_no_epsilon_cycles(hclg)
-    loop_cost = np.array([math.inf] + [
-        -config.self_loop_scale * math.log(p) if (p := topo.self_loop[c][s]) > 0 else math.inf
-        for c, s, _ in hmms.triples])
+    loop_cost = np.array(
+        [math.inf]
+        + [
+            -config.self_loop_scale * math.log(p) if (p := topo.self_loop[c][s]) > 0 else math.inf
+            for c, s, _ in hmms.triples
+        ]
+    )
     label2pdf = np.array([0] + [pdf + 1 for _, _, pdf in hmms.triples], dtype=np.int32)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "HCLG.fst") as p:
@@ -324,9 +393,16 @@ def add_lex_disambig(lexicon: list[tuple[str, tuple[str, ...]]]) -> tuple[list[t
     return out, max(used.values(), default=0)
 
 
-def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict[str, int],
-                 word_id: dict[str, int], disambig0: int, word_disambig0: int, sil_prob: float,
-                 tmp: Path, pron_costs: np.ndarray | None = None) -> kaldifst.StdVectorFst:
+def _lexicon_fst(
+    entries: list[tuple[str, tuple[str, ...], int]],
+    phone_id: dict[str, int],
+    word_id: dict[str, int],
+    disambig0: int,
+    word_disambig0: int,
+    sil_prob: float,
+    tmp: Path,
+    pron_costs: np.ndarray | None = None,
+) -> kaldifst.StdVectorFst:
     """L with optional silence: start -> (SIL) -> loop; each word loop -> phones -> loop or silence.
 
     Built on arrays: one row per pronunciation label, each word's chain of states numbered
@@ -345,12 +421,14 @@ def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict
         no_sil_cost = 0.0
         fixed, first = [], 1
     lens = np.array([len(p) + (k > 0) for _, p, k in entries], dtype=np.int64)
-    labels = np.fromiter((lab for _, pron, k in entries
-                          for lab in [*(phone_id[p] for p in pron), *([disambig0 + k] if k else [])]),
-                         dtype=np.int64, count=int(lens.sum()))
+    labels = np.fromiter(
+        (lab for _, pron, k in entries for lab in [*(phone_id[p] for p in pron), *([disambig0 + k] if k else [])]),
+        dtype=np.int64,
+        count=int(lens.sum()),
+    )
     ends = np.cumsum(lens)
     begins = ends - lens
-    pos = np.arange(len(labels)) - np.repeat(begins, lens)       # position of each label in its word
+    pos = np.arange(len(labels)) - np.repeat(begins, lens)  # position of each label in its word
     last = pos == np.repeat(lens - 1, lens)
     # word e's internal states: first + (begins[e] - e) + 0 .. lens[e]-2
     state0 = first + begins - np.arange(len(entries))
@@ -366,8 +444,8 @@ def _lexicon_fst(entries: list[tuple[str, tuple[str, ...], int]], phone_id: dict
     cols = [src, labels, olabel, cost, dst]
     if sil_prob > 0:  # a word's last label also goes to the silence state
         cols = [np.concatenate([c, c[last]]) for c in cols]
-        cols[3][-int(last.sum()):] = sil_cost
-        cols[4][-int(last.sum()):] = sil
+        cols[3][-int(last.sum()) :] = sil_cost
+        cols[4][-int(last.sum()) :] = sil
     rows = np.concatenate([np.stack(cols, axis=1).astype(np.float64), extra])
     fst = make_fst(num_states, start, rows, {loop: 0.0}, tmp)
     kaldifst.arcsort(fst, sort_type="olabel")
@@ -382,8 +460,10 @@ def _pron_costs(entries: list[tuple[str, tuple[str, ...], int]], lexiconp: str) 
     missing = [(w, p) for w, p, _ in entries if (w, p) not in probs]
     if missing:
         w, p = missing[0]
-        raise ValueError(f"{lexiconp}: no probability for {len(missing)} lexicon entries, e.g. {w} {' '.join(p)} "
-                         "(made for another lexicon?)")
+        raise ValueError(
+            f"{lexiconp}: no probability for {len(missing)} lexicon entries, e.g. {w} {' '.join(p)} "
+            "(made for another lexicon?)"
+        )
     return -np.log(np.array([probs[(w, p)] for w, p, _ in entries], dtype=np.float64))
 
 
@@ -394,8 +474,9 @@ def _grammar_fst(arpa: Path, words_txt: Path, tmp: Path, warnings: int) -> kaldi
             shutil.copyfileobj(src, dst)
         arpa = plain
     g_path = tmp / "G.fst"
-    kaldilm.arpa2fst(str(arpa), str(g_path), disambig_symbol="#0", read_symbol_table=str(words_txt),
-                     max_arpa_warnings=warnings)
+    kaldilm.arpa2fst(
+        str(arpa), str(g_path), disambig_symbol="#0", read_symbol_table=str(words_txt), max_arpa_warnings=warnings
+    )
     if not g_path.is_file():
         raise ValueError(f"{arpa}: kaldilm.arpa2fst wrote no G.fst")
     return kaldifst.StdVectorFst.read(str(g_path))
@@ -432,7 +513,8 @@ def check_labels_match_graph(labels_meta: dict, graph_dir: str | Path, labels_di
     decoder's senone ids would disagree silently (wrong WER, no error)."""
     want, have = labels_meta.get("tree_sha256"), load_graph_info(graph_dir).get("tree_sha256")
     if want and have and want != have:
-        raise ValueError(f"{labels_dir}: labels are for the tree {labels_meta.get('tree')} but {graph_dir} was built "
-                         "from another tree; rebuild the graph from that tree (asrdistill graph) or import the "
-                         "alignments with --tree naming the graph's tree")
-
+        raise ValueError(
+            f"{labels_dir}: labels are for the tree {labels_meta.get('tree')} but {graph_dir} was built "
+            "from another tree; rebuild the graph from that tree (asrdistill graph) or import the "
+            "alignments with --tree naming the graph's tree"
+        )

@@ -40,7 +40,7 @@ def write_hclg(fst: FstArrays, loop_cost: np.ndarray, label2pdf: np.ndarray, pat
     new_id[order] = np.arange(len(order), dtype=np.int32)
     del order
     for lo in range(0, len(dst), _CHUNK):
-        dst[lo:lo + _CHUNK] = new_id[dst[lo:lo + _CHUNK]]
+        dst[lo : lo + _CHUNK] = new_id[dst[lo : lo + _CHUNK]]
     start = int(new_id[start])
     del new_id
     return _write_records(fst, start, base, dst, loop_label, loop_cost, label2pdf, path)
@@ -64,20 +64,20 @@ def _self_loop_states(fst: FstArrays) -> tuple[np.ndarray, np.ndarray, np.ndarra
     eps_in = np.zeros(num_states, dtype=bool)
     eps_in[nextstate[~labelled]] = True
     eps_in[fst.start] = True
-    split = (high > 0) & ((low < high) | eps_in)            # entered by a label and by anything else: copies
+    split = (high > 0) & ((low < high) | eps_in)  # entered by a label and by anything else: copies
     keep = ~split | eps_in
     loop_label = np.where((high > 0) & ~split, high, 0)[keep]  # the in-place loops
     del low, high
     new_id = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)
     num_kept, start = int(keep.sum()), int(new_id[fst.start])
-    dst = new_id[nextstate]                                  # (A,) int32; arcs into split states below
+    dst = new_id[nextstate]  # (A,) int32; arcs into split states below
     del new_id
     into_split = np.flatnonzero(labelled & split[nextstate])
     del labelled, eps_in
     width = np.int64(ilabel.max(initial=0)) + 1
     pairs = np.unique(nextstate[into_split].astype(np.int64) * width + ilabel[into_split])  # (state, label)
     for lo in range(0, len(into_split), _CHUNK):
-        sel = into_split[lo:lo + _CHUNK]
+        sel = into_split[lo : lo + _CHUNK]
         dst[sel] = num_kept + np.searchsorted(pairs, nextstate[sel].astype(np.int64) * width + ilabel[sel])
     del into_split, split
     base = np.concatenate([np.flatnonzero(keep).astype(np.int32), (pairs // width).astype(np.int32)])
@@ -86,8 +86,16 @@ def _self_loop_states(fst: FstArrays) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return base, loop_label, dst, start
 
 
-def _write_records(fst: FstArrays, start: int, base: np.ndarray, dst: np.ndarray, loop_label: np.ndarray,
-                   loop_cost: np.ndarray, label2pdf: np.ndarray, path: Path) -> tuple[int, int]:
+def _write_records(
+    fst: FstArrays,
+    start: int,
+    base: np.ndarray,
+    dst: np.ndarray,
+    loop_label: np.ndarray,
+    loop_cost: np.ndarray,
+    label2pdf: np.ndarray,
+    path: Path,
+) -> tuple[int, int]:
     """Write the ConstFst whose state ``q`` is ``fst``'s state ``base[q]`` with its arcs going to ``dst``, plus a
     self-loop labelled ``loop_label[q]`` where that label's ``loop_cost`` is finite; labels mapped by ``label2pdf``,
     each state's arcs sorted by them. State records first, then arcs, a chunk of states at a time. Returns
@@ -117,12 +125,12 @@ def _write_records(fst: FstArrays, start: int, base: np.ndarray, dst: np.ndarray
             take = _arc_range(fst.states["pos"][base[lo:hi]], n)
             loops = np.flatnonzero(has_loop[lo:hi]) + lo
             chunk = np.empty(len(take) + len(loops), dtype=ARC)
-            chunk[:len(take)] = arcs[take]
-            chunk["nextstate"][:len(take)] = dst[take]
-            chunk["ilabel"][len(take):] = loop_label[loops]
-            chunk["olabel"][len(take):] = 0
-            chunk["weight"][len(take):] = loop_cost[loop_label[loops]]
-            chunk["nextstate"][len(take):] = loops
+            chunk[: len(take)] = arcs[take]
+            chunk["nextstate"][: len(take)] = dst[take]
+            chunk["ilabel"][len(take) :] = loop_label[loops]
+            chunk["olabel"][len(take) :] = 0
+            chunk["weight"][len(take) :] = loop_cost[loop_label[loops]]
+            chunk["nextstate"][len(take) :] = loops
             chunk["ilabel"] = label2pdf[chunk["ilabel"]]
             owner = np.concatenate([np.repeat(np.arange(lo, hi), n), loops])
             chunk[np.lexsort((chunk["ilabel"], owner))].tofile(f)

@@ -25,15 +25,16 @@ __all__ = ["HmmLabels", "hmm_labels", "expand_hmm"]
 class HmmLabels:
     """What H maps each context window to (:func:`hmm_labels`)."""
 
-    window_id: np.ndarray    # (windows,) HMM id of each context window (disambiguation windows: first_disambig..)
-    seqs: np.ndarray         # (first_disambig, max states) each HMM id's labels, padded with 0
-    label_cost: np.ndarray   # (labels + 1,) cost of leaving each label's HMM state
+    window_id: np.ndarray  # (windows,) HMM id of each context window (disambiguation windows: first_disambig..)
+    seqs: np.ndarray  # (first_disambig, max states) each HMM id's labels, padded with 0
+    label_cost: np.ndarray  # (labels + 1,) cost of leaving each label's HMM state
     triples: list[tuple[int, int, int]]  # (phone, HMM state, senone) of labels 1..N
-    first_disambig: int      # HMM ids from here on are disambiguation symbols
+    first_disambig: int  # HMM ids from here on are disambiguation symbols
 
 
-def hmm_labels(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_phones: int,
-               self_loop_scale: float) -> HmmLabels:
+def hmm_labels(
+    ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_phones: int, self_loop_scale: float
+) -> HmmLabels:
     """What H maps each context window to: the labels of its HMM states, as an HMM id.
 
     Labels ``1..N`` stand for ``(phone, state, senone)`` triples (returned, in
@@ -59,35 +60,38 @@ def hmm_labels(ilabels: list[list[int]], tree: ContextTree, topo: Topology, num_
     max_s = max(topo.num_states)
     loops = np.full((len(topo.num_states), max_s), np.nan)
     for c, probs in enumerate(topo.self_loop):
-        loops[c, :len(probs)] = probs
-    n = np.asarray(topo.num_states, dtype=np.int64)[center]                  # HMM states per window
-    win = np.repeat(np.arange(len(windows)), n)                            # one row per (window, state)
+        loops[c, : len(probs)] = probs
+    n = np.asarray(topo.num_states, dtype=np.int64)[center]  # HMM states per window
+    win = np.repeat(np.arange(len(windows)), n)  # one row per (window, state)
     state = np.arange(len(win)) - np.repeat(np.cumsum(n) - n, n)
     c = center[win]
     loop = loops[c, state]
     bad = np.flatnonzero(~((loop >= 0.0) & (loop < 1.0)))
     if len(bad):
-        raise ValueError(f"topology: self-loop probability {loop[bad[0]]} of phone {c[bad[0]]} state "
-                         f"{state[bad[0]]} not in [0, 1)")
+        raise ValueError(
+            f"topology: self-loop probability {loop[bad[0]]} of phone {c[bad[0]]} state {state[bad[0]]} not in [0, 1)"
+        )
     pdf = tree.pdfs(left[win], c, right[win], state)
     bad = np.flatnonzero((pdf < 0) | (pdf >= tree.num_pdfs))
     if len(bad):
         b = bad[0]
-        raise ValueError(f"tree gives senone {pdf[b]} for {(left[win[b]], c[b], right[win[b]], state[b])}; "
-                         f"num_pdfs={tree.num_pdfs}")
+        raise ValueError(
+            f"tree gives senone {pdf[b]} for {(left[win[b]], c[b], right[win[b]], state[b])}; num_pdfs={tree.num_pdfs}"
+        )
     key = (c * max_s + state) * tree.num_pdfs + pdf
     uniq, first_use, inverse = np.unique(key, return_index=True, return_inverse=True)
     rank = np.empty(len(uniq), dtype=np.int64)
     rank[np.argsort(first_use, kind="stable")] = np.arange(len(uniq))
     label = rank[inverse] + 1
     by_label = uniq[np.argsort(rank)]
-    triples = [(int(k // tree.num_pdfs // max_s), int(k // tree.num_pdfs % max_s), int(k % tree.num_pdfs))
-               for k in by_label]
+    triples = [
+        (int(k // tree.num_pdfs // max_s), int(k // tree.num_pdfs % max_s), int(k % tree.num_pdfs)) for k in by_label
+    ]
     label_cost = np.zeros(len(triples) + 1)
     label_cost[label] = -self_loop_scale * np.log1p(-loop)
-    rows = np.zeros((len(windows), max_s), dtype=np.int32)                  # each window's label sequence
+    rows = np.zeros((len(windows), max_s), dtype=np.int32)  # each window's label sequence
     rows[win, state] = label
-    seqs, hmm = np.unique(rows, axis=0, return_inverse=True)               # lexicographic order
+    seqs, hmm = np.unique(rows, axis=0, return_inverse=True)  # lexicographic order
     seqs = np.concatenate([np.zeros((1, max_s), dtype=np.int32), seqs])
     first_disambig = len(seqs)
     window_id = np.zeros(len(ilabels), dtype=np.int32)
@@ -115,12 +119,12 @@ def expand_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> FstA
     lens = (seqs > 0).sum(axis=1).astype(np.int8)
     n = lens[hmm]
     num = len(hmm)
-    same = np.zeros(num, dtype=bool)                 # same state and same labels so far as the arc before
+    same = np.zeros(num, dtype=bool)  # same state and same labels so far as the arc before
     same[1:] = src[1:] == src[:-1]
-    came_from = src.astype(np.int32)                 # each arc's node at this depth
+    came_from = src.astype(np.int32)  # each arc's node at this depth
     del src
-    pushed = np.zeros(num)                           # weight already on the shared arcs above it
-    depth = np.full(num, -1, dtype=np.int8)          # depth of the arc's own label
+    pushed = np.zeros(num)  # weight already on the shared arcs above it
+    depth = np.full(num, -1, dtype=np.int8)  # depth of the arc's own label
     own_from = np.empty(num, dtype=np.int32)
     own_weight = np.empty(num, dtype=np.float32)
     next_id = num_states
@@ -139,12 +143,19 @@ def expand_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> FstA
         own_from[own] = came_from[own]
         own_weight[own] = (total - pushed)[own]
         logsum = -np.logaddexp.reduceat(-total, starts)[run]
-        head = shared & ~same                            # one arc per shared run, to a new trie node
+        head = shared & ~same  # one arc per shared run, to a new trie node
         # runs are contiguous: each arc of a shared run gets its head's new node
         node = np.maximum.accumulate(np.where(head, next_id + np.cumsum(head, dtype=np.int32) - 1, 0))
         next_id += int(head.sum())
-        pieces.append([came_from[head], lab[head], np.zeros(int(head.sum()), dtype=np.int32),
-                       (logsum - pushed)[head].astype(np.float32), node[head].astype(np.int32)])
+        pieces.append(
+            [
+                came_from[head],
+                lab[head],
+                np.zeros(int(head.sum()), dtype=np.int32),
+                (logsum - pushed)[head].astype(np.float32),
+                node[head].astype(np.int32),
+            ]
+        )
         pushed = np.where(shared, logsum, pushed)
         came_from = np.where(shared, node, came_from)
     del same, came_from, pushed, total, lab, starts, run, size, live, shared, own, logsum, head, node
@@ -155,16 +166,22 @@ def expand_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> FstA
     np.minimum.at(first, inverse, depth[need] + 1)
     pair_dst, pair_hmm = pairs // len(seqs), pairs % len(seqs)
     count = lens[pair_hmm] - first
-    base = next_id + np.cumsum(count) - count - first      # state of (pair, j) is base + j
+    base = next_id + np.cumsum(count) - count - first  # state of (pair, j) is base + j
     to = dst.copy()
     to[need] = base[inverse] + depth[need] + 1
     pieces.append([own_from, seqs[hmm, depth], olabel, own_weight, to])
     del need, inverse, to, own_from, own_weight, olabel, dst
     p = np.repeat(np.arange(len(pairs)), count)
     j = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count) + first[p]
-    pieces.append([(base[p] + j).astype(np.int32), seqs[pair_hmm[p], j], np.zeros(len(p), dtype=np.int32),
-                   np.zeros(len(p), dtype=np.float32),
-                   np.where(j == lens[pair_hmm[p]] - 1, pair_dst[p], base[p] + j + 1).astype(np.int32)])
+    pieces.append(
+        [
+            (base[p] + j).astype(np.int32),
+            seqs[pair_hmm[p], j],
+            np.zeros(len(p), dtype=np.int32),
+            np.zeros(len(p), dtype=np.float32),
+            np.where(j == lens[pair_hmm[p]] - 1, pair_dst[p], base[p] + j + 1).astype(np.int32),
+        ]
+    )
     total_states = next_id + int(count.sum())
     del p, j, pairs, first, pair_dst, pair_hmm, base, count, hmm, n, depth
     final = np.concatenate([final, np.full(total_states - num_states, np.inf, dtype=np.float32)])
@@ -177,7 +194,7 @@ def _arcs_by_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> tu
     are runs), and ``total``: each one's weight plus its HMM's label costs."""
     ilabel = fst.arcs["ilabel"]
     sources = fst.sources()
-    order = np.lexsort((ilabel, sources))            # by state, then HMM: prefix groups are runs
+    order = np.lexsort((ilabel, sources))  # by state, then HMM: prefix groups are runs
     order = order[ilabel[order] > 0]
     eps = np.flatnonzero(ilabel == 0)
     pieces = [[sources[eps], ilabel[eps], fst.arcs["olabel"][eps], fst.arcs["weight"][eps], fst.arcs["nextstate"][eps]]]

@@ -17,12 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
 from asrdistill.fileio import atomic_open, write_json_atomic
 from asrdistill.logs import progress
 
-__all__ = ["LmConfig", "LmResult", "Arpa", "open_text", "train_lm", "prepare_lm", "perplexity", "ngram_counts",
-           "arpa_vocabulary"]
+__all__ = [
+    "LmConfig",
+    "LmResult",
+    "Arpa",
+    "open_text",
+    "train_lm",
+    "prepare_lm",
+    "perplexity",
+    "ngram_counts",
+    "arpa_vocabulary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +39,10 @@ BOS, EOS = "<s>", "</s>"
 
 @dataclass
 class LmConfig:
-    order: int = 3                                   # n-gram order of the trained LM
-    prune_threshold: float = 0.0                     # relative-entropy pruning threshold (0: none)
-    official_arpa: str = ""                          # ARPA in the corpus LM folder to use as is ("": train one)
-    text: str = "lm-text.txt"                        # training text in the corpus LM folder (when training)
+    order: int = 3  # n-gram order of the trained LM
+    prune_threshold: float = 0.0  # relative-entropy pruning threshold (0: none)
+    official_arpa: str = ""  # ARPA in the corpus LM folder to use as is ("": train one)
+    text: str = "lm-text.txt"  # training text in the corpus LM folder (when training)
 
 
 @dataclass
@@ -42,10 +50,10 @@ class LmResult:
     """Where the ARPA is and how it came about (written to ``lm.json``)."""
 
     arpa: str
-    source: str                # "official" or "trained"
-    sentences: int = 0         # training sentences used
+    source: str  # "official" or "trained"
+    sentences: int = 0  # training sentences used
     skipped_sentences: int = 0  # sentences dropped for words missing from the lexicon
-    missing_words: int = 0     # distinct such words (official ARPA: its unigrams missing from the lexicon)
+    missing_words: int = 0  # distinct such words (official ARPA: its unigrams missing from the lexicon)
     ngram_counts: list[int] | None = None
     perplexity: dict[str, dict[str, float]] | None = None  # {"dev": {"ppl": .., "oov": ..}, ...}
 
@@ -88,7 +96,7 @@ class Arpa:
                 parts = line.split()
                 if len(parts) not in (section + 1, section + 2):
                     raise ValueError(f"{self.path}:{n}: malformed {section}-gram line: {line!r}")
-                ngram = tuple(parts[1:section + 1])
+                ngram = tuple(parts[1 : section + 1])
                 self.prob[ngram] = float(parts[0])
                 if len(parts) == section + 2:
                     self.bow[ngram] = float(parts[-1])
@@ -98,7 +106,7 @@ class Arpa:
 
     def log10_prob(self, word: str, history: tuple[str, ...]) -> float:
         """log10 P(word | history) with Katz-style back-off; ``word`` must be in the vocabulary."""
-        history = history[len(history) - self.order + 1:] if self.order > 1 else ()
+        history = history[len(history) - self.order + 1 :] if self.order > 1 else ()
         backoff = 0.0
         while True:
             p = self.prob.get(history + (word,))
@@ -141,8 +149,7 @@ def _sentences(path: Path) -> Iterator[str]:
                 yield line
 
 
-def train_lm(text: str | Path, out_arpa: str | Path, config: LmConfig,
-             vocab: set[str] | None = None) -> LmResult:
+def train_lm(text: str | Path, out_arpa: str | Path, config: LmConfig, vocab: set[str] | None = None) -> LmResult:
     """Train an interpolated-order back-off Kneser-Ney n-gram on ``text`` (one sentence a line).
 
     Sentences with words outside ``vocab`` (the lexicon) are skipped and
@@ -171,8 +178,13 @@ def train_lm(text: str | Path, out_arpa: str | Path, config: LmConfig,
     if used == 0:
         raise ValueError(f"{text}: no usable sentences ({skipped} skipped for words missing from the lexicon)")
     if skipped:
-        log.warning("%s: skipped %d sentences with %d distinct words missing from the lexicon (e.g. %s)",
-                    text, skipped, len(missing), sorted(missing)[0])
+        log.warning(
+            "%s: skipped %d sentences with %d distinct words missing from the lexicon (e.g. %s)",
+            text,
+            skipped,
+            len(missing),
+            sorted(missing)[0],
+        )
     counts.cal_discounting_constants()
     counts.cal_f()
     counts.cal_bow()
@@ -225,8 +237,13 @@ def arpa_vocabulary(arpa: str | Path) -> set[str]:
     return words
 
 
-def prepare_lm(corpus_lm_dir: str | Path, lang_words: Iterable[str], out_dir: str | Path,
-               config: LmConfig, eval_sentences: dict[str, list[str]] | None = None) -> LmResult:
+def prepare_lm(
+    corpus_lm_dir: str | Path,
+    lang_words: Iterable[str],
+    out_dir: str | Path,
+    config: LmConfig,
+    eval_sentences: dict[str, list[str]] | None = None,
+) -> LmResult:
     """``config.official_arpa`` from ``corpus_lm_dir`` when set, else an LM trained on its text.
 
     ``lang_words`` is the lexicon's vocabulary; ``eval_sentences`` (e.g. dev
@@ -239,14 +256,21 @@ def prepare_lm(corpus_lm_dir: str | Path, lang_words: Iterable[str], out_dir: st
     if config.official_arpa:
         official = corpus_lm_dir / config.official_arpa
         if not official.is_file():
-            raise FileNotFoundError(f"{official}: official LM not found (fetch it with 'asrdistill download', "
-                                    f"point at a copy with --lm-dir, or set lm.official_arpa to '' to train one "
-                                    f"on {corpus_lm_dir / config.text})")
+            raise FileNotFoundError(
+                f"{official}: official LM not found (fetch it with 'asrdistill download', "
+                f"point at a copy with --lm-dir, or set lm.official_arpa to '' to train one "
+                f"on {corpus_lm_dir / config.text})"
+            )
         lm_words = arpa_vocabulary(official) - {BOS, EOS}
         missing = sorted(lm_words - vocab)
         if missing:
-            log.warning("%s: %d of %d LM words are not in the lexicon; the graph skips their n-grams (e.g. %s)",
-                        official, len(missing), len(lm_words), ", ".join(missing[:5]))
+            log.warning(
+                "%s: %d of %d LM words are not in the lexicon; the graph skips their n-grams (e.g. %s)",
+                official,
+                len(missing),
+                len(lm_words),
+                ", ".join(missing[:5]),
+            )
         log.info("using official LM %s", official)
         result = LmResult(str(official), "official", missing_words=len(missing), ngram_counts=ngram_counts(official))
     else:
@@ -260,4 +284,3 @@ def prepare_lm(corpus_lm_dir: str | Path, lang_words: Iterable[str], out_dir: st
             log.info("LM perplexity on %s: %.1f (%d OOV tokens excluded)", name, ppl, oov)
     write_json_atomic(out_dir / "lm.json", result.__dict__)
     return result
-

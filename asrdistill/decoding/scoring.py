@@ -34,12 +34,13 @@ class WerResult:
     num_utts: int
     sentence_errors: int
     ser: float
-    missing_hyps: int   # reference utterances without a hypothesis (scored as deletions)
+    missing_hyps: int  # reference utterances without a hypothesis (scored as deletions)
     per_utt: dict[str, list[int]] = field(default_factory=dict)  # utt -> [errors, reference words] (bootstrap)
 
     def summary(self) -> str:
-        return (f"%WER {self.wer:.2f} [ {self.errors} / {self.num_words}, {self.ins} ins, "
-                f"{self.dels} del, {self.sub} sub ]")
+        return (
+            f"%WER {self.wer:.2f} [ {self.errors} / {self.num_words}, {self.ins} ins, {self.dels} del, {self.sub} sub ]"
+        )
 
 
 def read_text(path: str | Path) -> dict[str, str]:
@@ -62,16 +63,24 @@ def _align_rows(ref: list[str], hyp: list[str], chunks) -> tuple[list[str], list
     for c in chunks:
         if c.type == "equal":
             for i, j in zip(range(c.ref_start_idx, c.ref_end_idx), range(c.hyp_start_idx, c.hyp_end_idx)):
-                r_col.append(ref[i]); h_col.append(hyp[j]); ops.append("C")
+                r_col.append(ref[i])
+                h_col.append(hyp[j])
+                ops.append("C")
         elif c.type == "substitute":
             for i, j in zip(range(c.ref_start_idx, c.ref_end_idx), range(c.hyp_start_idx, c.hyp_end_idx)):
-                r_col.append(ref[i]); h_col.append(hyp[j]); ops.append("S")
+                r_col.append(ref[i])
+                h_col.append(hyp[j])
+                ops.append("S")
         elif c.type == "delete":
             for i in range(c.ref_start_idx, c.ref_end_idx):
-                r_col.append(ref[i]); h_col.append("***"); ops.append("D")
+                r_col.append(ref[i])
+                h_col.append("***")
+                ops.append("D")
         elif c.type == "insert":
             for j in range(c.hyp_start_idx, c.hyp_end_idx):
-                r_col.append("***"); h_col.append(hyp[j]); ops.append("I")
+                r_col.append("***")
+                h_col.append(hyp[j])
+                ops.append("I")
         else:
             raise ValueError(f"unknown jiwer alignment type {c.type!r}")
     return r_col, h_col, ops

@@ -7,19 +7,65 @@ of the paper's section 5 (:mod:`asrdistill.nnet.specialists`). The KD loss itsel
 (not re-exported here, so the name ``asrdistill.nnet.train`` stays the module).
 """
 
-from asrdistill.nnet.ensemble import (cache_soft_targets, combine_logits, ensemble_logprobs, frame_accuracy,
-                                      load_teachers, logits_stream, posterior_stream)
+from asrdistill.nnet.ensemble import (
+    cache_soft_targets,
+    combine_logits,
+    ensemble_logprobs,
+    frame_accuracy,
+    load_teachers,
+    logits_stream,
+    posterior_stream,
+)
 from asrdistill.nnet.model import FrameDNN, ModelConfig, load_model
-from asrdistill.nnet.specialists import (SenoneGroup, Specialist, SpecialistConfig, cache_combination_targets,
-                                         cache_specialist_targets, combine, evaluate_specialists, find_groups,
-                                         group_senones, load_specialist, load_specialists, read_groups,
-                                         specialist_stream, stream_accuracy, train_specialist, train_specialists,
-                                         write_groups)
+from asrdistill.nnet.specialists import (
+    SenoneGroup,
+    Specialist,
+    SpecialistConfig,
+    cache_combination_targets,
+    cache_specialist_targets,
+    combine,
+    evaluate_specialists,
+    find_groups,
+    group_senones,
+    load_specialist,
+    load_specialists,
+    read_groups,
+    specialist_stream,
+    stream_accuracy,
+    train_specialist,
+    train_specialists,
+    write_groups,
+)
 from asrdistill.nnet.train import DistillConfig, TrainConfig
 
-__all__ = ["cache_soft_targets", "combine_logits", "ensemble_logprobs", "frame_accuracy", "load_teachers",
-           "logits_stream", "posterior_stream", "FrameDNN", "ModelConfig", "load_model", "DistillConfig", "TrainConfig",
-           "SenoneGroup", "Specialist", "SpecialistConfig", "cache_combination_targets", "cache_specialist_targets",
-           "combine", "evaluate_specialists", "find_groups", "group_senones", "load_specialist", "load_specialists",
-           "read_groups", "specialist_stream", "stream_accuracy", "train_specialist", "train_specialists",
-           "write_groups"]
+__all__ = [
+    "cache_soft_targets",
+    "combine_logits",
+    "ensemble_logprobs",
+    "frame_accuracy",
+    "load_teachers",
+    "logits_stream",
+    "posterior_stream",
+    "FrameDNN",
+    "ModelConfig",
+    "load_model",
+    "DistillConfig",
+    "TrainConfig",
+    "SenoneGroup",
+    "Specialist",
+    "SpecialistConfig",
+    "cache_combination_targets",
+    "cache_specialist_targets",
+    "combine",
+    "evaluate_specialists",
+    "find_groups",
+    "group_senones",
+    "load_specialist",
+    "load_specialists",
+    "read_groups",
+    "specialist_stream",
+    "stream_accuracy",
+    "train_specialist",
+    "train_specialists",
+    "write_groups",
+]

@@ -33,15 +33,31 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import mark_done, stage_done, write_json_atomic, write_text_atomic
 from asrdistill.data.frames import FrameConfig, iter_utterances
-from asrdistill.nnet.model import FrameDNN, autocast, load_model
 from asrdistill.data.shards import SOFT_PREFIX, ShardManifest, write_shard
+from asrdistill.fileio import mark_done, stage_done, write_json_atomic, write_text_atomic
 from asrdistill.logs import progress
+from asrdistill.nnet.model import FrameDNN, autocast, load_model
 
-__all__ = ["EnsembleConfig", "load_teachers", "combine_logits", "ensemble_logprobs", "logits_stream", "posterior_stream",
-           "frame_accuracy", "reference_posteriors", "fingerprint", "soft_target_fidelity", "choose_k", "cache_soft_targets",
-           "build_ensemble", "read_members", "system_checkpoints", "stored_target", "dense_to_topk"]
+__all__ = [
+    "EnsembleConfig",
+    "load_teachers",
+    "combine_logits",
+    "ensemble_logprobs",
+    "logits_stream",
+    "posterior_stream",
+    "frame_accuracy",
+    "reference_posteriors",
+    "fingerprint",
+    "soft_target_fidelity",
+    "choose_k",
+    "cache_soft_targets",
+    "build_ensemble",
+    "read_members",
+    "system_checkpoints",
+    "stored_target",
+    "dense_to_topk",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +68,11 @@ METHODS = ("arithmetic", "geometric")
 class EnsembleConfig:
     """Section ``ensemble``: how the teachers' soft targets are combined and cached."""
 
-    method: str = "arithmetic"         # "arithmetic" or "geometric" mean of the members' posteriors
-    topk: int = 0                      # 0: dense (exact); k > 0: top k + rest; -1: per T, the smallest candidate
-                                       # k reaching min_fidelity on dev (dense if none does)
+    method: str = "arithmetic"  # "arithmetic" or "geometric" mean of the members' posteriors
+    topk: int = 0  # 0: dense (exact); k > 0: top k + rest; -1: per T, the smallest candidate
+    # k reaching min_fidelity on dev (dense if none does)
     k_candidates: list[int] = field(default_factory=lambda: [20, 50, 100, 200, 500, 1000, 2000])
-    min_fidelity: float = 0.97         # share of the exact soft loss a cache must keep (measured on dev)
+    min_fidelity: float = 0.97  # share of the exact soft loss a cache must keep (measured on dev)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -67,8 +83,9 @@ class EnsembleConfig:
             raise ValueError(f"ensemble.min_fidelity must be in (0, 1], got {self.min_fidelity}")
 
 
-def load_teachers(paths: Sequence[str | Path], device: str | torch.device = "cpu",
-                  expect: tuple[int, int] | None = None) -> list[FrameDNN]:
+def load_teachers(
+    paths: Sequence[str | Path], device: str | torch.device = "cpu", expect: tuple[int, int] | None = None
+) -> list[FrameDNN]:
     """Load member checkpoints (eval mode, no grad); they must agree on inputs and senones.
 
     ``expect``: the ``(input_dim, num_classes)`` of the model they will teach, checked too.
@@ -79,9 +96,11 @@ def load_teachers(paths: Sequence[str | Path], device: str | torch.device = "cpu
     want = expect or (models[0].input_dim, models[0].num_classes)
     for path, m in zip(paths, models):
         if (m.input_dim, m.num_classes) != want:
-            raise ValueError(f"{path}: {m.input_dim} inputs / {m.num_classes} senones, but "
-                             f"{'the student' if expect else paths[0]} has {want[0]} / {want[1]} "
-                             "(different context window, feature dim or tree?)")
+            raise ValueError(
+                f"{path}: {m.input_dim} inputs / {m.num_classes} senones, but "
+                f"{'the student' if expect else paths[0]} has {want[0]} / {want[1]} "
+                "(different context window, feature dim or tree?)"
+            )
     return models
 
 
@@ -102,17 +121,27 @@ def combine_logits(logits: Sequence[Tensor], temperature: float = 1.0, method: s
 
 
 @torch.no_grad()
-def ensemble_logprobs(models: Sequence[nn.Module], x: Tensor, temperature: float = 1.0,
-                      method: str = "arithmetic") -> Tensor:
+def ensemble_logprobs(
+    models: Sequence[nn.Module], x: Tensor, temperature: float = 1.0, method: str = "arithmetic"
+) -> Tensor:
     """Ensemble log-posteriors ``(N, C)`` of ``models`` on inputs ``x`` at ``temperature``."""
     return combine_logits([m(x) for m in models], temperature, method)
 
 
 @torch.no_grad()
-def logits_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
-                  labels: ShardManifest | None = None, device: str | torch.device = "cpu", bf16: bool = False, *,
-                  batch_frames: int = 16384, rank: int = 0, world_size: int = 1
-                  ) -> Iterator[tuple[str, list[Tensor], Tensor | None]]:
+def logits_stream(
+    models: Sequence[nn.Module],
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    labels: ShardManifest | None = None,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    *,
+    batch_frames: int = 16384,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[str, list[Tensor], Tensor | None]]:
     """``(utt, each model's logits (T, C) float32, labels (T,) or None)`` over a feature set, in stored order.
 
     The one network pass of the toolkit outside training: posteriors
@@ -137,8 +166,9 @@ def logits_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn,
 
     pending: list[tuple[str, Tensor, Tensor | None]] = []
     size = 0
-    for item in iter_utterances(feats, cmvn, frame_config, labels=labels, device=device, rank=rank,
-                                world_size=world_size):
+    for item in iter_utterances(
+        feats, cmvn, frame_config, labels=labels, device=device, rank=rank, world_size=world_size
+    ):
         pending.append(item)
         size += item[1].shape[0]
         if size >= batch_frames:
@@ -148,25 +178,56 @@ def logits_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn,
         yield from run(pending)
 
 
-def posterior_stream(models: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
-                     labels: ShardManifest | None = None, method: str = "arithmetic",
-                     device: str | torch.device = "cpu", bf16: bool = False, *, batch_frames: int = 16384,
-                     rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+def posterior_stream(
+    models: Sequence[nn.Module],
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    labels: ShardManifest | None = None,
+    method: str = "arithmetic",
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    *,
+    batch_frames: int = 16384,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[str, Tensor, Tensor | None]]:
     """``(utt, log posteriors (T, C) float32, labels (T,) or None)`` of a system over a feature set.
 
     A system is one model or an ensemble (its members combined at T = 1). This is
     what dev frame accuracy during training, ensemble scoring and decoding all
     read, so they cannot disagree on what a system's posterior is.
     """
-    for utt, logits, y in logits_stream(models, feats, cmvn, frame_config, labels, device, bf16,
-                                        batch_frames=batch_frames, rank=rank, world_size=world_size):
+    for utt, logits, y in logits_stream(
+        models,
+        feats,
+        cmvn,
+        frame_config,
+        labels,
+        device,
+        bf16,
+        batch_frames=batch_frames,
+        rank=rank,
+        world_size=world_size,
+    ):
         yield utt, combine_logits(logits, 1.0, method), y
 
 
-def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
-                   frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
-                   bf16: bool = False, *, batch_frames: int = 16384, rank: int = 0, world_size: int = 1,
-                   reference: Mapping[str, Tensor] | None = None) -> dict[str, float]:
+def frame_accuracy(
+    models: Sequence[nn.Module],
+    feats: ShardManifest,
+    labels: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    method: str = "arithmetic",
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    *,
+    batch_frames: int = 16384,
+    rank: int = 0,
+    world_size: int = 1,
+    reference: Mapping[str, Tensor] | None = None,
+) -> dict[str, float]:
     """Frame accuracy and cross-entropy of a system (one model or an ensemble) on every labelled frame of a set.
 
     With ``reference`` (utt -> a reference system's log posteriors, from
@@ -179,8 +240,19 @@ def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: Sh
     rank returns the whole set's figures.
     """
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, correct, frames, KL, agreeing frames
-    for utt, logp, y in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
-                                         batch_frames=batch_frames, rank=rank, world_size=world_size):
+    for utt, logp, y in posterior_stream(
+        models,
+        feats,
+        cmvn,
+        frame_config,
+        labels,
+        method,
+        device,
+        bf16,
+        batch_frames=batch_frames,
+        rank=rank,
+        world_size=world_size,
+    ):
         sums[0] -= logp.gather(1, y[:, None]).sum().double()
         sums[1] += (logp.argmax(-1) == y).sum()
         sums[2] += y.numel()
@@ -202,14 +274,27 @@ def frame_accuracy(models: Sequence[nn.Module], feats: ShardManifest, labels: Sh
 
 
 @torch.no_grad()
-def reference_posteriors(models: Sequence[nn.Module], feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
-                         frame_config: FrameConfig, method: str = "arithmetic", device: str | torch.device = "cpu",
-                         bf16: bool = False, *, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
+def reference_posteriors(
+    models: Sequence[nn.Module],
+    feats: ShardManifest,
+    labels: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    method: str = "arithmetic",
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Tensor]:
     """A system's T = 1 log posteriors on the labelled frames of a set (fp16, on the CPU), computed once so that
     :func:`frame_accuracy` can compare a training model with it after every epoch."""
-    return {utt: logp.to("cpu", torch.float16)
-            for utt, logp, _ in posterior_stream(models, feats, cmvn, frame_config, labels, method, device, bf16,
-                                                 rank=rank, world_size=world_size)}
+    return {
+        utt: logp.to("cpu", torch.float16)
+        for utt, logp, _ in posterior_stream(
+            models, feats, cmvn, frame_config, labels, method, device, bf16, rank=rank, world_size=world_size
+        )
+    }
 
 
 def dense_to_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -244,9 +329,17 @@ def fingerprint(models: Sequence[nn.Module]) -> str:
 
 
 @torch.no_grad()
-def soft_target_fidelity(teachers: Sequence[nn.Module], reference: nn.Module, feats: ShardManifest, cmvn: Cmvn,
-                         frame_config: FrameConfig, temperatures: Sequence[float], ks: Sequence[int] = (0,),
-                         method: str = "arithmetic", device: str | torch.device = "cpu") -> dict[float, dict[int, float]]:
+def soft_target_fidelity(
+    teachers: Sequence[nn.Module],
+    reference: nn.Module,
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    temperatures: Sequence[float],
+    ks: Sequence[int] = (0,),
+    method: str = "arithmetic",
+    device: str | torch.device = "cpu",
+) -> dict[float, dict[int, float]]:
     """Share of the exact soft loss that a cached target lets the student see, per temperature and k.
 
     For every frame of ``feats`` (a held-out set), the exact ensemble
@@ -262,8 +355,9 @@ def soft_target_fidelity(teachers: Sequence[nn.Module], reference: nn.Module, fe
 
     seen = {float(t): {k: 0.0 for k in ks} for t in temperatures}
     exact = {float(t): 0.0 for t in temperatures}
-    for _, all_logits, _ in logits_stream([*teachers, reference], feats, cmvn, frame_config, device=device,
-                                          bf16=torch.device(device).type == "cuda"):
+    for _, all_logits, _ in logits_stream(
+        [*teachers, reference], feats, cmvn, frame_config, device=device, bf16=torch.device(device).type == "cuda"
+    ):
         *logits, student = all_logits
         n = student.shape[0]
         for t in exact:
@@ -282,10 +376,18 @@ def choose_k(fidelity: dict[int, float], num_classes: int, min_fidelity: float) 
 
 
 @torch.no_grad()
-def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn: Cmvn, frame_config: FrameConfig,
-                       out_dirs_by_temperature: dict[float, str | Path], k: int | dict[float, int] = 0,
-                       method: str = "arithmetic", device: str | torch.device = "cpu", force: bool = False,
-                       extra_meta: dict[float, dict] | None = None) -> dict[float, ShardManifest]:
+def cache_soft_targets(
+    teachers: Sequence[nn.Module],
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    out_dirs_by_temperature: dict[float, str | Path],
+    k: int | dict[float, int] = 0,
+    method: str = "arithmetic",
+    device: str | torch.device = "cpu",
+    force: bool = False,
+    extra_meta: dict[float, dict] | None = None,
+) -> dict[float, ShardManifest]:
     """Write the ensemble's soft targets at every temperature, in one inference pass over ``feats``.
 
     ``k`` (one for all temperatures, or per temperature): 0 stores the full
@@ -310,10 +412,21 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
         raise ValueError(f"cache_soft_targets: k must be >= 0 (0 = dense), got {ks}")
     teachers_id = fingerprint(teachers)
     feats_id = hashlib.sha256(feats.path.read_bytes()).hexdigest()
-    info = {t: {"temperature": t, "k": ks[t] if 0 < ks[t] < c else 0, "method": method, "num_classes": c,
-                "num_teachers": len(teachers), "teachers_sha256": teachers_id, "feats": str(feats.path),
-                "feats_sha256": feats_id, "context": [frame_config.left, frame_config.right],
-                **((extra_meta or {}).get(t) or {})} for t in dirs}
+    info = {
+        t: {
+            "temperature": t,
+            "k": ks[t] if 0 < ks[t] < c else 0,
+            "method": method,
+            "num_classes": c,
+            "num_teachers": len(teachers),
+            "teachers_sha256": teachers_id,
+            "feats": str(feats.path),
+            "feats_sha256": feats_id,
+            "context": [frame_config.left, frame_config.right],
+            **((extra_meta or {}).get(t) or {}),
+        }
+        for t in dirs
+    }
     todo = {t: d for t, d in dirs.items() if stage_done(d, "soft", info[t], force) is None}
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=info[t]) for t, d in todo.items()}
     bar = progress(total=feats.num_frames, unit="frame", unit_scale=True, desc="soft targets", disable=not todo)
@@ -322,8 +435,9 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
             break
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
         per_t: dict[float, list] = {t: [] for t in todo}
-        for utt, logits, _ in logits_stream(teachers, one, cmvn, frame_config, device=device,
-                                            bf16=torch.device(device).type == "cuda"):
+        for utt, logits, _ in logits_stream(
+            teachers, one, cmvn, frame_config, device=device, bf16=torch.device(device).type == "cuda"
+        ):
             for t in todo:
                 stored = stored_target(combine_logits(logits, t, method), info[t]["k"])
                 per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
@@ -342,10 +456,18 @@ def cache_soft_targets(teachers: Sequence[nn.Module], feats: ShardManifest, cmvn
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
 
 
-def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, dev_feats: ShardManifest, cmvn: Cmvn,
-                   frame_config: FrameConfig, temperatures: Sequence[float], out_dir: str | Path,
-                   config: EnsembleConfig = EnsembleConfig(), device: str | torch.device = "cpu",
-                   force: bool = False) -> dict[float, dict]:
+def build_ensemble(
+    members: Sequence[str | Path],
+    train_feats: ShardManifest,
+    dev_feats: ShardManifest,
+    cmvn: Cmvn,
+    frame_config: FrameConfig,
+    temperatures: Sequence[float],
+    out_dir: str | Path,
+    config: EnsembleConfig = EnsembleConfig(),
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> dict[float, dict]:
     """Stage 8: the ensemble folder (``members.txt``), the fidelity of each cache form on dev, the soft targets.
 
     ``members`` are the teachers' ``best.pt``; ``members.txt`` lists them
@@ -361,9 +483,12 @@ def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, de
     rel = [os.path.relpath(Path(m).resolve(), out_dir.resolve()) for m in members]
     write_text_atomic(out_dir / "members.txt", "".join(f"{m}\n" for m in rel))
     c = teachers[0].num_classes
-    ks = [0] + ([config.topk] if config.topk > 0 else [k for k in config.k_candidates if k < c] if config.topk < 0 else [])
-    measured = soft_target_fidelity(teachers, teachers[0], dev_feats, cmvn, frame_config, temperatures, ks,
-                                    config.method, device)
+    ks = [0] + (
+        [config.topk] if config.topk > 0 else [k for k in config.k_candidates if k < c] if config.topk < 0 else []
+    )
+    measured = soft_target_fidelity(
+        teachers, teachers[0], dev_feats, cmvn, frame_config, temperatures, ks, config.method, device
+    )
     record: dict[float, dict] = {}
     for t, shares in measured.items():
         k = config.topk if config.topk > 0 else choose_k(shares, c, config.min_fidelity) if config.topk < 0 else 0
@@ -371,15 +496,28 @@ def build_ensemble(members: Sequence[str | Path], train_feats: ShardManifest, de
         form = f"top-{k}" if k else "dense fp16"
         log.info("T=%g: %s soft targets keep %.1f%% of the exact soft loss on dev", t, form, 100 * shares[k])
         if shares[k] < config.min_fidelity:
-            log.warning("T=%g: the %s cache keeps only %.1f%% of the exact soft loss (< %.0f%%): the student will "
-                        "not see the ensemble at this temperature; use ensemble.topk=0 (dense) or train --online",
-                        t, form, 100 * shares[k], 100 * config.min_fidelity)
+            log.warning(
+                "T=%g: the %s cache keeps only %.1f%% of the exact soft loss (< %.0f%%): the student will "
+                "not see the ensemble at this temperature; use ensemble.topk=0 (dense) or train --online",
+                t,
+                form,
+                100 * shares[k],
+                100 * config.min_fidelity,
+            )
     write_json_atomic(out_dir / "fidelity.json", {f"{t:g}": r for t, r in record.items()})
     dirs = {t: out_dir / f"soft_T{t:g}" for t in record}
-    cache_soft_targets(teachers, train_feats, cmvn, frame_config, dirs, {t: r["k"] for t, r in record.items()},
-                       config.method, device, force,
-                       extra_meta={t: {"fidelity": r["fidelity"], "min_fidelity": config.min_fidelity}
-                                   for t, r in record.items()})
+    cache_soft_targets(
+        teachers,
+        train_feats,
+        cmvn,
+        frame_config,
+        dirs,
+        {t: r["k"] for t, r in record.items()},
+        config.method,
+        device,
+        force,
+        extra_meta={t: {"fidelity": r["fidelity"], "min_fidelity": config.min_fidelity} for t, r in record.items()},
+    )
     mark_done(out_dir, "ensemble", {"kind": "ensemble", "members": rel})  # the system's kind, for evaluation
     return record
 
@@ -405,4 +543,3 @@ def system_checkpoints(system_dir: str | Path) -> list[Path]:
     if (system_dir / "best.pt").is_file():
         return [system_dir / "best.pt"]
     raise FileNotFoundError(f"{system_dir}: neither best.pt nor members.txt (was the system trained?)")
-

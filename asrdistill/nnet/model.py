@@ -23,8 +23,8 @@ __all__ = ["ModelConfig", "PRESETS", "FrameDNN", "autocast", "load_model"]
 # preset -> (hidden_layers, hidden_dim)
 PRESETS: dict[str, tuple[int, int]] = {
     "paper": (8, 2560),  # 84.4M parameters with 1040 inputs and 14,000 senones
-    "cpu": (3, 512),     # trains at tens of thousands of frames/s on 2 CPU cores
-    "tiny": (1, 32),     # tests
+    "cpu": (3, 512),  # trains at tens of thousands of frames/s on 2 CPU cores
+    "tiny": (1, 32),  # tests
 }
 
 
@@ -44,7 +44,9 @@ class ModelConfig:
         self.hidden_layers = layers if self.hidden_layers is None else self.hidden_layers
         self.hidden_dim = dim if self.hidden_dim is None else self.hidden_dim
         if self.hidden_layers < 1 or self.hidden_dim < 1:
-            raise ValueError(f"model: hidden_layers and hidden_dim must be >= 1, got {self.hidden_layers}, {self.hidden_dim}")
+            raise ValueError(
+                f"model: hidden_layers and hidden_dim must be >= 1, got {self.hidden_layers}, {self.hidden_dim}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -75,8 +77,11 @@ class FrameDNN(nn.Module):
 
     def describe(self) -> dict:
         """Everything needed to rebuild this model (stored in checkpoints)."""
-        return {"model_config": dataclasses.asdict(self.config), "input_dim": self.input_dim,
-                "num_classes": self.num_classes}
+        return {
+            "model_config": dataclasses.asdict(self.config),
+            "input_dim": self.input_dim,
+            "num_classes": self.num_classes,
+        }
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -64,10 +64,31 @@ from asrdistill.kd import kd_loss
 from asrdistill.nnet.ensemble import fingerprint, posterior_stream, stored_target
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast, load_model
 
-__all__ = ["SpecialistConfig", "SenoneGroup", "Specialist", "DevStats", "dev_statistics", "kmeans", "find_groups",
-           "pdf_phones", "write_groups", "read_groups", "group_senones", "train_specialist", "train_specialists",
-           "load_specialist", "load_specialists", "is_specialists_dir", "load_combination", "combine",
-           "evaluate_specialists", "specialist_stream", "stream_accuracy", "cache_combination_targets", "cache_specialist_targets"]
+__all__ = [
+    "SpecialistConfig",
+    "SenoneGroup",
+    "Specialist",
+    "DevStats",
+    "dev_statistics",
+    "kmeans",
+    "find_groups",
+    "pdf_phones",
+    "write_groups",
+    "read_groups",
+    "group_senones",
+    "train_specialist",
+    "train_specialists",
+    "load_specialist",
+    "load_specialists",
+    "is_specialists_dir",
+    "load_combination",
+    "combine",
+    "evaluate_specialists",
+    "specialist_stream",
+    "stream_accuracy",
+    "cache_combination_targets",
+    "cache_specialist_targets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +100,30 @@ SUMMARY_FILE = "specialists.json"
 class SpecialistConfig:
     """Section ``specialists`` of a recipe config."""
 
-    enabled: bool = False          # run the recipe's optional specialist stages
+    enabled: bool = False  # run the recipe's optional specialist stages
     # groups
-    num_groups: int = 8            # K of the K-means over senones
-    max_group_size: int = 40       # clusters larger than this are split again by K-means
-    num_specialists: int = 0       # train specialists for this many groups, those covering most dev errors (0: all)
+    num_groups: int = 8  # K of the K-means over senones
+    max_group_size: int = 40  # clusters larger than this are split again by K-means
+    num_specialists: int = 0  # train specialists for this many groups, those covering most dev errors (0: all)
     kmeans_iters: int = 50
-    seed: int = 0                  # K-means initialisation and the specialists' data order
+    seed: int = 0  # K-means initialisation and the specialists' data order
     # training
-    targets: str = "hard"          # "hard": labels; "soft": the generalist's targets merged to group + dustbin
-    temperature: float = 2.0       # soft: temperature of the generalist's targets
-    hard_weight: float = 0.5       # soft: weight of the hard-label term
-    group_fraction: float = 0.5    # share of each batch drawn from the group (paper: half)
-    epochs: int = 2                # passes over the group's training frames
-    lr: float = 1e-3               # Adam, starting from the generalist's weights
+    targets: str = "hard"  # "hard": labels; "soft": the generalist's targets merged to group + dustbin
+    temperature: float = 2.0  # soft: temperature of the generalist's targets
+    hard_weight: float = 0.5  # soft: weight of the hard-label term
+    group_fraction: float = 0.5  # share of each batch drawn from the group (paper: half)
+    epochs: int = 2  # passes over the group's training frames
+    lr: float = 1e-3  # Adam, starting from the generalist's weights
     # combination
-    top_classes: int = 1           # the generalist's top classes that activate specialists (paper: 1)
-    combine_steps: int = 10        # iterations of the KL minimisation per frame
+    top_classes: int = 1  # the generalist's top classes that activate specialists (paper: 1)
+    combine_steps: int = 10  # iterations of the KL minimisation per frame
 
     def __post_init__(self) -> None:
         if self.num_groups < 1 or self.max_group_size < 2 or self.num_specialists < 0 or self.kmeans_iters < 1:
-            raise ValueError("specialists: num_groups >= 1, max_group_size >= 2, num_specialists >= 0 and "
-                             "kmeans_iters >= 1 are required")
+            raise ValueError(
+                "specialists: num_groups >= 1, max_group_size >= 2, num_specialists >= 0 and "
+                "kmeans_iters >= 1 are required"
+            )
         if self.targets not in ("hard", "soft"):
             raise ValueError(f"specialists.targets must be 'hard' or 'soft', got {self.targets!r}")
         if self.temperature <= 0 or not 0.0 <= self.hard_weight <= 1.0:
@@ -111,29 +134,39 @@ class SpecialistConfig:
             raise ValueError("specialists: epochs, lr, top_classes and combine_steps must be positive")
 
     def group_fields(self) -> dict:
-        return {k: getattr(self, k) for k in ("num_groups", "max_group_size", "num_specialists", "kmeans_iters",
-                                              "seed")}
+        return {
+            k: getattr(self, k) for k in ("num_groups", "max_group_size", "num_specialists", "kmeans_iters", "seed")
+        }
 
     def train_fields(self) -> dict:
-        return {k: getattr(self, k) for k in ("targets", "temperature", "hard_weight", "group_fraction", "epochs",
-                                              "lr", "seed")}
+        return {
+            k: getattr(self, k)
+            for k in ("targets", "temperature", "hard_weight", "group_fraction", "epochs", "lr", "seed")
+        }
 
 
 # --------------------------------------------------------------------------- 1. confusable groups
+
 
 @dataclass
 class DevStats:
     """What the generalist does on held-out frames: the inputs of the clustering and of the error shares."""
 
-    covariance: Tensor   # (C, C) float64 covariance of the predicted distributions over frames
-    confusions: Tensor   # (C, C) int64 frames with label i predicted as j (errors only: zero diagonal)
+    covariance: Tensor  # (C, C) float64 covariance of the predicted distributions over frames
+    confusions: Tensor  # (C, C) int64 frames with label i predicted as j (errors only: zero diagonal)
     label_counts: Tensor  # (C,) int64 frames labelled with each senone
     frames: int
 
 
 @torch.no_grad()
-def dev_statistics(generalist: FrameDNN, feats: ShardManifest, labels: ShardManifest, cmvn: Cmvn,
-                   frames: FrameConfig, device: str | torch.device = "cpu") -> DevStats:
+def dev_statistics(
+    generalist: FrameDNN,
+    feats: ShardManifest,
+    labels: ShardManifest,
+    cmvn: Cmvn,
+    frames: FrameConfig,
+    device: str | torch.device = "cpu",
+) -> DevStats:
     """One pass of the generalist over a labelled set; sums, not stored posteriors, so memory is O(C^2)."""
     c = generalist.num_classes
     device = torch.device(device)
@@ -143,7 +176,7 @@ def dev_statistics(generalist: FrameDNN, feats: ShardManifest, labels: ShardMani
     counts = torch.zeros(c, dtype=torch.int64, device=device)
     n = 0
     for _, logp, y in posterior_stream([generalist], feats, cmvn, frames, labels, device=device):
-        p = logp.exp().double()                                     # (T, C)
+        p = logp.exp().double()  # (T, C)
         second += p.T @ p
         first += p.sum(0)
         pred = logp.argmax(-1)
@@ -191,9 +224,9 @@ class SenoneGroup:
 
     id: int
     senones: list[int]
-    errors_within: int = 0     # generalist dev errors with label and prediction both in the group
-    errors_touching: int = 0   # dev errors with label or prediction in the group
-    dev_frames: int = 0        # dev frames labelled with a senone of the group
+    errors_within: int = 0  # generalist dev errors with label and prediction both in the group
+    errors_touching: int = 0  # dev errors with label or prediction in the group
+    dev_frames: int = 0  # dev frames labelled with a senone of the group
 
 
 def _split(points: Tensor, members: Tensor, config: SpecialistConfig) -> list[Tensor]:
@@ -218,7 +251,7 @@ def find_groups(stats: DevStats, config: SpecialistConfig) -> list[SenoneGroup]:
     """
     cov = stats.covariance.float()
     points = cov / cov.norm(dim=0, keepdim=True).clamp(min=1e-12)
-    points = points.T.contiguous()                                   # (C, C): row j is senone j's column
+    points = points.T.contiguous()  # (C, C): row j is senone j's column
     assign = kmeans(points, config.num_groups, config.kmeans_iters, config.seed)
     clusters = [torch.nonzero(assign == i).flatten() for i in range(int(assign.max()) + 1)]
     parts = [p for c in clusters if len(c) for p in _split(points, c, config)]
@@ -234,7 +267,7 @@ def find_groups(stats: DevStats, config: SpecialistConfig) -> list[SenoneGroup]:
         groups.append(SenoneGroup(0, s, within, touching, int(label_counts[idx].sum())))
     groups.sort(key=lambda g: (-g.errors_within, -g.errors_touching, g.senones))
     if config.num_specialists:
-        groups = groups[:config.num_specialists]
+        groups = groups[: config.num_specialists]
     for i, g in enumerate(groups):
         g.id = i
     return groups
@@ -246,30 +279,52 @@ def pdf_phones(tree: ContextTree, lang: Lang) -> list[list[str]]:
     for pdf, pairs in enumerate(tree.pdf_info):
         bad = [p for p, _ in pairs if not 0 < p < len(lang.phones)]
         if bad:
-            raise ValueError(f"senone {pdf}: phone id(s) {bad} not in the lang's {len(lang.phones)} phones "
-                             "(tree and lang from different runs?)")
+            raise ValueError(
+                f"senone {pdf}: phone id(s) {bad} not in the lang's {len(lang.phones)} phones "
+                "(tree and lang from different runs?)"
+            )
         out.append(sorted({lang.phones[p] for p, _ in pairs}))
     return out
 
 
-def write_groups(path: str | Path, groups: Sequence[SenoneGroup], stats: DevStats, num_classes: int,
-                 phones: list[list[str]] | None = None, info: dict | None = None) -> None:
+def write_groups(
+    path: str | Path,
+    groups: Sequence[SenoneGroup],
+    stats: DevStats,
+    num_classes: int,
+    phones: list[list[str]] | None = None,
+    info: dict | None = None,
+) -> None:
     """``groups.json``: per group its senones (with their centre phones) and the dev errors it covers."""
     total = int(stats.confusions.sum())
     if phones is not None and len(phones) != num_classes:
         raise ValueError(f"the tree has {len(phones)} senones, the generalist {num_classes}")
     rows = []
     for g in groups:
-        row = {"id": g.id, "size": len(g.senones), "senones": g.senones, "dev_frames": g.dev_frames,
-               "errors_within": g.errors_within, "errors_touching": g.errors_touching,
-               "error_share_within": g.errors_within / total if total else 0.0,
-               "error_share_touching": g.errors_touching / total if total else 0.0}
+        row = {
+            "id": g.id,
+            "size": len(g.senones),
+            "senones": g.senones,
+            "dev_frames": g.dev_frames,
+            "errors_within": g.errors_within,
+            "errors_touching": g.errors_touching,
+            "error_share_within": g.errors_within / total if total else 0.0,
+            "error_share_touching": g.errors_touching / total if total else 0.0,
+        }
         if phones is not None:
             row["phones"] = {str(s): phones[s] for s in g.senones}
             row["centre_phones"] = sorted({p for s in g.senones for p in phones[s]})
         rows.append(row)
-    write_json_atomic(path, {"num_classes": num_classes, "dev_frames": stats.frames, "dev_errors": total,
-                             "groups": rows, "info": info or {}})
+    write_json_atomic(
+        path,
+        {
+            "num_classes": num_classes,
+            "dev_frames": stats.frames,
+            "dev_errors": total,
+            "groups": rows,
+            "info": info or {},
+        },
+    )
 
 
 def read_groups(path: str | Path) -> tuple[list[SenoneGroup], int]:
@@ -278,8 +333,16 @@ def read_groups(path: str | Path) -> tuple[list[SenoneGroup], int]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         c = int(data["num_classes"])
-        groups = [SenoneGroup(int(r["id"]), [int(s) for s in r["senones"]], int(r["errors_within"]),
-                              int(r["errors_touching"]), int(r["dev_frames"])) for r in data["groups"]]
+        groups = [
+            SenoneGroup(
+                int(r["id"]),
+                [int(s) for s in r["senones"]],
+                int(r["errors_within"]),
+                int(r["errors_touching"]),
+                int(r["dev_frames"]),
+            )
+            for r in data["groups"]
+        ]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a usable groups file: {e}") from e
     for g in groups:
@@ -288,17 +351,29 @@ def read_groups(path: str | Path) -> tuple[list[SenoneGroup], int]:
     return groups, c
 
 
-def group_senones(generalist_path: str | Path, data: FrameData, config: SpecialistConfig, out_dir: str | Path, *,
-                  tree: ContextTree | None = None, lang: Lang | None = None, device: str | torch.device = "cpu",
-                  force: bool = False) -> list[SenoneGroup]:
+def group_senones(
+    generalist_path: str | Path,
+    data: FrameData,
+    config: SpecialistConfig,
+    out_dir: str | Path,
+    *,
+    tree: ContextTree | None = None,
+    lang: Lang | None = None,
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> list[SenoneGroup]:
     """The groups stage: ``out_dir/groups.json`` from the generalist's predictions on ``data``'s dev set (kept if
     inputs are unchanged)."""
     path = Path(out_dir) / GROUPS_FILE
     generalist = load_model(generalist_path, device)
     (dev_feats, dev_labels), cmvn, frames = data.labelled(data.dev_set), data.cmvn(), data.frames
-    info = {"generalist": fingerprint([generalist]), "dev": [str(dev_feats.path), str(dev_labels.path)],
-            "context": [frames.left, frames.right], "config": config.group_fields(),
-            "phones": tree is not None and lang is not None}
+    info = {
+        "generalist": fingerprint([generalist]),
+        "dev": [str(dev_feats.path), str(dev_labels.path)],
+        "context": [frames.left, frames.right],
+        "config": config.group_fields(),
+        "phones": tree is not None and lang is not None,
+    }
     if stage_done(out_dir, "groups", info, force) is not None:
         return read_groups(path)[0]
     stats = dev_statistics(generalist, dev_feats, dev_labels, cmvn, frames, device)
@@ -307,20 +382,26 @@ def group_senones(generalist_path: str | Path, data: FrameData, config: Speciali
     write_groups(path, groups, stats, generalist.num_classes, phones, info)
     mark_done(out_dir, "groups", {"groups": len(groups)}, info)
     total = int(stats.confusions.sum())
-    log.info("%s: %d groups of %s senones cover %d of the generalist's %d dev errors within a group", path,
-             len(groups), "/".join(str(len(g.senones)) for g in groups) or "no", sum(g.errors_within for g in groups),
-             total)
+    log.info(
+        "%s: %d groups of %s senones cover %d of the generalist's %d dev errors within a group",
+        path,
+        len(groups),
+        "/".join(str(len(g.senones)) for g in groups) or "no",
+        sum(g.errors_within for g in groups),
+        total,
+    )
     return groups
 
 
 # --------------------------------------------------------------------------- 2. specialists
+
 
 @dataclass
 class Specialist:
     """A model over ``len(senones) + 1`` classes: the group's senones in order, then the dustbin."""
 
     model: FrameDNN
-    senones: Tensor   # (S,) int64 senone ids of the group
+    senones: Tensor  # (S,) int64 senone ids of the group
 
 
 def _class_map(senones: Tensor, num_classes: int) -> Tensor:
@@ -369,8 +450,16 @@ def _enriched(stream: FrameStream, epoch: int, in_group: Tensor, fraction: float
             yield Batch(torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]), None, None)
 
 
-def train_specialist(generalist: FrameDNN, group: SenoneGroup, data: FrameData, config: SpecialistConfig,
-                     out_dir: str | Path, *, device: str | torch.device = "cpu", force: bool = False) -> dict:
+def train_specialist(
+    generalist: FrameDNN,
+    group: SenoneGroup,
+    data: FrameData,
+    config: SpecialistConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> dict:
     """Train one specialist on ``data``'s train set into ``out_dir/final.pt``; returns its dev metrics (kept when
     already done).
 
@@ -391,9 +480,15 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, data: FrameData, 
     device = torch.device(device)
     (feats, labels), (dev_feats, dev_labels) = data.labelled(data.train_set), data.labelled(data.dev_set)
     cmvn, frames = data.cmvn(), data.frames
-    info = {"generalist": fingerprint([generalist]), "senones": group.senones, "feats": str(feats.path),
-            "labels": str(labels.path), "dev": [str(dev_feats.path), str(dev_labels.path)],
-            "frames": to_dict(frames), "config": config.train_fields()}
+    info = {
+        "generalist": fingerprint([generalist]),
+        "senones": group.senones,
+        "feats": str(feats.path),
+        "labels": str(labels.path),
+        "dev": [str(dev_feats.path), str(dev_labels.path)],
+        "frames": to_dict(frames),
+        "config": config.train_fields(),
+    }
     done = stage_done(out_dir, "specialist", info, force)
     if done is not None:
         return done["result"]
@@ -428,19 +523,32 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, data: FrameData, 
                     with torch.no_grad():  # merged at T = 1, then softened like logits (see the docstring)
                         merged = _merge(torch.log_softmax(generalist(batch.x).float(), -1), senones)
                         teacher = torch.softmax(merged / config.temperature, -1)
-                    loss = kd_loss(logits, teacher_probs=teacher, labels=y, temperature=config.temperature,
-                                   hard_weight=config.hard_weight, check_values=False)
+                    loss = kd_loss(
+                        logits,
+                        teacher_probs=teacher,
+                        labels=y,
+                        temperature=config.temperature,
+                        hard_weight=config.hard_weight,
+                        check_values=False,
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             batches += 1
         steps += batches
-        log.info("specialist %d epoch %d: %d batches, train loss %.4f", group.id, epoch, batches,
-                 loss_sum.item() / max(batches, 1))
+        log.info(
+            "specialist %d epoch %d: %d batches, train loss %.4f",
+            group.id,
+            epoch,
+            batches,
+            loss_sum.item() / max(batches, 1),
+        )
     if steps == 0:
-        raise ValueError(f"{labels.path}: too few frames of group {group.id} ({len(senones)} senones) for one "
-                         f"batch of {frames.batch_size}")
+        raise ValueError(
+            f"{labels.path}: too few frames of group {group.id} ({len(senones)} senones) for one "
+            f"batch of {frames.batch_size}"
+        )
     # undo the oversampling: the prior odds of dustbin vs group were (1 - r) / r in training, (1 - f) / f in the
     # data. Soft targets carry the data's prior already, so only the hard term's share of the shift applies.
     f = _group_share(labels, in_group.cpu())
@@ -451,17 +559,33 @@ def train_specialist(generalist: FrameDNN, group: SenoneGroup, data: FrameData, 
     with torch.no_grad():
         model.output.bias[len(senones)] += correction
     model.eval()
-    result = {"group": group.id, "size": len(senones), "steps": steps, "train_group_share": f,
-              "dustbin_correction": correction, **_dev_group_metrics(generalist, model, senones, dev_feats,
-                                                                      dev_labels, cmvn, frames, device)}
-    ckpt = {**model.describe(), "model": model.state_dict(), "senones": group.senones, "num_pdfs": c,
-            "generalist": info["generalist"], "result": result}
+    result = {
+        "group": group.id,
+        "size": len(senones),
+        "steps": steps,
+        "train_group_share": f,
+        "dustbin_correction": correction,
+        **_dev_group_metrics(generalist, model, senones, dev_feats, dev_labels, cmvn, frames, device),
+    }
+    ckpt = {
+        **model.describe(),
+        "model": model.state_dict(),
+        "senones": group.senones,
+        "num_pdfs": c,
+        "generalist": info["generalist"],
+        "result": result,
+    }
     with atomic_path(out_dir / "final.pt") as tmp:
         torch.save(ckpt, tmp)
     mark_done(out_dir, "specialist", {"result": result}, info)
-    log.info("specialist %d (%d senones): dev accuracy on its frames %.2f%% (generalist %.2f%%) over %d frames",
-             group.id, len(senones), 100 * result["dev_acc"], 100 * result["generalist_dev_acc"],
-             result["dev_frames"])
+    log.info(
+        "specialist %d (%d senones): dev accuracy on its frames %.2f%% (generalist %.2f%%) over %d frames",
+        group.id,
+        len(senones),
+        100 * result["dev_acc"],
+        100 * result["generalist_dev_acc"],
+        result["dev_frames"],
+    )
     return result
 
 
@@ -479,8 +603,16 @@ def _group_share(labels: ShardManifest, in_group: Tensor) -> float:
 
 
 @torch.no_grad()
-def _dev_group_metrics(generalist: FrameDNN, model: FrameDNN, senones: Tensor, feats: ShardManifest,
-                       labels: ShardManifest, cmvn: Cmvn, frames: FrameConfig, device: torch.device) -> dict:
+def _dev_group_metrics(
+    generalist: FrameDNN,
+    model: FrameDNN,
+    senones: Tensor,
+    feats: ShardManifest,
+    labels: ShardManifest,
+    cmvn: Cmvn,
+    frames: FrameConfig,
+    device: torch.device,
+) -> dict:
     """Accuracy over group + dustbin on the dev frames labelled with a group senone, specialist vs generalist."""
     lut = _class_map(senones, generalist.num_classes)
     hit_s = hit_g = n = 0
@@ -492,12 +624,16 @@ def _dev_group_metrics(generalist: FrameDNN, model: FrameDNN, senones: Tensor, f
         hit_s += int((model(x).argmax(-1) == y).sum())
         hit_g += int((_merge(torch.log_softmax(generalist(x).float(), -1), senones).argmax(-1) == y).sum())
         n += y.numel()
-    return {"dev_frames": n, "dev_acc": hit_s / n if n else float("nan"),
-            "generalist_dev_acc": hit_g / n if n else float("nan")}
+    return {
+        "dev_frames": n,
+        "dev_acc": hit_s / n if n else float("nan"),
+        "generalist_dev_acc": hit_g / n if n else float("nan"),
+    }
 
 
-def load_specialist(path: str | Path, device: str | torch.device = "cpu",
-                    generalist: FrameDNN | None = None) -> Specialist:
+def load_specialist(
+    path: str | Path, device: str | torch.device = "cpu", generalist: FrameDNN | None = None
+) -> Specialist:
     """A specialist written by :func:`train_specialist` (tensors and plain data only: ``weights_only``).
 
     With ``generalist``, the specialist must have been trained from those very weights.
@@ -517,8 +653,15 @@ def load_specialist(path: str | Path, device: str | torch.device = "cpu",
     return Specialist(model.to(device).eval().requires_grad_(False), senones.to(device))
 
 
-def train_specialists(generalist_path: str | Path, data: FrameData, config: SpecialistConfig, out_dir: str | Path,
-                      *, device: str | torch.device = "cpu", force: bool = False) -> dict:
+def train_specialists(
+    generalist_path: str | Path,
+    data: FrameData,
+    config: SpecialistConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> dict:
     """The training stage: one specialist per group of ``out_dir/groups.json`` in ``out_dir/spec_NN``.
 
     A group that cannot be trained (e.g. too few frames) is logged and skipped;
@@ -529,27 +672,37 @@ def train_specialists(generalist_path: str | Path, data: FrameData, config: Spec
     groups, c = read_groups(out_dir / GROUPS_FILE)
     generalist = load_model(generalist_path, device)
     if generalist.num_classes != c:
-        raise ValueError(f"{out_dir / GROUPS_FILE}: groups over {c} senones, {generalist_path} has "
-                         f"{generalist.num_classes}")
+        raise ValueError(
+            f"{out_dir / GROUPS_FILE}: groups over {c} senones, {generalist_path} has {generalist.num_classes}"
+        )
     trained, skipped = {}, {}
     for g in groups:
         try:
-            trained[g.id] = train_specialist(generalist, g, data, config, out_dir / f"spec_{g.id:02d}",
-                                             device=device, force=force)
+            trained[g.id] = train_specialist(
+                generalist, g, data, config, out_dir / f"spec_{g.id:02d}", device=device, force=force
+            )
         except ValueError as e:
             log.error("specialist %d skipped: %s", g.id, e)
             skipped[g.id] = str(e)
     # the generalist relative to the folder (as an ensemble's members.txt): evaluation finds the system from here
-    summary = {"generalist": os.path.relpath(Path(generalist_path).resolve(), out_dir.resolve()),
-               "trained": {str(k): v for k, v in trained.items()}, "skipped": {str(k): v for k, v in skipped.items()}}
+    summary = {
+        "generalist": os.path.relpath(Path(generalist_path).resolve(), out_dir.resolve()),
+        "trained": {str(k): v for k, v in trained.items()},
+        "skipped": {str(k): v for k, v in skipped.items()},
+    }
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
-    log.info("%d specialists trained, %d skipped%s", len(trained), len(skipped),
-             f" (groups {sorted(skipped)}; reasons in {out_dir / 'specialists.json'})" if skipped else "")
+    log.info(
+        "%d specialists trained, %d skipped%s",
+        len(trained),
+        len(skipped),
+        f" (groups {sorted(skipped)}; reasons in {out_dir / 'specialists.json'})" if skipped else "",
+    )
     return summary
 
 
-def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
-                     generalist: FrameDNN | None = None) -> list[Specialist]:
+def load_specialists(
+    out_dir: str | Path, device: str | torch.device = "cpu", generalist: FrameDNN | None = None
+) -> list[Specialist]:
     """The specialists the training stage listed in ``out_dir/specialists.json``, checked against their groups
     (and, with ``generalist``, against the generalist they were trained from)."""
     out_dir = Path(out_dir)
@@ -559,8 +712,10 @@ def load_specialists(out_dir: str | Path, device: str | torch.device = "cpu",
     for i in ids:
         spec = load_specialist(out_dir / f"spec_{i:02d}" / "final.pt", device, generalist)
         if i not in groups or spec.senones.tolist() != groups[i].senones:
-            raise ValueError(f"{out_dir / f'spec_{i:02d}'}: its senones differ from group {i} of "
-                             f"{out_dir / GROUPS_FILE} (stale specialist?)")
+            raise ValueError(
+                f"{out_dir / f'spec_{i:02d}'}: its senones differ from group {i} of "
+                f"{out_dir / GROUPS_FILE} (stale specialist?)"
+            )
         out.append(spec)
     if not out:
         raise ValueError(f"{out_dir / SUMMARY_FILE}: no trained specialists")
@@ -583,15 +738,18 @@ def is_specialists_dir(path: str | Path) -> bool:
     return (Path(path) / SUMMARY_FILE).is_file()
 
 
-def load_combination(out_dir: str | Path,
-                     device: str | torch.device = "cpu") -> tuple[Path, FrameDNN, list[Specialist]]:
+def load_combination(
+    out_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Path, FrameDNN, list[Specialist]]:
     """The generalist+specialists system of a specialists folder: the generalist's checkpoint (as the
     summary names it), the generalist, and the specialists checked to be trained from it."""
     out_dir = Path(out_dir)
     summary = _summary(out_dir)
     if "generalist" not in summary:
-        raise ValueError(f"{out_dir / SUMMARY_FILE}: names no generalist (written before it recorded one: "
-                         "run specialists-train again)")
+        raise ValueError(
+            f"{out_dir / SUMMARY_FILE}: names no generalist (written before it recorded one: "
+            "run specialists-train again)"
+        )
     path = Path(summary["generalist"])
     path = path if path.is_absolute() else out_dir / path
     if not path.is_file():
@@ -601,6 +759,7 @@ def load_combination(out_dir: str | Path,
 
 
 # --------------------------------------------------------------------------- 3. combination
+
 
 def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], steps: int = 10) -> Tensor:
     """Log of ``q`` (N, C) minimising ``KL(p_g || q) + sum_m KL(p_m || q_m)`` for every frame at once.
@@ -631,13 +790,15 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
     local[active] = torch.arange(len(active), device=device)
     logp_g = logp_all[active]
     n, c = logp_g.shape
-    group_mass = torch.zeros(n, c, device=device)      # sum_m p_m on its group's senones
+    group_mass = torch.zeros(n, c, device=device)  # sum_m p_m on its group's senones
     dust = torch.zeros(n, len(outputs), device=device)  # (N, M) each active specialist's dustbin mass
     outside = torch.ones(len(outputs), c, device=device)
     for m, (senones, rows, logp) in enumerate(outputs):
         if logp.shape != (len(rows), len(senones) + 1):
-            raise ValueError(f"combine: specialist {m} gives {tuple(logp.shape)} for {len(rows)} frames and "
-                             f"{len(senones)} senones + dustbin")
+            raise ValueError(
+                f"combine: specialist {m} gives {tuple(logp.shape)} for {len(rows)} frames and "
+                f"{len(senones)} senones + dustbin"
+            )
         p = logp.float().exp()
         rows = local[rows]
         group_mass[rows[:, None], senones[None, :]] += p[:, :-1]
@@ -646,7 +807,7 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
     log_fixed = torch.logaddexp(logp_g, group_mass.log())  # the terms that do not depend on q
     logq = logp_g
     for _ in range(steps):
-        q_out = logq.exp() @ outside.T                                        # (N, M) q's mass outside each group
+        q_out = logq.exp() @ outside.T  # (N, M) q's mass outside each group
         spread = (dust / q_out.clamp(min=1e-30)) @ outside  # (N, C)
         logq = torch.log_softmax(torch.logaddexp(log_fixed, logq + spread.log()), dim=-1)  # the sum is W
     out = logp_all.clone()
@@ -655,10 +816,18 @@ def combine(gen_logp: Tensor, outputs: Sequence[tuple[Tensor, Tensor, Tensor]], 
 
 
 @torch.no_grad()
-def specialist_stream(generalist: FrameDNN, specialists: Sequence[Specialist], feats: ShardManifest, cmvn: Cmvn,
-                      frames: FrameConfig, labels: ShardManifest | None = None, top_classes: int = 1,
-                      steps: int = 10, device: str | torch.device = "cpu", bf16: bool = False
-                      ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+def specialist_stream(
+    generalist: FrameDNN,
+    specialists: Sequence[Specialist],
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frames: FrameConfig,
+    labels: ShardManifest | None = None,
+    top_classes: int = 1,
+    steps: int = 10,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> Iterator[tuple[str, Tensor, Tensor | None]]:
     """``(utt, log q (T, C) float32, labels or None)``: the generalist + specialists system over a set.
 
     The same form as :func:`asrdistill.nnet.ensemble.posterior_stream`: the
@@ -675,19 +844,17 @@ def specialist_stream(generalist: FrameDNN, specialists: Sequence[Specialist], f
     for utt, x, y in iter_utterances(feats, cmvn, frames, labels=labels, device=device):
         with autocast(device, bf16):
             gen = torch.log_softmax(generalist(x).float(), dim=-1)
-            top = gen.topk(min(top_classes, c), dim=-1).indices                # (T, k)
-            active = member.T[top].any(1)                                     # (T, M)
+            top = gen.topk(min(top_classes, c), dim=-1).indices  # (T, k)
+            active = member.T[top].any(1)  # (T, M)
             outputs = []
             for m, s in enumerate(specialists):
                 rows = torch.nonzero(active[:, m]).flatten()
                 if len(rows):
-                    outputs.append((s.senones.to(device), rows,
-                                    torch.log_softmax(s.model(x[rows]).float(), dim=-1)))
+                    outputs.append((s.senones.to(device), rows, torch.log_softmax(s.model(x[rows]).float(), dim=-1)))
         yield utt, combine(gen, outputs, steps), y
 
 
-def stream_accuracy(stream: Iterable[tuple[str, Tensor, Tensor | None]],
-                    groups: Sequence[Sequence[int]] = ()) -> dict:
+def stream_accuracy(stream: Iterable[tuple[str, Tensor, Tensor | None]], groups: Sequence[Sequence[int]] = ()) -> dict:
     """Frame accuracy and cross-entropy of a posterior stream, also split by whether the label is in a group.
 
     ``acc_in_groups`` covers the frames labelled with a senone of any group
@@ -714,12 +881,26 @@ def stream_accuracy(stream: Iterable[tuple[str, Tensor, Tensor | None]],
     if not counts["all"]:
         raise ValueError("stream_accuracy: no labelled frames")
     rate = lambda k: hits[k] / counts[k] if counts[k] else float("nan")  # noqa: E731
-    return {"acc": rate("all"), "loss": loss / counts["all"], "frames": counts["all"], "acc_in_groups": rate("in"),
-            "frames_in_groups": counts["in"], "acc_outside": rate("out"), "frames_outside": counts["out"]}
+    return {
+        "acc": rate("all"),
+        "loss": loss / counts["all"],
+        "frames": counts["all"],
+        "acc_in_groups": rate("in"),
+        "frames_in_groups": counts["in"],
+        "acc_outside": rate("out"),
+        "frames_outside": counts["out"],
+    }
 
 
-def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, data: FrameData, subsets: Sequence[str],
-                         config: SpecialistConfig, *, device: str | torch.device = "cpu") -> dict:
+def evaluate_specialists(
+    generalist_path: str | Path,
+    out_dir: str | Path,
+    data: FrameData,
+    subsets: Sequence[str],
+    config: SpecialistConfig,
+    *,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Frame accuracy of the generalist and of generalist + specialists on each labelled set, in and outside the groups.
 
     ``subsets``: names of ``data``'s labelled sets. Writes ``out_dir/frame_accuracy.json``.
@@ -729,28 +910,53 @@ def evaluate_specialists(generalist_path: str | Path, out_dir: str | Path, data:
     generalist = load_model(generalist_path, device)
     specialists = load_specialists(out_dir, device, generalist)
     groups = [s.senones.tolist() for s in specialists]
-    result = {"specialists": len(specialists), "top_classes": config.top_classes,
-              "combine_steps": config.combine_steps, "sets": {}}
+    result = {
+        "specialists": len(specialists),
+        "top_classes": config.top_classes,
+        "combine_steps": config.combine_steps,
+        "sets": {},
+    }
     for name in subsets:
         feats, labels = data.labelled(name)
         gen = stream_accuracy(posterior_stream([generalist], feats, cmvn, frames, labels, device=device), groups)
-        comb = stream_accuracy(specialist_stream(generalist, specialists, feats, cmvn, frames, labels,
-                                                 config.top_classes, config.combine_steps, device), groups)
+        comb = stream_accuracy(
+            specialist_stream(
+                generalist, specialists, feats, cmvn, frames, labels, config.top_classes, config.combine_steps, device
+            ),
+            groups,
+        )
         result["sets"][name] = {"generalist": gen, "generalist+specialists": comb}
-        log.info("%s: frame acc generalist %.2f%% -> with specialists %.2f%% (in groups %.2f%% -> %.2f%%, "
-                 "outside %.2f%% -> %.2f%%)", name, 100 * gen["acc"], 100 * comb["acc"], 100 * gen["acc_in_groups"],
-                 100 * comb["acc_in_groups"], 100 * gen["acc_outside"], 100 * comb["acc_outside"])
+        log.info(
+            "%s: frame acc generalist %.2f%% -> with specialists %.2f%% (in groups %.2f%% -> %.2f%%, "
+            "outside %.2f%% -> %.2f%%)",
+            name,
+            100 * gen["acc"],
+            100 * comb["acc"],
+            100 * gen["acc_in_groups"],
+            100 * comb["acc_in_groups"],
+            100 * gen["acc_outside"],
+            100 * comb["acc_outside"],
+        )
     write_json_atomic(out_dir / "frame_accuracy.json", result)
     return result
 
 
 # --------------------------------------------------------------------------- 4. distilling the combination
 
+
 @torch.no_grad()
-def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specialist], feats: ShardManifest,
-                              cmvn: Cmvn, frames: FrameConfig, out_dirs_by_temperature: dict[float, str | Path],
-                              config: SpecialistConfig, device: str | torch.device = "cpu", info: dict | None = None,
-                              force: bool = False) -> dict[float, ShardManifest]:
+def cache_combination_targets(
+    generalist: FrameDNN,
+    specialists: Sequence[Specialist],
+    feats: ShardManifest,
+    cmvn: Cmvn,
+    frames: FrameConfig,
+    out_dirs_by_temperature: dict[float, str | Path],
+    config: SpecialistConfig,
+    device: str | torch.device = "cpu",
+    info: dict | None = None,
+    force: bool = False,
+) -> dict[float, ShardManifest]:
     """Dense soft targets of the combination on ``feats``, one folder per temperature, in one pass.
 
     Shards ``soft-NNNNNN.tar`` aligned with the feature shards hold
@@ -762,17 +968,34 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
     """
     dirs = {float(t): Path(d) for t, d in out_dirs_by_temperature.items()}
     c = generalist.num_classes
-    meta = {t: {"temperature": t, "num_classes": c, "source": "generalist+specialists", "feats": str(feats.path),
-                "context": [frames.left, frames.right], "top_classes": config.top_classes,
-                "combine_steps": config.combine_steps, **(info or {})} for t in dirs}
+    meta = {
+        t: {
+            "temperature": t,
+            "num_classes": c,
+            "source": "generalist+specialists",
+            "feats": str(feats.path),
+            "context": [frames.left, frames.right],
+            "top_classes": config.top_classes,
+            "combine_steps": config.combine_steps,
+            **(info or {}),
+        }
+        for t in dirs
+    }
     todo = {t: d for t, d in dirs.items() if stage_done(d, "soft", meta[t], force) is None}
     manifests = {t: ShardManifest(d, SOFT_PREFIX, meta=meta[t]) for t, d in todo.items()}
     for index, shard in enumerate(feats.shards if todo else []):
         one = ShardManifest(feats.directory, feats.prefix, [shard], feats.meta)
         per_t: dict[float, list] = {t: [] for t in todo}
-        for utt, logq, _ in specialist_stream(generalist, specialists, one, cmvn, frames,
-                                              top_classes=config.top_classes, steps=config.combine_steps,
-                                              device=device):
+        for utt, logq, _ in specialist_stream(
+            generalist,
+            specialists,
+            one,
+            cmvn,
+            frames,
+            top_classes=config.top_classes,
+            steps=config.combine_steps,
+            device=device,
+        ):
             for t in todo:
                 stored = stored_target(torch.log_softmax(logq / t, dim=-1), 0)  # dense, as the ensemble's
                 per_t[t].append((utt, {name: v.cpu().numpy() for name, v in stored.items()}))
@@ -783,14 +1006,26 @@ def cache_combination_targets(generalist: FrameDNN, specialists: Sequence[Specia
     for t, manifest in manifests.items():
         manifest.save()
         mark_done(todo[t], "soft", meta[t], meta[t])
-        log.info("%s: dense soft targets of generalist + %d specialists at T=%g for %d frames", todo[t],
-                 len(specialists), t, manifest.num_frames)
+        log.info(
+            "%s: dense soft targets of generalist + %d specialists at T=%g for %d frames",
+            todo[t],
+            len(specialists),
+            t,
+            manifest.num_frames,
+        )
     return {t: manifests[t] if t in manifests else ShardManifest.load(d, SOFT_PREFIX) for t, d in dirs.items()}
 
 
-def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, data: FrameData,
-                             temperatures: Sequence[float], config: SpecialistConfig, *,
-                             device: str | torch.device = "cpu", force: bool = False) -> dict[float, ShardManifest]:
+def cache_specialist_targets(
+    generalist_path: str | Path,
+    out_dir: str | Path,
+    data: FrameData,
+    temperatures: Sequence[float],
+    config: SpecialistConfig,
+    *,
+    device: str | torch.device = "cpu",
+    force: bool = False,
+) -> dict[float, ShardManifest]:
     """The caching stage: :func:`cache_combination_targets` of the trained specialists on ``data``'s train set
     into ``out_dir/soft_T<t>``.
 
@@ -802,5 +1037,6 @@ def cache_specialist_targets(generalist_path: str | Path, out_dir: str | Path, d
     specialists = load_specialists(out_dir, device, generalist)
     info = {"generalist": fingerprint([generalist]), "specialists": fingerprint([s.model for s in specialists])}
     dirs = {float(t): out_dir / f"soft_T{t:g}" for t in temperatures}
-    return cache_combination_targets(generalist, specialists, data.feats(data.train_set), data.cmvn(), data.frames,
-                                     dirs, config, device, info, force)
+    return cache_combination_targets(
+        generalist, specialists, data.feats(data.train_set), data.cmvn(), data.frames, dirs, config, device, info, force
+    )

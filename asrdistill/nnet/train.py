@@ -49,16 +49,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrdistill.config import from_dict, to_dict
-from asrdistill.nnet.ensemble import (ensemble_logprobs, fingerprint, frame_accuracy, load_teachers, read_members,
-                                     reference_posteriors, system_checkpoints)
 from asrdistill.data.features import Cmvn
-from asrdistill.fileio import (atomic_path, clear_done, json_safe, load_weights, mark_done, remove_temporaries,
-                               stage_done, write_text_atomic)
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
-from asrdistill.kd import kd_loss
-from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.fileio import (
+    atomic_path,
+    clear_done,
+    json_safe,
+    load_weights,
+    mark_done,
+    remove_temporaries,
+    stage_done,
+    write_text_atomic,
+)
+from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
+from asrdistill.nnet.ensemble import (
+    ensemble_logprobs,
+    fingerprint,
+    frame_accuracy,
+    load_teachers,
+    read_members,
+    reference_posteriors,
+    system_checkpoints,
+)
+from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.results import COMBINED
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
@@ -66,23 +81,33 @@ __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train"
 log = logging.getLogger(__name__)
 
 # fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {"log_every", "checkpoint_every", "progress", "compile", "device", "kind", "reference",
-                "monitor_frames", "improve_tol"}
+_OPERATIONAL = {
+    "log_every",
+    "checkpoint_every",
+    "progress",
+    "compile",
+    "device",
+    "kind",
+    "reference",
+    "monitor_frames",
+    "improve_tol",
+}
 
 
 # --------------------------------------------------------------------------- config
+
 
 @dataclass
 class DistillConfig:
     """Soft-target training (section ``train.distill``)."""
 
     temperature: float = 2.0
-    hard_weight: float = 0.5           # weight of the hard-label cross-entropy; 0 = soft targets only
-    source: str = "cached"             # "cached": top-k shards; "online": run the teachers on each batch
-    soft_targets: str = ""             # cached: folder with soft.manifest.json written at this temperature
+    hard_weight: float = 0.5  # weight of the hard-label cross-entropy; 0 = soft targets only
+    source: str = "cached"  # "cached": top-k shards; "online": run the teachers on each batch
+    soft_targets: str = ""  # cached: folder with soft.manifest.json written at this temperature
     teachers: list[str] = field(default_factory=list)  # online: teacher checkpoints (best.pt)
-    method: str = "arithmetic"         # online: "arithmetic" or "geometric" mean of teacher posteriors
-    min_fidelity: float = 0.97         # cached: warn loudly when the cache kept less of the exact soft loss
+    method: str = "arithmetic"  # online: "arithmetic" or "geometric" mean of teacher posteriors
+    min_fidelity: float = 0.97  # cached: warn loudly when the cache kept less of the exact soft loss
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -103,44 +128,44 @@ class DistillConfig:
 class TrainConfig:
     """One DNN training run (section ``train`` of a recipe config)."""
 
-    train_feats: str = ""              # folder with feats.manifest.json
-    train_labels: str = ""             # folder with pdf.manifest.json (aligned with the features)
+    train_feats: str = ""  # folder with feats.manifest.json
+    train_labels: str = ""  # folder with pdf.manifest.json (aligned with the features)
     dev_feats: str = ""
     dev_labels: str = ""
-    cmvn: str = ""                     # cmvn.json of the training features
-    num_classes: int = 0               # senones; 0 = "num_pdfs" from the label manifest's meta
+    cmvn: str = ""  # cmvn.json of the training features
+    num_classes: int = 0  # senones; 0 = "num_pdfs" from the label manifest's meta
     model: ModelConfig = field(default_factory=ModelConfig)
     frames: FrameConfig = field(default_factory=FrameConfig)
     distill: DistillConfig | None = None
-    data_fraction: float = 1.0         # train on this fraction of the utterances (hash-chosen, fixed)
-    fraction_passes: int = 0           # passes over that subset per epoch; 0: as many as make an epoch of the
-                                       # full data's frames, so max epochs, newbob and patience mean the same
-                                       # number of updates as for a full-data run
-    seed: int = 0                      # model init and data order
+    data_fraction: float = 1.0  # train on this fraction of the utterances (hash-chosen, fixed)
+    fraction_passes: int = 0  # passes over that subset per epoch; 0: as many as make an epoch of the
+    # full data's frames, so max epochs, newbob and patience mean the same
+    # number of updates as for a full-data run
+    seed: int = 0  # model init and data order
     epochs: int = 10
-    optimizer: str = "sgd"             # "sgd" (with momentum) or "adam"
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "newbob"           # "newbob", "cosine" or "constant"
+    schedule: str = "newbob"  # "newbob", "cosine" or "constant"
     warmup_steps: int = 500
-    newbob_threshold: float = 0.002    # halve the LR when an epoch gains less dev accuracy than this
-    stop_threshold: float = 0.0        # newbob, if > 0 (Kaldi nnet1): once halving has started, halve every
-                                       # epoch and stop when an epoch gains less than this; 0: off
-    patience: int = 3                  # stop after this many epochs without a dev gain (0: never)
-    improve_tol: float = 0.001         # a run whose last epoch still gained more dev accuracy than this was cut off
-                                       # while improving: flagged in its result (``still_improving``)
-    reference: str = ""                # ensemble (members.txt) or system folder that each epoch's KL and top-1
-                                       # agreement are measured against; "" for a distilled run: its own teachers
-    monitor_frames: int = 20000        # frames (whole hash-chosen utterances) of dev and of train for that measure
-    checkpoint_every: int = 2000       # steps between last.pt saves (and after every epoch)
+    newbob_threshold: float = 0.002  # halve the LR when an epoch gains less dev accuracy than this
+    stop_threshold: float = 0.0  # newbob, if > 0 (Kaldi nnet1): once halving has started, halve every
+    # epoch and stop when an epoch gains less than this; 0: off
+    patience: int = 3  # stop after this many epochs without a dev gain (0: never)
+    improve_tol: float = 0.001  # a run whose last epoch still gained more dev accuracy than this was cut off
+    # while improving: flagged in its result (``still_improving``)
+    reference: str = ""  # ensemble (members.txt) or system folder that each epoch's KL and top-1
+    # agreement are measured against; "" for a distilled run: its own teachers
+    monitor_frames: int = 20000  # frames (whole hash-chosen utterances) of dev and of train for that measure
+    checkpoint_every: int = 2000  # steps between last.pt saves (and after every epoch)
     log_every: int = 100
-    device: str = "auto"               # "auto", "cpu", "cuda"
-    bf16: bool = True                  # bf16 autocast on CUDA
-    compile: bool = False              # torch.compile the model
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    bf16: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the model
     progress: bool = True
-    kind: str = ""                     # the run's row in the results table; "": from the config (run_kind), e.g.
-                                       # "sweep" for a distillation setting tried on dev (recorded, not trained on)
+    kind: str = ""  # the run's row in the results table; "": from the config (run_kind), e.g.
+    # "sweep" for a distillation setting tried on dev (recorded, not trained on)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.data_fraction <= 1.0:
@@ -159,25 +184,31 @@ class TrainConfig:
 class TrainState:
     """Counters and schedule state; with the RNG states, all a resumed run needs besides the tensors."""
 
-    epoch: int = 0                     # current epoch
-    batches_done: int = 0              # batches of the current epoch already trained on
-    step: int = 0                      # optimiser steps so far
-    frames: int = 0                    # training frames so far (all ranks)
-    epoch_loss_sum: float = 0.0        # sum over the current epoch's batches of loss * batch frames (all ranks)
-    epoch_frames: int = 0              # (all ranks)
-    lr_scale: float = 1.0              # newbob halvings
+    epoch: int = 0  # current epoch
+    batches_done: int = 0  # batches of the current epoch already trained on
+    step: int = 0  # optimiser steps so far
+    frames: int = 0  # training frames so far (all ranks)
+    epoch_loss_sum: float = 0.0  # sum over the current epoch's batches of loss * batch frames (all ranks)
+    epoch_frames: int = 0  # (all ranks)
+    lr_scale: float = 1.0  # newbob halvings
     best_dev_acc: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
-    stopped: bool = False              # early stopping fired
-    end_reason: str = ""               # what ended training: "budget", "patience" or "newbob_stop"
+    stopped: bool = False  # early stopping fired
+    end_reason: str = ""  # what ended training: "budget", "patience" or "newbob_stop"
     history: list[dict] = field(default_factory=list)  # per-epoch metrics
 
 
 # --------------------------------------------------------------------------- loss
 
-def compute_loss(model: nn.Module, batch: Batch, distill: DistillConfig | None,
-                 teachers: Sequence[nn.Module] = (), check_values: bool = True) -> Tensor:
+
+def compute_loss(
+    model: nn.Module,
+    batch: Batch,
+    distill: DistillConfig | None,
+    teachers: Sequence[nn.Module] = (),
+    check_values: bool = True,
+) -> Tensor:
     """Mean loss of one minibatch: cross-entropy, or :func:`kd_loss` against the batch's or teachers' targets."""
     logits = model(batch.x)
     if distill is None:
@@ -191,12 +222,25 @@ def compute_loss(model: nn.Module, batch: Batch, distill: DistillConfig | None,
     else:
         with torch.no_grad():
             teacher = {"teacher_probs": ensemble_logprobs(teachers, batch.x, distill.temperature, distill.method).exp()}
-    return kd_loss(logits, labels=batch.y, temperature=distill.temperature, hard_weight=distill.hard_weight,
-                   check_values=check_values, **teacher)
+    return kd_loss(
+        logits,
+        labels=batch.y,
+        temperature=distill.temperature,
+        hard_weight=distill.hard_weight,
+        check_values=check_values,
+        **teacher,
+    )
 
 
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, distill: DistillConfig | None,
-               teachers: Sequence[nn.Module] = (), bf16: bool = False, check_values: bool = True) -> Tensor:
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    distill: DistillConfig | None,
+    teachers: Sequence[nn.Module] = (),
+    bf16: bool = False,
+    check_values: bool = True,
+) -> Tensor:
     """One optimiser step on ``batch``; returns the detached loss (no host sync)."""
     with autocast(batch.x.device, bf16):
         loss = compute_loss(net, batch, distill, teachers, check_values=check_values)
@@ -208,14 +252,15 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, d
 
 # --------------------------------------------------------------------------- one epoch
 
+
 @dataclass
 class _Run:
     """Everything a training epoch needs, built once by :func:`train`."""
 
     config: TrainConfig
     out_dir: Path
-    model: FrameDNN                    # plain module: the one saved
-    net: nn.Module                     # what runs: compiled and/or DDP-wrapped ``model``
+    model: FrameDNN  # plain module: the one saved
+    net: nn.Module  # what runs: compiled and/or DDP-wrapped ``model``
     optimizer: torch.optim.Optimizer
     stream: FrameStream
     teachers: list[FrameDNN]
@@ -224,7 +269,7 @@ class _Run:
     rank: int
     world_size: int
     steps_per_epoch: int
-    writer: object | None              # TensorBoard SummaryWriter or None
+    writer: object | None  # TensorBoard SummaryWriter or None
     targets: dict = field(default_factory=dict)  # identity of the distillation targets (see _teacher_identity)
 
 
@@ -250,8 +295,15 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     window_start = time.perf_counter()
     frames_here = 0
     t0 = time.perf_counter()
-    bar = progress(total=run.steps_per_epoch, initial=state.batches_done, unit="batch", dynamic_ncols=True,
-                   desc=f"epoch {state.epoch}", disable=not (c.progress and run.rank == 0), leave=False)
+    bar = progress(
+        total=run.steps_per_epoch,
+        initial=state.batches_done,
+        unit="batch",
+        dynamic_ncols=True,
+        desc=f"epoch {state.epoch}",
+        disable=not (c.progress and run.rank == 0),
+        leave=False,
+    )
     batches = run.stream.epoch(state.epoch, skip_batches=state.batches_done)
     for batch in batches:
         if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
@@ -275,8 +327,13 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
             _check_finite(first_bad, run)
             now = time.perf_counter()
             loss_frames, window_frames = _all_sum(run, window).tolist()
-            record = {"step": state.step, "epoch": state.epoch, "loss": loss_frames / window_frames,
-                      "lr": lr, "frames_per_sec": window_frames / (now - window_start)}
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": loss_frames / window_frames,
+                "lr": lr,
+                "frames_per_sec": window_frames / (now - window_start),
+            }
             bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_sec']:.0f}", lr=f"{lr:.3g}")
             _log_metrics(run, record)
             window.zero_()
@@ -289,7 +346,9 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     _check_finite(first_bad, run)
     _fold(run, state, pending)
     elapsed = time.perf_counter() - t0
-    state.history.append({"epoch": state.epoch, "train_frames_per_sec": frames_here * run.world_size / max(elapsed, 1e-9)})
+    state.history.append(
+        {"epoch": state.epoch, "train_frames_per_sec": frames_here * run.world_size / max(elapsed, 1e-9)}
+    )
 
 
 def _all_sum(run: _Run, t: Tensor) -> Tensor:
@@ -315,8 +374,10 @@ def _check_finite(first_bad: Tensor, run: _Run) -> None:
         dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
     step = int(first_bad.item())
     if step >= 0:
-        raise FloatingPointError(f"non-finite training loss at step {step + 1}; stopping. The last good checkpoint "
-                                 f"is {run.out_dir / 'last.pt'} (lower train.lr?)")
+        raise FloatingPointError(
+            f"non-finite training loss at step {step + 1}; stopping. The last good checkpoint "
+            f"is {run.out_dir / 'last.pt'} (lower train.lr?)"
+        )
 
 
 def _log_metrics(run: _Run, record: dict) -> None:
@@ -335,14 +396,17 @@ def _log_metrics(run: _Run, record: dict) -> None:
 
 # --------------------------------------------------------------------------- checkpoints
 
+
 def _rng_states(device: torch.device) -> dict:
     """This process's RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def _set_rng_states(states: dict, device: torch.device) -> None:
@@ -371,9 +435,16 @@ def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> Non
         rng = [None] * run.world_size
         dist.all_gather_object(rng, _rng_states(run.device))
     if run.rank == 0:
-        ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
-                "world_size": run.world_size, "optimizer": run.optimizer.state_dict(), "targets": run.targets,
-                "state": dataclasses.asdict(state), "rng": rng}
+        ckpt = {
+            **run.model.describe(),
+            "model": run.model.state_dict(),
+            "config": to_dict(run.config),
+            "world_size": run.world_size,
+            "optimizer": run.optimizer.state_dict(),
+            "targets": run.targets,
+            "state": dataclasses.asdict(state),
+            "rng": rng,
+        }
         with atomic_path(run.out_dir / name) as tmp:
             torch.save(ckpt, tmp)
     _barrier(run)
@@ -382,8 +453,14 @@ def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> Non
 def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
     if run.rank != 0:
         return
-    ckpt = {**run.model.describe(), "model": run.model.state_dict(), "config": to_dict(run.config),
-            "epoch": state.epoch, "step": state.step, "dev": dev}
+    ckpt = {
+        **run.model.describe(),
+        "model": run.model.state_dict(),
+        "config": to_dict(run.config),
+        "epoch": state.epoch,
+        "step": state.step,
+        "dev": dev,
+    }
     with atomic_path(run.out_dir / "best.pt") as tmp:
         torch.save(ckpt, tmp)
 
@@ -423,8 +500,9 @@ def _run_inputs(config: TrainConfig, targets: dict) -> dict:
 
 def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
     """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
-    return stage_done(out_dir, "train", _run_inputs(config, targets),
-                      on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None)
+    return stage_done(
+        out_dir, "train", _run_inputs(config, targets), on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None
+    )
 
 
 def _truncate_metrics(run: _Run, state: TrainState) -> None:
@@ -450,22 +528,28 @@ def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: in
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diffs:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
-        raise ValueError(f"{path}: checkpoint is from a different configuration ({details}); "
-                         "use another output folder or delete it")
+        raise ValueError(
+            f"{path}: checkpoint is from a different configuration ({details}); use another output folder or delete it"
+        )
     if ckpt.get("targets", {}) != targets:
-        raise ValueError(f"{path}: checkpoint was trained towards other soft targets or teachers "
-                         f"({ckpt.get('targets')} -> {targets}); use another output folder or --force")
+        raise ValueError(
+            f"{path}: checkpoint was trained towards other soft targets or teachers "
+            f"({ckpt.get('targets')} -> {targets}); use another output folder or --force"
+        )
     if ckpt.get("world_size") != world_size:
-        raise ValueError(f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
-                         f"this run has {world_size}; data positions would not match")
+        raise ValueError(
+            f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
+            f"this run has {world_size}; data positions would not match"
+        )
 
 
 # --------------------------------------------------------------------------- data
 
+
 def _utterance_selected(utt: str, fraction: float) -> bool:
     """Fixed pseudo-random choice of an utterance, independent of seed, rank and shard layout."""
     h = int.from_bytes(hashlib.sha1(utt.encode("utf-8")).digest()[:8], "big")
-    return h < fraction * 2.0 ** 64
+    return h < fraction * 2.0**64
 
 
 def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
@@ -475,12 +559,14 @@ def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     inputs = {"labels": [labels.path, labels.shard_paths], "fraction": fraction}
     if stage_done(out_dir, "subset", inputs) is not None:
         return ShardManifest.load(out_dir, PDF_PREFIX)
-    subset = ShardManifest(out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path),
-                                                         "data_fraction": fraction})
+    subset = ShardManifest(
+        out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path), "data_fraction": fraction}
+    )
     empty = np.zeros(0, dtype=np.int32)
     for path, shard in zip(labels.shard_paths, labels.shards):
-        samples = ((utt, {"pdf": s["pdf"] if _utterance_selected(utt, fraction) else empty})
-                   for utt, s in iter_shard(path))
+        samples = (
+            (utt, {"pdf": s["pdf"] if _utterance_selected(utt, fraction) else empty}) for utt, s in iter_shard(path)
+        )
         subset.shards.append(write_shard(out_dir / shard.name, samples))
     if subset.num_frames == 0:
         raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
@@ -503,16 +589,23 @@ def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
     soft = ShardManifest.load(distill.soft_targets, SOFT_PREFIX)
     t, c = soft.meta.get("temperature"), soft.meta.get("num_classes")
     if t is None or not math.isclose(float(t), distill.temperature):
-        raise ValueError(f"{soft.path}: soft targets were computed at temperature {t}, "
-                         f"distill.temperature is {distill.temperature}")
+        raise ValueError(
+            f"{soft.path}: soft targets were computed at temperature {t}, distill.temperature is {distill.temperature}"
+        )
     if c is not None and int(c) != num_classes:
         raise ValueError(f"{soft.path}: soft targets have {c} senones, the student {num_classes}")
     fidelity = soft.meta.get("fidelity")
     if distill.min_fidelity > 0 and (fidelity is None or float(fidelity) < distill.min_fidelity):
         told = "was not measured" if fidelity is None else f"is {100 * float(fidelity):.1f}%"
-        log.warning("!!! %s: the share of the exact soft loss this cache keeps %s (wanted >= %.0f%%): the student "
-                    "may not see the ensemble's distribution at T=%g. Rebuild it dense (ensemble.topk=0) or "
-                    "distill online. !!!", soft.path, told, 100 * distill.min_fidelity, distill.temperature)
+        log.warning(
+            "!!! %s: the share of the exact soft loss this cache keeps %s (wanted >= %.0f%%): the student "
+            "may not see the ensemble's distribution at T=%g. Rebuild it dense (ensemble.topk=0) or "
+            "distill online. !!!",
+            soft.path,
+            told,
+            100 * distill.min_fidelity,
+            distill.temperature,
+        )
     return soft
 
 
@@ -526,6 +619,7 @@ def _teacher_identity(config: TrainConfig, soft: ShardManifest | None, teachers:
 
 
 # --------------------------------------------------------------------------- the run
+
 
 def _setup_device(config: TrainConfig) -> tuple[torch.device, int, int]:
     """Device, rank and world size; initialises the process group under ``torchrun``."""
@@ -581,8 +675,13 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
             labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
     passes = config.fraction_passes or max(1, round(full_frames / labels.num_frames))
     if passes > 1:
-        log.info("data_fraction=%g: an epoch is %d passes over the subset (%d frames; the full data has %d)",
-                 config.data_fraction, passes, passes * labels.num_frames, full_frames)
+        log.info(
+            "data_fraction=%g: an epoch is %d passes over the subset (%d frames; the full data has %d)",
+            config.data_fraction,
+            passes,
+            passes * labels.num_frames,
+            full_frames,
+        )
     soft = None
     teachers: list[FrameDNN] = []
     if config.distill is not None and config.distill.source == "cached":
@@ -600,16 +699,27 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
     if world_size > 1:
         dist.barrier()  # rank 0 may have cleared a stale run
-    stream = FrameStream(feats, labels, cmvn, config.frames, soft=soft, seed=config.seed, rank=rank,
-                         world_size=world_size, device=device, passes=passes)
+    stream = FrameStream(
+        feats,
+        labels,
+        cmvn,
+        config.frames,
+        soft=soft,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        passes=passes,
+    )
 
     # model and optimiser
     model = FrameDNN(config.model, input_dim, num_classes).to(device)
     if world_size > 1:  # the same initial model on every rank, but each rank its own dropout masks
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = TrainState()
@@ -631,38 +741,85 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             writer = SummaryWriter(str(out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
         except ImportError:
             log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
-    run = _Run(config, out_dir, model, net, optimizer, stream, teachers, device,
-               config.bf16 and device.type == "cuda", rank, world_size, 0, writer, targets)
+    run = _Run(
+        config,
+        out_dir,
+        model,
+        net,
+        optimizer,
+        stream,
+        teachers,
+        device,
+        config.bf16 and device.type == "cuda",
+        rank,
+        world_size,
+        0,
+        writer,
+        targets,
+    )
     run.steps_per_epoch = _steps(run, state.epoch)
     _truncate_metrics(run, state)
-    log.info("%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d", out_dir, model.num_params(),
-             input_dim, num_classes, run.steps_per_epoch, device, world_size)
+    log.info(
+        "%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d",
+        out_dir,
+        model.num_params(),
+        input_dim,
+        num_classes,
+        run.steps_per_epoch,
+        device,
+        world_size,
+    )
 
     monitor = _monitor_sets(run, soft, {"dev": (dev_feats, dev_labels), "train": (feats, labels)}, cmvn)
     while state.epoch < config.epochs and not state.stopped:
         train_one_epoch(run, state)
-        dev = frame_accuracy([model], dev_feats, dev_labels, cmvn, config.frames, device=device, bf16=run.bf16,
-                             rank=rank, world_size=world_size)
+        dev = frame_accuracy(
+            [model],
+            dev_feats,
+            dev_labels,
+            cmvn,
+            config.frames,
+            device=device,
+            bf16=run.bf16,
+            rank=rank,
+            world_size=world_size,
+        )
         _end_epoch(run, state, dev, _measure(run, monitor, cmvn))
         _save_checkpoint(run, state)
     if writer is not None:
         writer.close()
 
     best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
-    result = {"best_dev_acc": state.best_dev_acc, "best_epoch": state.best_epoch,
-              "best_dev_loss": best.get("dev_loss"), "epochs": len(state.history), "steps": state.step,
-              "train_frames": state.frames,
-              "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
-              "best_checkpoint": str(out_dir / "best.pt"), "num_params": model.num_params(),
-              "stopped_early": state.stopped, "end_reason": state.end_reason, "budget": config.epochs,
-              "still_improving": still_improving(state.history, config.improve_tol),
-              "config": _comparable(config), "targets": targets, "kind": run_kind(config, soft)}
+    result = {
+        "best_dev_acc": state.best_dev_acc,
+        "best_epoch": state.best_epoch,
+        "best_dev_loss": best.get("dev_loss"),
+        "epochs": len(state.history),
+        "steps": state.step,
+        "train_frames": state.frames,
+        "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
+        "best_checkpoint": str(out_dir / "best.pt"),
+        "num_params": model.num_params(),
+        "stopped_early": state.stopped,
+        "end_reason": state.end_reason,
+        "budget": config.epochs,
+        "still_improving": still_improving(state.history, config.improve_tol),
+        "config": _comparable(config),
+        "targets": targets,
+        "kind": run_kind(config, soft),
+    }
     if result["still_improving"]:
-        log.warning("%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
-                    "while improving; a longer budget would change it", out_dir, config.improve_tol, state.end_reason)
+        log.warning(
+            "%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
+            "while improving; a longer budget would change it",
+            out_dir,
+            config.improve_tol,
+            state.end_reason,
+        )
     if rank == 0:
         mark_done(out_dir, "train", result, _run_inputs(config, targets))
     _barrier(run)
@@ -675,8 +832,16 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
     c = run.config
     gain = dev["acc"] - state.best_dev_acc
     record = state.history[-1]
-    record.update({"step": state.step, "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
-                   "dev_loss": dev["loss"], "dev_acc": dev["acc"], "lr_scale": state.lr_scale, **measured})
+    record.update(
+        {
+            "step": state.step,
+            "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
+            "dev_loss": dev["loss"],
+            "dev_acc": dev["acc"],
+            "lr_scale": state.lr_scale,
+            **measured,
+        }
+    )
     if gain > 0:
         state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
         _save_best(run, state, dev)
@@ -686,8 +851,12 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
     if c.schedule == "newbob" and c.stop_threshold > 0 and halving and gain < c.stop_threshold:
         state.stopped, state.end_reason = True, "newbob_stop"
         log.info("newbob stop after epoch %d: dev gain %.4f < %g while halving", state.epoch, gain, c.stop_threshold)
-    if c.schedule == "newbob" and state.epoch > 0 and state.step >= c.warmup_steps and (
-            gain < c.newbob_threshold or (halving and c.stop_threshold > 0)):
+    if (
+        c.schedule == "newbob"
+        and state.epoch > 0
+        and state.step >= c.warmup_steps
+        and (gain < c.newbob_threshold or (halving and c.stop_threshold > 0))
+    ):
         state.lr_scale *= 0.5
     if c.patience and state.bad_epochs >= c.patience and not state.stopped:
         state.stopped, state.end_reason = True, "patience"
@@ -697,9 +866,16 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
     if state.end_reason:
         record["end"] = state.end_reason
     _log_metrics(run, record)
-    log.info("epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
-             state.epoch, record["train_loss"], dev["loss"], 100 * dev["acc"], 100 * state.best_dev_acc,
-             state.best_epoch, record["train_frames_per_sec"])
+    log.info(
+        "epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
+        state.epoch,
+        record["train_loss"],
+        dev["loss"],
+        100 * dev["acc"],
+        100 * state.best_dev_acc,
+        state.best_epoch,
+        record["train_frames_per_sec"],
+    )
     state.epoch += 1
     state.batches_done = 0
     state.epoch_loss_sum = 0.0
@@ -716,6 +892,7 @@ def still_improving(history: Sequence[dict], tol: float) -> bool:
 
 # --------------------------------------------------------------------------- closeness to the ensemble
 
+
 def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[FrameDNN], str]:
     """The ensemble a run is measured against each epoch, and how it combines: ``train.reference`` if set, else a
     distilled run's own teachers (online: the checkpoints; cached: the ensemble folder holding the soft targets,
@@ -731,13 +908,17 @@ def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[Frame
         models = load_teachers(read_members(ensemble_dir), run.device, expect=(input_dim, num_classes))
         if fingerprint(models) == soft.meta.get("teachers_sha256"):
             return models, soft.meta.get("method", "arithmetic")
-        log.warning("%s: members.txt lists other weights than the soft targets were made from; no per-epoch "
-                    "agreement with the ensemble", ensemble_dir)
+        log.warning(
+            "%s: members.txt lists other weights than the soft targets were made from; no per-epoch "
+            "agreement with the ensemble",
+            ensemble_dir,
+        )
     return [], ""
 
 
-def _monitor_sets(run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]],
-                  cmvn: Cmvn) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
+def _monitor_sets(
+    run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]], cmvn: Cmvn
+) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
     """name -> (features, labels of a fixed sample of about ``monitor_frames`` frames, the reference's log
     posteriors there), computed once; empty when the run has no reference."""
     models, method = _reference_models(run, soft)
@@ -751,11 +932,25 @@ def _monitor_sets(run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[S
         _barrier(run)
         if run.rank != 0:
             sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        reference = reference_posteriors(models, feats, sample, cmvn, run.config.frames, method, run.device,
-                                         run.bf16, rank=run.rank, world_size=run.world_size)
+        reference = reference_posteriors(
+            models,
+            feats,
+            sample,
+            cmvn,
+            run.config.frames,
+            method,
+            run.device,
+            run.bf16,
+            rank=run.rank,
+            world_size=run.world_size,
+        )
         out[name] = (feats, sample, reference)
-    log.info("%s: each epoch measured against its reference ensemble (%d model(s)) on %s", run.out_dir,
-             len(models), ", ".join(f"{n} ({s.num_frames} frames)" for n, (_, s, _) in out.items()))
+    log.info(
+        "%s: each epoch measured against its reference ensemble (%d model(s)) on %s",
+        run.out_dir,
+        len(models),
+        ", ".join(f"{n} ({s.num_frames} frames)" for n, (_, s, _) in out.items()),
+    )
     return out
 
 
@@ -772,8 +967,18 @@ def _measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
     and the frame accuracy on the train sample (``train_acc``: how well the run fits what it was taught)."""
     out = {}
     for name, (feats, labels, reference) in monitor.items():
-        r = frame_accuracy([run.model], feats, labels, cmvn, run.config.frames, device=run.device, bf16=run.bf16,
-                           rank=run.rank, world_size=run.world_size, reference=reference)
+        r = frame_accuracy(
+            [run.model],
+            feats,
+            labels,
+            cmvn,
+            run.config.frames,
+            device=run.device,
+            bf16=run.bf16,
+            rank=run.rank,
+            world_size=run.world_size,
+            reference=reference,
+        )
         out.update({f"{name}_kl": r["kl"], f"{name}_agree": r["agree"]})
         if name == "train":
             out["train_acc"] = r["acc"]

@@ -40,14 +40,14 @@ CLUSTERS = ("local", "slurm", "pbs")
 class ExecutorConfig:
     """Where parallel CPU jobs run (section ``executor`` of a recipe config)."""
 
-    backend: str = "local"        # "local": worker processes on this machine; "dask": a Dask cluster
-    address: str = ""             # dask: an existing scheduler (tcp://host:8786); "" = start a cluster
-    cluster: str = "local"        # dask, no address: "local" (LocalCluster), "slurm" or "pbs" (dask-jobqueue)
-    workers: int = 0              # dask clusters started here: worker processes; 0 = the caller's nj
-    cores: int = 1                # jobqueue: cores per batch job (one single-threaded worker per core)
-    memory: str = "4GB"           # jobqueue: memory per batch job
-    queue: str = ""               # jobqueue: partition / queue ("" = the site default)
-    walltime: str = "02:00:00"    # jobqueue: time limit per batch job
+    backend: str = "local"  # "local": worker processes on this machine; "dask": a Dask cluster
+    address: str = ""  # dask: an existing scheduler (tcp://host:8786); "" = start a cluster
+    cluster: str = "local"  # dask, no address: "local" (LocalCluster), "slurm" or "pbs" (dask-jobqueue)
+    workers: int = 0  # dask clusters started here: worker processes; 0 = the caller's nj
+    cores: int = 1  # jobqueue: cores per batch job (one single-threaded worker per core)
+    memory: str = "4GB"  # jobqueue: memory per batch job
+    queue: str = ""  # jobqueue: partition / queue ("" = the site default)
+    walltime: str = "02:00:00"  # jobqueue: time limit per batch job
     job_extra: list[str] = field(default_factory=list)  # jobqueue: extra #SBATCH / #PBS directive lines
 
     def __post_init__(self) -> None:
@@ -98,8 +98,14 @@ class Executor:
     Use as a context manager: leaving it stops the workers.
     """
 
-    def __init__(self, nj: int, config: ExecutorConfig | None = None, initializer: Callable | None = None,
-                 initargs: tuple = (), start_method: str = "spawn"):
+    def __init__(
+        self,
+        nj: int,
+        config: ExecutorConfig | None = None,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        start_method: str = "spawn",
+    ):
         self.config = config or _DEFAULT[0]
         self.initializer, self.initargs = initializer, initargs
         self.pool = self.client = self.cluster = None
@@ -120,14 +126,21 @@ class Executor:
             self.client = Client(c.address)
         else:
             if c.cluster == "local":
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
+                self.cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
             else:
                 import dask_jobqueue
 
                 cls = dask_jobqueue.SLURMCluster if c.cluster == "slurm" else dask_jobqueue.PBSCluster
-                self.cluster = cls(cores=c.cores, processes=c.cores, memory=c.memory, queue=c.queue or None,
-                                   walltime=c.walltime, job_extra_directives=list(c.job_extra))
+                self.cluster = cls(
+                    cores=c.cores,
+                    processes=c.cores,
+                    memory=c.memory,
+                    queue=c.queue or None,
+                    walltime=c.walltime,
+                    job_extra_directives=list(c.job_extra),
+                )
                 self.cluster.scale(jobs=-(-workers // c.cores))
             self.client = Client(self.cluster)
         log.info("dask executor: %s", self.client)
