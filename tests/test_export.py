@@ -10,6 +10,7 @@ import onnx
 import pytest
 import soundfile as sf
 import torch
+from graph_paths import pdf_sequence
 from onnx import numpy_helper
 from test_graph import toy_task
 
@@ -20,7 +21,6 @@ from asrdistill.decoding import export
 from asrdistill.decoding.bundle import _sha256, load_system, write_bundle
 from asrdistill.decoding.decode import DecodeConfig
 from asrdistill.decoding.export import FP32_TOLERANCE, INT8_TOLERANCE, export_bundle, parity
-from asrdistill.decoding.hclg import pdf_sequence
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 
 SR = 16000
