@@ -236,7 +236,7 @@ def evaluate_system(
     if not data.test_set:
         raise ValueError("evaluate_system: data.test_set is empty (name the set to score)")
     system_dir, data_root = Path(system_dir), Path(data_root)
-    train_set, dev_set, test_set = data.sets
+    dev_set, test_set = data.dev_set, data.test_set
     system = load_eval_system(system_dir, data.cmvn(), data.frames, config, specialists, device)
     inputs = _inputs(data, data_root, Path(graph_dir) if graph_dir else None, decode_config, config, system)
     metrics = system_dir / "metrics.json"
@@ -264,21 +264,7 @@ def evaluate_system(
             for _ in s():
                 pass
     else:
-        train_labels = ShardManifest.load(data.labels_dir(train_set), PDF_PREFIX)
-        check_labels_match_graph(train_labels.meta, graph_dir, data.labels_dir(train_set))
-        priors = compute_priors([train_labels], num_pdfs, floor=1e-5)
-        refs = {name: DataDir.load(data_root / name).text for name in (dev_set, test_set)}
-        swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
-        result.dev_wer = swept.results[swept.best_scale].wer
-        best = dataclasses.replace(decode_config, acoustic_scale=swept.best_scale)
-        decoded = decode(graph_dir, test(), priors, best)
-        out = system_dir / f"decode_{test_set}"
-        decoded.save(out)
-        report = wer_report(refs[test_set], {u: " ".join(w) for u, w in decoded.hyps.items()}, out)
-        result.test_wer = report.wer
-        result.decode_rtf = decoded.rtf
-        result.extra.update(acoustic_scale=swept.best_scale, test_partial=len(decoded.partial))
-        log.info("%s: test %s (acoustic scale %g from dev)", system_dir.name, report.summary(), swept.best_scale)
+        _decode_and_score(result, system_dir, data, data_root, graph_dir, decode_config, num_pdfs, dev, test)
     dev.save(system_dir / f"frames_{dev_set}.npz")
     test.save(system_dir / f"frames_{test_set}.npz")
     result.dev_frame_acc, result.test_frame_acc = dev.frame_acc, test.frame_acc
@@ -295,6 +281,37 @@ def evaluate_system(
         result.test_wer,
     )
     return result
+
+
+def _decode_and_score(
+    result: SystemResult,
+    system_dir: Path,
+    data: FrameData,
+    data_root: Path,
+    graph_dir: str | Path,
+    decode_config: DecodeConfig,
+    num_pdfs: int,
+    dev: _Posteriors,
+    test: _Posteriors,
+) -> None:
+    """``result``'s WERs: the acoustic scale swept on dev, test decoded once at the best one (test never chooses a
+    setting); hypotheses and per-utterance errors go to ``system_dir/decode_<set>/``."""
+    train_set, dev_set, test_set = data.sets
+    train_labels = ShardManifest.load(data.labels_dir(train_set), PDF_PREFIX)
+    check_labels_match_graph(train_labels.meta, graph_dir, data.labels_dir(train_set))
+    priors = compute_priors([train_labels], num_pdfs, floor=1e-5)
+    refs = {name: DataDir.load(data_root / name).text for name in (dev_set, test_set)}
+    swept = sweep(graph_dir, dev, priors, refs[dev_set], decode_config, system_dir / f"decode_{dev_set}")
+    result.dev_wer = swept.results[swept.best_scale].wer
+    best = dataclasses.replace(decode_config, acoustic_scale=swept.best_scale)
+    decoded = decode(graph_dir, test(), priors, best)
+    out = system_dir / f"decode_{test_set}"
+    decoded.save(out)
+    report = wer_report(refs[test_set], {u: " ".join(w) for u, w in decoded.hyps.items()}, out)
+    result.test_wer = report.wer
+    result.decode_rtf = decoded.rtf
+    result.extra.update(acoustic_scale=swept.best_scale, test_partial=len(decoded.partial))
+    log.info("%s: test %s (acoustic scale %g from dev)", system_dir.name, report.summary(), swept.best_scale)
 
 
 def _training_facts(system_dir: Path) -> dict:

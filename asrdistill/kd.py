@@ -89,7 +89,25 @@ def kd_loss(
     label and sparse class ids: host syncs) in hot GPU loops; shape and dtype
     checks always run.
     """
-    # ---- validation
+    teacher_probs, sparse = _check_arguments(
+        student_logits, teacher_logits, teacher_probs, teacher_topk, labels, temperature, hard_weight
+    )
+    if check_values:
+        _check_values(student_logits.shape[-1], teacher_probs, sparse, labels, ignore_index)
+    return _loss(student_logits, teacher_logits, teacher_probs, sparse, labels, temperature, hard_weight, ignore_index)
+
+
+def _check_arguments(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    teacher_probs: Tensor | SparseTeacher | None,
+    teacher_topk: SparseTeacher | None,
+    labels: Tensor | None,
+    temperature: float,
+    hard_weight: float,
+) -> tuple[Tensor | None, SparseTeacher | None]:
+    """:func:`kd_loss`'s checks of arguments, shapes and dtypes (no host sync, so they always run); returns the
+    teacher as ``(dense teacher_probs, sparse (indices, probs))``, a sparse ``teacher_probs`` moved to the second."""
     given = [
         n
         for n, v in (
@@ -111,7 +129,6 @@ def kd_loss(
         raise ValueError(
             f"kd_loss: student_logits must be (N, C) or (B, T, C), got shape {tuple(student_logits.shape)}"
         )
-    num_classes = student_logits.shape[-1]
     frame_shape = student_logits.shape[:-1]
     sparse: SparseTeacher | None = teacher_topk
     if isinstance(teacher_probs, (tuple, list)):
@@ -143,25 +160,48 @@ def kd_loss(
             f"kd_loss: hard_weight={hard_weight} has no effect without labels (the soft term alone is "
             "returned); pass hard_weight=0.0 to say so",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of kd_loss
         )
-    if check_values:
-        if labels is not None and labels.numel():
-            bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
-            if bool(bad.any()):
-                raise ValueError(
-                    f"kd_loss: labels outside [0, {num_classes}) that are not ignore_index "
-                    f"({ignore_index}), e.g. {int(labels[bad][0])} (class count mismatch)"
-                )
-        if teacher_probs is not None:
-            _check_distribution(teacher_probs.float(), "teacher_probs", exact_sum=True)
-        if sparse is not None:
-            idx = sparse[0]
-            if idx.numel() and bool(((idx < 0) | (idx >= num_classes)).any()):
-                raise ValueError(f"kd_loss: sparse teacher class ids outside [0, {num_classes}) (class count mismatch)")
-            _check_distribution(sparse[1].float(), "sparse teacher probs", exact_sum=False)
+    return teacher_probs, sparse
 
-    # ---- loss, in float32 whatever the autocast context; the teacher is a constant
+
+def _check_values(
+    num_classes: int,
+    teacher_probs: Tensor | None,
+    sparse: SparseTeacher | None,
+    labels: Tensor | None,
+    ignore_index: int,
+) -> None:
+    """:func:`kd_loss`'s checks of values (label and class ids in range, teacher distributions): host syncs, so
+    ``check_values=False`` skips them in hot GPU loops."""
+    if labels is not None and labels.numel():
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"kd_loss: labels outside [0, {num_classes}) that are not ignore_index "
+                f"({ignore_index}), e.g. {int(labels[bad][0])} (class count mismatch)"
+            )
+    if teacher_probs is not None:
+        _check_distribution(teacher_probs.float(), "teacher_probs", exact_sum=True)
+    if sparse is not None:
+        idx = sparse[0]
+        if idx.numel() and bool(((idx < 0) | (idx >= num_classes)).any()):
+            raise ValueError(f"kd_loss: sparse teacher class ids outside [0, {num_classes}) (class count mismatch)")
+        _check_distribution(sparse[1].float(), "sparse teacher probs", exact_sum=False)
+
+
+def _loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    teacher_probs: Tensor | None,
+    sparse: SparseTeacher | None,
+    labels: Tensor | None,
+    temperature: float,
+    hard_weight: float,
+    ignore_index: int,
+) -> Tensor:
+    """:func:`kd_loss` of checked arguments: in float32 whatever the autocast context; the teacher is a constant."""
+    num_classes = student_logits.shape[-1]
     teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
     teacher_probs = teacher_probs.detach() if teacher_probs is not None else None
     sparse = (sparse[0].detach(), sparse[1].detach()) if sparse is not None else None

@@ -17,12 +17,17 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from asrdistill.decoding.bundle import System
 
 __all__ = ["epoch_records", "plot_training_curves", "plot_utterance"]
 
@@ -108,6 +113,52 @@ def _find(manifest: ShardManifest, utt: str) -> tuple[int, dict]:
     raise ValueError(f"{manifest.path}: no utterance {utt!r}")
 
 
+def _posteriors(utt: str, feats: ShardManifest, sample: dict, systems: dict[str, System]) -> dict[str, np.ndarray]:
+    """Each system's posteriors (T, senones) of ``utt``, computed from a shard of that utterance alone: the
+    networks see it and nothing else of its shard."""
+    posts: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="asrdistill-plot-") as tmp:
+        one = ShardManifest(Path(tmp), feats.prefix, meta=feats.meta)
+        one.shards.append(write_shard(Path(tmp) / one.shard_name(0), [(utt, {"feats": sample["feats"]})]))
+        for name, system in systems.items():
+            ((u, logp),) = system.posteriors(one)
+            posts[name] = np.exp(logp)  # (T, senones)
+    return posts
+
+
+def _spectrogram(ax: Axes, utt: str, feats: np.ndarray, system: System, pdf: np.ndarray | None) -> None:
+    """The utterance's log-mel filterbank on ``ax``, with the aligner's phones (boundaries and names) over it when
+    its alignment ``pdf`` is known."""
+    import librosa.display
+
+    shift = system.fbank.frame_shift_ms / 1000.0
+    librosa.display.specshow(
+        feats.astype(np.float32).T,
+        sr=system.fbank.sample_rate,
+        hop_length=system.fbank.shift_samples,
+        x_axis="time",
+        y_axis="mel",
+        fmin=20.0,
+        fmax=system.fbank.sample_rate / 2,
+        ax=ax,
+        cmap="magma",
+    )
+    ax.set_title(f"{utt}: log-mel filterbank" + (" and the aligner's phones" if pdf is not None else ""))
+    if pdf is not None:
+        phones = [system.tree.pdf_info[p][0][0] if system.tree.pdf_info[p] else 0 for p in pdf]
+        starts = [0] + [i for i in range(1, len(phones)) if phones[i] != phones[i - 1]]
+        for s, e in zip(starts, starts[1:] + [len(phones)]):
+            ax.axvline(s * shift, color="white", lw=0.6, alpha=0.7)
+            ax.text(
+                (s + e) / 2 * shift,
+                system.fbank.sample_rate / 2 * 0.55,
+                system.lang.phones[phones[s]],
+                color="white",
+                ha="center",
+                fontsize=7,
+            )
+
+
 def plot_utterance(
     utt: str,
     feats_dir: str | Path,
@@ -120,23 +171,14 @@ def plot_utterance(
 
     ``bundles`` maps a label (``baseline``, ``ensemble``, ``student``) to a bundle folder.
     """
-    import librosa.display
-
     from asrdistill.decoding.bundle import load_system
 
     if not bundles:
         raise ValueError("plot_utterance: no systems to show")
     feats = ShardManifest.load(feats_dir, FEATS_PREFIX)
     _, sample = _find(feats, utt)
-    posts: dict[str, np.ndarray] = {}
     systems = {name: load_system(path) for name, path in bundles.items()}
-    with tempfile.TemporaryDirectory(prefix="asrdistill-plot-") as tmp:
-        # a shard of this utterance alone: the networks see it and nothing else of its shard
-        one = ShardManifest(Path(tmp), feats.prefix, meta=feats.meta)
-        one.shards.append(write_shard(Path(tmp) / one.shard_name(0), [(utt, {"feats": sample["feats"]})]))
-        for name, system in systems.items():
-            ((u, logp),) = system.posteriors(one)
-            posts[name] = np.exp(logp)  # (T, senones)
+    posts = _posteriors(utt, feats, sample, systems)
     first = next(iter(systems.values()))
     total = sum(p.sum(0) for p in posts.values())
     best = np.argsort(total)[::-1][:top]
@@ -150,31 +192,7 @@ def plot_utterance(
     shift = first.fbank.frame_shift_ms / 1000.0
     t = np.arange(sample["feats"].shape[0]) * shift
     fig, axes = plt.subplots(1 + len(posts), 1, figsize=(12, 2.6 * (1 + len(posts))), sharex=True)
-    librosa.display.specshow(
-        sample["feats"].astype(np.float32).T,
-        sr=first.fbank.sample_rate,
-        hop_length=first.fbank.shift_samples,
-        x_axis="time",
-        y_axis="mel",
-        fmin=20.0,
-        fmax=first.fbank.sample_rate / 2,
-        ax=axes[0],
-        cmap="magma",
-    )
-    axes[0].set_title(f"{utt}: log-mel filterbank" + (" and the aligner's phones" if pdf is not None else ""))
-    if pdf is not None:
-        phones = [first.tree.pdf_info[p][0][0] if first.tree.pdf_info[p] else 0 for p in pdf]
-        starts = [0] + [i for i in range(1, len(phones)) if phones[i] != phones[i - 1]]
-        for s, e in zip(starts, starts[1:] + [len(phones)]):
-            axes[0].axvline(s * shift, color="white", lw=0.6, alpha=0.7)
-            axes[0].text(
-                (s + e) / 2 * shift,
-                first.fbank.sample_rate / 2 * 0.55,
-                first.lang.phones[phones[s]],
-                color="white",
-                ha="center",
-                fontsize=7,
-            )
+    _spectrogram(axes[0], utt, sample["feats"], first, pdf)
     colors = plt.cm.tab10(np.arange(len(best)) % 10)
     for ax, (name, p) in zip(axes[1:], posts.items()):
         for c, s in zip(colors, best):

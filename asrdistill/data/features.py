@@ -460,6 +460,73 @@ def _durations(data: DataDir, data_dir: Path) -> dict[str, float]:
     return durs
 
 
+def _out_of_range(
+    durs: dict[str, float], data: DataDir, config: FbankConfig, data_dir: Path
+) -> list[tuple[str, str, str]]:
+    """``(utt, file, reason)`` of the utterances left out for their duration (0: unknown, read and judged later)."""
+    bounds = f"[{config.min_duration:g}, {config.max_duration:g}] s (features.min_duration/max_duration)"
+    excluded = [
+        (u, data.wav[u], f"duration {d:.2f} s outside {bounds}")
+        for u, d in sorted(durs.items())
+        if d > config.max_duration or 0 < d < config.min_duration
+    ]
+    if excluded:
+        log.warning(
+            "%s: %d utterance(s) left out for their duration, e.g. %s", data_dir, len(excluded), excluded[0][:2]
+        )
+    return excluded
+
+
+def _run_jobs(
+    jobs: list[_ShardJob], data_dir: Path, out_dir: Path, nj: int, force: bool
+) -> tuple[dict[int, _ShardResult], list[_ShardJob], float, float]:
+    """Every shard's result: an interrupted run's finished shards reused (unless ``force``), the others computed
+    under a progress bar; with the jobs computed, their seconds of audio and the wall time they took."""
+    results: dict[int, _ShardResult] = {}
+    if not force:
+        for job in jobs:
+            if (r := _load_finished(job)) is not None:
+                results[job.index] = r
+    todo = [j for j in jobs if j.index not in results]
+    if results:
+        log.info("%s: reusing %d finished shard(s), computing %d", out_dir, len(results), len(todo))
+    start = time.monotonic()
+    done_seconds = 0.0
+    with logs.progress(
+        total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt", dynamic_ncols=True
+    ) as bar:
+
+        def progress(n: int, seconds: float) -> None:
+            nonlocal done_seconds
+            done_seconds += seconds
+            bar.update(n)
+            bar.set_postfix_str(f"{done_seconds / max(time.monotonic() - start, 1e-9):.0f}x real-time", refresh=False)
+
+        for r in _write_shards(todo, nj, progress):
+            results[r.index] = r
+    return results, todo, done_seconds, time.monotonic() - start
+
+
+def _save_manifest(
+    manifest: ShardManifest, frames: dict[str, int], num_skipped: int, config: FbankConfig, data_dir: Path
+) -> None:
+    """The feature set's description (what later stages read its dimension and settings from), then
+    ``utt2num_frames``, then the manifest itself: written last, it says the set is whole."""
+    manifest.meta = {
+        "dim": config.num_mel_bins,
+        "dtype": "float16",
+        "frame_shift_ms": config.frame_shift_ms,
+        "config": config.extraction_dict(),
+        "num_utterances": len(frames),
+        "num_skipped": num_skipped,
+        "data_dir": str(data_dir),
+    }
+    with atomic_open(manifest.directory / "utt2num_frames") as f:
+        for utt in sorted(frames):
+            f.write(f"{utt} {frames[utt]}\n")
+    manifest.save()
+
+
 def compute_features(
     data_dir: Path, out_dir: Path, config: FbankConfig, nj: int = 1, force: bool = False
 ) -> ShardManifest:
@@ -488,20 +555,7 @@ def compute_features(
         raise ValueError(f"{data_dir}: wav.scp lists no utterances")
     out_dir.mkdir(parents=True, exist_ok=True)
     durs = _durations(data, data_dir)
-    excluded = [
-        (
-            u,
-            data.wav[u],
-            f"duration {d:.2f} s outside [{config.min_duration:g}, {config.max_duration:g}] s "
-            "(features.min_duration/max_duration)",
-        )
-        for u, d in sorted(durs.items())
-        if d > config.max_duration or 0 < d < config.min_duration
-    ]
-    if excluded:
-        log.warning(
-            "%s: %d utterance(s) left out for their duration, e.g. %s", data_dir, len(excluded), excluded[0][:2]
-        )
+    excluded = _out_of_range(durs, data, config, data_dir)
     kept = {u: d for u, d in durs.items() if u not in {e[0] for e in excluded}}
     groups = plan_shards({u: _shard_bytes(d, config) for u, d in kept.items()}, config.shard_size_mb * 1e6)
     manifest = ShardManifest(out_dir, FEATS_PREFIX)
@@ -509,31 +563,7 @@ def compute_features(
         _ShardJob(i, out_dir / manifest.shard_name(i), [(u, data.wav[u]) for u in g], config)
         for i, g in enumerate(groups)
     ]
-
-    results: dict[int, _ShardResult] = {}
-    if not force:
-        for job in jobs:
-            if (r := _load_finished(job)) is not None:
-                results[job.index] = r
-    todo = [j for j in jobs if j.index not in results]
-    if results:
-        log.info("%s: reusing %d finished shard(s), computing %d", out_dir, len(results), len(todo))
-    start = time.monotonic()
-    done_seconds = 0.0
-    with logs.progress(
-        total=sum(len(j.utts) for j in todo), desc=f"fbank {data_dir.name}", unit="utt", dynamic_ncols=True
-    ) as bar:
-
-        def progress(n: int, seconds: float) -> None:
-            nonlocal done_seconds
-            done_seconds += seconds
-            bar.update(n)
-            bar.set_postfix_str(f"{done_seconds / max(time.monotonic() - start, 1e-9):.0f}x real-time", refresh=False)
-
-        for r in _write_shards(todo, nj, progress):
-            results[r.index] = r
-    elapsed = time.monotonic() - start
-
+    results, todo, done_seconds, elapsed = _run_jobs(jobs, data_dir, out_dir, nj, force)
     ordered = [results[j.index] for j in jobs]
     manifest.shards = [r.info for r in ordered if r.info.keys]
     skipped = excluded + [s for r in ordered for s in r.skipped]
@@ -541,19 +571,7 @@ def compute_features(
     write_skipped(out_dir / "skipped.tsv", skipped)
     if not manifest.shards:
         raise ValueError(f"{data_dir}: no utterance could be read; reasons in {out_dir / 'skipped.tsv'}")
-    manifest.meta = {
-        "dim": config.num_mel_bins,
-        "dtype": "float16",
-        "frame_shift_ms": config.frame_shift_ms,
-        "config": config.extraction_dict(),
-        "num_utterances": len(frames),
-        "num_skipped": len(skipped),
-        "data_dir": str(data_dir),
-    }
-    with atomic_open(out_dir / "utt2num_frames") as f:
-        for utt in sorted(frames):
-            f.write(f"{utt} {frames[utt]}\n")
-    manifest.save()
+    _save_manifest(manifest, frames, len(skipped), config, data_dir)
     mark_done(out_dir, stage, {"config": config.extraction_dict(), "data_dir": str(data_dir)}, inputs)
     if todo:
         log.info(

@@ -259,24 +259,9 @@ def espeak_pronunciation(word: str, keep_stress: bool = False) -> tuple[Pron | N
     return (tuple(phones) if phones and not unmapped else None), unmapped
 
 
-def build_lang(
-    words: Iterable[str] | Mapping[str, int],
-    out_dir: Path,
-    source: Literal["librispeech", "cmudict"] | str = "cmudict",
-    lexicon_path: Path | None = None,
-    keep_stress: bool = False,
-    g2p: str | None = None,
-) -> LexiconReport:
-    """Write the lang dir for the corpus vocabulary ``words``.
-
-    ``words`` is a word-count mapping (as :func:`corpus_vocabulary` returns) or an iterable
-    of words where repeats count as occurrences. Words with a pronunciation get all of
-    theirs; with ``g2p="espeak"`` the others get espeak-ng's (listed in ``g2p.txt`` as
-    ``WORD COUNT PHONES``); the rest are reported as OOV (they map to ``<UNK>``, pronounced ``SPN``).
-    ``oov.txt`` lists them as ``WORD COUNT``, most frequent first, and is written (possibly
-    empty) so a stale list never survives a rebuild.
-    """
-    out_dir = Path(out_dir)
+def _vocabulary(words: Iterable[str] | Mapping[str, int]) -> tuple[Counter[str], set[str]]:
+    """``(counts, vocab)`` of :func:`build_lang`'s ``words``: counts per word as the lexicon spells it (upper case,
+    reserved symbols as they are), and the words that get entries (reserved and ``#`` symbols are the lang's own)."""
     items = words.items() if isinstance(words, Mapping) else ((w, 1) for w in words)
     counts: Counter[str] = Counter()
     for w, n in items:
@@ -288,12 +273,20 @@ def build_lang(
     vocab = {w for w in counts if w not in _RESERVED and not w.startswith("#")}
     if not vocab:
         raise ValueError("build_lang: the vocabulary is empty")
+    return counts, vocab
 
-    dictionary = load_dictionary(source, lexicon_path, keep_stress)
-    silence = {SIL, SPN}
-    inventory = sorted({p for prons in dictionary.values() for pron in prons for p in pron} - silence)
-    if g2p not in (None, "espeak"):
-        raise ValueError(f"lexicon.g2p must be 'espeak' or null, got {g2p!r}")
+
+def _pronounce(
+    vocab: set[str],
+    counts: Counter[str],
+    dictionary: Mapping[str, list[Pron]],
+    inventory: list[str],
+    g2p: str | None,
+    keep_stress: bool,
+) -> tuple[list[tuple[str, Pron]], dict[str, int], dict[str, Pron]]:
+    """``(lexicon, oov, guessed)``: every pronunciation of each word of ``vocab`` (``<UNK>``'s first), the words
+    without one (with their counts), and those espeak-ng pronounced; a guess using a phone outside the dictionary's
+    ``inventory`` is dropped, since the acoustic model has no senones for it."""
     lexicon: list[tuple[str, Pron]] = [(UNK, (SPN,))]
     oov: dict[str, int] = {}
     guessed: dict[str, Pron] = {}
@@ -312,6 +305,35 @@ def build_lang(
             oov[word] = counts[word]
     if unmapped:
         log.warning("espeak-ng symbols without an ARPAbet mapping (their words stay OOV): %s", dict(unmapped))
+    return lexicon, oov, guessed
+
+
+def build_lang(
+    words: Iterable[str] | Mapping[str, int],
+    out_dir: Path,
+    source: Literal["librispeech", "cmudict"] | str = "cmudict",
+    lexicon_path: Path | None = None,
+    keep_stress: bool = False,
+    g2p: str | None = None,
+) -> LexiconReport:
+    """Write the lang dir for the corpus vocabulary ``words``.
+
+    ``words`` is a word-count mapping (as :func:`corpus_vocabulary` returns) or an iterable
+    of words where repeats count as occurrences. Words with a pronunciation get all of
+    theirs; with ``g2p="espeak"`` the others get espeak-ng's (listed in ``g2p.txt`` as
+    ``WORD COUNT PHONES``); the rest are reported as OOV (they map to ``<UNK>``, pronounced ``SPN``).
+    ``oov.txt`` lists them as ``WORD COUNT``, most frequent first, and is written (possibly
+    empty) so a stale list never survives a rebuild.
+    """
+    out_dir = Path(out_dir)
+    counts, vocab = _vocabulary(words)
+
+    dictionary = load_dictionary(source, lexicon_path, keep_stress)
+    silence = {SIL, SPN}
+    inventory = sorted({p for prons in dictionary.values() for pron in prons for p in pron} - silence)
+    if g2p not in (None, "espeak"):
+        raise ValueError(f"lexicon.g2p must be 'espeak' or null, got {g2p!r}")
+    lexicon, oov, guessed = _pronounce(vocab, counts, dictionary, inventory, g2p, keep_stress)
     known = sorted(vocab - set(oov))
     lang = Lang(
         phones=["<eps>", SIL, SPN, *inventory],

@@ -19,15 +19,14 @@ checksum and that model, priors, tree and graph agree on the senone count, each
 failure an error naming the file. :meth:`System.decode_corpus` decodes a folder
 (LibriSpeech layout, Kaldi data dir or plain audio files) into Kaldi ``text``
 and a CTM with word times, and scores it where references exist.
+The manifest, checksums and staged write are :mod:`~asrdistill.decoding.bundle_manifest`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import shlex
 import shutil
 import sys
@@ -41,7 +40,6 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 
-from asrdistill import __version__
 from asrdistill.aligner.kaldi_export import write_ark_scp
 from asrdistill.aligner.topology import Topology
 from asrdistill.aligner.tree import ContextTree
@@ -52,10 +50,14 @@ from asrdistill.data.frames import FrameConfig
 from asrdistill.data.kaldi_dir import import_data_dir, needs_import
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+from asrdistill.decoding.bundle_manifest import BUNDLE_VERSION, place_copy, staged_bundle, up_to_date, verify_manifest
+from asrdistill.decoding.bundle_manifest import MANIFEST as MANIFEST
+from asrdistill.decoding.bundle_manifest import sha256_file as _sha256  # the name export.py and tests import
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
 from asrdistill.decoding.decode_dir import FolderBusy, commit, sole_writer, tsv_field
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
 from asrdistill.decoding.scoring import wer_report
+from asrdistill.decoding.word_times import word_times
 from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_json_atomic
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
@@ -68,8 +70,6 @@ __all__ = ["BUNDLE_VERSION", "System", "DecodeReport", "FolderBusy", "write_bund
 
 log = logging.getLogger(__name__)
 
-BUNDLE_VERSION = 1
-MANIFEST = "manifest.json"
 GRAPH_FILES = ("HCLG.fst", "words.txt", "graph.json")
 LANG_FILES = (
     "phones.txt",
@@ -79,14 +79,6 @@ LANG_FILES = (
     "nonsilence_phones.txt",
     "optional_silence.txt",
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -99,60 +91,6 @@ def _reading(path: Path, what: str) -> Iterator[None]:
             raise
         reason = f"missing field {e}" if isinstance(e, KeyError) else " ".join(str(e).split()) or type(e).__name__
         raise ValueError(f"{path}: not a usable {what}: {reason}") from e
-
-
-def _place(src: Path, dst: Path) -> None:
-    """``dst`` gets a copy of ``src``: never a hard link, so that editing the bundle cannot edit the experiment."""
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: needed for the bundle but missing")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-
-
-def up_to_date(out_dir: Path, sources: dict) -> bool:
-    """Whether ``out_dir`` holds a bundle of this format made from ``sources`` (then it is kept, and logged so)."""
-    if not (out_dir / MANIFEST).is_file():
-        return False
-    old = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-    if old.get("version") == BUNDLE_VERSION and old.get("sources") == sources:
-        log.info("%s: bundle up to date (sources unchanged)", out_dir)
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def staged_bundle(out_dir: Path, sources: dict) -> Iterator[Path]:
-    """A folder beside ``out_dir`` to write a bundle into; when the block succeeds, its manifest (``sources``:
-    what it was made from, every file's sha256) is written and it replaces ``out_dir``; when it fails, it is removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
-    try:
-        yield tmp
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        write_json_atomic(
-            tmp / MANIFEST,
-            {
-                "format": "asrdistill-bundle",
-                "version": BUNDLE_VERSION,
-                "asrdistill": __version__,
-                "sources": sources,
-                "files": {f: _sha256(tmp / f) for f in files},
-            },
-        )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_bundle(
@@ -192,26 +130,11 @@ def write_bundle(
         "lexicon": str(lang_dir / "lexicon.txt"),
         "metrics": str(system_dir / "metrics.json"),
     }
-    hashes = {
-        k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else _sha256(Path(v)) if Path(v).is_file() else None)
-        for k, v in sources.items()
-    }
+    hashes = _source_hashes(sources)
     if not force and up_to_date(out_dir, hashes):
         return out_dir
 
-    built_tree = _graph_tree(graph_dir)
-    if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != hashes["tree"]:
-        raise ValueError(
-            f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
-            "(rebuild the graph with this tree)"
-        )
-    check_labels_match_graph(labels.meta, graph_dir, labels_dir)
-    tree = ContextTree.load(tree_dir / "tree.json")
-    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
-    if num_pdfs != tree.num_pdfs:
-        raise ValueError(
-            f"{graph_dir / 'graph.json'}: {num_pdfs} senones, but {tree_dir / 'tree.json'} has {tree.num_pdfs}"
-        )
+    tree = _matching_tree(tree_dir, graph_dir, labels, labels_dir, hashes["tree"])
     feats = ShardManifest.load(feats_dir, FEATS_PREFIX)
     fbank = FbankConfig(**feats.meta["config"])
     scale = decode_config.acoustic_scale
@@ -220,40 +143,12 @@ def write_bundle(
         scale = float(json.loads(metrics.read_text(encoding="utf-8")).get("extra", {}).get("acoustic_scale", scale))
 
     with staged_bundle(out_dir, hashes) as tmp:
-        members, context = [], set()
-        for i, ckpt_path in enumerate(checkpoints):
-            ckpt = load_weights(ckpt_path)
-            if int(ckpt["num_classes"]) != tree.num_pdfs:
-                raise ValueError(
-                    f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_dir / 'tree.json'} "
-                    f"has {tree.num_pdfs} (trained on another tree's labels?)"
-                )
-            frames = ckpt["config"]["frames"]
-            context.add((int(frames["left"]), int(frames["right"])))
-            (tmp / "members").mkdir(exist_ok=True)
-            torch.save({"model": ckpt["model"]}, tmp / "members" / f"{i}.pt")
-            members.append(
-                {
-                    "file": f"members/{i}.pt",
-                    "from": str(ckpt_path),
-                    "model_config": ckpt["model_config"],
-                    "input_dim": int(ckpt["input_dim"]),
-                    "num_classes": int(ckpt["num_classes"]),
-                }
-            )
-        if len(context) != 1:
-            raise ValueError(f"{system_dir}: members use different frame contexts {sorted(context)}")
-        ((left, right),) = context
+        members, (left, right) = _copy_members(checkpoints, tmp, tree, tree_dir / "tree.json", system_dir)
         priors = compute_priors([labels], tree.num_pdfs, floor=1e-5)
         np.save(tmp / "priors.npy", priors, allow_pickle=False)
         cmvn = Cmvn.load(feats_dir / "cmvn.json")
         Cmvn(mean=cmvn.mean, var=cmvn.var, count=cmvn.count).save(tmp / "cmvn.json")  # global stats only
-        _place(tree_dir / "tree.json", tmp / "tree.json")
-        _place(tree_dir / "topo.json", tmp / "topo.json")
-        for name in GRAPH_FILES:
-            _place(graph_dir / name, tmp / "graph" / name)
-        for name in LANG_FILES:
-            _place(lang_dir / name, tmp / "lang" / name)
+        _copy_tree_graph_lang(tmp, tree_dir, graph_dir, lang_dir)
         write_json_atomic(
             tmp / "system.json",
             {
@@ -277,6 +172,78 @@ def write_bundle(
     return out_dir
 
 
+def _source_hashes(sources: dict) -> dict:
+    """The sha256 of each source (a list for a list of files; None for a file that is absent, e.g. no
+    ``metrics.json`` yet): what decides whether an existing bundle is still up to date."""
+    return {
+        k: ([_sha256(Path(p)) for p in v] if isinstance(v, list) else _sha256(Path(v)) if Path(v).is_file() else None)
+        for k, v in sources.items()
+    }
+
+
+def _copy_tree_graph_lang(tmp: Path, tree_dir: Path, graph_dir: Path, lang_dir: Path) -> None:
+    """Copies of the tree, topology, graph and lang files the decoder reads (each must exist)."""
+    place_copy(tree_dir / "tree.json", tmp / "tree.json")
+    place_copy(tree_dir / "topo.json", tmp / "topo.json")
+    for name in GRAPH_FILES:
+        place_copy(graph_dir / name, tmp / "graph" / name)
+    for name in LANG_FILES:
+        place_copy(lang_dir / name, tmp / "lang" / name)
+
+
+def _matching_tree(
+    tree_dir: Path, graph_dir: Path, labels: ShardManifest, labels_dir: Path, tree_sha256: str | None
+) -> ContextTree:
+    """The senone tree, once the graph and the training labels are shown to be built from it: a bundle whose
+    parts disagree on the senones would decode garbage without an error."""
+    built_tree = _graph_tree(graph_dir)
+    if built_tree is not None and built_tree.is_file() and _sha256(built_tree) != tree_sha256:
+        raise ValueError(
+            f"{graph_dir}: built from {built_tree}, whose content differs from {tree_dir / 'tree.json'} "
+            "(rebuild the graph with this tree)"
+        )
+    check_labels_match_graph(labels.meta, graph_dir, labels_dir)
+    tree = ContextTree.load(tree_dir / "tree.json")
+    num_pdfs = int(load_graph_info(graph_dir)["num_pdfs"])
+    if num_pdfs != tree.num_pdfs:
+        raise ValueError(
+            f"{graph_dir / 'graph.json'}: {num_pdfs} senones, but {tree_dir / 'tree.json'} has {tree.num_pdfs}"
+        )
+    return tree
+
+
+def _copy_members(
+    checkpoints: Sequence[Path], tmp: Path, tree: ContextTree, tree_path: Path, system_dir: Path
+) -> tuple[list[dict], tuple[int, int]]:
+    """Each member's weights alone into ``tmp/members/N.pt`` (no optimizer or training state: the bundle is for
+    decoding) and its description for ``system.json``; with the frame context they share (else an error)."""
+    members, context = [], set()
+    for i, ckpt_path in enumerate(checkpoints):
+        ckpt = load_weights(ckpt_path)
+        if int(ckpt["num_classes"]) != tree.num_pdfs:
+            raise ValueError(
+                f"{ckpt_path}: {ckpt['num_classes']} senones, but {tree_path} "
+                f"has {tree.num_pdfs} (trained on another tree's labels?)"
+            )
+        frames = ckpt["config"]["frames"]
+        context.add((int(frames["left"]), int(frames["right"])))
+        (tmp / "members").mkdir(exist_ok=True)
+        torch.save({"model": ckpt["model"]}, tmp / "members" / f"{i}.pt")
+        members.append(
+            {
+                "file": f"members/{i}.pt",
+                "from": str(ckpt_path),
+                "model_config": ckpt["model_config"],
+                "input_dim": int(ckpt["input_dim"]),
+                "num_classes": int(ckpt["num_classes"]),
+            }
+        )
+    if len(context) != 1:
+        raise ValueError(f"{system_dir}: members use different frame contexts {sorted(context)}")
+    ((left, right),) = context
+    return members, (left, right)
+
+
 def _graph_tree(graph_dir: Path) -> Path | None:
     """The tree the graph's done marker says it was built from (relative to where the build ran)."""
     marker = graph_dir / ".graph.done"
@@ -287,30 +254,6 @@ def _graph_tree(graph_dir: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def _verify(root: Path) -> dict:
-    """The bundle's manifest after checking its version and every file's checksum."""
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found ({root} is not a bundle written by `asrdistill bundle`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if manifest.get("format") != "asrdistill-bundle" or manifest.get("version") != BUNDLE_VERSION:
-        raise ValueError(
-            f"{path}: bundle format {manifest.get('format')!r} version {manifest.get('version')!r} "
-            f"(written by asrdistill {manifest.get('asrdistill')}); this asrdistill {__version__} reads "
-            f"version {BUNDLE_VERSION}: re-export it with `asrdistill bundle`"
-        )
-    for name, digest in manifest["files"].items():
-        f = root / name
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: listed in {path} but missing")
-        if _sha256(f) != digest:
-            raise ValueError(f"{f}: sha256 differs from {path} (file changed or corrupted)")
-    return manifest
 
 
 @dataclass
@@ -333,7 +276,7 @@ class System:
 
     def __init__(self, root: str | Path, device: str | torch.device = "cpu"):
         self.root = root = Path(root)
-        _verify(root)
+        verify_manifest(root)
         with _reading(root / "system.json", "bundle description"):
             spec = json.loads((root / "system.json").read_text(encoding="utf-8"))
             self.name: str = spec["system"]
@@ -648,61 +591,3 @@ class System:
 def load_system(path: str | Path, device: str | torch.device = "cpu") -> System:
     """Load and verify a bundle (``exp/<system>/bundle``): ``load_system(p).transcribe("my_audio/")``."""
     return System(path, device)
-
-
-# --------------------------------------------------------------------------- word times
-
-
-def _phone_segments(ali: np.ndarray, tree: ContextTree) -> list[tuple[int, int, int]]:
-    """``(phone, start, end)`` runs of a senone alignment: a new phone where the centre phone changes
-    or the HMM state goes back (the same phone again)."""
-    segs: list[tuple[int, int, int]] = []
-    prev_phone, prev_state = -1, -1
-    for t, pdf in enumerate(ali.tolist()):
-        phone, state = tree.pdf_info[pdf][0] if tree.pdf_info[pdf] else (-1, -1)
-        if phone != prev_phone or state < prev_state:
-            segs.append((phone, t, t + 1))
-        else:
-            segs[-1] = (phone, segs[-1][1], t + 1)
-        prev_phone, prev_state = phone, state
-    return segs
-
-
-def word_times(
-    ali: np.ndarray, words: Sequence[str], lang: Lang, tree: ContextTree
-) -> tuple[list[tuple[int, int]], bool]:
-    """``([(start_frame, end_frame)] per word, exact)`` from the best path's senone alignment.
-
-    The alignment's phone runs are matched to the words' pronunciations in order
-    (optional silence between words), as Kaldi's word alignment does with word
-    boundary information. When no pronunciation fits (``exact`` False), the
-    frames are shared among the words in proportion to their phone counts.
-    """
-    if not words:
-        return [], True
-    segs = _phone_segments(np.asarray(ali), tree)
-    prons = lang.pronunciations()
-    pid = lang.phone_id
-    sil = pid[lang.silence_phones[0]]
-    times: list[tuple[int, int]] = []
-    i = 0
-    for w in words:
-        while i < len(segs) and segs[i][0] == sil and not any(p[0] == lang.silence_phones[0] for p in prons.get(w, [])):
-            i += 1
-        match = None
-        for pron in sorted(prons.get(w, []), key=len, reverse=True):
-            ids = [pid[p] for p in pron]
-            if [s[0] for s in segs[i : i + len(ids)]] == ids:
-                match = len(ids)
-                break
-        if match is None:
-            break
-        times.append((segs[i][1], segs[i + match - 1][2]))
-        i += match
-    if len(times) == len(words) and all(s[0] == sil for s in segs[i:]):
-        return times, True
-    weights = [min((len(p) for p in prons.get(w, [])), default=1) for w in words]
-    speech = [s for s in segs if s[0] != sil] or segs
-    start, end = (speech[0][1], speech[-1][2]) if speech else (0, len(ali))
-    edges = np.round(start + (end - start) * np.cumsum([0] + weights) / sum(weights)).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])], False

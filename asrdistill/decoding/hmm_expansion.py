@@ -171,21 +171,34 @@ def expand_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> FstA
     to[need] = base[inverse] + depth[need] + 1
     pieces.append([own_from, seqs[hmm, depth], olabel, own_weight, to])
     del need, inverse, to, own_from, own_weight, olabel, dst
-    p = np.repeat(np.arange(len(pairs)), count)
-    j = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count) + first[p]
-    pieces.append(
-        [
-            (base[p] + j).astype(np.int32),
-            seqs[pair_hmm[p], j],
-            np.zeros(len(p), dtype=np.int32),
-            np.zeros(len(p), dtype=np.float32),
-            np.where(j == lens[pair_hmm[p]] - 1, pair_dst[p], base[p] + j + 1).astype(np.int32),
-        ]
-    )
+    pieces.append(_chain_arcs(seqs, lens, base, count, first, pair_dst, pair_hmm))
     total_states = next_id + int(count.sum())
-    del p, j, pairs, first, pair_dst, pair_hmm, base, count, hmm, n, depth
+    del pairs, first, pair_dst, pair_hmm, base, count, hmm, n, depth
     final = np.concatenate([final, np.full(total_states - num_states, np.inf, dtype=np.float32)])
     return make_arrays(total_states, start, *_concatenate(pieces), final)
+
+
+def _chain_arcs(
+    seqs: np.ndarray,
+    lens: np.ndarray,
+    base: np.ndarray,
+    count: np.ndarray,
+    first: np.ndarray,
+    pair_dst: np.ndarray,
+    pair_hmm: np.ndarray,
+) -> list[np.ndarray]:
+    """The arcs of :func:`expand_hmm`'s shared chains, as one piece: chain ``i`` (into state ``pair_dst[i]``, HMM
+    ``pair_hmm[i]``) has ``count[i]`` arcs from depth ``first[i]`` on, its state at depth ``j`` being
+    ``base[i] + j``; its last arc enters ``pair_dst[i]``. Its own function so its index arrays are freed on return."""
+    p = np.repeat(np.arange(len(count)), count)
+    j = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count) + first[p]
+    return [
+        (base[p] + j).astype(np.int32),
+        seqs[pair_hmm[p], j],
+        np.zeros(len(p), dtype=np.int32),
+        np.zeros(len(p), dtype=np.float32),
+        np.where(j == lens[pair_hmm[p]] - 1, pair_dst[p], base[p] + j + 1).astype(np.int32),
+    ]
 
 
 def _arcs_by_hmm(fst: FstArrays, seqs: np.ndarray, label_cost: np.ndarray) -> tuple[list[list[np.ndarray]], ...]:
