@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asrdistill.fileio import atomic_path, write_json_atomic, write_text_atomic
+from asrdistill.fileio import write_json_atomic, write_text_atomic
 
 __all__ = [
     "SystemResult",
@@ -73,14 +73,6 @@ DIFFERENCES = (
 )
 BOOTSTRAP_SAMPLES = 2000
 INDEPENDENT = "independent_baseline"  # a hard-label model with its own seed, not an ensemble member
-COLORS = {
-    "baseline": "tab:blue",
-    "ensemble": "tab:green",
-    "student": "tab:orange",
-    INDEPENDENT: "tab:cyan",
-    COMBINED: "tab:purple",
-    FROM_SPECIALISTS: "tab:brown",
-}
 INTERVAL = "95% paired bootstrap over test utterances and, within each seed group, over its seeds"
 
 
@@ -335,18 +327,7 @@ def collect_results(
 ) -> dict:
     """Write ``results.json``, ``results.md`` and ``results.png`` in ``exp_dir`` from the systems' metrics."""
     exp_dir = Path(exp_dir)
-    rows = [
-        SystemResult.load(exp_dir / name / "metrics.json")
-        for name in order
-        if (exp_dir / name / "metrics.json").is_file()
-    ]
-    if not rows:
-        raise FileNotFoundError(f"{exp_dir}: no <system>/metrics.json found for {order}")
-    sweep = sorted(
-        (r for r in rows if r.kind == "sweep"),  # numerically: T = 2 before T = 10
-        key=lambda r: (r.extra.get("temperature") or 0, r.extra.get("hard_weight") or 0),
-    )
-    rows = [r for r in rows if r.kind != "sweep"] + sweep
+    rows = _load_rows(exp_dir, order)
     test_set = test_set or rows[0].extra.get("test_set", "test")
     groups = _groups(rows)
     summary = {
@@ -364,19 +345,7 @@ def collect_results(
     comparison = _compare(exp_dir, groups, test_set)
     fidelity_path = exp_dir / "ensemble" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.is_file() else {}
-    goal = {}
-    if "kept_share_test_frame_acc" in comparison:
-        share, gain = comparison["kept_share_test_frame_acc"], comparison["ensemble_gain_test_frame_acc"]
-        agree = comparison["agreement_with_ensemble_test"]
-        singles = [
-            a["value"] for name, a in agree["systems"].items() if name not in {r.system for r in groups["student"]}
-        ]
-        goal = {
-            "kept_share_at_least": goal_kept_share,
-            "kept_share_met": share["value"] >= goal_kept_share,
-            "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0,
-            "student_agrees_most": agree["groups"]["student"]["value"] > max(singles, default=math.inf),
-        }
+    goal = _goal(comparison, groups, goal_kept_share)
     fraction = {}
     if "fraction_hard" in groups and "fraction_soft" in groups:
         fraction = {k: groups[f"fraction_{k}"][0].test_frame_acc for k in ("hard", "soft")}
@@ -402,7 +371,9 @@ def collect_results(
         exp_dir / "results.md",
         _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists),
     )
-    _plot(exp_dir, groups, summary, comparison, exp_dir / "results.png")
+    from asrdistill.results_plot import plot_results  # matplotlib only when drawing
+
+    plot_results(exp_dir, groups, summary, comparison, exp_dir / "results.png")
     return {
         "systems": rows,
         "groups": summary,
@@ -413,7 +384,41 @@ def collect_results(
     }
 
 
-def _difference_label(prefix: str, comparison: dict) -> str:
+def _load_rows(exp_dir: Path, order: list[str]) -> list[SystemResult]:
+    """The systems of ``order`` that have a ``metrics.json``, sweep runs last and sorted numerically by (T, hard
+    weight): T = 2 before T = 10."""
+    rows = [
+        SystemResult.load(exp_dir / name / "metrics.json")
+        for name in order
+        if (exp_dir / name / "metrics.json").is_file()
+    ]
+    if not rows:
+        raise FileNotFoundError(f"{exp_dir}: no <system>/metrics.json found for {order}")
+    sweep = sorted(
+        (r for r in rows if r.kind == "sweep"),
+        key=lambda r: (r.extra.get("temperature") or 0, r.extra.get("hard_weight") or 0),
+    )
+    return [r for r in rows if r.kind != "sweep"] + sweep
+
+
+def _goal(comparison: dict, groups: dict[str, list[SystemResult]], goal_kept_share: float) -> dict:
+    """Whether the students keep ``goal_kept_share`` of a resolved ensemble gain and agree with the ensemble more
+    than any single model (baselines, the independent one) does; {} without a comparison."""
+    if "kept_share_test_frame_acc" not in comparison:
+        return {}
+    share, gain = comparison["kept_share_test_frame_acc"], comparison["ensemble_gain_test_frame_acc"]
+    agree = comparison["agreement_with_ensemble_test"]
+    students = {r.system for r in groups["student"]}
+    singles = [a["value"] for name, a in agree["systems"].items() if name not in students]
+    return {
+        "kept_share_at_least": goal_kept_share,
+        "kept_share_met": share["value"] >= goal_kept_share,
+        "ensemble_gain_ci_excludes_zero": gain["ci_low"] > 0,
+        "student_agrees_most": agree["groups"]["student"]["value"] > max(singles, default=math.inf),
+    }
+
+
+def difference_label(prefix: str, comparison: dict) -> str:
     system, reference = next((a, b) for p, a, b in DIFFERENCES if p == prefix)
     return f"{system} - {comparison['generalist'] + ' (its generalist)' if reference == 'generalist' else reference}"
 
@@ -431,43 +436,7 @@ def _trained(r: SystemResult) -> str:
 
 def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists) -> str:
     agree = comparison.get("agreement_with_ensemble_test", {"systems": {}, "groups": {}})
-    lines = [
-        f"# {title}",
-        "",
-        "## Systems",
-        "",
-        "Epochs: run / budget (best dev epoch), what ended training. Agreement: test frames where the system's "
-        "best senone is the ensemble's.",
-        "",
-        "| system | seed | epochs | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
-        "| agrees with ensemble % | NN ms / s of audio | search RTF |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
-        a = agree["systems"].get(r.system)
-        lines.append(
-            f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
-            f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
-            f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |"
-        )
-    lines += [
-        "",
-        "## Over seeds (mean ± sd)",
-        "",
-        "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % | agrees with ensemble % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in groups:
-        g = summary[name]
-        if name in (*GROUPED, "ensemble", INDEPENDENT, COMBINED, FROM_SPECIALISTS):
-            a = agree["groups"].get(name)
-            lines.append(
-                f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
-                f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |"
-            )
-    for p in PAPER:
-        lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - |")
+    lines = [f"# {title}", "", *_systems_table(rows, agree), "", *_groups_table(groups, summary, agree)]
     chosen = _chosen_distillation(groups)
     if chosen:
         lines += [
@@ -476,32 +445,7 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
             "swept settings).",
         ]
     if comparison:
-        lines += [
-            "",
-            f"## Differences on test, 95% intervals over {comparison['test_utterances']} utterances",
-            "",
-            f"Intervals: {comparison['interval']}.",
-            "",
-            "| figure | value [95% interval] |",
-            "|---|---:|",
-        ]
-        for metric, unit, better in (("frame_acc", "frame acc", "higher"), ("wer", "WER", "lower")):
-            for prefix, _, _ in DIFFERENCES:
-                if f"{prefix}_test_{metric}" in comparison:
-                    lines.append(
-                        f"| {_difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
-                        f"{_ci(comparison[f'{prefix}_test_{metric}'])} |"
-                    )
-        if "kept_share_test_frame_acc" in comparison:
-            lines.append(
-                f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
-                f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |"
-            )
-        lines.append(
-            f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
-            f"{_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)} |"
-        )
-        lines += ["", f"The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
+        lines += ["", *_differences(comparison)]
     if goal:
         lines.append(
             f"Goal (kept share >= {100 * goal['kept_share_at_least']:.0f}% with the ensemble's gain interval "
@@ -531,6 +475,79 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
     if specialists:
         lines += _specialists_markdown(specialists)
     return "\n".join(lines) + "\n"
+
+
+def _systems_table(rows: list[SystemResult], agree: dict) -> list[str]:
+    """One row per system: its budget and end, size, accuracies, WERs, agreement with the ensemble, costs."""
+    lines = [
+        "## Systems",
+        "",
+        "Epochs: run / budget (best dev epoch), what ended training. Agreement: test frames where the system's "
+        "best senone is the ensemble's.",
+        "",
+        "| system | seed | epochs | params | dev frame acc % | test frame acc % | dev WER % | test WER % "
+        "| agrees with ensemble % | NN ms / s of audio | search RTF |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
+        a = agree["systems"].get(r.system)
+        lines.append(
+            f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
+            f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
+            f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |"
+        )
+    return lines
+
+
+def _groups_table(groups: dict, summary: dict, agree: dict) -> list[str]:
+    """The reported groups over their seeds, beside the paper's rows."""
+    lines = [
+        "## Over seeds (mean ± sd)",
+        "",
+        "| group | seeds | dev frame acc % | test frame acc % | dev WER % | test WER % | agrees with ensemble % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in groups:
+        g = summary[name]
+        if name in (*GROUPED, "ensemble", INDEPENDENT, COMBINED, FROM_SPECIALISTS):
+            a = agree["groups"].get(name)
+            lines.append(
+                f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
+                f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |"
+            )
+    for p in PAPER:
+        lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - |")
+    return lines
+
+
+def _differences(comparison: dict) -> list[str]:
+    """The differences on test with their intervals, and the kept share on test and dev beside the paper's."""
+    lines = [
+        f"## Differences on test, 95% intervals over {comparison['test_utterances']} utterances",
+        "",
+        f"Intervals: {comparison['interval']}.",
+        "",
+        "| figure | value [95% interval] |",
+        "|---|---:|",
+    ]
+    for metric, unit, better in (("frame_acc", "frame acc", "higher"), ("wer", "WER", "lower")):
+        for prefix, _, _ in DIFFERENCES:
+            if f"{prefix}_test_{metric}" in comparison:
+                lines.append(
+                    f"| {difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
+                    f"{_ci(comparison[f'{prefix}_test_{metric}'])} |"
+                )
+    if "kept_share_test_frame_acc" in comparison:
+        lines.append(
+            f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
+            f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |"
+        )
+    lines.append(
+        f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
+        f"{_fmt(100 * comparison['kept_share_dev_frame_acc'], 0)} |"
+    )
+    return lines + ["", f"The paper's student kept {100 * kept_share(58.9, 61.1, 60.8):.0f}%."]
 
 
 def _chosen_distillation(groups: dict[str, list[SystemResult]]) -> tuple[float, float] | None:
@@ -565,110 +582,3 @@ def _specialists_markdown(breakdown: dict) -> list[str]:
                 f"{_fmt(100 * gen[acc])} | {_fmt(100 * comb[acc])} | {100 * (comb[acc] - gen[acc]):+.2f} |"
             )
     return lines
-
-
-def _plot(exp_dir: Path, groups: dict, summary: dict, comparison: dict, path: Path) -> None:
-    """Six panels: test frame accuracy and WER per group (error bars: sd over seeds), the differences with their
-    intervals, the kept share against the paper's, and the learning curves (dev accuracy, dev KL to the
-    ensemble) of the first student and of the independent baseline (else the first baseline)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(max(15, 0.6 * len(groups) + 10), 9))
-    _plot_groups(axes[0, 0], axes[0, 1], groups, summary)
-    _plot_differences(axes[0, 2], comparison)
-    _plot_kept_share(axes[1, 0], comparison)
-    _plot_curves(axes[1, 1], axes[1, 2], exp_dir, groups)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _plot_groups(acc_ax, wer_ax, groups: dict, summary: dict) -> None:
-    """Bars per group; a group without a WER (e.g. the sweep) is left out of the WER panel, not drawn as 0."""
-    for ax, key, label in (
-        (acc_ax, "test_frame_acc", "test frame accuracy (%), higher is better"),
-        (wer_ax, "test_wer", "test WER (%), lower is better"),
-    ):
-        names = [n for n in groups if not math.isnan(summary[n][key]["mean"])]
-        means = [summary[n][key]["mean"] for n in names]
-        sds = [summary[n][key]["std"] if summary[n][key]["n"] > 1 else 0.0 for n in names]
-        ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=[COLORS.get(n, "tab:gray") for n in names])
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel(label)
-        if means and key == "test_frame_acc":
-            ax.set_ylim(max(0, min(means) - 5), min(100, max(means) + 2))
-
-
-def _plot_differences(ax, comparison: dict) -> None:
-    """Each difference as a point with its interval, one labelled row each (readable however many there are)."""
-    shown = [
-        (f"{prefix}_test_{metric}", system, f"{_difference_label(prefix, comparison)}, {unit}")
-        for metric, unit in (("frame_acc", "frame acc (> 0 better)"), ("wer", "WER (< 0 better)"))
-        for prefix, system, _ in DIFFERENCES
-        if f"{prefix}_test_{metric}" in comparison
-    ]
-    for i, (key, system, _) in enumerate(shown):
-        iv = comparison[key]
-        ax.errorbar(
-            [iv["value"]],
-            [i],
-            xerr=[[iv["value"] - iv["ci_low"]], [iv["ci_high"] - iv["value"]]],
-            fmt="o",
-            capsize=4,
-            color=COLORS.get(system, "tab:gray"),
-        )
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(shown)), [label for _, _, label in shown], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("difference on test, points (95% interval)")
-
-
-def _plot_kept_share(ax, comparison: dict) -> None:
-    """The student's kept share of the ensemble's gain (test with its interval, dev) beside the paper's."""
-    paper = 100 * kept_share(58.9, 61.1, 60.8)
-    test = comparison.get("kept_share_test_frame_acc")
-    if test is not None and not math.isnan(test["value"]):
-        ax.errorbar(
-            [0],
-            [100 * test["value"]],
-            yerr=[[100 * (test["value"] - test["ci_low"])], [100 * (test["ci_high"] - test["value"])]],
-            fmt="o",
-            capsize=5,
-            color=COLORS["student"],
-        )
-    dev = comparison.get("kept_share_dev_frame_acc", math.nan)
-    if not math.isnan(dev):
-        ax.plot([1], [100 * dev], "o", color=COLORS["student"], mfc="white")
-    ax.axhline(paper, color="black", ls="--", lw=1, label=f"paper: {paper:.0f}%")
-    ax.axhline(80, color="tab:red", ls=":", lw=1, label="goal: 80%")
-    ax.set_xticks([0, 1], ["test (95% interval)", "dev"])
-    ax.set_xlim(-0.7, 1.7)
-    ax.set_ylabel("share of the ensemble's frame-acc gain kept (%)")
-    ax.legend(fontsize=8)
-
-
-def _plot_curves(acc_ax, kl_ax, exp_dir: Path, groups: dict) -> None:
-    """Dev frame accuracy and dev KL to the ensemble per epoch, with the ensemble's dev accuracy as a line."""
-    from asrdistill.plots import epoch_records
-
-    reference = INDEPENDENT if INDEPENDENT in groups else "baseline"
-    for group, r in ((g, groups[g][0]) for g in (reference, "student") if groups.get(g)):
-        rows = epoch_records(exp_dir / r.system)
-        epochs = [row["epoch"] + 1 for row in rows]
-        color = COLORS.get(group, "tab:gray")
-        acc_ax.plot(epochs, [100 * row["dev_acc"] for row in rows], marker="o", ms=3, color=color, label=r.system)
-        if any("dev_kl" in row for row in rows):
-            kl_ax.plot(
-                epochs, [row.get("dev_kl", math.nan) for row in rows], marker="o", ms=3, color=color, label=r.system
-            )
-    if "ensemble" in groups:
-        acc_ax.axhline(groups["ensemble"][0].dev_frame_acc, color=COLORS["ensemble"], ls="--", label="ensemble")
-    acc_ax.set(xlabel="epoch", ylabel="dev frame accuracy (%)")
-    kl_ax.set(xlabel="epoch", ylabel="dev KL(ensemble || model) per frame, lower is closer")
-    for ax in (acc_ax, kl_ax):
-        if ax.lines:
-            ax.legend(fontsize=8)
