@@ -120,16 +120,9 @@ def train_specialist(
 
     ``nnet.train.train`` cannot be reused: it builds a fresh model over all
     senones from an unbiased stream; a specialist starts from the generalist
-    with a new output layer over group + dustbin, on an enriched stream. The
-    output layer starts from the generalist's rows (the dustbin's from their
-    log-sum-exp at the current bias, approximated by the mean row plus the log
-    of the class count), so training starts near the generalist merged to the group.
-
-    Soft targets are the generalist's distribution merged to group + dustbin at
-    T = 1, then softened as logits (``softmax(merged / T)``): merging after
-    softening would ask one dustbin logit to be a sum of many softened classes,
-    which no logit also matches at T = 1 (the dustbin would come out inflated
-    by up to its class count).
+    with a new output layer over group + dustbin (:func:`_from_generalist`), on
+    an enriched stream (:func:`_enriched`), and its dustbin is corrected for the
+    oversampling afterwards (:func:`_correct_dustbin`).
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -148,77 +141,24 @@ def train_specialist(
     if done is not None:
         return done["result"]
     torch.manual_seed(config.seed + group.id)
-    c = generalist.num_classes
     senones = torch.tensor(group.senones, dtype=torch.int64, device=device)
-    lut = _class_map(senones, c)
-    in_group = lut < len(senones)
     generalist = generalist.to(device).eval().requires_grad_(False)
-
-    model = FrameDNN(generalist.config, generalist.input_dim, len(senones) + 1).to(device)
-    with torch.no_grad():
-        model.hidden.load_state_dict(generalist.hidden.state_dict())
-        w, b = generalist.output.weight, generalist.output.bias
-        rest = ~in_group
-        model.output.weight.copy_(torch.cat([w[senones], w[rest].mean(0, keepdim=True)]))
-        model.output.bias.copy_(torch.cat([b[senones], b[rest].mean(0, keepdim=True) + math.log(int(rest.sum()))]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model = _from_generalist(generalist, senones)
     stream = FrameStream(feats, labels, cmvn, frames, seed=config.seed + group.id, device=device)
-    bf16 = device.type == "cuda"
-    steps = 0
-    for epoch in range(config.epochs):
-        model.train()
-        loss_sum, batches = torch.zeros((), device=device), 0
-        for batch in _enriched(stream, epoch, in_group, config.group_fraction):
-            y = lut[batch.y]
-            with autocast(device, bf16):
-                logits = model(batch.x)
-                if config.targets == "hard":
-                    loss = F.cross_entropy(logits.float(), y)
-                else:
-                    with torch.no_grad():  # merged at T = 1, then softened like logits (see the docstring)
-                        merged = _merge(torch.log_softmax(generalist(batch.x).float(), -1), senones)
-                        teacher = torch.softmax(merged / config.temperature, -1)
-                    loss = kd_loss(
-                        logits,
-                        teacher_probs=teacher,
-                        labels=y,
-                        temperature=config.temperature,
-                        hard_weight=config.hard_weight,
-                        check_values=False,
-                    )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            batches += 1
-        steps += batches
-        log.info(
-            "specialist %d epoch %d: %d batches, train loss %.4f",
-            group.id,
-            epoch,
-            batches,
-            loss_sum.item() / max(batches, 1),
-        )
+    steps = _fit(model, generalist, senones, stream, config, group.id)
     if steps == 0:
         raise ValueError(
             f"{labels.path}: too few frames of group {group.id} ({len(senones)} senones) for one "
             f"batch of {frames.batch_size}"
         )
-    # undo the oversampling: the prior odds of dustbin vs group were (1 - r) / r in training, (1 - f) / f in the
-    # data. Soft targets carry the data's prior already, so only the hard term's share of the shift applies.
-    f = _group_share(labels, in_group.cpu())
-    r = max(1, round(frames.batch_size * config.group_fraction)) / frames.batch_size
-    correction = math.log((1 - f) / f) - math.log((1 - r) / r)
-    if config.targets == "soft":
-        correction *= config.hard_weight
-    with torch.no_grad():
-        model.output.bias[len(senones)] += correction
+    share = _group_share(labels, _class_map(senones, generalist.num_classes).cpu() < len(senones))
+    correction = _correct_dustbin(model, share, frames.batch_size, config)
     model.eval()
     result = {
         "group": group.id,
         "size": len(senones),
         "steps": steps,
-        "train_group_share": f,
+        "train_group_share": share,
         "dustbin_correction": correction,
         **_dev_group_metrics(generalist, model, senones, dev_feats, dev_labels, cmvn, frames, device),
     }
@@ -226,7 +166,7 @@ def train_specialist(
         **model.describe(),
         "model": model.state_dict(),
         "senones": group.senones,
-        "num_pdfs": c,
+        "num_pdfs": generalist.num_classes,
         "generalist": info["generalist"],
         "result": result,
     }
@@ -242,6 +182,97 @@ def train_specialist(
         result["dev_frames"],
     )
     return result
+
+
+def _from_generalist(generalist: FrameDNN, senones: Tensor) -> FrameDNN:
+    """A new model over group + dustbin that starts near the generalist merged to the group.
+
+    The hidden layers are the generalist's; the output rows are the group's
+    rows, and the dustbin's is their log-sum-exp at the current bias,
+    approximated by the mean of the other rows plus the log of their count.
+    """
+    model = FrameDNN(generalist.config, generalist.input_dim, len(senones) + 1).to(senones.device)
+    rest = _class_map(senones, generalist.num_classes) == len(senones)
+    with torch.no_grad():
+        model.hidden.load_state_dict(generalist.hidden.state_dict())
+        w, b = generalist.output.weight, generalist.output.bias
+        model.output.weight.copy_(torch.cat([w[senones], w[rest].mean(0, keepdim=True)]))
+        model.output.bias.copy_(torch.cat([b[senones], b[rest].mean(0, keepdim=True) + math.log(int(rest.sum()))]))
+    return model
+
+
+def _fit(
+    model: FrameDNN, generalist: FrameDNN, senones: Tensor, stream: FrameStream, config: SpecialistConfig, group: int
+) -> int:
+    """``config.epochs`` passes of Adam over the group-enriched stream; the number of steps taken."""
+    device = senones.device
+    lut = _class_map(senones, generalist.num_classes)
+    in_group = lut < len(senones)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    bf16 = device.type == "cuda"
+    steps = 0
+    for epoch in range(config.epochs):
+        model.train()
+        loss_sum, batches = torch.zeros((), device=device), 0
+        for batch in _enriched(stream, epoch, in_group, config.group_fraction):
+            with autocast(device, bf16):
+                loss = _loss(model, generalist, senones, batch.x, lut[batch.y], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            batches += 1
+        steps += batches
+        log.info(
+            "specialist %d epoch %d: %d batches, train loss %.4f",
+            group,
+            epoch,
+            batches,
+            loss_sum.item() / max(batches, 1),
+        )
+    return steps
+
+
+def _loss(
+    model: FrameDNN, generalist: FrameDNN, senones: Tensor, x: Tensor, y: Tensor, config: SpecialistConfig
+) -> Tensor:
+    """The loss of one batch against labels ``y`` over group + dustbin: hard, or KD from the generalist.
+
+    Soft targets are the generalist's distribution merged to group + dustbin at
+    T = 1, then softened as logits (``softmax(merged / T)``): merging after
+    softening would ask one dustbin logit to be a sum of many softened classes,
+    which no logit also matches at T = 1 (the dustbin would come out inflated
+    by up to its class count).
+    """
+    logits = model(x)
+    if config.targets == "hard":
+        return F.cross_entropy(logits.float(), y)
+    with torch.no_grad():
+        merged = _merge(torch.log_softmax(generalist(x).float(), -1), senones)
+        teacher = torch.softmax(merged / config.temperature, -1)
+    return kd_loss(
+        logits,
+        teacher_probs=teacher,
+        labels=y,
+        temperature=config.temperature,
+        hard_weight=config.hard_weight,
+        check_values=False,
+    )
+
+
+def _correct_dustbin(model: FrameDNN, share: float, batch_size: int, config: SpecialistConfig) -> float:
+    """Undo the oversampling in the dustbin's bias, given the group's ``share`` of the training frames; the shift.
+
+    The prior odds of dustbin vs group were (1 - r) / r in training, (1 - share) / share in the data. Soft targets
+    carry the data's prior already, so only the hard term's share of the shift applies.
+    """
+    r = max(1, round(batch_size * config.group_fraction)) / batch_size
+    correction = math.log((1 - share) / share) - math.log((1 - r) / r)
+    if config.targets == "soft":
+        correction *= config.hard_weight
+    with torch.no_grad():
+        model.output.bias[-1] += correction
+    return correction
 
 
 def _group_share(labels: ShardManifest, in_group: Tensor) -> float:
