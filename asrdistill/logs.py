@@ -2,7 +2,7 @@
 
 Every ``asrdistill`` command that writes a folder appends ``<out>/log/<command>.log``
 (:func:`command_log`): its command line, the config sections it reads, every
-record of the ``asrdistill`` and ``data_prep`` loggers while it runs, and at the
+record of the ``asrdistill`` loggers (and of any package :func:`log_package` adds) while it runs, and at the
 end its wall and CPU time and exit status, so a finished run can be read (and
 rerun) from its outputs alone. :func:`progress` replaces ``tqdm``: a redrawn bar
 belongs on a terminal only; where stderr is a file (a redirected recipe run) it
@@ -24,10 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-__all__ = ["FORMAT", "LOGGERS", "command_log", "describe_error", "file_log", "progress"]
+__all__ = ["FORMAT", "LOGGERS", "command_log", "describe_error", "file_log", "log_package", "progress"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOGGERS = ("asrdistill", "data_prep")  # the packages whose records a command's log file receives
+LOGGERS = ["asrdistill"]  # the packages whose records a command's log file receives (see log_package)
+
+
+def log_package(name: str) -> None:
+    """Have command logs also receive the records of package ``name``: the CLI adds the packages beside the library
+    whose functions its commands run (the library itself knows none of them)."""
+    if name not in LOGGERS:
+        LOGGERS.append(name)
+
+
 DEFAULT_INTERVAL = 30.0  # seconds between progress lines where stderr is not a terminal
 
 log = logging.getLogger(__name__)

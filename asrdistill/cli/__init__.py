@@ -17,7 +17,9 @@ from typing import Sequence
 
 from asrdistill.cli import aligner, corpus, datadir, evaluate, features, graph, inference, nnet, specialists, tools
 from asrdistill.cli.common import COMMANDS, CONFIG, Command, add_to, check_device, check_inputs, section
-from asrdistill.logs import FORMAT, command_log, describe_error
+from asrdistill.logs import FORMAT, command_log, describe_error, log_package
+
+log_package("data_prep")  # the corpus commands run data_prep's functions: their records belong in the command logs
 
 log = logging.getLogger("asrdistill")
 
