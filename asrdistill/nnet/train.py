@@ -30,8 +30,6 @@ Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -48,50 +46,43 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrdistill.config import from_dict, to_dict
+from asrdistill.config import from_dict
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
-from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
 from asrdistill.fileio import (
-    atomic_path,
-    clear_done,
     json_safe,
     load_weights,
     mark_done,
     remove_temporaries,
-    stage_done,
-    write_text_atomic,
 )
 from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
+from asrdistill.nnet.checkpoint import (
+    _barrier,
+    _check_resumable,
+    _comparable,
+    _finished_run,
+    _run_inputs,
+    _save_best,
+    _save_checkpoint,
+    _set_rng_states,
+    _start_over,
+    _truncate_metrics,
+)
 from asrdistill.nnet.ensemble import (
     ensemble_logprobs,
-    fingerprint,
     frame_accuracy,
     load_teachers,
-    read_members,
-    reference_posteriors,
-    system_checkpoints,
 )
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
+from asrdistill.nnet.monitor import _measure, _monitor_sets
+from asrdistill.nnet.targets import _num_classes, _soft_manifest, _subset_labels, _teacher_identity
 from asrdistill.results import COMBINED
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
 
 log = logging.getLogger(__name__)
-
-# fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {
-    "log_every",
-    "checkpoint_every",
-    "progress",
-    "compile",
-    "device",
-    "kind",
-    "reference",
-    "monitor_frames",
-    "improve_tol",
-}
 
 
 # --------------------------------------------------------------------------- config
@@ -394,81 +385,6 @@ def _log_metrics(run: _Run, record: dict) -> None:
                 run.writer.add_scalar(prefix + key, value, record["step"])
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _rng_states(device: torch.device) -> dict:
-    """This process's RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_states(states: dict, device: torch.device) -> None:
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal.tolist()), gauss_next))
-    name, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
-def _barrier(run: _Run) -> None:
-    if run.world_size > 1:
-        dist.barrier()
-
-
-def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
-    """Atomically write ``name``: everything :func:`train` needs to continue bit-exactly.
-
-    Called on every rank (the RNG states of all ranks are gathered into it); rank 0
-    writes, and no rank goes on before the file is in place.
-    """
-    rng = [_rng_states(run.device)]
-    if run.world_size > 1:
-        rng = [None] * run.world_size
-        dist.all_gather_object(rng, _rng_states(run.device))
-    if run.rank == 0:
-        ckpt = {
-            **run.model.describe(),
-            "model": run.model.state_dict(),
-            "config": to_dict(run.config),
-            "world_size": run.world_size,
-            "optimizer": run.optimizer.state_dict(),
-            "targets": run.targets,
-            "state": dataclasses.asdict(state),
-            "rng": rng,
-        }
-        with atomic_path(run.out_dir / name) as tmp:
-            torch.save(ckpt, tmp)
-    _barrier(run)
-
-
-def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
-    if run.rank != 0:
-        return
-    ckpt = {
-        **run.model.describe(),
-        "model": run.model.state_dict(),
-        "config": to_dict(run.config),
-        "epoch": state.epoch,
-        "step": state.step,
-        "dev": dev,
-    }
-    with atomic_path(run.out_dir / "best.pt") as tmp:
-        torch.save(ckpt, tmp)
-
-
-def _comparable(config: TrainConfig) -> dict:
-    return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
-
-
 def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
     """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
 
@@ -483,139 +399,6 @@ def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
     if config.distill is None:
         return "baseline"
     return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
-
-
-def _start_over(out_dir: Path) -> None:
-    for name in ("last.pt", "best.pt", ".train.done"):
-        (out_dir / name).unlink(missing_ok=True)
-    clear_done(out_dir / "subset", "subset")
-
-
-def _run_inputs(config: TrainConfig, targets: dict) -> dict:
-    """What a run's result depends on (recorded in ``.train.done``): its config, the train/dev features and labels
-    and the CMVN stats, and its distillation targets."""
-    data = {k: Path(getattr(config, k)) for k in ("train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
-    return {"config": _comparable(config), **data, "targets": targets}
-
-
-def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
-    """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
-    return stage_done(
-        out_dir, "train", _run_inputs(config, targets), on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None
-    )
-
-
-def _truncate_metrics(run: _Run, state: TrainState) -> None:
-    """Drop ``log/metrics.jsonl`` records written after the checkpoint being resumed: they are logged again."""
-    path = run.out_dir / "log" / "metrics.jsonl"
-    if run.rank != 0 or not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the kill
-        if r["epoch"] < state.epoch if "dev_acc" in r else r["step"] <= state.step:
-            keep.append(line + "\n")
-    write_text_atomic(path, "".join(keep))
-
-
-def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
-    """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
-    old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
-    new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
-    diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if diffs:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
-        raise ValueError(
-            f"{path}: checkpoint is from a different configuration ({details}); use another output folder or delete it"
-        )
-    if ckpt.get("targets", {}) != targets:
-        raise ValueError(
-            f"{path}: checkpoint was trained towards other soft targets or teachers "
-            f"({ckpt.get('targets')} -> {targets}); use another output folder or --force"
-        )
-    if ckpt.get("world_size") != world_size:
-        raise ValueError(
-            f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
-            f"this run has {world_size}; data positions would not match"
-        )
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _utterance_selected(utt: str, fraction: float) -> bool:
-    """Fixed pseudo-random choice of an utterance, independent of seed, rank and shard layout."""
-    h = int.from_bytes(hashlib.sha1(utt.encode("utf-8")).digest()[:8], "big")
-    return h < fraction * 2.0**64
-
-
-def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
-    """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
-    if fraction >= 1.0:
-        return labels
-    inputs = {"labels": [labels.path, labels.shard_paths], "fraction": fraction}
-    if stage_done(out_dir, "subset", inputs) is not None:
-        return ShardManifest.load(out_dir, PDF_PREFIX)
-    subset = ShardManifest(
-        out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path), "data_fraction": fraction}
-    )
-    empty = np.zeros(0, dtype=np.int32)
-    for path, shard in zip(labels.shard_paths, labels.shards):
-        samples = (
-            (utt, {"pdf": s["pdf"] if _utterance_selected(utt, fraction) else empty}) for utt, s in iter_shard(path)
-        )
-        subset.shards.append(write_shard(out_dir / shard.name, samples))
-    if subset.num_frames == 0:
-        raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
-    subset.save()
-    mark_done(out_dir, "subset", {"source": str(labels.path), "fraction": fraction}, inputs)
-    log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
-    return subset
-
-
-def _num_classes(config: TrainConfig, labels: ShardManifest) -> int:
-    if config.num_classes > 0:
-        return config.num_classes
-    n = labels.meta.get("num_pdfs")
-    if n is None:
-        raise ValueError(f"{labels.path}: meta has no 'num_pdfs'; set train.num_classes")
-    return int(n)
-
-
-def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
-    soft = ShardManifest.load(distill.soft_targets, SOFT_PREFIX)
-    t, c = soft.meta.get("temperature"), soft.meta.get("num_classes")
-    if t is None or not math.isclose(float(t), distill.temperature):
-        raise ValueError(
-            f"{soft.path}: soft targets were computed at temperature {t}, distill.temperature is {distill.temperature}"
-        )
-    if c is not None and int(c) != num_classes:
-        raise ValueError(f"{soft.path}: soft targets have {c} senones, the student {num_classes}")
-    fidelity = soft.meta.get("fidelity")
-    if distill.min_fidelity > 0 and (fidelity is None or float(fidelity) < distill.min_fidelity):
-        told = "was not measured" if fidelity is None else f"is {100 * float(fidelity):.1f}%"
-        log.warning(
-            "!!! %s: the share of the exact soft loss this cache keeps %s (wanted >= %.0f%%): the student "
-            "may not see the ensemble's distribution at T=%g. Rebuild it dense (ensemble.topk=0) or "
-            "distill online. !!!",
-            soft.path,
-            told,
-            100 * distill.min_fidelity,
-            distill.temperature,
-        )
-    return soft
-
-
-def _teacher_identity(config: TrainConfig, soft: ShardManifest | None, teachers: Sequence[FrameDNN]) -> dict:
-    """What the distillation targets were made from; a finished run is reused only if this still matches."""
-    if soft is not None:
-        return {k: soft.meta.get(k) for k in ("teachers_sha256", "feats_sha256", "k", "method", "temperature")}
-    if teachers:
-        return {"teachers_sha256": fingerprint(teachers)}
-    return {}
 
 
 # --------------------------------------------------------------------------- the run
@@ -888,101 +671,6 @@ def still_improving(history: Sequence[dict], tol: float) -> bool:
     while the model was still improving (cut off by its budget or a stopping rule), not after it had levelled."""
     accs = [r["dev_acc"] for r in history if "dev_acc" in r]
     return len(accs) > 1 and accs[-1] - max(accs[:-1]) > tol
-
-
-# --------------------------------------------------------------------------- closeness to the ensemble
-
-
-def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[FrameDNN], str]:
-    """The ensemble a run is measured against each epoch, and how it combines: ``train.reference`` if set, else a
-    distilled run's own teachers (online: the checkpoints; cached: the ensemble folder holding the soft targets,
-    if its weights are the ones the targets were made from). None for a hard-label run without a reference."""
-    c = run.config
-    input_dim, num_classes = run.model.input_dim, run.model.num_classes
-    if c.reference:
-        return load_teachers(system_checkpoints(c.reference), run.device, expect=(input_dim, num_classes)), "arithmetic"
-    if run.teachers:
-        return run.teachers, c.distill.method
-    ensemble_dir = Path(soft.directory).parent if soft is not None else None
-    if ensemble_dir is not None and (ensemble_dir / "members.txt").is_file():
-        models = load_teachers(read_members(ensemble_dir), run.device, expect=(input_dim, num_classes))
-        if fingerprint(models) == soft.meta.get("teachers_sha256"):
-            return models, soft.meta.get("method", "arithmetic")
-        log.warning(
-            "%s: members.txt lists other weights than the soft targets were made from; no per-epoch "
-            "agreement with the ensemble",
-            ensemble_dir,
-        )
-    return [], ""
-
-
-def _monitor_sets(
-    run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]], cmvn: Cmvn
-) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
-    """name -> (features, labels of a fixed sample of about ``monitor_frames`` frames, the reference's log
-    posteriors there), computed once; empty when the run has no reference."""
-    models, method = _reference_models(run, soft)
-    if not models:
-        return {}
-    out = {}
-    for name, (feats, labels) in sets.items():
-        fraction = min(1.0, run.config.monitor_frames / max(1, labels.num_frames))
-        if run.rank == 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        _barrier(run)
-        if run.rank != 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        reference = reference_posteriors(
-            models,
-            feats,
-            sample,
-            cmvn,
-            run.config.frames,
-            method,
-            run.device,
-            run.bf16,
-            rank=run.rank,
-            world_size=run.world_size,
-        )
-        out[name] = (feats, sample, reference)
-    log.info(
-        "%s: each epoch measured against its reference ensemble (%d model(s)) on %s",
-        run.out_dir,
-        len(models),
-        ", ".join(f"{n} ({s.num_frames} frames)" for n, (_, s, _) in out.items()),
-    )
-    return out
-
-
-def _sample_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
-    """:func:`_subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
-    try:
-        return _subset_labels(labels, fraction, out_dir)
-    except ValueError:
-        return labels
-
-
-def _measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
-    """KL to the reference and top-1 agreement with it (``<set>_kl``, ``<set>_agree``) on each monitored sample,
-    and the frame accuracy on the train sample (``train_acc``: how well the run fits what it was taught)."""
-    out = {}
-    for name, (feats, labels, reference) in monitor.items():
-        r = frame_accuracy(
-            [run.model],
-            feats,
-            labels,
-            cmvn,
-            run.config.frames,
-            device=run.device,
-            bf16=run.bf16,
-            rank=run.rank,
-            world_size=run.world_size,
-            reference=reference,
-        )
-        out.update({f"{name}_kl": r["kl"], f"{name}_agree": r["agree"]})
-        if name == "train":
-            out["train_acc"] = r["acc"]
-    return out
 
 
 def _steps(run: _Run, epoch: int) -> int:
