@@ -266,5 +266,5 @@ def test_training_from_a_lossy_cache_warns_loudly(tmp_path, caplog, fidelity, wa
     meta = {"temperature": 5.0, "num_classes": C, **({} if fidelity is None else {"fidelity": fidelity})}
     ShardManifest(tmp_path, "soft", [], meta).save()
     with caplog.at_level("WARNING", logger=targets.__name__):
-        targets._soft_manifest(DistillConfig(temperature=5.0, soft_targets=str(tmp_path)), C)
+        targets.soft_manifest(DistillConfig(temperature=5.0, soft_targets=str(tmp_path)), C)
     assert any("!!!" in r.getMessage() and "T=5" in r.getMessage() for r in caplog.records) == warned

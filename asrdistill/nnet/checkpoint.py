@@ -45,7 +45,7 @@ def _rng_states(device: torch.device) -> dict:
     }
 
 
-def _set_rng_states(states: dict, device: torch.device) -> None:
+def set_rng_states(states: dict, device: torch.device) -> None:
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal.tolist()), gauss_next))
     name, keys, pos, has_gauss, gauss = states["numpy"]
@@ -55,12 +55,12 @@ def _set_rng_states(states: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def _barrier(run: _Run) -> None:
+def barrier(run: _Run) -> None:
     if run.world_size > 1:
         dist.barrier()
 
 
-def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
+def save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
     """Atomically write ``name``: everything :func:`train` needs to continue bit-exactly.
 
     Called on every rank (the RNG states of all ranks are gathered into it); rank 0
@@ -83,10 +83,10 @@ def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> Non
         }
         with atomic_path(run.out_dir / name) as tmp:
             torch.save(ckpt, tmp)
-    _barrier(run)
+    barrier(run)
 
 
-def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
+def save_best(run: _Run, state: TrainState, dev: dict) -> None:
     if run.rank != 0:
         return
     ckpt = {
@@ -101,31 +101,31 @@ def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
         torch.save(ckpt, tmp)
 
 
-def _comparable(config: TrainConfig) -> dict:
+def comparable(config: TrainConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
 
 
-def _start_over(out_dir: Path) -> None:
+def start_over(out_dir: Path) -> None:
     for name in ("last.pt", "best.pt", ".train.done"):
         (out_dir / name).unlink(missing_ok=True)
     clear_done(out_dir / "subset", "subset")
 
 
-def _run_inputs(config: TrainConfig, targets: dict) -> dict:
+def run_inputs(config: TrainConfig, targets: dict) -> dict:
     """What a run's result depends on (recorded in ``.train.done``): its config, the train/dev features and labels
     and the CMVN stats, and its distillation targets."""
     data = {k: Path(getattr(config, k)) for k in ("train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
-    return {"config": _comparable(config), **data, "targets": targets}
+    return {"config": comparable(config), **data, "targets": targets}
 
 
-def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
+def finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
     """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
     return stage_done(
-        out_dir, "train", _run_inputs(config, targets), on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None
+        out_dir, "train", run_inputs(config, targets), on_redo=(lambda: start_over(out_dir)) if rank == 0 else None
     )
 
 
-def _truncate_metrics(run: _Run, state: TrainState) -> None:
+def truncate_metrics(run: _Run, state: TrainState) -> None:
     """Drop ``log/metrics.jsonl`` records written after the checkpoint being resumed: they are logged again."""
     path = run.out_dir / "log" / "metrics.jsonl"
     if run.rank != 0 or not path.is_file():
@@ -141,7 +141,7 @@ def _truncate_metrics(run: _Run, state: TrainState) -> None:
     write_text_atomic(path, "".join(keep))
 
 
-def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
+def check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
     """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
     old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
     new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}

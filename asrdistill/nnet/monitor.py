@@ -11,7 +11,6 @@ from torch import Tensor
 
 from asrdistill.data.features import Cmvn
 from asrdistill.data.shards import ShardManifest
-from asrdistill.nnet.checkpoint import _barrier
 from asrdistill.nnet.ensemble import (
     fingerprint,
     frame_accuracy,
@@ -21,7 +20,7 @@ from asrdistill.nnet.ensemble import (
     system_checkpoints,
 )
 from asrdistill.nnet.model import FrameDNN
-from asrdistill.nnet.targets import _subset_labels
+from asrdistill.nnet.targets import rank_zero_first, subset_labels
 
 if TYPE_CHECKING:
     from asrdistill.nnet.train import _Run
@@ -52,7 +51,7 @@ def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[Frame
     return [], ""
 
 
-def _monitor_sets(
+def monitor_sets(
     run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]], cmvn: Cmvn
 ) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
     """name -> (features, labels of a fixed sample of about ``monitor_frames`` frames, the reference's log
@@ -63,11 +62,8 @@ def _monitor_sets(
     out = {}
     for name, (feats, labels) in sets.items():
         fraction = min(1.0, run.config.monitor_frames / max(1, labels.num_frames))
-        if run.rank == 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        _barrier(run)
-        if run.rank != 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
+        out_dir = run.out_dir / f"monitor_{name}"
+        sample = rank_zero_first(lambda: _sample_labels(labels, fraction, out_dir), run.rank, run.world_size)
         reference = reference_posteriors(
             models,
             feats,
@@ -91,14 +87,14 @@ def _monitor_sets(
 
 
 def _sample_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
-    """:func:`_subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
+    """:func:`subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
     try:
-        return _subset_labels(labels, fraction, out_dir)
+        return subset_labels(labels, fraction, out_dir)
     except ValueError:
         return labels
 
 
-def _measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
+def measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
     """KL to the reference and top-1 agreement with it (``<set>_kl``, ``<set>_agree``) on each monitored sample,
     and the frame accuracy on the train sample (``train_acc``: how well the run fits what it was taught)."""
     out = {}

@@ -47,9 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrdistill.config import from_dict
-from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
-from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
+from asrdistill.data.shards import ShardManifest
 from asrdistill.fileio import (
     json_safe,
     load_weights,
@@ -59,25 +58,24 @@ from asrdistill.fileio import (
 from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
 from asrdistill.nnet.checkpoint import (
-    _barrier,
-    _check_resumable,
-    _comparable,
-    _finished_run,
-    _run_inputs,
-    _save_best,
-    _save_checkpoint,
-    _set_rng_states,
-    _start_over,
-    _truncate_metrics,
+    barrier,
+    check_resumable,
+    comparable,
+    finished_run,
+    run_inputs,
+    save_best,
+    save_checkpoint,
+    set_rng_states,
+    start_over,
+    truncate_metrics,
 )
 from asrdistill.nnet.ensemble import (
     ensemble_logprobs,
     frame_accuracy,
-    load_teachers,
 )
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
-from asrdistill.nnet.monitor import _measure, _monitor_sets
-from asrdistill.nnet.targets import _num_classes, _soft_manifest, _subset_labels, _teacher_identity
+from asrdistill.nnet.monitor import measure, monitor_sets
+from asrdistill.nnet.targets import TrainData, load_train_data
 from asrdistill.results import COMBINED
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
@@ -261,7 +259,7 @@ class _Run:
     world_size: int
     steps_per_epoch: int
     writer: object | None  # TensorBoard SummaryWriter or None
-    targets: dict = field(default_factory=dict)  # identity of the distillation targets (see _teacher_identity)
+    targets: dict = field(default_factory=dict)  # identity of the distillation targets (see teacher_identity)
 
 
 def _lr(run: _Run, state: TrainState) -> float:
@@ -332,7 +330,7 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
         if state.step % c.checkpoint_every == 0:
             _check_finite(first_bad, run)
             _fold(run, state, pending)
-            _save_checkpoint(run, state)
+            save_checkpoint(run, state)
     bar.close()
     _check_finite(first_bad, run)
     _fold(run, state, pending)
@@ -435,68 +433,42 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     """
     out_dir = Path(out_dir)
     if force:
-        _start_over(out_dir)
+        start_over(out_dir)
     device, rank, world_size = _setup_device(config)
     _seed_everything(config.seed)
-
-    # data
-    cmvn = Cmvn.load(config.cmvn)
-    feats = ShardManifest.load(config.train_feats, FEATS_PREFIX)
-    labels = ShardManifest.load(config.train_labels, PDF_PREFIX)
-    if not config.dev_feats or not config.dev_labels:
-        raise ValueError("train: dev_feats and dev_labels are required (model selection uses dev frame accuracy)")
-    dev_feats = ShardManifest.load(config.dev_feats, FEATS_PREFIX)
-    dev_labels = ShardManifest.load(config.dev_labels, PDF_PREFIX)
-    num_classes = _num_classes(config, labels)
-    input_dim = config.frames.window * cmvn.dim
-    full_frames = labels.num_frames
-    if rank == 0:
-        labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
-    if world_size > 1:
-        dist.barrier()
-        if rank != 0:
-            labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
-    passes = config.fraction_passes or max(1, round(full_frames / labels.num_frames))
-    if passes > 1:
-        log.info(
-            "data_fraction=%g: an epoch is %d passes over the subset (%d frames; the full data has %d)",
-            config.data_fraction,
-            passes,
-            passes * labels.num_frames,
-            full_frames,
-        )
-    soft = None
-    teachers: list[FrameDNN] = []
-    if config.distill is not None and config.distill.source == "cached":
-        soft = _soft_manifest(config.distill, num_classes)
-    elif config.distill is not None:
-        teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
-    targets = _teacher_identity(config, soft, teachers)
-    finished = _finished_run(out_dir, config, targets, rank)
+    data = load_train_data(config, out_dir, device, rank, world_size)
+    finished = finished_run(out_dir, config, data.targets, rank)
     if finished is not None:
-        if finished.get("kind") != run_kind(config, soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
-            finished["kind"] = run_kind(config, soft)
-            mark_done(out_dir, "train", finished, _run_inputs(config, targets))
+        if finished.get("kind") != run_kind(config, data.soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
+            finished["kind"] = run_kind(config, data.soft)
+            mark_done(out_dir, "train", finished, run_inputs(config, data.targets))
         return finished
     if rank == 0:
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
     if world_size > 1:
         dist.barrier()  # rank 0 may have cleared a stale run
+    run, state = _setup_run(config, out_dir, data, device, rank, world_size)
+    _train_epochs(run, state, data)
+    return _result(run, state, data)
+
+
+def _setup_run(
+    config: TrainConfig, out_dir: Path, data: TrainData, device: torch.device, rank: int, world_size: int
+) -> tuple[_Run, TrainState]:
+    """The data stream, model and optimiser, resumed from ``last.pt`` if there is one, and the metrics writer."""
     stream = FrameStream(
-        feats,
-        labels,
-        cmvn,
+        data.feats,
+        data.labels,
+        data.cmvn,
         config.frames,
-        soft=soft,
+        soft=data.soft,
         seed=config.seed,
         rank=rank,
         world_size=world_size,
         device=device,
-        passes=passes,
+        passes=data.passes,
     )
-
-    # model and optimiser
-    model = FrameDNN(config.model, input_dim, num_classes).to(device)
+    model = FrameDNN(config.model, data.input_dim, data.num_classes).to(device)
     if world_size > 1:  # the same initial model on every rank, but each rank its own dropout masks
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))
     if config.optimizer == "sgd":
@@ -505,77 +477,88 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = TrainState()
-    last = out_dir / "last.pt"
-    if last.is_file():
-        ckpt = load_weights(last)
-        _check_resumable(last, ckpt, config, world_size, targets)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = from_dict(TrainState, ckpt["state"])
-        _set_rng_states(ckpt["rng"][rank], device)
-        log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
-    net: nn.Module = torch.compile(model) if config.compile else model
+    bf16 = config.bf16 and device.type == "cuda"
+    run = _Run(config, out_dir, model, model, optimizer, stream, data.teachers, device, bf16, rank, world_size, 0, None)
+    run.targets = data.targets
+    state = _resume(run)
+    if config.compile:
+        run.net = torch.compile(model)
     if world_size > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = None
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
-        except ImportError:
-            log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
-    run = _Run(
-        config,
-        out_dir,
-        model,
-        net,
-        optimizer,
-        stream,
-        teachers,
-        device,
-        config.bf16 and device.type == "cuda",
-        rank,
-        world_size,
-        0,
-        writer,
-        targets,
-    )
+        run.net = nn.parallel.DistributedDataParallel(
+            run.net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run.writer = _metrics_writer(run, state)
     run.steps_per_epoch = _steps(run, state.epoch)
-    _truncate_metrics(run, state)
+    truncate_metrics(run, state)
     log.info(
         "%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d",
         out_dir,
         model.num_params(),
-        input_dim,
-        num_classes,
+        data.input_dim,
+        data.num_classes,
         run.steps_per_epoch,
         device,
         world_size,
     )
+    return run, state
 
-    monitor = _monitor_sets(run, soft, {"dev": (dev_feats, dev_labels), "train": (feats, labels)}, cmvn)
-    while state.epoch < config.epochs and not state.stopped:
+
+def _resume(run: _Run) -> TrainState:
+    """A fresh state, or the one in ``last.pt`` with the model, optimiser and this rank's RNG states restored."""
+    last = run.out_dir / "last.pt"
+    if not last.is_file():
+        return TrainState()
+    ckpt = load_weights(last)
+    check_resumable(last, ckpt, run.config, run.world_size, run.targets)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    state = from_dict(TrainState, ckpt["state"])
+    set_rng_states(ckpt["rng"][run.rank], run.device)
+    log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
+    return state
+
+
+def _metrics_writer(run: _Run, state: TrainState) -> object | None:
+    """Rank 0's TensorBoard writer (continuing after ``state.step``), if tensorboard is installed."""
+    if run.rank != 0:
+        return None
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run.out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
+    except ImportError:
+        log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
+        return None
+
+
+def _train_epochs(run: _Run, state: TrainState, data: TrainData) -> None:
+    """Epochs until the budget or a stopping rule; each is scored on dev (and against the reference, if any), and
+    ends with ``last.pt``."""
+    sets = {"dev": (data.dev_feats, data.dev_labels), "train": (data.feats, data.labels)}
+    monitor = monitor_sets(run, data.soft, sets, data.cmvn)
+    while state.epoch < run.config.epochs and not state.stopped:
         train_one_epoch(run, state)
         dev = frame_accuracy(
-            [model],
-            dev_feats,
-            dev_labels,
-            cmvn,
-            config.frames,
-            device=device,
+            [run.model],
+            data.dev_feats,
+            data.dev_labels,
+            data.cmvn,
+            run.config.frames,
+            device=run.device,
             bf16=run.bf16,
-            rank=rank,
-            world_size=world_size,
+            rank=run.rank,
+            world_size=run.world_size,
         )
-        _end_epoch(run, state, dev, _measure(run, monitor, cmvn))
-        _save_checkpoint(run, state)
-    if writer is not None:
-        writer.close()
+        _end_epoch(run, state, dev, measure(run, monitor, data.cmvn))
+        save_checkpoint(run, state)
+    if run.writer is not None:
+        run.writer.close()
 
+
+def _result(run: _Run, state: TrainState, data: TrainData) -> dict:
+    """The run's final metrics, recorded in ``.train.done`` by rank 0 once every rank is done."""
+    config = run.config
     best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
     result = {
         "best_dev_acc": state.best_dev_acc,
@@ -585,27 +568,27 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         "steps": state.step,
         "train_frames": state.frames,
         "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
-        "best_checkpoint": str(out_dir / "best.pt"),
-        "num_params": model.num_params(),
+        "best_checkpoint": str(run.out_dir / "best.pt"),
+        "num_params": run.model.num_params(),
         "stopped_early": state.stopped,
         "end_reason": state.end_reason,
         "budget": config.epochs,
         "still_improving": still_improving(state.history, config.improve_tol),
-        "config": _comparable(config),
-        "targets": targets,
-        "kind": run_kind(config, soft),
+        "config": comparable(config),
+        "targets": data.targets,
+        "kind": run_kind(config, data.soft),
     }
     if result["still_improving"]:
         log.warning(
             "%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
             "while improving; a longer budget would change it",
-            out_dir,
+            run.out_dir,
             config.improve_tol,
             state.end_reason,
         )
-    if rank == 0:
-        mark_done(out_dir, "train", result, _run_inputs(config, targets))
-    _barrier(run)
+    if run.rank == 0:
+        mark_done(run.out_dir, "train", result, run_inputs(config, data.targets))
+    barrier(run)
     return result
 
 
@@ -627,7 +610,7 @@ def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
     )
     if gain > 0:
         state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
-        _save_best(run, state, dev)
+        save_best(run, state, dev)
     else:
         state.bad_epochs += 1
     halving = state.lr_scale < 1.0
