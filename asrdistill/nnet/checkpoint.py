@@ -4,7 +4,6 @@ finished run, and the checks that a run may resume from ``last.pt``."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from asrdistill.config import to_dict
-from asrdistill.fileio import atomic_path, clear_done, stage_done, write_text_atomic
+from asrdistill.fileio import atomic_path, clear_done, stage_done
 
 if TYPE_CHECKING:
     from asrdistill.nnet.train import TrainConfig, TrainState, _Run
@@ -123,22 +122,6 @@ def finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -
     return stage_done(
         out_dir, "train", run_inputs(config, targets), on_redo=(lambda: start_over(out_dir)) if rank == 0 else None
     )
-
-
-def truncate_metrics(run: _Run, state: TrainState) -> None:
-    """Drop ``log/metrics.jsonl`` records written after the checkpoint being resumed: they are logged again."""
-    path = run.out_dir / "log" / "metrics.jsonl"
-    if run.rank != 0 or not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the kill
-        if r["epoch"] < state.epoch if "dev_acc" in r else r["step"] <= state.step:
-            keep.append(line + "\n")
-    write_text_atomic(path, "".join(keep))
 
 
 def check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:

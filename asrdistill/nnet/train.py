@@ -1,7 +1,10 @@
 """Train a frame-level DNN acoustic model: hard labels (baseline, teachers) or distillation (student).
 
 One entry point for every DNN of the recipe (icefall layout, read top to
-bottom): config -> compute_loss -> train_one_epoch -> train (the CLI is ``asrdistill train``).
+bottom): config -> compute_loss -> train_one_epoch -> train (the CLI is ``asrdistill train``). Beside it:
+:mod:`~asrdistill.nnet.targets` (what a run learns from), :mod:`~asrdistill.nnet.schedule` (learning rate, best model,
+stopping rules), :mod:`~asrdistill.nnet.checkpoint` (``last.pt``, ``best.pt``, resume checks, ``.train.done``),
+:mod:`~asrdistill.nnet.metrics` (``log/``) and :mod:`~asrdistill.nnet.monitor` (closeness to the ensemble).
 Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
 * Data: shuffled frame minibatches from :class:`asrdistill.data.frames.FrameStream`;
@@ -30,9 +33,7 @@ Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import random
 import time
@@ -49,12 +50,7 @@ from torch import Tensor, nn
 from asrdistill.config import from_dict
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
 from asrdistill.data.shards import ShardManifest
-from asrdistill.fileio import (
-    json_safe,
-    load_weights,
-    mark_done,
-    remove_temporaries,
-)
+from asrdistill.fileio import load_weights, mark_done, remove_temporaries
 from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
 from asrdistill.nnet.checkpoint import (
@@ -63,18 +59,15 @@ from asrdistill.nnet.checkpoint import (
     comparable,
     finished_run,
     run_inputs,
-    save_best,
     save_checkpoint,
     set_rng_states,
     start_over,
-    truncate_metrics,
 )
-from asrdistill.nnet.ensemble import (
-    ensemble_logprobs,
-    frame_accuracy,
-)
+from asrdistill.nnet.ensemble import ensemble_logprobs, frame_accuracy
+from asrdistill.nnet.metrics import log_metrics, metrics_writer, truncate_metrics
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.nnet.monitor import measure, monitor_sets
+from asrdistill.nnet.schedule import end_epoch, learning_rate, still_improving
 from asrdistill.nnet.targets import TrainData, load_train_data
 from asrdistill.results import COMBINED
 
@@ -262,18 +255,6 @@ class _Run:
     targets: dict = field(default_factory=dict)  # identity of the distillation targets (see teacher_identity)
 
 
-def _lr(run: _Run, state: TrainState) -> float:
-    c = run.config
-    lr = c.lr * state.lr_scale
-    if c.warmup_steps > 0:
-        lr *= min(1.0, (state.step + 1) / c.warmup_steps)
-    if c.schedule == "cosine":
-        total = max(1, c.epochs * run.steps_per_epoch - c.warmup_steps)
-        progress = min(1.0, max(0, state.step - c.warmup_steps) / total)
-        lr *= 0.5 * (1 + math.cos(math.pi * progress))
-    return lr
-
-
 def train_one_epoch(run: _Run, state: TrainState) -> None:
     """Train on the rest of epoch ``state.epoch`` (from ``state.batches_done``), checkpointing on the way."""
     c = run.config
@@ -297,7 +278,7 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     for batch in batches:
         if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
             break
-        lr = _lr(run, state)
+        lr = learning_rate(run, state)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         n = int(batch.y.shape[0])
@@ -324,7 +305,7 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
                 "frames_per_sec": window_frames / (now - window_start),
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_sec']:.0f}", lr=f"{lr:.3g}")
-            _log_metrics(run, record)
+            log_metrics(run, record)
             window.zero_()
             window_start = now
         if state.step % c.checkpoint_every == 0:
@@ -367,36 +348,6 @@ def _check_finite(first_bad: Tensor, run: _Run) -> None:
             f"non-finite training loss at step {step + 1}; stopping. The last good checkpoint "
             f"is {run.out_dir / 'last.pt'} (lower train.lr?)"
         )
-
-
-def _log_metrics(run: _Run, record: dict) -> None:
-    if run.rank != 0:
-        return
-    path = run.out_dir / "log" / "metrics.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-    if run.writer is not None:
-        prefix = "epoch/" if "dev_acc" in record else "train/"
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                run.writer.add_scalar(prefix + key, value, record["step"])
-
-
-def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
-    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
-
-    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
-    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
-    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
-    """
-    if config.kind:
-        return config.kind
-    if config.data_fraction < 1.0:
-        return "fraction_soft" if config.distill is not None else "fraction_hard"
-    if config.distill is None:
-        return "baseline"
-    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
 
 
 # --------------------------------------------------------------------------- the run
@@ -477,9 +428,22 @@ def _setup_run(
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    bf16 = config.bf16 and device.type == "cuda"
-    run = _Run(config, out_dir, model, model, optimizer, stream, data.teachers, device, bf16, rank, world_size, 0, None)
-    run.targets = data.targets
+    run = _Run(
+        config=config,
+        out_dir=out_dir,
+        model=model,
+        net=model,  # compiled and DDP-wrapped once resumed
+        optimizer=optimizer,
+        stream=stream,
+        teachers=data.teachers,
+        device=device,
+        bf16=config.bf16 and device.type == "cuda",
+        rank=rank,
+        world_size=world_size,
+        steps_per_epoch=0,
+        writer=None,
+        targets=data.targets,
+    )
     state = _resume(run)
     if config.compile:
         run.net = torch.compile(model)
@@ -487,7 +451,7 @@ def _setup_run(
         run.net = nn.parallel.DistributedDataParallel(
             run.net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    run.writer = _metrics_writer(run, state)
+    run.writer = metrics_writer(run, state)
     run.steps_per_epoch = _steps(run, state.epoch)
     truncate_metrics(run, state)
     log.info(
@@ -518,20 +482,6 @@ def _resume(run: _Run) -> TrainState:
     return state
 
 
-def _metrics_writer(run: _Run, state: TrainState) -> object | None:
-    """Rank 0's TensorBoard writer (continuing after ``state.step``), if tensorboard is installed."""
-    if run.rank != 0:
-        return None
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(run.out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
-    except ImportError:
-        log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
-        return None
-
-
 def _train_epochs(run: _Run, state: TrainState, data: TrainData) -> None:
     """Epochs until the budget or a stopping rule; each is scored on dev (and against the reference, if any), and
     ends with ``last.pt``."""
@@ -550,7 +500,8 @@ def _train_epochs(run: _Run, state: TrainState, data: TrainData) -> None:
             rank=run.rank,
             world_size=run.world_size,
         )
-        _end_epoch(run, state, dev, measure(run, monitor, data.cmvn))
+        end_epoch(run, state, dev, measure(run, monitor, data.cmvn))
+        run.steps_per_epoch = _steps(run, state.epoch)
         save_checkpoint(run, state)
     if run.writer is not None:
         run.writer.close()
@@ -592,70 +543,6 @@ def _result(run: _Run, state: TrainState, data: TrainData) -> dict:
     return result
 
 
-def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
-    """Record the epoch (with ``measured``: closeness to the reference), keep the best model, apply newbob halving
-    and early stopping, and record what ended training in the last epoch's record; next epoch."""
-    c = run.config
-    gain = dev["acc"] - state.best_dev_acc
-    record = state.history[-1]
-    record.update(
-        {
-            "step": state.step,
-            "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
-            "dev_loss": dev["loss"],
-            "dev_acc": dev["acc"],
-            "lr_scale": state.lr_scale,
-            **measured,
-        }
-    )
-    if gain > 0:
-        state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
-        save_best(run, state, dev)
-    else:
-        state.bad_epochs += 1
-    halving = state.lr_scale < 1.0
-    if c.schedule == "newbob" and c.stop_threshold > 0 and halving and gain < c.stop_threshold:
-        state.stopped, state.end_reason = True, "newbob_stop"
-        log.info("newbob stop after epoch %d: dev gain %.4f < %g while halving", state.epoch, gain, c.stop_threshold)
-    if (
-        c.schedule == "newbob"
-        and state.epoch > 0
-        and state.step >= c.warmup_steps
-        and (gain < c.newbob_threshold or (halving and c.stop_threshold > 0))
-    ):
-        state.lr_scale *= 0.5
-    if c.patience and state.bad_epochs >= c.patience and not state.stopped:
-        state.stopped, state.end_reason = True, "patience"
-        log.info("early stop after epoch %d: no dev gain for %d epochs", state.epoch, state.bad_epochs)
-    if not state.stopped and state.epoch + 1 >= c.epochs:
-        state.end_reason = "budget"
-    if state.end_reason:
-        record["end"] = state.end_reason
-    _log_metrics(run, record)
-    log.info(
-        "epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
-        state.epoch,
-        record["train_loss"],
-        dev["loss"],
-        100 * dev["acc"],
-        100 * state.best_dev_acc,
-        state.best_epoch,
-        record["train_frames_per_sec"],
-    )
-    state.epoch += 1
-    state.batches_done = 0
-    state.epoch_loss_sum = 0.0
-    state.epoch_frames = 0
-    run.steps_per_epoch = _steps(run, state.epoch)
-
-
-def still_improving(history: Sequence[dict], tol: float) -> bool:
-    """Whether the last epoch raised dev accuracy by more than ``tol`` above every earlier epoch: training ended
-    while the model was still improving (cut off by its budget or a stopping rule), not after it had levelled."""
-    accs = [r["dev_acc"] for r in history if "dev_acc" in r]
-    return len(accs) > 1 and accs[-1] - max(accs[:-1]) > tol
-
-
 def _steps(run: _Run, epoch: int) -> int:
     """Batches per rank in ``epoch``: ranks' frame shares differ by at most one frame, so the counts by at most
     one batch (all stop at the smallest: DDP needs the same number of steps)."""
@@ -665,3 +552,19 @@ def _steps(run: _Run, epoch: int) -> int:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         steps = int(t.item())
     return steps
+
+
+def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
+    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
+
+    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
+    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
+    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
+    """
+    if config.kind:
+        return config.kind
+    if config.data_fraction < 1.0:
+        return "fraction_soft" if config.distill is not None else "fraction_hard"
+    if config.distill is None:
+        return "baseline"
+    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
