@@ -78,7 +78,7 @@ def _rank(rank: int, world_size: int, port: int, config: dict, out: str, die_at:
         LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)
-    real_loss, real_save = train_mod.compute_loss, train_mod._save_checkpoint
+    real_loss, real_save = train_mod.compute_loss, train_mod.save_checkpoint
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -91,7 +91,7 @@ def _rank(rank: int, world_size: int, port: int, config: dict, out: str, die_at:
         real_save(run, state, name)
         torch.save(run.model.state_dict(), Path(out) / f"params_rank{rank}.pt")
 
-    train_mod.compute_loss, train_mod._save_checkpoint = loss, save
+    train_mod.compute_loss, train_mod.save_checkpoint = loss, save
     try:
         result = train_mod.train(train_mod.from_dict(TrainConfig, config), out)
         (Path(out) / f"result_rank{rank}.json").write_text(json.dumps(result))

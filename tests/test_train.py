@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,11 @@ from conftest import make_frame_set
 
 import asrdistill.nnet.train as train_mod
 from asrdistill import cli
+from asrdistill.config import to_dict
 from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import FrameConfig, FrameData
 from asrdistill.data.shards import ShardManifest
+from asrdistill.nnet import targets
 from asrdistill.nnet.model import ModelConfig
 from asrdistill.nnet.train import DistillConfig, TrainConfig, train
 
@@ -198,7 +201,7 @@ def test_cli_train_reads_role_section_and_overrides(data, tmp_path):
     shutil.copy(data / "cmvn.json", tmp_path / "fbank/train/cmvn.json")
     section = {
         k: v
-        for k, v in train_mod.to_dict(_config(data)).items()
+        for k, v in to_dict(_config(data)).items()
         if k not in ("model", "frames", "train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")
     }
     section["frames"] = {"left": 2, "right": 1, "batch_size": 64}
@@ -253,7 +256,7 @@ def test_a_systems_kind_is_its_own_record_not_its_folder_name(data, tmp_path):
     assert first["kind"] == "baseline" and kind(tmp_path / "student_seed1") == "baseline"
     (tmp_path / "student_seed1").rename(tmp_path / "ensemble")
     assert kind(tmp_path / "ensemble") == "baseline"
-    again = train(train_mod.dataclasses.replace(config, kind="sweep"), tmp_path / "ensemble")
+    again = train(dataclasses.replace(config, kind="sweep"), tmp_path / "ensemble")
     assert again["steps"] == first["steps"] and kind(tmp_path / "ensemble") == "sweep"
     assert train_mod.run_kind(_config(data, data_fraction=0.5)) == "fraction_hard"
 
@@ -262,6 +265,6 @@ def test_a_systems_kind_is_its_own_record_not_its_folder_name(data, tmp_path):
 def test_training_from_a_lossy_cache_warns_loudly(tmp_path, caplog, fidelity, warned):
     meta = {"temperature": 5.0, "num_classes": C, **({} if fidelity is None else {"fidelity": fidelity})}
     ShardManifest(tmp_path, "soft", [], meta).save()
-    with caplog.at_level("WARNING", logger=train_mod.__name__):
-        train_mod._soft_manifest(DistillConfig(temperature=5.0, soft_targets=str(tmp_path)), C)
+    with caplog.at_level("WARNING", logger=targets.__name__):
+        targets.soft_manifest(DistillConfig(temperature=5.0, soft_targets=str(tmp_path)), C)
     assert any("!!!" in r.getMessage() and "T=5" in r.getMessage() for r in caplog.records) == warned

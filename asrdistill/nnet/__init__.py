@@ -5,6 +5,8 @@ Serves ``run.sh`` stages 6 (baseline), 7 (teachers), 8 (ensemble soft targets),
 of the paper's section 5 (:mod:`asrdistill.nnet.specialists`). The KD loss itself is
 :mod:`asrdistill.kd`; the training entry point is ``asrdistill.nnet.train.train``
 (not re-exported here, so the name ``asrdistill.nnet.train`` stays the module).
+Its parts beside it: ``targets`` (what a run learns from), ``schedule``, ``checkpoint``, ``metrics`` and
+``monitor`` (closeness to the ensemble each epoch).
 """
 
 from asrdistill.nnet.ensemble import (

@@ -1,7 +1,10 @@
 """Train a frame-level DNN acoustic model: hard labels (baseline, teachers) or distillation (student).
 
 One entry point for every DNN of the recipe (icefall layout, read top to
-bottom): config -> compute_loss -> train_one_epoch -> train (the CLI is ``asrdistill train``).
+bottom): config -> compute_loss -> train_one_epoch -> train (the CLI is ``asrdistill train``). Beside it:
+:mod:`~asrdistill.nnet.targets` (what a run learns from), :mod:`~asrdistill.nnet.schedule` (learning rate, best model,
+stopping rules), :mod:`~asrdistill.nnet.checkpoint` (``last.pt``, ``best.pt``, resume checks, ``.train.done``),
+:mod:`~asrdistill.nnet.metrics` (``log/``) and :mod:`~asrdistill.nnet.monitor` (closeness to the ensemble).
 Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
 * Data: shuffled frame minibatches from :class:`asrdistill.data.frames.FrameStream`;
@@ -30,11 +33,7 @@ Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import math
 import os
 import random
 import time
@@ -48,50 +47,33 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrdistill.config import from_dict, to_dict
-from asrdistill.data.features import Cmvn
+from asrdistill.config import from_dict
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
-from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
-from asrdistill.fileio import (
-    atomic_path,
-    clear_done,
-    json_safe,
-    load_weights,
-    mark_done,
-    remove_temporaries,
-    stage_done,
-    write_text_atomic,
-)
+from asrdistill.data.shards import ShardManifest
+from asrdistill.fileio import load_weights, mark_done, remove_temporaries
 from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
-from asrdistill.nnet.ensemble import (
-    ensemble_logprobs,
-    fingerprint,
-    frame_accuracy,
-    load_teachers,
-    read_members,
-    reference_posteriors,
-    system_checkpoints,
+from asrdistill.nnet.checkpoint import (
+    barrier,
+    check_resumable,
+    comparable,
+    finished_run,
+    run_inputs,
+    save_checkpoint,
+    set_rng_states,
+    start_over,
 )
+from asrdistill.nnet.ensemble import ensemble_logprobs, frame_accuracy
+from asrdistill.nnet.metrics import log_metrics, metrics_writer, truncate_metrics
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
+from asrdistill.nnet.monitor import measure, monitor_sets
+from asrdistill.nnet.schedule import end_epoch, learning_rate, still_improving
+from asrdistill.nnet.targets import TrainData, load_train_data
 from asrdistill.results import COMBINED
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
 
 log = logging.getLogger(__name__)
-
-# fields that may change between a run and its resumption without changing the result
-_OPERATIONAL = {
-    "log_every",
-    "checkpoint_every",
-    "progress",
-    "compile",
-    "device",
-    "kind",
-    "reference",
-    "monitor_frames",
-    "improve_tol",
-}
 
 
 # --------------------------------------------------------------------------- config
@@ -270,19 +252,7 @@ class _Run:
     world_size: int
     steps_per_epoch: int
     writer: object | None  # TensorBoard SummaryWriter or None
-    targets: dict = field(default_factory=dict)  # identity of the distillation targets (see _teacher_identity)
-
-
-def _lr(run: _Run, state: TrainState) -> float:
-    c = run.config
-    lr = c.lr * state.lr_scale
-    if c.warmup_steps > 0:
-        lr *= min(1.0, (state.step + 1) / c.warmup_steps)
-    if c.schedule == "cosine":
-        total = max(1, c.epochs * run.steps_per_epoch - c.warmup_steps)
-        progress = min(1.0, max(0, state.step - c.warmup_steps) / total)
-        lr *= 0.5 * (1 + math.cos(math.pi * progress))
-    return lr
+    targets: dict = field(default_factory=dict)  # identity of the distillation targets (see teacher_identity)
 
 
 def train_one_epoch(run: _Run, state: TrainState) -> None:
@@ -308,7 +278,7 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
     for batch in batches:
         if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
             break
-        lr = _lr(run, state)
+        lr = learning_rate(run, state)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         n = int(batch.y.shape[0])
@@ -335,13 +305,13 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
                 "frames_per_sec": window_frames / (now - window_start),
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_sec']:.0f}", lr=f"{lr:.3g}")
-            _log_metrics(run, record)
+            log_metrics(run, record)
             window.zero_()
             window_start = now
         if state.step % c.checkpoint_every == 0:
             _check_finite(first_bad, run)
             _fold(run, state, pending)
-            _save_checkpoint(run, state)
+            save_checkpoint(run, state)
     bar.close()
     _check_finite(first_bad, run)
     _fold(run, state, pending)
@@ -380,244 +350,6 @@ def _check_finite(first_bad: Tensor, run: _Run) -> None:
         )
 
 
-def _log_metrics(run: _Run, record: dict) -> None:
-    if run.rank != 0:
-        return
-    path = run.out_dir / "log" / "metrics.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-    if run.writer is not None:
-        prefix = "epoch/" if "dev_acc" in record else "train/"
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                run.writer.add_scalar(prefix + key, value, record["step"])
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _rng_states(device: torch.device) -> dict:
-    """This process's RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_states(states: dict, device: torch.device) -> None:
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal.tolist()), gauss_next))
-    name, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
-def _barrier(run: _Run) -> None:
-    if run.world_size > 1:
-        dist.barrier()
-
-
-def _save_checkpoint(run: _Run, state: TrainState, name: str = "last.pt") -> None:
-    """Atomically write ``name``: everything :func:`train` needs to continue bit-exactly.
-
-    Called on every rank (the RNG states of all ranks are gathered into it); rank 0
-    writes, and no rank goes on before the file is in place.
-    """
-    rng = [_rng_states(run.device)]
-    if run.world_size > 1:
-        rng = [None] * run.world_size
-        dist.all_gather_object(rng, _rng_states(run.device))
-    if run.rank == 0:
-        ckpt = {
-            **run.model.describe(),
-            "model": run.model.state_dict(),
-            "config": to_dict(run.config),
-            "world_size": run.world_size,
-            "optimizer": run.optimizer.state_dict(),
-            "targets": run.targets,
-            "state": dataclasses.asdict(state),
-            "rng": rng,
-        }
-        with atomic_path(run.out_dir / name) as tmp:
-            torch.save(ckpt, tmp)
-    _barrier(run)
-
-
-def _save_best(run: _Run, state: TrainState, dev: dict) -> None:
-    if run.rank != 0:
-        return
-    ckpt = {
-        **run.model.describe(),
-        "model": run.model.state_dict(),
-        "config": to_dict(run.config),
-        "epoch": state.epoch,
-        "step": state.step,
-        "dev": dev,
-    }
-    with atomic_path(run.out_dir / "best.pt") as tmp:
-        torch.save(ckpt, tmp)
-
-
-def _comparable(config: TrainConfig) -> dict:
-    return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
-
-
-def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
-    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
-
-    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
-    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
-    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
-    """
-    if config.kind:
-        return config.kind
-    if config.data_fraction < 1.0:
-        return "fraction_soft" if config.distill is not None else "fraction_hard"
-    if config.distill is None:
-        return "baseline"
-    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
-
-
-def _start_over(out_dir: Path) -> None:
-    for name in ("last.pt", "best.pt", ".train.done"):
-        (out_dir / name).unlink(missing_ok=True)
-    clear_done(out_dir / "subset", "subset")
-
-
-def _run_inputs(config: TrainConfig, targets: dict) -> dict:
-    """What a run's result depends on (recorded in ``.train.done``): its config, the train/dev features and labels
-    and the CMVN stats, and its distillation targets."""
-    data = {k: Path(getattr(config, k)) for k in ("train_feats", "train_labels", "dev_feats", "dev_labels", "cmvn")}
-    return {"config": _comparable(config), **data, "targets": targets}
-
-
-def _finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -> dict | None:
-    """The result of a finished run in ``out_dir`` made from these inputs; rank 0 deletes a stale one's checkpoints."""
-    return stage_done(
-        out_dir, "train", _run_inputs(config, targets), on_redo=(lambda: _start_over(out_dir)) if rank == 0 else None
-    )
-
-
-def _truncate_metrics(run: _Run, state: TrainState) -> None:
-    """Drop ``log/metrics.jsonl`` records written after the checkpoint being resumed: they are logged again."""
-    path = run.out_dir / "log" / "metrics.jsonl"
-    if run.rank != 0 or not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the kill
-        if r["epoch"] < state.epoch if "dev_acc" in r else r["step"] <= state.step:
-            keep.append(line + "\n")
-    write_text_atomic(path, "".join(keep))
-
-
-def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
-    """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
-    old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
-    new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
-    diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if diffs:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
-        raise ValueError(
-            f"{path}: checkpoint is from a different configuration ({details}); use another output folder or delete it"
-        )
-    if ckpt.get("targets", {}) != targets:
-        raise ValueError(
-            f"{path}: checkpoint was trained towards other soft targets or teachers "
-            f"({ckpt.get('targets')} -> {targets}); use another output folder or --force"
-        )
-    if ckpt.get("world_size") != world_size:
-        raise ValueError(
-            f"{path}: checkpoint was written by {ckpt.get('world_size')} rank(s), "
-            f"this run has {world_size}; data positions would not match"
-        )
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _utterance_selected(utt: str, fraction: float) -> bool:
-    """Fixed pseudo-random choice of an utterance, independent of seed, rank and shard layout."""
-    h = int.from_bytes(hashlib.sha1(utt.encode("utf-8")).digest()[:8], "big")
-    return h < fraction * 2.0**64
-
-
-def _subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
-    """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
-    if fraction >= 1.0:
-        return labels
-    inputs = {"labels": [labels.path, labels.shard_paths], "fraction": fraction}
-    if stage_done(out_dir, "subset", inputs) is not None:
-        return ShardManifest.load(out_dir, PDF_PREFIX)
-    subset = ShardManifest(
-        out_dir, PDF_PREFIX, meta={**labels.meta, "subset_of": str(labels.path), "data_fraction": fraction}
-    )
-    empty = np.zeros(0, dtype=np.int32)
-    for path, shard in zip(labels.shard_paths, labels.shards):
-        samples = (
-            (utt, {"pdf": s["pdf"] if _utterance_selected(utt, fraction) else empty}) for utt, s in iter_shard(path)
-        )
-        subset.shards.append(write_shard(out_dir / shard.name, samples))
-    if subset.num_frames == 0:
-        raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
-    subset.save()
-    mark_done(out_dir, "subset", {"source": str(labels.path), "fraction": fraction}, inputs)
-    log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
-    return subset
-
-
-def _num_classes(config: TrainConfig, labels: ShardManifest) -> int:
-    if config.num_classes > 0:
-        return config.num_classes
-    n = labels.meta.get("num_pdfs")
-    if n is None:
-        raise ValueError(f"{labels.path}: meta has no 'num_pdfs'; set train.num_classes")
-    return int(n)
-
-
-def _soft_manifest(distill: DistillConfig, num_classes: int) -> ShardManifest:
-    soft = ShardManifest.load(distill.soft_targets, SOFT_PREFIX)
-    t, c = soft.meta.get("temperature"), soft.meta.get("num_classes")
-    if t is None or not math.isclose(float(t), distill.temperature):
-        raise ValueError(
-            f"{soft.path}: soft targets were computed at temperature {t}, distill.temperature is {distill.temperature}"
-        )
-    if c is not None and int(c) != num_classes:
-        raise ValueError(f"{soft.path}: soft targets have {c} senones, the student {num_classes}")
-    fidelity = soft.meta.get("fidelity")
-    if distill.min_fidelity > 0 and (fidelity is None or float(fidelity) < distill.min_fidelity):
-        told = "was not measured" if fidelity is None else f"is {100 * float(fidelity):.1f}%"
-        log.warning(
-            "!!! %s: the share of the exact soft loss this cache keeps %s (wanted >= %.0f%%): the student "
-            "may not see the ensemble's distribution at T=%g. Rebuild it dense (ensemble.topk=0) or "
-            "distill online. !!!",
-            soft.path,
-            told,
-            100 * distill.min_fidelity,
-            distill.temperature,
-        )
-    return soft
-
-
-def _teacher_identity(config: TrainConfig, soft: ShardManifest | None, teachers: Sequence[FrameDNN]) -> dict:
-    """What the distillation targets were made from; a finished run is reused only if this still matches."""
-    if soft is not None:
-        return {k: soft.meta.get(k) for k in ("teachers_sha256", "feats_sha256", "k", "method", "temperature")}
-    if teachers:
-        return {"teachers_sha256": fingerprint(teachers)}
-    return {}
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -652,68 +384,42 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
     """
     out_dir = Path(out_dir)
     if force:
-        _start_over(out_dir)
+        start_over(out_dir)
     device, rank, world_size = _setup_device(config)
     _seed_everything(config.seed)
-
-    # data
-    cmvn = Cmvn.load(config.cmvn)
-    feats = ShardManifest.load(config.train_feats, FEATS_PREFIX)
-    labels = ShardManifest.load(config.train_labels, PDF_PREFIX)
-    if not config.dev_feats or not config.dev_labels:
-        raise ValueError("train: dev_feats and dev_labels are required (model selection uses dev frame accuracy)")
-    dev_feats = ShardManifest.load(config.dev_feats, FEATS_PREFIX)
-    dev_labels = ShardManifest.load(config.dev_labels, PDF_PREFIX)
-    num_classes = _num_classes(config, labels)
-    input_dim = config.frames.window * cmvn.dim
-    full_frames = labels.num_frames
-    if rank == 0:
-        labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
-    if world_size > 1:
-        dist.barrier()
-        if rank != 0:
-            labels = _subset_labels(labels, config.data_fraction, out_dir / "subset")
-    passes = config.fraction_passes or max(1, round(full_frames / labels.num_frames))
-    if passes > 1:
-        log.info(
-            "data_fraction=%g: an epoch is %d passes over the subset (%d frames; the full data has %d)",
-            config.data_fraction,
-            passes,
-            passes * labels.num_frames,
-            full_frames,
-        )
-    soft = None
-    teachers: list[FrameDNN] = []
-    if config.distill is not None and config.distill.source == "cached":
-        soft = _soft_manifest(config.distill, num_classes)
-    elif config.distill is not None:
-        teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
-    targets = _teacher_identity(config, soft, teachers)
-    finished = _finished_run(out_dir, config, targets, rank)
+    data = load_train_data(config, out_dir, device, rank, world_size)
+    finished = finished_run(out_dir, config, data.targets, rank)
     if finished is not None:
-        if finished.get("kind") != run_kind(config, soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
-            finished["kind"] = run_kind(config, soft)
-            mark_done(out_dir, "train", finished, _run_inputs(config, targets))
+        if finished.get("kind") != run_kind(config, data.soft) and rank == 0:  # e.g. a run the recipe now calls a sweep
+            finished["kind"] = run_kind(config, data.soft)
+            mark_done(out_dir, "train", finished, run_inputs(config, data.targets))
         return finished
     if rank == 0:
         remove_temporaries(out_dir)  # checkpoints a killed run was writing
     if world_size > 1:
         dist.barrier()  # rank 0 may have cleared a stale run
+    run, state = _setup_run(config, out_dir, data, device, rank, world_size)
+    _train_epochs(run, state, data)
+    return _result(run, state, data)
+
+
+def _setup_run(
+    config: TrainConfig, out_dir: Path, data: TrainData, device: torch.device, rank: int, world_size: int
+) -> tuple[_Run, TrainState]:
+    """The data stream, model and optimiser, resumed from ``last.pt`` if there is one, and the metrics writer."""
     stream = FrameStream(
-        feats,
-        labels,
-        cmvn,
+        data.feats,
+        data.labels,
+        data.cmvn,
         config.frames,
-        soft=soft,
+        soft=data.soft,
         seed=config.seed,
         rank=rank,
         world_size=world_size,
         device=device,
-        passes=passes,
+        passes=data.passes,
     )
-
-    # model and optimiser
-    model = FrameDNN(config.model, input_dim, num_classes).to(device)
+    model = FrameDNN(config.model, data.input_dim, data.num_classes).to(device)
     if world_size > 1:  # the same initial model on every rank, but each rank its own dropout masks
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))
     if config.optimizer == "sgd":
@@ -722,77 +428,88 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = TrainState()
-    last = out_dir / "last.pt"
-    if last.is_file():
-        ckpt = load_weights(last)
-        _check_resumable(last, ckpt, config, world_size, targets)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = from_dict(TrainState, ckpt["state"])
-        _set_rng_states(ckpt["rng"][rank], device)
-        log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
-    net: nn.Module = torch.compile(model) if config.compile else model
-    if world_size > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = None
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "log" / "tb"), purge_step=state.step + 1 if state.step else None)
-        except ImportError:
-            log.warning("tensorboard is not installed; metrics go to log/metrics.jsonl only")
     run = _Run(
-        config,
-        out_dir,
-        model,
-        net,
-        optimizer,
-        stream,
-        teachers,
-        device,
-        config.bf16 and device.type == "cuda",
-        rank,
-        world_size,
-        0,
-        writer,
-        targets,
+        config=config,
+        out_dir=out_dir,
+        model=model,
+        net=model,  # compiled and DDP-wrapped once resumed
+        optimizer=optimizer,
+        stream=stream,
+        teachers=data.teachers,
+        device=device,
+        bf16=config.bf16 and device.type == "cuda",
+        rank=rank,
+        world_size=world_size,
+        steps_per_epoch=0,
+        writer=None,
+        targets=data.targets,
     )
+    state = _resume(run)
+    if config.compile:
+        run.net = torch.compile(model)
+    if world_size > 1:
+        run.net = nn.parallel.DistributedDataParallel(
+            run.net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run.writer = metrics_writer(run, state)
     run.steps_per_epoch = _steps(run, state.epoch)
-    _truncate_metrics(run, state)
+    truncate_metrics(run, state)
     log.info(
         "%s: %d parameters, %d inputs, %d senones, %d batches/epoch on %s x%d",
         out_dir,
         model.num_params(),
-        input_dim,
-        num_classes,
+        data.input_dim,
+        data.num_classes,
         run.steps_per_epoch,
         device,
         world_size,
     )
+    return run, state
 
-    monitor = _monitor_sets(run, soft, {"dev": (dev_feats, dev_labels), "train": (feats, labels)}, cmvn)
-    while state.epoch < config.epochs and not state.stopped:
+
+def _resume(run: _Run) -> TrainState:
+    """A fresh state, or the one in ``last.pt`` with the model, optimiser and this rank's RNG states restored."""
+    last = run.out_dir / "last.pt"
+    if not last.is_file():
+        return TrainState()
+    ckpt = load_weights(last)
+    check_resumable(last, ckpt, run.config, run.world_size, run.targets)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    state = from_dict(TrainState, ckpt["state"])
+    set_rng_states(ckpt["rng"][run.rank], run.device)
+    log.info("%s: resuming at epoch %d, batch %d (step %d)", last, state.epoch, state.batches_done, state.step)
+    return state
+
+
+def _train_epochs(run: _Run, state: TrainState, data: TrainData) -> None:
+    """Epochs until the budget or a stopping rule; each is scored on dev (and against the reference, if any), and
+    ends with ``last.pt``."""
+    sets = {"dev": (data.dev_feats, data.dev_labels), "train": (data.feats, data.labels)}
+    monitor = monitor_sets(run, data.soft, sets, data.cmvn)
+    while state.epoch < run.config.epochs and not state.stopped:
         train_one_epoch(run, state)
         dev = frame_accuracy(
-            [model],
-            dev_feats,
-            dev_labels,
-            cmvn,
-            config.frames,
-            device=device,
+            [run.model],
+            data.dev_feats,
+            data.dev_labels,
+            data.cmvn,
+            run.config.frames,
+            device=run.device,
             bf16=run.bf16,
-            rank=rank,
-            world_size=world_size,
+            rank=run.rank,
+            world_size=run.world_size,
         )
-        _end_epoch(run, state, dev, _measure(run, monitor, cmvn))
-        _save_checkpoint(run, state)
-    if writer is not None:
-        writer.close()
+        end_epoch(run, state, dev, measure(run, monitor, data.cmvn))
+        run.steps_per_epoch = _steps(run, state.epoch)
+        save_checkpoint(run, state)
+    if run.writer is not None:
+        run.writer.close()
 
+
+def _result(run: _Run, state: TrainState, data: TrainData) -> dict:
+    """The run's final metrics, recorded in ``.train.done`` by rank 0 once every rank is done."""
+    config = run.config
     best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
     result = {
         "best_dev_acc": state.best_dev_acc,
@@ -802,187 +519,28 @@ def train(config: TrainConfig, out_dir: str | Path, force: bool = False) -> dict
         "steps": state.step,
         "train_frames": state.frames,
         "train_frames_per_sec": state.history[-1]["train_frames_per_sec"] if state.history else None,
-        "best_checkpoint": str(out_dir / "best.pt"),
-        "num_params": model.num_params(),
+        "best_checkpoint": str(run.out_dir / "best.pt"),
+        "num_params": run.model.num_params(),
         "stopped_early": state.stopped,
         "end_reason": state.end_reason,
         "budget": config.epochs,
         "still_improving": still_improving(state.history, config.improve_tol),
-        "config": _comparable(config),
-        "targets": targets,
-        "kind": run_kind(config, soft),
+        "config": comparable(config),
+        "targets": data.targets,
+        "kind": run_kind(config, data.soft),
     }
     if result["still_improving"]:
         log.warning(
             "%s: dev accuracy still rose by more than %g in the last epoch (%s): this run was cut off "
             "while improving; a longer budget would change it",
-            out_dir,
+            run.out_dir,
             config.improve_tol,
             state.end_reason,
         )
-    if rank == 0:
-        mark_done(out_dir, "train", result, _run_inputs(config, targets))
-    _barrier(run)
+    if run.rank == 0:
+        mark_done(run.out_dir, "train", result, run_inputs(config, data.targets))
+    barrier(run)
     return result
-
-
-def _end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
-    """Record the epoch (with ``measured``: closeness to the reference), keep the best model, apply newbob halving
-    and early stopping, and record what ended training in the last epoch's record; next epoch."""
-    c = run.config
-    gain = dev["acc"] - state.best_dev_acc
-    record = state.history[-1]
-    record.update(
-        {
-            "step": state.step,
-            "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
-            "dev_loss": dev["loss"],
-            "dev_acc": dev["acc"],
-            "lr_scale": state.lr_scale,
-            **measured,
-        }
-    )
-    if gain > 0:
-        state.best_dev_acc, state.best_epoch, state.bad_epochs = dev["acc"], state.epoch, 0
-        _save_best(run, state, dev)
-    else:
-        state.bad_epochs += 1
-    halving = state.lr_scale < 1.0
-    if c.schedule == "newbob" and c.stop_threshold > 0 and halving and gain < c.stop_threshold:
-        state.stopped, state.end_reason = True, "newbob_stop"
-        log.info("newbob stop after epoch %d: dev gain %.4f < %g while halving", state.epoch, gain, c.stop_threshold)
-    if (
-        c.schedule == "newbob"
-        and state.epoch > 0
-        and state.step >= c.warmup_steps
-        and (gain < c.newbob_threshold or (halving and c.stop_threshold > 0))
-    ):
-        state.lr_scale *= 0.5
-    if c.patience and state.bad_epochs >= c.patience and not state.stopped:
-        state.stopped, state.end_reason = True, "patience"
-        log.info("early stop after epoch %d: no dev gain for %d epochs", state.epoch, state.bad_epochs)
-    if not state.stopped and state.epoch + 1 >= c.epochs:
-        state.end_reason = "budget"
-    if state.end_reason:
-        record["end"] = state.end_reason
-    _log_metrics(run, record)
-    log.info(
-        "epoch %d: train loss %.4f, dev loss %.4f, dev frame acc %.2f%% (best %.2f%% @ %d), %.0f frames/s",
-        state.epoch,
-        record["train_loss"],
-        dev["loss"],
-        100 * dev["acc"],
-        100 * state.best_dev_acc,
-        state.best_epoch,
-        record["train_frames_per_sec"],
-    )
-    state.epoch += 1
-    state.batches_done = 0
-    state.epoch_loss_sum = 0.0
-    state.epoch_frames = 0
-    run.steps_per_epoch = _steps(run, state.epoch)
-
-
-def still_improving(history: Sequence[dict], tol: float) -> bool:
-    """Whether the last epoch raised dev accuracy by more than ``tol`` above every earlier epoch: training ended
-    while the model was still improving (cut off by its budget or a stopping rule), not after it had levelled."""
-    accs = [r["dev_acc"] for r in history if "dev_acc" in r]
-    return len(accs) > 1 and accs[-1] - max(accs[:-1]) > tol
-
-
-# --------------------------------------------------------------------------- closeness to the ensemble
-
-
-def _reference_models(run: _Run, soft: ShardManifest | None) -> tuple[list[FrameDNN], str]:
-    """The ensemble a run is measured against each epoch, and how it combines: ``train.reference`` if set, else a
-    distilled run's own teachers (online: the checkpoints; cached: the ensemble folder holding the soft targets,
-    if its weights are the ones the targets were made from). None for a hard-label run without a reference."""
-    c = run.config
-    input_dim, num_classes = run.model.input_dim, run.model.num_classes
-    if c.reference:
-        return load_teachers(system_checkpoints(c.reference), run.device, expect=(input_dim, num_classes)), "arithmetic"
-    if run.teachers:
-        return run.teachers, c.distill.method
-    ensemble_dir = Path(soft.directory).parent if soft is not None else None
-    if ensemble_dir is not None and (ensemble_dir / "members.txt").is_file():
-        models = load_teachers(read_members(ensemble_dir), run.device, expect=(input_dim, num_classes))
-        if fingerprint(models) == soft.meta.get("teachers_sha256"):
-            return models, soft.meta.get("method", "arithmetic")
-        log.warning(
-            "%s: members.txt lists other weights than the soft targets were made from; no per-epoch "
-            "agreement with the ensemble",
-            ensemble_dir,
-        )
-    return [], ""
-
-
-def _monitor_sets(
-    run: _Run, soft: ShardManifest | None, sets: dict[str, tuple[ShardManifest, ShardManifest]], cmvn: Cmvn
-) -> dict[str, tuple[ShardManifest, ShardManifest, dict[str, Tensor]]]:
-    """name -> (features, labels of a fixed sample of about ``monitor_frames`` frames, the reference's log
-    posteriors there), computed once; empty when the run has no reference."""
-    models, method = _reference_models(run, soft)
-    if not models:
-        return {}
-    out = {}
-    for name, (feats, labels) in sets.items():
-        fraction = min(1.0, run.config.monitor_frames / max(1, labels.num_frames))
-        if run.rank == 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        _barrier(run)
-        if run.rank != 0:
-            sample = _sample_labels(labels, fraction, run.out_dir / f"monitor_{name}")
-        reference = reference_posteriors(
-            models,
-            feats,
-            sample,
-            cmvn,
-            run.config.frames,
-            method,
-            run.device,
-            run.bf16,
-            rank=run.rank,
-            world_size=run.world_size,
-        )
-        out[name] = (feats, sample, reference)
-    log.info(
-        "%s: each epoch measured against its reference ensemble (%d model(s)) on %s",
-        run.out_dir,
-        len(models),
-        ", ".join(f"{n} ({s.num_frames} frames)" for n, (_, s, _) in out.items()),
-    )
-    return out
-
-
-def _sample_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
-    """:func:`_subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
-    try:
-        return _subset_labels(labels, fraction, out_dir)
-    except ValueError:
-        return labels
-
-
-def _measure(run: _Run, monitor: dict, cmvn: Cmvn) -> dict:
-    """KL to the reference and top-1 agreement with it (``<set>_kl``, ``<set>_agree``) on each monitored sample,
-    and the frame accuracy on the train sample (``train_acc``: how well the run fits what it was taught)."""
-    out = {}
-    for name, (feats, labels, reference) in monitor.items():
-        r = frame_accuracy(
-            [run.model],
-            feats,
-            labels,
-            cmvn,
-            run.config.frames,
-            device=run.device,
-            bf16=run.bf16,
-            rank=run.rank,
-            world_size=run.world_size,
-            reference=reference,
-        )
-        out.update({f"{name}_kl": r["kl"], f"{name}_agree": r["agree"]})
-        if name == "train":
-            out["train_acc"] = r["acc"]
-    return out
 
 
 def _steps(run: _Run, epoch: int) -> int:
@@ -994,3 +552,19 @@ def _steps(run: _Run, epoch: int) -> int:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         steps = int(t.item())
     return steps
+
+
+def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
+    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
+
+    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
+    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
+    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
+    """
+    if config.kind:
+        return config.kind
+    if config.data_fraction < 1.0:
+        return "fraction_soft" if config.distill is not None else "fraction_hard"
+    if config.distill is None:
+        return "baseline"
+    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
