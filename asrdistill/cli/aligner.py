@@ -29,7 +29,7 @@ DATA = (
         Arg("--force", action="store_true", help="train and align again even if done"),
     ],
 )
-def mono(args: argparse.Namespace) -> Work:
+def cmd_mono(args: argparse.Namespace) -> Work:
     import torch
 
     from asrdistill.aligner.align import AlignConfig, align_subset
@@ -72,7 +72,7 @@ def mono(args: argparse.Namespace) -> Work:
         Arg("--force", action="store_true", help="train again even if done"),
     ],
 )
-def tri(args: argparse.Namespace) -> Work:
+def cmd_tri(args: argparse.Namespace) -> Work:
     import torch
 
     from asrdistill.aligner.hmm import HmmModel
@@ -113,7 +113,7 @@ def tri(args: argparse.Namespace) -> Work:
         FORCE,
     ],
 )
-def align(args: argparse.Namespace) -> Work:
+def cmd_align(args: argparse.Namespace) -> Work:
     import torch
 
     from asrdistill.aligner.align import AlignConfig, align_subset
@@ -163,7 +163,7 @@ def align(args: argparse.Namespace) -> Work:
         FORCE,
     ],
 )
-def import_ali(args: argparse.Namespace) -> Work:
+def cmd_import_ali(args: argparse.Namespace) -> Work:
     from asrdistill.aligner.kaldi_import import import_kaldi_alignments
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
 

@@ -30,7 +30,7 @@ from asrdistill.cli.common import FORCE, Arg, Work, command, section
         FORCE,
     ],
 )
-def synth_corpus(args: argparse.Namespace) -> Work:
+def cmd_synth_corpus(args: argparse.Namespace) -> Work:
     from data_prep.synthetic import synthesize_corpus
 
     def run() -> None:
@@ -91,7 +91,7 @@ def synth_corpus(args: argparse.Namespace) -> Work:
         ),
     ],
 )
-def download(args: argparse.Namespace) -> Work:
+def cmd_download(args: argparse.Namespace) -> Work:
     from data_prep.librispeech import DEFAULT_BASE_URL, download_librispeech
 
     def run() -> None:
@@ -122,7 +122,7 @@ def download(args: argparse.Namespace) -> Work:
         FORCE,
     ],
 )
-def prepare(args: argparse.Namespace) -> Work:
+def cmd_prepare(args: argparse.Namespace) -> Work:
     from data_prep.librispeech import prepare_librispeech
 
     def run() -> None:
@@ -149,7 +149,7 @@ def prepare(args: argparse.Namespace) -> Work:
         ),
     ],
 )
-def lang(args: argparse.Namespace) -> Work:
+def cmd_lang(args: argparse.Namespace) -> Work:
     from asrdistill.data.lexicon import LexiconConfig, build_lang, corpus_vocabulary
 
     cfg = section(args, "lexicon", LexiconConfig)

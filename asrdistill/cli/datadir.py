@@ -25,7 +25,7 @@ DATA_DIR = Arg("data_dir", type=Path, exists="folder", help="an asrdistill (Kald
         Arg("--feats-out", type=Path, help="also import feats.scp as feature shards into this folder (default: no)"),
     ],
 )
-def import_data_dir(args: argparse.Namespace) -> Work:
+def cmd_import_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import import_data_dir as import_dir
     from asrdistill.data.kaldi_dir import import_feats
 
@@ -48,7 +48,7 @@ def import_data_dir(args: argparse.Namespace) -> Work:
         Arg("--allow-pipes", action="store_true", help="read recordings whose source is a shell command"),
     ],
 )
-def import_lhotse(args: argparse.Namespace) -> Work:
+def cmd_import_lhotse(args: argparse.Namespace) -> Work:
     from asrdistill.data.lhotse_io import import_lhotse as import_manifests
 
     def run() -> None:
@@ -66,7 +66,7 @@ def import_lhotse(args: argparse.Namespace) -> Work:
         Arg("out", type=Path, help="folder for the manifests"),
     ],
 )
-def export_lhotse(args: argparse.Namespace) -> Work:
+def cmd_export_lhotse(args: argparse.Namespace) -> Work:
     from asrdistill.data.lhotse_io import export_lhotse as export_manifests
 
     def run() -> None:
@@ -77,7 +77,7 @@ def export_lhotse(args: argparse.Namespace) -> Work:
 
 
 @command("validate-data-dir", "check a data dir as Kaldi's validate_data_dir.sh does", args=[DATA_DIR])
-def validate_data_dir(args: argparse.Namespace) -> Work:
+def cmd_validate_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import validate_data_dir as validate
 
     def run() -> int:
@@ -100,7 +100,7 @@ def validate_data_dir(args: argparse.Namespace) -> Work:
     log_dir="data_dir",
     args=[DATA_DIR],
 )
-def fix_data_dir(args: argparse.Namespace) -> Work:
+def cmd_fix_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import fix_data_dir as fix
 
     def run() -> None:
@@ -118,7 +118,7 @@ def fix_data_dir(args: argparse.Namespace) -> Work:
         Arg("num_jobs", type=int, help="parts N"),
     ],
 )
-def split_data_dir(args: argparse.Namespace) -> Work:
+def cmd_split_data_dir(args: argparse.Namespace) -> Work:
     from asrdistill.data.kaldi_dir import split_data_dir as split
 
     def run() -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from asrdistill.cli.common import Arg, Work, command, section
-from asrdistill.cli.nnet import TRAIN_DATA, train_config
+from asrdistill.cli.nnet import TRAIN_DATA, train_config_of
 
 
 @command(
@@ -27,14 +27,14 @@ from asrdistill.cli.nnet import TRAIN_DATA, train_config
         Arg("--force", action="store_true", help="evaluate again even if metrics.json is up to date"),
     ],
 )
-def evaluate(args: argparse.Namespace) -> Work:
+def cmd_evaluate(args: argparse.Namespace) -> Work:
     from asrdistill.data.frames import FrameData
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig, evaluate_system
     from asrdistill.nnet.specialists import SpecialistConfig
 
     data = FrameData(
-        Path(args.feats), Path(args.labels), args.train_set, args.dev_set, args.test_set, train_config(args).frames
+        Path(args.feats), Path(args.labels), args.train_set, args.dev_set, args.test_set, train_config_of(args).frames
     )
     decode_cfg = section(args, "decode", DecodeConfig, {"nj": args.nj})
     eval_cfg, spec_cfg = section(args, "evaluate", EvalConfig), section(args, "specialists", SpecialistConfig)
@@ -65,7 +65,7 @@ def evaluate(args: argparse.Namespace) -> Work:
         Arg("--title", default="Baseline vs ensemble vs distilled student", help="the table's title"),
     ],
 )
-def results(args: argparse.Namespace) -> Work:
+def cmd_results(args: argparse.Namespace) -> Work:
     from asrdistill.results import collect_results
 
     def run() -> int:
@@ -102,7 +102,7 @@ def results(args: argparse.Namespace) -> Work:
         Arg("--top", type=int, default=6, help="senones to draw"),
     ],
 )
-def plot(args: argparse.Namespace) -> Work:
+def cmd_plot(args: argparse.Namespace) -> Work:
     from asrdistill.plots import plot_training_curves, plot_utterance
 
     if args.utt and not args.feats:

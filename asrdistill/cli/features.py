@@ -24,7 +24,7 @@ log = logging.getLogger("asrdistill")
         FORCE,
     ],
 )
-def features(args: argparse.Namespace) -> Work:
+def cmd_features(args: argparse.Namespace) -> Work:
     from asrdistill.data.features import FbankConfig, compute_features
 
     cfg = section(args, "features", FbankConfig)
@@ -47,7 +47,7 @@ def features(args: argparse.Namespace) -> Work:
         ),
     ],
 )
-def cmvn(args: argparse.Namespace) -> Work:
+def cmd_cmvn(args: argparse.Namespace) -> Work:
     from asrdistill.data.datadir import DataDir
     from asrdistill.data.features import compute_cmvn
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest

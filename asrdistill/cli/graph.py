@@ -26,7 +26,7 @@ from asrdistill.cli.common import Arg, Work, command, section
         Arg("out_dir", type=Path, help="the LM folder (lm.json, the ARPA), e.g. exp/lm"),
     ],
 )
-def lm(args: argparse.Namespace) -> Work:
+def cmd_lm(args: argparse.Namespace) -> Work:
     from asrdistill.data.datadir import DataDir
     from asrdistill.data.lang import Lang
     from asrdistill.decoding.lm import LmConfig, prepare_lm
@@ -53,7 +53,7 @@ def lm(args: argparse.Namespace) -> Work:
         Arg("out_dir", type=Path, help="the graph folder, e.g. exp/graph"),
     ],
 )
-def graph(args: argparse.Namespace) -> Work:
+def cmd_graph(args: argparse.Namespace) -> Work:
     import json
 
     from asrdistill.decoding.hclg import GraphConfig, build_graph

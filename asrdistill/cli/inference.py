@@ -40,7 +40,7 @@ from asrdistill.cli.common import Arg, Work, command, section
         Arg("--force", action="store_true", help="rewrite even if the sources are unchanged"),
     ],
 )
-def bundle(args: argparse.Namespace) -> Work:
+def cmd_bundle(args: argparse.Namespace) -> Work:
     from asrdistill.decoding.bundle import write_bundle
     from asrdistill.decoding.decode import DecodeConfig
     from asrdistill.evaluate import EvalConfig
@@ -85,7 +85,7 @@ def bundle(args: argparse.Namespace) -> Work:
         Arg("--allow-pipes", action="store_true", help="run the shell commands of a Kaldi wav.scp"),
     ],
 )
-def decode(args: argparse.Namespace) -> Work:
+def cmd_decode(args: argparse.Namespace) -> Work:
     from asrdistill.decoding.bundle import load_system
 
     system = load_system(args.model, args.device or "cpu")
@@ -118,7 +118,7 @@ def decode(args: argparse.Namespace) -> Work:
         Arg("--force", action="store_true", help="export again even if the source bundle is unchanged"),
     ],
 )
-def export_bundle(args: argparse.Namespace) -> Work:
+def cmd_export_bundle(args: argparse.Namespace) -> Work:
     from asrdistill.decoding.export import export_bundle as export
 
     def run() -> None:
@@ -150,7 +150,7 @@ def export_bundle(args: argparse.Namespace) -> Work:
         Arg("--device", help="cpu or cuda (default: cpu)"),
     ],
 )
-def export_ark(args: argparse.Namespace) -> Work:
+def cmd_export_ark(args: argparse.Namespace) -> Work:
     from asrdistill.aligner.kaldi_export import export_alignments
     from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, ShardManifest
     from asrdistill.decoding.bundle import load_system

@@ -53,7 +53,7 @@ TRAIN_DATA = (
 )
 
 
-def train_config(args: argparse.Namespace) -> Any:
+def train_config_of(args: argparse.Namespace) -> Any:
     """The :class:`~asrdistill.nnet.train.TrainConfig` of the :data:`TRAIN_DATA` arguments (see
     :func:`asrdistill.config.train_config` for the precedence); its device is checked."""
     from asrdistill.config import train_config as build
@@ -93,12 +93,12 @@ def train_config(args: argparse.Namespace) -> Any:
         Arg("--force", action="store_true", help="train again even if done"),
     ],
 )
-def train(args: argparse.Namespace) -> Work:
+def cmd_train(args: argparse.Namespace) -> Work:
     from asrdistill.config import to_dict
     from asrdistill.fileio import write_json_atomic
     from asrdistill.nnet.train import train as train_dnn
 
-    cfg = train_config(args)
+    cfg = train_config_of(args)
 
     def run() -> None:
         write_json_atomic(Path(args.out) / "train_config.json", to_dict(cfg))
@@ -129,14 +129,14 @@ def train(args: argparse.Namespace) -> Work:
         Arg("--force", action="store_true", help="rebuild the soft targets even if up to date"),
     ],
 )
-def ensemble(args: argparse.Namespace) -> Work:
+def cmd_ensemble(args: argparse.Namespace) -> Work:
     """The ensemble folder, the fidelity of its soft-target cache on dev, and the cache on the training set."""
     from asrdistill.data.features import Cmvn
     from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
     from asrdistill.nnet.ensemble import EnsembleConfig, build_ensemble
 
     cfg = section(args, "ensemble", EnsembleConfig)
-    frames = train_config(args).frames
+    frames = train_config_of(args).frames
     feats = Path(args.feats)
     train_feats = ShardManifest.load(feats / args.train_set, FEATS_PREFIX)
     dev_feats = ShardManifest.load(feats / args.dev_set, FEATS_PREFIX)
@@ -166,7 +166,7 @@ def ensemble(args: argparse.Namespace) -> Work:
         Arg("student_dirs", nargs="+", type=Path, exists="folder", help="the swept students' experiment folders"),
     ],
 )
-def best_student(args: argparse.Namespace) -> Work:
+def cmd_best_student(args: argparse.Namespace) -> Work:
     """Print ``T hard_weight`` of the swept student with the best dev frame accuracy (model selection on dev)."""
     from asrdistill.results import best_student as best_of
 

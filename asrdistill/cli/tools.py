@@ -31,7 +31,7 @@ def _run_job(job: tuple[list[str], str]) -> tuple[list[str], int]:
         Arg("--nj", type=int, default=2, help="jobs at a time (give each job --threads to share the cores)"),
     ],
 )
-def run_jobs(args: argparse.Namespace) -> Work:
+def cmd_run_jobs(args: argparse.Namespace) -> Work:
     """Run independent asrdistill command lines (teachers, students, evaluations) through the executor."""
     from asrdistill.parallel import Executor
 
@@ -64,7 +64,7 @@ def run_jobs(args: argparse.Namespace) -> Work:
         Arg("key", help="section.key, e.g. recipe.train_set"),
     ],
 )
-def config_get(args: argparse.Namespace) -> Work:
+def cmd_config_get(args: argparse.Namespace) -> Work:
     """Print one value of a recipe config (for loops in run.sh)."""
     from asrdistill.config import merge, parse_overrides, read_yaml
 
