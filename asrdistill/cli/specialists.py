@@ -62,7 +62,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
         FORCE,
     ],
 )
-def cmd_groups(args: argparse.Namespace) -> Work:
+def cmd_specialists_groups(args: argparse.Namespace) -> Work:
     from asrdistill.aligner.tree import ContextTree
     from asrdistill.data.lang import Lang
     from asrdistill.nnet.specialists import group_senones
@@ -95,7 +95,7 @@ def cmd_groups(args: argparse.Namespace) -> Work:
     threads=True,
     args=[*SHARED, FORCE],
 )
-def cmd_train(args: argparse.Namespace) -> Work:
+def cmd_specialists_train(args: argparse.Namespace) -> Work:
     from asrdistill.nnet.specialists import train_specialists
 
     s = _inputs(args)
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> Work:
         Arg("--test-set", nargs="*", default=[], help="further labelled sets to score (default: none)"),
     ],
 )
-def cmd_evaluate(args: argparse.Namespace) -> Work:
+def cmd_specialists_eval(args: argparse.Namespace) -> Work:
     from asrdistill.nnet.specialists import evaluate_specialists
 
     s = _inputs(args)
@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> Work:
         FORCE,
     ],
 )
-def cmd_cache(args: argparse.Namespace) -> Work:
+def cmd_specialists_cache(args: argparse.Namespace) -> Work:
     """Dense soft targets of generalist + specialists on the training set, for ``asrdistill train --soft``."""
     from asrdistill.nnet.specialists import cache_specialist_targets
 
