@@ -58,7 +58,7 @@ from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
 from asrdistill.data.shards import ShardManifest
-from asrdistill.fileio import atomic_path, json_safe, write_text_atomic
+from asrdistill.fileio import atomic_path, json_safe, write_skipped, write_text_atomic
 
 __all__ = [
     "LoopConfig",
@@ -78,6 +78,7 @@ __all__ = [
     "shard_jobs",
     "train_gmm_hmm",
     "plot_convergence",
+    "save_trained",
 ]
 
 log = logging.getLogger(__name__)
@@ -347,3 +348,14 @@ def plot_convergence(jsonl: str | Path, png: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+def save_trained(model: HmmModel, exp_dir: Path, skipped: Mapping[str, str]) -> None:
+    """What a training stage leaves besides its marker: ``final.pt``, ``topo.json``, ``skipped.tsv``, the plot.
+
+    One place for mono and triphone training, so that both stages write the same files in the same order.
+    """
+    model.save(exp_dir / "final.pt")
+    model.topology.save(exp_dir / "topo.json")
+    write_skipped(exp_dir / "skipped.tsv", skipped)
+    plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
