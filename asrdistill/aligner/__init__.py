@@ -3,7 +3,8 @@
 Serves ``run.sh`` stages 3 (flat-start monophones, :mod:`mono`) and 4 (decision
 tree over triphone states, tied-state triphones on deltas or LDA+MLLT
 (:mod:`lda_mllt`), frame labels: :mod:`tree`, :mod:`triphone`, :mod:`align`).
-:mod:`hmm` is the re-estimation/alignment loop both stages share;
+:mod:`hmm` is the re-estimation/alignment loop both stages share, :mod:`hmm_model`
+the model it trains (Gaussians, topology, feature transform);
 :mod:`utt_graph` builds each utterance's training graph (every pronunciation,
 optional silence); :mod:`kaldi_import` takes Kaldi pdf alignments instead;
 :mod:`kaldi_export` writes them out. Every pass (mono and triphone training,
@@ -23,7 +24,7 @@ _EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._export
     "Transcript": "utt_graph",
     "UttGraph": "utt_graph",
     "build_utt_graph": "utt_graph",
-    "HmmModel": "hmm",
+    "HmmModel": "hmm_model",
     "LoopConfig": "hmm",
     "train_gmm_hmm": "hmm",
     "import_kaldi_alignments": "kaldi_import",

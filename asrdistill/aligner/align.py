@@ -170,6 +170,35 @@ def align_subset(
     probs = read_pron_probs(config.pron_probs) if config.pron_probs else None
     pre_seqs, pre_skipped = prepare_transcripts(text, lang, probs)
     oov = oov_counts(text.values(), {w for w, _ in lang.lexicon})
+    jobs, waiting = _align_jobs(feats, pre_seqs, model, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = _LabelWriter(feats, out_dir, write_pdf, pre_seqs, pre_skipped, lang.phones)
+    _run_align_jobs(jobs, waiting, labels, config)
+    ali, pdf = _write_summaries(labels, model, config, lang, oov)
+    seconds = time.time() - t0
+    frames, skipped = labels.frames, labels.skipped
+    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, inputs)
+    log.info(
+        "%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s",
+        out_dir,
+        frames,
+        seconds,
+        frames / max(seconds, 1e-9),
+        len(skipped),
+        f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "",
+    )
+    return AlignResult(ali, pdf, skipped, frames, seconds)
+
+
+def _align_jobs(
+    feats: ShardManifest, seqs: Mapping[str, Transcript], model: HmmModel, config: AlignConfig
+) -> tuple[list[tuple], list[int]]:
+    """Worker jobs ``(shard index, shard, utterances, model state, pass)`` and the number of jobs per shard.
+
+    With fewer than ``2 * nj`` shards each shard's utterances are dealt into
+    ``nj`` jobs so that every worker has work; a shard's labels are written
+    once all its jobs are back.
+    """
     state = model.state()
     how = ShardPass(
         realign=True,
@@ -182,70 +211,103 @@ def align_subset(
     pieces = max(1, config.nj) if len(feats.shards) < 2 * config.nj else 1
     jobs, waiting = [], []
     for i, info in enumerate(feats.shards):
-        mine = [u for u in info.keys if u in pre_seqs]
+        mine = [u for u in info.keys if u in seqs]
         parts = [p for p in (mine[k::pieces] for k in range(pieces)) if p]
         waiting.append(len(parts))
-        jobs += [(i, feats.shard_paths[i], {u: pre_seqs[u] for u in p}, state, how) for p in parts]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    got: list[dict[str, UttAlignment]] = [{} for _ in feats.shards]
-    results: list = [None] * len(feats.shards)
-    skipped: dict[str, str] = {}
-    prons: list[str] = []
-    frames = 0
+        jobs += [(i, feats.shard_paths[i], {u: seqs[u] for u in p}, state, how) for p in parts]
+    return jobs, waiting
 
-    def finish(i: int) -> None:
-        nonlocal frames
-        info = feats.shards[i]
-        prons.extend(
-            line
-            for utt in info.keys
-            if utt in got[i]
-            for line in pron_records(utt, got[i][utt], pre_seqs[utt], lang.phones)
+
+class _LabelWriter:
+    """Collects a shard's alignments as its jobs come back and writes its label shards once it is complete.
+
+    Writing shard by shard keeps memory to the shards in flight, not the
+    whole subset's alignments.
+    """
+
+    def __init__(
+        self,
+        feats: ShardManifest,
+        out_dir: Path,
+        write_pdf: bool,
+        seqs: Mapping[str, Transcript],
+        pre_skipped: Mapping[str, str],
+        phones: list[str],
+    ):
+        self.feats, self.out_dir, self.write_pdf = feats, out_dir, write_pdf
+        self.seqs, self.pre_skipped, self.phones = seqs, pre_skipped, phones
+        self.got: list[dict[str, UttAlignment]] = [{} for _ in feats.shards]
+        self.results: list = [None] * len(feats.shards)
+        self.skipped: dict[str, str] = {}
+        self.prons: list[str] = []
+        self.frames = 0
+
+    def finish(self, i: int) -> None:
+        """Write shard ``i``'s labels (empty arrays for the utterances it could not align) and its prons lines."""
+        info, got = self.feats.shards[i], self.got[i]
+        self.prons.extend(
+            line for utt in info.keys if utt in got for line in pron_records(utt, got[utt], self.seqs[utt], self.phones)
         )
         for utt in info.keys:
-            if utt not in got[i]:
-                skipped[utt] = skipped.get(utt) or pre_skipped.get(utt) or "no transcript"
-        ali_name = _label_name(info.name, feats.prefix, ALI_PREFIX)
-        pdf_name = _label_name(info.name, feats.prefix, PDF_PREFIX) if write_pdf else None
-        ali_info, pdf_info, n = _write_labels(out_dir, info.keys, ali_name, pdf_name, got[i], skipped)
-        results[i] = (ali_info, pdf_info)
-        frames += n
-        got[i] = {}
-        bar.update(info.num_frames)
+            if utt not in got:
+                self.skipped[utt] = self.skipped.get(utt) or self.pre_skipped.get(utt) or "no transcript"
+        ali_name = _label_name(info.name, self.feats.prefix, ALI_PREFIX)
+        pdf_name = _label_name(info.name, self.feats.prefix, PDF_PREFIX) if self.write_pdf else None
+        ali_info, pdf_info, n = _write_labels(self.out_dir, info.keys, ali_name, pdf_name, got, self.skipped)
+        self.results[i] = (ali_info, pdf_info)
+        self.frames += n
+        self.got[i] = {}
 
+
+def _run_align_jobs(jobs: list[tuple], waiting: list[int], labels: _LabelWriter, config: AlignConfig) -> None:
+    """Run the jobs (a process pool on the CPU with ``nj > 1``, else in-process), finishing each shard in turn."""
+    feats = labels.feats
     use_pool = config.nj > 1 and len(jobs) > 1 and not config.device.startswith("cuda")
-    bar = progress(total=feats.num_frames, desc=f"align {out_dir.name}", unit="frame", unit_scale=True)
+    bar = progress(total=feats.num_frames, desc=f"align {labels.out_dir.name}", unit="frame", unit_scale=True)
     executor = Executor(min(config.nj, len(jobs)) if use_pool else 1, initializer=_init_worker if use_pool else None)
     try:
         for i in [i for i, n in enumerate(waiting) if n == 0]:
-            finish(i)
+            labels.finish(i)
+            bar.update(feats.shards[i].num_frames)
         it = executor.map(_align_piece, jobs, ordered=False)
         for i, alis, skip in it:
-            got[i].update(alis)
-            skipped.update(skip)
+            labels.got[i].update(alis)
+            labels.skipped.update(skip)
             waiting[i] -= 1
             if waiting[i] == 0:
-                finish(i)
+                labels.finish(i)
+                bar.update(feats.shards[i].num_frames)
     finally:
         bar.close()
         executor.close()
         FEATS_CACHE.clear()
+
+
+def _write_summaries(
+    labels: _LabelWriter, model: HmmModel, config: AlignConfig, lang: Lang, oov: Counter[str]
+) -> tuple[ShardManifest, ShardManifest | None]:
+    """The label manifests, then senone counts, ``skipped.tsv``, ``prons.txt``, ``lexiconp.txt``, ``oov_counts.tsv``.
+
+    In this order, after every label shard: the manifests are what a reader
+    looks for, and ``.align.done`` (written by the caller) comes last of all.
+    """
+    out_dir = labels.out_dir
     meta = {"model": model.meta, "num_pdfs": model.num_pdfs, "config": to_dict(config)}
-    ali = ShardManifest(out_dir, ALI_PREFIX, [r[0] for r in results], meta)
+    ali = ShardManifest(out_dir, ALI_PREFIX, [r[0] for r in labels.results], meta)
     ali.save()
     pdf = None
-    if write_pdf:
-        pdf = ShardManifest(out_dir, PDF_PREFIX, [r[1] for r in results], meta)
+    if labels.write_pdf:
+        pdf = ShardManifest(out_dir, PDF_PREFIX, [r[1] for r in labels.results], meta)
         pdf.save()
         counts = senone_counts(pdf, model.num_pdfs)
         write_json_atomic(
             out_dir / "senone_counts.json",
             {"num_pdfs": model.num_pdfs, "num_used": int((counts > 0).sum()), "counts": counts.tolist()},
         )
-    write_skipped(out_dir / "skipped.tsv", skipped)
+    write_skipped(out_dir / "skipped.tsv", labels.skipped)
     with atomic_open(out_dir / "prons.txt") as f:
-        f.writelines(prons)
-    write_lexiconp(out_dir / "lexiconp.txt", lang, estimate_pron_probs(prons, lang))
+        f.writelines(labels.prons)
+    write_lexiconp(out_dir / "lexiconp.txt", lang, estimate_pron_probs(labels.prons, lang))
     with atomic_open(out_dir / "oov_counts.tsv") as f:
         f.writelines(f"{w}\t{n}\n" for w, n in oov.most_common())
     if oov:
@@ -257,18 +319,7 @@ def align_subset(
             UNK,
             oov.most_common(5),
         )
-    seconds = time.time() - t0
-    mark_done(out_dir, "align", {"config": to_dict(config), "frames": frames, "skipped": len(skipped)}, inputs)
-    log.info(
-        "%s: aligned %d frames in %.1f s (%.0f frames/s), %d utterance(s) skipped%s",
-        out_dir,
-        frames,
-        seconds,
-        frames / max(seconds, 1e-9),
-        len(skipped),
-        f" (reasons in skipped.tsv), e.g. {list(skipped.items())[:3]}" if skipped else "",
-    )
-    return AlignResult(ali, pdf, skipped, frames, seconds)
+    return ali, pdf
 
 
 def oov_counts(lines: Iterable[str], vocab: set[str]) -> Counter[str]:

@@ -21,7 +21,10 @@ Public API::
 
     seqs, skipped = prepare_transcripts(text, lang)          # utt -> Transcript (every pronunciation)
     model, ali, skipped = train_gmm_hmm(model, feats_manifest, seqs, cfg, exp_dir, alignment=None)
-    HmmModel.load(path) / model.save(path)
+    HmmModel.load(path) / model.save(path)                  # defined in hmm_model, importable from here
+
+The per-shard pass (:func:`process_shard`, :class:`ShardPass`, :class:`ShardRunner`) lives in
+:mod:`asrdistill.aligner.shard_pass` and is importable from here too.
 """
 
 from __future__ import annotations
@@ -30,26 +33,32 @@ import dataclasses
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
-from asrdistill.aligner.gmm import DiagGmmSet, GmmStats, accumulate
-from asrdistill.aligner.lda_mllt import MlltStats, accumulate_mllt, estimate_mllt
+from asrdistill.aligner.gmm import DiagGmmSet, GmmStats
+from asrdistill.aligner.hmm_model import FeatureTransform, HmmModel, UttAlignment, add_deltas, splice_frames
+from asrdistill.aligner.lda_mllt import MlltStats, estimate_mllt
+from asrdistill.aligner.shard_pass import (
+    FEATS_CACHE,
+    ShardPass,
+    ShardResult,
+    ShardRunner,
+    equal_alignment,
+    process_shard,
+    shard_feats,
+    shard_jobs,
+)
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.tree import ContextTree
-from asrdistill.aligner.utt_graph import MonophonePdfs, PdfFn, Transcript, UttGraph, build_utt_graphs
-from asrdistill.aligner.viterbi import viterbi_batch
+from asrdistill.aligner.utt_graph import Transcript
 from asrdistill.data.lang import SIL, UNK, Lang
 from asrdistill.data.lexicon import map_oov
-from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.fileio import atomic_path, json_safe, load_weights, write_text_atomic
-from asrdistill.logs import progress
-from asrdistill.parallel import Executor
+from asrdistill.data.shards import ShardManifest
+from asrdistill.fileio import atomic_path, json_safe, write_skipped, write_text_atomic
 
 __all__ = [
     "LoopConfig",
@@ -69,6 +78,7 @@ __all__ = [
     "shard_jobs",
     "train_gmm_hmm",
     "plot_convergence",
+    "save_trained",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,182 +109,6 @@ class LoopConfig:
     device: str = "cpu"
     max_cells: int = 20_000_000  # Viterbi batch size in (utterances x frames x states)
     chunk_frames: int = 20_000  # frames scored per GMM evaluation
-
-
-# ------------------------------------------------------------------------- features
-
-
-def add_deltas(x: torch.Tensor, window: int = 2) -> torch.Tensor:
-    """Append deltas and delta-deltas (Kaldi ``add-deltas``: regression over +-``window`` frames, edges repeated)."""
-
-    def delta(y: torch.Tensor) -> torch.Tensor:
-        t = y.shape[0]
-        idx = torch.arange(t)
-        out = torch.zeros_like(y)
-        for n in range(1, window + 1):
-            out += n * (y[(idx + n).clamp(max=t - 1)] - y[(idx - n).clamp(min=0)])
-        return out / (2 * sum(n * n for n in range(1, window + 1)))
-
-    d1 = delta(x)
-    return torch.cat([x, d1, delta(d1)], 1)
-
-
-def splice_frames(x: torch.Tensor, context: int) -> torch.Tensor:
-    """Each frame with its +-``context`` neighbours side by side (Kaldi ``splice-feats``, edges repeated)."""
-    t = x.shape[0]
-    idx = (torch.arange(t)[:, None] + torch.arange(-context, context + 1)[None, :]).clamp(0, max(t - 1, 0))
-    return x[idx].reshape(t, -1)  # (T, (2 * context + 1) * D)
-
-
-@dataclass
-class FeatureTransform:
-    """Raw log-mel -> GMM features: global mean/variance normalisation, deltas or spliced frames, a matrix.
-
-    ``splice > 0`` replaces the deltas by ``2 * splice + 1`` spliced frames;
-    ``matrix`` (LDA+MLLT, :mod:`asrdistill.aligner.lda_mllt`) projects last.
-    """
-
-    mean: np.ndarray  # (D,) float64
-    var: np.ndarray  # (D,)
-    use_deltas: bool = True
-    splice: int = 0
-    matrix: np.ndarray | None = None  # (out_dim, in_dim) float64
-
-    @property
-    def base_dim(self) -> int:
-        """Dimension before ``matrix``."""
-        d = int(self.mean.shape[0])
-        return d * (2 * self.splice + 1) if self.splice else d * (3 if self.use_deltas else 1)
-
-    @property
-    def dim(self) -> int:
-        return int(self.matrix.shape[0]) if self.matrix is not None else self.base_dim
-
-    def apply(self, feats: np.ndarray) -> torch.Tensor:
-        if feats.ndim != 2 or feats.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"features of shape {feats.shape}, expected (T, {self.mean.shape[0]})")
-        x = torch.from_numpy(((feats.astype(np.float64) - self.mean) / np.sqrt(self.var)).astype(np.float32))
-        if self.splice:
-            x = splice_frames(x, self.splice)
-        elif self.use_deltas:
-            x = add_deltas(x)
-        return x @ torch.from_numpy(self.matrix.T.astype(np.float32)) if self.matrix is not None else x
-
-    @classmethod
-    def fit(cls, arrays: Iterable[np.ndarray], use_deltas: bool = True) -> "FeatureTransform":
-        n, s, ss = 0, 0.0, 0.0
-        for a in arrays:
-            a = a.astype(np.float64)
-            n, s, ss = n + a.shape[0], s + a.sum(0), ss + (a * a).sum(0)
-        if n == 0:
-            raise ValueError("no feature frames to compute the normalisation from")
-        mean = s / n
-        return cls(mean, np.maximum(ss / n - mean**2, 1e-8), use_deltas)
-
-    def to_dict(self) -> dict:
-        return {
-            "mean": self.mean.tolist(),
-            "var": self.var.tolist(),
-            "use_deltas": self.use_deltas,
-            "splice": self.splice,
-            "matrix": None if self.matrix is None else self.matrix.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FeatureTransform":
-        matrix = d.get("matrix")
-        return cls(
-            np.asarray(d["mean"], dtype=np.float64),
-            np.asarray(d["var"], dtype=np.float64),
-            bool(d["use_deltas"]),
-            int(d.get("splice", 0)),
-            None if matrix is None else np.asarray(matrix, dtype=np.float64),
-        )
-
-
-# ---------------------------------------------------------------------------- model
-
-
-@dataclass
-class HmmModel:
-    """A GMM-HMM: Gaussians per pdf, topology (with self-loops), feature transform, and the pdf map.
-
-    ``tree=None``: monophone pdfs (:class:`MonophonePdfs`); otherwise the
-    tree's leaves. ``meta`` holds the training config for the record.
-    """
-
-    gmm: DiagGmmSet
-    topology: Topology
-    transform: FeatureTransform
-    tree: ContextTree | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def pdf_of(self) -> PdfFn:
-        return self.tree.pdfs if self.tree is not None else MonophonePdfs.from_topology(self.topology).pdfs
-
-    @property
-    def num_pdfs(self) -> int:
-        return self.gmm.num_pdfs
-
-    def to_dict(self) -> dict:
-        """Tensors and plain data: what :meth:`save` writes (and what identifies the model)."""
-        return {
-            "gmm": self.gmm.state_dict(),
-            "topology": {"num_states": self.topology.num_states, "self_loop": self.topology.self_loop},
-            "transform": self.transform.to_dict(),
-            "tree": self.tree.to_dict() if self.tree is not None else None,
-            "meta": self.meta,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(self.to_dict(), tmp)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "HmmModel":
-        d = load_weights(path, "GMM-HMM model")
-        try:
-            return cls(
-                DiagGmmSet.from_state_dict(d["gmm"]),
-                Topology(list(d["topology"]["num_states"]), [list(x) for x in d["topology"]["self_loop"]]),
-                FeatureTransform.from_dict(d["transform"]),
-                ContextTree.from_dict(d["tree"]) if d["tree"] is not None else None,
-                dict(d["meta"]),
-            )
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: cannot load GMM-HMM model: {e}") from e
-
-    def state(self) -> dict:
-        """Picklable plain-data form for worker processes."""
-        return {"gmm": self.gmm.state_dict(), "topology": self.topology, "transform": self.transform, "tree": self.tree}
-
-
-@dataclass
-class UttAlignment:
-    """Per-frame labels of one utterance: pdf, phone id and HMM state within the phone (all (T,) int32).
-
-    From a graph alignment also the word position (-1: silence) and the index
-    of the pronunciation chosen per frame.
-    """
-
-    pdf: np.ndarray
-    phone: np.ndarray
-    state: np.ndarray
-    word: np.ndarray | None = None
-    pron: np.ndarray | None = None
-
-    @classmethod
-    def from_path(cls, graph: UttGraph, path: np.ndarray) -> "UttAlignment":
-        return cls(
-            graph.pdf[path].astype(np.int32),
-            graph.phone[path],
-            graph.hmm_state[path],
-            graph.word[path],
-            graph.pron[path],
-        )
 
 
 # ---------------------------------------------------------------------- transcripts
@@ -314,19 +148,6 @@ def prepare_transcripts(
     return seqs, skipped
 
 
-def equal_alignment(graph: UttGraph, num_frames: int) -> np.ndarray | None:
-    """Graph state per frame spreading frames equally over ``graph.default_path`` (Kaldi ``align-equal``).
-
-    That path takes each word's first pronunciation, no silence between words
-    and the leading and trailing silences (utterances usually start and end in
-    silence). ``None`` if there are fewer frames than states.
-    """
-    states = graph.default_path
-    if num_frames < len(states):
-        return None
-    return states[(np.arange(num_frames) * len(states)) // num_frames].astype(np.int32)
-
-
 def estimate_self_loops(alignments: Iterable[UttAlignment], topology: Topology, floor: float = 0.05) -> Topology:
     """Self-loop probability of each (phone, state) from frame alignments; unseen states keep theirs."""
     width = topology.max_states
@@ -346,224 +167,7 @@ def estimate_self_loops(alignments: Iterable[UttAlignment], topology: Topology, 
     return Topology(list(topology.num_states), loops)
 
 
-# ---------------------------------------------------------------- per-shard worker
-
-FEATS_CACHE: "OrderedDict[str, dict[str, np.ndarray]]" = OrderedDict()
-_CACHE_BYTES = 1 << 30  # per process: re-reading a shard each iteration is the fallback, not an error
-
-
-def shard_feats(path: Path, cache: bool) -> dict[str, np.ndarray]:
-    """Raw features of one shard, kept in a per-process LRU cache (bounded by ``_CACHE_BYTES``)."""
-    key = str(path)
-    if key in FEATS_CACHE:
-        FEATS_CACHE.move_to_end(key)
-        return FEATS_CACHE[key]
-    feats = {utt: s["feats"] for utt, s in iter_shard(path)}
-    if cache:
-        FEATS_CACHE[key] = feats
-        size = lambda d: sum(a.nbytes for a in d.values())  # noqa: E731
-        while len(FEATS_CACHE) > 1 and sum(size(d) for d in FEATS_CACHE.values()) > _CACHE_BYTES:
-            FEATS_CACHE.popitem(last=False)
-    return feats
-
-
-@dataclass
-class ShardResult:
-    """What one shard pass returns: statistics (if accumulated), alignments (if aligned), skips."""
-
-    stats: GmmStats | None
-    alignments: dict[str, UttAlignment]
-    skipped: dict[str, str]
-    viterbi_score: float = 0.0  # summed best-path scores of the aligned utterances
-    frames: int = 0  # frames of the aligned utterances
-    mllt: MlltStats | None = None  # with ``mllt_stats``
-
-
-@dataclass(frozen=True)
-class ShardPass:
-    """What one pass of :func:`process_shard` does over a shard, with which training graphs and search limits."""
-
-    realign: bool = False  # align afresh (else the given alignment supplies the pdfs)
-    equal: bool = False  # flat start: equal alignment along the default path instead of Viterbi
-    accumulate_stats: bool = False  # GMM statistics on the (new or given) alignment
-    mllt_stats: bool = False  # MLLT statistics too
-    optional_prob: float = 0.5  # training graphs: probability of the optional silence between words
-    boundary_silence: bool = True  # ... and optional silence at both ends
-    device: str = "cpu"
-    max_cells: int = 20_000_000  # Viterbi: trellis cells per batch of utterances
-    chunk_frames: int = 20_000  # frames scored per GMM call
-    cache: bool = True  # keep the shard's features in memory for the next pass
-
-
-def process_shard(
-    shard: Path,
-    seqs: Mapping[str, Transcript],
-    model: HmmModel,
-    how: ShardPass,
-    alignment: Mapping[str, UttAlignment] | None = None,
-) -> ShardResult:
-    """Align (Viterbi, or equally with ``how.equal``) and/or accumulate statistics for one feature shard.
-
-    Only utterances in ``seqs`` are used; each is aligned to its full training
-    graph (every pronunciation, optional silence; triphone contexts exact for
-    a tree model), so pronunciation and silence are decided afresh. Without
-    ``how.realign`` the given ``alignment`` supplies the pdfs. An utterance whose
-    frame count cannot fit its graph, or that has no finite path, is reported
-    in ``skipped``.
-    """
-    realign, equal, device = how.realign, how.equal, how.device
-    feats = shard_feats(Path(shard), how.cache)
-    gmm = model.gmm.to(device) if model.gmm.device != torch.device(device) else model.gmm
-    utts = [u for u in feats if u in seqs]
-    skipped: dict[str, str] = {}
-    out_ali: dict[str, UttAlignment] = {}
-    score_sum, ali_frames = 0.0, 0
-    xs = {u: model.transform.apply(feats[u]) for u in utts}
-    if realign or equal:
-        graphs: dict[str, UttGraph] = {}
-        built = build_utt_graphs(
-            [seqs[u] for u in utts],
-            model.topology,
-            model.pdf_of,
-            how.optional_prob,
-            how.boundary_silence,
-            context=model.tree is not None,
-        )
-        for u, g in zip(utts, built):
-            if xs[u].shape[0] < g.min_frames:
-                skipped[u] = (
-                    f"{xs[u].shape[0]} frames, fewer than the {g.min_frames} HMM states on the shortest "
-                    "path through its transcript's graph (one frame per state at least)"
-                )
-            else:
-                graphs[u] = g
-        todo = list(graphs)
-        if equal:
-            for u in todo:
-                path = equal_alignment(graphs[u], xs[u].shape[0])
-                if path is None:
-                    skipped[u] = (
-                        f"{xs[u].shape[0]} frames, fewer than the {len(graphs[u].default_path)} HMM "
-                        "states of the flat-start path (first pronunciations, silence at both ends)"
-                    )
-                    continue
-                out_ali[u] = UttAlignment.from_path(graphs[u], path)
-        else:
-            # score chunks of utterances at once (bigger matmuls), only the pdfs their graphs use
-            start = 0
-            budget = max(1000, min(how.chunk_frames, 20_000_000 // max(1, gmm.num_gauss)))
-            while start < len(todo):
-                end, n = start, 0
-                while end < len(todo) and (n == 0 or n + xs[todo[end]].shape[0] <= budget):
-                    n += xs[todo[end]].shape[0]
-                    end += 1
-                chunk = todo[start:end]
-                pdfs = np.unique(np.concatenate([graphs[u].pdf for u in chunk]))
-                ll = gmm.loglik(torch.cat([xs[u] for u in chunk]).to(device), torch.from_numpy(pdfs))
-                lls, offs = [], 0
-                for u in chunk:
-                    t = xs[u].shape[0]
-                    idx = torch.from_numpy(np.searchsorted(pdfs, graphs[u].pdf)).to(ll.device)
-                    lls.append(ll[offs : offs + t][:, idx])
-                    offs += t
-                paths, scores = viterbi_batch(lls, [graphs[u] for u in chunk], device, how.max_cells)
-                for u, path, sc in zip(chunk, paths, scores):
-                    if path is None:
-                        skipped[u] = "every path through its transcript's graph has zero probability"
-                        continue
-                    out_ali[u] = UttAlignment.from_path(graphs[u], path)
-                    score_sum += sc
-                    ali_frames += len(path)
-                start = end
-        alignment = out_ali
-    stats, mllt = None, None
-    if how.accumulate_stats or how.mllt_stats:
-        stats = GmmStats.zeros(gmm.num_gauss, gmm.dim)
-        mllt = MlltStats.zeros(gmm.dim) if how.mllt_stats else None
-        if alignment:
-            used = [u for u in utts if u in alignment and alignment[u].pdf.size]
-            for u in used:
-                if alignment[u].pdf.shape[0] != xs[u].shape[0]:
-                    raise ValueError(
-                        f"{shard}: {u}: alignment has {alignment[u].pdf.shape[0]} frames, features {xs[u].shape[0]}"
-                    )
-            if used:
-                x = torch.cat([xs[u] for u in used])
-                pdf = torch.from_numpy(np.concatenate([alignment[u].pdf for u in used]).astype(np.int64))
-                accumulate(gmm, x, pdf, stats)
-                if mllt is not None:
-                    accumulate_mllt(gmm, x, pdf, mllt)
-        stats = GmmStats(stats.occ.cpu(), stats.x.cpu(), stats.xx.cpu(), stats.loglik, stats.frames)
-        stats = stats if how.accumulate_stats else None
-    return ShardResult(stats, out_ali, skipped, score_sum, ali_frames, mllt)
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _worker(args: tuple) -> ShardResult:
-    shard, seqs, state, alignment, how = args
-    model = HmmModel(DiagGmmSet.from_state_dict(state["gmm"]), state["topology"], state["transform"], state["tree"])
-    return process_shard(shard, seqs, model, how, alignment)
-
-
-class ShardRunner:
-    """Runs :func:`process_shard` over shards: a process pool (CPU, ``nj > 1``) or in-process (GPU or ``nj = 1``)."""
-
-    def __init__(self, nj: int, device: str = "cpu"):
-        self.device = device
-        gpu = str(device).startswith("cuda")
-        self.executor = Executor(1 if gpu else nj, initializer=None if gpu else _worker_init)
-
-    def map(
-        self,
-        jobs: Sequence[tuple[Path, Mapping[str, Transcript]]],
-        model: HmmModel,
-        alignment: Mapping[str, UttAlignment] | None,
-        desc: str,
-        how: ShardPass,
-    ) -> Iterable[ShardResult]:
-        """Yield one :class:`ShardResult` per job (``how`` on this runner's device), in any order, with a progress
-        bar."""
-        how = dataclasses.replace(how, device=self.device)
-        state = model.state()
-        args = [
-            (p, seqs, state, {u: alignment[u] for u in seqs if u in alignment} if alignment is not None else None, how)
-            for p, seqs in jobs
-        ]
-        it = self.executor.map(_worker, args, ordered=False)
-        yield from progress(it, total=len(args), desc=desc, unit="shard", leave=False)
-
-    def close(self) -> None:
-        self.executor.close()
-
-    def __enter__(self) -> "ShardRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.executor.close()
-
-
 # -------------------------------------------------------------------------- training
-
-
-def shard_jobs(
-    feats: ShardManifest, seqs: Mapping[str, Transcript], pieces: int = 1
-) -> list[tuple[Path, dict[str, Transcript]]]:
-    """(shard, utterances) work items; each shard's utterances are dealt into ``pieces`` items.
-
-    Splitting within shards keeps ``nj`` workers busy when the corpus has
-    fewer shards than workers (a 5 h corpus is one 200 MB shard).
-    """
-    jobs = []
-    for info, path in zip(feats.shards, feats.shard_paths):
-        mine = [u for u in info.keys if u in seqs]
-        for k in range(pieces):
-            part = {u: seqs[u] for u in mine[k::pieces]}
-            if part:
-                jobs.append((path, part))
-    return jobs
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -593,11 +197,10 @@ def train_gmm_hmm(
     alignment, and the utterances its last alignment pass could not align
     (utt -> reason; absent from the alignment), for the caller's ``skipped.tsv``.
     """
-    exp_dir = Path(exp_dir)
     jobs = shard_jobs(feats, seqs, config.nj)
     if not jobs:
         raise ValueError(f"{feats.path}: none of the {len(seqs)} transcribed utterances is in the features")
-    log_path = exp_dir / "log" / f"{log_name}.jsonl"
+    log_path = Path(exp_dir) / "log" / f"{log_name}.jsonl"
     records: list[dict] = []
     start_gauss = model.gmm.num_gauss
     inc = max(0, config.max_gaussians - start_gauss) / max(config.max_iter_inc, 1)
@@ -608,70 +211,22 @@ def train_gmm_hmm(
             t0 = time.time()
             realign = alignment is None and it == 0 or it in config.realign_iters
             mllt = it in config.mllt_iters and model.transform.matrix is not None
-            stats = GmmStats.zeros(model.gmm.num_gauss, model.gmm.dim)
-            mllt_acc = MlltStats.zeros(model.gmm.dim) if mllt else None
-            new_ali: dict[str, UttAlignment] = {}
-            skipped = {} if realign else skipped
-            score, frames = 0.0, 0
-            how = ShardPass(
-                realign=realign,
-                accumulate_stats=True,
-                mllt_stats=mllt,
-                optional_prob=config.optional_silence_prob,
-                boundary_silence=config.boundary_silence,
-                max_cells=config.max_cells,
-                chunk_frames=config.chunk_frames,
-            )
-            for res in runner.map(jobs, model, None if realign else ali, f"iter {it}", how):
-                stats.add(res.stats)
-                if mllt_acc is not None:
-                    mllt_acc.add(res.mllt)
-                new_ali.update(res.alignments)
-                skipped.update(res.skipped)
-                score, frames = score + res.viterbi_score, frames + res.frames
+            how = _loop_pass(config, realign, mllt)
+            acc = _sum_pass(runner.map(jobs, model, None if realign else ali, f"iter {it}", how), model.gmm, mllt)
             if realign:
-                ali = new_ali
-            if stats.frames == 0:
+                ali = acc.alignments
+            skipped = {} if realign else skipped
+            skipped.update(acc.skipped)
+            if acc.stats.frames == 0:
                 raise ValueError(
                     f"iteration {it}: no utterance could be aligned ({len(skipped)} skipped, e.g. "
                     f"{next(iter(skipped.items()), None)})"
                 )
-            gmm = DiagGmmSet.from_stats(stats, model.gmm, config.var_floor, config.min_gaussian_occ)
-            transform = model.transform
-            if mllt_acc is not None:  # rotate the space the new Gaussians live in (Kaldi est-mllt, gmm-transform-means)
-                rot, gain = estimate_mllt(mllt_acc)
-                transform = dataclasses.replace(transform, matrix=rot @ transform.matrix)
-                gmm = DiagGmmSet(
-                    gmm.means @ torch.from_numpy(rot.T).float(), gmm.vars, gmm.log_weights, gmm.comp2pdf, gmm.num_pdfs
-                )
-                log.info("iter %d: MLLT objective gain %.4f per frame", it, gain)
             target = int(min(config.max_gaussians, start_gauss + inc * (it + 1)))
-            pdf_occ = torch.zeros(gmm.num_pdfs, dtype=torch.float64).index_add_(0, model.gmm.comp2pdf.cpu(), stats.occ)
-            gmm = gmm.split(target, pdf_occ, config.mixup_power)
-            topo = estimate_self_loops(ali.values(), model.topology, config.self_loop_floor)
-            model = HmmModel(gmm, topo, transform, model.tree, model.meta)
-            rec = {
-                "iter": it,
-                "loglik_per_frame": stats.loglik_per_frame,
-                "frames": stats.frames,
-                "num_gauss": gmm.num_gauss,
-                "realigned": realign,
-                "skipped": len(skipped),
-                "seconds": round(time.time() - t0, 2),
-            }
-            if realign and frames:
-                rec["viterbi_per_frame"] = score / frames
-            records.append(rec)
+            model = _reestimate(model, acc.stats, acc.mllt, ali, config, target, it)
+            records.append(_iteration_record(it, acc, model.gmm.num_gauss, realign, len(skipped), t0))
             _write_jsonl(log_path, records)
-            log.info(
-                "iter %d: loglik/frame %.3f over %d frames, %d Gaussians%s (%.1f s)",
-                it,
-                rec["loglik_per_frame"],
-                stats.frames,
-                gmm.num_gauss,
-                ", realigned" if realign else "",
-                rec["seconds"],
-            )
+            _log_iteration(records[-1])
     FEATS_CACHE.clear()
     if skipped:
         log.warning(
@@ -680,6 +235,91 @@ def train_gmm_hmm(
             list(skipped.items())[:3],
         )
     return model, ali, skipped
+
+
+def _iteration_record(it: int, acc: ShardResult, num_gauss: int, realign: bool, skipped: int, t0: float) -> dict:
+    """One line of ``train.jsonl``: what :func:`plot_convergence` draws and a reader checks convergence with."""
+    rec = {
+        "iter": it,
+        "loglik_per_frame": acc.stats.loglik_per_frame,
+        "frames": acc.stats.frames,
+        "num_gauss": num_gauss,
+        "realigned": realign,
+        "skipped": skipped,
+        "seconds": round(time.time() - t0, 2),
+    }
+    if realign and acc.frames:
+        rec["viterbi_per_frame"] = acc.viterbi_score / acc.frames
+    return rec
+
+
+def _log_iteration(rec: dict) -> None:
+    """The iteration's record in one log line, so that a long run shows its progress as it goes."""
+    log.info(
+        "iter %d: loglik/frame %.3f over %d frames, %d Gaussians%s (%.1f s)",
+        rec["iter"],
+        rec["loglik_per_frame"],
+        rec["frames"],
+        rec["num_gauss"],
+        ", realigned" if rec["realigned"] else "",
+        rec["seconds"],
+    )
+
+
+def _loop_pass(config: LoopConfig, realign: bool, mllt: bool) -> ShardPass:
+    """One iteration's shard pass: statistics always, a fresh alignment and MLLT statistics when scheduled."""
+    return ShardPass(
+        realign=realign,
+        accumulate_stats=True,
+        mllt_stats=mllt,
+        optional_prob=config.optional_silence_prob,
+        boundary_silence=config.boundary_silence,
+        max_cells=config.max_cells,
+        chunk_frames=config.chunk_frames,
+    )
+
+
+def _sum_pass(results: Iterable[ShardResult], gmm: DiagGmmSet, mllt: bool) -> ShardResult:
+    """The shards' results summed into one, in the order the runner yields them."""
+    total = ShardResult(GmmStats.zeros(gmm.num_gauss, gmm.dim), {}, {}, mllt=MlltStats.zeros(gmm.dim) if mllt else None)
+    for res in results:
+        total.stats.add(res.stats)
+        if total.mllt is not None:
+            total.mllt.add(res.mllt)
+        total.alignments.update(res.alignments)
+        total.skipped.update(res.skipped)
+        total.viterbi_score, total.frames = total.viterbi_score + res.viterbi_score, total.frames + res.frames
+    return total
+
+
+def _reestimate(
+    model: HmmModel,
+    stats: GmmStats,
+    mllt: MlltStats | None,
+    ali: Mapping[str, UttAlignment],
+    config: LoopConfig,
+    target: int,
+    it: int,
+) -> HmmModel:
+    """The next model: Gaussians from ``stats`` (rotated by a new MLLT with ``mllt``), split to ``target``, and
+    self-loops from ``ali``.
+
+    The mixture split weighs pdfs by the occupancy under the *previous* model's
+    components, which is why this takes the old model rather than its GMMs.
+    """
+    gmm = DiagGmmSet.from_stats(stats, model.gmm, config.var_floor, config.min_gaussian_occ)
+    transform = model.transform
+    if mllt is not None:  # rotate the space the new Gaussians live in (Kaldi est-mllt, gmm-transform-means)
+        rot, gain = estimate_mllt(mllt)
+        transform = dataclasses.replace(transform, matrix=rot @ transform.matrix)
+        gmm = DiagGmmSet(
+            gmm.means @ torch.from_numpy(rot.T).float(), gmm.vars, gmm.log_weights, gmm.comp2pdf, gmm.num_pdfs
+        )
+        log.info("iter %d: MLLT objective gain %.4f per frame", it, gain)
+    pdf_occ = torch.zeros(gmm.num_pdfs, dtype=torch.float64).index_add_(0, model.gmm.comp2pdf.cpu(), stats.occ)
+    gmm = gmm.split(target, pdf_occ, config.mixup_power)
+    topo = estimate_self_loops(ali.values(), model.topology, config.self_loop_floor)
+    return HmmModel(gmm, topo, transform, model.tree, model.meta)
 
 
 def plot_convergence(jsonl: str | Path, png: str | Path) -> Path:
@@ -708,3 +348,14 @@ def plot_convergence(jsonl: str | Path, png: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+def save_trained(model: HmmModel, exp_dir: Path, skipped: Mapping[str, str]) -> None:
+    """What a training stage leaves besides its marker: ``final.pt``, ``topo.json``, ``skipped.tsv``, the plot.
+
+    One place for mono and triphone training, so that both stages write the same files in the same order.
+    """
+    model.save(exp_dir / "final.pt")
+    model.topology.save(exp_dir / "topo.json")
+    write_skipped(exp_dir / "skipped.tsv", skipped)
+    plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")

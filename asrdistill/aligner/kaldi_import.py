@@ -31,7 +31,7 @@ import numpy as np
 
 from asrdistill.aligner.tree import ContextTree, tree_sha256
 from asrdistill.data.datadir import check_pipes
-from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_shard, write_shard
+from asrdistill.data.shards import PDF_PREFIX, ShardInfo, ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
 from asrdistill.logs import progress
 
@@ -97,13 +97,7 @@ def import_kaldi_alignments(
     are shell commands is refused unless ``allow_pipes``.
     """
     out_dir, ali = Path(out_dir), Path(ali)
-    tree = Path(tree)
-    if tree.is_dir():
-        tree = tree / "tree.json"
-    if not tree.is_file():
-        raise FileNotFoundError(
-            f"{tree}: no tree.json; give the asrdistill tree whose senones the alignment ids are (e.g. exp/tri)"
-        )
+    tree = _tree_file(Path(tree))
     if ali.suffix == ".scp" and ali.is_file():
         check_pipes(ali, allow_pipes)
     num_pdfs = ContextTree.load(tree).num_pdfs
@@ -114,34 +108,8 @@ def import_kaldi_alignments(
             pdf, read_skipped(out_dir / "skipped.tsv"), [], int(pdf.meta.get("num_pdfs", 0)), pdf.num_frames
         )
     t0 = time.time()
-    alis = read_kaldi_int_vectors(ali)
-    top = max((int(a.max()) for a in alis.values() if a.size), default=-1) + 1
-    if top > num_pdfs:
-        bad = next(u for u, a in alis.items() if a.size and a.max() >= num_pdfs)
-        raise ValueError(
-            f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= {num_pdfs}, the senone count of {tree}: "
-            "these alignments were made with another tree"
-        )
-    skipped: dict[str, str] = {}
-    infos = []
-    frames = 0
-    empty = np.zeros(0, dtype=np.int32)
-    for info, path in progress(list(zip(feats.shards, feats.shard_paths)), desc="import alignments", unit="shard"):
-        rows = []
-        for utt, sample in iter_shard(path):
-            t = int(sample["feats"].shape[0])
-            a = alis.get(utt)
-            if a is None:
-                skipped[utt] = "no alignment in the Kaldi file"
-                a = empty
-            elif a.shape[0] != t:
-                skipped[utt] = f"alignment has {a.shape[0]} frames but the features have {t}"
-                a = empty
-            frames += a.shape[0]
-            rows.append((utt, {"pdf": a}))
-        if not info.name.startswith(feats.prefix):
-            raise ValueError(f"{feats.path}: shard {info.name!r} does not start with prefix {feats.prefix!r}")
-        infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix) :]), rows, frames_field="pdf"))
+    alis = _read_for_tree(ali, num_pdfs, tree)
+    infos, skipped, frames = _write_pdf_shards(alis, feats, out_dir)
     known = set(feats.keys)
     unused = sorted(u for u in alis if u not in known)
     pdf = ShardManifest(
@@ -164,3 +132,57 @@ def import_kaldi_alignments(
         log.warning("%s: %d alignment(s) for utterances not in the features, e.g. %s", ali, len(unused), unused[:3])
     log.info("imported %d frames, %d pdfs in %.1f s", frames, num_pdfs, time.time() - t0)
     return ImportResult(pdf, skipped, unused, num_pdfs, frames)
+
+
+def _tree_file(tree: Path) -> Path:
+    """``tree`` itself or the ``tree.json`` in that folder; its absence is the user's error, said plainly."""
+    if tree.is_dir():
+        tree = tree / "tree.json"
+    if not tree.is_file():
+        raise FileNotFoundError(
+            f"{tree}: no tree.json; give the asrdistill tree whose senones the alignment ids are (e.g. exp/tri)"
+        )
+    return tree
+
+
+def _read_for_tree(ali: Path, num_pdfs: int, tree: Path) -> dict[str, np.ndarray]:
+    """The alignments of ``ali``, refused as a whole if any id is beyond the tree's senones (another tree's ids)."""
+    alis = read_kaldi_int_vectors(ali)
+    top = max((int(a.max()) for a in alis.values() if a.size), default=-1) + 1
+    if top > num_pdfs:
+        bad = next(u for u, a in alis.items() if a.size and a.max() >= num_pdfs)
+        raise ValueError(
+            f"{ali}: {bad}: pdf id {int(alis[bad].max())} >= {num_pdfs}, the senone count of {tree}: "
+            "these alignments were made with another tree"
+        )
+    return alis
+
+
+def _write_pdf_shards(
+    alis: dict[str, np.ndarray], feats: ShardManifest, out_dir: Path
+) -> tuple[list[ShardInfo], dict[str, str], int]:
+    """One pdf shard per feature shard, same keys in the same order; a missing or mis-sized alignment is empty.
+
+    Returns the shard infos, the skipped utterances (utt -> reason) and the labelled frame count.
+    """
+    skipped: dict[str, str] = {}
+    infos = []
+    frames = 0
+    empty = np.zeros(0, dtype=np.int32)
+    for info, path in progress(list(zip(feats.shards, feats.shard_paths)), desc="import alignments", unit="shard"):
+        rows = []
+        for utt, sample in iter_shard(path):
+            t = int(sample["feats"].shape[0])
+            a = alis.get(utt)
+            if a is None:
+                skipped[utt] = "no alignment in the Kaldi file"
+                a = empty
+            elif a.shape[0] != t:
+                skipped[utt] = f"alignment has {a.shape[0]} frames but the features have {t}"
+                a = empty
+            frames += a.shape[0]
+            rows.append((utt, {"pdf": a}))
+        if not info.name.startswith(feats.prefix):
+            raise ValueError(f"{feats.path}: shard {info.name!r} does not start with prefix {feats.prefix!r}")
+        infos.append(write_shard(out_dir / (PDF_PREFIX + info.name[len(feats.prefix) :]), rows, frames_field="pdf"))
+    return infos, skipped, frames

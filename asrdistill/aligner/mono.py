@@ -25,17 +25,17 @@ from asrdistill.aligner.hmm import (
     ShardPass,
     ShardRunner,
     UttAlignment,
-    plot_convergence,
     prepare_transcripts,
+    save_trained,
     shard_jobs,
     train_gmm_hmm,
 )
 from asrdistill.aligner.topology import Topology
-from asrdistill.aligner.utt_graph import MonophonePdfs
+from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript
 from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import SIL, Lang
 from asrdistill.data.shards import ShardManifest, iter_shard
-from asrdistill.fileio import mark_done, stage_done, write_skipped
+from asrdistill.fileio import mark_done, stage_done
 from asrdistill.logs import progress
 
 __all__ = ["MonoConfig", "train_mono"]
@@ -90,50 +90,15 @@ def train_mono(
         raise ValueError("mono: states and silence_states must be >= 1")
     t0 = time.time()
     seqs, skipped = prepare_transcripts(text, lang)
-    frames = _utt_frames(feats)
-    candidates = sorted((n, u) for u, n in frames.items() if u in seqs)
-    if config.subset_utts is not None:
-        candidates = candidates[: config.subset_utts]
-    if not candidates:
-        raise ValueError(f"{feats.path}: no utterance has both features and a usable transcript")
-    chosen = {u for _, u in candidates}
-    seqs = {u: seqs[u] for u in chosen}
-    log.info("monophone flat start on %d utterances (%.2f h)", len(seqs), sum(n for n, _ in candidates) / 360000)
-
-    transform = FeatureTransform.fit(
-        (s["feats"] for p in feats.shard_paths for u, s in iter_shard(p) if u in chosen), config.use_deltas
-    )
-    topology = Topology.uniform(
-        lang.num_phones,
-        config.states,
-        config.silence_states,
-        (lang.phone_id[SIL], lang.phone_id["SPN"]),
-        config.initial_self_loop,
-    )
-    pdfs = MonophonePdfs.from_topology(topology)
-    d = transform.dim
-    # flat start: every pdf at the global mean/variance (zero and one after normalisation, deltas near zero)
-    gmm = DiagGmmSet.single(torch.zeros(pdfs.num_pdfs, d), torch.ones(pdfs.num_pdfs, d))
-    model = HmmModel(gmm, topology, transform, None, {"config": to_dict(config), "stage": "mono"})
-
-    # equal alignment (Kaldi align-equal-compiled), then the re-estimation loop
-    init_ali: dict[str, UttAlignment] = {}
-    with ShardRunner(config.nj, config.device) as runner:
-        flat_start = ShardPass(
-            equal=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence
-        )
-        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", flat_start):
-            init_ali.update(res.alignments)
-            skipped.update(res.skipped)
+    seqs = _shortest_utts(feats, seqs, config.subset_utts)
+    model = _flat_start_model(feats, set(seqs), lang, config)
+    init_ali = _equal_alignment(model, feats, seqs, config, skipped)
     loop_cfg = LoopConfig(**{k: getattr(config, k) for k in LoopConfig.__dataclass_fields__})
     model, ali, lost = train_gmm_hmm(
         model, feats, {u: seqs[u] for u in init_ali}, loop_cfg, exp_dir, alignment=init_ali
     )
     skipped.update(lost)
-    model.save(exp_dir / "final.pt")
-    model.topology.save(exp_dir / "topo.json")
-    write_skipped(exp_dir / "skipped.tsv", skipped)
-    plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
+    save_trained(model, exp_dir, skipped)
     mark_done(
         exp_dir,
         "mono",
@@ -154,3 +119,59 @@ def train_mono(
         f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "",
     )
     return model
+
+
+def _shortest_utts(
+    feats: ShardManifest, seqs: Mapping[str, Transcript], subset_utts: int | None
+) -> dict[str, Transcript]:
+    """The ``subset_utts`` shortest utterances with features and a transcript (all with ``None``).
+
+    Short utterances first, as Kaldi's ``utils/subset_data_dir.sh --shortest``:
+    a flat start spreads frames evenly, which is least wrong on short ones.
+    """
+    frames = _utt_frames(feats)
+    candidates = sorted((n, u) for u, n in frames.items() if u in seqs)
+    if subset_utts is not None:
+        candidates = candidates[:subset_utts]
+    if not candidates:
+        raise ValueError(f"{feats.path}: no utterance has both features and a usable transcript")
+    chosen = {u for _, u in candidates}
+    log.info("monophone flat start on %d utterances (%.2f h)", len(chosen), sum(n for n, _ in candidates) / 360000)
+    return {u: seqs[u] for u in chosen}
+
+
+def _flat_start_model(feats: ShardManifest, chosen: set[str], lang: Lang, config: MonoConfig) -> HmmModel:
+    """The model before any training: every pdf one Gaussian at the global mean and variance of ``chosen``."""
+    transform = FeatureTransform.fit(
+        (s["feats"] for p in feats.shard_paths for u, s in iter_shard(p) if u in chosen), config.use_deltas
+    )
+    topology = Topology.uniform(
+        lang.num_phones,
+        config.states,
+        config.silence_states,
+        (lang.phone_id[SIL], lang.phone_id["SPN"]),
+        config.initial_self_loop,
+    )
+    pdfs = MonophonePdfs.from_topology(topology)
+    d = transform.dim
+    # zero and one after normalisation (deltas near zero)
+    gmm = DiagGmmSet.single(torch.zeros(pdfs.num_pdfs, d), torch.ones(pdfs.num_pdfs, d))
+    return HmmModel(gmm, topology, transform, None, {"config": to_dict(config), "stage": "mono"})
+
+
+def _equal_alignment(
+    model: HmmModel, feats: ShardManifest, seqs: Mapping[str, Transcript], config: MonoConfig, skipped: dict[str, str]
+) -> dict[str, UttAlignment]:
+    """Frames spread equally over each transcript's states (Kaldi ``align-equal-compiled``): the loop's start.
+
+    Utterances too short for it are added to ``skipped``.
+    """
+    init_ali: dict[str, UttAlignment] = {}
+    with ShardRunner(config.nj, config.device) as runner:
+        flat_start = ShardPass(
+            equal=True, optional_prob=config.optional_silence_prob, boundary_silence=config.boundary_silence
+        )
+        for res in runner.map(shard_jobs(feats, seqs, config.nj), model, None, "equal align", flat_start):
+            init_ali.update(res.alignments)
+            skipped.update(res.skipped)
+    return init_ali

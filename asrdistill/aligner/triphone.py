@@ -38,18 +38,18 @@ from asrdistill.aligner.hmm import (
     HmmModel,
     LoopConfig,
     UttAlignment,
-    plot_convergence,
     prepare_transcripts,
+    save_trained,
     train_gmm_hmm,
 )
 from asrdistill.aligner.lda_mllt import LdaStats, estimate_lda
 from asrdistill.aligner.stats import frame_contexts
 from asrdistill.aligner.tree import ContextTree, TreeConfig, build_tree, pdf_stats
-from asrdistill.aligner.utt_graph import MonophonePdfs
+from asrdistill.aligner.utt_graph import MonophonePdfs, Transcript
 from asrdistill.config import result_settings, to_dict
 from asrdistill.data.lang import Lang
 from asrdistill.data.shards import PDF_PREFIX, ShardManifest, iter_aligned, iter_shard
-from asrdistill.fileio import mark_done, read_skipped, stage_done, write_skipped
+from asrdistill.fileio import mark_done, read_skipped, stage_done
 
 __all__ = ["TriConfig", "read_alignment", "train_triphone", "fit_lda"]
 
@@ -192,36 +192,12 @@ def train_triphone(
     if stage_done(exp_dir, "tri", inputs, force) is not None:
         return HmmModel.load(exp_dir / "final.pt")
     t0 = time.time()
-    if config.feature_transform == "deltas":
-        transform = mono.transform
-    elif config.feature_transform == "lda_mllt":
-        transform = fit_lda(mono_ali, feats, lang, mono, config)
-    else:
-        raise ValueError(f"tri.feature_transform must be 'deltas' or 'lda_mllt', got {config.feature_transform!r}")
-    if config.feature_transform == "deltas":
-        config = dataclasses.replace(config, mllt_iters=[])
-
-    def gmm_features(utt: str, x: np.ndarray) -> np.ndarray:
-        return transform.apply(x).numpy()
-
-    tree, stats = build_tree(mono_ali, feats, lang, mono.topology, tree_config, exp_dir, gmm_features)
-    counts, s1, s2 = pdf_stats(tree, stats)
-    gmm = _initial_gmm(tree, counts, s1, s2, config.var_floor)
-    model = HmmModel(
-        gmm,
-        mono.topology,
-        transform,
-        tree,
-        {"stage": "tri", "config": to_dict(config), "tree_config": to_dict(tree_config)},
-    )
-    alignment = read_alignment(mono_ali, tree)
-    skipped = _unaligned(text, alignment, mono_ali)
-    seqs, bad = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
-    skipped.update(bad)
-    alignment = {u: a for u, a in alignment.items() if u in seqs}
+    transform, config = _stage_transform(mono_ali, feats, lang, mono, config)
+    model, counts = _tree_model(mono_ali, feats, lang, mono, transform, exp_dir, tree_config, config)
+    seqs, alignment, skipped = _training_set(text, mono_ali, model.tree, lang)
     log.info(
         "triphone training: %d senones (%d with data), %d utterances, up to %d Gaussians",
-        tree.num_pdfs,
+        model.tree.num_pdfs,
         int((counts > 0).sum()),
         len(seqs),
         config.max_gaussians,
@@ -229,17 +205,14 @@ def train_triphone(
     model, final_ali, lost = train_gmm_hmm(model, feats, seqs, config, exp_dir, alignment=alignment)
     skipped.update(lost)
     model.meta["num_utts"] = len(final_ali)
-    model.save(exp_dir / "final.pt")
-    model.topology.save(exp_dir / "topo.json")
-    write_skipped(exp_dir / "skipped.tsv", skipped)
-    plot_convergence(exp_dir / "log" / "train.jsonl", exp_dir / "log" / "train.png")
+    save_trained(model, exp_dir, skipped)
     mark_done(
         exp_dir,
         "tri",
         {
             "config": to_dict(config),
             "tree_config": to_dict(tree_config),
-            "num_pdfs": tree.num_pdfs,
+            "num_pdfs": model.tree.num_pdfs,
             "num_gauss": model.gmm.num_gauss,
             "skipped": len(skipped),
             "seconds": round(time.time() - t0, 1),
@@ -249,10 +222,66 @@ def train_triphone(
     log.info(
         "triphone training done in %.1f s: %d senones, %d Gaussians, %d utterances; %d skipped%s",
         time.time() - t0,
-        tree.num_pdfs,
+        model.tree.num_pdfs,
         model.gmm.num_gauss,
         len(final_ali),
         len(skipped),
         f" (reasons in {exp_dir / 'skipped.tsv'})" if skipped else "",
     )
     return model
+
+
+def _stage_transform(
+    mono_ali: ShardManifest, feats: ShardManifest, lang: Lang, mono: HmmModel, config: TriConfig
+) -> tuple[FeatureTransform, TriConfig]:
+    """The stage's features (the previous model's deltas, or a new LDA) and its config (no MLLT on deltas)."""
+    if config.feature_transform == "deltas":
+        transform = mono.transform
+    elif config.feature_transform == "lda_mllt":
+        transform = fit_lda(mono_ali, feats, lang, mono, config)
+    else:
+        raise ValueError(f"tri.feature_transform must be 'deltas' or 'lda_mllt', got {config.feature_transform!r}")
+    if config.feature_transform == "deltas":
+        config = dataclasses.replace(config, mllt_iters=[])
+    return transform, config
+
+
+def _tree_model(
+    mono_ali: ShardManifest,
+    feats: ShardManifest,
+    lang: Lang,
+    mono: HmmModel,
+    transform: FeatureTransform,
+    exp_dir: Path,
+    tree_config: TreeConfig,
+    config: TriConfig,
+) -> tuple[HmmModel, np.ndarray]:
+    """The tree (written to ``exp_dir``) and the starting model: one Gaussian per senone; also the senone counts.
+
+    The tree's statistics are taken on the stage's own features, so that an
+    LDA+MLLT stage splits on what its Gaussians will see.
+    """
+
+    def gmm_features(utt: str, x: np.ndarray) -> np.ndarray:
+        return transform.apply(x).numpy()
+
+    tree, stats = build_tree(mono_ali, feats, lang, mono.topology, tree_config, exp_dir, gmm_features)
+    counts, s1, s2 = pdf_stats(tree, stats)
+    gmm = _initial_gmm(tree, counts, s1, s2, config.var_floor)
+    meta = {"stage": "tri", "config": to_dict(config), "tree_config": to_dict(tree_config)}
+    return HmmModel(gmm, mono.topology, transform, tree, meta), counts
+
+
+def _training_set(
+    text: Mapping[str, str], mono_ali: ShardManifest, tree: ContextTree, lang: Lang
+) -> tuple[dict[str, Transcript], dict[str, UttAlignment], dict[str, str]]:
+    """Transcripts and starting alignment (mapped through ``tree``) of the utterances the loop trains on.
+
+    Also the others, with the reason: not in the prior alignment, or no usable transcript.
+    """
+    alignment = read_alignment(mono_ali, tree)
+    skipped = _unaligned(text, alignment, mono_ali)
+    seqs, bad = prepare_transcripts({u: text[u] for u in alignment if u in text}, lang)
+    skipped.update(bad)
+    alignment = {u: a for u, a in alignment.items() if u in seqs}
+    return seqs, alignment, skipped

@@ -163,6 +163,36 @@ def _phone_instances(
     return insts, arcs, init, final
 
 
+@dataclass
+class _PhoneLayer:
+    """Layer 1 with its adjacency lists: what the later layers are built from."""
+
+    insts: list[_Inst]
+    arcs: dict[tuple[int, int], float]  # (instance, next instance) -> logp
+    init: dict[int, float]
+    final: dict[int, float]
+    phones: np.ndarray  # (instances,) int64 phone id of each instance
+    preds: list[list[tuple[int, float]]]  # per instance: (predecessor, logp)
+    succs: list[list[int]]
+
+
+@dataclass
+class _StateLayer:
+    """Layers 2 and 3: the context copies of each instance and the HMM states of each copy."""
+
+    copies: list[tuple[int, int, int]]  # (instance, predecessor or -1, successor or -1); -2 without context
+    index: dict[tuple[int, int, int], int]  # copy -> its position in ``copies``
+    c_inst: np.ndarray  # (copies,) instance of each copy
+    first: np.ndarray  # (copies,) first state of each copy
+    last: np.ndarray  # (copies,) last state of each copy
+    owner: np.ndarray  # (states,) copy of each state
+    hmm_state: np.ndarray  # (states,) state within its phone's HMM
+    phone: np.ndarray  # (states,)
+    pdf: np.ndarray  # (states,)
+    self_lp: np.ndarray  # (states,) log self-loop probability
+    leave: np.ndarray  # (states,) log probability of leaving the state
+
+
 def build_utt_graph(
     transcript: Transcript,
     topology: Topology,
@@ -181,7 +211,29 @@ def build_utt_graph(
         raise ValueError("cannot build a graph for an empty transcript")
     if not 0.0 <= sil_prob <= 1.0:
         raise ValueError(f"sil_prob must be in [0, 1], got {sil_prob}")
-    insts, arcs, init, final = _phone_instances(transcript, sil_prob, boundary_silence)
+    pl = _phone_layer(transcript, topology, sil_prob, boundary_silence)
+    sl = _hmm_states(pl, _context_copies(pl, context), topology, pdf_of)
+    pred, pred_lp, init_lp, final_lp = _state_arcs(pl, sl, context)
+    word = np.array([pl.insts[i].word for i in sl.c_inst], dtype=np.int32)[sl.owner]
+    pron = np.array([pl.insts[i].pron for i in sl.c_inst], dtype=np.int32)[sl.owner]
+    return UttGraph(
+        sl.pdf,
+        sl.phone.astype(np.int32),
+        sl.hmm_state.astype(np.int32),
+        word,
+        pron,
+        pred,
+        pred_lp,
+        init_lp,
+        final_lp,
+        _min_frames(pl, topology),
+        _default_path(pl, sl, context),
+    )
+
+
+def _phone_layer(tr: Transcript, topology: Topology, sil_prob: float, boundary_silence: bool) -> _PhoneLayer:
+    """Layer 1 (:func:`_phone_instances`) with each instance's predecessors and successors, phone ids checked."""
+    insts, arcs, init, final = _phone_instances(tr, sil_prob, boundary_silence)
     phones = np.array([x.phone for x in insts], dtype=np.int64)
     if phones.min() < 1 or phones.max() >= len(topology.num_states):
         raise ValueError(f"phone ids must be in 1..{len(topology.num_states) - 1}, got {phones.min()}..{phones.max()}")
@@ -190,57 +242,72 @@ def build_utt_graph(
     for (a, b), lp in arcs.items():
         preds[b].append((a, lp))
         succs[a].append(b)
+    return _PhoneLayer(insts, arcs, init, final, phones, preds, succs)
 
-    # layer 2: copies (instance, predecessor or -1, successor or -1)
+
+def _context_copies(pl: _PhoneLayer, context: bool) -> list[tuple[int, int, int]]:
+    """Layer 2: copies (instance, predecessor or -1, successor or -1); one copy ``(i, -2, -2)`` without context."""
     copies: list[tuple[int, int, int]] = []
-    index: dict[tuple[int, int, int], int] = {}
-    for i in range(len(insts)):
-        left = ([-1] if i in init else []) + [a for a, _ in preds[i]] if context else [-2]
-        right = ([-1] if i in final else []) + succs[i] if context else [-2]
-        for a in left:
-            for b in right:
-                index[(i, a, b)] = len(copies)
-                copies.append((i, a, b))
+    for i in range(len(pl.insts)):
+        left = ([-1] if i in pl.init else []) + [a for a, _ in pl.preds[i]] if context else [-2]
+        right = ([-1] if i in pl.final else []) + pl.succs[i] if context else [-2]
+        copies += [(i, a, b) for a in left for b in right]
+    return copies
+
+
+def _hmm_states(pl: _PhoneLayer, copies: list[tuple[int, int, int]], topology: Topology, pdf_of: PdfFn) -> _StateLayer:
+    """Layer 3: each copy's left-to-right HMM states, their pdfs (one ``pdf_of`` call) and self-loop weights."""
+    index = {c: k for k, c in enumerate(copies)}
     c_inst = np.array([c[0] for c in copies], dtype=np.int64)
-    ctx = lambda j: 0 if j < 0 else int(phones[j])  # noqa: E731
+    ctx = lambda j: 0 if j < 0 else int(pl.phones[j])  # noqa: E731
     c_left = np.array([ctx(c[1]) for c in copies], dtype=np.int64)
     c_right = np.array([ctx(c[2]) for c in copies], dtype=np.int64)
-
-    # layer 3: HMM states
-    n_st = np.asarray(topology.num_states, dtype=np.int64)[phones[c_inst]]
+    n_st = np.asarray(topology.num_states, dtype=np.int64)[pl.phones[c_inst]]
     first = np.concatenate([[0], np.cumsum(n_st)[:-1]])
-    last = first + n_st - 1
     total = int(n_st.sum())
     owner = np.repeat(np.arange(len(copies)), n_st)
     hmm_state = (np.arange(total) - first[owner]).astype(np.int64)
-    phone = phones[c_inst][owner]
+    phone = pl.phones[c_inst][owner]
     pdf = np.asarray(pdf_of(c_left[owner], phone, c_right[owner], hmm_state), dtype=np.int64)
     if (pdf < 0).any():
         raise ValueError("pdf map returned a negative pdf id")
     loop = np.array([topology.self_loop[p][s] for p, s in zip(phone, hmm_state)], dtype=np.float64)
     with np.errstate(divide="ignore"):
         self_lp, leave = np.log(loop), np.log1p(-loop)
+    return _StateLayer(copies, index, c_inst, first, first + n_st - 1, owner, hmm_state, phone, pdf, self_lp, leave)
 
-    in_arcs: list[list[tuple[int, float]]] = [[(s, float(self_lp[s]))] for s in range(total)]
-    for s in np.flatnonzero(hmm_state > 0):
-        in_arcs[s].append((int(s - 1), float(leave[s - 1])))
+
+def _state_arcs(
+    pl: _PhoneLayer, sl: _StateLayer, context: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each state's incoming arcs padded to a common width, and the initial and final log weights.
+
+    Within a copy: the self-loop and the previous state. Into a copy's first
+    state: the last state of every predecessor copy (with context, only those
+    whose right context is this instance).
+    """
+    total = len(sl.owner)
+    in_arcs: list[list[tuple[int, float]]] = [[(s, float(sl.self_lp[s]))] for s in range(total)]
+    for s in np.flatnonzero(sl.hmm_state > 0):
+        in_arcs[s].append((int(s - 1), float(sl.leave[s - 1])))
     init_lp = np.full(total, _NEG_INF)
     final_lp = np.full(total, _NEG_INF)
     into: dict[tuple[int, int], list[int]] = {}  # (instance, its successor) -> copies with that right context
-    for c, (i, _, b) in enumerate(copies):
+    for c, (i, _, b) in enumerate(sl.copies):
         into.setdefault((i, b), []).append(c)
-    for c, (i, a, b) in enumerate(copies):
-        if a == -1 or (not context and i in init):
-            init_lp[first[c]] = init[i]
-        if b == -1 or (not context and i in final):
-            final_lp[last[c]] = final[i]
+    first, last, leave = sl.first, sl.last, sl.leave
+    for c, (i, a, b) in enumerate(sl.copies):
+        if a == -1 or (not context and i in pl.init):
+            init_lp[first[c]] = pl.init[i]
+        if b == -1 or (not context and i in pl.final):
+            final_lp[last[c]] = pl.final[i]
         if context:
             if a >= 0:  # from every copy of the predecessor whose right context is this instance
                 for c2 in into[(a, i)]:
-                    in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + arcs[(a, i)])))
+                    in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + pl.arcs[(a, i)])))
         else:
-            for a2, lp in preds[i]:
-                c2 = index[(a2, -2, -2)]
+            for a2, lp in pl.preds[i]:
+                c2 = sl.index[(a2, -2, -2)]
                 in_arcs[first[c]].append((int(last[c2]), float(leave[last[c2]] + lp)))
     width = max(len(x) for x in in_arcs)
     pred = np.zeros((total, width), dtype=np.int64)
@@ -248,36 +315,29 @@ def build_utt_graph(
     for s, row in enumerate(in_arcs):
         for k, (src, lp) in enumerate(row):
             pred[s, k], pred_lp[s, k] = src, lp
+    return pred, pred_lp, init_lp, final_lp
 
-    # shortest path (in states) and the flat-start path over instances, in topological order
-    dist = np.full(len(insts), np.iinfo(np.int64).max // 2)
-    n_inst = np.asarray(topology.num_states, dtype=np.int64)[phones]
-    for i in range(len(insts)):
-        best = 0 if i in init else min((dist[a] for a, _ in preds[i]), default=dist[i])
+
+def _min_frames(pl: _PhoneLayer, topology: Topology) -> int:
+    """States on the shortest path (instances are in topological order): fewer frames cannot be aligned."""
+    dist = np.full(len(pl.insts), np.iinfo(np.int64).max // 2)
+    n_inst = np.asarray(topology.num_states, dtype=np.int64)[pl.phones]
+    for i in range(len(pl.insts)):
+        best = 0 if i in pl.init else min((dist[a] for a, _ in pl.preds[i]), default=dist[i])
         dist[i] = best + n_inst[i]
-    min_frames = int(min(dist[i] for i in final))
-    chain = [i for i, x in enumerate(insts) if x.default]
+    return int(min(dist[i] for i in pl.final))
+
+
+def _default_path(pl: _PhoneLayer, sl: _StateLayer, context: bool) -> np.ndarray:
+    """The flat-start path: states of the default instances (first pronunciations, silence at the edges only)."""
+    chain = [i for i, x in enumerate(pl.insts) if x.default]
     path = []
     for k, i in enumerate(chain):
         a = chain[k - 1] if k > 0 else -1
         b = chain[k + 1] if k + 1 < len(chain) else -1
-        c = index[(i, a, b)] if context else index[(i, -2, -2)]
-        path += list(range(first[c], last[c] + 1))
-    word = np.array([insts[i].word for i in c_inst], dtype=np.int32)[owner]
-    pron = np.array([insts[i].pron for i in c_inst], dtype=np.int32)[owner]
-    return UttGraph(
-        pdf,
-        phone.astype(np.int32),
-        hmm_state.astype(np.int32),
-        word,
-        pron,
-        pred,
-        pred_lp,
-        init_lp,
-        final_lp,
-        min_frames,
-        np.asarray(path, dtype=np.int64),
-    )
+        c = sl.index[(i, a, b)] if context else sl.index[(i, -2, -2)]
+        path += list(range(sl.first[c], sl.last[c] + 1))
+    return np.asarray(path, dtype=np.int64)
 
 
 def build_utt_graphs(
