@@ -24,12 +24,9 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
-
-if TYPE_CHECKING:
-    from asrdistill.nnet.train import TrainConfig
 
 __all__ = [
     "SECTIONS",
@@ -42,7 +39,6 @@ __all__ = [
     "parse_overrides",
     "read_yaml",
     "with_flags",
-    "train_config",
 ]
 
 T = TypeVar("T")
@@ -250,53 +246,3 @@ def role_section(path: str | Path | None, base: str, role: str | None, overrides
         _check_section(role, f"role {role!r}")
         merged = merge(merged, data.get(role) or {})
     return merge(merged, parse_overrides(overrides).get(base, {}))
-
-
-def train_config(
-    path: str | Path | None,
-    role: str | None,
-    overrides: Sequence[str],
-    *,
-    feats: str | Path,
-    labels: str | Path,
-    train_set: str,
-    dev_set: str,
-    soft: str | Path | None = None,
-    online: str | Path | None = None,
-    flags: Mapping[str, Any] | None = None,
-) -> TrainConfig:
-    """One DNN run's :class:`~asrdistill.nnet.train.TrainConfig`.
-
-    Section ``train``, refined by the role's section (``student``, ``fraction``), then ``--set``, then the typed
-    ``flags`` (:func:`with_flags`; e.g. ``{"seed": 3, "distill.temperature": None}``). The data paths come from
-    the feature and label roots (``<root>/<set>``, CMVN of the training set). The teachers: ``soft`` (cached soft
-    targets) or ``online`` (an ensemble folder with members.txt); without either the run learns the hard labels,
-    and the ``distill`` settings (YAML or flags) are dropped.
-    """
-    from asrdistill.nnet.train import TrainConfig
-
-    if soft and online:
-        raise ValueError("give --soft (cached soft targets) or --online (teachers run on each batch), not both")
-    merged = role_section(path, "train", role, overrides)
-    feats, labels = Path(feats), Path(labels)
-    merged.update(
-        train_feats=str(feats / train_set),
-        train_labels=str(labels / train_set),
-        dev_feats=str(feats / dev_set),
-        dev_labels=str(labels / dev_set),
-        cmvn=str(feats / train_set / "cmvn.json"),
-    )
-    flags = dict(flags or {})
-    if soft or online:
-        from asrdistill.nnet.ensemble import read_members
-
-        teacher = (
-            {"source": "cached", "soft_targets": str(soft)}
-            if soft
-            else {"source": "online", "teachers": [str(m) for m in read_members(online)]}
-        )
-        merged["distill"] = merge(merged.get("distill") or {}, teacher)
-    else:
-        merged.pop("distill", None)
-        flags = {k: v for k, v in flags.items() if not k.startswith("distill.")}
-    return from_dict(TrainConfig, with_flags(merged, flags), f"{path}:train+{role or ''}")

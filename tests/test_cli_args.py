@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from asrdistill import cli
-from asrdistill.config import train_config
+from asrdistill.nnet.targets import train_config
 
 # (flag, its value, TrainConfig field (dotted), YAML value): every train-data flag that names a ``train`` field
 TRAIN_FLAGS = [

@@ -55,7 +55,7 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.aligner.mono import MonoConfig
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig
-    from asrdistill.config import read_yaml, train_config
+    from asrdistill.config import read_yaml
     from asrdistill.data.features import FbankConfig
     from asrdistill.data.lexicon import LexiconConfig
     from asrdistill.decoding.decode import DecodeConfig
@@ -64,6 +64,7 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.evaluate import EvalConfig
     from asrdistill.nnet.ensemble import EnsembleConfig
     from asrdistill.nnet.specialists import SpecialistConfig
+    from asrdistill.nnet.targets import train_config
 
     tools = {
         "features": FbankConfig,

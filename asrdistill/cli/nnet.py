@@ -55,8 +55,8 @@ TRAIN_DATA = (
 
 def train_config_of(args: argparse.Namespace) -> Any:
     """The :class:`~asrdistill.nnet.train.TrainConfig` of the :data:`TRAIN_DATA` arguments (see
-    :func:`asrdistill.config.train_config` for the precedence); its device is checked."""
-    from asrdistill.config import train_config as build
+    :func:`asrdistill.nnet.targets.train_config` for the precedence); its device is checked."""
+    from asrdistill.nnet.targets import train_config as build
 
     flags = {
         "seed": args.seed,

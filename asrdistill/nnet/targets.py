@@ -8,16 +8,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from asrdistill.config import from_dict, merge, role_section, with_flags
 from asrdistill.data.features import Cmvn
 from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardManifest, iter_shard, write_shard
 from asrdistill.fileio import mark_done, stage_done
-from asrdistill.nnet.ensemble import fingerprint, load_teachers
+from asrdistill.nnet.ensemble import fingerprint, load_teachers, read_members
 from asrdistill.nnet.model import FrameDNN
 
 if TYPE_CHECKING:
@@ -161,3 +162,51 @@ def teacher_identity(config: TrainConfig, soft: ShardManifest | None, teachers: 
     if teachers:
         return {"teachers_sha256": fingerprint(teachers)}
     return {}
+
+
+def train_config(
+    path: str | Path | None,
+    role: str | None,
+    overrides: Sequence[str],
+    *,
+    feats: str | Path,
+    labels: str | Path,
+    train_set: str,
+    dev_set: str,
+    soft: str | Path | None = None,
+    online: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """One DNN run's :class:`~asrdistill.nnet.train.TrainConfig`.
+
+    Section ``train``, refined by the role's section (``student``, ``fraction``), then ``--set``, then the typed
+    ``flags`` (:func:`asrdistill.config.with_flags`; e.g. ``{"seed": 3, "distill.temperature": None}``). The data
+    paths come from the feature and label roots (``<root>/<set>``, CMVN of the training set). The teachers:
+    ``soft`` (cached soft targets) or ``online`` (an ensemble folder with members.txt); without either the run
+    learns the hard labels, and the ``distill`` settings (YAML or flags) are dropped.
+    """
+    from asrdistill.nnet.train import TrainConfig
+
+    if soft and online:
+        raise ValueError("give --soft (cached soft targets) or --online (teachers run on each batch), not both")
+    merged = role_section(path, "train", role, overrides)
+    feats, labels = Path(feats), Path(labels)
+    merged.update(
+        train_feats=str(feats / train_set),
+        train_labels=str(labels / train_set),
+        dev_feats=str(feats / dev_set),
+        dev_labels=str(labels / dev_set),
+        cmvn=str(feats / train_set / "cmvn.json"),
+    )
+    flags = dict(flags or {})
+    if soft or online:
+        teacher = (
+            {"source": "cached", "soft_targets": str(soft)}
+            if soft
+            else {"source": "online", "teachers": [str(m) for m in read_members(online)]}
+        )
+        merged["distill"] = merge(merged.get("distill") or {}, teacher)
+    else:
+        merged.pop("distill", None)
+        flags = {k: v for k, v in flags.items() if not k.startswith("distill.")}
+    return from_dict(TrainConfig, with_flags(merged, flags), f"{path}:train+{role or ''}")
