@@ -20,7 +20,7 @@ from asrdistill.nnet.ensemble import (
     system_checkpoints,
 )
 from asrdistill.nnet.model import FrameDNN
-from asrdistill.nnet.targets import rank_zero_first, subset_labels
+from asrdistill.nnet.targets import EmptySubset, rank_zero_first, subset_labels
 
 if TYPE_CHECKING:
     from asrdistill.nnet.train import _Run
@@ -90,7 +90,7 @@ def _sample_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Sha
     """:func:`subset_labels`, or all of ``labels`` when the fraction picks no utterance (a tiny set)."""
     try:
         return subset_labels(labels, fraction, out_dir)
-    except ValueError:
+    except EmptySubset:  # only that: a broken shard must still fail the run
         return labels
 
 

@@ -98,6 +98,10 @@ def _utterance_selected(utt: str, fraction: float) -> bool:
     return h < fraction * 2.0**64
 
 
+class EmptySubset(ValueError):
+    """A fraction of the utterances that selects none of them."""
+
+
 def subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> ShardManifest:
     """Label shards keeping only a ``fraction`` of utterances: the others get empty ``pdf`` (readers skip them)."""
     if fraction >= 1.0:
@@ -115,7 +119,7 @@ def subset_labels(labels: ShardManifest, fraction: float, out_dir: Path) -> Shar
         )
         subset.shards.append(write_shard(out_dir / shard.name, samples))
     if subset.num_frames == 0:
-        raise ValueError(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
+        raise EmptySubset(f"{labels.path}: data_fraction={fraction} selects no labelled utterance")
     subset.save()
     mark_done(out_dir, "subset", {"source": str(labels.path), "fraction": fraction}, inputs)
     log.info("data_fraction=%g: %d of %d labelled frames", fraction, subset.num_frames, labels.num_frames)
