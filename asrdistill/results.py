@@ -441,8 +441,12 @@ def _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction
     if chosen:
         lines += [
             "",
-            f"Students: T = {chosen[0]:g}, hard weight {chosen[1]:g} (the best dev frame accuracy of the "
-            "swept settings).",
+            f"Students: T = {chosen[0]:g}, hard weight {chosen[1]:g} "
+            + (
+                "(the best dev frame accuracy of the swept settings)."
+                if any(r.kind == "sweep" for rs in groups.values() for r in rs)
+                else "(fixed by the recipe config; no sweep in this run)."
+            ),
         ]
     if comparison:
         lines += ["", *_differences(comparison)]

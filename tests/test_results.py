@@ -45,6 +45,7 @@ def _system(
     seed=None,
     dev_acc=None,
     utts: int = 300,
+    extra: dict | None = None,
 ) -> None:
     """A system with per-utterance frame and word counts drawn at the given rates."""
     ids = [f"u{i:04d}" for i in range(utts)]
@@ -73,7 +74,7 @@ def _system(
         100 * correct.sum() / lengths.sum(),
         wer,
         100 * errors.sum() / (10 * utts),
-        extra={"seed": seed, "epochs": 8, "max_epochs": 12, "best_epoch": 6, "test_set": "test"},
+        extra={"seed": seed, "epochs": 8, "max_epochs": 12, "best_epoch": 6, "test_set": "test", **(extra or {})},
     ).save(root / name / "metrics.json")
 
 
@@ -115,6 +116,23 @@ def test_collect_results_groups_seeds_gives_intervals_and_strict_json(tmp_path):
     assert "| baseline | 3 |" in md and "±" in md and "95% paired bootstrap" in md and "dense fp16" in md
     assert "paper: 10x ensemble" in md
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("swept", [False, True])
+def test_the_table_says_whether_the_students_setting_was_swept_or_fixed_by_the_config(tmp_path, swept):
+    rng = np.random.default_rng(2)
+    setting = {"temperature": 2.0, "hard_weight": 0.0}
+    names = ["baseline_seed1", "baseline_seed2", "ensemble", "student_seed1", "student_seed2"]
+    for i, name in enumerate(names):
+        kind = name.split("_")[0]
+        _system(tmp_path, name, kind, 60.0 + i, 14.0, rng, seed=i, extra=setting if kind == "student" else None)
+    if swept:
+        _system(tmp_path, "sweep_T2_hw0", "sweep", 62.0, 13.0, rng, seed=100, extra=setting)
+        names.append("sweep_T2_hw0")
+    collect_results(tmp_path, names)
+    md = (tmp_path / "results.md").read_text()
+    assert "Students: T = 2, hard weight 0 " in md
+    assert ("swept settings" in md) == swept and ("fixed by the recipe config" in md) == (not swept)
 
 
 def test_identical_systems_have_a_zero_width_difference(tmp_path):

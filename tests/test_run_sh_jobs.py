@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from test_ddp import RECIPE, data  # noqa: F401 - the module-scoped frame set (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +76,41 @@ def test_stage_7_under_torchrun_runs_the_jobs_file_serially(data, tmp_path):  # 
     for seed in (2, 3):
         ckpt = torch.load(work / f"exp/baseline_seed{seed}/last.pt", map_location="cpu", weights_only=True)
         assert ckpt["world_size"] == 2
+
+
+def _stub_asrdistill(bin_dir: Path) -> None:
+    """An `asrdistill` that answers config-get for real and accepts every other command without running it."""
+    bin_dir.mkdir()
+    stub = bin_dir / "asrdistill"
+    stub.write_text(
+        f'#!/usr/bin/env bash\nif [ "$1" = config-get ]; then exec {sys.executable} -m asrdistill.cli "$@"; fi\n'
+        'if [ "$1" = best-student ]; then echo "5 0.5"; fi\nexit 0\n'
+    )
+    stub.chmod(0o755)
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_stage_9_trains_no_sweep_when_the_config_fixes_one_setting(tmp_path, fixed):
+    shutil.copy(RECIPE / "run.sh", tmp_path / "run.sh")
+    shutil.copytree(RECIPE / "conf", tmp_path / "conf")
+    conf = yaml.safe_load((tmp_path / "conf/tiny.yaml").read_text())
+    if fixed:
+        conf["recipe"].update(temperatures=[2], hard_weights=[0.0])
+    (tmp_path / "conf/tiny.yaml").write_text(yaml.safe_dump(conf))
+    _stub_asrdistill(tmp_path / "bin")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["bash", "run.sh", "--config", "conf/tiny.yaml", "--stage", "9", "--stop-stage", "10"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {p.stem: p.read_text() for p in (tmp_path / "exp/jobs").glob("*.txt")}
+    students = jobs["stage9_students"].splitlines()
+    assert len(students) == conf["recipe"]["student_seeds"]
+    setting = "--temperature 2 --hard-weight 0.0" if fixed else "--temperature 5 --hard-weight 0.5"
+    assert all(setting in line for line in students + jobs["stage10"].splitlines()[1:])
+    assert ("stage9_sweep_T" in jobs) == (not fixed) and "--out exp/independent_baseline" in "".join(jobs.values())

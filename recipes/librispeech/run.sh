@@ -204,22 +204,34 @@ end; fi
 # metadata, whatever their folders are called
 sweep_dir() { echo "exp/sweep_T$1_hw$2"; }
 independent_seed=$((num_teachers + 1))
-if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), then $student_seeds seeds at the best"
+# One temperature and one hard weight in the config: the students' setting is fixed there (the README run takes
+# it from the documented ablation, docs/ablation_student.md), and no sweep is trained. Several: the sweep of
+# stage 9 chooses on dev.
+fixed_setting=$([ "$(wc -w <<< "$temperatures")" -eq 1 ] && [ "$(wc -w <<< "$hard_weights")" -eq 1 ] && echo yes || true)
+chosen_setting() {  # prints "T hard_weight" of the students
+  if [ -n "$fixed_setting" ]; then echo "$temperatures $hard_weights"; else asrdistill best-student exp/sweep_T*; fi
+}
+if want 9; then begin 9 "students: $student_seeds seeds at the (T, hard weight) ${fixed_setting:+fixed by the config}${fixed_setting:-chosen on dev (seed 100)}"
   hw0=${hard_weights%% *}
-  # with the sweep: an independent baseline (seed N+1, no ensemble member), the fair reference for how often a
-  # single model agrees with the ensemble; measured against the ensemble each epoch like the students
-  train_jobs stage9_sweep_T < <(for t in $temperatures; do
-    echo "train $common $data $force --role student --set train.kind=sweep --seed 100 --soft exp/ensemble/soft_T$t" \
-      "--temperature $t --hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
-  done
-  echo "train $common $data $force --seed $independent_seed --set train.kind=independent_baseline" \
-    "--set train.reference=exp/ensemble --out exp/independent_baseline")
-  read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
-  train_jobs stage9_sweep_hw < <(for hw in ${hard_weights#"$hw0"}; do
-    echo "train $common $data $force --role student --set train.kind=sweep --seed 100" \
-      "--soft exp/ensemble/soft_T$best_t --temperature $best_t --hard-weight $hw --out $(sweep_dir "$best_t" "$hw")"
-  done)
-  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+  # an independent baseline (seed N+1, no ensemble member), the fair reference for how often a single model
+  # agrees with the ensemble; measured against the ensemble each epoch like the students
+  independent="train $common $data $force --seed $independent_seed --set train.kind=independent_baseline"
+  independent="$independent --set train.reference=exp/ensemble --out exp/independent_baseline"
+  if [ -n "$fixed_setting" ]; then
+    train_jobs stage9_independent <<< "$independent"
+  else
+    train_jobs stage9_sweep_T < <(for t in $temperatures; do
+      echo "train $common $data $force --role student --set train.kind=sweep --seed 100 --soft exp/ensemble/soft_T$t" \
+        "--temperature $t --hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
+    done
+    echo "$independent")
+    read -r best_t _ < <(asrdistill best-student exp/sweep_T*_hw$hw0)
+    train_jobs stage9_sweep_hw < <(for hw in ${hard_weights#"$hw0"}; do
+      echo "train $common $data $force --role student --set train.kind=sweep --seed 100" \
+        "--soft exp/ensemble/soft_T$best_t --temperature $best_t --hard-weight $hw --out $(sweep_dir "$best_t" "$hw")"
+    done)
+  fi
+  read -r best_t best_hw < <(chosen_setting)
   train_jobs stage9_students < <(for i in $(seq 1 "$student_seeds"); do
     echo "train $common $data $force --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t" \
       "--temperature $best_t --hard-weight $best_hw --out exp/student_seed$i"
@@ -227,7 +239,7 @@ if want 9; then begin 9 "students: (T, hard weight) chosen on dev (seed 100), th
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
-  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+  read -r best_t best_hw < <(chosen_setting)
   train_jobs stage10 < <(
     echo "train $common $data $force --role fraction --seed 201 --fraction $fraction --out exp/fraction_hard"
     echo "train $common $data $force --role fraction --seed 201 --fraction $fraction --soft exp/ensemble/soft_T$best_t" \
@@ -244,7 +256,7 @@ if want 11; then
     asrdistill specialists-groups $common $data $force $spec --tree exp/tri/tree.json --lang data/lang
     asrdistill specialists-train $common $data $force $spec
     asrdistill specialists-eval $common $data $spec --test-set $test
-    read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+    read -r best_t best_hw < <(chosen_setting)
     asrdistill specialists-cache $common $data $force $spec --temperatures "$best_t"
     $train_cmd $common $data $force --role student --seed 101 --soft exp/specialists/soft_T$best_t \
       --temperature "$best_t" --hard-weight "$best_hw" --out exp/student_from_specialists
@@ -264,8 +276,8 @@ if want 12; then begin 12 "decode and score every system; frame accuracy of the 
     for sys in $systems; do
       echo "evaluate $common $data $force --nj $decode_nj --test-set $test --graph exp/graph --data data exp/$sys"
     done
-    for sweep in exp/sweep_T*; do
-      echo "evaluate $common $data $force --test-set $test --data data $sweep"
+    for sweep in $(cd exp && ls -d sweep_T* 2>/dev/null); do  # none when the config fixes (T, hard weight)
+      echo "evaluate $common $data $force --test-set $test --data data exp/$sweep"
     done)
   # what `asrdistill decode --model exp/<system>/bundle` loads (its acoustic scale from the evaluation's metrics);
   # a bundle holds plain DNNs, so generalist+specialists (exp/specialists) has none
