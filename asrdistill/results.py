@@ -219,7 +219,7 @@ def _groups(rows: list[SystemResult]) -> dict[str, list[SystemResult]]:
     return groups
 
 
-def _compare(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str) -> dict:
+def compare_groups(exp_dir: Path, groups: dict[str, list[SystemResult]], test_set: str) -> dict:
     """Bootstrap intervals (test utterances and seeds, all systems paired) of the :data:`DIFFERENCES`, the kept
     share and every system's agreement with the ensemble."""
     need = ("baseline", "ensemble", "student")
@@ -311,7 +311,7 @@ def _pm(stat: dict, digits: int = 2) -> str:
     return _fmt(stat["mean"], digits)
 
 
-def _ci(iv: dict, digits: int = 2, scale: float = 1.0) -> str:
+def format_interval(iv: dict, digits: int = 2, scale: float = 1.0) -> str:
     return (
         f"{_fmt(scale * iv['value'], digits)} [{_fmt(scale * iv['ci_low'], digits)}, "
         f"{_fmt(scale * iv['ci_high'], digits)}]"
@@ -342,7 +342,7 @@ def collect_results(
         }
         for name, g in groups.items()
     }
-    comparison = _compare(exp_dir, groups, test_set)
+    comparison = compare_groups(exp_dir, groups, test_set)
     fidelity_path = exp_dir / "ensemble" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.is_file() else {}
     goal = _goal(comparison, groups, goal_kept_share)
@@ -423,7 +423,7 @@ def difference_label(prefix: str, comparison: dict) -> str:
     return f"{system} - {comparison['generalist'] + ' (its generalist)' if reference == 'generalist' else reference}"
 
 
-def _trained(r: SystemResult) -> str:
+def training_summary(r: SystemResult) -> str:
     """``epochs run/budget (best epoch), what ended it``, flagged when it was cut off while still improving."""
     epochs = r.extra.get("epochs")
     if epochs is None:
@@ -497,9 +497,9 @@ def _systems_table(rows: list[SystemResult], agree: dict) -> list[str]:
         nn_ms = r.nn_seconds_per_frame * 100 * 1000  # 100 frames per second of audio
         a = agree["systems"].get(r.system)
         lines.append(
-            f"| {_label(r)} | {r.extra.get('seed', '-')} | {_trained(r)} | {r.params:,} | "
+            f"| {_label(r)} | {r.extra.get('seed', '-')} | {training_summary(r)} | {r.params:,} | "
             f"{_fmt(r.dev_frame_acc)} | {_fmt(r.test_frame_acc)} | {_fmt(r.dev_wer)} | {_fmt(r.test_wer)} | "
-            f"{_ci(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |"
+            f"{format_interval(a) if a else '-'} | {_fmt(nn_ms, 1)} | {_fmt(r.decode_rtf, 3)} |"
         )
     return lines
 
@@ -518,7 +518,7 @@ def _groups_table(groups: dict, summary: dict, agree: dict) -> list[str]:
             a = agree["groups"].get(name)
             lines.append(
                 f"| {name} | {len(g['members'])} | {_pm(g['dev_frame_acc'])} | {_pm(g['test_frame_acc'])} | "
-                f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {_ci(a) if a else '-'} |"
+                f"{_pm(g['dev_wer'])} | {_pm(g['test_wer'])} | {format_interval(a) if a else '-'} |"
             )
     for p in PAPER:
         lines.append(f"| {p['system']} | - | - | {p['test_frame_acc']:.1f} | - | {p['test_wer']:.1f} | - |")
@@ -540,12 +540,12 @@ def _differences(comparison: dict) -> list[str]:
             if f"{prefix}_test_{metric}" in comparison:
                 lines.append(
                     f"| {difference_label(prefix, comparison)}, {unit} (points; {better} is better) | "
-                    f"{_ci(comparison[f'{prefix}_test_{metric}'])} |"
+                    f"{format_interval(comparison[f'{prefix}_test_{metric}'])} |"
                 )
     if "kept_share_test_frame_acc" in comparison:
         lines.append(
             f"| share of the ensemble's frame-acc gain the student keeps, test (%) | "
-            f"{_ci(comparison['kept_share_test_frame_acc'], 0, 100)} |"
+            f"{format_interval(comparison['kept_share_test_frame_acc'], 0, 100)} |"
         )
     lines.append(
         f"| share of the ensemble's frame-acc gain the student keeps, dev (%) | "
