@@ -290,17 +290,18 @@ def recipe_counts(config: dict) -> dict[str, int]:
     r, train = config["recipe"], config["train"]
     teachers, seeds = int(r["num_teachers"]), int(r["student_seeds"])
     temps, hws = len(r["temperatures"]), len(r["hard_weights"])
-    systems = teachers + 1 + seeds + 2  # baselines, ensemble, students, fraction hard/soft
+    sweep = 0 if temps == hws == 1 else temps + hws - 1  # one (T, hard weight): fixed by the config, no sweep
+    systems = teachers + 1 + 1 + seeds + 2  # baselines, ensemble, independent baseline, students, fraction hard/soft
     return {
         "models_baseline": 1,
         "models_teachers": teachers - 1,
-        "models_students": temps + hws - 1 + seeds,
+        "models_students": sweep + seeds + 1,  # and the independent baseline, trained in the students' stage
         "models_fraction": 2,
         "ensemble_members": teachers,
         "max_epochs": int(train["epochs"]),
         "decoded_systems": systems,
-        "network_passes": 2 * teachers + seeds + 2,  # the ensemble runs every member
-        "sweep_networks": temps + hws - 1,  # frame accuracy only
+        "network_passes": 2 * teachers + 1 + seeds + 2,  # the ensemble runs every member
+        "sweep_networks": sweep,  # frame accuracy only
         "dev_scales": len(from_dict(DecodeConfig, config.get("decode") or {}).sweep_scales),
     }
 

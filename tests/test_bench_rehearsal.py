@@ -81,8 +81,10 @@ def test_sizes_are_read_from_the_stage_outputs(tmp_path):
 
 def test_recipe_counts_follow_run_sh_loops():
     gpu = bench.recipe_counts(read_yaml(CONF / "librispeech_gpu.yaml"))  # 10 teachers, 3 seeds, 4 T, 2 hw
-    assert (gpu["models_teachers"], gpu["models_students"], gpu["models_fraction"]) == (9, 4 + 1 + 3, 2)
-    assert (gpu["decoded_systems"], gpu["network_passes"], gpu["dev_scales"]) == (16, 25, 4)
+    assert (gpu["models_teachers"], gpu["models_students"], gpu["models_fraction"]) == (9, 4 + 1 + 3 + 1, 2)
+    assert (gpu["decoded_systems"], gpu["network_passes"], gpu["dev_scales"]) == (17, 26, 4)
+    cpu = bench.recipe_counts(read_yaml(CONF / "synthetic_cpu.yaml"))  # one (T, hard weight): no sweep
+    assert (cpu["models_students"], cpu["sweep_networks"], cpu["decoded_systems"]) == (3 + 1, 0, 4 + 1 + 1 + 3 + 2)
     large = bench.recipe_counts(read_yaml(CONF / "synthetic_large.yaml"))
     assert all(large[f"models_{role}"] >= 1 for role in bench.TRAINED)  # every stage has work to time
 
@@ -175,11 +177,11 @@ def test_estimate_matches_hand_worked_figures():
     train_frames = 100.6 * 360_000
     assert rows["6 baseline (GPU)"].seconds == pytest.approx(train_frames * 20 / 2e5)  # 1 model x 20 epochs
     assert rows["7 teachers (GPU)"].seconds == pytest.approx(train_frames * 9 * 20 / 2e5)
-    assert rows["9 students (GPU)"].seconds == pytest.approx(train_frames * 8 * 20 / 2e5)  # 4 T + 1 hw + 3 seeds
+    assert rows["9 students (GPU)"].seconds == pytest.approx(train_frames * 9 * 20 / 2e5)  # 4 T + 1 hw + 3 seeds + independent
     assert rows["8 ensemble (GPU)"].seconds == pytest.approx((100.6 + 5.4) * 360_000 * 10 / 6e5)
-    decoded_s = 16 * (5.4 * 4 + 5.4) * 3600  # 16 systems, dev x 4 scales + test
+    decoded_s = 17 * (5.4 * 4 + 5.4) * 3600  # 17 systems, dev x 4 scales + test
     assert rows["11 search (CPU)"].seconds == pytest.approx(0.05 * decoded_s / 16)
-    assert rows["11 networks (GPU)"].seconds == pytest.approx(10.8 * 360_000 * (25 + 5) / 6e5)
+    assert rows["11 networks (GPU)"].seconds == pytest.approx(10.8 * 360_000 * (26 + 5) / 6e5)
     assert rows["12 results"].seconds == 2
     table = bench.estimate_table(list(rows.values()))
     total = sum(r.seconds for r in rows.values())
