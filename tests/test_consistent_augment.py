@@ -12,7 +12,8 @@ import asrdistill.nnet.train as train_mod
 from asrdistill.config import from_dict
 from asrdistill.data.frames import Batch, FrameStream
 from asrdistill.nnet.consistent import AugmentConfig, Mix, augment, mixed_cross_entropy
-from asrdistill.nnet.model import FrameDNN
+from asrdistill.nnet.ensemble import load_teachers
+from asrdistill.nnet.model import FrameDNN, ModelConfig
 from asrdistill.nnet.targets import train_config
 from asrdistill.nnet.train import DistillConfig, train
 
@@ -80,6 +81,17 @@ def test_mixed_cross_entropy_weights_both_labels_as_the_inputs_were_mixed():
     own, other = ce(logits, labels, reduction="none"), ce(logits, labels[mix.partner], reduction="none")
     want = (mix.weight * own + (1 - mix.weight) * other).mean()  # frame i's logits against both its labels
     assert torch.allclose(mixed_cross_entropy(logits, labels, mix), want)
+
+
+def test_the_hard_term_of_a_mixed_batch_weights_both_labels(teachers):
+    """All weight on the hard term: the loss of a mixed batch is the mixed cross-entropy, not the first label's."""
+    torch.manual_seed(0)
+    student = FrameDNN(ModelConfig("tiny"), W * D, 6)
+    batch, mix = augment(_batch(16), MIXUP, (0, 0, 0, 0), W)
+    distill = DistillConfig(source="online", teachers=teachers, hard_weight=1.0, augment=MIXUP)
+    loss = train_mod.compute_loss(student, batch, distill, load_teachers(teachers), mix=mix)
+    assert torch.allclose(loss, mixed_cross_entropy(student(batch.x), batch.y, mix))
+    assert not torch.allclose(loss, torch.nn.functional.cross_entropy(student(batch.x), batch.y))
 
 
 def test_augmentation_with_cached_soft_targets_is_refused(data, teachers, tmp_path):  # noqa: F811
