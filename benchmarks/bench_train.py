@@ -5,8 +5,10 @@ Prints frames/s for
   (a) a bare loop (model, cross-entropy, SGD) on synthetic device tensors: the ceiling;
   (b) ``asrdistill.nnet.train.train_step`` on the same synthetic batches (hard; KD with top-k targets);
   (c) the full ``asrdistill.nnet.train.train`` loop reading shards through ``FrameStream``
-      (splicing, CMVN, shuffling) for hard labels, KD from a cached top-k or dense cache, and
-      online KD (the ``--teachers`` teachers run on every batch), with their ratios to hard labels;
+      (splicing, CMVN, shuffling) for hard labels, KD from a cached top-k or dense cache,
+      online KD (the ``--teachers`` teachers run on every batch) and online KD on mixed-up
+      batches (``distill.augment.mixup_alpha``: one mixed input for student and teachers),
+      with their ratios to hard labels;
   (d) ensemble inference (``ensemble_logprobs``) with 1 and N models,
   (e) the loss alone, forward + backward on (batch, senones) logits: cross-entropy vs top-k KD,
 
@@ -34,6 +36,7 @@ from asrdistill.data.features import Cmvn
 from asrdistill.data.frames import Batch, FrameConfig
 from asrdistill.data.shards import ShardManifest, write_shard
 from asrdistill.kd import kd_loss
+from asrdistill.nnet.consistent import AugmentConfig
 from asrdistill.nnet.ensemble import ensemble_logprobs
 from asrdistill.nnet.model import FrameDNN, ModelConfig
 from asrdistill.nnet.train import DistillConfig, TrainConfig, train, train_step
@@ -168,20 +171,21 @@ def _write_corpus(root: Path, frames: int, senones: int, k: int, utt_frames: int
 
 
 def full_loop(args, device, root: Path, kd: str = "") -> float:
-    """Frames/s of one epoch of ``train``: ``kd`` is "" (hard labels), "topk", "dense" or "online"."""
+    """Frames/s of one epoch of ``train``: ``kd`` is "" (hard labels), "topk", "dense", "online" or "online-mixup"."""
     distill = None
     if kd in ("topk", "dense"):
         distill = DistillConfig(
             soft_targets=str(root / "train" / ("soft" if kd == "topk" else "dense")), min_fidelity=0.0
         )
-    elif kd == "online":
+    elif kd in ("online", "online-mixup"):
         teachers = []
         for i in range(args.teachers):
             path = root / f"teacher-{i}.pt"
             model = FrameDNN(ModelConfig(args.preset), 26 * FEAT_DIM, args.senones)
             torch.save({**model.describe(), "model": model.state_dict()}, path)
             teachers.append(str(path))
-        distill = DistillConfig(source="online", teachers=teachers)
+        mixup = args.mixup_alpha if kd == "online-mixup" else 0.0
+        distill = DistillConfig(source="online", teachers=teachers, augment=AugmentConfig(mixup_alpha=mixup))
     config = TrainConfig(
         train_feats=str(root / "train/feats"),
         train_labels=str(root / "train/pdf"),
@@ -228,6 +232,7 @@ def main() -> None:
     p.add_argument("--teachers", type=int, default=10 if cuda else 4)
     p.add_argument("--frames", type=int, default=2_000_000 if cuda else 100_000, help="full-loop training frames")
     p.add_argument("--buffer-frames", type=int, default=500_000 if cuda else 50_000)
+    p.add_argument("--mixup-alpha", type=float, default=0.4, help="mixup of the online + mixup full loop")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = p.parse_args()
@@ -252,6 +257,7 @@ def main() -> None:
         rows["(c) full loop, KD top-k"] = full_loop(args, device, Path(tmp), kd="topk")
         rows["(c) full loop, KD dense cache"] = full_loop(args, device, Path(tmp), kd="dense")
         rows[f"(c) full loop, KD online x{args.teachers}"] = full_loop(args, device, Path(tmp), kd="online")
+        rows["(c) full loop, online + mixup"] = full_loop(args, device, Path(tmp), kd="online-mixup")
     rows["(d) inference, 1 model"] = ensemble_inference(args, device, 1)
     rows[f"(d) inference, {args.teachers} models"] = ensemble_inference(args, device, args.teachers)
     rows["(e) loss fwd+bwd, hard"] = loss_only(args, device, kd=False)
@@ -273,8 +279,10 @@ def main() -> None:
     )
     hard = rows["(c) full loop, hard"]
     print(
-        f"full loop / hard          KD dense cache {rows['(c) full loop, KD dense cache'] / hard:.3f}   "
-        f"KD online x{args.teachers} {rows[f'(c) full loop, KD online x{args.teachers}'] / hard:.3f}"
+        f"full loop / hard          KD top-k cache {rows['(c) full loop, KD top-k'] / hard:.3f}   "
+        f"KD dense cache {rows['(c) full loop, KD dense cache'] / hard:.3f}   "
+        f"KD online x{args.teachers} {rows[f'(c) full loop, KD online x{args.teachers}'] / hard:.3f}   "
+        f"online + mixup {rows['(c) full loop, online + mixup'] / hard:.3f}"
     )
     print(
         f"ensemble of {args.teachers} / 1 model inference "

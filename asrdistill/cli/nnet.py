@@ -37,8 +37,9 @@ TRAIN_DATA = (
         type=Path,
         exists="folder",
         metavar="ENSEMBLE_DIR",
-        help="distill from the teachers of "
-        "ENSEMBLE_DIR/members.txt run on each batch (exact at any T; default: hard labels)",
+        help="distill from the teachers of ENSEMBLE_DIR/members.txt run on each batch (exact at any T; "
+        "default: hard labels); --set train.distill.augment.mixup_alpha=0.4 (or .freq_mask=F) perturbs each batch "
+        "once, for the student and the teachers alike (default: off)",
     ),
     Arg(
         "--temperature",

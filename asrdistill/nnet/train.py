@@ -14,7 +14,9 @@ Dev frame accuracy comes from :func:`asrdistill.nnet.ensemble.frame_accuracy`.
 * Distillation: soft targets come either from cached top-k shards written by
   :func:`asrdistill.nnet.ensemble.cache_soft_targets` (``source='cached'``) or from
   teacher checkpoints run on each minibatch (``source='online'``); the loss is
-  :func:`asrdistill.kd.kd_loss`.
+  :func:`asrdistill.kd.kd_loss`. Online, ``distill.augment`` perturbs each minibatch
+  once (mixup, frequency masks: :mod:`asrdistill.nnet.consistent`), and the student
+  and its teachers both see that one perturbed input.
 * Schedule: optional linear warmup, then newbob (halve the LR when the dev frame
   accuracy gains less than ``newbob_threshold`` in an epoch), cosine, or
   constant; early stopping after ``patience`` epochs without a dev gain;
@@ -63,6 +65,7 @@ from asrdistill.nnet.checkpoint import (
     set_rng_states,
     start_over,
 )
+from asrdistill.nnet.consistent import AugmentConfig, Mix, augment, mixed_cross_entropy
 from asrdistill.nnet.ensemble import ensemble_logprobs, frame_accuracy
 from asrdistill.nnet.metrics import log_metrics, metrics_writer, truncate_metrics
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
@@ -90,6 +93,7 @@ class DistillConfig:
     teachers: list[str] = field(default_factory=list)  # online: teacher checkpoints (best.pt)
     method: str = "arithmetic"  # online: "arithmetic" or "geometric" mean of teacher posteriors
     min_fidelity: float = 0.97  # cached: warn loudly when the cache kept less of the exact soft loss
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # online: one perturbed input for all (off)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -104,6 +108,11 @@ class DistillConfig:
             raise ValueError("distill.source='online' needs distill.teachers (checkpoint paths)")
         if self.method not in ("arithmetic", "geometric"):
             raise ValueError(f"distill.method must be 'arithmetic' or 'geometric', got {self.method!r}")
+        if self.augment.active and self.source != "online":
+            raise ValueError(
+                "distill.augment (mixup_alpha, freq_mask) needs distill.source='online': the soft targets cached in "
+                f"distill.soft_targets ({self.soft_targets}) were computed on the clean input"
+            )
 
 
 @dataclass
@@ -190,8 +199,13 @@ def compute_loss(
     distill: DistillConfig | None,
     teachers: Sequence[nn.Module] = (),
     check_values: bool = True,
+    mix: Mix | None = None,
 ) -> Tensor:
-    """Mean loss of one minibatch: cross-entropy, or :func:`kd_loss` against the batch's or teachers' targets."""
+    """Mean loss of one minibatch: cross-entropy, or :func:`kd_loss` against the batch's or teachers' targets.
+
+    ``batch.x`` is what the student sees, augmented or not; online teachers score that same tensor. ``mix``: the
+    mixup that made it (:func:`~asrdistill.nnet.consistent.augment`), whose hard term weights both labels.
+    """
     logits = model(batch.x)
     if distill is None:
         return F.cross_entropy(logits.float(), batch.y)
@@ -204,14 +218,18 @@ def compute_loss(
     else:
         with torch.no_grad():
             teacher = {"teacher_probs": ensemble_logprobs(teachers, batch.x, distill.temperature, distill.method).exp()}
-    return kd_loss(
-        logits,
-        labels=batch.y,
-        temperature=distill.temperature,
-        hard_weight=distill.hard_weight,
-        check_values=check_values,
-        **teacher,
-    )
+    if mix is None:
+        return kd_loss(
+            logits,
+            labels=batch.y,
+            temperature=distill.temperature,
+            hard_weight=distill.hard_weight,
+            check_values=check_values,
+            **teacher,
+        )
+    soft = kd_loss(logits, temperature=distill.temperature, hard_weight=0.0, check_values=check_values, **teacher)
+    hard = mixed_cross_entropy(logits, batch.y, mix)
+    return (1 - distill.hard_weight) * soft + distill.hard_weight * hard
 
 
 def train_step(
@@ -222,10 +240,11 @@ def train_step(
     teachers: Sequence[nn.Module] = (),
     bf16: bool = False,
     check_values: bool = True,
+    mix: Mix | None = None,
 ) -> Tensor:
     """One optimiser step on ``batch``; returns the detached loss (no host sync)."""
     with autocast(batch.x.device, bf16):
-        loss = compute_loss(net, batch, distill, teachers, check_values=check_values)
+        loss = compute_loss(net, batch, distill, teachers, check_values=check_values, mix=mix)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -274,6 +293,7 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
         disable=not (c.progress and run.rank == 0),
         leave=False,
     )
+    perturb = c.distill.augment if c.distill is not None else None
     batches = run.stream.epoch(state.epoch, skip_batches=state.batches_done)
     for batch in batches:
         if state.batches_done >= run.steps_per_epoch:  # DDP: ranks may differ by the last, partial batch
@@ -283,7 +303,9 @@ def train_one_epoch(run: _Run, state: TrainState) -> None:
             group["lr"] = lr
         n = int(batch.y.shape[0])
         check = run.device.type != "cuda" or state.step % c.log_every == 0  # value checks sync the GPU
-        loss = train_step(run.net, run.optimizer, batch, c.distill, run.teachers, run.bf16, check)
+        key = (c.seed, state.epoch, run.rank, state.batches_done)  # a resumed run draws the same augmentation
+        batch, mix = augment(batch, perturb, key, c.frames.window)  # once: the student and teachers share it
+        loss = train_step(run.net, run.optimizer, batch, c.distill, run.teachers, run.bf16, check, mix)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), state.step, first_bad)
         step_sums = torch.stack([loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=run.device)])
         pending += step_sums
