@@ -181,12 +181,13 @@ def test_compression_sh_trains_every_size_and_seed_with_its_twin():
     )
     assert proc.returncode == 0, proc.stderr
     lines, systems = proc.stdout.split("---\n")
-    section = yaml.safe_load(conf.read_text())["compression"]
+    data = yaml.safe_load(conf.read_text())
+    section, rule = data["compression"], data["train"]
     runs = {}
     for line in lines.splitlines():
         args, cfg = _train_cfg(line)
         runs[args.out.name] = cfg
-        assert cfg.epochs == 10 and cfg.schedule == "newbob"  # the train section's stopping rule, as every DNN
+        assert (cfg.epochs, cfg.schedule, cfg.patience) == (rule["epochs"], rule["schedule"], rule["patience"])
     assert sorted(runs) == sorted(systems.split())
     sizes = [tuple(map(int, s.split("x"))) for s in section["sizes"]]
     assert len(runs) == 2 * len(sizes) * section["seeds"]

@@ -6,18 +6,21 @@
 #   exp/compress_LxW_student_seed<i>  distilled at the (T, hard weight) stage 9 chose on dev (asrdistill best-student)
 #   exp/compress_LxW_hard_seed<i>     hard labels; the same seed (300 + i: same initialisation and data order)
 # both under the 'train' section's stopping rule like every other DNN, and both evaluated on dev and test (WER too
-# with compression.decode) by `asrdistill evaluate`, whose timing of the network is the table's cost column.
+# with compression.decode) by `asrdistill evaluate`, whose timing of the network is the table's cost column; each
+# student also gets its bundle (exp/compress_LxW_student_seed<i>/bundle), ready for `asrdistill export-bundle`.
 #
 # Sourced by run.sh (after stage 9, which it needs: the ensemble's soft targets and the sweep), it defines
 # compression_systems and compression_stage and uses run.sh's get, train_jobs, run_jobs, log and $config,
-# $common, $data, $force, $test. compression_train_lines prints the trainings without running them (a dry run:
-#   get() { asrdistill config-get --config conf/synthetic_compression.yaml "$1"; }; source compression.sh
-#   common="--config ..." data="..." force= compression_train_lines 2 0.333
+# $common, $data, $force, $nj, $train, $test. compression_train_lines prints the trainings without running them
+# (a dry run; tests/test_compression.py parses them):
+#   config=conf/synthetic_compression.yaml; get() { asrdistill config-get --config "$config" "$1"; }
+#   source compression.sh; common="--config $config" data="..." force= compression_train_lines 2 0.333
 
 # "LAYERS WIDTH" per line for each of compression.sizes; a size not written LAYERSxWIDTH is an error naming it
 compression_sizes() {
-  local size
-  for size in $(get compression.sizes); do
+  local sizes size
+  read -ra sizes <<< "$(get compression.sizes)" || return  # no glob: '2*32' is reported, not expanded
+  for size in "${sizes[@]}"; do
     if [[ ! $size =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]]; then
       echo "compression.sh: $config: compression.sizes: '$size' is not LAYERSxWIDTH (e.g. 2x64)" >&2
       return 2
@@ -79,4 +82,11 @@ compression_stage() {
   done > exp/jobs/compression_evaluate.txt
   log "compression_evaluate: $(wc -w <<< "$systems") job(s) in exp/jobs/compression_evaluate.txt, $nj at a time"
   asrdistill run-jobs --config "$config" --nj "$nj" exp/jobs/compression_evaluate.txt
+  # the students' bundles, as stage 12 writes the other systems': what `asrdistill export-bundle --int8` ships
+  run_jobs compression_bundle "$nj" < <(for sys in $systems; do
+    case "$sys" in *_student_*)
+      echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$train" \
+        "--labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang" ;;
+    esac
+  done)
 }
