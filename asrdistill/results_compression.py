@@ -38,6 +38,7 @@ from asrdistill.results import (
     _mean_sd,
     _per_utt,
     _pm,
+    kept_share,
     paired_bootstrap,
 )
 
@@ -101,7 +102,8 @@ def _intervals(exp_dir: Path, entries: list[dict], groups: dict, test_set: str) 
         return {}
     named = {"baseline": groups["baseline"], "ensemble": groups["ensemble"]}
     for i, e in enumerate(entries):
-        named.update({f"student{i}": e["students"], f"hard{i}": e["hards"]})
+        if e["students"] and e["hards"]:  # a size missing one side (not evaluated yet) has no comparison
+            named.update({f"student{i}": e["students"], f"hard{i}": e["hards"]})
     stats = _stats(exp_dir, named, test_set)
     if stats is None:
         return {}
@@ -109,7 +111,7 @@ def _intervals(exp_dir: Path, entries: list[dict], groups: dict, test_set: str) 
     for metric, st in stats.items():
         draws = paired_bootstrap(st)
         point = {n: 100.0 * num.mean(0).sum() / max(den.sum(), 1e-12) for n, (num, den) in st.items()}
-        for i in range(len(entries)):
+        for i in (i for i in range(len(entries)) if f"student{i}" in st):
             s, h = f"student{i}", f"hard{i}"
             out.setdefault(i, {})[f"twin_gain_test_{metric}"] = _interval(point[s] - point[h], draws[s] - draws[h])
             if metric == "frame_acc":
@@ -120,7 +122,7 @@ def _intervals(exp_dir: Path, entries: list[dict], groups: dict, test_set: str) 
 def _kept(point: dict[str, float], draws: dict[str, np.ndarray], student: str) -> dict:
     """``(student - baseline) / (ensemble - baseline)`` with its interval; NaN where the ensemble gains nothing."""
     b, e = "baseline", "ensemble"
-    value = (point[student] - point[b]) / (point[e] - point[b]) if point[e] > point[b] else math.nan
+    value = kept_share(point[b], point[e], point[student])
     with np.errstate(divide="ignore", invalid="ignore"):
         shares = (draws[student] - draws[b]) / (draws[e] - draws[b])
     return _interval(value, np.where(draws[e] > draws[b], shares, np.nan))

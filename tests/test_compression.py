@@ -97,6 +97,19 @@ def test_no_ensemble_gain_means_no_kept_share(tmp_path):
     assert entry["twin_gain_test_frame_acc"]["value"] == pytest.approx(1.0)
 
 
+def test_a_size_without_its_twins_is_listed_without_a_comparison(tmp_path):
+    systems = {
+        "baseline_seed1": ("baseline", 60, 3, 100, 1.0),
+        "ensemble": ("ensemble", 64, 3, 200, 2.0),
+        "compress_1x8_student_seed1": ("compression_student", 63, 3, 10, 0.1),
+    }
+    for name, args in systems.items():
+        _fixed(tmp_path, name, *args)
+    (entry,) = collect_results(tmp_path, list(systems))["compression"]["sizes"]
+    assert entry["student_test_frame_acc"]["mean"] == 63 and "kept_share_test_frame_acc" not in entry
+    assert "| 10 params | 10 (10%) |" in (tmp_path / "results.md").read_text()
+
+
 def test_pareto_front():
     points = [(1.0, 50.0), (2.0, 55.0), (2.0, 54.0), (3.0, 53.0), (0.5, math.nan), (4.0, 60.0), (1.0, 50.0)]
     assert pareto_front(points) == [0, 1, 5, 6]  # equal points do not beat each other
