@@ -62,6 +62,7 @@ SECTIONS: dict[str, str] = {
     "student": "train --role student",
     "fraction": "train --role fraction",
     "executor": "every command with worker processes (asrdistill.parallel: local pool or Dask)",
+    "compression": "recipes/librispeech/compression.sh (asrdistill config-get; if enabled)",
     "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache, evaluate (how a "
     "specialists folder combines: top_classes and combine_steps); run.sh stage 11 (if enabled)",
 }

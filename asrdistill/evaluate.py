@@ -269,6 +269,7 @@ def evaluate_system(
     test.save(system_dir / f"frames_{test_set}.npz")
     result.dev_frame_acc, result.test_frame_acc = dev.frame_acc, test.frame_acc
     result.nn_seconds_per_frame = test.nn_seconds / max(test.num_frames, 1)
+    result.extra["torch_threads"] = torch.get_num_threads()  # what nn_seconds_per_frame was measured with
     result.extra.update(dev_set=dev_set, test_set=test_set, inputs=inputs)
     result.save(metrics)
     mark_done(system_dir, "evaluate", {"metrics": metrics.name}, inputs)

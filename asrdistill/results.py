@@ -23,7 +23,8 @@ Each evaluated system leaves ``<exp>/<system>/metrics.json`` (see
 Names a script can rely on in ``results.json``: ``fidelity`` (per temperature),
 ``std`` (seed spreads), ``ci_low``/``ci_high`` (interval bounds),
 ``comparison.kept_share_test_frame_acc``, ``comparison.<prefix>_test_<frame_acc|wer>``
-for each prefix of :data:`DIFFERENCES`, and ``specialists`` (the breakdown).
+for each prefix of :data:`DIFFERENCES`, ``specialists`` (the breakdown) and ``compression`` (the compression
+stage's sizes, :mod:`asrdistill.results_compression`, which also draws ``compression.png``).
 """
 
 from __future__ import annotations
@@ -326,9 +327,12 @@ def collect_results(
     goal_kept_share: float = 0.8,
 ) -> dict:
     """Write ``results.json``, ``results.md`` and ``results.png`` in ``exp_dir`` from the systems' metrics."""
+    from asrdistill.results_compression import KINDS, compression_markdown, compression_results
+
     exp_dir = Path(exp_dir)
     rows = _load_rows(exp_dir, order)
     test_set = test_set or rows[0].extra.get("test_set", "test")
+    sized, rows = [r for r in rows if r.kind in KINDS], [r for r in rows if r.kind not in KINDS]
     groups = _groups(rows)
     summary = {
         name: {
@@ -343,6 +347,7 @@ def collect_results(
         for name, g in groups.items()
     }
     comparison = compare_groups(exp_dir, groups, test_set)
+    compression = compression_results(exp_dir, sized, groups, test_set)  # {} without the compression stage's rows
     fidelity_path = exp_dir / "ensemble" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.is_file() else {}
     goal = _goal(comparison, groups, goal_kept_share)
@@ -364,12 +369,14 @@ def collect_results(
             "fidelity": fidelity,
             "fraction": fraction,
             "specialists": specialists,
+            "compression": compression,
             "paper": PAPER,
         },
     )
     write_text_atomic(
         exp_dir / "results.md",
-        _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists),
+        _markdown(title, rows, groups, summary, comparison, fidelity, goal, fraction, specialists)
+        + "".join(line + "\n" for line in compression_markdown(compression)),
     )
     from asrdistill.results_plot import plot_results  # matplotlib only when drawing
 
@@ -381,6 +388,7 @@ def collect_results(
         "goal": goal,
         "fidelity": fidelity,
         "specialists": specialists,
+        "compression": compression,
     }
 
 

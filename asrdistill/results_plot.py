@@ -12,7 +12,7 @@ from asrdistill.fileio import atomic_path
 from asrdistill.plots import epoch_records
 from asrdistill.results import COMBINED, DIFFERENCES, FROM_SPECIALISTS, INDEPENDENT, difference_label, kept_share
 
-__all__ = ["plot_results"]
+__all__ = ["plot_results", "plot_compression"]
 
 COLORS = {
     "baseline": "tab:blue",
@@ -127,3 +127,64 @@ def _plot_curves(acc_ax, kl_ax, exp_dir: Path, groups: dict) -> None:
     for ax in (acc_ax, kl_ax):
         if ax.lines:
             ax.legend(fontsize=8)
+
+
+def plot_compression(figures: dict, front: list[int], path: Path) -> None:
+    """Test frame accuracy (and WER, where decoded) against the network's cost per second of audio: each size's
+    students and hard twins (error bars: sd over seeds), the ensemble and the full-size baseline marked, and the
+    Pareto front of the single models (``front``: indices into the sizes' (student, twin) points, in order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes, refs = figures["sizes"], figures["references"]
+    metrics = [("test_frame_acc", "test frame accuracy (%), higher is better")]
+    if any(not math.isnan(s["student_test_wer"]["mean"]) for s in sizes):
+        metrics.append(("test_wer", "test WER (%), lower is better"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 5.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for who, marker, color in (("student", "o", COLORS["student"]), ("hard", "s", COLORS["baseline"])):
+            stats = [s[f"{who}_{key}"] for s in sizes]
+            ax.errorbar(
+                [s["nn_ms_per_s"] for s in sizes],
+                [st["mean"] for st in stats],
+                yerr=[st["std"] if st["n"] > 1 else 0.0 for st in stats],
+                fmt=marker,
+                capsize=3,
+                color=color,
+                label="distilled students" if who == "student" else "hard-label twins",
+            )
+        for s in sizes:
+            ax.annotate(
+                s["size"] + (" (full)" if s["full_size"] else ""),
+                (s["nn_ms_per_s"], s[f"student_{key}"]["mean"]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
+        for name, marker, size in (("ensemble", "*", 14), ("baseline", "X", 10)):
+            if name in refs:
+                ref = refs[name]
+                ax.plot(
+                    [ref["nn_ms_per_s"]],
+                    [ref[key]["mean"]],
+                    marker,
+                    ms=size,
+                    color=COLORS[name],
+                    ls="none",
+                    label=f"{ref['system']} ({ref['params']:,} params)",
+                )
+        if key == "test_frame_acc" and front:
+            pts = sorted(
+                (sizes[i // 2]["nn_ms_per_s"], sizes[i // 2][f"{'student' if i % 2 == 0 else 'hard'}_{key}"]["mean"])
+                for i in front
+            )
+            ax.step([c for c, _ in pts], [a for _, a in pts], where="post", color="gray", ls=":", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set(xlabel="network ms per second of audio (log scale)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -177,7 +177,7 @@ def test_estimate_matches_hand_worked_figures():
     train_frames = 100.6 * 360_000
     assert rows["6 baseline (GPU)"].seconds == pytest.approx(train_frames * 20 / 2e5)  # 1 model x 20 epochs
     assert rows["7 teachers (GPU)"].seconds == pytest.approx(train_frames * 9 * 20 / 2e5)
-    assert rows["9 students (GPU)"].seconds == pytest.approx(train_frames * 9 * 20 / 2e5)  # 4 T + 1 hw + 3 seeds + independent
+    assert rows["9 students (GPU)"].seconds == pytest.approx(train_frames * 9 * 20 / 2e5)  # 4 T 1 hw 3 seeds 1 indep.
     assert rows["8 ensemble (GPU)"].seconds == pytest.approx((100.6 + 5.4) * 360_000 * 10 / 6e5)
     decoded_s = 17 * (5.4 * 4 + 5.4) * 3600  # 17 systems, dev x 4 scales + test
     assert rows["11 search (CPU)"].seconds == pytest.approx(0.05 * decoded_s / 16)

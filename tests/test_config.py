@@ -101,7 +101,9 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     assert len(confs) >= 3
     for conf in confs:
         data = read_yaml(conf)
-        assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction"}, conf
+        assert set(data) <= set(tools) | {"recipe", "train", "student", "fraction", "compression"}, conf
+        # compression: read by recipes/librispeech/compression.sh, like recipe by run.sh
+        assert set(data.get("compression", {})) <= {"enabled", "sizes", "seeds", "decode"}, conf
         assert recipe_keys <= set(data["recipe"]) <= recipe_keys | {"vocab_size"}, conf  # vocab_size: optional
         for section, cls in tools.items():
             load_section(conf, section, cls)

@@ -70,7 +70,13 @@ def cmd_bundle(args: argparse.Namespace) -> Work:
     log_dir="out",
     threads=True,
     args=[
-        Arg("--model", type=Path, required=True, exists="folder", help="a bundle (exp/<system>/bundle)"),
+        Arg(
+            "--model",
+            type=Path,
+            required=True,
+            exists="folder",
+            help="a bundle (exp/<system>/bundle), or one export-bundle made (its ONNX network runs, fp32 or int8)",
+        ),
         Arg(
             "--corpus",
             type=Path,
