@@ -170,3 +170,16 @@ def test_resumed_run_draws_the_same_augmentation(data, teachers, tmp_path, monke
     train(config, tmp_path / "run")
     for name, value in _params(tmp_path / "ref/last.pt").items():
         assert torch.equal(value, _params(tmp_path / "run/last.pt")[name]), name
+
+
+def test_augmentation_off_leaves_a_runs_identity_as_before_the_option_existed():
+    from asrdistill.config import to_dict
+    from asrdistill.nnet.checkpoint import comparable
+    from asrdistill.nnet.train import DistillConfig, TrainConfig
+
+    off = TrainConfig(distill=DistillConfig(soft_targets="soft_T2"))
+    recorded_before = to_dict(off)
+    del recorded_before["distill"]["augment"]  # what .train.done and last.pt held before distill.augment existed
+    assert comparable(recorded_before) == comparable(off)  # finished students are reused, not retrained
+    on = TrainConfig(distill=DistillConfig(source="online", teachers=["t.pt"], augment=AugmentConfig(mixup_alpha=0.4)))
+    assert comparable(on)["distill"]["augment"]["mixup_alpha"] == 0.4

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from asrdistill.config import to_dict
 from asrdistill.fileio import atomic_path, clear_done, stage_done
+from asrdistill.nnet.consistent import AugmentConfig
 
 if TYPE_CHECKING:
     from asrdistill.nnet.train import TrainConfig, TrainState, _Run
@@ -100,8 +101,14 @@ def save_best(run: _Run, state: TrainState, dev: dict) -> None:
         torch.save(ckpt, tmp)
 
 
-def comparable(config: TrainConfig) -> dict:
-    return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+def comparable(config: TrainConfig | dict) -> dict:
+    """What decides a run's result in its config: operational keys dropped, and an option added later left out
+    while it is off (``distill.augment``), so that runs trained before it existed keep their identity."""
+    out = {k: v for k, v in (config if isinstance(config, dict) else to_dict(config)).items() if k not in _OPERATIONAL}
+    distill = out.get("distill") or {}
+    if "augment" in distill and not AugmentConfig(**distill["augment"]).active:
+        out["distill"] = {k: v for k, v in distill.items() if k != "augment"}
+    return out
 
 
 def start_over(out_dir: Path) -> None:
@@ -126,8 +133,7 @@ def finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -
 
 def check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
     """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
-    old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
-    new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+    old, new = comparable(ckpt.get("config", {})), comparable(config)
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diffs:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)

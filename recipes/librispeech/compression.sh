@@ -3,7 +3,7 @@
 # the results' "Compression" table (asrdistill/results_compression.py) shows what each size costs and keeps.
 #
 # For every size LxW of compression.sizes (L hidden layers of W units) and seed 1..compression.seeds:
-#   exp/compress_LxW_student_seed<i>  distilled at the (T, hard weight) stage 9 chose on dev (asrdistill best-student)
+#   exp/compress_LxW_student_seed<i>  distilled at the students' (T, hard weight) (run.sh chosen_setting)
 #   exp/compress_LxW_hard_seed<i>     hard labels; the same seed (300 + i: same initialisation and data order)
 # both under the 'train' section's stopping rule like every other DNN, and both evaluated on dev and test (WER too
 # with compression.decode) by `asrdistill evaluate`, whose timing of the network is the table's cost column; each
@@ -70,7 +70,7 @@ compression_train_lines() {
 compression_stage() {
   local best_t best_hw systems graph=
   systems=$(compression_systems) || return
-  read -r best_t best_hw < <(asrdistill best-student exp/sweep_T*)
+  read -r best_t best_hw < <(chosen_setting)  # run.sh: the config's fixed (T, hard weight) or the sweep's best
   log "compression: $(wc -w <<< "$systems") trainings at T=$best_t, hard weight $best_hw for the students"
   train_jobs compression_train < <(compression_train_lines "$best_t" "$best_hw")
   if [ "$(get compression.decode)" = True ]; then graph="--nj 1 --graph exp/graph"; fi

@@ -263,6 +263,15 @@ if want 11; then
   end; else log "Stage 11: specialists skipped (specialists.enabled is not true in $config)"; fi
 fi
 
+# Optional (config compression.enabled, off unless set; conf/synthetic_compression.yaml): stage 14, the ensemble
+# distilled into smaller students beside same-size hard-label twins (compression.sh), rows of the results' own table
+compression=$(get compression.enabled 2>/dev/null || echo False)
+if [ "$compression" = True ]; then source compression.sh; fi  # compression_stage, compression_systems
+results() {  # stages 13 and 14: the table of every system evaluated so far
+  asrdistill results exp $systems $([ "$compression" != True ] || compression_systems) \
+    $(cd exp && ls -d sweep_T* 2>/dev/null)
+}
+
 systems="$baselines ensemble independent_baseline $students"
 if [ "$specialists" = True ]; then systems="$systems specialists student_from_specialists"; fi
 systems="$systems fraction_hard fraction_soft"
@@ -290,6 +299,13 @@ if want 12; then begin 12 "decode and score every system; frame accuracy of the 
 end; fi
 
 if want 13; then begin 13 "results"
-  asrdistill results exp $systems $(cd exp && ls -d sweep_T* 2>/dev/null)
+  results
 end; fi
+
+if want 14; then
+  if [ "$compression" = True ]; then begin 14 "compression: students of $(get compression.sizes) beside hard twins"
+    compression_stage
+    results
+  end; else log "Stage 14: compression sweep skipped (compression.enabled is not true in $config)"; fi
+fi
 log "all requested stages done"
