@@ -51,6 +51,7 @@ class Row:
     args: list[str] = field(default_factory=list)  # replaces/extends the adopted student's train arguments
     temperature: float | None = None  # soft targets at another T (cached in exp/ablation/ensemble)
     hard_weight: float | None = None
+    online: bool = False  # the teachers run on each (augmented) batch instead of the cached soft targets
 
 
 NEWBOB = ["--set", "train.schedule=newbob", "--set", "train.newbob_threshold=0.005"]
@@ -75,6 +76,13 @@ ROWS = [
     Row("T10", "temperature", "T = 10", temperature=10.0),
     Row("hw0.333", "hard weight", "hard weight 0.333 (the paper's soft 1 : hard 0.5)", hard_weight=0.333),
     Row("hw0.5", "hard weight", "hard weight 0.5", hard_weight=0.5),
+    Row(
+        "mixup",
+        "augmentation",
+        "consistent mixup of input windows (alpha 0.4, per frame): the teachers run online on the student's input",
+        ["--set", "train.distill.augment.mixup_alpha=0.4"],
+        online=True,
+    ),
 ]
 
 
@@ -109,7 +117,8 @@ def train_row(row: Row, recipe: Path, config: str, threads: int, wer: bool) -> f
     out = f"exp/ablation/{row.name}"
     data = ["--feats", "data/fbank", "--labels", "exp/tri_ali", "--train-set", "train", "--dev-set", "dev"]
     common = ["--config", config, "--device", "cpu", *data]
-    train = ["asrdistill", "train", *common, "--role", "student", "--seed", "101", "--soft", f"{soft}{t:g}"]
+    targets = ["--online", "exp/ensemble"] if row.online else ["--soft", f"{soft}{t:g}"]
+    train = ["asrdistill", "train", *common, "--role", "student", "--seed", "101", *targets]
     train += ["--temperature", f"{t:g}", "--hard-weight", f"{hw:g}", *row.args, "--threads", str(threads)]
     evaluate = ["asrdistill", "evaluate", *common, "--test-set", "test", "--data", "data", "--threads", str(threads)]
     evaluate += ["--graph", "exp/graph", "--nj", "1"] if wer else []
