@@ -19,6 +19,7 @@ can be lost or misrecognised.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.data.datadir import DataDir
 
 __all__ = ["Segmented", "cut_long_recordings", "join_segments", "plan_segments"]
+
+log = logging.getLogger(__name__)
 
 TOP_DB = 35.0  # frames this far below the loudest are a pause (librosa.effects.split)
 
@@ -108,6 +111,14 @@ def cut_long_recordings(
             out.data.utt2dur[seg] = (b - a) / sample_rate
             out.of[seg] = (utt, a / sample_rate)
         out.notes[utt] = f"cut into {len(ranges)} segments of at most {limit_seconds:g} s (the model's limit)"
+    if out.notes:
+        log.info(
+            "%d recording(s) longer than the model's limit of %g s cut in pauses into %d segments (in %s)",
+            len(out.notes),
+            limit_seconds,
+            len(out.of),
+            out_dir,
+        )
     return out
 
 
