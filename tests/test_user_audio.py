@@ -288,7 +288,7 @@ def test_a_plain_folder_s_text_file_gives_references(recipe, tmp_path):  # noqa:
     assert (tmp_path / "out" / "report.txt").read_text().startswith("%WER ")
 
 
-def test_a_key_twice_in_wav_scp_skips_both_lines_and_decodes_the_rest(recipe, tmp_path):  # noqa: F811
+def test_a_key_twice_in_wav_scp_skips_both_lines_and_decodes_the_rest(recipe, tmp_path, caplog):  # noqa: F811
     d, task = recipe
     system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
     k = tmp_path / "kaldi"
@@ -296,9 +296,11 @@ def test_a_key_twice_in_wav_scp_skips_both_lines_and_decodes_the_rest(recipe, tm
     for name in ("good", "a", "b"):
         sf.write(k / f"{name}.wav", _tone(0.8), SR)
     (k / "wav.scp").write_text(f"good {k / 'good.wav'}\ndup {k / 'a.wav'}\ndup {k / 'b.wav'}\n")
-    (k / "text").write_text("good BA\ndup KA\n")
-    report = system.decode_corpus(k, tmp_path / "out")
-    assert set(report.hyps) == {"good"} and report.wer is not None
+    (k / "text").write_text("good BA\ndup KA\ngood KA\n")  # good's reference is ambiguous: not scored
+    with caplog.at_level("WARNING"):
+        report = system.decode_corpus(k, tmp_path / "out")
+    assert set(report.hyps) == {"good"} and report.wer is None
+    assert f"{k / 'text'}: key 'good' is on lines [1, 3]; ignored" in caplog.text
     assert sorted((u, f, r.split(": key")[0]) for u, f, r in report.skipped) == [
         ("dup", str(k / "a.wav"), f"{k / 'wav.scp'}:2"),
         ("dup", str(k / "b.wav"), f"{k / 'wav.scp'}:3"),

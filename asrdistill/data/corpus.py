@@ -168,6 +168,20 @@ def _from_files(
     return wav, text, inputs, "librispeech" if trans and trans[0].name != "text" else "audio"
 
 
+def _side_table(path: Path) -> dict[str, str]:
+    """A Kaldi dir's ``text`` or ``utt2spk`` for decoding ({} if absent). A key on several lines is dropped with a
+    warning naming them (which line is meant is unknown): its utterance is then not scored, or its own speaker."""
+    if not path.is_file():
+        return {}
+    repeated: list[tuple[str, str, int, int]] = []
+    table = read_kv(path, duplicates=repeated)
+    for key in dict.fromkeys(k for k, _, _, _ in repeated):
+        numbers = [first for k, _, _, first in repeated if k == key][:1] + [n for k, _, n, _ in repeated if k == key]
+        log.warning("%s: key %r is on lines %s; ignored (which one is meant is unknown)", path, key, numbers)
+        del table[key]
+    return table
+
+
 def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> tuple[DataDir, dict[str, str]]:
     """``wav.scp`` decides what is decoded; where ``text``/``utt2spk`` disagree with it, the rest still is.
     Returns the data dir and the input (``wav.scp`` entry) of each key.
@@ -181,7 +195,7 @@ def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> tuple[Da
     repeated: list[tuple[str, str, int, int]] = []
     wav = read_kv(root / "wav.scp", duplicates=repeated)
     inputs = dict(wav)
-    tables = {n: read_kv(root / n) if (root / n).is_file() else {} for n in ("text", "utt2spk")}
+    tables = {n: _side_table(root / n) for n in ("text", "utt2spk")}
     for name, table in tables.items():
         for utt in sorted(set(table) - set(wav)):
             skipped.append((utt, str(root / name), f"listed in {name} but not in wav.scp"))
