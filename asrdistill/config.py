@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,8 @@ import yaml
 
 __all__ = [
     "SECTIONS",
+    "check_integer",
+    "check_number",
     "result_settings",
     "load_section",
     "role_section",
@@ -66,6 +69,26 @@ SECTIONS: dict[str, str] = {
     "specialists": "specialists-groups, specialists-train, specialists-eval, specialists-cache, evaluate (how a "
     "specialists folder combines: top_classes and combine_steps); run.sh stage 11 (if enabled)",
 }
+
+
+def check_number(name: str, value: object, low: float = 0.0, strict: bool = True) -> None:
+    """``value`` must be a finite number above ``low`` (``>= low`` unless ``strict``; never a boolean); else a
+    ``ValueError`` naming the key and the allowed range. For the checks in the config dataclasses' ``__post_init__``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        ok = False
+    else:
+        ok = value > low if strict else value >= low
+    if not ok:
+        wanted = (
+            "a positive finite number" if strict and low == 0 else f"a finite number {'>' if strict else '>='} {low:g}"
+        )
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def check_integer(name: str, value: object, low: int) -> None:
+    """``value`` must be an integer ``>= low`` (not a boolean, not a float); else a ``ValueError`` naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _check_section(name: str, where: str) -> None:

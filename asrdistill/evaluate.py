@@ -35,7 +35,7 @@ from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode, swe
 from asrdistill.decoding.hclg import check_labels_match_graph
 from asrdistill.decoding.scoring import wer_report
 from asrdistill.fileio import atomic_path, identity, mark_done, read_done, stage_done
-from asrdistill.nnet.ensemble import fingerprint, load_teachers, posterior_stream, system_checkpoints
+from asrdistill.nnet.ensemble import METHODS, fingerprint, load_teachers, posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN
 from asrdistill.nnet.specialists import SpecialistConfig, is_specialists_dir, load_combination, specialist_stream
 from asrdistill.results import COMBINED, SystemResult
@@ -49,8 +49,14 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Section ``evaluate``: how systems are scored."""
 
-    method: str = "arithmetic"  # ensemble combination of member posteriors
+    method: str = "arithmetic"  # ensemble combination of member posteriors: "arithmetic" or "geometric"
     decode: bool = True  # False: frame accuracy only (no WER)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"evaluate.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.decode, bool):
+            raise ValueError(f"evaluate.decode must be true or false, got {self.decode!r}")
 
 
 def system_kind(system_dir: str | Path) -> str:

@@ -123,3 +123,22 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
             assert cfg.distill.temperature == 2.0
             budgets.add((cfg.epochs, cfg.patience, cfg.newbob_threshold, cfg.stop_threshold, cfg.schedule))
         assert len(budgets) == 1, (conf, budgets)  # one stopping rule for every DNN of a recipe
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("method: median", r"evaluate: evaluate.method must be one of arithmetic, geometric, got 'median'"),
+        ("decode: 1", r"evaluate.decode: expected a boolean \(true or false\), got 1"),
+    ],
+)
+def test_evaluate_settings_are_checked_naming_file_key_and_range(tmp_path, body, message):
+    from asrdistill.config import load_section
+    from asrdistill.evaluate import EvalConfig
+
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(f"evaluate:\n  {body}\n")
+    with pytest.raises(ValueError, match=rf"^{cfg}:{message}"):
+        load_section(cfg, "evaluate", EvalConfig)
+    with pytest.raises(ValueError, match=r"evaluate.decode must be true or false, got 'no'"):
+        EvalConfig(decode="no")  # built in Python, past the YAML coercion

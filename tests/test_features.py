@@ -215,3 +215,30 @@ def test_fbank_equals_torchaudio_kaldi_fbank(n: int, bins: int, shift: float, le
     assert np.isfinite(dithered).all() and dithered.shape == ref.shape
     if n // 4 >= 400:  # the first frame is digital silence: at the log floor without dither, above it with
         assert ref[0].max() == pytest.approx(np.log(np.finfo(np.float32).eps)) and dithered[0].min() > ref[0].max()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("num_mel_bins: 0", r"features.num_mel_bins must be an integer >= 3, got 0"),
+        ("num_mel_bins: 40.5", r"features.num_mel_bins: expected an integer, got 40.5"),
+        ("sample_rate: 8", r"features.sample_rate must be an integer >= 1000, got 8"),
+        ("frame_shift_ms: -10", r"features.frame_shift_ms must be a positive finite number, got -10.0"),
+        ("frame_length_ms: .nan", r"features.frame_length_ms must be a positive finite number, got nan"),
+        ("frame_length_ms: 0.01", r"features.frame_length_ms and frame_shift_ms must each span a sample"),
+        ("shard_size_mb: 0", r"features.shard_size_mb must be a positive finite number, got 0.0"),
+        ("dither: -1", r"features.dither must be a finite number >= 0, got -1.0"),
+        ("dither: yes", r"features.dither: expected a number, got True"),
+        ("min_duration: -0.5", r"features.min_duration must be a finite number >= 0, got -0.5"),
+        ("max_duration: .inf", r"features.max_duration must be a positive finite number, got inf"),
+        ("max_duration: 0.05", r"features.min_duration must be below features.max_duration, got 0.1 >= 0.05"),
+        ("cmvn: utterance", r"features.cmvn must be 'global' or 'speaker', got 'utterance'"),
+    ],
+)
+def test_fbank_settings_are_checked_naming_file_key_and_range(tmp_path: Path, body: str, message: str) -> None:
+    from asrdistill.config import load_section
+
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(f"features:\n  {body}\n")
+    with pytest.raises(ValueError, match=rf"^{cfg}:(features: )?{message}"):
+        load_section(cfg, "features", FbankConfig)

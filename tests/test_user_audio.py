@@ -98,13 +98,13 @@ def _rows(path: Path) -> list[list[str]]:
 def check_invariant(out: Path, inputs: set[bytes]) -> tuple[dict[bytes, str], set[str], set[str]]:
     """Every input in files.tsv once with a unique id, and that id in exactly one of text and skipped.tsv."""
     files = _rows(out / "files.tsv")
-    ids = {_unescape(f): u for f, u, _ in files}
+    ids = {_unescape(f): u for f, u, _, _ in files}
     assert len(files) == len(ids) == len(set(ids.values())) and set(ids) == inputs
     text = {line.split(" ", 1)[0] for line in (out / "text").read_text(encoding="utf-8").split("\n") if line}
     skipped = [row[0] for row in _rows(out / "skipped.tsv")]
     assert len(skipped) == len(set(skipped)) and not text & set(skipped)
     assert text | set(skipped) == set(ids.values())
-    assert {u: o for _, u, o in files} == {**{u: "decoded" for u in text}, **{u: "skipped" for u in skipped}}
+    assert {u: o for _, u, o, _ in files} == {**{u: "decoded" for u in text}, **{u: "skipped" for u in skipped}}
     return ids, text, set(skipped)
 
 
@@ -146,6 +146,10 @@ def test_every_awkward_input_is_decoded_or_skipped_exactly_once(recipe, tmp_path
         assert id_of(name) in skipped, name
     assert set(report.hyps) == text and {s[0] for s in report.skipped} == skipped
     assert {os.fsencode(f) for f in report.files.values()} == inputs
+    # the file below 16 kHz is decoded and reported as upsampled, in files.tsv and in the API's result
+    notes = {u: note for _, u, _, note in _rows(out / "files.tsv")}
+    assert notes[id_of("8k.wav")].startswith("upsampled from 8000 Hz to 16000 Hz") and id_of("8k.wav") in text
+    assert report.notes == {id_of("8k.wav"): notes[id_of("8k.wav")]}  # the only file not at 16 kHz
 
 
 def test_the_id_rule_is_deterministic_and_documented_cases_hold(tmp_path):
@@ -200,7 +204,7 @@ def test_a_file_name_with_a_newline_does_not_stop_the_batch(recipe, tmp_path):  
         sf.write(root / name, _tone(0.8), SR)
     report = system.decode_corpus(root, tmp_path / "out")
     assert set(report.hyps) == {"good", "two_lines"} and report.hyps["good"] == report.hyps["two_lines"]
-    assert "two\\nlines.wav\ttwo_lines\tdecoded" in (tmp_path / "out" / "files.tsv").read_text()
+    assert "two\\nlines.wav\ttwo_lines\tdecoded\t\n" in (tmp_path / "out" / "files.tsv").read_text()
 
 
 def _held_decode(system, corpus: Path, out: Path, started: Path, go: Path) -> None:
@@ -282,3 +286,28 @@ def test_a_plain_folder_s_text_file_gives_references(recipe, tmp_path):  # noqa:
     report = system.decode_corpus(root, tmp_path / "out")
     assert report.wer is not None and report.ref_words == 3
     assert (tmp_path / "out" / "report.txt").read_text().startswith("%WER ")
+
+
+def test_a_key_twice_in_wav_scp_skips_both_lines_and_decodes_the_rest(recipe, tmp_path, caplog):  # noqa: F811
+    d, task = recipe
+    system = load_system(_bundle(recipe, _system(tmp_path / "s", task), tmp_path / "b"))
+    k = tmp_path / "kaldi"
+    k.mkdir()
+    for name in ("good", "a", "b"):
+        sf.write(k / f"{name}.wav", _tone(0.8), SR)
+    (k / "wav.scp").write_text(f"good {k / 'good.wav'}\ndup {k / 'a.wav'}\ndup {k / 'b.wav'}\n")
+    (k / "text").write_text("good BA\ndup KA\ngood KA\n")  # good's reference is ambiguous: not scored
+    with caplog.at_level("WARNING"):
+        report = system.decode_corpus(k, tmp_path / "out")
+    assert set(report.hyps) == {"good"} and report.wer is None
+    assert f"{k / 'text'}: key 'good' is on lines [1, 3]; ignored" in caplog.text
+    assert sorted((u, f, r.split(": key")[0]) for u, f, r in report.skipped) == [
+        ("dup", str(k / "a.wav"), f"{k / 'wav.scp'}:2"),
+        ("dup", str(k / "b.wav"), f"{k / 'wav.scp'}:3"),
+    ]
+    assert all("is on lines 2, 3" in r for _, _, r in report.skipped)
+    files = sorted(tuple(row[:3]) for row in _rows(tmp_path / "out" / "files.tsv"))
+    assert files == [
+        (str(k / n), u, o)
+        for n, u, o in (("a.wav", "dup", "skipped"), ("b.wav", "dup", "skipped"), ("good.wav", "good", "decoded"))
+    ]

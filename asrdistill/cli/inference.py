@@ -85,7 +85,14 @@ def cmd_bundle(args: argparse.Namespace) -> Work:
             help="LibriSpeech-layout folder, Kaldi data dir, or a folder of .flac/.wav files",
         ),
         Arg("--out", type=Path, required=True, help="decode folder (text, ctm, report.txt, log/decode.log)"),
-        Arg("--max-seconds", type=float, default=120.0, help="longer utterances are skipped (listed)"),
+        Arg(
+            "--max-seconds",
+            type=float,
+            default=3600.0,
+            help="longest recording decoded; longer ones are skipped (listed in skipped.tsv); recordings longer "
+            "than the model's limit (the bundle's features.max_duration) are cut in pauses and joined back "
+            "(default: 3600)",
+        ),
         Arg("--nj", type=int, default=1, help="decoding and feature processes"),
         Arg("--device", help="cpu or cuda (default: cpu)"),
         Arg("--allow-pipes", action="store_true", help="run the shell commands of a Kaldi wav.scp"),

@@ -50,6 +50,7 @@ class Corpus:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (utt, file, reason)
     normalized: int = 0  # reference utterances the normalisation changed
     files: dict[str, str] = field(default_factory=dict)  # utt -> its input (file as found, or wav.scp entry)
+    sample_rates: dict[str, int] = field(default_factory=dict)  # utt -> its file's sample rate (usable ones)
 
 
 # whitespace, control characters and undecodable bytes (Kaldi tables), '.' and '/' (shard sample keys)
@@ -167,18 +168,51 @@ def _from_files(
     return wav, text, inputs, "librispeech" if trans and trans[0].name != "text" else "audio"
 
 
-def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> DataDir:
+def _side_table(path: Path) -> dict[str, str]:
+    """A Kaldi dir's ``text`` or ``utt2spk`` for decoding ({} if absent). A key on several lines is dropped with a
+    warning naming them (which line is meant is unknown): its utterance is then not scored, or its own speaker."""
+    if not path.is_file():
+        return {}
+    repeated: list[tuple[str, str, int, int]] = []
+    table = read_kv(path, duplicates=repeated)
+    for key in dict.fromkeys(k for k, _, _, _ in repeated):
+        numbers = [first for k, _, _, first in repeated if k == key][:1] + [n for k, _, n, _ in repeated if k == key]
+        log.warning("%s: key %r is on lines %s; ignored (which one is meant is unknown)", path, key, numbers)
+        del table[key]
+    return table
+
+
+def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> tuple[DataDir, dict[str, str]]:
     """``wav.scp`` decides what is decoded; where ``text``/``utt2spk`` disagree with it, the rest still is.
+    Returns the data dir and the input (``wav.scp`` entry) of each key.
 
     (Training data must be consistent, :meth:`DataDir.load`; a folder to decode
-    should not fail because of one stray line.)
+    should not fail because of one stray line.) A key on several lines of
+    ``wav.scp`` is skipped on each of them: which file its ``text`` and ``utt2spk``
+    lines describe cannot be known, and ``text`` and ``ctm`` need one file per id.
     """
     check_pipes(root / "wav.scp", allow_pipes=False)
-    wav = read_kv(root / "wav.scp")
-    tables = {n: read_kv(root / n) if (root / n).is_file() else {} for n in ("text", "utt2spk")}
+    repeated: list[tuple[str, str, int, int]] = []
+    wav = read_kv(root / "wav.scp", duplicates=repeated)
+    inputs = dict(wav)
+    tables = {n: _side_table(root / n) for n in ("text", "utt2spk")}
     for name, table in tables.items():
         for utt in sorted(set(table) - set(wav)):
             skipped.append((utt, str(root / name), f"listed in {name} but not in wav.scp"))
+    lines: dict[str, list[tuple[str, int]]] = {}
+    for key, value, line, first in repeated:
+        lines.setdefault(key, [(wav.pop(key), first)]).append((value, line))
+    for key, entries in lines.items():
+        numbers = ", ".join(str(n) for _, n in entries)
+        for value, line in entries:
+            skipped.append(
+                (
+                    key,
+                    value,
+                    f"{root / 'wav.scp'}:{line}: key {key!r} is on lines {numbers}: which one it means is "
+                    "unknown, so none is decoded (give each file its own key)",
+                )
+            )
     no_spk = sorted(set(wav) - set(tables["utt2spk"]))
     if tables["utt2spk"] and no_spk:
         log.warning(
@@ -187,11 +221,12 @@ def _from_kaldi_dir(root: Path, skipped: list[tuple[str, str, str]]) -> DataDir:
             len(no_spk),
             no_spk[0],
         )
-    return DataDir(
+    data = DataDir(
         wav=wav,
         text={u: t for u, t in tables["text"].items() if u in wav},
         utt2spk={u: tables["utt2spk"].get(u, u) for u in wav},
     )
+    return data, inputs
 
 
 def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = float("inf")) -> Corpus:
@@ -220,8 +255,7 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a folder")
         if (root / "wav.scp").is_file():
-            data, layout = _from_kaldi_dir(root, skipped), "kaldi"
-            inputs = dict(data.wav)
+            (data, inputs), layout = _from_kaldi_dir(root, skipped), "kaldi"
         else:
             wav, text, inputs, layout = _from_files(root, None, skipped)
             data = DataDir(wav=wav, text=text, utt2spk={u: u for u in wav})
@@ -251,12 +285,17 @@ def read_corpus(root: str | Path | Sequence[str | Path], max_seconds: float = fl
             continue
         if info.duration > max_seconds:
             corpus.skipped.append(
-                (utt, inputs.get(utt, path), f"{info.duration:.1f} s is longer than the maximum {max_seconds:g} s")
+                (
+                    utt,
+                    inputs.get(utt, path),
+                    f"{info.duration:.1f} s is longer than the maximum {max_seconds:g} s (--max-seconds)",
+                )
             )
             continue
         corpus.data.wav[utt] = path
         corpus.data.utt2spk[utt] = data.utt2spk.get(utt, utt)
         corpus.data.utt2dur[utt] = info.duration
+        corpus.sample_rates[utt] = info.samplerate
     for utt, path, reason in corpus.skipped:
         log.warning("skipping %s (%r): %s", utt, path, reason)
     if not corpus.data.wav:

@@ -24,9 +24,12 @@ def is_pipe(entry: str) -> bool:
 
 def check_pipes(path: str | Path, allow_pipes: bool) -> None:
     """Refuse a Kaldi table (``wav.scp``, ``feats.scp``, an alignment ``.scp``) whose entries are shell commands:
-    a pipe runs a program named by the data, so reading one needs the user's explicit opt-in."""
+    a pipe runs a program named by the data, so reading one needs the user's explicit opt-in. (Keys that repeat
+    are the reader's to judge; every line is checked here.)"""
     path = Path(path)
-    pipes = [k for k, v in read_kv(path).items() if is_pipe(v)]
+    repeated: list[tuple[str, str, int, int]] = []
+    lines = [*read_kv(path, duplicates=repeated).items(), *((k, v) for k, v, _, _ in repeated)]
+    pipes = [k for k, v in lines if is_pipe(v)]
     if pipes and not allow_pipes:
         raise ValueError(
             f"{path}: {len(pipes)} entries are shell commands (e.g. {pipes[0]}); a pipe runs a "
@@ -34,8 +37,10 @@ def check_pipes(path: str | Path, allow_pipes: bool) -> None:
         )
 
 
-def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
-    """Read a Kaldi ``key value...`` file; duplicate keys are a conflict: an error naming the file and both lines."""
+def read_kv(path: Path, *, duplicates: list[tuple[str, str, int, int]] | None = None) -> dict[str, str]:
+    """Read a Kaldi ``key value...`` file; duplicate keys are a conflict: an error naming the file and both lines,
+    or, given a ``duplicates`` list, each later line of a key is appended to it as ``(key, value, line, first
+    line)`` (the result keeps the first) for the caller to skip, so one repeated key does not stop a batch."""
     out: dict[str, str] = {}
     first: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
@@ -44,6 +49,9 @@ def read_kv(path: Path, *, split_value: bool = False) -> dict[str, str]:
             if not line.strip():
                 continue
             key, _, value = line.partition(" ")
+            if key in out and duplicates is not None:
+                duplicates.append((key, value.strip(), lineno, first[key]))
+                continue
             if key in out:
                 raise ValueError(f"{path}:{lineno}: duplicate key {key!r} (first on line {first[key]})")
             out[key] = value.strip()

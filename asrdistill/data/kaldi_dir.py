@@ -54,7 +54,8 @@ def needs_import(directory: str | Path) -> bool:
     d = Path(directory)
     if not (d / "wav.scp").is_file():
         return False
-    return (d / "segments").is_file() or any(is_pipe(v) or ":" in Path(v).name for v in read_kv(d / "wav.scp").values())
+    wav = read_kv(d / "wav.scp", duplicates=[])  # a repeated key is skipped by the reader, not an import
+    return (d / "segments").is_file() or any(is_pipe(v) or ":" in Path(v).name for v in wav.values())
 
 
 @dataclass

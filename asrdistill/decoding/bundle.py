@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -54,11 +53,12 @@ from asrdistill.decoding.bundle_manifest import BUNDLE_VERSION, place_copy, stag
 from asrdistill.decoding.bundle_manifest import MANIFEST as MANIFEST
 from asrdistill.decoding.bundle_manifest import sha256_file as _sha256  # the name export.py and tests import
 from asrdistill.decoding.decode import DecodeConfig, compute_priors, decode
-from asrdistill.decoding.decode_dir import FolderBusy, commit, sole_writer, tsv_field
+from asrdistill.decoding.decode_dir import FolderBusy, commit, sole_writer, tsv_field, write_tables
 from asrdistill.decoding.hclg import check_labels_match_graph, load_graph_info
-from asrdistill.decoding.scoring import wer_report
+from asrdistill.decoding.long_audio import Segmented, cut_long_recordings, join_segments
+from asrdistill.decoding.scoring import score_decode
 from asrdistill.decoding.word_times import word_times
-from asrdistill.fileio import atomic_open, load_weights, read_skipped, write_json_atomic
+from asrdistill.fileio import load_weights, read_skipped, write_json_atomic
 from asrdistill.logs import file_log
 from asrdistill.nnet.ensemble import posterior_stream, system_checkpoints
 from asrdistill.nnet.model import FrameDNN, ModelConfig
@@ -259,7 +259,8 @@ def _graph_tree(graph_dir: Path) -> Path | None:
 @dataclass
 class DecodeReport:
     """What :meth:`System.decode_corpus` did: ``hyps`` (utt -> text), ``skipped`` ``(utt, file, reason)``,
-    ``files`` (utt -> input); ``wer`` is None without references."""
+    ``files`` (utt -> input), ``notes`` (utt -> what was done to decode it: resampled, cut into segments);
+    ``wer`` is None without references."""
 
     out_dir: Path
     hyps: dict[str, str]
@@ -269,6 +270,7 @@ class DecodeReport:
     ref_words: int
     files: dict[str, str] = field(default_factory=dict)  # utt -> its input file (or wav.scp entry)
     corpus: str = ""  # what was decoded (a folder, or "N audio file(s)")
+    notes: dict[str, str] = field(default_factory=dict)  # utt -> e.g. "upsampled from 8000 Hz ..."
 
 
 class System:
@@ -363,24 +365,30 @@ class System:
         self,
         corpus: str | Path | Sequence[str | Path],
         out_dir: str | Path,
-        max_seconds: float = 120.0,
+        max_seconds: float = 3600.0,
         nj: int = 1,
         command: str | None = None,
         allow_pipes: bool = False,
     ) -> DecodeReport:
         r"""Decode every usable utterance of ``corpus`` (a folder or a list of audio files) into ``out_dir``.
 
-        Writes ``text`` (Kaldi), ``ctm`` (``utt 1 start duration word``),
+        A recording longer than ``max_seconds`` is skipped; one longer than the
+        model's limit (the bundle's ``features.max_duration``) is cut in pauses into
+        segments within it and joined back into one line
+        (:mod:`~asrdistill.decoding.long_audio`). Writes ``text`` (Kaldi, one line per
+        recording), ``ctm`` (``utt 1 start duration word``, in the recording's time),
         ``skipped.tsv`` (utterance, file, reason), ``files.tsv`` (each input file, its
-        utterance id by :func:`~asrdistill.data.corpus.utterance_ids`, and whether it
-        was decoded or skipped: every input is exactly one of the two), with
+        utterance id by :func:`~asrdistill.data.corpus.utterance_ids`, whether it
+        was decoded or skipped: every input is exactly one of the two, and a note:
+        resampled (upsampled from below 16 kHz costs accuracy), cut into segments), with
         references also ``wer``, ``per_utt``, ``oov.txt`` and ``report.txt`` (the
         ``%WER`` line and OOV counts), and ``log/decode.log`` (command line, config,
         timings). File names in the TSV files escape backslash, tab, newline and
         carriage return as ``\\``, ``\t``, ``\n``, ``\r``, and bytes that are not
         UTF-8 as ``\xNN``. Intermediate features go to ``out_dir/data`` and
-        ``out_dir/fbank``. A Kaldi data dir with ``segments``, ark offsets or pipes
-        (run only with ``allow_pipes``) is first imported into ``out_dir/import``.
+        ``out_dir/fbank``, segments of long recordings to ``out_dir/segments``. A
+        Kaldi data dir with ``segments``, ark offsets or pipes (run only with
+        ``allow_pipes``) is first imported into ``out_dir/import``.
         If no input can be decoded, the outputs are still written and a
         ``ValueError`` names the corpus and the first reasons.
 
@@ -448,16 +456,18 @@ class System:
                 NORMALIZATION,
                 read.normalized,
             )
-            feats, skipped = self._features(read, work, nj)
+            feats, skipped, segmented = self._features(read, work, nj)
             t_feats = time.perf_counter()
-            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files, str(where))
-            frames, rtf = self._decode_into(feats, work, report, nj)
+            rate, cut = self._rate_notes(read), segmented.notes
+            notes = {u: "; ".join(n for n in (rate.get(u), cut.get(u)) if n) for u in {**rate, **cut}}
+            report = DecodeReport(out_dir, {}, skipped, None, {}, 0, read.files, str(where), notes)
+            frames, rtf = self._decode_into(feats, work, report, segmented, nj)
             t_decode = time.perf_counter()
             if read.refs and report.hyps:
                 unusable = {s[0] for s in skipped}
                 refs = {u: r for u, r in read.refs.items() if u not in unusable}
-                report.wer, report.oov, report.ref_words = self._score(
-                    refs, report.hyps, work, len(read.refs) - len(refs)
+                report.wer, report.oov, report.ref_words = score_decode(
+                    refs, report.hyps, work, len(read.refs) - len(refs), self.words
                 )
             commit(work, out_dir)
             log.info(
@@ -473,10 +483,21 @@ class System:
             )
         return report
 
+    def _rate_notes(self, read: Corpus) -> dict[str, str]:
+        """A note for each recording not at the model's sample rate: upsampling cannot add what the file lacks."""
+        want = self.fbank.sample_rate
+        return {
+            u: f"{'upsampled' if sr < want else 'downsampled'} from {sr} Hz to {want} Hz"
+            + (" (the band above the file's is missing: expect more errors)" if sr < want else "")
+            for u, sr in read.sample_rates.items()
+            if sr != want
+        }
+
     def _features(
         self, read: Corpus, out_dir: Path, nj: int
-    ) -> tuple[ShardManifest | None, list[tuple[str, str, str]]]:
-        """Features of ``read``'s usable utterances (None if there is none) and everything skipped so far.
+    ) -> tuple[ShardManifest | None, list[tuple[str, str, str]], Segmented]:
+        """Features of ``read``'s usable utterances (None if there is none), everything skipped so far, and the
+        long recordings' segments (:func:`~asrdistill.decoding.long_audio.cut_long_recordings`).
 
         A path a ``wav.scp`` line cannot hold (a newline, surrounding blanks, bytes that are not UTF-8) is
         read through a link named after its utterance id in ``out_dir/data/links``.
@@ -489,9 +510,13 @@ class System:
                 link.unlink(missing_ok=True)
                 link.symlink_to(path)
                 data.wav[utt] = str(link)
-        skipped = list(read.skipped)
+        segmented = cut_long_recordings(
+            data, read.files, self.fbank.max_duration, self.fbank.sample_rate, out_dir / "segments"
+        )
+        data = segmented.data
+        skipped = list(read.skipped) + segmented.skipped
         if not data.wav:
-            return None, skipped
+            return None, skipped, segmented
         data.save(out_dir / "data")
         try:
             feats = compute_features(out_dir / "data", out_dir / "fbank", self.fbank, nj=nj, force=True)
@@ -503,21 +528,22 @@ class System:
             (u, read.files.get(u, read.data.wav.get(u, "")), r)
             for u, r in read_skipped(out_dir / "fbank" / "skipped.tsv").items()
         ]
-        return feats, skipped
+        return feats, skipped, segmented
 
     def _decode_into(
-        self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport, nj: int
+        self, feats: ShardManifest | None, out_dir: Path, report: DecodeReport, segmented: Segmented, nj: int
     ) -> tuple[int, float]:
-        """Decode ``feats`` into ``report.hyps`` and write ``text``, ``ctm``, ``skipped.tsv`` and ``files.tsv``;
-        returns (frames, search RTF)."""
+        """Decode ``feats`` into ``report.hyps``, long recordings' segments joined back, and write ``text``,
+        ``ctm``, ``skipped.tsv`` and ``files.tsv``; returns (frames, search RTF)."""
         frames, rtf, hyps, times = 0, 0.0, {}, {}
         if feats is not None:
             result = decode(self.graph_dir, self.posteriors(feats), self.log_priors, replace(self.decode_config, nj=nj))
             frames, rtf = result.num_frames, result.rtf
-            approx = 0
+            shift, approx = self.fbank.frame_shift_ms / 1000.0, 0
             for utt, words in result.hyps.items():
                 hyps[utt] = words
-                times[utt], exact = word_times(result.alignments[utt], words, self.lang, self.tree)
+                spans, exact = word_times(result.alignments[utt], words, self.lang, self.tree)
+                times[utt] = [(a * shift, b * shift) for a, b in spans]
                 approx += not exact
             if approx:
                 log.warning(
@@ -525,52 +551,13 @@ class System:
                     "the words' pronunciations)",
                     approx,
                 )
+        join_segments(hyps, times, segmented, report.skipped, report.files)
         report.hyps = {u: " ".join(w) for u, w in hyps.items()}
-        with atomic_open(out_dir / "text") as f:
-            f.writelines(f"{u} {report.hyps[u]}".rstrip() + "\n" for u in sorted(hyps))
-        shift = self.fbank.frame_shift_ms / 1000.0
-        with atomic_open(out_dir / "ctm") as f:
-            for utt in sorted(hyps):
-                for word, (start, end) in zip(hyps[utt], times[utt]):
-                    f.write(f"{utt} 1 {start * shift:.2f} {(end - start) * shift:.2f} {word}\n")
-        with atomic_open(out_dir / "skipped.tsv") as f:
-            f.write("utt_id\tfile\treason\n")
-            f.writelines(f"{u}\t{tsv_field(p)}\t{' '.join(r.split())}\n" for u, p, r in report.skipped)
-        outcome = {**{s[0]: "skipped" for s in report.skipped}, **{u: "decoded" for u in report.hyps}}
-        with atomic_open(out_dir / "files.tsv") as f:
-            f.write("file\tutt_id\toutcome\n")
-            f.writelines(
-                f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\n"
-                for u, p in sorted(report.files.items(), key=lambda kv: tsv_field(kv[1]))
-            )
+        write_tables(out_dir, hyps, times, report.skipped, report.files, report.notes)
         return frames, rtf
 
-    def _score(
-        self, refs: dict[str, str], hyps: dict[str, str], out_dir: Path, unscored: int
-    ) -> tuple[float, dict[str, int], int]:
-        """WER of the decoded utterances (those skipped for unusable audio are counted, not scored) and OOV counts."""
-        res = wer_report(refs, hyps, out_dir)
-        tokens = [w for r in refs.values() for w in r.split()]
-        oov = dict(sorted(Counter(w for w in tokens if w not in self.words).items(), key=lambda kv: (-kv[1], kv[0])))
-        n_oov = sum(oov.values())
-        with atomic_open(out_dir / "oov.txt") as f:
-            f.writelines(f"{w} {c}\n" for w, c in oov.items())
-        oov_line = (
-            f"OOV {n_oov} of {len(tokens)} reference words ({100.0 * n_oov / max(len(tokens), 1):.2f}%), "
-            f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)"
-        )
-        with atomic_open(out_dir / "report.txt") as f:
-            f.write(f"{res.summary()}\n%SER {res.ser:.2f} [ {res.sentence_errors} / {res.num_utts} ]\n{oov_line}\n")
-            if unscored:
-                f.write(
-                    f"{unscored} utterance(s) with references not scored: their audio was unusable "
-                    "(listed in skipped.tsv)\n"
-                )
-        log.info("%s; %s", res.summary(), oov_line)
-        return res.wer, oov, len(tokens)
-
     def transcribe(
-        self, audio: str | Path | Sequence[str | Path], max_seconds: float = 120.0, nj: int = 1
+        self, audio: str | Path | Sequence[str | Path], max_seconds: float = 3600.0, nj: int = 1
     ) -> DecodeReport:
         """Decode a folder (any layout :func:`read_corpus` reads) or a list of audio files.
 

@@ -16,7 +16,6 @@ every acoustic scale from one network pass.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
+from asrdistill.config import check_integer, check_number
 from asrdistill.data.shards import ShardManifest, iter_shard
 from asrdistill.decoding.hclg import load_graph_info
 from asrdistill.decoding.scoring import WerResult, wer_report
@@ -40,16 +40,6 @@ log = logging.getLogger(__name__)
 FRAME_RATE = 100.0  # frames per second of audio (10 ms shift)
 
 
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-def _count(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 @dataclass
 class DecodeConfig:
     """The search's settings; each is checked when the config is made, so a bad one never reaches the decoder."""
@@ -62,15 +52,15 @@ class DecodeConfig:
     sweep_scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.1, 0.12, 0.14])  # each > 0, finite
 
     def __post_init__(self) -> None:
-        _positive("beam", self.beam)
-        _positive("acoustic_scale", self.acoustic_scale)
-        _count("min_active", self.min_active, 0)
-        _count("max_active", self.max_active, max(self.min_active, 1))
-        _count("nj", self.nj, 1)
+        check_number("beam", self.beam)
+        check_number("acoustic_scale", self.acoustic_scale)
+        check_integer("min_active", self.min_active, 0)
+        check_integer("max_active", self.max_active, max(self.min_active, 1))
+        check_integer("nj", self.nj, 1)
         if not isinstance(self.sweep_scales, (list, tuple)):
             raise ValueError(f"sweep_scales must be a list of positive numbers, got {self.sweep_scales!r}")
         for i, scale in enumerate(self.sweep_scales):
-            _positive(f"sweep_scales[{i}]", scale)
+            check_number(f"sweep_scales[{i}]", scale)
 
 
 @dataclass

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 from asrdistill.data.datadir import read_kv, write_kv
+from asrdistill.fileio import atomic_open
 
-__all__ = ["DECODE_FOLDERS", "DECODE_OUTPUTS", "FolderBusy", "commit", "sole_writer", "tsv_field"]
+__all__ = ["DECODE_FOLDERS", "DECODE_OUTPUTS", "FolderBusy", "commit", "sole_writer", "tsv_field", "write_tables"]
 
 DECODE_OUTPUTS = ("text", "ctm", "skipped.tsv", "files.tsv", "report.txt", "oov.txt", "wer", "per_utt", "wer.json")
-DECODE_FOLDERS = ("data", "fbank", "import")  # intermediates of a decode folder, replaced with its results
+DECODE_FOLDERS = ("data", "fbank", "import", "segments")  # intermediates of a decode folder, replaced with its results
 
 
 def tsv_field(name: str) -> str:
@@ -81,3 +82,35 @@ def commit(work: Path, out_dir: Path) -> None:
         else:
             dst.unlink(missing_ok=True)
     shutil.rmtree(work)
+
+
+def write_tables(
+    out_dir: Path,
+    hyps: dict[str, list[str]],
+    times: dict[str, list[tuple[float, float]]],
+    skipped: list[tuple[str, str, str]],
+    files: dict[str, str],
+    notes: dict[str, str],
+) -> None:
+    """``text``, ``ctm`` (word times in seconds), ``skipped.tsv`` and ``files.tsv`` (each input, its id, whether
+    it was decoded or skipped, and a note: resampled, cut into segments) of a decode into ``out_dir``.
+
+    An input that shares its id with another (a key twice in ``wav.scp``) has its own row in ``files.tsv``,
+    taken from ``skipped``."""
+    with atomic_open(out_dir / "text") as f:
+        f.writelines(f"{u} {' '.join(hyps[u])}".rstrip() + "\n" for u in sorted(hyps))
+    with atomic_open(out_dir / "ctm") as f:
+        for utt in sorted(hyps):
+            for word, (start, end) in zip(hyps[utt], times[utt]):
+                f.write(f"{utt} 1 {start:.2f} {end - start:.2f} {word}\n")
+    with atomic_open(out_dir / "skipped.tsv") as f:
+        f.write("utt_id\tfile\treason\n")
+        f.writelines(f"{u}\t{tsv_field(p)}\t{' '.join(r.split())}\n" for u, p, r in skipped)
+    outcome = {**{s[0]: "skipped" for s in skipped}, **{u: "decoded" for u in hyps}}
+    rows = set(files.items()) | {(u, p) for u, p, _ in skipped if u in files and p != files[u]}
+    with atomic_open(out_dir / "files.tsv") as f:
+        f.write("file\tutt_id\toutcome\tnote\n")
+        f.writelines(
+            f"{tsv_field(p)}\t{u}\t{outcome.get(u, 'lost')}\t{notes.get(u, '')}\n"
+            for u, p in sorted(rows, key=lambda row: (tsv_field(row[1]), row[0]))
+        )

@@ -9,6 +9,7 @@ hypothesis is scored as all deletions, never dropped from the denominator.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import jiwer
 
 from asrdistill.fileio import atomic_open, write_json_atomic
 
-__all__ = ["WerResult", "wer_report", "read_text"]
+__all__ = ["WerResult", "read_text", "score_decode", "wer_report"]
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +151,31 @@ def wer_report(refs: dict[str, str], hyps: dict[str, str | list[str]], out_dir: 
                 f.write(f"{len(missing)} utterances had no hypothesis (scored as deletions)\n")
         write_json_atomic(out_dir / "wer.json", asdict(result))
     return result
+
+
+def score_decode(
+    refs: dict[str, str], hyps: dict[str, str], out_dir: Path, unscored: int, vocabulary: set[str]
+) -> tuple[float, dict[str, int], int]:
+    """A decode folder's scoring: ``wer``/``per_utt`` of the decoded utterances (:func:`wer_report`), ``oov.txt``
+    (reference words outside ``vocabulary``, with counts) and ``report.txt`` (the ``%WER``, ``%SER`` and OOV
+    lines, and how many utterances with references were skipped for unusable audio: counted, not scored).
+    Returns (WER, OOV counts, reference words)."""
+    res = wer_report(refs, hyps, out_dir)
+    tokens = [w for r in refs.values() for w in r.split()]
+    oov = dict(sorted(Counter(w for w in tokens if w not in vocabulary).items(), key=lambda kv: (-kv[1], kv[0])))
+    n_oov = sum(oov.values())
+    with atomic_open(out_dir / "oov.txt") as f:
+        f.writelines(f"{w} {c}\n" for w, c in oov.items())
+    oov_line = (
+        f"OOV {n_oov} of {len(tokens)} reference words ({100.0 * n_oov / max(len(tokens), 1):.2f}%), "
+        f"{len(oov)} types, not in the bundle's vocabulary (listed in oov.txt)"
+    )
+    with atomic_open(out_dir / "report.txt") as f:
+        f.write(f"{res.summary()}\n%SER {res.ser:.2f} [ {res.sentence_errors} / {res.num_utts} ]\n{oov_line}\n")
+        if unscored:
+            f.write(
+                f"{unscored} utterance(s) with references not scored: their audio was unusable "
+                "(listed in skipped.tsv)\n"
+            )
+    log.info("%s; %s", res.summary(), oov_line)
+    return res.wer, oov, len(tokens)
