@@ -1,0 +1,149 @@
+"""Waveform augmentation (asrdistill.data.augment) and the augment-data-dir command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asrdistill.data.augment import (
+    AugmentConfig,
+    add_noise,
+    augment_data_dir,
+    colored_noise,
+    make_rirs,
+    reverberate,
+    speed_perturb,
+)
+from asrdistill.data.datadir import DataDir
+from asrdistill.data.features import FbankConfig, fbank
+from asrdistill.fileio import read_done, read_skipped
+
+SR = 16000
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """A gliding harmonic tone with bursts of silence: enough structure for resampling and SNR checks."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    x = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SR) / k for k in range(1, 6))
+    x *= (np.sin(2 * np.pi * 2.3 * t) > -0.3).astype(float)
+    return (0.2 * x + 0.001 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbed_copy_lasts_len_over_factor_and_its_fbank_frames_follow(factor):
+    x = _speechlike(2.0, 0)
+    y = speed_perturb(x, factor, SR)
+    assert abs(len(y) - len(x) / factor) <= 2
+    cfg = FbankConfig()
+    shift, window = SR * cfg.frame_shift_ms // 1000, SR * cfg.frame_length_ms // 1000
+    frames = fbank(y, cfg).shape[0]
+    assert frames == 1 + (len(y) - window) // shift  # snip-edges framing of the perturbed length
+    assert abs(frames - fbank(x, cfg).shape[0] / factor) <= 2
+    # the pitch moves with the tempo (sox speed, not tempo): the spectrum's peak scales by the factor
+    tone = np.sin(2 * np.pi * 1000 * np.arange(2 * SR) / SR).astype(np.float32)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(speed_perturb(tone, factor, SR)[:SR])))  # 1 s: bins of 1 Hz
+    assert abs(peak_hz - 1000 * factor) <= 2
+
+
+@pytest.mark.parametrize("kind", ["white", "pink"])
+@pytest.mark.parametrize("snr", [0.0, 7.5, 20.0])
+def test_noise_is_added_at_the_requested_snr(kind, snr):
+    x = _speechlike(1.5, 1)
+    y = add_noise(x, colored_noise(np.random.default_rng(3), len(x), kind), snr)
+    measured = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean((y - x).astype(np.float64) ** 2))
+    assert abs(measured - snr) < 0.5
+
+
+def test_pink_noise_has_more_low_than_high_frequency_power():
+    n = colored_noise(np.random.default_rng(0), 32000, "pink")
+    power = np.abs(np.fft.rfft(n)) ** 2
+    assert power[100:1000].mean() > 10 * power[10000:15000].mean()
+
+
+def test_reverberation_changes_the_signal_and_keeps_its_length_and_timing():
+    x = _speechlike(1.0, 2)
+    rirs = make_rirs(AugmentConfig(num_rirs=2, rt60_s=[0.4, 0.6]))
+    for rir in rirs:
+        assert rir[0] == 1.0 and len(rir) > 0.1 * SR  # direct path at lag 0, then a tail
+        y = reverberate(x, rir)
+        assert len(y) == len(x)
+        assert np.corrcoef(x, y)[0, 1] < 0.98  # changed
+        probe = np.random.default_rng(0).standard_normal(4000)  # white: its cross-correlation shows the RIR
+        lag = np.argmax(np.correlate(reverberate(probe, rir), probe, "full")) - (len(probe) - 1)
+        assert lag == 0  # not moved in time: the labels of the original still fit
+
+
+def test_config_rejects_bad_values_naming_the_key():
+    with pytest.raises(ValueError, match="speeds"):
+        AugmentConfig(speeds=[0.9, 0.9])
+    with pytest.raises(ValueError, match="noise_types"):
+        AugmentConfig(noise_copies=1, noise_types=["music"])
+    with pytest.raises(ValueError, match="rt60_s"):
+        AugmentConfig(rt60_s=[0.8, 0.2])
+    with pytest.raises(ValueError, match="volume"):
+        AugmentConfig(volume=[2.0])
+
+
+def _data_dir(tmp_path, bad: bool = True) -> DataDir:
+    d = DataDir()
+    for i, spk in enumerate(["s1", "s1", "s2"]):
+        path = tmp_path / "audio" / f"u{i}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, _speechlike(0.6 + 0.1 * i, i), SR)
+        d.wav[f"{spk}-u{i}"], d.text[f"{spk}-u{i}"], d.utt2spk[f"{spk}-u{i}"] = str(path), "A B", spk
+    if bad:
+        (tmp_path / "audio" / "broken.flac").write_bytes(b"not audio")
+        d.wav["s2-broken"], d.text["s2-broken"], d.utt2spk["s2-broken"] = str(tmp_path / "audio/broken.flac"), "C", "s2"
+    return d.save(tmp_path / "data")
+
+
+def test_command_writes_new_utterances_and_speakers_and_every_input_is_made_or_skipped(tmp_path):
+    from asrdistill import cli
+
+    src = _data_dir(tmp_path)
+    (tmp_path / "aug.yaml").write_text(
+        "augment:\n  noise_copies: 1\n  reverb_copies: 1\n  num_rirs: 2\n  noise_types: [babble, pink]\n"
+    )
+    out = tmp_path / "train_sp"
+    assert cli.main(["augment-data-dir", str(src), str(out), "--config", str(tmp_path / "aug.yaml"), "--nj", "1"]) == 0
+    inp, aug = DataDir.load(src), DataDir.load(out)
+    skipped = read_skipped(out / "skipped.tsv")
+    assert set(skipped) == {"s2-broken"}
+    prefixes = ["sp0.9", "sp1.0", "sp1.1", "noise1", "rvb1"]
+    made = {u.split("-", 1)[1] for u in aug.wav}
+    assert made | set(skipped) == set(inp.wav) and not made & set(skipped)  # every input: made or skipped
+    for utt in set(inp.wav) - set(skipped):
+        for p in prefixes:
+            new = f"{p}-{utt}"
+            assert aug.utt2spk[new] == f"{p}-{inp.utt2spk[utt]}" and aug.text[new] == inp.text[utt]
+            frames = sf.info(aug.wav[new]).frames
+            assert abs(frames / SR - aug.utt2dur[new]) <= 0.0005  # utt2dur: 3 decimals
+            factor = float(p[2:]) if p.startswith("sp") else 1.0
+            assert abs(frames - sf.info(inp.wav[utt]).frames / factor) <= 2
+            assert aug.wav[new].startswith(str(out.resolve() / "audio"))
+    assert not set(aug.wav) & set(inp.wav) and not set(aug.spk2utt) & set(inp.spk2utt)
+    assert read_done(out, "augment")["copies"] == prefixes
+
+
+def test_copies_depend_on_seed_and_id_only_and_a_rerun_resumes(tmp_path):
+    src = _data_dir(tmp_path, bad=False)
+    cfg = AugmentConfig(speeds=[1.1], noise_copies=1, noise_types=["white"])
+    a = augment_data_dir(src, tmp_path / "a", cfg, nj=1)
+    b = augment_data_dir(src, tmp_path / "b", cfg, nj=2)
+    for utt in a.wav:
+        assert np.array_equal(sf.read(a.wav[utt])[0], sf.read(b.wav[utt])[0])
+    victim = a.wav["noise1-s1-u0"]
+    (tmp_path / "a" / ".augment.done").unlink()  # as if killed before the end, after writing the others
+    Path(victim).unlink()
+    kept = {u: Path(p).stat().st_mtime_ns for u, p in a.wav.items() if p != victim}
+    again = augment_data_dir(src, tmp_path / "a", cfg, nj=1)
+    assert again.wav == a.wav
+    assert {u: Path(p).stat().st_mtime_ns for u, p in a.wav.items() if p != victim} == kept  # reused, not redone
+    assert np.array_equal(sf.read(victim)[0], sf.read(b.wav["noise1-s1-u0"])[0])  # the missing copy, the same
+    other = augment_data_dir(src, tmp_path / "c", AugmentConfig(speeds=[1.1], noise_copies=1, seed=1), nj=1)
+    assert not np.array_equal(sf.read(other.wav["noise1-s1-u0"])[0], sf.read(b.wav["noise1-s1-u0"])[0])
