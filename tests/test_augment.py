@@ -147,3 +147,74 @@ def test_copies_depend_on_seed_and_id_only_and_a_rerun_resumes(tmp_path):
     assert np.array_equal(sf.read(victim)[0], sf.read(b.wav["noise1-s1-u0"])[0])  # the missing copy, the same
     other = augment_data_dir(src, tmp_path / "c", AugmentConfig(speeds=[1.1], noise_copies=1, seed=1), nj=1)
     assert not np.array_equal(sf.read(other.wav["noise1-s1-u0"])[0], sf.read(b.wav["noise1-s1-u0"])[0])
+
+
+# ----------------------------------------------------------------------------- the voice-shift test set
+def _corpus_variants(seeds=range(4)) -> set[str]:
+    from data_prep import synthetic
+
+    used = {s.variant for seed in seeds for s in synthetic.make_speakers(seed, 64, 0.07, 0.48)}
+    return used | set(synthetic._MALE_VARIANTS + synthetic._FEMALE_VARIANTS)
+
+
+def test_shift_voices_are_of_a_synthesiser_kind_no_corpus_talker_uses():
+    from data_prep.shift import SHIFT_VARIANTS, check_held_out, synthesiser_kind
+
+    kinds = check_held_out(_corpus_variants())
+    assert kinds == {2, 5, 6} and {synthesiser_kind(v) for v in _corpus_variants()} == {0, 1, 3, 4}
+    assert not set(SHIFT_VARIANTS) & _corpus_variants()
+
+
+@pytest.mark.parametrize("injected", ["klatt2", "robosoft"])  # a shift variant itself; another variant of its kind
+def test_a_corpus_talker_with_a_shift_voice_is_refused(monkeypatch, tmp_path, injected):
+    from data_prep import synthetic
+    from data_prep.shift import synthesize_shift_set
+
+    tiny = dict(hours=0.005, num_speakers=3, lm_sentences=50, progress=False, nj=1)
+    synthetic.synthesize_corpus(tmp_path, seed=0, **tiny)
+    monkeypatch.setattr(synthetic, "_MALE_VARIANTS", (*synthetic._MALE_VARIANTS, injected))
+    with pytest.raises(ValueError, match=injected):
+        synthesize_shift_set(tmp_path, num_speakers=2, num_utterances=2, nj=1)
+
+
+def test_shift_set_speaks_test_sentences_with_new_talkers_under_recorded_conditions(tmp_path):
+    from data_prep import synthetic
+    from data_prep.shift import SHIFT_VARIANTS, SUBSET, synthesize_shift_set
+
+    ls_dir = synthetic.synthesize_corpus(
+        tmp_path, seed=0, hours=0.02, num_speakers=3, lm_sentences=50, nj=1, progress=False
+    )
+    test_text = {
+        line.split(" ", 1)[1] for f in (ls_dir / "test").rglob("*.trans.txt") for line in f.read_text().splitlines()
+    }
+    corpus_spks = {p.name for s in synthetic.SUBSETS for p in (ls_dir / s).iterdir() if p.is_dir()}
+    assert (
+        cli_main(
+            ["synth-shift-set", "--corpus", str(tmp_path), "--num-speakers", "3", "--utterances", "6", "--nj", "1"]
+        )
+        == 0
+    )
+    out = ls_dir / SUBSET
+    trans = {
+        line.split(" ", 1)[0]: line.split(" ", 1)[1]
+        for f in out.rglob("*.trans.txt")
+        for line in f.read_text().splitlines()
+    }
+    assert len(trans) == min(6, len(test_text)) and set(trans.values()) <= test_text
+    assert {u.split("-")[0] for u in trans}.isdisjoint(corpus_spks)
+    for utt in trans:
+        spk, ch, _ = utt.split("-")
+        assert sf.info(out / spk / ch / f"{utt}.flac").samplerate == SR
+    rows = [r.split("\t") for r in (out / "conditions.tsv").read_text().splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == sorted(trans) and {r[1] for r in rows} <= {"clean", "noise", "reverb"}
+    speakers = [r.split("\t") for r in (out / "speakers.tsv").read_text().splitlines()[1:]]
+    assert {r[1] for r in speakers} <= set(SHIFT_VARIANTS) and {r[2] for r in speakers} <= {"2", "5", "6"}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    synthesize_shift_set(tmp_path, num_speakers=3, num_utterances=6, nj=1)  # same parameters: reused
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == before
+
+
+def cli_main(argv: list[str]) -> int:
+    from asrdistill import cli
+
+    return cli.main(argv)

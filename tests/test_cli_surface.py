@@ -30,6 +30,11 @@ ADDED: dict[str, dict[str, list[str]]] = {
         "options": ["--config", "--force", "--help", "--nj", "--set", "--threads", "-h"],
         "positionals": ["data_dir", "out"],
     },
+    # issue 25: the voice-shift test set of the synthetic corpus
+    "synth-shift-set": {
+        "options": ["--corpus", "--force", "--help", "--nj", "--num-speakers", "--seed", "--utterances", "-h"],
+        "positionals": [],
+    },
     # issue 26: a bundle whose network runs in ONNX Runtime, fp32 or int8
     "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"], "positionals": ["bundle", "out"]},
 }
