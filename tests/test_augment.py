@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from asrdistill import cli
 from asrdistill.data.augment import (
     AugmentConfig,
     add_noise,
@@ -103,8 +104,6 @@ def _data_dir(tmp_path, bad: bool = True) -> DataDir:
 
 
 def test_command_writes_new_utterances_and_speakers_and_every_input_is_made_or_skipped(tmp_path):
-    from asrdistill import cli
-
     src = _data_dir(tmp_path)
     (tmp_path / "aug.yaml").write_text(
         "augment:\n  noise_copies: 1\n  reverb_copies: 1\n  num_rirs: 2\n  noise_types: [babble, pink]\n"
@@ -209,12 +208,20 @@ def test_shift_set_speaks_test_sentences_with_new_talkers_under_recorded_conditi
     assert sorted(r[0] for r in rows) == sorted(trans) and {r[1] for r in rows} <= {"clean", "noise", "reverb"}
     speakers = [r.split("\t") for r in (out / "speakers.tsv").read_text().splitlines()[1:]]
     assert {r[1] for r in speakers} <= set(SHIFT_VARIANTS) and {r[2] for r in speakers} <= {"2", "5", "6"}
+    from data_prep.librispeech import prepare_librispeech
+
+    data = prepare_librispeech(tmp_path, [SUBSET], tmp_path / "data")[SUBSET]  # the recipe's data/test_shift
+    assert data.text == trans
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
     synthesize_shift_set(tmp_path, num_speakers=3, num_utterances=6, nj=1)  # same parameters: reused
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == before
 
 
-def cli_main(argv: list[str]) -> int:
-    from asrdistill import cli
+def test_augment_conf_is_the_readme_conf_with_augmentation_on():
+    from asrdistill.config import load_section, read_yaml
 
-    return cli.main(argv)
+    conf = Path(__file__).parents[1] / "recipes" / "librispeech" / "conf"
+    augmented = read_yaml(conf / "synthetic_augment.yaml")
+    assert load_section(conf / "synthetic_augment.yaml", "augment", AugmentConfig).enabled
+    augmented.pop("augment")
+    assert augmented == read_yaml(conf / "synthetic_cpu.yaml")
