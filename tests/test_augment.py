@@ -188,7 +188,7 @@ def test_shift_set_speaks_test_sentences_with_new_talkers_under_recorded_conditi
     }
     corpus_spks = {p.name for s in synthetic.SUBSETS for p in (ls_dir / s).iterdir() if p.is_dir()}
     assert (
-        cli_main(
+        cli.main(
             ["synth-shift-set", "--corpus", str(tmp_path), "--num-speakers", "3", "--utterances", "6", "--nj", "1"]
         )
         == 0
