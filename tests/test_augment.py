@@ -17,6 +17,7 @@ from asrdistill.data.augment import (
     make_rirs,
     reverberate,
     speed_perturb,
+    vtlp,
 )
 from asrdistill.data.datadir import DataDir
 from asrdistill.data.features import FbankConfig, fbank
@@ -79,6 +80,28 @@ def test_reverberation_changes_the_signal_and_keeps_its_length_and_timing():
         assert lag == 0  # not moved in time: the labels of the original still fit
 
 
+def _spectral_peak_hz(x: np.ndarray) -> float:
+    """Where the 512-point short-time magnitude spectrum (what fbank reads) peaks, interpolated between bins."""
+    from scipy.signal import stft
+
+    freqs, _, spec = stft(x, fs=SR, nperseg=512)
+    mag = np.abs(spec).mean(axis=1)
+    k = int(np.argmax(mag))
+    near = slice(max(k - 2, 0), k + 3)
+    return float(np.sum(freqs[near] * mag[near]) / np.sum(mag[near]))
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_moves_the_spectrum_by_alpha_below_the_knee_and_keeps_length_and_nyquist(alpha):
+    t = np.arange(SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    y = vtlp(tone, alpha, SR)
+    assert len(y) == len(tone)
+    assert abs(_spectral_peak_hz(y) - 1000 * alpha) < 8  # bins are 31.25 Hz wide
+    high = (0.3 * np.sin(2 * np.pi * 7700 * t)).astype(np.float32)  # near Nyquist: the map's fixed end
+    assert abs(_spectral_peak_hz(vtlp(high, alpha, SR)) - 7700) < 60
+
+
 def test_config_rejects_bad_values_naming_the_key():
     with pytest.raises(ValueError, match="speeds"):
         AugmentConfig(speeds=[0.9, 0.9])
@@ -88,6 +111,8 @@ def test_config_rejects_bad_values_naming_the_key():
         AugmentConfig(rt60_s=[0.8, 0.2])
     with pytest.raises(ValueError, match="volume"):
         AugmentConfig(volume=[2.0])
+    with pytest.raises(ValueError, match="vtlp_range"):
+        AugmentConfig(vtlp_range=[1.1, 0.9])
 
 
 def _data_dir(tmp_path, bad: bool = True) -> DataDir:
@@ -107,13 +132,14 @@ def test_command_writes_new_utterances_and_speakers_and_every_input_is_made_or_s
     src = _data_dir(tmp_path)
     (tmp_path / "aug.yaml").write_text(
         "augment:\n  noise_copies: 1\n  reverb_copies: 1\n  num_rirs: 2\n  noise_types: [babble, pink]\n"
+        "  vtlp_copies: 1\n"
     )
     out = tmp_path / "train_sp"
     assert cli.main(["augment-data-dir", str(src), str(out), "--config", str(tmp_path / "aug.yaml"), "--nj", "1"]) == 0
     inp, aug = DataDir.load(src), DataDir.load(out)
     skipped = read_skipped(out / "skipped.tsv")
     assert set(skipped) == {"s2-broken"}
-    prefixes = ["sp0.9", "sp1.0", "sp1.1", "noise1", "rvb1"]
+    prefixes = ["sp0.9", "sp1.0", "sp1.1", "noise1", "rvb1", "vtlp1"]
     made = {u.split("-", 1)[1] for u in aug.wav}
     assert made | set(skipped) == set(inp.wav) and not made & set(skipped)  # every input: made or skipped
     for utt in set(inp.wav) - set(skipped):

@@ -15,7 +15,9 @@ new utterance *and* speaker id (a copy is another talker to per-speaker CMVN and
 * reverberation, ``rvb<k>-<utt>``: room impulse responses of shoebox rooms from pyroomacoustics' image-source
   model, the absorption set by Sabine's formula from an RT60 drawn in ``rt60_s``. Chosen over a hand-written
   tail because it is a maintained library (LCAV, wheels on PyPI) and simulates rooms the way the RIRs of Kaldi's
-  RIRS_NOISES set were made (image method); the direct path is put at lag 0 so no copy moves in time.
+  RIRS_NOISES set were made (image method); the direct path is put at lag 0 so no copy moves in time;
+* vocal-tract-length perturbation, ``vtlp<k>-<utt>`` (Jaitly & Hinton 2013): the spectrum warped along frequency
+  by a factor drawn in ``vtlp_range``, pitch and timing kept (:func:`vtlp`).
 
 Everything is a pure function of ``seed`` and the new utterance id, whatever the number of processes. The
 signal functions (:func:`speed_perturb`, :func:`add_noise`, :func:`reverberate`, ...) take and return plain
@@ -51,6 +53,7 @@ __all__ = [
     "reverberate",
     "speed_perturb",
     "utterance_rng",
+    "vtlp",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class AugmentConfig:
     reverb_copies: int = 0  # reverberated copies per utterance
     rt60_s: list[float] = field(default_factory=lambda: [0.2, 0.8])  # range of the simulated rooms' RT60
     num_rirs: int = 32  # simulated rooms, made once per run; each reverberated copy draws one
+    vtlp_copies: int = 0  # vocal-tract-length perturbed copies per utterance
+    vtlp_range: list[float] = field(default_factory=lambda: [0.9, 1.1])  # warp factor alpha, drawn per copy
     seed: int = 0
     sample_rate: int = 16000
 
@@ -81,10 +86,12 @@ class AugmentConfig:
             raise ValueError(f"speeds: distinct factors in [0.5, 2] expected, got {self.speeds}")
         if self.volume and (len(self.volume) != 2 or not 0 < self.volume[0] <= self.volume[1]):
             raise ValueError(f"volume: [low, high] gains with 0 < low <= high, or [] (off), got {self.volume}")
-        if self.noise_copies < 0 or self.reverb_copies < 0:
-            raise ValueError("noise_copies and reverb_copies must be >= 0")
-        if not self.speeds and not self.noise_copies and not self.reverb_copies:
-            raise ValueError("speeds is empty and noise_copies = reverb_copies = 0: no copy to make")
+        if min(self.noise_copies, self.reverb_copies, self.vtlp_copies) < 0:
+            raise ValueError("noise_copies, reverb_copies and vtlp_copies must be >= 0")
+        if not self.speeds and not self.noise_copies + self.reverb_copies + self.vtlp_copies:
+            raise ValueError("speeds is empty and noise_copies = reverb_copies = vtlp_copies = 0: no copy to make")
+        if len(self.vtlp_range) != 2 or not 0.7 <= self.vtlp_range[0] <= self.vtlp_range[1] <= 1.3:
+            raise ValueError(f"vtlp_range: [low, high] warp factors within [0.7, 1.3] expected, got {self.vtlp_range}")
         unknown = sorted(set(self.noise_types) - set(NOISE_TYPES))
         if unknown or (self.noise_copies and not self.noise_types):
             raise ValueError(f"noise_types: some of {list(NOISE_TYPES)} expected, got {self.noise_types}")
@@ -100,11 +107,12 @@ class AugmentConfig:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
 
     def prefixes(self) -> list[str]:
-        """The copies' id prefixes, in the order they are made: ``sp0.9``, ``sp1.0``, ``noise1``, ``rvb1``, ..."""
+        """The copies' id prefixes in the order they are made: ``sp0.9``, ``sp1.0``, ``noise1``, ``rvb1``, ``vtlp1``."""
         return (
             [f"sp{s:.1f}" if round(s, 1) == s else f"sp{s:g}" for s in self.speeds]
             + [f"noise{k}" for k in range(1, self.noise_copies + 1)]
             + [f"rvb{k}" for k in range(1, self.reverb_copies + 1)]
+            + [f"vtlp{k}" for k in range(1, self.vtlp_copies + 1)]
         )
 
 
@@ -186,6 +194,41 @@ def reverberate(samples: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return (wet * scale).astype(np.float32)
 
 
+def vtlp(samples: np.ndarray, alpha: float, sample_rate: int = 16000, f_hi: float = 4800.0) -> np.ndarray:
+    """Vocal-tract-length perturbation (Jaitly & Hinton 2013) of a waveform: its short-time spectrum warped along
+    frequency by their piecewise-linear map (``f -> alpha f`` up to ``f_hi min(alpha, 1) / alpha``, then a line to
+    the Nyquist frequency, which stays fixed), resynthesised by a phase vocoder at the input's length.
+
+    Each output bin takes the magnitude at its source frequency (interpolated) and the instantaneous frequency of
+    the nearest source bin, warped, so overlapping frames add up coherently. ``alpha > 1`` moves formants (and
+    harmonics) up, as a shorter vocal tract would; timing is unchanged.
+    """
+    from scipy.signal import istft, stft
+
+    n_fft, hop, nyquist = 512, 128, sample_rate / 2
+    knee = f_hi * min(alpha, 1.0) / alpha
+
+    def warp(f: np.ndarray) -> np.ndarray:
+        return np.where(f <= knee, f * alpha, nyquist - (nyquist - knee * alpha) / (nyquist - knee) * (nyquist - f))
+
+    freqs, _, spec = stft(samples.astype(np.float64), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop)
+    source = np.interp(freqs, warp(freqs), freqs)  # (F,) the input frequency each output bin shows
+    mag = np.abs(spec)  # (F, T)
+    out_mag = np.stack([np.interp(source, freqs, mag[:, t]) for t in range(mag.shape[1])], axis=1)
+    nearest = np.clip(np.round(source / freqs[1]).astype(int), 0, len(freqs) - 1)
+    # instantaneous frequency of every input bin from its phase advance over one hop (phase vocoder)
+    phase = np.angle(spec)
+    expected = 2 * np.pi * freqs[:, None] * hop / sample_rate
+    deviation = np.angle(np.exp(1j * (np.diff(phase, axis=1, prepend=phase[:, :1]) - expected)))
+    inst = np.clip(freqs[:, None] + deviation * sample_rate / (2 * np.pi * hop), 0.0, nyquist)  # (F, T) Hz
+    advance = 2 * np.pi * warp(inst[nearest]) * hop / sample_rate
+    advance[:, 0] = 0.0
+    out_phase = phase[nearest, :1] + np.cumsum(advance, axis=1)
+    _, out = istft(out_mag * np.exp(1j * out_phase), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop)
+    out = np.pad(out[: len(samples)], (0, max(0, len(samples) - len(out))))
+    return out.astype(np.float32)
+
+
 def _fit_peak(samples: np.ndarray) -> np.ndarray:
     peak = float(np.max(np.abs(samples))) if len(samples) else 0.0
     return samples * (_PEAK / peak) if peak > _PEAK else samples
@@ -254,8 +297,10 @@ def perturb(
         n = len(samples)
         noise = babble(talkers, n, rng, config, own) if kind == "babble" else colored_noise(rng, n, kind)
         out = add_noise(samples, noise, float(config.snrs_db[int(rng.integers(len(config.snrs_db)))]))
-    else:
+    elif prefix.startswith("rvb"):
         out = reverberate(samples, rirs[int(rng.integers(len(rirs)))])
+    else:
+        out = vtlp(samples, rng.uniform(*config.vtlp_range), config.sample_rate)
     if config.volume:
         out = out * rng.uniform(*config.volume)
     return _fit_peak(out).astype(np.float32)
