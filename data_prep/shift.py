@@ -5,9 +5,10 @@ are made by the same synthesisers as the training talkers. This set measures a s
 an espeak-ng variant whose synthesiser no corpus talker uses. A variant file (``espeak-ng-data/voices/!v/<name>``)
 picks its synthesiser with ``klatt N``: none is espeak's own harmonic synthesiser, ``N`` one of the Klatt
 cascade-parallel synthesiser's voicing sources (1 impulsive, 2 natural, 3 and 4 sampled glottal pulses, 5
-sawtooth, 6 the speechPlayer Klatt). The corpus uses kinds {none, 1, 3, 4} (klatt, klatt3, klatt4); this set
+sawtooth, 6 the speechPlayer Klatt of espeak-ng builds that include it; the wheel's klatt6 sounds unlike every
+other kind). The corpus uses kinds {none, 1, 3, 4} (klatt, klatt3, klatt4); this set
 uses only variants of kinds 2, 5 and 6, which the corpus never does, so the default corpus is unchanged.
-A third of the utterances are left clean, a third get additive noise and a third reverberation, both from
+Each utterance is left clean, gets additive noise or gets reverberation (equal odds), both from
 :mod:`asrdistill.data.augment` (generated white/pink noise; pyroomacoustics rooms): other simulators than the
 corpus's own.
 
