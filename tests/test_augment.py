@@ -170,7 +170,8 @@ def test_copies_depend_on_seed_and_id_only_and_a_rerun_resumes(tmp_path):
     assert again.wav == a.wav
     assert {u: Path(p).stat().st_mtime_ns for u, p in a.wav.items() if p != victim} == kept  # reused, not redone
     assert np.array_equal(sf.read(victim)[0], sf.read(b.wav["noise1-s1-u0"])[0])  # the missing copy, the same
-    other = augment_data_dir(src, tmp_path / "c", AugmentConfig(speeds=[1.1], noise_copies=1, seed=1), nj=1)
+    (tmp_path / "a" / ".augment.done").unlink()  # killed again, then resumed under another seed: nothing reused
+    other = augment_data_dir(src, tmp_path / "a", AugmentConfig(speeds=[1.1], noise_copies=1, seed=1), nj=1)
     assert not np.array_equal(sf.read(other.wav["noise1-s1-u0"])[0], sf.read(b.wav["noise1-s1-u0"])[0])
 
 

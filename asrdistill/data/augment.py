@@ -26,6 +26,7 @@ float arrays so that other code (e.g. teacher and student seeing the same pertur
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import zlib
@@ -38,7 +39,14 @@ import soundfile as sf
 from asrdistill.config import result_settings
 from asrdistill.data.audio import AudioError, load_audio
 from asrdistill.data.datadir import DataDir
-from asrdistill.fileio import atomic_open, mark_done, stage_done, write_skipped
+from asrdistill.fileio import (
+    atomic_open,
+    fingerprint_inputs,
+    mark_done,
+    stage_done,
+    write_json_atomic,
+    write_skipped,
+)
 from asrdistill.parallel import Executor
 
 __all__ = [
@@ -328,6 +336,16 @@ def _augment_one(job: _Job) -> tuple[str, list[tuple[str, str, float]], str | No
 
 
 # ----------------------------------------------------------------------------- a data dir
+def _keep_audio_only_from(audio_dir: Path, fingerprints: dict[str, str]) -> None:
+    """Copies a killed run left are resumed only if made from these inputs (``audio_dir/inputs.json``)."""
+    record = audio_dir / "inputs.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != fingerprints:
+        log.info("%s: copies of a killed run from other inputs, removed", audio_dir)
+        shutil.rmtree(audio_dir)
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, fingerprints)
+
+
 def augment_data_dir(
     data_dir: str | Path, out_dir: str | Path, config: AugmentConfig, nj: int = 1, force: bool = False
 ) -> DataDir:
@@ -350,7 +368,7 @@ def augment_data_dir(
     data = DataDir.load(data_dir)
     if not data.wav:
         raise ValueError(f"{data_dir}: wav.scp lists no utterances")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _keep_audio_only_from(out_dir / "audio", fingerprint_inputs(inputs))
     rirs = make_rirs(config) if config.reverb_copies else []
     utts = data.utt_ids
     jobs = [_Job(u, i, str(out_dir)) for i, u in enumerate(utts)]
