@@ -51,6 +51,7 @@ SECTIONS: dict[str, str] = {
     "recipe": "run.sh (asrdistill config-get)",
     "lexicon": "lang",
     "features": "features",
+    "augment": "augment-data-dir; run.sh (augment.enabled: the optional augmentation stage)",
     "mono": "mono",
     "align": "mono, align",
     "tree": "tri",

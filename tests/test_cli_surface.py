@@ -25,6 +25,16 @@ CHANGES: dict[tuple[str, str], tuple[list[str], list[str]]] = {
 }
 # Commands added since the snapshot: name -> its listing.
 ADDED: dict[str, dict[str, list[str]]] = {
+    # issue 25: speed/volume/noise/reverberation copies of a data dir, as new utterances and speakers
+    "augment-data-dir": {
+        "options": ["--config", "--force", "--help", "--nj", "--set", "--threads", "-h"],
+        "positionals": ["data_dir", "out"],
+    },
+    # issue 25: the voice-shift test set of the synthetic corpus
+    "synth-shift-set": {
+        "options": ["--corpus", "--force", "--help", "--nj", "--num-speakers", "--seed", "--utterances", "-h"],
+        "positionals": [],
+    },
     # issue 26: a bundle whose network runs in ONNX Runtime, fp32 or int8
     "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"], "positionals": ["bundle", "out"]},
 }

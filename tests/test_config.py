@@ -56,6 +56,7 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
     from asrdistill.aligner.tree import TreeConfig
     from asrdistill.aligner.triphone import TriConfig
     from asrdistill.config import read_yaml
+    from asrdistill.data.augment import AugmentConfig
     from asrdistill.data.features import FbankConfig
     from asrdistill.data.lexicon import LexiconConfig
     from asrdistill.decoding.decode import DecodeConfig
@@ -68,6 +69,7 @@ def test_shipped_recipe_configs_load_into_their_dataclasses():
 
     tools = {
         "features": FbankConfig,
+        "augment": AugmentConfig,
         "lexicon": LexiconConfig,
         "mono": MonoConfig,
         "align": AlignConfig,

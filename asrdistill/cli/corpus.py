@@ -51,6 +51,31 @@ def cmd_synth_corpus(args: argparse.Namespace) -> Work:
 
 
 @command(
+    "synth-shift-set",
+    "a voice-shift test set (LibriSpeech/test_shift) of a synthetic corpus: its test sentences spoken by espeak-ng "
+    "Klatt variants of kinds no corpus talker uses, clean, noisy and reverberated",
+    log_dir="corpus",
+    args=[
+        Arg("--corpus", type=Path, required=True, exists="folder", help="the synth-corpus folder (holds LibriSpeech/)"),
+        Arg("--num-speakers", type=int, default=12, help="talkers (default: 12)"),
+        Arg("--utterances", type=int, default=600, help="test sentences spoken (default: 600; all if fewer)"),
+        Arg("--seed", type=int, default=0, help="seed of the talkers, sentences and conditions (default: 0)"),
+        Arg("--nj", type=int, default=2, help="synthesis processes (default: 2)"),
+        FORCE,
+    ],
+)
+def cmd_synth_shift_set(args: argparse.Namespace) -> Work:
+    from data_prep.shift import synthesize_shift_set
+
+    def run() -> None:
+        synthesize_shift_set(
+            args.corpus, args.num_speakers, args.utterances, seed=args.seed, nj=args.nj, force=args.force
+        )
+
+    return run
+
+
+@command(
     "download",
     "download LibriSpeech subsets, lexicon and official LMs (resumable, md5-checked)",
     log_dir="target",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asrdistill.cli.common import Arg, Work, command
+from asrdistill.cli.common import FORCE, Arg, Work, command, section
 
 DATA_DIR = Arg("data_dir", type=Path, exists="folder", help="an asrdistill (Kaldi-layout) data dir")
 
@@ -124,5 +124,30 @@ def cmd_split_data_dir(args: argparse.Namespace) -> Work:
     def run() -> None:
         for d in split(args.data_dir, args.num_jobs):
             print(d)
+
+    return run
+
+
+@command(
+    "augment-data-dir",
+    "perturbed copies of a data dir as new utterances and speakers (Kaldi's sp0.9-<utt>, sp0.9-<spk>): "
+    "speed, volume, noise, reverberation (config section augment)",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        DATA_DIR,
+        Arg("out", type=Path, help="the new data dir (audio in <out>/audio/<copy>/), e.g. data/train_sp"),
+        Arg("--nj", type=int, default=2, help="worker processes (default: 2)"),
+        FORCE,
+    ],
+)
+def cmd_augment_data_dir(args: argparse.Namespace) -> Work:
+    from asrdistill.data.augment import AugmentConfig, augment_data_dir
+
+    cfg = section(args, "augment", AugmentConfig)
+
+    def run() -> None:
+        augment_data_dir(args.data_dir, args.out, cfg, nj=args.nj, force=args.force)
 
     return run

@@ -1,8 +1,9 @@
-"""Data: corpora as Kaldi data dirs, the lexicon and lang dir, fbank features and frame streams.
+"""Data: corpora as Kaldi data dirs, the lexicon and lang dir, waveform augmentation, fbank features and frame streams.
 
 Serves ``run.sh`` stages 1 (data dirs, lexicon, lang) and 2 (features, CMVN),
 reads users' own corpora (:mod:`corpus`: any audio folder; :mod:`kaldi_dir`: Kaldi
 data dirs in full, validate/fix/split; :mod:`lhotse_io`: lhotse manifests both ways),
+makes perturbed copies of a data dir (:mod:`augment`: speed, volume, noise, reverberation, VTLP),
 and feeds every later stage: shards hold features, labels and soft targets;
 :mod:`frames` turns them into context-window minibatches.
 """
@@ -16,6 +17,8 @@ _EXPORTS = {  # name -> submodule: imported on first use (see asrdistill._export
     "normalize_transcript": "corpus",
     "read_corpus": "corpus",
     "DataDir": "datadir",
+    "AugmentConfig": "augment",
+    "augment_data_dir": "augment",
     "fix_data_dir": "kaldi_dir",
     "import_data_dir": "kaldi_dir",
     "import_feats": "kaldi_dir",
