@@ -128,6 +128,10 @@ train=$(get recipe.train_set)
 dev=$(get recipe.dev_set)
 test=$(get recipe.test_set)
 subsets="$train $dev $test"
+augment=$(get augment.enabled 2>/dev/null || echo False)   # optional (config augment.enabled): perturbed copies
+dnn_train=$train; if [ "$augment" = True ]; then dnn_train=${train}_sp; fi   # the DNNs' training set (stages 6-12)
+shift_set=$(get recipe.shift_set 2>/dev/null || true)  # optional voice-shift test set: test_shift (synthetic) or
+# test_other (LibriSpeech, listed in corpus_subsets); decoded with every system's bundle in stage 12
 num_teachers=$(get recipe.num_teachers)      # baselines with seeds 1..N, which are also the ensemble's members
 student_seeds=$(get recipe.student_seeds)
 temperatures=$(get recipe.temperatures)
@@ -143,6 +147,7 @@ if want 0; then begin 0 "corpus ($corpus)"
       --num-speakers "$(get recipe.num_speakers)" --lm-sentences "$(get recipe.lm_sentences)" --nj "$nj" $force \
       --dev-fraction "$(get recipe.dev_fraction)" --test-fraction "$(get recipe.test_fraction)" \
       --vocab-size "$(get recipe.vocab_size 2>/dev/null || echo 0)"   # optional: extra words (synthetic_large.yaml)
+    if [ "$shift_set" = test_shift ]; then asrdistill synth-shift-set --corpus data/corpus --nj "$nj" $force; fi
   else
     arpa=$(get lm.official_arpa 2>/dev/null || true)   # only the ARPA decoded with, not all ~4 GB of OpenSLR 11
     asrdistill download --target data/corpus --subsets $(get recipe.corpus_subsets) ${arpa:+--lm-files "$arpa"} \
@@ -151,7 +156,8 @@ if want 0; then begin 0 "corpus ($corpus)"
 end; fi
 
 if want 1; then begin 1 "Kaldi data dirs and lang"
-  asrdistill prepare --corpus data/corpus --subsets $(get recipe.corpus_subsets) --out data --nj "$nj" $force
+  asrdistill prepare --corpus data/corpus --subsets $(get recipe.corpus_subsets) \
+    $([ "$shift_set" = test_shift ] && echo test_shift) --out data --nj "$nj" $force
   case "$corpus" in synthetic) extra_text=data/corpus/lm/lm-text.txt ;; *) extra_text=data/corpus/lm/librispeech-vocab.txt ;; esac
   asrdistill lang --config "$config" --out data/lang data/$train data/$dev data/$test --extra-text $extra_text
 end; fi
@@ -173,6 +179,13 @@ if want 4; then begin 4 "decision tree, tied-state triphones, senone labels"
   for s in $dev $test; do
     asrdistill align --config "$config" --device $device --nj "$nj" $force exp/tri data/$s data/lang data/fbank/$s exp/tri_ali/$s
   done
+  if [ "$augment" = True ]; then  # Kaldi's sp recipe: the copies are aligned by the GMM-HMM trained on the original data
+    asrdistill augment-data-dir --config "$config" --nj "$nj" $force data/$train data/$dnn_train
+    asrdistill features --config "$config" --nj "$nj" $force data/$dnn_train data/fbank/$dnn_train
+    asrdistill cmvn data/fbank/$dnn_train
+    asrdistill align --config "$config" --device $device --nj "$nj" $force exp/tri data/$dnn_train data/lang \
+      data/fbank/$dnn_train exp/tri_ali/$dnn_train
+  fi
 end; fi
 
 if want 5; then begin 5 "language model and HCLG graph"
@@ -180,7 +193,7 @@ if want 5; then begin 5 "language model and HCLG graph"
   asrdistill graph --config "$config" data/lang exp/tri exp/lm exp/graph
 end; fi
 
-data="--feats data/fbank --labels exp/tri_ali --train-set $train --dev-set $dev"
+data="--feats data/fbank --labels exp/tri_ali --train-set $dnn_train --dev-set $dev"
 
 # Every DNN (baselines, students, fraction runs) is trained under one stopping rule, the 'train'
 # section's (maximum epochs, newbob halving and stop, patience), all chosen on dev. An epoch of a
@@ -292,10 +305,17 @@ if want 12; then begin 12 "decode and score every system; frame accuracy of the 
   # a bundle holds plain DNNs, so generalist+specialists (exp/specialists) has none
   run_jobs stage12_bundle "$nj" < <(for sys in $systems; do
     if [ "$sys" != specialists ]; then
-      echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$train" \
-        "--labels exp/tri_ali/$train --tree exp/tri --graph exp/graph --lang data/lang"
+      echo "bundle --config $config $force exp/$sys exp/$sys/bundle --feats data/fbank/$dnn_train" \
+        "--labels exp/tri_ali/$dnn_train --tree exp/tri --graph exp/graph --lang data/lang"
     fi
   done)
+  if [ -n "$shift_set" ]; then  # the voice-shift set, decoded as a user would: each system's bundle (WER only)
+    run_jobs stage12_shift "$nj" < <(for sys in $systems; do
+      if [ "$sys" != specialists ]; then
+        echo "decode --model exp/$sys/bundle --corpus data/$shift_set --out exp/$sys/decode_$shift_set --nj $decode_nj"
+      fi
+    done)
+  fi
 end; fi
 
 if want 13; then begin 13 "results"
