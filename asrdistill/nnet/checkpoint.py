@@ -100,8 +100,17 @@ def save_best(run: _Run, state: TrainState, dev: dict) -> None:
         torch.save(ckpt, tmp)
 
 
+# fields added after runs were recorded: left out of a run's identity while unset, so those runs stay finished
+_OMITTED_UNSET = {"transfer"}
+
+
+def _identity(config: dict) -> dict:
+    """A config's fields that decide its result."""
+    return {k: v for k, v in config.items() if k not in _OPERATIONAL and not (k in _OMITTED_UNSET and not v)}
+
+
 def comparable(config: TrainConfig) -> dict:
-    return {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+    return _identity(to_dict(config))
 
 
 def start_over(out_dir: Path) -> None:
@@ -126,8 +135,7 @@ def finished_run(out_dir: Path, config: TrainConfig, targets: dict, rank: int) -
 
 def check_resumable(path: Path, ckpt: dict, config: TrainConfig, world_size: int, targets: dict) -> None:
     """A checkpoint from another configuration, other distillation targets or DDP size is an error naming the file."""
-    old = {k: v for k, v in ckpt.get("config", {}).items() if k not in _OPERATIONAL}
-    new = {k: v for k, v in to_dict(config).items() if k not in _OPERATIONAL}
+    old, new = _identity(ckpt.get("config", {})), comparable(config)
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diffs:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)

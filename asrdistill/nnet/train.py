@@ -119,6 +119,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     frames: FrameConfig = field(default_factory=FrameConfig)
     distill: DistillConfig | None = None
+    transfer: list[str] = field(default_factory=list)  # distilled runs only: folders of teacher-labelled extra
+    # audio (asrdistill label-transfer) streamed with the training set every epoch (asrdistill.nnet.transfer)
     data_fraction: float = 1.0  # train on this fraction of the utterances (hash-chosen, fixed)
     fraction_passes: int = 0  # passes over that subset per epoch; 0: as many as make an epoch of the
     # full data's frames, so max epochs, newbob and patience mean the same
@@ -160,6 +162,13 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be 'newbob', 'cosine' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("train: epochs, lr, checkpoint_every and log_every must be positive")
+        if self.transfer and self.distill is None:
+            raise ValueError(
+                "train.transfer: a transfer set carries the teachers' labels, so a hard-label run trained on it "
+                "would be a student, not a baseline; give transfer sets to distilled runs only (--soft or --online)"
+            )
+        if self.transfer and self.data_fraction < 1.0:
+            raise ValueError("train.transfer: not supported with train.data_fraction < 1 (which share of it?)")
 
 
 @dataclass
@@ -408,11 +417,11 @@ def _setup_run(
 ) -> tuple[_Run, TrainState]:
     """The data stream, model and optimiser, resumed from ``last.pt`` if there is one, and the metrics writer."""
     stream = FrameStream(
-        data.feats,
-        data.labels,
+        data.stream_feats,
+        data.stream_labels,
         data.cmvn,
         config.frames,
-        soft=data.soft,
+        soft=data.stream_soft,
         seed=config.seed,
         rank=rank,
         world_size=world_size,
