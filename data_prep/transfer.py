@@ -9,13 +9,16 @@ train, dev or test utterance reads. The subset is in LibriSpeech layout, so ``as
 transcripts only because the layout requires them: nothing downstream reads them (the teachers label it,
 :mod:`asrdistill.nnet.transfer`).
 
-Real untranscribed audio takes the same path from a Kaldi data dir (``wav.scp``, ``utt2spk``; the ``text`` may be
-a placeholder) or any folder the import commands read, e.g.::
+Real untranscribed audio takes the same path from a Kaldi data dir (``wav.scp`` and ``utt2spk``, no ``text``
+needed; a plain folder of audio files becomes one with a line ``<utt> <path>`` per file in ``wav.scp`` and
+``<utt> <speaker>`` in ``utt2spk``), a lhotse manifest (``asrdistill import-lhotse``) or a LibriSpeech-layout
+folder (``asrdistill prepare``), e.g.::
 
     asrdistill import-data-dir /corpora/untranscribed data/transfer
     asrdistill features --config CONF data/transfer data/fbank/transfer
 
-as long as none of its speakers is in the dev or test set.
+as long as none of its speakers is in the dev or test set (``label-transfer`` refuses utterance ids of the training
+or dev set, but cannot know speakers).
 
 Output (added to the corpus of :func:`data_prep.synthetic.synthesize_corpus`)::
 

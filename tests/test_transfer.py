@@ -211,3 +211,14 @@ def test_a_transfer_set_from_other_teachers_or_temperature_is_refused(data: Path
             train(_config(data, distill=other_t, transfer=[str(data / "labels")]), tmp_path / "other_t")
     finally:
         (data / "labels/soft_T3").rename(data / "labels/soft_T2")
+
+
+def test_an_online_student_streams_the_transfer_set_with_its_teachers_own_decisions(data: Path, tmp_path: Path):
+    """Online distillation needs no soft cache: the teachers run on the transfer frames too; the teacher labels
+    only serve the hard term."""
+    members = [str(m) for m in read_members(data / "ensemble")]
+    online = DistillConfig(temperature=2.0, source="online", teachers=members)
+    train(_config(data, seed=4, epochs=1, distill=online, transfer=[str(data / "labels")]), tmp_path / "online")
+    frames = sum(ShardManifest.load(d, "pdf").num_frames for d in (data / "train/labels", data / "labels"))
+    assert [r["epoch_frames"] for r in _epochs(tmp_path / "online")] == [frames]
+    assert not (tmp_path / "online/stream/soft.manifest.json").exists()
