@@ -222,3 +222,34 @@ def test_an_online_student_streams_the_transfer_set_with_its_teachers_own_decisi
     frames = sum(ShardManifest.load(d, "pdf").num_frames for d in (data / "train/labels", data / "labels"))
     assert [r["epoch_frames"] for r in _epochs(tmp_path / "online")] == [frames]
     assert not (tmp_path / "online/stream/soft.manifest.json").exists()
+
+
+def test_cli_label_transfer_then_train_with_it(data: Path, tmp_path: Path, caplog):
+    """The recipe's commands: ``label-transfer`` on a set under --feats, then ``train --transfer`` (a student; the
+    same flag on a hard-label run is refused before anything is written)."""
+    import shutil
+
+    import yaml
+
+    from asrdistill import cli
+
+    for subset in ("train", "dev", "transfer"):
+        shutil.copytree(data / subset / "feats", tmp_path / "fbank" / subset)
+    for subset in ("train", "dev"):
+        shutil.copytree(data / subset / "labels", tmp_path / "ali" / subset)
+    shutil.copy(data / "cmvn.json", tmp_path / "fbank/train/cmvn.json")
+    conf = tmp_path / "conf.yaml"
+    frames = {"left": FRAMES.left, "right": FRAMES.right, "batch_size": 16, "buffer_frames": 200, "prefetch": 0}
+    conf.write_text(yaml.safe_dump({"train": {"frames": frames, "model": {"preset": "tiny"}, "epochs": 1}}))
+    common = ["--config", str(conf), "--feats", str(tmp_path / "fbank"), "--labels", str(tmp_path / "ali")]
+    common += ["--train-set", "train", "--dev-set", "dev", "--threads", "1"]
+    out = tmp_path / "labels"
+    argv = ["label-transfer", *common, "--ensemble", str(data / "ensemble"), "--transfer-set", "transfer"]
+    assert cli.main([*argv, "--temperatures", "2", "--out", str(out)]) == 0
+    assert ShardManifest.load(out, "pdf").num_frames == ShardManifest.load(data / "labels", "pdf").num_frames
+    student = ["train", *common, "--soft", str(data / "ensemble/soft_T2"), "--temperature", "2"]
+    assert cli.main([*student, "--transfer", str(out), "--out", str(tmp_path / "student")]) == 0
+    saved = json.loads((tmp_path / "student/train_config.json").read_text())
+    assert saved["transfer"] == [str(out)]
+    assert cli.main(["train", *common, "--transfer", str(out), "--out", str(tmp_path / "baseline")]) != 0
+    assert "would be a student" in caplog.text and not (tmp_path / "baseline").exists()
