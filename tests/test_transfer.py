@@ -253,3 +253,17 @@ def test_cli_label_transfer_then_train_with_it(data: Path, tmp_path: Path, caplo
     assert saved["transfer"] == [str(out)]
     assert cli.main(["train", *common, "--transfer", str(out), "--out", str(tmp_path / "baseline")]) != 0
     assert "would be a student" in caplog.text and not (tmp_path / "baseline").exists()
+
+
+def test_a_transfer_set_with_other_feature_settings_is_refused(data: Path, tmp_path: Path):
+    import shutil
+
+    shutil.copytree(data / "transfer/feats", tmp_path / "feats")
+    feats = ShardManifest.load(tmp_path / "feats", "feats")
+    feats.meta["frame_shift_ms"] = 20  # the training set's features have none recorded
+    feats.save()
+    cmvn = Cmvn.load(data / "cmvn.json")
+    label_transfer(data / "ensemble", feats, cmvn, FRAMES, [2.0], tmp_path / "labels")
+    distill = DistillConfig(temperature=2.0, soft_targets=str(data / "ensemble/soft_T2"))
+    with pytest.raises(ValueError, match="frame_shift_ms 20"):
+        train(_config(data, distill=distill, transfer=[str(tmp_path / "labels")]), tmp_path / "run")

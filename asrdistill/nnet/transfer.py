@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # what a transfer set's soft targets must share with the run's own cache to be streamed with it
 _SAME_AS_TRAIN_CACHE = ("temperature", "k", "method", "num_classes", "teachers_sha256")
+# and its features with the training set's (asrdistill.data.features writes them)
+_SAME_AS_TRAIN_FEATS = ("dim", "frame_shift_ms", "config")
 
 
 def _sha256(path: Path) -> str:
@@ -208,11 +210,12 @@ def load_transfer_sets(
         feats = ShardManifest.load(folder / meta["feats"], FEATS_PREFIX)
         if _sha256(feats.path) != meta.get("feats_sha256"):
             raise ValueError(f"{feats.path}: changed since {labels.path} was made; label the set again")
-        if feats.meta.get("dim") != train_feats.meta.get("dim"):
-            raise ValueError(
-                f"{feats.path}: {feats.meta.get('dim')}-dim features, {train_feats.path} has "
-                f"{train_feats.meta.get('dim')}"
-            )
+        for key in _SAME_AS_TRAIN_FEATS:
+            if feats.meta.get(key) != train_feats.meta.get(key):
+                raise ValueError(
+                    f"{feats.path}: features with {key} {feats.meta.get(key)!r}, {train_feats.path} has "
+                    f"{train_feats.meta.get(key)!r} (extract both with the same settings)"
+                )
         _check_new_audio(feats, [train_feats, dev_feats])
         set_soft = None
         if soft is not None:
