@@ -124,6 +124,7 @@ def main() -> None:
             f"{args.transfer_frames / (time.perf_counter() - t0):,.0f} frames/s"
         )
         soft = DistillConfig(temperature=2.0, soft_targets=str(root / "ens/soft_T2"))
+        _epoch(args, root, frames, "warmup")  # untimed: the first epoch of a process is slower whatever it trains
         for name, kw in (
             ("hard labels", {}),
             ("student, cached T=2", {"distill": soft}),
