@@ -63,7 +63,7 @@ def system_kind(system_dir: str | Path) -> str:
     """The results-table kind of a system, as the stage that made it recorded it in its folder.
 
     A trained DNN's ``.train.done`` record holds it (``baseline``, ``student``, ``sweep``, ...; see
-    :func:`asrdistill.nnet.train.run_kind`), an ensemble's ``.ensemble.done`` (``ensemble``) and a specialists
+    :func:`asrdistill.nnet.targets.run_kind`), an ensemble's ``.ensemble.done`` (``ensemble``) and a specialists
     folder's ``specialists.json`` (``generalist+specialists``); the folder's name plays no part. A folder none of
     them made (a checkpoint copied in by hand) is ``other``.
     """

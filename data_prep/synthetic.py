@@ -31,13 +31,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from asrdistill import logs
 from asrdistill.data.espeak import Synthesis, engine
 from asrdistill.fileio import atomic_open, write_text_atomic
+
+if TYPE_CHECKING:
+    from data_prep.text import SentenceGenerator
 
 SAMPLE_RATE = 16000
 SUBSETS = ("train", "dev", "test")
@@ -177,34 +180,37 @@ def make_speakers(seed: int, num_speakers: int, dev_fraction: float, test_fracti
     seen: set[tuple] = set()
     speakers = []
     for i, subset in enumerate(subsets):  # dev and test talkers are drawn first
-        sex = "F" if i % 2 == 0 else "M"
-        while True:
-            variant = rng.choice(_FEMALE_VARIANTS if sex == "F" else _MALE_VARIANTS)
-            voice = rng.choice(_VOICES)
-            warp = rng.uniform(1.0, 1.14) if sex == "F" else rng.uniform(0.87, 1.02)
-            key = (voice, variant, round(warp, 2))
-            if subset == "train" and (voice, variant) in held_out or key in seen:
-                continue
-            if subset != "train" and (voice, variant) in held_out:
-                continue  # each held-out talker has a voice of its own
-            seen.add(key)
-            if subset != "train":
-                held_out.add((voice, variant))
-            break
-        speakers.append(
-            Speaker(
-                speaker_id=ids[i],
-                sex=sex,
-                subset=subset,
-                voice=voice,
-                variant=variant,
-                pitch=rng.randint(30, 70),
-                pitch_range=rng.randint(30, 90),
-                rate=rng.randint(140, 195),
-                source_rate=int(round(22050 * warp / 50)) * 50,
-            )
-        )
+        spk = draw_speaker(rng, ids[i], "F" if i % 2 == 0 else "M", subset, held_out, seen)
+        if subset != "train":
+            held_out.add((spk.voice, spk.variant))  # each held-out talker has a voice of its own
+        speakers.append(spk)
     return speakers
+
+
+def draw_speaker(
+    rng: random.Random, speaker_id: int, sex: str, subset: str, held_out: set[tuple[str, str]], seen: set[tuple]
+) -> Speaker:
+    """One talker whose voice+variant is not in ``held_out`` (the dev/test talkers') and whose voice, variant and
+    vocal-tract warp are not in ``seen`` (which gets them)."""
+    while True:
+        variant = rng.choice(_FEMALE_VARIANTS if sex == "F" else _MALE_VARIANTS)
+        voice = rng.choice(_VOICES)
+        warp = rng.uniform(1.0, 1.14) if sex == "F" else rng.uniform(0.87, 1.02)
+        key = (voice, variant, round(warp, 2))
+        if (voice, variant) not in held_out and key not in seen:
+            break
+    seen.add(key)
+    return Speaker(
+        speaker_id=speaker_id,
+        sex=sex,
+        subset=subset,
+        voice=voice,
+        variant=variant,
+        pitch=rng.randint(30, 70),
+        pitch_range=rng.randint(30, 90),
+        rate=rng.randint(140, 195),
+        source_rate=int(round(22050 * warp / 50)) * 50,
+    )
 
 
 # ----------------------------------------------------------------------------- signal processing
@@ -430,37 +436,57 @@ def _plan(
     gen = SentenceGenerator(vocab_size)
     text_rng = random.Random(f"utterances-{seed}")
     chapter_rng = random.Random(f"chapters-{seed}")
-    used_sentences: set[str] = set()
-    jobs: list[UtteranceJob] = []
-    transcripts: dict[str, str] = {}
-    where: dict[str, tuple[str, str, str]] = {}  # utt_id -> (subset, speaker, chapter)
-    chapter_ids = iter(chapter_rng.sample(range(10000, 300000), 2 * len(speakers)))
+    counts_per_speaker = {}
     for subset in SUBSETS:
         spks = [s for s in speakers if s.subset == subset]
-        per_spk = [counts[subset] // len(spks) + (i < counts[subset] % len(spks)) for i in range(len(spks))]
-        for spk, n in zip(spks, per_spk):
-            chapters = [next(chapter_ids), next(chapter_ids)]
-            first = n if n < 8 else (n + 1) // 2  # speakers with enough utterances read two chapters
-            for k in range(n):
-                ch, utt_no = (chapters[0], k) if k < first else (chapters[1], k - first)
-                utt_id = f"{spk.speaker_id}-{ch}-{utt_no:04d}"
-                while True:
-                    transcript, spoken = gen.sentence(text_rng)
-                    if transcript not in used_sentences:
-                        break
-                used_sentences.add(transcript)
-                folder = ls_dir / subset / str(spk.speaker_id) / str(ch)
-                jobs.append(
-                    UtteranceJob(
-                        utt_id=utt_id,
-                        path=str(folder / f"{utt_id}.flac"),
-                        spoken=spoken,
-                        speaker=spk,
-                        seed=int(np.random.SeedSequence([seed, len(jobs)]).generate_state(1)[0]),
-                    )
+        for i, spk in enumerate(spks):
+            counts_per_speaker[spk.speaker_id] = counts[subset] // len(spks) + (i < counts[subset] % len(spks))
+    order = [s for subset in SUBSETS for s in speakers if s.subset == subset]
+    chapter_ids = chapter_rng.sample(range(10000, 300000), 2 * len(speakers))
+    return plan_utterances(ls_dir, order, counts_per_speaker, chapter_ids, gen, text_rng, set(), [seed])
+
+
+def plan_utterances(
+    ls_dir: Path,
+    speakers: Sequence[Speaker],
+    counts: dict[int, int],
+    chapter_ids: Sequence[int],
+    gen: SentenceGenerator,
+    text_rng: random.Random,
+    used_sentences: set[str],
+    entropy: list[int],
+) -> tuple[list[UtteranceJob], dict[str, str], dict[str, tuple[str, str, str]]]:
+    """``counts[id]`` utterances of each speaker in order, each a sentence not in ``used_sentences`` (which gets
+    it), in two chapters (``chapter_ids``, two per speaker) once it has 8 or more; utterance ``i`` is rendered with
+    the seed of ``entropy + [i]``. Returns the jobs, transcripts and ``utt_id -> (subset, speaker, chapter)``."""
+    jobs: list[UtteranceJob] = []
+    transcripts: dict[str, str] = {}
+    where: dict[str, tuple[str, str, str]] = {}
+    chapter_iter = iter(chapter_ids)
+    for spk in speakers:
+        n = counts[spk.speaker_id]
+        chapters = [next(chapter_iter), next(chapter_iter)]
+        first = n if n < 8 else (n + 1) // 2  # speakers with enough utterances read two chapters
+        for k in range(n):
+            ch, utt_no = (chapters[0], k) if k < first else (chapters[1], k - first)
+            utt_id = f"{spk.speaker_id}-{ch}-{utt_no:04d}"
+            while True:
+                transcript, spoken = gen.sentence(text_rng)
+                if transcript not in used_sentences:
+                    break
+            used_sentences.add(transcript)
+            folder = ls_dir / spk.subset / str(spk.speaker_id) / str(ch)
+            jobs.append(
+                UtteranceJob(
+                    utt_id=utt_id,
+                    path=str(folder / f"{utt_id}.flac"),
+                    spoken=spoken,
+                    speaker=spk,
+                    seed=int(np.random.SeedSequence([*entropy, len(jobs)]).generate_state(1)[0]),
                 )
-                transcripts[utt_id] = transcript
-                where[utt_id] = (subset, str(spk.speaker_id), str(ch))
+            )
+            transcripts[utt_id] = transcript
+            where[utt_id] = (spk.subset, str(spk.speaker_id), str(ch))
     return jobs, transcripts, where
 
 
@@ -532,30 +558,8 @@ def synthesize_corpus(
     write_text_atomic(ls_dir / "SYNTHETIC.TXT", _CTM_DOC)  # first: marks the folder as ours to rebuild
     speakers = make_speakers(seed, num_speakers, dev_fraction, test_fraction)
     jobs, transcripts, where = _plan(ls_dir, speakers, hours, seed, dev_fraction, test_fraction, vocab_size)
-    for job in jobs:
-        Path(job.path).parent.mkdir(parents=True, exist_ok=True)
 
-    results: dict[str, tuple[float, list, dict]] = {}
-    started = time.monotonic()
-    audio_s = 0.0
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(
-            logs.progress(total=len(jobs), unit="utt", desc="synthesize", disable=not progress, dynamic_ncols=True)
-        )
-        if nj <= 1:
-            _init_worker(seed)
-            outputs: Iterable = map(_run_job, jobs)
-        else:  # spawn: never fork a parent that may hold threads (torch) or a loaded espeak
-            pool = stack.enter_context(mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(seed,)))
-            outputs = pool.imap_unordered(_run_job, jobs, chunksize=4)
-        for utt_id, dur, phones, cond in outputs:
-            results[utt_id] = (dur, phones, cond)
-            audio_s += dur
-            bar.update(1)
-            bar.set_postfix(
-                audio_h=f"{audio_s / 3600:.2f}", xRT=f"{audio_s / max(time.monotonic() - started, 1e-9):.0f}"
-            )
-
+    results = render_all(jobs, seed, nj, progress)
     _write_metadata(ls_dir, speakers, transcripts, where, results)
     lm_dir = out_dir / "lm"
     lm_dir.mkdir(parents=True, exist_ok=True)
@@ -566,6 +570,35 @@ def synthesize_corpus(
     return ls_dir
 
 
+def render_all(jobs: Sequence[UtteranceJob], corpus_seed: int, nj: int, progress: bool) -> dict[str, tuple]:
+    """Render and write every job's FLAC (``nj`` processes); ``utt_id -> (seconds, phones, condition)``."""
+    results: dict[str, tuple[float, list, dict]] = {}
+    started = time.monotonic()
+    audio_s = 0.0
+    for job in jobs:
+        Path(job.path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(
+            logs.progress(total=len(jobs), unit="utt", desc="synthesize", disable=not progress, dynamic_ncols=True)
+        )
+        if nj <= 1:
+            _init_worker(corpus_seed)
+            outputs: Iterable = map(_run_job, jobs)
+        else:  # spawn: never fork a parent that may hold threads (torch) or a loaded espeak
+            pool = stack.enter_context(
+                mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(corpus_seed,))
+            )
+            outputs = pool.imap_unordered(_run_job, jobs, chunksize=4)
+        for utt_id, dur, phones, cond in outputs:
+            results[utt_id] = (dur, phones, cond)
+            audio_s += dur
+            bar.update(1)
+            bar.set_postfix(
+                audio_h=f"{audio_s / 3600:.2f}", xRT=f"{audio_s / max(time.monotonic() - started, 1e-9):.0f}"
+            )
+    return results
+
+
 def _write_metadata(
     ls_dir: Path,
     speakers: list[Speaker],
@@ -574,6 +607,19 @@ def _write_metadata(
     results: dict[str, tuple[float, list, dict]],
 ) -> None:
     """trans.txt, phones.ctm, conditions.tsv and SPEAKERS.TXT (sorted, deterministic)."""
+    minutes = write_chapters(ls_dir, transcripts, where, results)
+    for subset in SUBSETS:
+        write_conditions(ls_dir / subset, where, results)
+    write_text_atomic(ls_dir / "SPEAKERS.TXT", speakers_table(speakers, minutes))
+
+
+def write_chapters(
+    ls_dir: Path,
+    transcripts: dict[str, str],
+    where: dict[str, tuple[str, str, str]],
+    results: dict[str, tuple[float, list, dict]],
+) -> dict[str, float]:
+    """Each chapter's trans.txt and phones.ctm; returns the minutes of speech of each speaker."""
     chapters: dict[tuple[str, str, str], list[str]] = {}
     for utt_id in sorted(where):
         chapters.setdefault(where[utt_id], []).append(utt_id)
@@ -584,13 +630,21 @@ def _write_metadata(
         ctm = [line for u in utts for line in _format_ctm(u, results[u][1])]
         write_text_atomic(folder / f"{spk}-{ch}.phones.ctm", "\n".join(ctm) + "\n")
         minutes[spk] = minutes.get(spk, 0.0) + sum(results[u][0] for u in utts) / 60
-    for subset in SUBSETS:
-        rows = ["utt_id\tcondition\tnoise\tsnr_db\trt60_s\n"]
-        for utt_id in sorted(u for u, w in where.items() if w[0] == subset):
-            c = results[utt_id][2]
-            rows.append(f"{utt_id}\t{c['condition']}\t{c['noise']}\t{c['snr_db']}\t{c['rt60_s']}\n")
-        (ls_dir / subset).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(ls_dir / subset / "conditions.tsv", "".join(rows))
+    return minutes
+
+
+def write_conditions(subset_dir: Path, where: dict[str, tuple[str, str, str]], results: dict) -> None:
+    """``<subset_dir>/conditions.tsv`` of the utterances of that subset."""
+    rows = ["utt_id\tcondition\tnoise\tsnr_db\trt60_s\n"]
+    for utt_id in sorted(u for u, w in where.items() if w[0] == subset_dir.name):
+        c = results[utt_id][2]
+        rows.append(f"{utt_id}\t{c['condition']}\t{c['noise']}\t{c['snr_db']}\t{c['rt60_s']}\n")
+    subset_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(subset_dir / "conditions.tsv", "".join(rows))
+
+
+def speakers_table(speakers: Sequence[Speaker], minutes: dict[str, float]) -> str:
+    """SPEAKERS.TXT: the speakers with speech in ``minutes``, by id."""
     lines = [
         "; Synthetic speakers (espeak-ng), in the format of LibriSpeech's SPEAKERS.TXT\n",
         ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
@@ -601,4 +655,4 @@ def _write_metadata(
                 f"{spk.speaker_id:<5}| {spk.sex} | {spk.subset:<16} | {minutes[str(spk.speaker_id)]:5.2f} | "
                 f"{spk.description}\n"
             )
-    write_text_atomic(ls_dir / "SPEAKERS.TXT", "".join(lines))
+    return "".join(lines)

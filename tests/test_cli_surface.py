@@ -17,11 +17,18 @@ from asrdistill import cli
 
 SNAPSHOT = Path(__file__).with_name("cli_surface.json")
 
+_SYNTH = "--dev-fraction --force --help --hours --lm-sentences --nj --num-speakers --out --seed --test-fraction"
+_SYNTH = [*_SYNTH.split(), "--vocab-size", "-h"]
+_TRAIN = "--config --dev-set --device --feats --force --fraction --hard-weight --help --labels --online --out --role"
+_TRAIN = [*_TRAIN.split(), "--seed", "--set", "--soft", "--temperature", "--threads", "--train-set", "-h"]
 # The surface changes this project made on purpose since the snapshot: (command, field) -> (before, after).
 CHANGES: dict[tuple[str, str], tuple[list[str], list[str]]] = {
     # issue 23: input before output, as export-lhotse IN OUT and import-data-dir SRC OUT (swapped, the log went
     # inside the .jsonl.gz path)
     ("import-lhotse", "positionals"): (["out", "manifests"], ["manifests", "out"]),
+    # issue 27: unlabelled audio for the transfer set (synthesized; streamed with the training set by students)
+    ("synth-corpus", "options"): (_SYNTH, sorted([*_SYNTH, "--transfer-hours"])),
+    ("train", "options"): (_TRAIN, sorted([*_TRAIN, "--transfer"])),
 }
 # Commands added since the snapshot: name -> its listing.
 ADDED: dict[str, dict[str, list[str]]] = {
@@ -37,6 +44,11 @@ ADDED: dict[str, dict[str, list[str]]] = {
     },
     # issue 26: a bundle whose network runs in ONNX Runtime, fp32 or int8
     "export-bundle": {"options": ["--force", "--help", "--int8", "--threads", "-h"], "positionals": ["bundle", "out"]},
+    # issue 27: the ensemble labels extra, unlabelled audio (soft targets and its decisions) for a transfer set
+    "label-transfer": {
+        "options": sorted([*_TRAIN, "--ensemble", "--temperatures", "--transfer-set"]),
+        "positionals": [],
+    },
 }
 
 

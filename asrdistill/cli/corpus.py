@@ -26,12 +26,20 @@ from asrdistill.cli.common import FORCE, Arg, Work, command, section
         ),
         Arg("--dev-fraction", type=float, default=0.1, help="of the speakers and of the utterances"),
         Arg("--test-fraction", type=float, default=0.1, help="of the speakers and of the utterances"),
+        Arg(
+            "--transfer-hours",
+            type=float,
+            default=0.0,
+            help="also this many hours of unlabelled audio in LibriSpeech/transfer, new talkers with no dev/test "
+            "voice, for the teachers to label (default: 0, none; data_prep/transfer.py)",
+        ),
         Arg("--nj", type=int, default=2, help="synthesis processes"),
         FORCE,
     ],
 )
 def cmd_synth_corpus(args: argparse.Namespace) -> Work:
     from data_prep.synthetic import synthesize_corpus
+    from data_prep.transfer import synthesize_transfer
 
     def run() -> None:
         synthesize_corpus(
@@ -46,6 +54,8 @@ def cmd_synth_corpus(args: argparse.Namespace) -> Work:
             vocab_size=args.vocab_size,
             force=args.force,
         )
+        if args.transfer_hours > 0:
+            synthesize_transfer(args.out, args.transfer_hours, nj=args.nj, force=args.force)
 
     return run
 

@@ -54,9 +54,9 @@ TRAIN_DATA = (
 )
 
 
-def train_config_of(args: argparse.Namespace) -> Any:
-    """The :class:`~asrdistill.nnet.train.TrainConfig` of the :data:`TRAIN_DATA` arguments (see
-    :func:`asrdistill.nnet.targets.train_config` for the precedence); its device is checked."""
+def train_config_of(args: argparse.Namespace, **flags: Any) -> Any:
+    """The :class:`~asrdistill.nnet.train.TrainConfig` of the :data:`TRAIN_DATA` arguments and the other typed
+    ``flags`` (see :func:`asrdistill.nnet.targets.train_config` for the precedence); its device is checked."""
     from asrdistill.nnet.targets import train_config as build
 
     flags = {
@@ -65,6 +65,7 @@ def train_config_of(args: argparse.Namespace) -> Any:
         "data_fraction": args.fraction,
         "distill.temperature": args.temperature,
         "distill.hard_weight": args.hard_weight,
+        **flags,
     }
     cfg = build(
         args.config,
@@ -91,6 +92,15 @@ def train_config_of(args: argparse.Namespace) -> Any:
     args=[
         *TRAIN_DATA,
         Arg("--out", type=Path, required=True, help="the experiment folder, e.g. exp/baseline_seed1"),
+        Arg(
+            "--transfer",
+            type=Path,
+            action="append",
+            exists="folder",
+            metavar="LABELS_DIR",
+            help="teacher-labelled extra audio (asrdistill label-transfer's --out) streamed with the training "
+            "set; repeatable; distilled runs only (default: the config's train.transfer, none)",
+        ),
         Arg("--force", action="store_true", help="train again even if done"),
     ],
 )
@@ -99,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> Work:
     from asrdistill.fileio import write_json_atomic
     from asrdistill.nnet.train import train as train_dnn
 
-    cfg = train_config_of(args)
+    cfg = train_config_of(args, transfer=[str(p) for p in args.transfer] if args.transfer else None)
 
     def run() -> None:
         write_json_atomic(Path(args.out) / "train_config.json", to_dict(cfg))
@@ -155,6 +165,56 @@ def cmd_ensemble(args: argparse.Namespace) -> Work:
             cfg,
             args.device or "cpu",
             args.force,
+        )
+
+    return run
+
+
+@command(
+    "label-transfer",
+    "the ensemble's soft targets and decisions (pdf) on extra, unlabelled features: a transfer set for students",
+    log_dir="out",
+    config=True,
+    threads=True,
+    args=[
+        *TRAIN_DATA,
+        Arg("--ensemble", type=Path, required=True, exists="folder", help="the ensemble folder, e.g. exp/ensemble"),
+        Arg("--transfer-set", required=True, help="name of the unlabelled set under --feats, e.g. transfer"),
+        Arg(
+            "--temperatures",
+            type=float,
+            nargs="+",
+            required=True,
+            help="one soft-target cache per temperature, each as the ensemble cached the training set",
+        ),
+        Arg("--out", type=Path, required=True, help="e.g. exp/ensemble/transfer (then: train --transfer OUT)"),
+        Arg("--force", action="store_true", help="label again even if up to date"),
+    ],
+)
+def cmd_label_transfer(args: argparse.Namespace) -> Work:
+    """Teacher labels for a transfer set (:func:`asrdistill.nnet.transfer.label_transfer`), with the training
+    set's CMVN and context window; the set must share no utterance with the training or dev set."""
+    from asrdistill.data.features import Cmvn
+    from asrdistill.data.shards import FEATS_PREFIX, ShardManifest
+    from asrdistill.nnet.transfer import label_transfer
+
+    frames = train_config_of(args).frames
+    feats = Path(args.feats)
+    load = lambda name: ShardManifest.load(feats / name, FEATS_PREFIX)  # noqa: E731
+    transfer, train_feats, dev_feats = load(args.transfer_set), load(args.train_set), load(args.dev_set)
+    cmvn = Cmvn.load(feats / args.train_set / "cmvn.json")
+
+    def run() -> None:
+        label_transfer(
+            args.ensemble,
+            transfer,
+            cmvn,
+            frames,
+            args.temperatures,
+            args.out,
+            exclude=[train_feats, dev_feats],
+            device=args.device or "cpu",
+            force=args.force,
         )
 
     return run

@@ -6,7 +6,7 @@ of the paper's section 5 (:mod:`asrdistill.nnet.specialists`). The KD loss itsel
 :mod:`asrdistill.kd`; the training entry point is ``asrdistill.nnet.train.train``
 (not re-exported here, so the name ``asrdistill.nnet.train`` stays the module).
 Its parts beside it: ``targets`` (what a run learns from), ``schedule``, ``checkpoint``, ``metrics`` and
-``monitor`` (closeness to the ensemble each epoch).
+``monitor`` (closeness to the ensemble each epoch), ``transfer`` (extra audio the teachers label, for students).
 """
 
 from asrdistill.nnet.ensemble import (
@@ -39,6 +39,7 @@ from asrdistill.nnet.specialists import (
     write_groups,
 )
 from asrdistill.nnet.train import DistillConfig, TrainConfig
+from asrdistill.nnet.transfer import label_transfer
 
 __all__ = [
     "cache_soft_targets",
@@ -70,4 +71,5 @@ __all__ = [
     "train_specialist",
     "train_specialists",
     "write_groups",
+    "label_transfer",
 ]

@@ -101,10 +101,16 @@ def save_best(run: _Run, state: TrainState, dev: dict) -> None:
         torch.save(ckpt, tmp)
 
 
+# fields added after runs were recorded: left out of a run's identity while unset, so those runs stay finished
+_OMITTED_UNSET = {"transfer"}
+
+
 def comparable(config: TrainConfig | dict) -> dict:
-    """What decides a run's result in its config: operational keys dropped, and an option added later left out
-    while it is off (``distill.augment``), so that runs trained before it existed keep their identity."""
-    out = {k: v for k, v in (config if isinstance(config, dict) else to_dict(config)).items() if k not in _OPERATIONAL}
+    """What decides a run's result in its config: operational keys dropped, and options added later left out
+    while they are off (``transfer``, ``distill.augment``), so that runs trained before they existed keep their
+    identity."""
+    config = config if isinstance(config, dict) else to_dict(config)
+    out = {k: v for k, v in config.items() if k not in _OPERATIONAL and not (k in _OMITTED_UNSET and not v)}
     distill = out.get("distill") or {}
     if "augment" in distill and not AugmentConfig(**distill["augment"]).active:
         out["distill"] = {k: v for k, v in distill.items() if k != "augment"}

@@ -39,6 +39,7 @@ def end_epoch(run: _Run, state: TrainState, dev: dict, measured: dict) -> None:
         {
             "step": state.step,
             "train_loss": state.epoch_loss_sum / max(1, state.epoch_frames),
+            "epoch_frames": state.epoch_frames,  # all ranks; with train.transfer, the transfer sets' too
             "dev_loss": dev["loss"],
             "dev_acc": dev["acc"],
             "lr_scale": state.lr_scale,

@@ -20,6 +20,8 @@ from asrdistill.data.shards import FEATS_PREFIX, PDF_PREFIX, SOFT_PREFIX, ShardM
 from asrdistill.fileio import mark_done, stage_done
 from asrdistill.nnet.ensemble import fingerprint, load_teachers, read_members
 from asrdistill.nnet.model import FrameDNN
+from asrdistill.nnet.transfer import load_transfer_sets, transfer_identity, transfer_stream
+from asrdistill.results import COMBINED
 
 if TYPE_CHECKING:
     from asrdistill.nnet.train import DistillConfig, TrainConfig
@@ -44,6 +46,11 @@ class TrainData:
     soft: ShardManifest | None  # cached soft targets
     teachers: list[FrameDNN]  # online teachers
     targets: dict  # identity of the distillation targets (see teacher_identity)
+    # what the training stream reads: ``feats``, ``labels`` and ``soft``, followed by the ``train.transfer`` sets'
+    # (asrdistill.nnet.transfer); the other fields stay the training set's (monitor sample, subset, identity)
+    stream_feats: ShardManifest
+    stream_labels: ShardManifest
+    stream_soft: ShardManifest | None
 
 
 def load_train_data(config: TrainConfig, out_dir: Path, device: torch.device, rank: int, world_size: int) -> TrainData:
@@ -75,8 +82,18 @@ def load_train_data(config: TrainConfig, out_dir: Path, device: torch.device, ra
     elif config.distill is not None:
         teachers = load_teachers(config.distill.teachers, device, expect=(input_dim, num_classes))
     targets = teacher_identity(config, soft, teachers)
+    stream = feats, labels, soft
+    if config.transfer:
+        sets = load_transfer_sets(config, feats, dev_feats, soft, teachers, num_classes)
+        stream = transfer_stream(feats, labels, soft, sets, out_dir / "stream", write=rank == 0)
+        targets["transfer"] = transfer_identity(sets)
+        log.info(
+            "train.transfer: %d teacher-labelled frames besides the %d of the training set",
+            stream[1].num_frames - labels.num_frames,
+            labels.num_frames,
+        )
     return TrainData(
-        cmvn, feats, labels, dev_feats, dev_labels, num_classes, input_dim, passes, soft, teachers, targets
+        cmvn, feats, labels, dev_feats, dev_labels, num_classes, input_dim, passes, soft, teachers, targets, *stream
     )
 
 
@@ -214,3 +231,19 @@ def train_config(
         merged.pop("distill", None)
         flags = {k: v for k, v in flags.items() if not k.startswith("distill.")}
     return from_dict(TrainConfig, with_flags(merged, flags), f"{path}:train+{role or ''}")
+
+
+def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
+    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
+
+    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
+    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
+    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
+    """
+    if config.kind:
+        return config.kind
+    if config.data_fraction < 1.0:
+        return "fraction_soft" if config.distill is not None else "fraction_hard"
+    if config.distill is None:
+        return "baseline"
+    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"

@@ -51,7 +51,6 @@ from torch import Tensor, nn
 
 from asrdistill.config import from_dict
 from asrdistill.data.frames import Batch, FrameConfig, FrameStream
-from asrdistill.data.shards import ShardManifest
 from asrdistill.fileio import load_weights, mark_done, remove_temporaries
 from asrdistill.kd import kd_loss
 from asrdistill.logs import progress
@@ -71,8 +70,7 @@ from asrdistill.nnet.metrics import log_metrics, metrics_writer, truncate_metric
 from asrdistill.nnet.model import FrameDNN, ModelConfig, autocast
 from asrdistill.nnet.monitor import measure, monitor_sets
 from asrdistill.nnet.schedule import end_epoch, learning_rate, still_improving
-from asrdistill.nnet.targets import TrainData, load_train_data
-from asrdistill.results import COMBINED
+from asrdistill.nnet.targets import TrainData, load_train_data, run_kind
 
 __all__ = ["DistillConfig", "TrainConfig", "compute_loss", "train_step", "train", "run_kind", "still_improving"]
 
@@ -128,6 +126,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     frames: FrameConfig = field(default_factory=FrameConfig)
     distill: DistillConfig | None = None
+    transfer: list[str] = field(default_factory=list)  # distilled runs only: folders of teacher-labelled extra
+    # audio (asrdistill label-transfer) streamed with the training set every epoch (asrdistill.nnet.transfer)
     data_fraction: float = 1.0  # train on this fraction of the utterances (hash-chosen, fixed)
     fraction_passes: int = 0  # passes over that subset per epoch; 0: as many as make an epoch of the
     # full data's frames, so max epochs, newbob and patience mean the same
@@ -169,6 +169,13 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be 'newbob', 'cosine' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("train: epochs, lr, checkpoint_every and log_every must be positive")
+        if self.transfer and self.distill is None:
+            raise ValueError(
+                "train.transfer: a transfer set carries the teachers' labels, so a hard-label run trained on it "
+                "would be a student, not a baseline; give transfer sets to distilled runs only (--soft or --online)"
+            )
+        if self.transfer and self.data_fraction < 1.0:
+            raise ValueError("train.transfer: not supported with train.data_fraction < 1 (which share of it?)")
 
 
 @dataclass
@@ -430,11 +437,11 @@ def _setup_run(
 ) -> tuple[_Run, TrainState]:
     """The data stream, model and optimiser, resumed from ``last.pt`` if there is one, and the metrics writer."""
     stream = FrameStream(
-        data.feats,
-        data.labels,
+        data.stream_feats,
+        data.stream_labels,
         data.cmvn,
         config.frames,
-        soft=data.soft,
+        soft=data.stream_soft,
         seed=config.seed,
         rank=rank,
         world_size=world_size,
@@ -574,19 +581,3 @@ def _steps(run: _Run, epoch: int) -> int:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         steps = int(t.item())
     return steps
-
-
-def run_kind(config: TrainConfig, soft: ShardManifest | None = None) -> str:
-    """What a run is in the results table, from its config (recorded in ``.train.done``, read by evaluation).
-
-    ``config.kind`` if given (the recipe's ``sweep``), else: hard labels -> ``baseline``, soft targets ->
-    ``student`` (``student_from_specialists`` from a generalist + specialists cache), and with
-    ``data_fraction`` < 1 ``fraction_hard`` / ``fraction_soft``.
-    """
-    if config.kind:
-        return config.kind
-    if config.data_fraction < 1.0:
-        return "fraction_soft" if config.distill is not None else "fraction_hard"
-    if config.distill is None:
-        return "baseline"
-    return "student_from_specialists" if soft is not None and soft.meta.get("source") == COMBINED else "student"
