@@ -52,8 +52,10 @@ class Row:
     temperature: float | None = None  # soft targets at another T (cached in exp/ablation/ensemble)
     hard_weight: float | None = None
     online: bool = False  # the teachers run on each (augmented) batch instead of the cached soft targets
+    transfer: bool = False  # train on train + the unlabelled transfer audio the teachers label
 
 
+TRANSFER_HOURS = 1.2  # about the training set's 1.17 h
 NEWBOB = ["--set", "train.schedule=newbob", "--set", "train.newbob_threshold=0.005"]
 ROWS = [
     Row("adopted", "schedule", "the README student: cosine over 20 epochs, best dev epoch, no early stop"),
@@ -82,6 +84,13 @@ ROWS = [
         "consistent mixup of input windows (alpha 0.4, per frame): the teachers run online on the student's input",
         ["--set", "train.distill.augment.mixup_alpha=0.4"],
         online=True,
+    ),
+    Row(
+        "transfer",
+        "transfer set",
+        f"+{TRANSFER_HOURS:g} h of unlabelled audio by new training-only talkers, labelled by the teachers "
+        "(an epoch holds both sets: twice the updates)",
+        transfer=True,
     ),
 ]
 
@@ -118,6 +127,7 @@ def train_row(row: Row, recipe: Path, config: str, threads: int, wer: bool) -> f
     data = ["--feats", "data/fbank", "--labels", "exp/tri_ali", "--train-set", "train", "--dev-set", "dev"]
     common = ["--config", config, "--device", "cpu", *data]
     targets = ["--online", "exp/ensemble"] if row.online else ["--soft", f"{soft}{t:g}"]
+    targets += ["--transfer", "exp/ablation/transfer"] if row.transfer else []
     train = ["asrdistill", "train", *common, "--role", "student", "--seed", "101", *targets]
     train += ["--temperature", f"{t:g}", "--hard-weight", f"{hw:g}", *row.args, "--threads", str(threads)]
     evaluate = ["asrdistill", "evaluate", *common, "--test-set", "test", "--data", "data", "--threads", str(threads)]
@@ -136,6 +146,26 @@ def extra_temperatures(rows: list[Row], recipe: Path, config: str) -> None:
     cmd = ["asrdistill", "ensemble", "--config", config, "--device", "cpu", *data, "--out", "exp/ablation/ensemble"]
     cmd += ["--temperatures", *[f"{t:g}" for t in temps], "--members", *members]
     sh(cmd, recipe / "exp/ablation/ensemble.log")
+
+
+def transfer_set(rows: list[Row], recipe: Path, config: str) -> None:
+    """The transfer rows' unlabelled audio: synthesized beside the corpus (new talkers, no dev/test voice),
+    featurised, and labelled by the README ensemble at the students' temperature."""
+    if not any(r.transfer for r in rows):
+        return
+    from data_prep.transfer import synthesize_transfer
+
+    synthesize_transfer(recipe / "data/corpus", TRANSFER_HOURS)
+    log = recipe / "exp/ablation/transfer.log"
+    sh(["asrdistill", "prepare", "--corpus", "data/corpus", "--subsets", "transfer", "--out", "data"], log)
+    sh(["asrdistill", "features", "--config", config, "--nj", "2", "data/transfer", "data/fbank/transfer"], log)
+    t, _ = adopted_setting(recipe, config)
+    data = ["--feats", "data/fbank", "--labels", "exp/tri_ali", "--train-set", "train", "--dev-set", "dev"]
+    sh(
+        ["asrdistill", "label-transfer", "--config", config, "--device", "cpu", *data, "--ensemble", "exp/ensemble"]
+        + ["--transfer-set", "transfer", "--temperatures", f"{t:g}", "--out", "exp/ablation/transfer"],
+        log,
+    )
 
 
 def best_epoch_record(system_dir: Path, best_epoch: int) -> dict:
@@ -232,6 +262,7 @@ def main() -> int:
     rows = [known[r] for r in args.rows]
     os.chdir(recipe)
     extra_temperatures(rows, recipe, args.config)
+    transfer_set(rows, recipe, args.config)
     t0 = time.perf_counter()
 
     def one(row: Row) -> None:
