@@ -224,15 +224,14 @@ fixed_setting=$([ "$(wc -w <<< "$temperatures")" -eq 1 ] && [ "$(wc -w <<< "$har
 chosen_setting() {  # prints "T hard_weight" of the students
   if [ -n "$fixed_setting" ]; then echo "$temperatures $hard_weights"; else asrdistill best-student exp/sweep_T*; fi
 }
-if want 9; then begin 9 "students: $student_seeds seeds at the (T, hard weight) ${fixed_setting:+fixed by the config}${fixed_setting:-chosen on dev (seed 100)}"
+setting_source="chosen on dev (seed 100)"; if [ -n "$fixed_setting" ]; then setting_source="fixed by the config"; fi
+if want 9; then begin 9 "students: $student_seeds seeds at the (T, hard weight) $setting_source"
   hw0=${hard_weights%% *}
   # an independent baseline (seed N+1, no ensemble member), the fair reference for how often a single model
   # agrees with the ensemble; measured against the ensemble each epoch like the students
   independent="train $common $data $force --seed $independent_seed --set train.kind=independent_baseline"
   independent="$independent --set train.reference=exp/ensemble --out exp/independent_baseline"
-  if [ -n "$fixed_setting" ]; then
-    train_jobs stage9_independent <<< "$independent"
-  else
+  if [ -z "$fixed_setting" ]; then
     train_jobs stage9_sweep_T < <(for t in $temperatures; do
       echo "train $common $data $force --role student --set train.kind=sweep --seed 100 --soft exp/ensemble/soft_T$t" \
         "--temperature $t --hard-weight $hw0 --out $(sweep_dir "$t" "$hw0")"
@@ -248,7 +247,8 @@ if want 9; then begin 9 "students: $student_seeds seeds at the (T, hard weight) 
   train_jobs stage9_students < <(for i in $(seq 1 "$student_seeds"); do
     echo "train $common $data $force --role student --seed $((100 + i)) --soft exp/ensemble/soft_T$best_t" \
       "--temperature $best_t --hard-weight $best_hw --out exp/student_seed$i"
-  done)
+  done
+  if [ -n "$fixed_setting" ]; then echo "$independent"; fi)  # beside the students: no sweep to run it with
 end; fi
 
 if want 10; then begin 10 "section 6: $fraction of the training data, hard labels vs soft targets"
