@@ -109,7 +109,7 @@ def test_stage_9_trains_no_sweep_when_the_config_fixes_one_setting(tmp_path, fix
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {p.stem: p.read_text() for p in (tmp_path / "exp/jobs").glob("*.txt")}
-    students = jobs["stage9_students"].splitlines()
+    students = [j for j in jobs["stage9_students"].splitlines() if "--role student" in j]
     assert len(students) == conf["recipe"]["student_seeds"]
     setting = "--temperature 2 --hard-weight 0.0" if fixed else "--temperature 5 --hard-weight 0.5"
     assert all(setting in line for line in students + jobs["stage10"].splitlines()[1:])
