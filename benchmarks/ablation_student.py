@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrdistill.fileio import write_json_atomic, write_text_atomic
+from asrdistill.nnet.ensemble import read_members
 from asrdistill.results import (
     INDEPENDENT,
     SystemResult,
@@ -141,7 +142,7 @@ def extra_temperatures(rows: list[Row], recipe: Path, config: str) -> None:
     temps = sorted({r.temperature for r in rows if r.temperature is not None})
     if not temps:
         return
-    members = (recipe / "exp/ensemble/members.txt").read_text(encoding="utf-8").split()
+    members = [str(m.resolve().parent) for m in read_members(recipe / "exp/ensemble")]  # system folders
     data = ["--feats", "data/fbank", "--labels", "exp/tri_ali", "--train-set", "train", "--dev-set", "dev"]
     cmd = ["asrdistill", "ensemble", "--config", config, "--device", "cpu", *data, "--out", "exp/ablation/ensemble"]
     cmd += ["--temperatures", *[f"{t:g}" for t in temps], "--members", *members]
