@@ -111,9 +111,9 @@ def sh(cmd: list[str], log: Path) -> float:
 
 
 def adopted_setting(recipe: Path, config: str) -> tuple[float, float]:
-    """(T, hard weight) of the README students, from exp/student_seed1's metrics."""
-    extra = SystemResult.load(recipe / "exp/student_seed1/metrics.json").extra
-    return float(extra["temperature"]), float(extra["hard_weight"])
+    """(T, hard weight) of the README students, from exp/student_seed1's training config."""
+    distill = json.loads((recipe / "exp/student_seed1/train_config.json").read_text(encoding="utf-8"))["distill"]
+    return float(distill["temperature"]), float(distill["hard_weight"])
 
 
 def train_row(row: Row, recipe: Path, config: str, threads: int, wer: bool) -> float:
