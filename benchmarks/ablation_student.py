@@ -87,7 +87,7 @@ ROWS = [
         online=True,
     ),
     Row(
-        "transfer",
+        "unlabelled",
         "transfer set",
         f"+{TRANSFER_HOURS:g} h of unlabelled audio by new training-only talkers, labelled by the teachers "
         "(an epoch holds both sets: twice the updates)",
