@@ -181,6 +181,7 @@ def compare_row(recipe: Path, row: Row) -> dict:
     exp = recipe / "exp"
     system = "student_seed1" if row.name == "adopted" else f"ablation/{row.name}"
     student = SystemResult.load(exp / system / "metrics.json")
+    student.system = system  # evaluate names a system by its folder's name; compare_groups reads exp/<system>/
     baselines = sorted(p.parent.name for p in exp.glob("baseline_seed*/metrics.json"))
     groups = {
         "baseline": [SystemResult.load(exp / b / "metrics.json") for b in baselines],
