@@ -72,7 +72,9 @@ ROLES = {
     "specialists": "specialists",
     "evaluate": "decode and score",
     "results": "results",
+    "compression": "compression",
 }
+OPTIONAL = {"specialists", "compression"}  # stages a config turns on; not part of the estimate
 FRAMES_PER_HOUR = 360_000  # 10 ms frame shift
 SAMPLE_S = 0.5  # RSS sampling period
 MEASURES = {
@@ -374,7 +376,7 @@ def _gpu_work(what: str, frames: float, times: int, rate: float, kind: str) -> E
 def estimate(runs: dict[str, StageRun], here_cfg: dict, there_cfg: dict, target: Target) -> list[Estimate]:
     """Every stage of the target run (``runs`` by role), from the rehearsal's measurements and explicit ratios.
 
-    The specialists stage is left out: off in the shipped configs, and skipped in the rehearsal.
+    The optional stages (specialists, compression) are left out: off in the default configs and the rehearsal.
     """
     sizes: dict[str, float] = {}
     for run in sorted(runs.values(), key=lambda r: r.stage):
@@ -601,7 +603,7 @@ def main() -> None:
         v["role"]: StageRun(**{f.name: v[f.name] for f in dataclasses.fields(StageRun)})
         for v in record["stages"].values()
     }
-    missing = sorted(set(ROLES) - {"specialists"} - set(runs))
+    missing = sorted(set(ROLES) - OPTIONAL - set(runs))
     if missing:
         sys.exit(f"{record_path}: no measurement for the stage(s) of {missing}: no estimate")
     target = dataclasses.replace(
