@@ -255,6 +255,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training (default: %(default)s)")
     p.add_argument("--wer", action="store_true", help="also decode every row through exp/graph (default: off)")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only remake the table from the rows' finished evaluations, whatever options made them (default: off)",
+    )
     args = p.parse_args()
     recipe = args.recipe_dir.resolve()
     known = {r.name: r for r in ROWS}
@@ -263,16 +268,17 @@ def main() -> int:
         p.error(f"unknown row(s) {unknown}; known: {list(known)}")
     rows = [known[r] for r in args.rows]
     os.chdir(recipe)
-    extra_temperatures(rows, recipe, args.config)
-    transfer_set(rows, recipe, args.config)
-    t0 = time.perf_counter()
+    if not args.table_only:
+        extra_temperatures(rows, recipe, args.config)
+        transfer_set(rows, recipe, args.config)
+        t0 = time.perf_counter()
 
-    def one(row: Row) -> None:
-        wall = train_row(row, recipe, args.config, args.threads, args.wer)
-        print(f"[{time.perf_counter() - t0:7.0f} s] {row.name}: trained and evaluated in {wall:.0f} s", flush=True)
+        def one(row: Row) -> None:
+            wall = train_row(row, recipe, args.config, args.threads, args.wer)
+            print(f"[{time.perf_counter() - t0:7.0f} s] {row.name}: trained and evaluated in {wall:.0f} s", flush=True)
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(one, rows))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(one, rows))
     results = [compare_row(recipe, r) for r in rows]
     out = recipe / "exp/ablation"
     write_json_atomic(out / "ablation.json", {"rows": results})
