@@ -214,23 +214,27 @@ def _f(x: float | None, digits: int = 2) -> str:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    """The ablation table, one group of rows per lever, the dev-best row of each group marked."""
+    """The ablation table, one group of rows per lever. Every lever is one change from the adopted student, so each
+    group is judged against it: "dev vs adopted", and the dev-best of the group with the adopted row included."""
+    adopted = next((r for r in rows if r["row"] == "adopted"), None)
     lines = [
         header,
         "",
-        "| lever | row | what differs | epochs run/budget (best), end | dev acc % | test acc % | "
+        "| lever | row | what differs | epochs run/budget (best), end | dev acc % | dev vs adopted | test acc % | "
         "kept share test % [95%] (dev) | agrees with ensemble, test % [95%] | dev KL at best epoch | "
         "test WER % |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lever in dict.fromkeys(r["lever"] for r in rows):
         group = [r for r in rows if r["lever"] == lever]
-        best = max(group, key=lambda r: r["dev_frame_acc"])["row"] if len(group) > 1 else None
+        candidates = group + ([adopted] if adopted and adopted not in group else [])
+        best = max(candidates, key=lambda r: r["dev_frame_acc"])["row"] if len(candidates) > 1 else None
         for r in group:
             mark = " (dev-best)" if r["row"] == best else ""
+            versus = r["dev_frame_acc"] - adopted["dev_frame_acc"] if adopted else math.nan
             lines.append(
                 f"| {lever} | {r['row']}{mark} | {r['change']} | {r['trained']} | {_f(r['dev_frame_acc'])} | "
-                f"{_f(r['test_frame_acc'])} | {format_interval(r['kept_share_test'], 0, 100)} "
+                f"{versus:+.2f} | {_f(r['test_frame_acc'])} | {format_interval(r['kept_share_test'], 0, 100)} "
                 f"({_f(100 * r['kept_share_dev'], 0)}) | {format_interval(r['agreement_test'])} | "
                 f"{_f(r['dev_kl_best_epoch'], 3)} | {_f(r['test_wer'])} |"
             )

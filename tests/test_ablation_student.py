@@ -42,7 +42,10 @@ def test_rows_are_compared_with_the_readme_systems_and_the_dev_best_row_is_marke
     assert adopted["dev_kl_best_epoch"] == 0.5 and t5["dev_kl_best_epoch"] == 0.6  # the epoch it keeps
     assert 0.3 < adopted["kept_share_test"]["value"] < 0.7 < t5["kept_share_test"]["value"] < 0.95
     assert adopted["kept_share_dev"] == 0.5  # (55 - 50) / (60 - 50) on dev
-    rows[1]["lever"] = "schedule"  # one group, so that one row is the dev-best
+    md = ablation.markdown(rows, "# t")  # T5 is alone in its lever, judged against the adopted row
+    assert "| T5 | T = 5 |" in md and "(dev-best)" not in md  # not chosen on dev though it is better on test
+    assert "| -1.00 |" in md  # T5's dev accuracy against the adopted row's (54 - 55)
+    rows[1]["dev_frame_acc"] = 56.0
     md = ablation.markdown(rows, "# t")
-    assert "| adopted (dev-best) |" in md and "| T5 |" in md  # chosen on dev though T5 is better on test
+    assert "| T5 (dev-best) | T = 5 |" in md and "| +1.00 |" in md
     assert "independent baseline" in md
