@@ -171,7 +171,7 @@ def transfer_set(rows: list[Row], recipe: Path, config: str) -> None:
 
 def best_epoch_record(system_dir: Path, best_epoch: int) -> dict:
     """The per-epoch record (dev KL, agreement) of the epoch whose weights the system keeps."""
-    records = [json.loads(line) for line in (system_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = [json.loads(line) for line in (system_dir / "log" / "metrics.jsonl").read_text().splitlines() if line]
     epochs = [r for r in records if "dev_acc" in r and r.get("epoch") == best_epoch]
     return epochs[-1] if epochs else {}
 

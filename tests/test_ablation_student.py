@@ -19,7 +19,8 @@ _spec.loader.exec_module(ablation)
 
 def _epochs(system_dir: Path, kls: list[float]) -> None:
     lines = [{"step": 1, "loss": 1.0}] + [{"epoch": e, "dev_acc": 0.5, "dev_kl": kl} for e, kl in enumerate(kls)]
-    (system_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (system_dir / "log").mkdir()
+    (system_dir / "log" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 def test_rows_are_compared_with_the_readme_systems_and_the_dev_best_row_is_marked(tmp_path):
